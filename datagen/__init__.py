@@ -1,0 +1,1 @@
+"""datagen: roll out agents in Gymnasium environments and write offline RL datasets."""

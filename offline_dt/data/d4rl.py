@@ -1,0 +1,195 @@
+"""D4RL-compatible HDF5 files: the one place their key names and dtypes are written.
+
+Layout (Fu et al. 2020, D4RL; readable by the conventions of ``d4rl``'s ``get_dataset`` and
+``qlearning_dataset``)::
+
+    observations       (N, obs_dim) float32
+    next_observations  (N, obs_dim) float32   (optional in files we did not write)
+    actions            (N, act_dim) float32   ((N,) int64 for Discrete)
+    rewards            (N,) float32
+    terminals          (N,) bool
+    timeouts           (N,) bool              (optional in old D4RL files)
+    infos/*            (N, ...)               (optional)
+    metadata/*         scalars: env_id, level, agent, seed, ref_min_score, ref_max_score, ...
+
+Episodes end after every step with ``terminals | timeouts``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import h5py
+import numpy as np
+
+from offline_dt.data.atomic import atomic_path
+from offline_dt.data.dataset import DatasetError, OfflineDataset
+
+REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
+# Spaces are stored as JSON under these metadata keys so a file round-trips exactly.
+_OBS_SPACE_KEY = "observation_space"
+_ACT_SPACE_KEY = "action_space"
+
+
+def d4rl_filename(env_name: str, level: str, version: int = 0) -> str:
+    """D4RL file name, e.g. ``pendulum-medium-replay-v0.hdf5``."""
+    return f"{env_name}-{level}-v{version}.hdf5"
+
+
+def space_to_json(space: gym.Space) -> str:
+    """Serialise a Box or Discrete space to JSON."""
+    if isinstance(space, gym.spaces.Discrete):
+        return json.dumps({"type": "Discrete", "n": int(space.n), "start": int(space.start)})
+    if isinstance(space, gym.spaces.Box):
+        return json.dumps({
+            "type": "Box",
+            "low": space.low.tolist(),
+            "high": space.high.tolist(),
+            "shape": list(space.shape),
+            "dtype": str(space.dtype),
+        })
+    raise DatasetError(f"unsupported space {space!r}: expected Box or Discrete")
+
+
+def space_from_json(text: str) -> gym.Space:
+    d = json.loads(text)
+    if d["type"] == "Discrete":
+        return gym.spaces.Discrete(d["n"], start=d.get("start", 0))
+    dtype = np.dtype(d["dtype"])
+    low = np.array(d["low"], dtype=dtype)
+    high = np.array(d["high"], dtype=dtype)
+    return gym.spaces.Box(low=low, high=high, shape=tuple(d["shape"]), dtype=dtype)
+
+
+def write_hdf5(dataset: OfflineDataset, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write ``dataset`` as a D4RL-style HDF5 file, atomically.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+    """
+    path = Path(path)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        with h5py.File(tmp, "w") as f:
+            for key in ("observations", "next_observations", "actions", "rewards",
+                        "terminals", "timeouts"):
+                f.create_dataset(key, data=getattr(dataset, key))
+            for key, arr in dataset.infos.items():
+                f.create_dataset(f"infos/{key}", data=arr)
+            meta = f.create_group("metadata")
+            for key, value in dataset.metadata.items():
+                meta.create_dataset(key, data=_meta_value(value))
+            meta.create_dataset(_OBS_SPACE_KEY, data=space_to_json(dataset.observation_space))
+            meta.create_dataset(_ACT_SPACE_KEY, data=space_to_json(dataset.action_space))
+    return path
+
+
+def _meta_value(value: Any) -> Any:
+    if isinstance(value, str | int | float | bool | np.generic):
+        return value
+    return json.dumps(value)
+
+
+def _read_meta(group: h5py.Group) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, ds in group.items():
+        if not isinstance(ds, h5py.Dataset) or ds.shape != ():
+            continue
+        v = ds[()]
+        if isinstance(v, bytes):
+            v = v.decode()
+        elif isinstance(v, np.generic):
+            v = v.item()
+        out[key] = v
+    return out
+
+
+def read_hdf5(
+    path: str | os.PathLike,
+    observation_space: gym.spaces.Box | None = None,
+    action_space: gym.spaces.Box | gym.spaces.Discrete | None = None,
+) -> OfflineDataset:
+    """Read a D4RL-style HDF5 file (ours or one from D4RL itself).
+
+    Spaces come from the file's metadata when we wrote it; for other files pass them (or an
+    env) or they are inferred: float actions give an unbounded-check Box spanning the data
+    (D4RL actions lie in [-1, 1]), integer actions give ``Discrete(max + 1)``.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        DatasetError: a required key is missing, arrays disagree in length, or values are
+            not finite. The message names the file and the key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset file {path} does not exist")
+    src = str(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise DatasetError(f"{src}: not a readable HDF5 file ({e})") from e
+    with f:
+        missing = [k for k in REQUIRED_KEYS if k not in f]
+        if missing:
+            raise DatasetError(
+                f"{src}: missing key(s) {missing}; a D4RL file needs {list(REQUIRED_KEYS)} "
+                f"(found {sorted(f.keys())})"
+            )
+        arrays = {k: f[k][()] for k in REQUIRED_KEYS}
+        n = len(arrays["rewards"])
+        arrays["timeouts"] = f["timeouts"][()] if "timeouts" in f else np.zeros(n, bool)
+        next_obs = f["next_observations"][()] if "next_observations" in f else None
+        infos = {}
+        if "infos" in f and isinstance(f["infos"], h5py.Group):
+            for k, ds in f["infos"].items():
+                if isinstance(ds, h5py.Dataset) and ds.shape[:1] == (n,):
+                    infos[k] = ds[()]
+        meta = _read_meta(f["metadata"]) if "metadata" in f else {}
+    obs_json = meta.pop(_OBS_SPACE_KEY, None)
+    act_json = meta.pop(_ACT_SPACE_KEY, None)
+    if arrays["rewards"].ndim != 1:
+        arrays["rewards"] = arrays["rewards"].reshape(n, -1)
+        if arrays["rewards"].shape[1] != 1:
+            raise DatasetError(f"{src}: key 'rewards' must be (N,), found {f['rewards'].shape}")
+    obs = arrays["observations"]
+    if obs.ndim != 2:
+        raise DatasetError(
+            f"{src}: key 'observations' must be (N, obs_dim), found shape {obs.shape}"
+        )
+    if observation_space is None:
+        if obs_json is not None:
+            observation_space = space_from_json(obs_json)
+        else:
+            observation_space = gym.spaces.Box(-np.inf, np.inf, (obs.shape[1],), np.float32)
+    if action_space is None:
+        if act_json is not None:
+            action_space = space_from_json(act_json)
+        else:
+            action_space = _infer_action_space(arrays["actions"], src)
+    return OfflineDataset.from_flat(
+        observations=obs,
+        actions=arrays["actions"],
+        rewards=arrays["rewards"].reshape(-1),
+        terminals=arrays["terminals"],
+        timeouts=arrays["timeouts"],
+        next_observations=next_obs,
+        observation_space=observation_space,
+        action_space=action_space,
+        metadata=meta,
+        infos=infos,
+        source=src,
+    )
+
+
+def _infer_action_space(actions: np.ndarray, src: str) -> gym.Space:
+    if actions.dtype.kind in "iu":
+        if actions.ndim != 1:
+            raise DatasetError(f"{src}: integer key 'actions' must be (N,), found {actions.shape}")
+        return gym.spaces.Discrete(int(actions.max()) + 1 if len(actions) else 1)
+    if actions.ndim != 2:
+        raise DatasetError(f"{src}: key 'actions' must be (N, act_dim), found {actions.shape}")
+    bound = max(1.0, float(np.abs(actions).max()) if len(actions) else 1.0)
+    return gym.spaces.Box(-bound, bound, (actions.shape[1],), np.float32)

@@ -1,0 +1,376 @@
+"""The one in-memory container for an offline RL dataset.
+
+Flat arrays in the D4RL layout (Fu et al. 2020, ``d4rl.qlearning_dataset`` conventions) plus
+CSR-style episode boundaries. Every stage shares it: the readers return it, the writers take it,
+the window sampler indexes it. No per-episode Python objects live on a hot path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+
+class DatasetError(ValueError):
+    """A dataset (file, array or argument) is not what offline-dt expects.
+
+    The message names the source (file, key or argument), what was expected and what was found.
+    """
+
+
+@dataclass
+class OfflineDataset:
+    """Transitions of one or more episodes, stored flat.
+
+    Attributes:
+        observations: ``(N, obs_dim) float32``, the observation ``s_t`` the action was taken in.
+        actions: ``(N, act_dim) float32`` for Box action spaces, ``(N,) int64`` for Discrete.
+        rewards: ``(N,) float32``, reward ``r_t`` received after ``a_t``.
+        next_observations: ``(N, obs_dim) float32``, observation ``s_{t+1}``.
+        terminals: ``(N,) bool``, Gymnasium ``terminated`` (MDP end, no bootstrap).
+        timeouts: ``(N,) bool``, Gymnasium ``truncated`` (time limit or cut-off episode).
+        episode_starts: ``(E + 1,) int64`` CSR offsets: episode ``i`` is rows
+            ``episode_starts[i]:episode_starts[i + 1]``; ``episode_starts[-1] == N``.
+        observation_space: the Box observation space.
+        action_space: the Box or Discrete action space.
+        metadata: free-form JSON-able metadata (``env_id``, ``level``, ``agent``, ``seed``,
+            ``ref_min_score``, ``ref_max_score``, package versions, ...).
+        infos: optional per-step arrays with leading dimension ``N`` (D4RL ``infos/*``).
+    """
+
+    observations: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    next_observations: np.ndarray
+    terminals: np.ndarray
+    timeouts: np.ndarray
+    episode_starts: np.ndarray
+    observation_space: gym.spaces.Box
+    action_space: gym.spaces.Box | gym.spaces.Discrete
+    metadata: dict[str, Any] = field(default_factory=dict)
+    infos: dict[str, np.ndarray] = field(default_factory=dict)
+    source: str = "<memory>"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ shape facts
+    @property
+    def num_transitions(self) -> int:
+        return int(self.rewards.shape[0])
+
+    @property
+    def num_episodes(self) -> int:
+        return int(self.episode_starts.shape[0] - 1)
+
+    @property
+    def obs_dim(self) -> int:
+        return int(self.observations.shape[1])
+
+    @property
+    def discrete(self) -> bool:
+        return isinstance(self.action_space, gym.spaces.Discrete)
+
+    @property
+    def act_dim(self) -> int:
+        """Action width: ``act_dim`` for Box, the number of actions ``n`` for Discrete."""
+        if isinstance(self.action_space, gym.spaces.Discrete):
+            return int(self.action_space.n)
+        return int(self.actions.shape[1])
+
+    @property
+    def episode_lengths(self) -> np.ndarray:
+        """``(E,) int64`` number of transitions of each episode."""
+        return np.diff(self.episode_starts)
+
+    @property
+    def episode_returns(self) -> np.ndarray:
+        """``(E,) float64`` undiscounted sum of rewards of each episode."""
+        sums = np.add.reduceat(self.rewards.astype(np.float64), self.episode_starts[:-1])
+        return sums
+
+    def episode_ids(self) -> np.ndarray:
+        """``(N,) int64`` the episode index of every transition."""
+        return np.repeat(np.arange(self.num_episodes, dtype=np.int64), self.episode_lengths)
+
+    def episode(self, i: int) -> dict[str, np.ndarray]:
+        """Arrays of episode ``i`` (views, not copies)."""
+        s, e = int(self.episode_starts[i]), int(self.episode_starts[i + 1])
+        return {
+            "observations": self.observations[s:e],
+            "actions": self.actions[s:e],
+            "rewards": self.rewards[s:e],
+            "next_observations": self.next_observations[s:e],
+            "terminals": self.terminals[s:e],
+            "timeouts": self.timeouts[s:e],
+        }
+
+    def checksum(self) -> str:
+        """SHA-256 over the arrays' bytes (data only, not metadata): equal data, equal digest."""
+        h = hashlib.sha256()
+        for name in ("observations", "actions", "rewards", "next_observations", "terminals",
+                     "timeouts", "episode_starts"):
+            arr = np.ascontiguousarray(getattr(self, name))
+            h.update(name.encode())
+            h.update(str(arr.dtype).encode())
+            h.update(str(arr.shape).encode())
+            h.update(arr.tobytes())
+        return h.hexdigest()
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and episode-return statistics, for listings and reports."""
+        rets = self.episode_returns
+        return {
+            "env_id": self.metadata.get("env_id", ""),
+            "steps": self.num_transitions,
+            "episodes": self.num_episodes,
+            "return_mean": float(rets.mean()) if len(rets) else float("nan"),
+            "return_std": float(rets.std()) if len(rets) else float("nan"),
+            "return_min": float(rets.min()) if len(rets) else float("nan"),
+            "return_max": float(rets.max()) if len(rets) else float("nan"),
+        }
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Check dtypes, shapes, finiteness and episode boundaries.
+
+        Raises:
+            DatasetError: naming ``self.source`` and the offending key.
+        """
+        src = self.source
+        if not isinstance(self.observation_space, gym.spaces.Box):
+            raise DatasetError(
+                f"{src}: observation space must be a gymnasium Box, "
+                f"found {type(self.observation_space).__name__}"
+            )
+        if len(self.observation_space.shape) != 1:
+            raise DatasetError(
+                f"{src}: observation space must be flat (obs_dim,), found shape "
+                f"{self.observation_space.shape} (image or nested observations are unsupported)"
+            )
+        if not isinstance(self.action_space, gym.spaces.Box | gym.spaces.Discrete):
+            raise DatasetError(
+                f"{src}: action space must be a Box or Discrete, "
+                f"found {type(self.action_space).__name__}"
+            )
+        n = self.rewards.shape[0] if self.rewards.ndim == 1 else -1
+        if n < 0:
+            raise DatasetError(f"{src}: key 'rewards' must be (N,), found shape {self.rewards.shape}")
+        obs_dim = self.observation_space.shape[0]
+        expect = {
+            "observations": ((n, obs_dim), np.float32),
+            "next_observations": ((n, obs_dim), np.float32),
+            "rewards": ((n,), np.float32),
+            "terminals": ((n,), np.bool_),
+            "timeouts": ((n,), np.bool_),
+        }
+        if isinstance(self.action_space, gym.spaces.Discrete):
+            expect["actions"] = ((n,), np.int64)
+        else:
+            expect["actions"] = ((n, *self.action_space.shape), np.float32)
+        for key, (shape, dtype) in expect.items():
+            arr = getattr(self, key)
+            if not isinstance(arr, np.ndarray):
+                raise DatasetError(f"{src}: key '{key}' must be a numpy array, found {type(arr)}")
+            if arr.shape != shape:
+                raise DatasetError(
+                    f"{src}: key '{key}' has shape {arr.shape}, expected {shape} "
+                    f"(N={n} transitions from 'rewards')"
+                )
+            if arr.dtype != dtype:
+                raise DatasetError(
+                    f"{src}: key '{key}' has dtype {arr.dtype}, expected {np.dtype(dtype)}"
+                )
+        for key in ("observations", "next_observations", "rewards", "actions"):
+            arr = getattr(self, key)
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                bad = int(np.argwhere(~np.isfinite(arr.reshape(n, -1)).all(axis=1))[0, 0])
+                raise DatasetError(f"{src}: key '{key}' holds NaN or inf (first at row {bad})")
+        if isinstance(self.action_space, gym.spaces.Discrete) and n:
+            lo, hi = int(self.actions.min()), int(self.actions.max())
+            if lo < 0 or hi >= self.action_space.n:
+                raise DatasetError(
+                    f"{src}: key 'actions' holds values in [{lo}, {hi}], expected "
+                    f"[0, {self.action_space.n - 1}] for Discrete({self.action_space.n})"
+                )
+        starts = self.episode_starts
+        if (
+            starts.ndim != 1
+            or starts.shape[0] < 1
+            or starts[0] != 0
+            or starts[-1] != n
+            or (np.diff(starts) <= 0).any()
+        ):
+            raise DatasetError(
+                f"{src}: episode_starts must rise strictly from 0 to N={n}, found "
+                f"{starts[:5]}...{starts[-3:]} (length {starts.shape[0]})"
+            )
+        for key, arr in self.infos.items():
+            if arr.shape[:1] != (n,):
+                raise DatasetError(
+                    f"{src}: key 'infos/{key}' has leading length {arr.shape[:1]}, expected ({n},)"
+                )
+
+    # ------------------------------------------------------------------ builders
+    @classmethod
+    def from_flat(
+        cls,
+        *,
+        observations: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        terminals: np.ndarray,
+        timeouts: np.ndarray,
+        observation_space: gym.spaces.Box,
+        action_space: gym.spaces.Box | gym.spaces.Discrete,
+        next_observations: np.ndarray | None = None,
+        episode_starts: np.ndarray | None = None,
+        metadata: dict[str, Any] | None = None,
+        infos: dict[str, np.ndarray] | None = None,
+        source: str = "<memory>",
+    ) -> OfflineDataset:
+        """Build from D4RL-style flat arrays, casting to the canonical dtypes.
+
+        Episodes are split after every step with ``terminals | timeouts`` (D4RL's
+        ``sequence_dataset`` rule) unless ``episode_starts`` is given; trailing steps with
+        neither flag form a last, cut-off episode. Without ``next_observations`` (old D4RL
+        files) the next row's observation is used within an episode and the step's own
+        observation at an episode's end.
+        """
+        n = len(rewards)
+        for key, arr in (("observations", observations), ("actions", actions),
+                         ("terminals", terminals), ("timeouts", timeouts)):
+            if len(arr) != n:
+                raise DatasetError(
+                    f"{source}: key '{key}' has {len(arr)} rows but 'rewards' has {n}"
+                )
+        obs = np.asarray(observations, dtype=np.float32).reshape(n, -1)
+        term = np.asarray(terminals).astype(bool).reshape(n)
+        tout = np.asarray(timeouts).astype(bool).reshape(n)
+        if episode_starts is None:
+            ends = np.flatnonzero(term | tout) + 1
+            if n and (not len(ends) or ends[-1] != n):
+                ends = np.append(ends, n)
+            episode_starts = np.concatenate([[0], ends]).astype(np.int64)
+        episode_starts = np.asarray(episode_starts, dtype=np.int64)
+        if next_observations is None:
+            next_obs = np.empty_like(obs)
+            next_obs[:-1] = obs[1:]
+            last = episode_starts[1:] - 1
+            next_obs[last] = obs[last]
+        else:
+            if len(next_observations) != n:
+                raise DatasetError(
+                    f"{source}: key 'next_observations' has {len(next_observations)} rows "
+                    f"but 'rewards' has {n}"
+                )
+            next_obs = np.asarray(next_observations, dtype=np.float32).reshape(n, -1)
+        if isinstance(action_space, gym.spaces.Discrete):
+            act = np.asarray(actions).reshape(n).astype(np.int64)
+        else:
+            act = np.asarray(actions, dtype=np.float32).reshape(n, *action_space.shape)
+        return cls(
+            observations=obs,
+            actions=act,
+            rewards=np.asarray(rewards, dtype=np.float32).reshape(n),
+            next_observations=next_obs,
+            terminals=term,
+            timeouts=tout,
+            episode_starts=episode_starts,
+            observation_space=observation_space,
+            action_space=action_space,
+            metadata=dict(metadata or {}),
+            infos={k: np.asarray(v) for k, v in (infos or {}).items()},
+            source=source,
+        )
+
+    @classmethod
+    def from_episodes(
+        cls,
+        episodes: Sequence[dict[str, np.ndarray]],
+        observation_space: gym.spaces.Box,
+        action_space: gym.spaces.Box | gym.spaces.Discrete,
+        metadata: dict[str, Any] | None = None,
+        source: str = "<memory>",
+    ) -> OfflineDataset:
+        """Build from per-episode arrays in the Minari layout.
+
+        Each episode dict holds ``observations (T+1, obs_dim)``, ``actions (T, ...)``,
+        ``rewards (T,)``, ``terminations (T,)`` and ``truncations (T,)``. An episode that
+        ends with neither flag (cut off, e.g. a replay buffer's last episode) gets
+        ``timeouts=True`` on its last step unless it is the dataset's last episode, so the
+        D4RL split rule ``terminals | timeouts`` recovers the same boundaries.
+        """
+        if not episodes:
+            raise DatasetError(f"{source}: no episodes")
+        lengths = []
+        for i, ep in enumerate(episodes):
+            t = len(ep["actions"])
+            if len(ep["observations"]) != t + 1 or t == 0:
+                raise DatasetError(
+                    f"{source}: episode {i} must hold T+1 observations for T>0 actions, found "
+                    f"{len(ep['observations'])} observations and {t} actions"
+                )
+            lengths.append(t)
+        starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        timeouts = np.concatenate([np.asarray(e["truncations"], bool) for e in episodes])
+        terminals = np.concatenate([np.asarray(e["terminations"], bool) for e in episodes])
+        ends = starts[1:-1] - 1  # last step of every episode but the final one
+        timeouts[ends] |= ~terminals[ends]
+        return cls.from_flat(
+            observations=np.concatenate([e["observations"][:-1] for e in episodes]),
+            next_observations=np.concatenate([e["observations"][1:] for e in episodes]),
+            actions=np.concatenate([e["actions"] for e in episodes]),
+            rewards=np.concatenate([e["rewards"] for e in episodes]),
+            terminals=terminals,
+            timeouts=timeouts,
+            episode_starts=starts,
+            observation_space=observation_space,
+            action_space=action_space,
+            metadata=metadata,
+            source=source,
+        )
+
+
+def concatenate(datasets: Sequence[OfflineDataset], metadata: dict[str, Any]) -> OfflineDataset:
+    """Join datasets end to end (e.g. medium + expert = medium-expert).
+
+    Raises:
+        DatasetError: when the spaces differ.
+    """
+    first = datasets[0]
+    for d in datasets[1:]:
+        if d.observation_space != first.observation_space or d.action_space != first.action_space:
+            raise DatasetError(
+                f"cannot concatenate {d.source} with {first.source}: spaces differ "
+                f"({d.observation_space}, {d.action_space}) vs "
+                f"({first.observation_space}, {first.action_space})"
+            )
+    offsets = np.cumsum([0] + [d.num_transitions for d in datasets[:-1]])
+    starts = np.concatenate(
+        [d.episode_starts[:-1] + off for d, off in zip(datasets, offsets, strict=True)]
+        + [[sum(d.num_transitions for d in datasets)]]
+    ).astype(np.int64)
+    timeouts = np.concatenate([d.timeouts for d in datasets])
+    terminals = np.concatenate([d.terminals for d in datasets])
+    ends = starts[1:-1] - 1
+    timeouts[ends] |= ~terminals[ends]
+    common_infos = set.intersection(*(set(d.infos) for d in datasets))
+    return OfflineDataset(
+        observations=np.concatenate([d.observations for d in datasets]),
+        actions=np.concatenate([d.actions for d in datasets]),
+        rewards=np.concatenate([d.rewards for d in datasets]),
+        next_observations=np.concatenate([d.next_observations for d in datasets]),
+        terminals=terminals,
+        timeouts=timeouts,
+        episode_starts=starts,
+        observation_space=first.observation_space,
+        action_space=first.action_space,
+        metadata=dict(metadata),
+        infos={k: np.concatenate([d.infos[k] for d in datasets]) for k in sorted(common_infos)},
+    )
