@@ -160,7 +160,9 @@ class OfflineDataset:
             )
         n = self.rewards.shape[0] if self.rewards.ndim == 1 else -1
         if n < 0:
-            raise DatasetError(f"{src}: key 'rewards' must be (N,), found shape {self.rewards.shape}")
+            raise DatasetError(
+                f"{src}: key 'rewards' must be (N,), found shape {self.rewards.shape}"
+            )
         obs_dim = self.observation_space.shape[0]
         expect = {
             "observations": ((n, obs_dim), np.float32),

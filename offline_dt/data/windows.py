@@ -1,0 +1,212 @@
+"""Returns-to-go, normalisation and the vectorised window sampler for Decision Transformer
+training (Chen et al. 2021, Section 3: returns-to-go R̂_t = Σ_{t'≥t} r_t', eq. 3 undiscounted).
+
+Sampling follows the reference implementation (``experiment.py`` ``get_batch``): an episode is
+drawn with probability proportional to its length, a start index uniformly inside it, the next
+K steps are taken, and windows that run past the episode's end are left-padded and masked.
+Everything is a gather over precomputed flat arrays: no Python loop per sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from offline_dt.data.dataset import DatasetError, OfflineDataset
+
+
+def returns_to_go(rewards: np.ndarray, episode_starts: np.ndarray) -> np.ndarray:
+    """Undiscounted returns-to-go of every transition, episode by episode.
+
+    Args:
+        rewards: ``(N,)`` rewards.
+        episode_starts: ``(E + 1,) int64`` CSR offsets.
+
+    Returns:
+        ``(N,) float64``: ``R̂_t = Σ_{t'=t}^{T_episode-1} r_t'`` (includes ``r_t``).
+    """
+    r = rewards.astype(np.float64)
+    # Suffix sums over the whole array, then subtract the suffix after each episode's end.
+    suffix = np.append(np.cumsum(r[::-1])[::-1], 0.0)
+    lengths = np.diff(episode_starts)
+    ends = np.repeat(episode_starts[1:], lengths)
+    return suffix[:-1] - suffix[ends]
+
+
+def timesteps_in_episode(episode_starts: np.ndarray) -> np.ndarray:
+    """``(N,) int64`` position of each transition inside its episode (0-based)."""
+    lengths = np.diff(episode_starts)
+    n = int(episode_starts[-1])
+    return np.arange(n, dtype=np.int64) - np.repeat(episode_starts[:-1], lengths)
+
+
+@dataclass
+class Normalizer:
+    """What maps raw data to model inputs; saved with every checkpoint.
+
+    Attributes:
+        state_mean: ``(obs_dim,) float32`` observation mean over the dataset.
+        state_std: ``(obs_dim,) float32`` observation std over the dataset, plus 1e-6.
+        rtg_scale: returns-to-go are divided by this (reward units).
+        action_low: ``(act_dim,) float32`` Box lower bound (empty for Discrete).
+        action_high: ``(act_dim,) float32`` Box upper bound (empty for Discrete).
+    """
+
+    state_mean: np.ndarray
+    state_std: np.ndarray
+    rtg_scale: float
+    action_low: np.ndarray
+    action_high: np.ndarray
+
+    @classmethod
+    def fit(cls, dataset: OfflineDataset, rtg_scale: float | None = None) -> Normalizer:
+        """Statistics of ``dataset``. ``rtg_scale=None`` picks the largest absolute episode
+        return, so scaled returns-to-go lie in [-1, 1]."""
+        obs = dataset.observations.astype(np.float64)
+        if rtg_scale is None:
+            rtg_scale = float(np.abs(dataset.episode_returns).max()) or 1.0
+        if rtg_scale <= 0:
+            raise ValueError(f"rtg_scale must be positive, found {rtg_scale}")
+        if isinstance(dataset.action_space, gym.spaces.Box):
+            low = dataset.action_space.low.astype(np.float32).reshape(-1)
+            high = dataset.action_space.high.astype(np.float32).reshape(-1)
+            if not (np.isfinite(low).all() and np.isfinite(high).all()):
+                raise DatasetError(
+                    f"{dataset.source}: Box action space must be bounded for the tanh head, "
+                    f"found low={low}, high={high}"
+                )
+        else:
+            low = high = np.zeros(0, np.float32)
+        return cls(
+            state_mean=obs.mean(0).astype(np.float32),
+            state_std=(obs.std(0) + 1e-6).astype(np.float32),
+            rtg_scale=float(rtg_scale),
+            action_low=low,
+            action_high=high,
+        )
+
+    def observations(self, obs: np.ndarray) -> np.ndarray:
+        """Raw ``(..., obs_dim)`` → normalised float32."""
+        return ((obs - self.state_mean) / self.state_std).astype(np.float32)
+
+    def actions_to_model(self, actions: np.ndarray) -> np.ndarray:
+        """Box actions in env units → [-1, 1] float32 (clipped); Discrete passes through."""
+        if self.action_low.size == 0:
+            return actions
+        scaled = 2.0 * (actions - self.action_low) / (self.action_high - self.action_low) - 1.0
+        return np.clip(scaled, -1.0, 1.0).astype(np.float32)
+
+    def actions_from_model(self, actions: np.ndarray) -> np.ndarray:
+        """Model output in [-1, 1] → env units (Box); Discrete passes through."""
+        if self.action_low.size == 0:
+            return actions
+        return (self.action_low + (actions + 1.0) * 0.5 * (self.action_high - self.action_low)
+                ).astype(np.float32)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {
+            "state_mean": self.state_mean,
+            "state_std": self.state_std,
+            "rtg_scale": np.array(self.rtg_scale, np.float64),
+            "action_low": self.action_low,
+            "action_high": self.action_high,
+        }
+
+    @classmethod
+    def from_state_dict(cls, d: dict[str, np.ndarray]) -> Normalizer:
+        return cls(
+            state_mean=np.asarray(d["state_mean"], np.float32),
+            state_std=np.asarray(d["state_std"], np.float32),
+            rtg_scale=float(np.asarray(d["rtg_scale"])),
+            action_low=np.asarray(d["action_low"], np.float32),
+            action_high=np.asarray(d["action_high"], np.float32),
+        )
+
+
+@dataclass
+class Batch:
+    """A batch of training windows (all tensors on one device).
+
+    Attributes:
+        returns_to_go: ``(B, K, 1) float32`` scaled R̂.
+        observations: ``(B, K, obs_dim) float32`` normalised.
+        actions: ``(B, K, act_dim) float32`` in [-1, 1], or ``(B, K) int64`` for Discrete.
+        timesteps: ``(B, K) int64``.
+        mask: ``(B, K) bool``, False on left padding.
+    """
+
+    returns_to_go: torch.Tensor
+    observations: torch.Tensor
+    actions: torch.Tensor
+    timesteps: torch.Tensor
+    mask: torch.Tensor
+
+
+class WindowSampler:
+    """Samples ``Batch``es of context-length-K windows from an ``OfflineDataset``.
+
+    The model inputs (normalised observations, scaled actions, scaled returns-to-go,
+    timesteps) are computed once here; ``sample`` is a vectorised gather.
+
+    Raises:
+        DatasetError: an episode is at least ``max_timestep`` long.
+    """
+
+    def __init__(
+        self,
+        dataset: OfflineDataset,
+        normalizer: Normalizer,
+        context_length: int,
+        max_timestep: int,
+        seed: int = 0,
+    ) -> None:
+        if context_length < 1:
+            raise ValueError(f"context_length must be >= 1, found {context_length}")
+        longest = int(dataset.episode_lengths.max())
+        if longest > max_timestep:
+            raise DatasetError(
+                f"{dataset.source}: longest episode has {longest} steps but the timestep "
+                f"table holds {max_timestep} (raise max_timestep)"
+            )
+        self.k = context_length
+        self.discrete = dataset.discrete
+        self.obs = torch.from_numpy(normalizer.observations(dataset.observations))
+        self.actions = torch.from_numpy(np.ascontiguousarray(
+            normalizer.actions_to_model(dataset.actions)))
+        rtg = returns_to_go(dataset.rewards, dataset.episode_starts) / normalizer.rtg_scale
+        self.rtg = torch.from_numpy(rtg.astype(np.float32))
+        self.timesteps = torch.from_numpy(timesteps_in_episode(dataset.episode_starts))
+        self.ep_start = torch.from_numpy(dataset.episode_starts[:-1].copy())
+        self.ep_len = torch.from_numpy(dataset.episode_lengths.copy())
+        self.ep_prob = self.ep_len.double() / self.ep_len.sum()
+        self.generator = torch.Generator().manual_seed(seed)
+        self._offsets = torch.arange(context_length)
+
+    def sample(self, batch_size: int) -> Batch:
+        """Draw ``batch_size`` windows (episodes ∝ length, start uniform, left-padded)."""
+        k = self.k
+        ep = torch.multinomial(self.ep_prob, batch_size, replacement=True,
+                               generator=self.generator)
+        length = self.ep_len[ep]
+        start = (torch.rand(batch_size, generator=self.generator) * length).long()
+        valid = torch.clamp(length - start, max=k)  # real steps in the window
+        pad = k - valid
+        # Window slot j holds step start + j - pad; slots j < pad are padding.
+        rel = self._offsets[None, :] - pad[:, None]
+        mask = rel >= 0
+        idx = self.ep_start[ep, None] + start[:, None] + rel.clamp(min=0)
+        obs = self.obs[idx] * mask[..., None]
+        if self.discrete:
+            actions = self.actions[idx] * mask
+        else:
+            actions = self.actions[idx] * mask[..., None]
+        return Batch(
+            returns_to_go=(self.rtg[idx] * mask)[..., None],
+            observations=obs,
+            actions=actions,
+            timesteps=self.timesteps[idx] * mask,
+            mask=mask,
+        )

@@ -1,0 +1,200 @@
+"""The Decision Transformer (Chen et al. 2021, "Decision Transformer: Reinforcement Learning via
+Sequence Modeling", Section 3 and Figure 1), in one readable file.
+
+A trajectory of the last K timesteps is fed as 3K interleaved tokens
+``(R̂_1, s_1, a_1, R̂_2, s_2, a_2, ...)``. Each modality has its own linear embedding; a learned
+embedding of the episode timestep is added to all three tokens of that step (not a per-token
+position embedding); a LayerNorm follows; a GPT-style stack of causal self-attention blocks
+(``F.scaled_dot_product_attention``) processes the tokens; the action ``a_t`` is predicted from
+the hidden state of the state token ``s_t``. Box actions: tanh head in [-1, 1] (the data
+pipeline scales actions to that range) trained with MSE; Discrete actions: logits trained with
+cross-entropy.
+
+The loss lives in ``offline_dt.train``; this module is the network alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class DTConfig:
+    """Network shape. Defaults are the paper's OpenAI-gym settings (Chen et al. 2021, Table 8).
+
+    Attributes:
+        obs_dim: observation width.
+        act_dim: action width for Box actions; number of actions for Discrete.
+        discrete: True for a Discrete action space (logits + cross-entropy).
+        context_length: K, timesteps per window (3K tokens).
+        max_timestep: size of the timestep embedding table; episodes must be shorter.
+        embed_dim: token width d.
+        n_layer: transformer blocks.
+        n_head: attention heads.
+        dropout: dropout on embeddings, attention weights and residual branches.
+        activation: MLP nonlinearity, ``relu`` as in the reference implementation or ``gelu``.
+        action_tanh: squash Box action predictions with tanh.
+    """
+
+    obs_dim: int
+    act_dim: int
+    discrete: bool = False
+    context_length: int = 20
+    max_timestep: int = 1000
+    embed_dim: int = 128
+    n_layer: int = 3
+    n_head: int = 1
+    dropout: float = 0.1
+    activation: str = "relu"
+    action_tanh: bool = True
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: DTConfig) -> None:
+        super().__init__()
+        if cfg.embed_dim % cfg.n_head:
+            raise ValueError(
+                f"embed_dim={cfg.embed_dim} must be divisible by n_head={cfg.n_head}"
+            )
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim)
+        self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
+        self.attn_dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        """x: ``(B, T, d)``; attn_mask: ``(B, 1, T, T)`` bool (True = may attend) or None for
+        plain causal attention."""
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=2)
+        q = q.view(b, t, self.n_head, d // self.n_head).transpose(1, 2)
+        k = k.view(b, t, self.n_head, d // self.n_head).transpose(1, 2)
+        v = v.view(b, t, self.n_head, d // self.n_head).transpose(1, 2)
+        y = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=attn_mask,
+            dropout_p=self.attn_dropout if self.training else 0.0,
+            is_causal=attn_mask is None,
+        )
+        y = y.transpose(1, 2).contiguous().view(b, t, d)
+        return self.resid_dropout(self.proj(y))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm GPT-2 block: attention then a 4d MLP, each on a residual branch."""
+
+    def __init__(self, cfg: DTConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.embed_dim)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.embed_dim)
+        act = {"relu": nn.ReLU(), "gelu": nn.GELU(approximate="tanh")}
+        if cfg.activation not in act:
+            raise ValueError(f"activation must be one of {sorted(act)}, found {cfg.activation!r}")
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.embed_dim, 4 * cfg.embed_dim),
+            act[cfg.activation],
+            nn.Linear(4 * cfg.embed_dim, cfg.embed_dim),
+            nn.Dropout(cfg.dropout),
+        )
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), attn_mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class DecisionTransformer(nn.Module):
+    """GPT-style Decision Transformer over (return-to-go, observation, action) tokens."""
+
+    def __init__(self, cfg: DTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.embed_dim
+        self.embed_timestep = nn.Embedding(cfg.max_timestep, d)
+        self.embed_return = nn.Linear(1, d)
+        self.embed_state = nn.Linear(cfg.obs_dim, d)
+        if cfg.discrete:
+            self.embed_action: nn.Module = nn.Embedding(cfg.act_dim, d)
+        else:
+            self.embed_action = nn.Linear(cfg.act_dim, d)
+        self.embed_ln = nn.LayerNorm(d)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(d)
+        self.predict_action = nn.Linear(d, cfg.act_dim)
+        self.apply(self._init_weights)
+        # GPT-2: scale the residual projections by 1/sqrt(2 * n_layer).
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight") or name.endswith("mlp.2.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(
+        self,
+        returns_to_go: torch.Tensor,
+        observations: torch.Tensor,
+        actions: torch.Tensor,
+        timesteps: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict the action at every timestep of a batch of windows.
+
+        Args:
+            returns_to_go: ``(B, K, 1) float32``, scaled returns-to-go R̂_t.
+            observations: ``(B, K, obs_dim) float32``, normalised observations s_t.
+            actions: ``(B, K, act_dim) float32`` in [-1, 1] (Box) or ``(B, K) int64`` (Discrete).
+                The action at step t is never seen by the prediction for step t.
+            timesteps: ``(B, K) int64`` episode timesteps, each in ``[0, max_timestep)``.
+            mask: ``(B, K) bool``, False on left padding; None when there is none.
+
+        Returns:
+            ``(B, K, act_dim) float32``: actions in [-1, 1] (Box, with ``action_tanh``) or
+            logits over the ``act_dim`` actions (Discrete).
+        """
+        b, k = timesteps.shape
+        d = self.cfg.embed_dim
+        t_emb = self.embed_timestep(timesteps)
+        r = self.embed_return(returns_to_go) + t_emb
+        s = self.embed_state(observations) + t_emb
+        a = self.embed_action(actions) + t_emb
+        # (B, K, 3, d) -> (B, 3K, d): R̂_1, s_1, a_1, R̂_2, ...
+        x = torch.stack((r, s, a), dim=2).reshape(b, 3 * k, d)
+        x = self.drop(self.embed_ln(x))
+        attn_mask = None
+        if mask is not None and not bool(mask.all()):
+            attn_mask = self._attention_mask(mask)
+        for block in self.blocks:
+            x = block(x, attn_mask)
+        x = self.ln_f(x)
+        state_hidden = x.reshape(b, k, 3, d)[:, :, 1]
+        out = self.predict_action(state_hidden)
+        if not self.cfg.discrete and self.cfg.action_tanh:
+            out = torch.tanh(out)
+        return out
+
+    @staticmethod
+    def _attention_mask(mask: torch.Tensor) -> torch.Tensor:
+        """``(B, K)`` validity → ``(B, 1, 3K, 3K)`` bool: causal, padded keys hidden. Every token
+        may attend to itself so padded rows stay finite (their outputs are masked in the loss)."""
+        b, k = mask.shape
+        tok = mask.repeat_interleave(3, dim=1)  # (B, 3K)
+        n = 3 * k
+        causal = torch.ones(n, n, dtype=torch.bool, device=mask.device).tril()
+        eye = torch.eye(n, dtype=torch.bool, device=mask.device)
+        return (causal & (tok[:, None, :] | eye))[:, None]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
