@@ -1,0 +1,147 @@
+"""The Pendulum-v1 study end to end, with the reference study's numbers beside ours.
+
+    python benchmarks/pendulum.py                    # preset paper (about 45 minutes here)
+    python benchmarks/pendulum.py --preset smoke     # plumbing check, ~2 minutes
+
+Runs ``offline_dt.pipeline.reproduce(env_id="Pendulum-v1", preset=...)`` and writes
+``benchmarks/results/pendulum.{md,csv}`` (``pendulum-<preset>.{md,csv}`` for presets other
+than ``paper``): the results table, the published reference numbers where they exist, wall
+seconds per stage, machine, versions and the command.
+
+Reference numbers (200 episodes each): random agent -1228.31, SAC -138.44; Decision
+Transformer trained on pendulum-random -1235.27, pendulum-medium-replay -1025.76,
+pendulum-medium -607.84. The study's "medium" data came from its fully trained SAC agent,
+which is our ``expert`` level, so that number sits beside our expert row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from offline_dt.pipeline import PRESETS, reproduce  # noqa: E402
+from offline_dt.report import dataset_level, to_markdown  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ENV = "Pendulum-v1"
+
+#: (method, our level) -> (published mean return, what it is)
+REFERENCE = {
+    ("random", None): (-1228.31, "random agent"),
+    ("behaviour", "expert"): (-138.44, "SAC agent (fully trained)"),
+    ("dt", "random"): (-1235.27, "DT on pendulum-random"),
+    ("dt", "medium-replay"): (-1025.76, "DT on pendulum-medium-replay"),
+    ("dt", "expert"): (-607.84, "DT on the study's pendulum-medium = fully trained SAC data"),
+}
+
+
+def reference_for(method: str, dataset: str) -> tuple[float | None, str]:
+    level = dataset_level(dataset)
+    for key in ((method, level), (method, None)):
+        if key in REFERENCE:
+            return REFERENCE[key]
+    return None, ""
+
+
+def versions() -> dict[str, str]:
+    import gymnasium
+    import minari
+    import numpy
+    import stable_baselines3
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "gymnasium": gymnasium.__version__, "stable-baselines3": stable_baselines3.__version__,
+            "minari": minari.__version__, "numpy": numpy.__version__, "pandas": pd.__version__}
+
+
+def machine() -> str:
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or "unknown CPU"
+    return f"{cpu}, {os.cpu_count()} cores, {platform.platform()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="paper", choices=sorted(PRESETS))
+    p.add_argument("--root", type=Path, default=Path("data"), help="reproduce output root")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, default=RESULTS, help="where the .md/.csv go")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
+                        datefmt="%H:%M:%S")
+
+    t = time.perf_counter()
+    table = reproduce(env_id=ENV, preset=args.preset, root=args.root, device=args.device)
+    wall = time.perf_counter() - t
+    report_dir = args.root / "reports" / ENV / args.preset
+    timings = json.loads((report_dir / "timings.json").read_text())
+
+    refs = [reference_for(r.method, r.dataset) for r in table.itertuples()]
+    out = table.copy()
+    out["reference_return"] = [r[0] for r in refs]
+    out["reference"] = [r[1] for r in refs]
+    stem = "pendulum" if args.preset == "paper" else f"pendulum-{args.preset}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    out.to_csv(args.out / f"{stem}.csv", index=False)
+
+    command = "python " + " ".join(shlex.quote(a) for a in
+                                   ["benchmarks/pendulum.py", *(argv or sys.argv[1:])])
+    preset = PRESETS[args.preset]
+    order = ["generate", "train", "evaluate", "baselines", "report"]
+    names = [k for k in order if k in timings["stages"]]
+    names += [k for k in timings["stages"] if k not in order]
+    stages = "\n".join(f"| {k} | {timings['stages'][k]:.1f} |" for k in names)
+    md = f"""# Pendulum-v1: Decision Transformer vs baselines (preset `{args.preset}`)
+
+Command: `{command}` (wall time {wall / 60:.1f} min)
+
+Machine: {machine()}. Versions: {', '.join(f'{k} {v}' for k, v in versions().items())}.
+
+Preset: {preset.description}
+Training seeds {list(preset.seeds)}; {preset.evaluate.get('episodes')} evaluation episodes per
+seed, the same episodes (reset seeds `seed * 100000 + i`) for every method. Train overrides:
+`{json.dumps(preset.train)}`.
+
+Each row pools all episodes of all seeds: mean, std and 95% CI (1.96 std / sqrt(n)) over
+episodes; the normalized score is D4RL's `100 (R - ref_min) / (ref_max - ref_min)` with our
+reference scores (random agent, trained SAC). DT rows report, per seed, the best of its
+target returns (the dataset's best episode return and the expert reference score); `bc` is
+the same network trained with returns-to-go zeroed.
+
+{to_markdown(out)}
+Reference study numbers (200 episodes each): random agent -1228.31, SAC -138.44, DT trained
+on pendulum-random -1235.27, pendulum-medium-replay -1025.76, pendulum-medium -607.84. The
+study's "medium" data came from its fully trained SAC agent, which is our `expert` level, so
+that number sits beside our expert row.
+
+## Wall seconds per stage
+
+| stage | seconds |
+|---|---:|
+{stages}
+| total | {timings['total']:.1f} |
+
+Report, plots and per-run timings: `{report_dir}`.
+"""
+    (args.out / f"{stem}.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

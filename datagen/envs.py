@@ -1,0 +1,112 @@
+"""Environment checks and helpers shared by the datagen stages."""
+
+from __future__ import annotations
+
+import difflib
+import re
+
+import gymnasium as gym
+import numpy as np
+
+
+def env_namespace(env_id: str) -> str:
+    """Dataset namespace of a Gymnasium id: ``Pendulum-v1`` → ``pendulum``,
+    ``CartPole-v1`` → ``cartpole``, ``ALE/Pong-v5`` → ``ale-pong``.
+
+    The version suffix is dropped and the rest lower-cased, with anything but letters and
+    digits turned into ``-`` (Minari namespaces allow ``[a-z0-9-_]``).
+    """
+    name = re.sub(r"-v\d+$", "", env_id)
+    name = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    if not name:
+        raise ValueError(f"env_id: cannot derive a dataset namespace from {env_id!r}")
+    return name
+
+
+def check_env_id(env_id: str) -> gym.envs.registration.EnvSpec:
+    """The registered spec of ``env_id``.
+
+    Raises:
+        ValueError: ``env_id`` is not registered; the message lists a few close registered ids
+            (``difflib``) and wraps the ``gymnasium.error`` raised.
+    """
+    if not isinstance(env_id, str) or not env_id:
+        raise ValueError(f"env_id: expected a Gymnasium id like 'Pendulum-v1', found {env_id!r}")
+    try:
+        return gym.spec(env_id)
+    except gym.error.Error as e:
+        close = difflib.get_close_matches(env_id, list(gym.registry.keys()), n=5, cutoff=0.5)
+        hint = f"; close registered ids: {close}" if close else ""
+        raise ValueError(f"env_id: unknown Gymnasium environment {env_id!r}{hint} ({e})") from e
+
+
+def check_spaces(
+    observation_space: gym.Space, action_space: gym.Space, env_id: str = "env"
+) -> None:
+    """Accept a flat Box observation space and a Box or Discrete action space.
+
+    Raises:
+        ValueError: naming the env and the space found (Dict, Tuple, image observations with
+            ``ndim > 1``, MultiDiscrete, ...).
+    """
+    if not isinstance(observation_space, gym.spaces.Box):
+        raise ValueError(
+            f"env_id {env_id}: observation space must be a flat gymnasium Box, found "
+            f"{type(observation_space).__name__} ({observation_space}); Dict/Tuple "
+            "observations are unsupported"
+        )
+    if len(observation_space.shape) != 1:
+        raise ValueError(
+            f"env_id {env_id}: observation space must be flat (obs_dim,), found shape "
+            f"{observation_space.shape}; image observations (ndim > 1) are unsupported"
+        )
+    if isinstance(action_space, gym.spaces.Box):
+        if len(action_space.shape) != 1:
+            raise ValueError(
+                f"env_id {env_id}: Box action space must be (act_dim,), found shape "
+                f"{action_space.shape}"
+            )
+        if not (np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all()):
+            raise ValueError(
+                f"env_id {env_id}: Box action space must be bounded, found {action_space}"
+            )
+    elif not isinstance(action_space, gym.spaces.Discrete):
+        raise ValueError(
+            f"env_id {env_id}: action space must be a Box or Discrete, found "
+            f"{type(action_space).__name__} ({action_space})"
+        )
+
+
+def check_env(env_id: str) -> tuple[gym.spaces.Box, gym.spaces.Box | gym.spaces.Discrete]:
+    """Validate ``env_id`` and its spaces before any work; return (observation, action) spaces.
+
+    Raises:
+        ValueError: unknown id or unsupported spaces (see ``check_env_id``/``check_spaces``).
+    """
+    check_env_id(env_id)
+    env = gym.make(env_id)
+    try:
+        obs_space, act_space = env.observation_space, env.action_space
+    finally:
+        env.close()
+    check_spaces(obs_space, act_space, env_id)
+    return obs_space, act_space
+
+
+def make_vec_env(env_id: str, num_envs: int, record_stats: bool = False) -> gym.vector.VectorEnv:
+    """A synchronous vector env with SAME_STEP autoreset.
+
+    With ``AutoresetMode.SAME_STEP`` a sub-env that ends is reset inside the same ``step``:
+    the returned observation is the new episode's first one and the true last observation is
+    in ``infos["final_obs"]`` (mask ``infos["_final_obs"]``). With ``record_stats`` the
+    ``RecordEpisodeStatistics`` wrapper adds ``infos["episode"]["r"]`` (float64 returns).
+    """
+    envs = gym.make_vec(
+        env_id,
+        num_envs=num_envs,
+        vectorization_mode="sync",
+        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+    )
+    if record_stats:
+        envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
+    return envs

@@ -1,0 +1,443 @@
+"""``generate``: D4RL-style dataset levels for a Gymnasium env, in HDF5 and Minari formats.
+
+Levels follow D4RL (Fu et al. 2020, "D4RL: Datasets for Deep Data-Driven Reinforcement
+Learning", section 5):
+
+- ``random``: uniform random actions.
+- ``expert``: the fully trained behaviour agent (SAC for Box actions, DQN for Discrete).
+- ``medium``: the first training checkpoint whose deterministic eval return reaches
+  ``medium_target_score`` on the normalized scale ``100 * (R - ref_min) / (ref_max - ref_min)``.
+- ``medium-replay``: the agent's replay buffer up to the medium checkpoint.
+- ``full-replay``: the whole replay buffer of the training run.
+- ``medium-expert``: medium and expert concatenated.
+
+Data-collection policy: like D4RL, ``expert`` and ``medium`` rollouts use the *stochastic*
+behaviour policy (SAC: sample from the tanh-Gaussian; DQN: epsilon-greedy with the zoo's
+``exploration_final_eps``), seeded so runs repeat. Reference scores and learning-curve
+evaluations use the *deterministic* policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from datagen.agents import (
+    AgentArtifacts,
+    load_behaviour_policy,
+    load_replay,
+    single_thread_torch,
+    train_agent,
+)
+from datagen.agents import algo_for as _algo_for
+from datagen.agents import zoo_hyperparams as _zoo
+from datagen.envs import check_env, env_namespace
+from datagen.replay import replay_to_dataset
+from datagen.rollout import evaluate_policy, rollout
+from offline_dt.data.d4rl import d4rl_filename, read_hdf5, write_hdf5
+from offline_dt.data.dataset import DatasetError, OfflineDataset, concatenate
+from offline_dt.data.minari_io import minari_dataset_id, minari_root, write_minari
+
+log = logging.getLogger(__name__)
+
+LEVELS = ("random", "medium", "medium-replay", "full-replay", "expert", "medium-expert")
+# Build order: medium-expert needs medium and expert.
+_ORDER = ("random", "expert", "medium", "medium-replay", "full-replay", "medium-expert")
+
+
+@dataclass
+class GenerateConfig:
+    """Settings of ``offline-dt generate`` (defaults: Pendulum-v1, D4RL-sized levels)."""
+
+    env_id: str = field(default="Pendulum-v1", metadata={
+        "help": "Gymnasium env id (flat Box observations; Box or Discrete actions)"})
+    seed: int = field(default=0, metadata={"help": "seed of training, rollouts and evals"})
+    levels: list[str] = field(default_factory=lambda: list(LEVELS), metadata={
+        "help": "dataset levels to write", "choices": list(LEVELS)})
+    random_steps: int = field(default=1_000_000, metadata={
+        "help": "transitions in the random dataset"})
+    expert_steps: int = field(default=200_000, metadata={
+        "help": "transitions in the expert dataset"})
+    medium_steps: int = field(default=200_000, metadata={
+        "help": "transitions in the medium dataset"})
+    agent_steps: int | None = field(default=None, metadata={
+        "help": "behaviour-agent training env steps (None: rl-zoo budget, SAC Pendulum 20000)"})
+    checkpoint_every: int = field(default=250, metadata={
+        "help": "env steps between agent checkpoints / learning-curve evaluations"})
+    medium_target_score: float = field(default=50.0, metadata={
+        "help": "D4RL normalized score (0..100) the medium checkpoint must first reach"})
+    ref_episodes: int = field(default=100, metadata={
+        "help": "episodes for the reference scores (random and trained agent)"})
+    eval_episodes: int = field(default=10, metadata={
+        "help": "deterministic eval episodes per learning-curve checkpoint"})
+    num_envs: int = field(default=50, metadata={
+        "help": "sub-environments of the synchronous vector env used for rollouts"})
+    out_dir: Path = field(default=Path("data/d4rl"), metadata={
+        "help": "directory of the D4RL-style HDF5 files"})
+    minari_root: Path | None = field(default=None, metadata={
+        "help": "Minari datasets root (default data/minari or $MINARI_DATASETS_PATH)"})
+    agents_dir: Path = field(default=Path("data/agents"), metadata={
+        "help": "behaviour-agent artifacts (weights, learning curve, replay buffer)"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "regenerate and replace existing datasets (and a complete agent trained with "
+                "another config) instead of reusing matching ones / refusing mismatching ones"})
+    device: str = field(default="auto", metadata={
+        "help": "torch device of the behaviour agent (auto, cpu, cuda)"})
+
+
+@dataclass
+class GenerateResult:
+    """What ``generate`` wrote.
+
+    Attributes:
+        paths: level → {"hdf5": file, "minari": dataset directory}.
+        summaries: level → ``OfflineDataset.summary()`` plus ``reused``.
+        stage_seconds: stage → wall seconds (``train_agent``, ``reference_scores``,
+            ``<level>`` collection, ``<level>_write``, ``total``).
+        ref_min_score / ref_max_score: D4RL reference returns (random / trained agent).
+        medium_checkpoint: {"step", "eval_return", "normalized", "path"} or None.
+        agent_dir: behaviour-agent directory, or None when every level was reused.
+    """
+
+    env_id: str
+    paths: dict[str, dict[str, Path]] = field(default_factory=dict)
+    summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    ref_min_score: float | None = None
+    ref_max_score: float | None = None
+    medium_checkpoint: dict[str, Any] | None = None
+    agent_dir: Path | None = None
+
+    def __str__(self) -> str:
+        lines = [f"generate {self.env_id}: ref_min={self.ref_min_score} "
+                 f"ref_max={self.ref_max_score}"]
+        for level, s in self.summaries.items():
+            lines.append(
+                f"  {level:14s} {s['steps']:>9d} steps {s['episodes']:>6d} episodes "
+                f"return {s['return_mean']:.1f} ± {s['return_std']:.1f}"
+                f"{'  (reused)' if s.get('reused') else ''}  {self.paths[level]['hdf5']}"
+            )
+        lines.append("  stages: " + ", ".join(f"{k} {v:.1f}s"
+                                              for k, v in self.stage_seconds.items()))
+        return "\n".join(lines)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape the data (stored in every dataset's metadata)."""
+    import gymnasium
+    import minari
+    import stable_baselines3
+
+    try:
+        from importlib.metadata import version
+
+        odt = version("offline-dt")
+    except Exception:  # not installed: the source tree's version
+        odt = "0.1.0"
+    return {"python": platform.python_version(), "numpy": np.__version__,
+            "gymnasium": str(gymnasium.__version__),
+            "stable-baselines3": str(stable_baselines3.__version__),
+            "torch": str(torch.__version__), "minari": str(minari.__version__),
+            "offline-dt": odt}
+
+
+def _validate(cfg: GenerateConfig) -> None:
+    unknown = [lv for lv in cfg.levels if lv not in LEVELS]
+    if unknown:
+        raise ValueError(f"levels: unknown level(s) {unknown}; choose from {list(LEVELS)}")
+    if not cfg.levels:
+        raise ValueError(f"levels: at least one level is needed, choose from {list(LEVELS)}")
+    for name in ("random_steps", "expert_steps", "medium_steps", "checkpoint_every",
+                 "ref_episodes", "eval_episodes", "num_envs"):
+        v = getattr(cfg, name)
+        if not isinstance(v, int | np.integer) or v <= 0:
+            raise ValueError(f"{name}: must be a positive integer, found {v!r}")
+    if cfg.agent_steps is not None and (not isinstance(cfg.agent_steps, int | np.integer)
+                                        or cfg.agent_steps <= 0):
+        raise ValueError(f"agent_steps: must be a positive integer or None, "
+                         f"found {cfg.agent_steps!r}")
+    if not 0 < cfg.medium_target_score <= 100:
+        raise ValueError(f"medium_target_score: must be in (0, 100], found "
+                         f"{cfg.medium_target_score}")
+
+
+def _level_steps(cfg: GenerateConfig, level: str) -> int | None:
+    return {"random": cfg.random_steps, "expert": cfg.expert_steps,
+            "medium": cfg.medium_steps,
+            "medium-expert": cfg.medium_steps + cfg.expert_steps}.get(level)
+
+
+def _fingerprint(cfg: GenerateConfig, level: str, agent_steps: int) -> str:
+    """Hash of every setting that shapes the level's data and metadata."""
+    key = {"env_id": cfg.env_id, "level": level, "seed": cfg.seed,
+           "steps": _level_steps(cfg, level), "agent_steps": agent_steps,
+           "checkpoint_every": cfg.checkpoint_every, "eval_episodes": cfg.eval_episodes,
+           "ref_episodes": cfg.ref_episodes, "medium_target_score": cfg.medium_target_score,
+           "num_envs": cfg.num_envs}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _existing_state(hdf5: Path, mdir: Path, fp: str) -> tuple[str, str]:
+    """(hdf5 state, minari state), each "missing", "match" or a mismatch description."""
+    if not hdf5.exists():
+        h = "missing"
+    else:
+        try:
+            ds = read_hdf5(hdf5)
+            found = ds.metadata.get("fingerprint")
+            h = "match" if found == fp else f"config fingerprint {found!r} != {fp!r}"
+        except (DatasetError, OSError) as e:
+            h = f"unreadable ({e})"
+    meta = mdir / "data" / "metadata.json"
+    if not mdir.exists():
+        m = "missing"
+    elif not meta.is_file():
+        m = "incomplete (no data/metadata.json)"
+    else:
+        try:
+            desc = json.loads(meta.read_text()).get("description", "")
+        except (OSError, ValueError) as e:
+            desc = f"unreadable ({e})"
+        m = "match" if f"fingerprint={fp}" in desc else "written with another config"
+    return h, m
+
+
+def generate(cfg: GenerateConfig) -> GenerateResult:
+    """Generate the configured dataset levels and write each in both formats.
+
+    Outputs: ``out_dir/<namespace>-<level>-v0.hdf5`` (D4RL layout, ``offline_dt.data.d4rl``)
+    and the Minari dataset ``<namespace>/<level>-v0`` under ``minari_root``; the namespace is
+    the lower-cased env name without version (``Pendulum-v1`` → ``pendulum``). Every
+    dataset's metadata holds env_id, level, agent (``random``, ``sac``, ``sac@step2750``),
+    seed, steps, package versions, ref_min_score, ref_max_score (so
+    ``minari.get_normalized_score`` works) and, for behaviour levels, the checkpoint path.
+
+    An existing output whose stored config fingerprint matches is reused; all inputs are
+    checked before any work.
+
+    Raises:
+        ValueError: unknown env id (with close registered ids), unsupported spaces, unknown
+            levels, non-positive step/episode counts.
+        FileExistsError: an output (or agent directory) exists with a different config and
+            ``overwrite`` is False; the message names the path and ``--overwrite``.
+    """
+    t_start = time.perf_counter()
+    _validate(cfg)
+    obs_space, act_space = check_env(cfg.env_id)
+    single_thread_torch()  # small MLPs: one thread is fastest (see datagen.agents)
+    ns = env_namespace(cfg.env_id)
+    algo = _algo_for(act_space)
+    agent_steps = cfg.agent_steps or _zoo(algo, cfg.env_id)[0]
+    out_dir = Path(cfg.out_dir)
+    mroot = minari_root(cfg.minari_root)
+    levels = [lv for lv in _ORDER if lv in cfg.levels]
+    result = GenerateResult(env_id=cfg.env_id)
+
+    # ---- pre-flight: what exists, what matches, refuse before any work
+    todo: dict[str, tuple[bool, bool]] = {}  # level -> (write hdf5, write minari)
+    for level in levels:
+        fp = _fingerprint(cfg, level, agent_steps)
+        hdf5 = out_dir / d4rl_filename(ns, level)
+        mdir = mroot / minari_dataset_id(ns, level)
+        result.paths[level] = {"hdf5": hdf5, "minari": mdir}
+        h, m = _existing_state(hdf5, mdir, fp)
+        if not cfg.overwrite:
+            for path, state in ((hdf5, h), (mdir, m)):
+                if state not in ("missing", "match"):
+                    raise FileExistsError(
+                        f"{path} exists but does not match this configuration ({state}); "
+                        "pass --overwrite (overwrite=True) to replace it"
+                    )
+            todo[level] = (h != "match", m != "match")
+        else:
+            todo[level] = (True, True)
+
+    needed = {lv for lv, (a, b) in todo.items() if a or b}
+    if "medium-expert" in needed:
+        needed |= {"medium", "expert"}
+    built: dict[str, OfflineDataset] = {}
+
+    def dataset_of(level: str) -> OfflineDataset:
+        if level not in built:
+            built[level] = read_hdf5(out_dir / d4rl_filename(ns, level))
+        return built[level]
+
+    if not any(a or b for a, b in todo.values()):
+        log.info("generate: every requested dataset of %s exists with this config; reusing",
+                 cfg.env_id)
+        for level in levels:
+            ds = dataset_of(level)
+            result.summaries[level] = {**ds.summary(), "reused": True}
+            result.ref_min_score = ds.metadata.get("ref_min_score")
+            result.ref_max_score = ds.metadata.get("ref_max_score")
+        result.stage_seconds["total"] = time.perf_counter() - t_start
+        return result
+
+    stages = result.stage_seconds
+
+    # ---- behaviour agent
+    agent_dir = Path(cfg.agents_dir) / ns / f"seed{cfg.seed}"
+    t0 = time.perf_counter()
+    agent = train_agent(cfg.env_id, agent_dir, seed=cfg.seed, total_steps=agent_steps,
+                        checkpoint_every=cfg.checkpoint_every, eval_episodes=cfg.eval_episodes,
+                        num_envs=cfg.num_envs, device=cfg.device, overwrite=cfg.overwrite)
+    stages["train_agent"] = time.perf_counter() - t0
+    result.agent_dir = agent_dir
+    log.info("stage train_agent: %.1f s (%s)", stages["train_agent"],
+             "reused" if agent.reused else "trained")
+
+    # ---- reference scores (D4RL: random agent and fully trained agent)
+    t0 = time.perf_counter()
+    ref_min, ref_max = reference_scores(cfg, agent)
+    stages["reference_scores"] = time.perf_counter() - t0
+    result.ref_min_score, result.ref_max_score = ref_min, ref_max
+    log.info("stage reference_scores: %.1f s (ref_min %.2f, ref_max %.2f over %d episodes)",
+             stages["reference_scores"], ref_min, ref_max, cfg.ref_episodes)
+
+    med = select_medium_checkpoint(agent, ref_min, ref_max, cfg.medium_target_score)
+    result.medium_checkpoint = med
+    versions = package_versions()
+
+    def meta(level: str, agent_name: str, **extra: Any) -> dict[str, Any]:
+        md = {"env_id": cfg.env_id, "level": level, "agent": agent_name, "seed": cfg.seed,
+              "steps": 0, "ref_min_score": ref_min, "ref_max_score": ref_max,
+              "dataset_id": minari_dataset_id(ns, level), "num_envs": cfg.num_envs,
+              "agent_steps": agent_steps,
+              "fingerprint": _fingerprint(cfg, level, agent_steps)}
+        md.update({f"version_{k}": v for k, v in versions.items()})
+        md.update(extra)
+        return md
+
+    for level in levels:
+        if level not in needed:
+            continue
+        t0 = time.perf_counter()
+        if level == "random":
+            ds = rollout(cfg.env_id, cfg.random_steps, None, seed=cfg.seed,
+                         num_envs=cfg.num_envs, metadata=meta(level, "random"),
+                         desc="random").dataset
+        elif level == "expert":
+            torch.manual_seed(cfg.seed + 1)
+            pol = load_behaviour_policy(agent.policy_path, cfg.env_id, cfg.device,
+                                        deterministic=False, seed=cfg.seed + 1)
+            ds = rollout(cfg.env_id, cfg.expert_steps, pol, seed=cfg.seed + 1,
+                         num_envs=cfg.num_envs, desc="expert",
+                         metadata=meta(level, agent.name, checkpoint=str(agent.policy_path),
+                                       checkpoint_step=agent.total_steps,
+                                       policy="stochastic")).dataset
+        elif level == "medium":
+            torch.manual_seed(cfg.seed + 2)
+            pol = load_behaviour_policy(med["path"], cfg.env_id, cfg.device,
+                                        deterministic=False, seed=cfg.seed + 2)
+            ds = rollout(cfg.env_id, cfg.medium_steps, pol, seed=cfg.seed + 2,
+                         num_envs=cfg.num_envs, desc="medium",
+                         metadata=meta(level, f"{agent.name}@step{med['step']}",
+                                       checkpoint=str(med["path"]),
+                                       checkpoint_step=med["step"],
+                                       checkpoint_eval_return=med["eval_return"],
+                                       checkpoint_normalized_score=med["normalized"],
+                                       policy="stochastic")).dataset
+        elif level in ("medium-replay", "full-replay"):
+            arrays, first = load_replay(agent.replay_path)
+            stop = None
+            name = f"{agent.name}-replay"
+            extra: dict[str, Any] = {"checkpoint": str(agent.replay_path)}
+            if level == "medium-replay":
+                stop = med["step"] - first
+                if stop <= 0:
+                    raise DatasetError(f"replay buffer {agent.replay_path} no longer holds the "
+                                       f"steps before the medium checkpoint {med['step']}")
+                name = f"{agent.name}-replay@step{med['step']}"
+                extra["checkpoint_step"] = med["step"]
+            ds = replay_to_dataset(arrays, obs_space, act_space, scaled_actions=(algo == "SAC"),
+                                   stop=stop, metadata=meta(level, name, **extra))
+        else:  # medium-expert
+            ds = concatenate([dataset_of("medium"), dataset_of("expert")],
+                             meta(level, f"{agent.name}@step{med['step']}+{agent.name}"))
+        ds.metadata["steps"] = ds.num_transitions
+        built[level] = ds
+        stages[level] = time.perf_counter() - t0
+        log.info("stage %s: %d steps, %d episodes in %.1f s", level, ds.num_transitions,
+                 ds.num_episodes, stages[level])
+
+    for level in levels:
+        write_h, write_m = todo[level]
+        ds = dataset_of(level)
+        t0 = time.perf_counter()
+        paths = result.paths[level]
+        if write_h:
+            write_hdf5(ds, paths["hdf5"], overwrite=True)
+        if write_m:
+            fp = ds.metadata["fingerprint"]
+            write_minari(ds, minari_dataset_id(ns, level), mroot, overwrite=True,
+                         description=f"{cfg.env_id} {level} dataset generated by offline-dt "
+                                     f"datagen (agent {ds.metadata['agent']}, seed {cfg.seed}); "
+                                     f"fingerprint={fp}")
+        if write_h or write_m:
+            stages[f"{level}_write"] = time.perf_counter() - t0
+            log.info("stage %s_write: %.1f s", level, stages[f"{level}_write"])
+        result.summaries[level] = {**ds.summary(), "reused": not (write_h or write_m)}
+    stages["total"] = time.perf_counter() - t_start
+    log.info("generate %s: done in %.1f s", cfg.env_id, stages["total"])
+    return result
+
+
+def reference_scores(cfg: GenerateConfig, agent: AgentArtifacts) -> tuple[float, float]:
+    """D4RL reference returns: (random-agent mean, trained deterministic agent mean).
+
+    Each is the mean undiscounted return over ``cfg.ref_episodes`` episodes of a batched
+    vector env (reset seeds ``seed + 20_000 + i``).
+    """
+    seed = cfg.seed + 20_000
+    ref_min = evaluate_policy(cfg.env_id, None, cfg.ref_episodes, seed=seed,
+                              num_envs=cfg.num_envs)
+    pol = load_behaviour_policy(agent.policy_path, cfg.env_id, cfg.device, deterministic=True)
+    ref_max = evaluate_policy(cfg.env_id, pol, cfg.ref_episodes, seed=seed,
+                              num_envs=cfg.num_envs)
+    return float(ref_min.mean()), float(ref_max.mean())
+
+
+def normalized_score(ret: float, ref_min: float, ref_max: float) -> float:
+    """D4RL normalized score ``100 * (ret - ref_min) / (ref_max - ref_min)``."""
+    span = ref_max - ref_min
+    return 100.0 * (ret - ref_min) / span if span != 0 else float("nan")
+
+
+def select_medium_checkpoint(agent: AgentArtifacts, ref_min: float, ref_max: float,
+                             target: float) -> dict[str, Any]:
+    """The FIRST checkpoint whose eval return's normalized score reaches ``target``.
+
+    When none does (too short a training run) the checkpoint with the highest score is used
+    and a warning logged.
+
+    Returns:
+        {"step", "eval_return", "normalized", "path", "reached_target"}.
+    """
+    if not agent.checkpoints:
+        raise DatasetError(f"agent {agent.dir} has no checkpoints")
+    scores = [normalized_score(c.eval_return_mean, ref_min, ref_max) for c in agent.checkpoints]
+    idx = next((i for i, s in enumerate(scores) if s >= target), None)
+    reached = idx is not None
+    if idx is None:
+        idx = int(np.nanargmax(scores)) if not np.isnan(scores).all() else len(scores) - 1
+        log.warning("no checkpoint reached normalized score %.1f; using step %d (score %.1f)",
+                    target, agent.checkpoints[idx].step, scores[idx])
+    c = agent.checkpoints[idx]
+    log.info("medium checkpoint: step %d, eval return %.1f, normalized %.1f", c.step,
+             c.eval_return_mean, scores[idx])
+    return {"step": c.step, "eval_return": c.eval_return_mean, "normalized": scores[idx],
+            "path": c.path, "reached_target": reached}
+
+
+def config_dict(cfg: GenerateConfig) -> dict[str, Any]:
+    """The config as JSON-able dict (paths as strings)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}

@@ -1,0 +1,214 @@
+"""Batched rollouts over a Gymnasium vector env into an ``OfflineDataset``.
+
+A policy here is a callable ``policy(obs) -> actions`` taking a batch ``obs (num_envs,
+obs_dim) float32`` and returning ``(num_envs, act_dim) float32`` (Box) or ``(num_envs,)
+int64`` (Discrete). ``policy=None`` means uniform random actions (``action_space.sample``,
+seeded).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from tqdm.auto import tqdm
+
+from datagen.envs import check_spaces, make_vec_env
+from offline_dt.data.dataset import OfflineDataset
+
+log = logging.getLogger(__name__)
+
+Policy = Callable[[np.ndarray], np.ndarray]
+
+
+def _progress(total: int, desc: str) -> tqdm:
+    return tqdm(total=total, desc=desc, unit="step", disable=not sys.stderr.isatty(),
+                leave=False, mininterval=1.0)
+
+
+@dataclass
+class RolloutResult:
+    """A rollout's dataset plus what the env itself recorded.
+
+    Attributes:
+        dataset: the transitions, episodes in env-major order (all of sub-env 0's episodes,
+            then sub-env 1's, ...).
+        recorded_returns: ``(E,) float64`` the return of each dataset episode as recorded by
+            Gymnasium's ``RecordEpisodeStatistics`` during the rollout (independent of the
+            stored rewards); NaN for episodes cut off at the step budget.
+        wall_s: seconds the rollout took.
+    """
+
+    dataset: OfflineDataset
+    recorded_returns: np.ndarray
+    wall_s: float
+
+
+def rollout(
+    env_id: str,
+    n_steps: int,
+    policy: Policy | None = None,
+    *,
+    seed: int = 0,
+    num_envs: int = 10,
+    metadata: dict[str, Any] | None = None,
+    desc: str = "rollout",
+) -> RolloutResult:
+    """Collect exactly ``n_steps`` transitions with ``policy`` over ``num_envs`` sub-envs.
+
+    Every sub-env runs ``ceil(n_steps / num_envs)`` steps (sub-env ``i`` reset with seed
+    ``seed + i``); the streams are laid end to end in env order and cut to ``n_steps`` rows
+    (D4RL-style fixed size). Gymnasium ``terminated``/``truncated`` become ``terminals``/
+    ``timeouts``; a truncated or terminated step's ``next_observations`` row is the true last
+    observation (``infos["final_obs"]``, SAME_STEP autoreset), not the next episode's first.
+    An episode cut off by the step budget gets ``timeouts=True`` on its last kept step.
+
+    Args:
+        env_id: Gymnasium id with a flat Box observation and Box/Discrete action space.
+        n_steps: number of transitions, > 0.
+        policy: batched policy, or None for uniform random actions.
+        seed: reset seed (and action-space seed for random actions).
+        num_envs: sub-envs of the synchronous vector env, > 0.
+        metadata: stored on the dataset.
+
+    Raises:
+        ValueError: non-positive ``n_steps``/``num_envs`` or unsupported spaces.
+    """
+    if int(n_steps) <= 0:
+        raise ValueError(f"n_steps: must be a positive number of steps, found {n_steps}")
+    if int(num_envs) <= 0:
+        raise ValueError(f"num_envs: must be positive, found {num_envs}")
+    t0 = time.perf_counter()
+    num_envs = min(int(num_envs), int(n_steps))
+    envs = make_vec_env(env_id, num_envs, record_stats=True)
+    try:
+        obs_space = envs.single_observation_space
+        act_space = envs.single_action_space
+        check_spaces(obs_space, act_space, env_id)
+        T = math.ceil(n_steps / num_envs)
+        obs_dim = obs_space.shape[0]
+        discrete = isinstance(act_space, gym.spaces.Discrete)
+        obs_buf = np.empty((T, num_envs, obs_dim), np.float32)
+        next_buf = np.empty((T, num_envs, obs_dim), np.float32)
+        if discrete:
+            act_buf = np.empty((T, num_envs), np.int64)
+        else:
+            act_buf = np.empty((T, num_envs, *act_space.shape), np.float32)
+        rew_buf = np.empty((T, num_envs), np.float32)
+        term_buf = np.empty((T, num_envs), bool)
+        trunc_buf = np.empty((T, num_envs), bool)
+        ep_rows: list[np.ndarray] = []  # flat row index (env-major) where an episode ended
+        ep_rets: list[np.ndarray] = []
+        obs, _ = envs.reset(seed=seed)
+        if policy is None:
+            envs.action_space.seed(seed)
+        env_idx = np.arange(num_envs)
+        with _progress(T * num_envs, desc) as bar:
+            for t in range(T):
+                act = envs.action_space.sample() if policy is None else policy(obs)
+                nobs, rew, term, trunc, info = envs.step(act)
+                obs_buf[t] = obs
+                act_buf[t] = act
+                rew_buf[t] = rew
+                term_buf[t] = term
+                trunc_buf[t] = trunc
+                next_buf[t] = nobs
+                if "_final_obs" in info:
+                    m = info["_final_obs"]
+                    next_buf[t, m] = np.stack(info["final_obs"][m])
+                if "_episode" in info:
+                    m = info["_episode"]
+                    ep_rows.append(env_idx[m] * T + t)
+                    ep_rets.append(np.asarray(info["episode"]["r"], np.float64)[m])
+                obs = nobs
+                if t % 256 == 0:
+                    bar.update(min(256, T - t) * num_envs)
+    finally:
+        envs.close()
+
+    def flat(a: np.ndarray) -> np.ndarray:
+        return np.swapaxes(a, 0, 1).reshape(num_envs * T, *a.shape[2:])[:n_steps]
+
+    terminals = flat(term_buf)
+    timeouts = flat(trunc_buf)
+    # Cut-off ends: the last kept step of every sub-env stream that did not end an episode.
+    cut = np.minimum(np.arange(1, num_envs + 1) * T, n_steps) - 1
+    cut = np.unique(cut)
+    timeouts[cut] |= ~terminals[cut]
+    ds = OfflineDataset.from_flat(
+        observations=flat(obs_buf),
+        actions=flat(act_buf),
+        rewards=flat(rew_buf),
+        next_observations=flat(next_buf),
+        terminals=terminals,
+        timeouts=timeouts,
+        observation_space=obs_space,
+        action_space=act_space,
+        metadata=metadata,
+    )
+    recorded = np.full(ds.num_episodes, np.nan)
+    if ep_rows:
+        rows = np.concatenate(ep_rows)
+        rets = np.concatenate(ep_rets)
+        keep = rows < n_steps
+        rows, rets = rows[keep], rets[keep]
+        idx = np.searchsorted(ds.episode_starts, rows, side="right") - 1
+        assert (ds.episode_starts[idx + 1] - 1 == rows).all()
+        recorded[idx] = rets
+    wall = time.perf_counter() - t0
+    log.info("%s: %d steps, %d episodes of %s in %.1f s", desc, n_steps, ds.num_episodes,
+             env_id, wall)
+    return RolloutResult(ds, recorded, wall)
+
+
+def evaluate_policy(
+    env_id: str,
+    policy: Policy | None,
+    n_episodes: int,
+    *,
+    seed: int = 0,
+    num_envs: int = 10,
+) -> np.ndarray:
+    """Undiscounted returns of ``n_episodes`` complete episodes, batched over a vector env.
+
+    Sub-env ``i`` (reset seed ``seed + i``) runs a fixed quota of episodes (the quotas sum
+    to ``n_episodes``), so the result does not depend on which sub-env finishes first.
+    ``policy=None`` is the uniform random policy (D4RL's ``ref_min_score`` agent).
+
+    Returns:
+        ``(n_episodes,) float64`` returns, sub-env by sub-env.
+
+    Raises:
+        ValueError: ``n_episodes`` or ``num_envs`` not positive.
+    """
+    if int(n_episodes) <= 0:
+        raise ValueError(f"n_episodes: must be positive, found {n_episodes}")
+    if int(num_envs) <= 0:
+        raise ValueError(f"num_envs: must be positive, found {num_envs}")
+    n = min(int(num_envs), int(n_episodes))
+    quota = np.array([(n_episodes + i) // n for i in range(n)])
+    counts = np.zeros(n, np.int64)
+    returns: list[list[float]] = [[] for _ in range(n)]
+    envs = make_vec_env(env_id, n, record_stats=True)
+    try:
+        obs, _ = envs.reset(seed=seed)
+        if policy is None:
+            envs.action_space.seed(seed)
+        while (counts < quota).any():
+            act = envs.action_space.sample() if policy is None else policy(obs)
+            obs, _, _, _, info = envs.step(act)
+            if "_episode" in info:
+                for i in np.flatnonzero(info["_episode"]):
+                    if counts[i] < quota[i]:
+                        returns[i].append(float(info["episode"]["r"][i]))
+                        counts[i] += 1
+    finally:
+        envs.close()
+    return np.array([r for rs in returns for r in rs], np.float64)

@@ -1,0 +1,710 @@
+"""Return-conditioned evaluation of Decision Transformers (and baselines) on the live env.
+
+Every row of the results table answers the same :class:`Policy` protocol and is rolled out by
+the same loop, on the same episodes and seeds:
+
+* :class:`DTPolicy`: a trained Decision Transformer conditioned on a target return. It keeps,
+  per env, the last K steps of (return-to-go, observation, action, timestep) and decrements the
+  return-to-go by every reward received (Chen et al. 2021, Algorithm 1). With method ``"bc"``
+  the same network is fed zeros as returns-to-go, as it was in training.
+* :class:`RandomPolicy`: ``action_space.sample()`` per env, seeded by the episode seed.
+* :class:`CallablePolicy`: any batched ``fn(observations) -> actions``, e.g. the SAC agent that
+  produced a dataset (built by ``offline_dt.pipeline``; this module never imports datagen).
+
+:func:`evaluate_policy` steps all episodes at once through a Gymnasium vector env (one batched
+policy call per env step); :func:`evaluate_sequential` is the one-episode-at-a-time reference
+loop of the original implementation (one model call per step per episode), kept for tests and
+the speed benchmark. Both seed episode ``i`` of an evaluation with seed ``s`` as
+``s * 100_000 + i`` (:func:`episode_seed`), so the same ``(seed, i)`` is the same episode for
+every policy and both loops.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from offline_dt.config import save_json, to_jsonable
+from offline_dt.data.windows import Normalizer
+
+log = logging.getLogger(__name__)
+
+#: Episode ``i`` of an evaluation with seed ``s`` resets its env with ``s * SEED_STRIDE + i``.
+SEED_STRIDE = 100_000
+#: Most envs stepped at once; more episodes run in several waves of at most this many.
+DEFAULT_MAX_ENVS = 256
+
+
+def episode_seed(seed: int, i: int) -> int:
+    """Reset seed of episode ``i`` (0-based) of an evaluation with seed ``seed``."""
+    if not 0 <= i < SEED_STRIDE:
+        raise ValueError(f"episode index must be in [0, {SEED_STRIDE}), found {i}")
+    return int(seed) * SEED_STRIDE + int(i)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; anything else as given."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+# ---------------------------------------------------------------------------------- policies
+@runtime_checkable
+class Policy(Protocol):
+    """What the evaluation loops roll out: one batched call per env step.
+
+    ``reset(num_envs, seeds)`` starts ``num_envs`` episodes (``seeds`` are their reset seeds,
+    which stochastic policies use to seed themselves); ``act`` maps ``(N, obs_dim) float32``
+    observations to ``(N, act_dim) float32`` (Box) or ``(N,) int64`` (Discrete) actions in env
+    units; ``observe`` receives the ``(N,)`` rewards of the step just taken.
+    """
+
+    def reset(self, num_envs: int, seeds: Sequence[int] | None = None) -> None: ...
+
+    def act(self, observations: np.ndarray) -> np.ndarray: ...
+
+    def observe(self, rewards: np.ndarray) -> None: ...
+
+
+class DTPolicy:
+    """A Decision Transformer acting in ``N`` envs at once from a rolling context.
+
+    Per env it holds the last ``K`` steps of scaled return-to-go, normalised observation,
+    model-space action and timestep. At every step the newest observation is appended with the
+    current return-to-go and a zero action placeholder, the model predicts the action of the
+    last step, and that prediction replaces the placeholder. After the step
+    :meth:`observe` subtracts the reward from the return-to-go: ``R̂_{t+1} = R̂_t - r_t``,
+    starting from ``target_return`` (Chen et al. 2021, Algorithm 1). All envs start together,
+    so the context holds ``min(t + 1, K)`` steps for every env and needs no padding or mask.
+
+    Args:
+        model: a ``DecisionTransformer`` (put in eval mode by :meth:`reset`).
+        normalizer: the checkpoint's :class:`Normalizer` (observation statistics, return-to-go
+            scale, action bounds).
+        target_return: return to condition on, in env reward units (ignored for ``"bc"``).
+        method: ``"dt"``, or ``"bc"`` to feed zeros as returns-to-go (how BC was trained).
+        device: where the context lives; defaults to the model's device.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        normalizer: Normalizer,
+        target_return: float | None,
+        method: str = "dt",
+        device: str | torch.device | None = None,
+    ) -> None:
+        if method not in ("dt", "bc"):
+            raise ValueError(f"method must be 'dt' or 'bc', found {method!r}")
+        if method == "dt" and target_return is None:
+            raise ValueError("method 'dt' needs a target_return")
+        self.model = model
+        self.cfg = model.cfg
+        self.normalizer = normalizer
+        self.target_return = None if target_return is None else float(target_return)
+        self.method = method
+        self.device = (torch.device(device) if device is not None
+                       else next(model.parameters()).device)
+        self.k = int(self.cfg.context_length)
+        self.num_envs = 0
+
+    def reset(self, num_envs: int, seeds: Sequence[int] | None = None) -> None:
+        n, k, dev = num_envs, self.k, self.device
+        self.model.eval()
+        self.num_envs = n
+        self.t = 0  # episode timestep of the next observation
+        self.length = 0  # steps held in the context, <= K
+        self.rtg_buf = torch.zeros(n, k, 1, device=dev)
+        self.obs_buf = torch.zeros(n, k, self.cfg.obs_dim, device=dev)
+        if self.cfg.discrete:
+            self.act_buf = torch.zeros(n, k, dtype=torch.long, device=dev)
+        else:
+            self.act_buf = torch.zeros(n, k, self.cfg.act_dim, device=dev)
+        self.ts_buf = torch.zeros(n, k, dtype=torch.long, device=dev)
+        # Unscaled return-to-go per env (float64 on the host, so the decrement is exact).
+        self.returns_to_go = np.full(n, self.target_return or 0.0, np.float64)
+
+    def _push(self) -> int:
+        """Make room for one more step; return its context slot."""
+        if self.length < self.k:
+            self.length += 1
+        else:
+            for buf in (self.rtg_buf, self.obs_buf, self.act_buf, self.ts_buf):
+                buf[:, :-1] = buf[:, 1:].clone()
+        return self.length - 1
+
+    @torch.inference_mode()
+    def act(self, observations: np.ndarray) -> np.ndarray:
+        obs = np.asarray(observations, np.float32).reshape(self.num_envs, -1)
+        i = self._push()
+        self.obs_buf[:, i] = torch.from_numpy(self.normalizer.observations(obs)).to(self.device)
+        if self.method == "dt":
+            rtg = self.returns_to_go / self.normalizer.rtg_scale
+            self.rtg_buf[:, i, 0] = torch.from_numpy(rtg.astype(np.float32)).to(self.device)
+        else:
+            self.rtg_buf[:, i, 0] = 0.0
+        self.act_buf[:, i] = 0
+        self.ts_buf[:, i] = min(self.t, self.cfg.max_timestep - 1)
+        n = self.length
+        out = self.model(self.rtg_buf[:, :n], self.obs_buf[:, :n], self.act_buf[:, :n],
+                         self.ts_buf[:, :n])[:, -1]
+        if self.cfg.discrete:
+            action = out.argmax(-1)
+            self.act_buf[:, i] = action
+            return action.cpu().numpy().astype(np.int64)
+        self.act_buf[:, i] = out
+        return self.normalizer.actions_from_model(out.float().cpu().numpy())
+
+    def observe(self, rewards: np.ndarray) -> None:
+        self.returns_to_go -= np.asarray(rewards, np.float64).reshape(self.num_envs)
+        self.t += 1
+
+    def context(self) -> dict[str, torch.Tensor]:
+        """The model inputs of the current context (the last ``min(t, K)`` steps)."""
+        n = self.length
+        return {"returns_to_go": self.rtg_buf[:, :n], "observations": self.obs_buf[:, :n],
+                "actions": self.act_buf[:, :n], "timesteps": self.ts_buf[:, :n]}
+
+
+class RandomPolicy:
+    """Uniform random actions: ``action_space.sample()`` per env.
+
+    Env ``j``'s copy of the space is seeded with its episode's reset seed (or ``seed + j``
+    when none are given), so an episode gets the same actions in the batched and the
+    sequential loop.
+    """
+
+    def __init__(self, action_space: gym.Space, seed: int = 0) -> None:
+        self.action_space = action_space
+        self.seed = seed
+        self.spaces: list[gym.Space] = []
+
+    def reset(self, num_envs: int, seeds: Sequence[int] | None = None) -> None:
+        seeds = list(seeds) if seeds is not None else [self.seed + j for j in range(num_envs)]
+        self.spaces = []
+        for s in seeds:
+            space = copy.deepcopy(self.action_space)
+            space.seed(int(s))
+            self.spaces.append(space)
+
+    def act(self, observations: np.ndarray) -> np.ndarray:
+        actions = np.stack([np.asarray(sp.sample()) for sp in self.spaces])
+        if isinstance(self.action_space, gym.spaces.Discrete):
+            return actions.astype(np.int64)
+        return actions.astype(np.float32)
+
+    def observe(self, rewards: np.ndarray) -> None:
+        pass
+
+
+class CallablePolicy:
+    """Wraps a batched, stateless ``fn(observations (N, obs_dim) float32) -> actions``, e.g. the
+    behaviour agent from ``datagen.agents.load_behaviour_policy``."""
+
+    def __init__(self, fn: Callable[[np.ndarray], Any]) -> None:
+        self.fn = fn
+
+    def reset(self, num_envs: int, seeds: Sequence[int] | None = None) -> None:
+        self.num_envs = num_envs
+
+    def act(self, observations: np.ndarray) -> np.ndarray:
+        actions = self.fn(np.asarray(observations, np.float32))
+        if isinstance(actions, torch.Tensor):
+            actions = actions.detach().cpu().numpy()
+        actions = np.asarray(actions)
+        return actions.astype(np.int64 if actions.dtype.kind in "iu" else np.float32)
+
+    def observe(self, rewards: np.ndarray) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------------------- results
+def normalized_score(value: float, ref_min: float | None, ref_max: float | None
+                     ) -> float | None:
+    """D4RL normalized score ``100 (R - ref_min) / (ref_max - ref_min)``, or None when the
+    reference scores are unknown."""
+    if ref_min is None or ref_max is None or ref_max == ref_min:
+        return None
+    return 100.0 * (float(value) - float(ref_min)) / (float(ref_max) - float(ref_min))
+
+
+def summarize_returns(returns: np.ndarray) -> dict[str, float]:
+    """mean, std (population, ddof=0), min, max and the 95% CI half-width ``1.96 std / √n``."""
+    r = np.asarray(returns, np.float64)
+    if r.size == 0:
+        nan = float("nan")
+        return {"mean": nan, "std": nan, "min": nan, "max": nan, "ci95": nan}
+    std = float(r.std())
+    return {"mean": float(r.mean()), "std": std, "min": float(r.min()),
+            "max": float(r.max()), "ci95": 1.96 * std / math.sqrt(r.size)}
+
+
+@dataclass
+class EvalResult:
+    """Per-episode returns and lengths of one evaluation, with summary statistics.
+
+    ``std`` is the population standard deviation over episodes; ``ci95`` the half-width
+    ``1.96 std / √n``; the normalized score uses the D4RL formula when both reference scores
+    are known (None otherwise).
+    """
+
+    env_id: str
+    seed: int
+    returns: np.ndarray
+    lengths: np.ndarray
+    episode_seeds: list[int]
+    ref_min_score: float | None = None
+    ref_max_score: float | None = None
+    wall_seconds: float = 0.0
+    stats: dict[str, float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.returns = np.asarray(self.returns, np.float64)
+        self.lengths = np.asarray(self.lengths, np.int64)
+        self.stats = summarize_returns(self.returns)
+
+    @property
+    def episodes(self) -> int:
+        return int(self.returns.size)
+
+    @property
+    def mean(self) -> float:
+        return self.stats["mean"]
+
+    @property
+    def std(self) -> float:
+        return self.stats["std"]
+
+    @property
+    def ci95(self) -> float:
+        return self.stats["ci95"]
+
+    @property
+    def min(self) -> float:
+        return self.stats["min"]
+
+    @property
+    def max(self) -> float:
+        return self.stats["max"]
+
+    @property
+    def normalized_score(self) -> float | None:
+        return normalized_score(self.mean, self.ref_min_score, self.ref_max_score)
+
+    @property
+    def normalized_ci95(self) -> float | None:
+        if self.ref_min_score is None or self.ref_max_score is None:
+            return None
+        span = float(self.ref_max_score) - float(self.ref_min_score)
+        return 100.0 * self.ci95 / abs(span) if span else None
+
+    def to_dict(self, include_episodes: bool = True) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "env_id": self.env_id,
+            "seed": self.seed,
+            "episodes": self.episodes,
+            **self.stats,
+            "normalized_score": self.normalized_score,
+            "normalized_ci95": self.normalized_ci95,
+            "ref_min_score": self.ref_min_score,
+            "ref_max_score": self.ref_max_score,
+            "mean_length": float(self.lengths.mean()) if self.lengths.size else float("nan"),
+            "wall_seconds": self.wall_seconds,
+        }
+        if include_episodes:
+            d["returns"] = self.returns.tolist()
+            d["lengths"] = self.lengths.tolist()
+            d["episode_seeds"] = list(self.episode_seeds)
+        return d
+
+
+# ---------------------------------------------------------------------------------- loops
+def evaluate_policy(
+    env_id: str,
+    policy: Policy,
+    episodes: int = 200,
+    seed: int = 0,
+    *,
+    max_envs: int = DEFAULT_MAX_ENVS,
+    ref_min_score: float | None = None,
+    ref_max_score: float | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+) -> EvalResult:
+    """Roll ``policy`` out for ``episodes`` episodes, all at once, through a vector env.
+
+    Episodes run in waves of at most ``max_envs`` envs in one ``SyncVectorEnv`` (same-step
+    autoreset). Episode ``i`` is reset with :func:`episode_seed` ``(seed, i)``. Every wave calls
+    ``policy.act`` once per env step for all its envs and runs until every env has terminated
+    or been truncated; an env that has finished keeps being stepped (its autoreset episode is
+    ignored: its rewards are neither counted nor passed to ``policy.observe``), so each
+    episode is counted exactly once.
+
+    Args:
+        env_id: Gymnasium id.
+        policy: a :class:`Policy`.
+        episodes: number of episodes.
+        seed: evaluation seed; episode seeds are ``seed * 100_000 + i``.
+        max_envs: most envs stepped at once.
+        ref_min_score, ref_max_score: D4RL reference scores for the normalized score.
+        env_kwargs: extra ``gym.make`` keyword arguments (e.g. ``max_episode_steps``).
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, found {episodes}")
+    start = time.perf_counter()
+    seeds = [episode_seed(seed, i) for i in range(episodes)]
+    returns = np.zeros(episodes, np.float64)
+    lengths = np.zeros(episodes, np.int64)
+    for lo in range(0, episodes, max_envs):
+        wave = seeds[lo:lo + max_envs]
+        n = len(wave)
+        envs = gym.make_vec(
+            env_id, num_envs=n, vectorization_mode="sync",
+            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+            **(env_kwargs or {}),
+        )
+        try:
+            obs, _ = envs.reset(seed=wave)
+            policy.reset(n, seeds=wave)
+            done = np.zeros(n, bool)
+            ret = np.zeros(n, np.float64)
+            length = np.zeros(n, np.int64)
+            while not done.all():
+                actions = policy.act(np.asarray(obs, np.float32))
+                obs, rewards, terminated, truncated, _ = envs.step(actions)
+                active = ~done
+                rewards = np.where(active, np.asarray(rewards, np.float64), 0.0)
+                ret += rewards
+                length += active
+                done |= np.asarray(terminated, bool) | np.asarray(truncated, bool)
+                policy.observe(rewards)
+        finally:
+            envs.close()
+        returns[lo:lo + n] = ret
+        lengths[lo:lo + n] = length
+    return EvalResult(env_id=env_id, seed=seed, returns=returns, lengths=lengths,
+                      episode_seeds=seeds, ref_min_score=ref_min_score,
+                      ref_max_score=ref_max_score, wall_seconds=time.perf_counter() - start)
+
+
+def evaluate_sequential(
+    env_id: str,
+    policy: Policy,
+    episodes: int = 200,
+    seed: int = 0,
+    *,
+    ref_min_score: float | None = None,
+    ref_max_score: float | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+) -> EvalResult:
+    """The reference loop: one ``gym.make`` env, one episode at a time, one policy call (batch
+    of 1) per step. Same episode seeds as :func:`evaluate_policy`, so the returns agree up to
+    floating-point differences between batch sizes."""
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, found {episodes}")
+    start = time.perf_counter()
+    seeds = [episode_seed(seed, i) for i in range(episodes)]
+    returns = np.zeros(episodes, np.float64)
+    lengths = np.zeros(episodes, np.int64)
+    env = gym.make(env_id, **(env_kwargs or {}))
+    try:
+        for i, s in enumerate(seeds):
+            obs, _ = env.reset(seed=s)
+            policy.reset(1, seeds=[s])
+            done = False
+            while not done:
+                action = policy.act(np.asarray(obs, np.float32)[None])[0]
+                obs, reward, terminated, truncated, _ = env.step(action)
+                returns[i] += float(reward)
+                lengths[i] += 1
+                policy.observe(np.array([reward], np.float64))
+                done = bool(terminated or truncated)
+    finally:
+        env.close()
+    return EvalResult(env_id=env_id, seed=seed, returns=returns, lengths=lengths,
+                      episode_seeds=seeds, ref_min_score=ref_min_score,
+                      ref_max_score=ref_max_score, wall_seconds=time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+@dataclass
+class EvalConfig:
+    """Evaluate a trained checkpoint (``offline-dt evaluate``).
+
+    The headline of ``eval.json`` is the target return with the best mean return (for BC,
+    which ignores targets, the single evaluation); every target's numbers are kept beside it.
+    The targets are chosen on the same episodes they are scored on, so the headline is the
+    best of ``len(target_returns)`` estimates: ``eval.json`` records that rule.
+    """
+
+    checkpoint: Path | None = field(default=None, metadata={
+        "help": "checkpoint file or run directory (required)"})
+    env_id: str | None = field(default=None, metadata={
+        "help": "Gymnasium env id; unset: the checkpoint dataset's env"})
+    target_returns: list[float] | None = field(default=None, metadata={
+        "help": "returns to condition on, env reward units; unset: the dataset's best "
+                "episode return and its expert reference score ref_max_score"})
+    episodes: int = field(default=200, metadata={"help": "evaluation episodes per target"})
+    seed: int = field(default=0, metadata={
+        "help": "evaluation seed; episode i resets with seed * 100000 + i"})
+    device: str = field(default="auto", metadata={
+        "help": "torch device", "choices": ["auto", "cpu", "cuda"]})
+    max_envs: int = field(default=DEFAULT_MAX_ENVS, metadata={
+        "help": "most envs stepped at once (more episodes run in waves)"})
+    out: Path | None = field(default=None, metadata={
+        "help": "output JSON; unset: <run dir>/eval.json"})
+
+
+def _get(info: Any, *keys: str) -> Any:
+    """First non-None value under any of ``keys`` in ``info`` or its ``metadata``/``summary``
+    sub-dicts (the trainer's ``dataset_info``)."""
+    if not isinstance(info, dict):
+        info = to_jsonable(info) if info is not None else {}
+    for key in keys:
+        for d in (info, info.get("metadata") or {}, info.get("summary") or {}):
+            if isinstance(d, dict) and d.get(key) is not None:
+                return d[key]
+    return None
+
+
+def _opt_float(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+def checkpoint_facts(ckpt: Any) -> dict[str, Any]:
+    """env id, method, reference scores, best dataset return and dataset path/id of a loaded
+    checkpoint, from its ``dataset_info`` and ``train_config``."""
+    info = ckpt.dataset_info
+    tc = ckpt.train_config
+    dataset = _get(info, "dataset", "path", "source", "dataset_id")
+    if dataset is None:
+        dataset = getattr(tc, "dataset", None)
+    best = _get(info, "return_max", "max_return", "best_return")
+    return {
+        "env_id": _get(info, "env_id"),
+        "method": getattr(tc, "method", "dt"),
+        "ref_min_score": _opt_float(_get(info, "ref_min_score")),
+        "ref_max_score": _opt_float(_get(info, "ref_max_score")),
+        "best_return": _opt_float(best),
+        "dataset": None if dataset is None else str(dataset),
+    }
+
+
+def default_target_returns(best_return: float | None, ref_max_score: float | None
+                           ) -> list[float]:
+    """The dataset's best episode return and the expert reference score (deduplicated)."""
+    targets: list[float] = []
+    for t in (best_return, ref_max_score):
+        if t is not None and all(abs(t - u) > 1e-9 for u in targets):
+            targets.append(float(t))
+    if not targets:
+        raise ValueError("no target return given and the checkpoint's dataset_info has neither "
+                         "the best episode return nor ref_max_score; pass target_returns")
+    return targets
+
+
+def _run_dir(checkpoint: Path) -> Path:
+    return checkpoint if checkpoint.is_dir() else checkpoint.parent
+
+
+def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
+    """Roll out a checkpoint for every target return and write ``eval.json`` atomically.
+
+    Method ``dt``: one evaluation per target return (default: the dataset's best episode return
+    and ``ref_max_score``). Method ``bc``: returns-to-go are zeros, so one evaluation, with
+    ``target_return`` null. All evaluations use the same ``cfg.episodes`` episodes and seeds.
+
+    Headline rule: the evaluation with the best mean return is the headline (``headline``,
+    with ``headline_rule`` saying so); its numbers are also the top-level ``mean_return``,
+    ``std_return``, ``ci95``, ``normalized_score``. ``targets`` holds every evaluation with
+    per-episode returns.
+
+    Returns:
+        The dict written to ``cfg.out`` (default ``<run dir>/eval.json``).
+    """
+    from offline_dt.train import load_checkpoint
+
+    if cfg.checkpoint is None:
+        raise ValueError("EvalConfig.checkpoint is required (checkpoint file or run directory)")
+    checkpoint = Path(cfg.checkpoint)
+    device = resolve_device(cfg.device)
+    ckpt = load_checkpoint(checkpoint, device)
+    facts = checkpoint_facts(ckpt)
+    env_id = cfg.env_id or facts["env_id"]
+    if not env_id:
+        raise ValueError(f"{checkpoint}: dataset_info has no env_id; pass env_id")
+    method = facts["method"]
+    if method == "bc":
+        targets: list[float | None] = [None]
+    else:
+        targets = list(cfg.target_returns or default_target_returns(
+            facts["best_return"], facts["ref_max_score"]))
+    results = []
+    for target in targets:
+        policy = DTPolicy(ckpt.model, ckpt.normalizer, target, method=method, device=device)
+        res = evaluate_policy(env_id, policy, cfg.episodes, cfg.seed, max_envs=cfg.max_envs,
+                              ref_min_score=facts["ref_min_score"],
+                              ref_max_score=facts["ref_max_score"])
+        log.info("%s %s target %s: %.2f ± %.2f (%d episodes, %.1fs)", checkpoint, method,
+                 target, res.mean, res.ci95, res.episodes, res.wall_seconds)
+        results.append({"target_return": target, **res.to_dict()})
+    best = max(range(len(results)), key=lambda j: results[j]["mean"])
+    out = Path(cfg.out) if cfg.out is not None else _run_dir(checkpoint) / "eval.json"
+    payload = build_eval_payload(
+        method=method, env_id=env_id, results=results, headline=best,
+        headline_rule=("single evaluation (bc ignores target returns)" if method == "bc"
+                       else "best mean return among target_returns"),
+        extra={"checkpoint": str(checkpoint), "step": getattr(ckpt, "step", None),
+               "dataset": facts["dataset"], "config": to_jsonable(cfg)},
+    )
+    save_json(payload, out)
+    return payload
+
+
+def build_eval_payload(
+    method: str,
+    env_id: str,
+    results: list[dict[str, Any]],
+    headline: int = 0,
+    headline_rule: str = "single evaluation",
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``eval.json`` schema shared by checkpoints and baselines (what ``report`` reads).
+
+    ``results`` are :meth:`EvalResult.to_dict` outputs, each with a ``target_return`` key.
+    """
+    h = results[headline]
+    return {
+        "method": method,
+        "env_id": env_id,
+        "episodes": h["episodes"],
+        "seed": h["seed"],
+        "episode_seeds": f"seed * {SEED_STRIDE} + i",
+        "mean_return": h["mean"],
+        "std_return": h["std"],
+        "ci95": h["ci95"],
+        "min_return": h["min"],
+        "max_return": h["max"],
+        "normalized_score": h["normalized_score"],
+        "ref_min_score": h["ref_min_score"],
+        "ref_max_score": h["ref_max_score"],
+        "headline_target": h.get("target_return"),
+        "headline_index": headline,
+        "headline_rule": headline_rule,
+        "targets": results,
+        **(extra or {}),
+    }
+
+
+def write_baseline_eval(
+    out: str | os.PathLike,
+    method: str,
+    env_id: str,
+    policy: Policy,
+    episodes: int = 200,
+    seed: int = 0,
+    *,
+    ref_min_score: float | None = None,
+    ref_max_score: float | None = None,
+    max_envs: int = DEFAULT_MAX_ENVS,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate a baseline policy (``random``, ``behaviour``) and write its ``eval.json``."""
+    res = evaluate_policy(env_id, policy, episodes, seed, max_envs=max_envs,
+                          ref_min_score=ref_min_score, ref_max_score=ref_max_score)
+    payload = build_eval_payload(method, env_id, [{"target_return": None, **res.to_dict()}],
+                                 extra=extra)
+    save_json(payload, out)
+    return payload
+
+
+# ---------------------------------------------------------------------------------- training hook
+def make_eval_hook(
+    env_id: str,
+    target_return: float | None,
+    episodes: int,
+    seed: int,
+    normalizer: Normalizer,
+    *,
+    method: str = "dt",
+    ref_min_score: float | None = None,
+    ref_max_score: float | None = None,
+    max_envs: int = DEFAULT_MAX_ENVS,
+    env_kwargs: dict[str, Any] | None = None,
+) -> Callable[[torch.nn.Module, int], dict[str, float]]:
+    """A periodic-evaluation hook for the trainer: ``hook(model, step) -> metrics``.
+
+    Each call rolls the model out on the same ``episodes`` episodes (seeds as in
+    :func:`evaluate_policy`) and returns ``eval_return_mean``, ``eval_return_std``,
+    ``eval_return_ci95``, ``eval_normalized_score`` (NaN when unknown), ``eval_episodes``,
+    ``eval_target_return`` and ``eval_seconds``. The model is returned to the train/eval mode
+    it was in (train mode when called from the training loop).
+    """
+
+    def hook(model: torch.nn.Module, step: int) -> dict[str, float]:
+        was_training = model.training
+        try:
+            policy = DTPolicy(model, normalizer, target_return, method=method)
+            res = evaluate_policy(env_id, policy, episodes, seed, max_envs=max_envs,
+                                  ref_min_score=ref_min_score, ref_max_score=ref_max_score,
+                                  env_kwargs=env_kwargs)
+        finally:
+            model.train(was_training)
+        norm = res.normalized_score
+        return {
+            "eval_return_mean": res.mean,
+            "eval_return_std": res.std,
+            "eval_return_ci95": res.ci95,
+            "eval_normalized_score": float("nan") if norm is None else norm,
+            "eval_episodes": float(res.episodes),
+            "eval_target_return": float("nan") if target_return is None else target_return,
+            "eval_seconds": res.wall_seconds,
+        }
+
+    return hook
+
+
+def make_eval_hook_for_training(
+    cfg: Any,
+    episodes: int = 20,
+    seed: int | None = None,
+    target_return: float | None = None,
+) -> Callable[[torch.nn.Module, int], dict[str, float]]:
+    """:func:`make_eval_hook` for a ``TrainConfig`` (what ``offline-dt train --eval-every``
+    uses).
+
+    Reads the dataset named by ``cfg`` and fits the same ``Normalizer`` the trainer fits
+    (``Normalizer.fit(dataset, cfg.rtg_scale)``, deterministic). The env is ``cfg.env_id`` or
+    the dataset's; the target return (dt) defaults to the dataset's ``ref_max_score`` (expert
+    level), else its best episode return; the seed defaults to ``500 + cfg.seed`` (episodes
+    distinct from the final evaluation's).
+    """
+    from offline_dt.data import load_dataset
+
+    dataset = load_dataset(cfg.dataset, getattr(cfg, "minari_root", None))
+    normalizer = Normalizer.fit(dataset, getattr(cfg, "rtg_scale", None))
+    meta = dataset.metadata
+    env_id = getattr(cfg, "env_id", None) or meta.get("env_id")
+    if not env_id:
+        raise ValueError(f"{cfg.dataset}: no env_id in the dataset metadata; pass --env-id")
+    method = getattr(cfg, "method", "dt")
+    if method == "dt" and target_return is None:
+        ref_max = meta.get("ref_max_score")
+        target_return = (float(ref_max) if ref_max is not None
+                         else float(dataset.episode_returns.max()))
+    return make_eval_hook(
+        env_id, target_return if method == "dt" else None, episodes,
+        500 + int(getattr(cfg, "seed", 0)) if seed is None else seed, normalizer,
+        method=method, ref_min_score=_opt_float(meta.get("ref_min_score")),
+        ref_max_score=_opt_float(meta.get("ref_max_score")))

@@ -1,0 +1,477 @@
+"""``reproduce``: the whole study in one call — generate → train (dt, bc) → evaluate → report.
+
+A preset is a named set of overrides of the stage dataclasses (``GenerateConfig``,
+``TrainConfig``, ``EvalConfig``) plus the seeds and the eval-hook size:
+
+* ``smoke``: seconds-sized everything (tiny datasets and SAC run, tiny model, a few hundred
+  training steps, 1 seed, 10 evaluation episodes). Exercises every stage; used by the tests.
+* ``quick``: the D4RL-sized default datasets (shared with ``offline-dt generate`` and with
+  ``paper``), a small DT, 1 seed, 100 evaluation episodes.
+* ``paper``: the D4RL-sized datasets, 3 training seeds, 200 evaluation episodes, a model and
+  step budget shrunk from the paper's (Chen et al. 2021 gym config: embed 128, 3 layers,
+  100k steps) to fit this 2-core CPU; see ``PRESETS["paper"].description``.
+
+Layout under ``root`` (default ``data``)::
+
+    d4rl/, minari/, agents/          datasets and behaviour agent (smoke: smoke/d4rl, ...)
+    runs/<preset>/<env>/<dataset>/<method>/seed<k>/   config.json, eval.json (+ training files)
+    reports/<env>/<preset>/           results.csv/.md, plots, timings.json
+
+Every run directory holds its resolved config (``config.json``); a run whose ``eval.json``
+exists and whose config matches is reused on rerun. Baselines are evaluated on the same
+episodes as dt and bc: for training seed ``k`` every method is evaluated with evaluation seed
+``k`` (episode ``i`` resets with ``k * 100_000 + i``), while the learning-curve hook uses
+seed ``HOOK_SEED_OFFSET + k`` so that curves never select on the test episodes.
+
+Behaviour baseline per level (the policy that produced the data, acting as it did when
+collecting — stochastic for SAC): ``random`` → uniform random; ``medium``/``expert`` → the
+checkpoint named in the dataset metadata; ``medium-replay``/``full-replay`` → the agent at the
+end of the buffer (the medium checkpoint / the final agent); ``medium-expert`` → half the
+episodes medium, half expert.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from offline_dt.config import save_json, to_jsonable
+from offline_dt.data import load_dataset
+from offline_dt.evaluate import (
+    CallablePolicy,
+    EvalConfig,
+    RandomPolicy,
+    evaluate_checkpoint,
+    make_eval_hook,
+    resolve_device,
+    write_baseline_eval,
+)
+from offline_dt.report import LEVELS, report
+
+log = logging.getLogger(__name__)
+
+METHODS = ("random", "behaviour", "bc", "dt")
+#: The learning-curve hook of training seed k evaluates with seed HOOK_SEED_OFFSET + k.
+HOOK_SEED_OFFSET = 500
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named budget: overrides of each stage's config dataclass.
+
+    Attributes:
+        name: preset name.
+        description: what it is for and how long it takes here.
+        generate: ``GenerateConfig`` field overrides.
+        train: ``TrainConfig`` field overrides (dt and bc alike; bc = same network,
+            returns-to-go zeroed).
+        evaluate: ``EvalConfig`` field overrides (episodes, ...).
+        seeds: training seeds; seed k is also the evaluation seed of every method.
+        hook_episodes: episodes per learning-curve evaluation (TrainConfig.eval_every).
+        data_dir: sub-directory of ``root`` for datasets and agents (None: ``root`` itself,
+            i.e. the standard ``data/d4rl``, ``data/minari``, ``data/agents``).
+    """
+
+    name: str
+    description: str
+    generate: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    evaluate: dict[str, Any] = field(default_factory=dict)
+    seeds: tuple[int, ...] = (0,)
+    hook_episodes: int = 10
+    data_dir: str | None = None
+
+
+#: The small DT of the quick and paper presets (embed 64, 2 layers, K=20, no dropout, lr 3e-4,
+#: warmup 500, batch 64). On our Pendulum expert data (200k steps) it reached -173 ± 29 after
+#: 2000 steps and -145 ± 26 after 3000 (50 episodes; expert reference -143.6). Dropout 0.1
+#: gave -177 / -200 / -169 at 2000 / 3000 / 4000 steps; one layer -235 / -288; K=10 swung
+#: between -170 and -450 from one thousand steps to the next.
+_SMALL_DT: dict[str, Any] = {
+    "embed_dim": 64, "n_layer": 2, "n_head": 1, "context_length": 20, "dropout": 0.0,
+    "learning_rate": 3e-4, "warmup_steps": 500, "batch_size": 64, "log_every": 100,
+}
+
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset(
+        name="smoke",
+        description="every stage at toy size (about 2 minutes on 2 CPU cores): tiny datasets "
+                    "from a 400-step SAC run, a 1-layer 32-wide DT trained 150 steps, 1 seed, "
+                    "10 evaluation episodes. Numbers are meaningless; it checks the plumbing.",
+        generate={"random_steps": 2_000, "expert_steps": 1_000, "medium_steps": 1_000,
+                  "agent_steps": 400, "checkpoint_every": 100, "ref_episodes": 4,
+                  "eval_episodes": 2, "num_envs": 4},
+        train={"steps": 150, "warmup_steps": 30, "learning_rate": 1e-3, "batch_size": 32,
+               "context_length": 10, "embed_dim": 32, "n_layer": 1, "n_head": 1,
+               "dropout": 0.0, "eval_every": 75, "log_every": 25, "checkpoint_every": 150},
+        evaluate={"episodes": 10},
+        seeds=(0,),
+        hook_episodes=3,
+        data_dir="smoke",
+    ),
+    "quick": Preset(
+        name="quick",
+        description="D4RL-sized default datasets (shared with `offline-dt generate` and the "
+                    "paper preset; SAC 20k steps), DT embed 64, 2 layers, K=20, no dropout, "
+                    "2000 steps (lr 3e-4, warmup 500), 1 seed, 50 evaluation episodes; about "
+                    "20 minutes on 2 CPU cores (generation ~6, training ~12, evaluation ~2).",
+        generate={},
+        train=dict(_SMALL_DT, steps=2000, eval_every=500, checkpoint_every=500),
+        evaluate={"episodes": 50},
+        seeds=(0,),
+        hook_episodes=10,
+    ),
+    "paper": Preset(
+        name="paper",
+        description="D4RL-sized datasets (random 1M, medium/expert 200k steps), 3 training "
+                    "seeds, 200 evaluation episodes. The paper's gym config (embed 128, "
+                    "3 layers, K=20, 100k steps at ~120 ms/step here) would take days on this "
+                    "2-core CPU, so the DT is shrunk to embed 64, 2 layers, K=20, no dropout, "
+                    "2500 steps (lr 3e-4, warmup 500), the setting that reached the expert "
+                    "level on our expert data (-173 ± 29 after 2000 steps, -145 ± 26 after "
+                    "3000, 50 episodes). Estimated 55-65 minutes here (36 training runs of "
+                    "~75 s, ~10 min of evaluation, ~6 min generation unless reused); fewer "
+                    "steps fit 45 minutes but fell short of the expert level.",
+        generate={},
+        train=dict(_SMALL_DT, steps=2500, eval_every=500, checkpoint_every=500),
+        evaluate={"episodes": 200},
+        seeds=(0, 1, 2),
+        hook_episodes=10,
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, found {name!r}")
+    return PRESETS[name]
+
+
+def _replace(obj: Any, overrides: dict[str, Any], what: str) -> Any:
+    names = {f.name for f in dataclasses.fields(obj)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"{what}: unknown field(s) {unknown} for {type(obj).__name__}")
+    return dataclasses.replace(obj, **overrides)
+
+
+class Timer:
+    """Wall seconds per stage and per run, written to ``timings.json``."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+        self.runs: list[dict[str, Any]] = []
+        self.t0 = time.perf_counter()
+
+    def add(self, stage: str, seconds: float, run: str | None = None, reused: bool = False
+            ) -> None:
+        self.stages[stage] = self.stages.get(stage, 0.0) + seconds
+        if run is not None:
+            self.runs.append({"stage": stage, "run": run, "seconds": round(seconds, 3),
+                              "reused": reused})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stages": {k: round(v, 3) for k, v in self.stages.items()},
+                "total": round(time.perf_counter() - self.t0, 3), "runs": self.runs}
+
+
+# ---------------------------------------------------------------------------------- behaviour
+class MixturePolicy:
+    """Episode-level mixture of batched callables: env ``j`` of a wave follows policy
+    ``episode_seed % len(policies)`` for its whole episode (medium-expert's behaviour)."""
+
+    def __init__(self, fns: Sequence[Callable[[np.ndarray], np.ndarray]]) -> None:
+        self.fns = list(fns)
+        self.assign = np.zeros(0, np.int64)
+
+    def reset(self, num_envs: int, seeds: Sequence[int] | None = None) -> None:
+        seeds = list(seeds) if seeds is not None else list(range(num_envs))
+        self.assign = np.asarray(seeds, np.int64) % len(self.fns)
+
+    def act(self, observations: np.ndarray) -> np.ndarray:
+        out = None
+        for k, fn in enumerate(self.fns):
+            rows = np.flatnonzero(self.assign == k)
+            if rows.size == 0:
+                continue
+            a = np.asarray(fn(observations[rows]))
+            if out is None:
+                out = np.zeros((len(observations), *a.shape[1:]), a.dtype)
+            out[rows] = a
+        return out
+
+    def observe(self, rewards: np.ndarray) -> None:
+        pass
+
+
+def behaviour_policy(level: str, metas: dict[str, dict[str, Any]], env_id: str, device: str,
+                     seed: int) -> tuple[Any, dict[str, Any]]:
+    """The policy that produced a level's data, and a JSON description of it.
+
+    ``metas`` maps level → dataset metadata (``medium-expert`` needs ``medium`` and
+    ``expert``). SAC acts stochastically, as it did when collecting (metadata ``policy``).
+    """
+    from datagen.agents import load_behaviour_policy
+
+    if level == "random":
+        space = gym.make(env_id).action_space
+        return RandomPolicy(space, seed), {"behaviour": "uniform random"}
+    torch.manual_seed(seed)
+
+    def policy_path(md: dict[str, Any]) -> tuple[Path, bool]:
+        ckpt = md.get("checkpoint")
+        if not ckpt:
+            raise ValueError(f"{md.get('dataset_id', level)}: metadata names no behaviour "
+                             "checkpoint")
+        ckpt = Path(ckpt)
+        stochastic = md.get("policy", "stochastic") == "stochastic"
+        if ckpt.name.startswith("replay_buffer"):
+            # The agent at the end of the buffer: the medium checkpoint or the final agent.
+            step = md.get("checkpoint_step")
+            ckpt = (ckpt.parent / "checkpoints" / f"step_{int(step):07d}.safetensors"
+                    if step is not None else ckpt.parent / "policy.safetensors")
+            stochastic = True
+        return ckpt, stochastic
+
+    def load(path: Path, stochastic: bool) -> Any:
+        return load_behaviour_policy(path, env_id, device, deterministic=not stochastic,
+                                     seed=seed)
+
+    if level == "medium-expert":
+        (med, s_med), (exp, s_exp) = policy_path(metas["medium"]), policy_path(metas["expert"])
+        desc = {"behaviour": [str(med), str(exp)], "stochastic": s_med and s_exp,
+                "mixture": "per episode by seed parity: even medium, odd expert"}
+        return MixturePolicy([load(med, s_med), load(exp, s_exp)]), desc
+    ckpt, stochastic = policy_path(metas[level])
+    return CallablePolicy(load(ckpt, stochastic)), {"behaviour": str(ckpt),
+                                                    "stochastic": stochastic}
+
+
+# ---------------------------------------------------------------------------------- stages
+def _same_json(a: Any, b: Any) -> bool:
+    return json.loads(json.dumps(to_jsonable(a), sort_keys=True)) == json.loads(
+        json.dumps(to_jsonable(b), sort_keys=True))
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def train_and_evaluate(tcfg: Any, ecfg: EvalConfig, hook: Callable | None
+                       ) -> tuple[dict[str, Any], dict[str, float]]:
+    """Train (or reuse, or resume) one run and evaluate it; return (eval.json, seconds).
+
+    Reuse: ``config.json``'s train_config equals ``tcfg`` (up to the trainer's resumable
+    fields), the checkpoint reached ``tcfg.steps``, and ``eval.json`` was written with
+    ``ecfg``. A matching but unfinished run is resumed; a mismatching one is replaced.
+    """
+    from offline_dt.config import from_dict
+    from offline_dt.train import (
+        CHECKPOINT_NAME,
+        TrainConfig,
+        config_differences,
+        load_checkpoint,
+        train,
+    )
+
+    run_dir = Path(tcfg.run_dir)
+    ckpt = run_dir / CHECKPOINT_NAME
+    seconds = {"train": 0.0, "evaluate": 0.0}
+    saved = _read_json(run_dir / "config.json")
+    matches = False
+    if saved is not None and ckpt.is_file():
+        try:
+            matches = not config_differences(from_dict(TrainConfig, saved["train_config"]), tcfg)
+        except (KeyError, ValueError, TypeError):
+            matches = False
+    finished = False
+    if matches:
+        try:
+            finished = load_checkpoint(ckpt, "cpu").step >= tcfg.steps
+        except (ValueError, FileNotFoundError):
+            matches = False
+    if not finished:
+        (run_dir / "eval.json").unlink(missing_ok=True)
+        run_cfg = dataclasses.replace(tcfg, resume=matches, overwrite=not matches)
+        t = time.perf_counter()
+        train(run_cfg, eval_hook=hook)
+        seconds["train"] = time.perf_counter() - t
+    ev = _read_json(run_dir / "eval.json")
+    if ev is not None and _same_json(ev.get("config"), ecfg):
+        return ev, seconds
+    t = time.perf_counter()
+    ev = evaluate_checkpoint(ecfg)
+    seconds["evaluate"] = time.perf_counter() - t
+    return ev, seconds
+
+
+def evaluate_baseline(run_dir: Path, method: str, env_id: str, make_policy: Callable,
+                      config: dict[str, Any], episodes: int, seed: int,
+                      ref_min: float | None, ref_max: float | None
+                      ) -> tuple[dict[str, Any], float, bool]:
+    """Evaluate ``random`` or ``behaviour`` into ``run_dir`` (reused when its config.json
+    matches and eval.json exists); returns (eval.json, seconds, reused).
+
+    ``make_policy() -> (policy, {"policy": description})``; config.json is ``config`` plus
+    that description.
+    """
+    saved = _read_json(run_dir / "config.json")
+    ev = _read_json(run_dir / "eval.json")
+    if ev is not None and saved is not None:
+        request = {k: v for k, v in saved.items() if k != "policy"}
+        if _same_json(request, config):
+            return ev, 0.0, True
+    t = time.perf_counter()
+    (run_dir / "eval.json").unlink(missing_ok=True)
+    policy, desc = make_policy()
+    config = {**config, **desc}
+    save_json(config, run_dir / "config.json")
+    ev = write_baseline_eval(run_dir / "eval.json", method, env_id, policy, episodes, seed,
+                             ref_min_score=ref_min, ref_max_score=ref_max,
+                             extra={"config": config})
+    # config.json records what was evaluated (policy description included).
+    return ev, time.perf_counter() - t, False
+
+
+def reproduce(
+    env_id: str = "Pendulum-v1",
+    preset: str = "quick",
+    root: str | Path = Path("data"),
+    device: str = "auto",
+    *,
+    levels: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """The whole study: generate → train dt and bc per level and seed → evaluate dt, bc,
+    random and behaviour on the same episodes → report.
+
+    Args:
+        env_id: Gymnasium id (the datagen levels need a trainable behaviour agent).
+        preset: ``smoke``, ``quick`` or ``paper`` (see :data:`PRESETS`).
+        root: output root (datasets, runs, reports; see the module docstring).
+        device: torch device for training, evaluation and the behaviour agent.
+        levels: dataset levels (default: all six).
+        seeds: training seeds (default: the preset's).
+        progress: a tqdm bar over the runs (TTY only) and INFO log lines per run.
+
+    Returns:
+        The results table (also in ``<root>/reports/<env>/<preset>/results.csv``), with
+        ``timings.json`` (wall seconds per stage and per run) beside it.
+    """
+    from datagen.generate import GenerateConfig, generate
+    from offline_dt.data import read_hdf5
+    from offline_dt.data.windows import Normalizer
+    from offline_dt.train import TrainConfig
+
+    p = get_preset(preset)
+    root = Path(root)
+    levels = list(levels or LEVELS)
+    unknown = [lv for lv in levels if lv not in LEVELS]
+    if unknown:
+        raise ValueError(f"levels: unknown {unknown}; choose from {list(LEVELS)}")
+    seeds = list(seeds if seeds is not None else p.seeds)
+    data_root = root / p.data_dir if p.data_dir else root
+    runs_root = root / "runs" / p.name
+    report_dir = root / "reports" / env_id / p.name
+    timer = Timer()
+    dev = str(resolve_device(device)) if device == "auto" else device
+
+    # ---- generate
+    gen_levels = list(levels)
+    if "medium-expert" in gen_levels:
+        gen_levels += [lv for lv in ("medium", "expert") if lv not in gen_levels]
+    gcfg = _replace(GenerateConfig(
+        env_id=env_id, levels=[lv for lv in LEVELS if lv in gen_levels],
+        out_dir=data_root / "d4rl", minari_root=data_root / "minari",
+        agents_dir=data_root / "agents", device=dev), p.generate, "preset generate")
+    log.info("reproduce %s %s: stage generate (%s)", env_id, p.name, ", ".join(gcfg.levels))
+    t = time.perf_counter()
+    gen = generate(gcfg)
+    timer.add("generate", time.perf_counter() - t)
+    log.info("reproduce: stage generate done in %.1fs", timer.stages["generate"])
+    paths = {lv: Path(gen.paths[lv]["hdf5"]) for lv in gcfg.levels}
+    metas = {lv: read_hdf5(paths[lv]).metadata for lv in gcfg.levels}
+
+    jobs = [(lv, s, m) for lv in levels for s in seeds for m in ("dt", "bc")]
+    jobs += [(lv, s, m) for lv in levels for s in seeds for m in ("random", "behaviour")]
+    bar = tqdm(total=len(jobs), desc=f"reproduce {p.name}", unit="run",
+               disable=not progress or not sys.stderr.isatty())
+    eval_episodes = int(p.evaluate.get("episodes", EvalConfig.episodes))
+    for n, (level, seed, method) in enumerate(jobs, 1):
+        path = paths[level]
+        meta = metas[level]
+        dataset_name = path.stem
+        run_dir = runs_root / env_id / dataset_name / method / f"seed{seed}"
+        ref_min, ref_max = meta.get("ref_min_score"), meta.get("ref_max_score")
+        label = f"[{n}/{len(jobs)}] {method} {dataset_name} seed{seed}"
+        if method in ("dt", "bc"):
+            tcfg = _replace(TrainConfig(
+                dataset=str(path), env_id=env_id, method=method, seed=seed, device=dev,
+                run_dir=run_dir, progress=False), p.train, "preset train")
+            ecfg = _replace(EvalConfig(checkpoint=run_dir, env_id=env_id, seed=seed,
+                                       device=dev), p.evaluate, "preset evaluate")
+            hook = None
+            if tcfg.eval_every > 0:
+                ds = load_dataset(str(path))
+                target = None
+                if method == "dt":
+                    target = float(ref_max) if ref_max is not None else float(
+                        ds.episode_returns.max())
+                hook = make_eval_hook(
+                    env_id, target, p.hook_episodes, HOOK_SEED_OFFSET + seed,
+                    Normalizer.fit(ds, tcfg.rtg_scale), method=method,
+                    ref_min_score=ref_min, ref_max_score=ref_max)
+            ev, secs = train_and_evaluate(tcfg, ecfg, hook)
+            for stage, s in secs.items():
+                timer.add(stage, s, run=str(run_dir.relative_to(root)),
+                          reused=s == 0.0)
+            took = sum(secs.values())
+        else:
+            if method == "random":
+                def make(env=env_id, s=seed):
+                    return RandomPolicy(gym.make(env).action_space, s), {
+                        "policy": "uniform random"}
+            else:
+                def make(lv=level, s=seed):
+                    pol, desc = behaviour_policy(lv, metas, env_id, dev, s)
+                    return pol, {"policy": desc}
+            config = {"method": method, "env_id": env_id, "dataset": str(path),
+                      "level": level, "episodes": eval_episodes, "seed": seed,
+                      "episode_seeds": "seed * 100000 + i"}
+            ev, took, reused = evaluate_baseline(run_dir, method, env_id, make, config,
+                                                 eval_episodes, seed, ref_min, ref_max)
+            timer.add("baselines", took, run=str(run_dir.relative_to(root)), reused=reused)
+        bar.update(1)
+        log.info("reproduce %s: %.1f ± %.1f (%s, %.1fs)", label, ev["mean_return"],
+                 ev["ci95"], "reused" if took == 0.0 else "done", took)
+    bar.close()
+
+    # ---- report
+    t = time.perf_counter()
+    table = report(runs_root, report_dir, quiet=not progress)
+    timer.add("report", time.perf_counter() - t)
+    timings = {"env_id": env_id, "preset": p.name, "seeds": seeds, "levels": levels,
+               "device": dev, **timer.to_dict(),
+               "generate_stages": {k: round(v, 3) for k, v in gen.stage_seconds.items()}}
+    save_json(timings, report_dir / "timings.json")
+    save_json({"preset": p, "generate_config": gcfg}, report_dir / "preset.json")
+    log.info("reproduce %s %s: done in %.1fs; report in %s", env_id, p.name,
+             timings["total"], report_dir)
+    return table

@@ -1,0 +1,240 @@
+"""Evaluator: batched rollouts equal the one-episode-at-a-time loop, DT context bookkeeping,
+terminations counted once, checkpoint evaluation and the training hook."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from offline_dt.data.windows import Normalizer
+from offline_dt.evaluate import (
+    CallablePolicy,
+    DTPolicy,
+    EvalResult,
+    Policy,
+    RandomPolicy,
+    build_eval_payload,
+    default_target_returns,
+    episode_seed,
+    evaluate_policy,
+    evaluate_sequential,
+    make_eval_hook,
+    normalized_score,
+)
+from offline_dt.model import DecisionTransformer, DTConfig
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread is fastest and immune to oversubscribed CI cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def pendulum_normalizer(rtg_scale: float = 100.0) -> Normalizer:
+    return Normalizer(
+        state_mean=np.array([0.1, -0.2, 0.3], np.float32),
+        state_std=np.array([0.7, 0.7, 2.5], np.float32),
+        rtg_scale=rtg_scale,
+        action_low=np.array([-2.0], np.float32),
+        action_high=np.array([2.0], np.float32),
+    )
+
+
+def cartpole_normalizer() -> Normalizer:
+    empty = np.zeros(0, np.float32)
+    return Normalizer(np.zeros(4, np.float32), np.ones(4, np.float32), 100.0, empty, empty)
+
+
+def tiny_dt(obs_dim: int, act_dim: int, discrete: bool = False, k: int = 4) -> DecisionTransformer:
+    torch.manual_seed(0)
+    model = DecisionTransformer(DTConfig(obs_dim=obs_dim, act_dim=act_dim, discrete=discrete,
+                                         context_length=k, embed_dim=16, n_layer=1, n_head=2,
+                                         max_timestep=600))
+    # Untrained GPT init gives near-constant actions; larger weights make the actions depend
+    # on the whole context, so a wrong context would change the returns.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(15.0)
+    return model
+
+
+class RecordingModel(nn.Module):
+    """Stands in for a DT: records every call's inputs, predicts action 0.5 (tanh units)."""
+
+    def __init__(self, k: int = 3, obs_dim: int = 3) -> None:
+        super().__init__()
+        self.cfg = DTConfig(obs_dim=obs_dim, act_dim=1, context_length=k, max_timestep=1000)
+        self.dummy = nn.Parameter(torch.zeros(1))
+        self.calls: list[dict[str, torch.Tensor]] = []
+
+    def forward(self, returns_to_go, observations, actions, timesteps, mask=None):
+        self.calls.append({"rtg": returns_to_go.clone(), "obs": observations.clone(),
+                           "act": actions.clone(), "ts": timesteps.clone()})
+        return torch.full((*timesteps.shape, 1), 0.5)
+
+
+# ---------------------------------------------------------------------------------- equivalence
+def test_batched_equals_sequential_dt_pendulum():
+    model = tiny_dt(3, 1)
+    policy = DTPolicy(model, pendulum_normalizer(), target_return=-150.0)
+    batched = evaluate_policy("Pendulum-v1", policy, episodes=4, seed=3)
+    seq = evaluate_sequential("Pendulum-v1", policy, episodes=4, seed=3)
+    assert batched.episode_seeds == seq.episode_seeds == [300_000 + i for i in range(4)]
+    np.testing.assert_array_equal(batched.lengths, [200] * 4)
+    np.testing.assert_array_equal(seq.lengths, [200] * 4)
+    np.testing.assert_allclose(batched.returns, seq.returns, rtol=1e-5, atol=1e-3)
+    # Different seeds give different episodes: the comparison is not vacuous.
+    assert len(set(np.round(batched.returns, 3))) == 4
+
+
+def test_batched_equals_sequential_random_and_callable():
+    space = gym.make("Pendulum-v1").action_space
+    for policy in (RandomPolicy(space), CallablePolicy(lambda o: np.clip(-2.0 * o[:, 2:3], -2, 2))):
+        batched = evaluate_policy("Pendulum-v1", policy, episodes=5, seed=1)
+        seq = evaluate_sequential("Pendulum-v1", policy, episodes=5, seed=1)
+        np.testing.assert_allclose(batched.returns, seq.returns, rtol=1e-9)
+        np.testing.assert_array_equal(batched.lengths, seq.lengths)
+
+
+def test_waves_equal_one_wave():
+    policy = CallablePolicy(lambda o: np.clip(-3.0 * o[:, 1:2] - o[:, 2:3], -2, 2))
+    one = evaluate_policy("Pendulum-v1", policy, episodes=7, seed=2)
+    waves = evaluate_policy("Pendulum-v1", policy, episodes=7, seed=2, max_envs=3)
+    np.testing.assert_array_equal(one.returns, waves.returns)
+
+
+def test_terminations_counted_once_cartpole_random():
+    space = gym.make("CartPole-v1").action_space
+    policy = RandomPolicy(space)
+    batched = evaluate_policy("CartPole-v1", policy, episodes=12, seed=0, max_envs=5)
+    seq = evaluate_sequential("CartPole-v1", policy, episodes=12, seed=0)
+    assert batched.episodes == 12
+    np.testing.assert_array_equal(batched.returns, seq.returns)
+    np.testing.assert_array_equal(batched.lengths, seq.lengths)
+    # CartPole pays 1 per step: a finished env that kept accumulating would break this.
+    np.testing.assert_array_equal(batched.returns, batched.lengths)
+    assert len(set(batched.lengths.tolist())) > 3  # episodes end at different steps
+    assert batched.lengths.max() < 500  # all terminated, none truncated
+
+
+def test_batched_equals_sequential_dt_discrete_cartpole():
+    model = tiny_dt(4, 2, discrete=True)
+    policy = DTPolicy(model, cartpole_normalizer(), target_return=100.0)
+    batched = evaluate_policy("CartPole-v1", policy, episodes=4, seed=5)
+    seq = evaluate_sequential("CartPole-v1", policy, episodes=4, seed=5)
+    np.testing.assert_array_equal(batched.lengths, seq.lengths)
+    np.testing.assert_array_equal(batched.returns, seq.returns)
+    assert set(np.unique(policy.act_buf.numpy())) <= {0, 1}
+
+
+# ---------------------------------------------------------------------------------- DT context
+def test_dt_policy_decrements_return_to_go_and_keeps_last_k():
+    k, scale, target = 3, 10.0, -20.0
+    model = RecordingModel(k=k)
+    norm = pendulum_normalizer(rtg_scale=scale)
+    policy = DTPolicy(model, norm, target_return=target)
+    policy.reset(2)
+    rewards = [np.array([-1.0, -2.0]), np.array([-0.5, -4.0]), np.array([-3.0, 0.0]),
+               np.array([-1.0, -1.0]), np.array([-2.0, -2.0])]
+    observations = [np.full((2, 3), float(t), np.float32) for t in range(len(rewards))]
+    expected_rtg = np.full(2, target)
+    history = []
+    for t, (obs, r) in enumerate(zip(observations, rewards, strict=True)):
+        actions = policy.act(obs)
+        np.testing.assert_allclose(actions, np.full((2, 1), 1.0))  # 0.5 in [-2, 2] units
+        history.append(expected_rtg.copy())
+        call = model.calls[-1]
+        n = min(t + 1, k)
+        assert call["rtg"].shape == (2, n, 1)
+        # The newest step carries the current return-to-go, scaled.
+        np.testing.assert_allclose(call["rtg"][:, -1, 0].numpy(), expected_rtg / scale,
+                                   rtol=1e-6)
+        # Only the last K steps, oldest first, with their episode timesteps.
+        np.testing.assert_array_equal(call["ts"][0].numpy(), np.arange(t + 1 - n, t + 1))
+        want_obs = norm.observations(np.stack(observations[t + 1 - n:t + 1])[:, 0])
+        np.testing.assert_allclose(call["obs"][0].numpy(), want_obs, rtol=1e-6)
+        want_rtg = np.stack(history[t + 1 - n:t + 1])[:, 0] / scale
+        np.testing.assert_allclose(call["rtg"][0, :, 0].numpy(), want_rtg, rtol=1e-6)
+        # Earlier actions are the model's predictions; the newest is a zero placeholder.
+        np.testing.assert_allclose(call["act"][0, :-1, 0].numpy(), 0.5)
+        assert call["act"][0, -1, 0].item() == 0.0
+        policy.observe(r)
+        expected_rtg = expected_rtg - r
+        np.testing.assert_allclose(policy.returns_to_go, expected_rtg)
+    np.testing.assert_allclose(policy.returns_to_go, target - np.sum(rewards, axis=0))
+
+
+def test_bc_feeds_zero_returns_to_go():
+    model = RecordingModel(k=2)
+    policy = DTPolicy(model, pendulum_normalizer(), target_return=None, method="bc")
+    policy.reset(3)
+    for _ in range(3):
+        policy.act(np.ones((3, 3), np.float32))
+        policy.observe(np.full(3, -5.0))
+    assert all(float(c["rtg"].abs().max()) == 0.0 for c in model.calls)
+    with pytest.raises(ValueError):
+        DTPolicy(model, pendulum_normalizer(), target_return=None, method="dt")
+
+
+def test_policies_satisfy_protocol():
+    space = gym.spaces.Discrete(3)
+    assert isinstance(RandomPolicy(space), Policy)
+    assert isinstance(CallablePolicy(lambda o: o), Policy)
+    assert isinstance(DTPolicy(RecordingModel(), pendulum_normalizer(), 0.0), Policy)
+    rp = RandomPolicy(space)
+    rp.reset(4, seeds=[1, 2, 3, 4])
+    a = rp.act(np.zeros((4, 2), np.float32))
+    assert a.shape == (4,) and a.dtype == np.int64
+
+
+# ---------------------------------------------------------------------------------- results
+def test_eval_result_statistics_and_normalized_score():
+    res = EvalResult("X-v0", 0, returns=np.array([-100.0, -200.0, -300.0, -400.0]),
+                     lengths=np.array([1, 1, 1, 1]), episode_seeds=[0, 1, 2, 3],
+                     ref_min_score=-1000.0, ref_max_score=-100.0)
+    assert res.mean == -250.0
+    assert res.std == pytest.approx(np.std([-100, -200, -300, -400]))
+    assert res.ci95 == pytest.approx(1.96 * res.std / 2.0)
+    assert res.normalized_score == pytest.approx(100 * 750 / 900)
+    assert normalized_score(1.0, None, 2.0) is None
+    assert episode_seed(2, 7) == 200_007
+    d = res.to_dict()
+    json.dumps(d)
+    assert d["returns"] == [-100.0, -200.0, -300.0, -400.0]
+
+
+def test_default_targets_and_payload_headline():
+    assert default_target_returns(-700.0, -140.0) == [-700.0, -140.0]
+    assert default_target_returns(-140.0, -140.0) == [-140.0]
+    with pytest.raises(ValueError):
+        default_target_returns(None, None)
+    rows = [{"target_return": t, "mean": m, "std": 1.0, "ci95": 0.1, "min": m, "max": m,
+             "normalized_score": None, "ref_min_score": None, "ref_max_score": None,
+             "episodes": 3, "seed": 0} for t, m in ((-700.0, -300.0), (-140.0, -200.0))]
+    p = build_eval_payload("dt", "Pendulum-v1", rows, headline=1)
+    assert p["mean_return"] == -200.0 and p["headline_target"] == -140.0
+
+
+def test_eval_hook_restores_train_mode():
+    model = tiny_dt(3, 1)
+    model.train()
+    hook = make_eval_hook("Pendulum-v1", -150.0, episodes=2, seed=0,
+                          normalizer=pendulum_normalizer(), ref_min_score=-1200.0,
+                          ref_max_score=-150.0, env_kwargs={"max_episode_steps": 20})
+    metrics = hook(model, 10)
+    assert model.training
+    assert metrics["eval_episodes"] == 2.0
+    assert -20 * 16.3 <= metrics["eval_return_mean"] <= 0.0
+    assert math.isfinite(metrics["eval_normalized_score"])
+    model.eval()
+    hook(model, 20)
+    assert not model.training

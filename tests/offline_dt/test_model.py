@@ -1,0 +1,147 @@
+"""Decision Transformer network: causality, padding, shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from offline_dt.model import DecisionTransformer, DTConfig
+
+B, K, OBS, ACT = 3, 6, 4, 2
+
+
+def _model(discrete: bool = False, n_head: int = 2) -> DecisionTransformer:
+    torch.manual_seed(0)
+    model = DecisionTransformer(DTConfig(OBS, ACT if not discrete else 5, discrete=discrete,
+                                         context_length=K, max_timestep=50, embed_dim=32,
+                                         n_layer=2, n_head=n_head, dropout=0.1))
+    # Larger weights than the GPT init so every input visibly moves the outputs.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.3)
+    return model.eval()
+
+
+def _inputs(discrete: bool = False, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    rtg = torch.randn(B, K, 1, generator=g)
+    obs = torch.randn(B, K, OBS, generator=g)
+    if discrete:
+        act = torch.randint(0, 5, (B, K), generator=g)
+    else:
+        act = torch.rand(B, K, ACT, generator=g) * 2 - 1
+    ts = torch.arange(K).repeat(B, 1) + 3
+    return rtg, obs, act, ts
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+@pytest.mark.parametrize("t", [0, 2, K - 2])
+@pytest.mark.parametrize("token", ["rtg", "obs", "act"])
+def test_future_tokens_do_not_change_past_predictions(discrete, t, token):
+    model = _model(discrete)
+    rtg, obs, act, ts = _inputs(discrete)
+    base = model(rtg, obs, act, ts)
+    rtg2, obs2, act2 = rtg.clone(), obs.clone(), act.clone()
+    if token == "rtg":
+        rtg2[:, t + 1] += 5.0
+    elif token == "obs":
+        obs2[:, t + 1] += 5.0
+    elif discrete:
+        act2[:, t + 1] = (act2[:, t + 1] + 1) % 5
+    else:
+        act2[:, t + 1] = -act2[:, t + 1]
+    out = model(rtg2, obs2, act2, ts)
+    torch.testing.assert_close(out[:, : t + 1], base[:, : t + 1], rtol=0, atol=1e-6)
+    # ...but they do change later predictions (the test can fail); an action only reaches
+    # the predictions after its own step, so a change of the last action changes nothing.
+    first_affected = t + 2 if token == "act" else t + 1
+    if first_affected < K:
+        assert (out[:, first_affected:] - base[:, first_affected:]).abs().max() > 1e-4
+    else:
+        torch.testing.assert_close(out, base, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_action_at_t_does_not_affect_prediction_at_t(discrete):
+    model = _model(discrete)
+    rtg, obs, act, ts = _inputs(discrete)
+    base = model(rtg, obs, act, ts)
+    t = 3
+    act2 = act.clone()
+    act2[:, t] = (act2[:, t] + 2) % 5 if discrete else -act2[:, t]
+    out = model(rtg, obs, act2, ts)
+    torch.testing.assert_close(out[:, : t + 1], base[:, : t + 1], rtol=0, atol=1e-6)
+    assert (out[:, t + 1] - base[:, t + 1]).abs().max() > 1e-4
+
+
+def test_state_and_rtg_at_t_do_affect_prediction_at_t():
+    model = _model()
+    rtg, obs, act, ts = _inputs()
+    base = model(rtg, obs, act, ts)
+    obs2 = obs.clone()
+    obs2[:, 2] += 3.0
+    rtg2 = rtg.clone()
+    rtg2[:, 2] += 3.0
+    assert (model(rtg, obs2, act, ts)[:, 2] - base[:, 2]).abs().max() > 1e-4
+    assert (model(rtg2, obs, act, ts)[:, 2] - base[:, 2]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_padding_content_does_not_change_real_predictions(discrete):
+    model = _model(discrete)
+    rtg, obs, act, ts = _inputs(discrete)
+    pad = torch.tensor([0, 2, 5])  # left padding per row
+    mask = torch.arange(K)[None, :] >= pad[:, None]
+    base = model(rtg, obs, act, ts, mask)
+    g = torch.Generator().manual_seed(9)
+    rtg2, obs2, act2, ts2 = rtg.clone(), obs.clone(), act.clone(), ts.clone()
+    rtg2[~mask] = torch.randn(int((~mask).sum()), 1, generator=g) * 10
+    obs2[~mask] = torch.randn(int((~mask).sum()), OBS, generator=g) * 10
+    if discrete:
+        act2[~mask] = torch.randint(0, 5, (int((~mask).sum()),), generator=g)
+    else:
+        act2[~mask] = torch.rand(int((~mask).sum()), ACT, generator=g)
+    ts2[~mask] = 40
+    out = model(rtg2, obs2, act2, ts2, mask)
+    torch.testing.assert_close(out[mask], base[mask], rtol=0, atol=1e-5)
+    assert torch.isfinite(out).all()
+    # A padded row equals the same real steps given alone (shorter context).
+    row = 1
+    alone = model(rtg[row:row + 1, 2:], obs[row:row + 1, 2:], act[row:row + 1, 2:],
+                  ts[row:row + 1, 2:])
+    torch.testing.assert_close(base[row, 2:], alone[0], rtol=0, atol=1e-5)
+    # Without the mask the padding would leak (so the mask is what protects them).
+    leaky = model(rtg2, obs2, act2, ts2)
+    assert (leaky[1, 2:] - base[1, 2:]).abs().max() > 1e-4
+
+
+def test_all_true_mask_equals_no_mask():
+    model = _model()
+    rtg, obs, act, ts = _inputs()
+    mask = torch.ones(B, K, dtype=torch.bool)
+    torch.testing.assert_close(model(rtg, obs, act, ts, mask), model(rtg, obs, act, ts),
+                               rtol=0, atol=0)
+
+
+def test_shapes_and_ranges():
+    model = _model()
+    rtg, obs, act, ts = _inputs()
+    out = model(rtg, obs, act, ts)
+    assert out.shape == (B, K, ACT) and out.abs().max() <= 1.0
+    d = _model(discrete=True)
+    rtg, obs, act, ts = _inputs(discrete=True)
+    logits = d(rtg, obs, act, ts)
+    assert logits.shape == (B, K, 5) and logits.abs().max() > 1.0
+
+
+def test_paper_default_config_and_errors():
+    cfg = DTConfig(obs_dim=3, act_dim=1)
+    assert (cfg.context_length, cfg.embed_dim, cfg.n_layer, cfg.n_head, cfg.dropout,
+            cfg.activation, cfg.max_timestep) == (20, 128, 3, 1, 0.1, "relu", 1000)
+    n = DecisionTransformer(cfg).num_parameters()
+    assert 500_000 < n < 1_000_000
+    with pytest.raises(ValueError, match="divisible"):
+        DecisionTransformer(DTConfig(3, 1, embed_dim=10, n_head=3))
+    with pytest.raises(ValueError, match="activation"):
+        DecisionTransformer(DTConfig(3, 1, activation="swish"))

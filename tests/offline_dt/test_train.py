@@ -1,0 +1,304 @@
+"""Trainer: overfitting, exact resume, checkpoints, formats, outputs and error cases."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+
+import gymnasium as gym
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from offline_dt.config import add_arguments, from_arguments
+from offline_dt.data import DatasetError, write_hdf5
+from offline_dt.data.windows import Normalizer, WindowSampler
+from offline_dt.train import (
+    CHECKPOINT_NAME,
+    TrainConfig,
+    compute_loss,
+    load_checkpoint,
+    train,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads; one thread keeps timings steady."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _rows(run_dir):
+    with (run_dir / "metrics.csv").open() as f:
+        return [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+
+
+def _params(path):
+    return dict(load_checkpoint(path).model.named_parameters())
+
+
+# ---------------------------------------------------------------------------------- learning
+@pytest.mark.parametrize("which", ["box", "discrete"])
+def test_tiny_model_overfits_tiny_dataset(which, box_hdf5, discrete_hdf5, tiny_config):
+    path = box_hdf5 if which == "box" else discrete_hdf5
+    cfg = tiny_config(path, steps=80, embed_dim=32, dropout=0.0, warmup_steps=10,
+                      learning_rate=3e-3, batch_size=16, log_every=10, checkpoint_every=1000,
+                      grad_clip=1.0)
+    result = train(cfg)
+    rows = _rows(cfg.run_dir)
+    first, last = rows[0]["loss"], rows[-1]["loss"]
+    assert result.steps == 80 and rows[-1]["step"] == 80
+    assert result.final_loss == pytest.approx(last)
+    assert last * 10 <= first, (first, last)
+
+
+def test_bc_ignores_returns_to_go(box_dataset):
+    from offline_dt.model import DecisionTransformer, DTConfig
+
+    torch.manual_seed(0)
+    model = DecisionTransformer(DTConfig(3, 1, context_length=5, max_timestep=64,
+                                         embed_dim=16, n_layer=1, dropout=0.0))
+    sampler = WindowSampler(box_dataset, Normalizer.fit(box_dataset), 5, 64, seed=0)
+    batch = sampler.sample(8)
+    other = dataclasses.replace(batch, returns_to_go=torch.randn_like(batch.returns_to_go))
+    assert torch.equal(compute_loss(model, batch, "bc"), compute_loss(model, other, "bc"))
+    assert not torch.equal(compute_loss(model, batch, "dt"), compute_loss(model, other, "dt"))
+
+
+# ---------------------------------------------------------------------------------- resume
+def test_resume_equals_uninterrupted_run(box_hdf5, tiny_config, tmp_path):
+    full = tiny_config(box_hdf5, steps=12, run_dir=tmp_path / "full", checkpoint_every=4)
+    train(full)
+    part = dataclasses.replace(full, steps=6, run_dir=tmp_path / "part")
+    train(part)
+    assert load_checkpoint(part.run_dir).step == 6
+    res = train(dataclasses.replace(part, steps=12, resume=True))
+    assert res.steps == 12
+    a, b = _params(full.run_dir), _params(part.run_dir)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    # And the interrupted run is not trivially equal to a shorter one.
+    c = _params(tmp_path / "full")
+    train(dataclasses.replace(full, steps=11, run_dir=tmp_path / "eleven"))
+    d = _params(tmp_path / "eleven")
+    assert any(not torch.equal(c[n], d[n]) for n in c)
+    # metrics.csv continues without duplicated steps
+    steps = [r["step"] for r in _rows(part.run_dir)]
+    assert steps == [5, 6, 10, 12]
+
+
+def test_resume_with_different_config_names_fields(box_hdf5, tiny_config):
+    cfg = tiny_config(box_hdf5, steps=4)
+    train(cfg)
+    bad = dataclasses.replace(cfg, steps=8, resume=True, learning_rate=5e-4, seed=3)
+    with pytest.raises(ValueError, match="learning_rate") as e:
+        train(bad)
+    assert "seed" in str(e.value) and "0.0005" in str(e.value)
+    # cadence and length may change
+    train(dataclasses.replace(cfg, steps=8, resume=True, log_every=2, checkpoint_every=3))
+    assert load_checkpoint(cfg.run_dir).step == 8
+
+
+def test_refuses_existing_checkpoint_unless_overwrite(box_hdf5, tiny_config):
+    cfg = tiny_config(box_hdf5, steps=3)
+    train(cfg)
+    with pytest.raises(FileExistsError, match="resume"):
+        train(cfg)
+    train(dataclasses.replace(cfg, overwrite=True, steps=2))
+    assert load_checkpoint(cfg.run_dir).step == 2
+    assert [r["step"] for r in _rows(cfg.run_dir)] == [2]
+
+
+def test_resume_without_checkpoint_is_an_error(box_hdf5, tiny_config):
+    with pytest.raises(FileNotFoundError, match=CHECKPOINT_NAME):
+        train(tiny_config(box_hdf5, resume=True))
+
+
+def test_eval_hook_columns_and_rng_isolation(box_hdf5, tiny_config, tmp_path):
+    calls = []
+
+    def hook(model, step):
+        calls.append((step, model.training))
+        torch.rand(100)  # consumes the global RNG: must not change training
+        return {"eval_return_mean": float(step) * 2}
+
+    cfg = tiny_config(box_hdf5, steps=10, eval_every=4, run_dir=tmp_path / "hook")
+    train(cfg, eval_hook=hook)
+    assert [c[0] for c in calls] == [4, 8, 10]
+    rows = _rows(cfg.run_dir)
+    evals = {r["step"]: r["eval_return_mean"] for r in rows if "eval_return_mean" in r}
+    assert evals == {4: 8.0, 8: 16.0, 10: 20.0}
+    plain = dataclasses.replace(cfg, eval_every=0, run_dir=tmp_path / "plain")
+    train(plain)
+    a, b = _params(cfg.run_dir), _params(plain.run_dir)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+def test_checkpoint_contents_and_outputs(box_hdf5, box_dataset, tiny_config):
+    cfg = tiny_config(box_hdf5, steps=10, method="bc", env_id="Pendulum-v1")
+    res = train(cfg)
+    path = cfg.run_dir / CHECKPOINT_NAME
+    assert res.checkpoint == path and res.steps == 10 and res.steps_per_second > 0
+    raw = torch.load(path, weights_only=True)
+    assert raw["step"] == 10
+    assert set(raw["rng"]) >= {"torch", "sampler"}
+    assert json.loads(raw["train_config"])["method"] == "bc"
+    for target in (path, cfg.run_dir):
+        ck = load_checkpoint(target)
+        assert ck.step == 10 and not ck.model.training
+    assert ck.train_config == cfg
+    assert ck.model_config.embed_dim == 16 and ck.model_config.obs_dim == 3
+    fitted = Normalizer.fit(box_dataset)
+    assert ck.normalizer.rtg_scale == pytest.approx(fitted.rtg_scale)
+    np.testing.assert_allclose(ck.normalizer.state_mean, fitted.state_mean)
+    np.testing.assert_array_equal(ck.normalizer.action_low, [-2.0])
+    info = ck.dataset_info
+    assert info["env_id"] == "Pendulum-v1"
+    assert info["best_return"] == pytest.approx(box_dataset.episode_returns.max())
+    assert info["return_mean"] == pytest.approx(box_dataset.episode_returns.mean())
+    assert info["ref_max_score"] == -150.0 and info["ref_min_score"] == -1200.0
+    assert info["action_space"]["type"] == "Box"
+    assert info["episodes"] == 6
+    conf = json.loads((cfg.run_dir / "config.json").read_text())
+    assert conf["resolved"]["rtg_scale"] == pytest.approx(fitted.rtg_scale)
+    assert conf["model_config"]["n_layer"] == 1
+    assert conf["dataset"]["steps"] == box_dataset.num_transitions
+    rows = _rows(cfg.run_dir)
+    assert [r["step"] for r in rows] == [5, 10]
+    assert {"loss", "lr", "steps_per_second", "wall_seconds"} <= rows[0].keys()
+    assert rows[0]["lr"] == pytest.approx(1e-3)  # warmup 5 steps: full lr from step 5
+    assert (cfg.run_dir / "loss.png").stat().st_size > 1000
+    assert list((cfg.run_dir / "tb").glob("events.out.tfevents.*"))
+
+
+def test_load_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+    with pytest.raises(FileNotFoundError, match=CHECKPOINT_NAME):
+        load_checkpoint(tmp_path)
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"model": {}}, wrong)
+    with pytest.raises(ValueError, match=r"missing key\(s\).*optimizer"):
+        load_checkpoint(wrong)
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"obj": argparse.Namespace(a=1)}, pickled)  # needs full unpickling
+    with pytest.raises(ValueError, match="pickled.pt: not a readable"):
+        load_checkpoint(pickled)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt"):
+        load_checkpoint(junk)
+
+
+# ---------------------------------------------------------------------------------- formats
+def _foreign_d4rl(path, ds):
+    """A file laid out like an original D4RL download: no metadata, no next_observations."""
+    with h5py.File(path, "w") as f:
+        f["observations"] = ds.observations
+        f["actions"] = ds.actions
+        f["rewards"] = ds.rewards
+        f["terminals"] = ds.terminals
+        f["timeouts"] = ds.timeouts
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["hdf5", "minari", "foreign"])
+def test_trains_on_either_format(fmt, box_hdf5, box_minari, box_dataset, tiny_config, tmp_path):
+    source = {"hdf5": box_hdf5, "minari": box_minari,
+              "foreign": _foreign_d4rl(tmp_path / "d4rl.hdf5", box_dataset)}[fmt]
+    env_id = "Pendulum-v1" if fmt == "foreign" else None
+    res = train(tiny_config(source, steps=3, env_id=env_id))
+    ck = load_checkpoint(res.checkpoint)
+    assert ck.dataset_info["steps"] == box_dataset.num_transitions
+    assert ck.dataset_info["episodes"] == box_dataset.num_episodes
+    assert ck.dataset_info["env_id"] == "Pendulum-v1"
+    # The foreign file's Box bounds were inferred from the data; env_id supplies [-2, 2].
+    np.testing.assert_array_equal(ck.normalizer.action_low, [-2.0])
+    np.testing.assert_array_equal(ck.normalizer.action_high, [2.0])
+    assert np.isfinite(res.final_loss)
+
+
+# ---------------------------------------------------------------------------------- errors
+def test_spaces_must_match_env(box_hdf5, discrete_dataset, tiny_config, tmp_path):
+    with pytest.raises(DatasetError, match=r"observation space .* does not match env CartPole"):
+        train(tiny_config(box_hdf5, env_id="CartPole-v1"))
+    three = tmp_path / "three.hdf5"
+    write_hdf5(dataclasses.replace(discrete_dataset, action_space=gym.spaces.Discrete(3)), three)
+    with pytest.raises(DatasetError, match=r"three.hdf5: action space Discrete\(3\) does not "
+                                           r"match env CartPole-v1's Discrete\(2\)"):
+        train(tiny_config(three, env_id="CartPole-v1"))
+    with pytest.raises(ValueError, match="NoSuchEnv-v0"):
+        train(tiny_config(box_hdf5, env_id="NoSuchEnv-v0"))
+
+
+def test_episode_longer_than_timestep_table(box_hdf5, tiny_config):
+    with pytest.raises(DatasetError, match=r"longest episode has 40 steps.*holds 39"):
+        train(tiny_config(box_hdf5, max_timestep=39))
+    train(tiny_config(box_hdf5, max_timestep=40, steps=1))  # exactly fits: t in [0, 40)
+
+
+@pytest.mark.parametrize("key", ["rewards", "observations"])
+def test_nan_in_dataset_surfaces(key, box_dataset, tiny_config, tmp_path):
+    path = _foreign_d4rl(tmp_path / "nan.hdf5", box_dataset)
+    with h5py.File(path, "r+") as f:
+        arr = f[key][()]
+        arr[7] = np.nan
+        f[key][...] = arr
+    with pytest.raises(DatasetError, match=rf"nan.hdf5: key '{key}' holds NaN.*row 7"):
+        train(tiny_config(path))
+
+
+def test_missing_key_and_length_mismatch_surface(box_dataset, tiny_config, tmp_path):
+    path = _foreign_d4rl(tmp_path / "bad.hdf5", box_dataset)
+    with h5py.File(path, "r+") as f:
+        del f["terminals"]
+    with pytest.raises(DatasetError, match=r"bad.hdf5: missing key\(s\) \['terminals'\]"):
+        train(tiny_config(path))
+    path = _foreign_d4rl(tmp_path / "short.hdf5", box_dataset)
+    with h5py.File(path, "r+") as f:
+        del f["actions"]
+        f["actions"] = box_dataset.actions[:-3]
+    with pytest.raises(DatasetError, match=r"short.hdf5: key 'actions' has 129 rows.* 132"):
+        train(tiny_config(path))
+
+
+def test_missing_dataset_and_bad_arguments(tiny_config, box_hdf5, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.hdf5"):
+        train(tiny_config(tmp_path / "nope.hdf5"))
+    with pytest.raises(ValueError, match="method"):
+        train(tiny_config(box_hdf5, method="cql"))
+    with pytest.raises(ValueError, match="n_head"):
+        train(tiny_config(box_hdf5, embed_dim=16, n_head=3))
+
+
+def test_resume_on_a_different_dataset_is_an_error(box_dataset, tiny_config, tmp_path):
+    path = tmp_path / "a.hdf5"
+    write_hdf5(box_dataset, path)
+    cfg = tiny_config(path, steps=2)
+    train(cfg)
+    write_hdf5(dataclasses.replace(box_dataset, rewards=box_dataset.rewards + 1), path,
+               overwrite=True)
+    with pytest.raises(ValueError, match="checksum"):
+        train(dataclasses.replace(cfg, steps=4, resume=True))
+
+
+# ---------------------------------------------------------------------------------- CLI
+def test_cli_flags_build_the_config():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, TrainConfig)
+    ns = parser.parse_args(["--dataset", "x.hdf5", "--steps", "5", "--rtg-scale", "2.5",
+                            "--method", "bc", "--resume", "true", "--run-dir", "out"])
+    cfg = from_arguments(TrainConfig, ns)
+    assert (cfg.dataset, cfg.steps, cfg.rtg_scale, cfg.method, cfg.resume, str(cfg.run_dir)) \
+        == ("x.hdf5", 5, 2.5, "bc", True, "out")
+    assert cfg.batch_size == 64 and cfg.warmup_steps == 10_000 and cfg.grad_clip == 0.25
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--method", "cql"])

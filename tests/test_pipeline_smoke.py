@@ -1,0 +1,53 @@
+"""End to end: ``reproduce(preset="smoke")`` — the slowest test of the suite (about 1-2 minutes
+on 2 CPU cores): generate tiny datasets, train dt and bc on every level, evaluate them and the
+random and behaviour baselines, write the report; then rerun and reuse everything."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from offline_dt.pipeline import PRESETS, reproduce
+from offline_dt.report import COLUMNS, LEVELS
+
+pytestmark = pytest.mark.slow
+
+
+def test_reproduce_smoke_end_to_end(tmp_path):
+    table = reproduce(preset="smoke", root=tmp_path, progress=False)
+    report_dir = tmp_path / "reports" / "Pendulum-v1" / "smoke"
+    csv = pd.read_csv(report_dir / "results.csv")
+    assert list(csv.columns) == COLUMNS
+    assert list(table.columns) == COLUMNS
+    got = {(row.dataset, row.method) for row in csv.itertuples()}
+    want = {(f"pendulum-{lv}-v0", m) for lv in LEVELS for m in ("random", "behaviour", "bc", "dt")}
+    assert got == want
+    episodes = PRESETS["smoke"].evaluate["episodes"]
+    assert (csv["episodes"] == episodes).all() and (csv["seeds"] == 1).all()
+    assert csv["mean_return"].between(-16.3 * 200, 0).all()
+    assert csv["normalized_score"].notna().all()
+    # The random baseline is the same policy on the same episodes for every level.
+    assert csv[csv.method == "random"]["mean_return"].nunique() == 1
+    for name in ("results.md", "learning_curves_Pendulum-v1.png",
+                 "dataset_returns_Pendulum-v1.png"):
+        assert (report_dir / name).stat().st_size > 0
+    timings = json.loads((report_dir / "timings.json").read_text())
+    assert {"generate", "train", "evaluate", "baselines", "report"} <= set(timings["stages"])
+    run = tmp_path / "runs" / "smoke" / "Pendulum-v1" / "pendulum-expert-v0" / "dt" / "seed0"
+    for name in ("config.json", "eval.json", "metrics.csv", "checkpoint.pt"):
+        assert (run / name).is_file(), name
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert metrics["eval_return_mean"].notna().sum() == 2  # eval_every 75 of 150 steps
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["method"] == "dt" and len(ev["targets"]) >= 1
+    assert ev["mean_return"] == max(t["mean"] for t in ev["targets"])
+
+    # Rerun: datasets and every run are reused, nothing is retrained or re-evaluated.
+    mtime = (run / "eval.json").stat().st_mtime_ns
+    again = reproduce(preset="smoke", root=tmp_path, progress=False)
+    pd.testing.assert_frame_equal(again, table)
+    assert (run / "eval.json").stat().st_mtime_ns == mtime
+    timings = json.loads((report_dir / "timings.json").read_text())
+    assert all(r["reused"] for r in timings["runs"])
