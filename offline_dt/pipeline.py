@@ -96,10 +96,9 @@ class Preset:
 
 
 #: The small DT of the quick and paper presets (embed 64, 2 layers, K=20, no dropout, lr 3e-4,
-#: warmup 500, batch 64). On our Pendulum expert data (200k steps) it reached -173 ± 29 after
-#: 2000 steps and -145 ± 26 after 3000 (50 episodes; expert reference -143.6). Dropout 0.1
-#: gave -177 / -200 / -169 at 2000 / 3000 / 4000 steps; one layer -235 / -288; K=10 swung
-#: between -170 and -450 from one thousand steps to the next.
+#: warmup 500, batch 64): in short sweeps on our Pendulum expert data it was the cheapest
+#: setting that reached the expert agent's level; dropout 0.1, one layer and K=10 were worse
+#: or less stable. Measured returns belong in benchmarks/results, produced by benchmarks/.
 _SMALL_DT: dict[str, Any] = {
     "embed_dim": 64, "n_layer": 2, "n_head": 1, "context_length": 20, "dropout": 0.0,
     "learning_rate": 3e-4, "warmup_steps": 500, "batch_size": 64, "log_every": 100,
@@ -126,8 +125,7 @@ PRESETS: dict[str, Preset] = {
         name="quick",
         description="D4RL-sized default datasets (shared with `offline-dt generate` and the "
                     "paper preset; SAC 20k steps), DT embed 64, 2 layers, K=20, no dropout, "
-                    "2000 steps (lr 3e-4, warmup 500), 1 seed, 50 evaluation episodes; about "
-                    "20 minutes on 2 CPU cores (generation ~6, training ~12, evaluation ~2).",
+                    "2000 steps (lr 3e-4, warmup 500), 1 seed, 50 evaluation episodes.",
         generate={},
         train=dict(_SMALL_DT, steps=2000, eval_every=500, checkpoint_every=500),
         evaluate={"episodes": 50},
@@ -138,13 +136,9 @@ PRESETS: dict[str, Preset] = {
         name="paper",
         description="D4RL-sized datasets (random 1M, medium/expert 200k steps), 3 training "
                     "seeds, 200 evaluation episodes. The paper's gym config (embed 128, "
-                    "3 layers, K=20, 100k steps at ~120 ms/step here) would take days on this "
-                    "2-core CPU, so the DT is shrunk to embed 64, 2 layers, K=20, no dropout, "
-                    "2500 steps (lr 3e-4, warmup 500), the setting that reached the expert "
-                    "level on our expert data (-173 ± 29 after 2000 steps, -145 ± 26 after "
-                    "3000, 50 episodes). Estimated 55-65 minutes here (36 training runs of "
-                    "~75 s, ~10 min of evaluation, ~6 min generation unless reused); fewer "
-                    "steps fit 45 minutes but fell short of the expert level.",
+                    "3 layers, K=20, 100k steps) would take days on this 2-core CPU, so the "
+                    "DT is shrunk to embed 64, 2 layers, K=20, no dropout, 2500 steps "
+                    "(lr 3e-4, warmup 500); see benchmarks/results/pendulum.md for wall time.",
         generate={},
         train=dict(_SMALL_DT, steps=2500, eval_every=500, checkpoint_every=500),
         evaluate={"episodes": 200},
