@@ -46,6 +46,7 @@ from datagen.rollout import evaluate_policy, rollout
 from offline_dt.data.d4rl import d4rl_filename, read_hdf5, write_hdf5
 from offline_dt.data.dataset import DatasetError, OfflineDataset, concatenate
 from offline_dt.data.minari_io import minari_dataset_id, minari_root, write_minari
+from offline_dt.evaluate import normalized_score as _normalized_score
 
 log = logging.getLogger(__name__)
 
@@ -407,9 +408,9 @@ def reference_scores(cfg: GenerateConfig, agent: AgentArtifacts) -> tuple[float,
 
 
 def normalized_score(ret: float, ref_min: float, ref_max: float) -> float:
-    """D4RL normalized score ``100 * (ret - ref_min) / (ref_max - ref_min)``."""
-    span = ref_max - ref_min
-    return 100.0 * (ret - ref_min) / span if span != 0 else float("nan")
+    """D4RL normalized score (``offline_dt.evaluate.normalized_score``); NaN if undefined."""
+    score = _normalized_score(ret, ref_min, ref_max)
+    return float("nan") if score is None else score
 
 
 def select_medium_checkpoint(agent: AgentArtifacts, ref_min: float, ref_max: float,

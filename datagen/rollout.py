@@ -178,12 +178,13 @@ def evaluate_policy(
 ) -> np.ndarray:
     """Undiscounted returns of ``n_episodes`` complete episodes, batched over a vector env.
 
-    Sub-env ``i`` (reset seed ``seed + i``) runs a fixed quota of episodes (the quotas sum
-    to ``n_episodes``), so the result does not depend on which sub-env finishes first.
-    ``policy=None`` is the uniform random policy (D4RL's ``ref_min_score`` agent).
+    A thin adapter over ``offline_dt.evaluate.evaluate_policy`` (the project's one batched
+    evaluator: episode ``i`` reset with seed ``seed * 100_000 + i``, at most ``num_envs``
+    envs at once). ``policy=None`` is the uniform random policy (D4RL's ``ref_min_score``
+    agent).
 
     Returns:
-        ``(n_episodes,) float64`` returns, sub-env by sub-env.
+        ``(n_episodes,) float64`` returns, episode by episode.
 
     Raises:
         ValueError: ``n_episodes`` or ``num_envs`` not positive.
@@ -192,23 +193,13 @@ def evaluate_policy(
         raise ValueError(f"n_episodes: must be positive, found {n_episodes}")
     if int(num_envs) <= 0:
         raise ValueError(f"num_envs: must be positive, found {num_envs}")
-    n = min(int(num_envs), int(n_episodes))
-    quota = np.array([(n_episodes + i) // n for i in range(n)])
-    counts = np.zeros(n, np.int64)
-    returns: list[list[float]] = [[] for _ in range(n)]
-    envs = make_vec_env(env_id, n, record_stats=True)
-    try:
-        obs, _ = envs.reset(seed=seed)
-        if policy is None:
-            envs.action_space.seed(seed)
-        while (counts < quota).any():
-            act = envs.action_space.sample() if policy is None else policy(obs)
-            obs, _, _, _, info = envs.step(act)
-            if "_episode" in info:
-                for i in np.flatnonzero(info["_episode"]):
-                    if counts[i] < quota[i]:
-                        returns[i].append(float(info["episode"]["r"][i]))
-                        counts[i] += 1
-    finally:
-        envs.close()
-    return np.array([r for rs in returns for r in rs], np.float64)
+    from offline_dt.evaluate import CallablePolicy, RandomPolicy
+    from offline_dt.evaluate import evaluate_policy as _evaluate
+
+    if policy is None:
+        env = gym.make(env_id)
+        runner = RandomPolicy(env.action_space, seed=seed)
+        env.close()
+    else:
+        runner = CallablePolicy(policy)
+    return _evaluate(env_id, runner, int(n_episodes), seed, max_envs=int(num_envs)).returns

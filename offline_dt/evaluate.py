@@ -37,6 +37,7 @@ import torch
 
 from offline_dt.config import save_json, to_jsonable
 from offline_dt.data.windows import Normalizer
+from offline_dt.train import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +52,6 @@ def episode_seed(seed: int, i: int) -> int:
     if not 0 <= i < SEED_STRIDE:
         raise ValueError(f"episode index must be in [0, {SEED_STRIDE}), found {i}")
     return int(seed) * SEED_STRIDE + int(i)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; anything else as given."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 # ---------------------------------------------------------------------------------- policies
