@@ -8,8 +8,8 @@ One file, readable top to bottom (in the spirit of CleanRL / CORL):
    steps (``LambdaLR``), gradient-norm clip 0.25, 100k updates.
 2. The loss: MSE on Box actions / cross-entropy on Discrete actions, over the real
    (non-padding) positions of each window.
-3. Checkpoints that hold only tensors and primitive containers (``torch.load(...,
-   weights_only=True)`` loads them; nothing else is ever unpickled), written atomically.
+3. Checkpoints that hold only tensors and primitive containers (loaded with
+   ``weights_only=True``; nothing else is ever unpickled), written atomically.
 4. ``train(cfg, eval_hook=None)``: the loop, with exact resume (parameters after N + M steps
    equal an uninterrupted run on CPU: the model, optimizer, scheduler, torch RNG, sampler RNG
    and CUDA RNG are all restored).
