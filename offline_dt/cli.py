@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("report", help="average-reward table (CSV, Markdown) and plots")
-    p.add_argument("--runs", type=Path, default=Path("data/runs"), help="run directories root")
+    p.add_argument("--runs", type=Path, default=Path("data/runs/quick"),
+                   help="run directories root: data/runs/<preset> for reproduce runs")
     p.add_argument("--out", type=Path, default=Path("data/reports"), help="output directory")
     p.set_defaults(func=_report)
 
