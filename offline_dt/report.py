@@ -173,14 +173,35 @@ def _curve(run_dir: Path) -> pd.DataFrame | None:
     return df.rename(columns={col: "eval_return"}) if len(df) else None
 
 
-def plot_learning_curves(runs: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """``learning_curves_<env>.png``: per dataset, dt and bc eval return vs training step
-    (mean over seeds, shaded ± one std across seeds)."""
+def _panel_grid(n: int) -> tuple[Any, np.ndarray]:
+    """A figure with ``n`` panels, at most three per row (Agg backend)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    ncol = min(3, n)
+    nrow = math.ceil(n / ncol)
+    return plt.subplots(nrow, ncol, figsize=(4.5 * ncol, 3.3 * nrow), squeeze=False)
+
+
+def _save_panels(fig: Any, axes: np.ndarray, used: int, title: str, path: Path) -> Path:
+    """Hide the unused panels, title the figure and write it as PNG atomically."""
+    import matplotlib.pyplot as plt
+
+    for ax in list(axes.flat)[used:]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path, overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def plot_learning_curves(runs: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """``learning_curves_<env>.png``: per dataset, dt and bc eval return vs training step
+    (mean over seeds, shaded ± one std across seeds)."""
     written = []
     for env in sorted({r["env"] for r in runs}):
         datasets = sorted({r["dataset"] for r in runs if r["env"] == env},
@@ -196,9 +217,7 @@ def plot_learning_curves(runs: list[dict[str, Any]], out_dir: Path) -> list[Path
         if not curves:
             continue
         names = [d for d in datasets if d in curves]
-        ncol = min(3, len(names))
-        nrow = math.ceil(len(names) / ncol)
-        fig, axes = plt.subplots(nrow, ncol, figsize=(4.5 * ncol, 3.3 * nrow), squeeze=False)
+        fig, axes = _panel_grid(len(names))
         for ax, ds in zip(axes.flat, names, strict=False):
             for method, frame in curves[ds].items():
                 g = frame.groupby("step")["eval_return"]
@@ -211,15 +230,9 @@ def plot_learning_curves(runs: list[dict[str, Any]], out_dir: Path) -> list[Path
             ax.set_ylabel("eval return")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-        for ax in list(axes.flat)[len(names):]:
-            ax.axis("off")
-        fig.suptitle(f"{env}: evaluation return during training (mean over seeds)")
-        fig.tight_layout()
-        path = out_dir / f"learning_curves_{env}.png"
-        with atomic_path(path, overwrite=True) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-        plt.close(fig)
-        written.append(path)
+        written.append(_save_panels(
+            fig, axes, len(names), f"{env}: evaluation return during training (mean over seeds)",
+            out_dir / f"learning_curves_{env}.png"))
     return written
 
 
@@ -240,11 +253,6 @@ def plot_dataset_returns(runs: list[dict[str, Any]], table: pd.DataFrame, out_di
     """``dataset_returns_<env>.png``: histogram of the episode returns in each dataset (read
     from the dataset files named in the runs' config.json), with the table's mean returns of
     every method drawn as vertical lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from offline_dt.data import load_dataset
 
     written = []
@@ -266,9 +274,7 @@ def plot_dataset_returns(runs: list[dict[str, Any]], table: pd.DataFrame, out_di
         if not hists:
             continue
         names = list(hists)
-        ncol = min(3, len(names))
-        nrow = math.ceil(len(names) / ncol)
-        fig, axes = plt.subplots(nrow, ncol, figsize=(4.5 * ncol, 3.3 * nrow), squeeze=False)
+        fig, axes = _panel_grid(len(names))
         for ax, ds in zip(axes.flat, names, strict=False):
             rets = hists[ds]
             ax.hist(rets, bins=40, color="0.6")
@@ -280,15 +286,10 @@ def plot_dataset_returns(runs: list[dict[str, Any]], table: pd.DataFrame, out_di
             ax.set_xlabel("episode return")
             ax.set_ylabel("episodes")
             ax.legend(fontsize=7)
-        for ax in list(axes.flat)[len(names):]:
-            ax.axis("off")
-        fig.suptitle(f"{env}: episode returns in each dataset; lines: evaluated mean returns")
-        fig.tight_layout()
-        path = out_dir / f"dataset_returns_{env}.png"
-        with atomic_path(path, overwrite=True) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-        plt.close(fig)
-        written.append(path)
+        written.append(_save_panels(
+            fig, axes, len(names),
+            f"{env}: episode returns in each dataset; lines: evaluated mean returns",
+            out_dir / f"dataset_returns_{env}.png"))
     return written
 
 
