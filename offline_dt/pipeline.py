@@ -35,9 +35,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import multiprocessing
+import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -343,6 +346,96 @@ def evaluate_baseline(run_dir: Path, method: str, env_id: str, make_policy: Call
     return ev, time.perf_counter() - t, False
 
 
+@dataclass(frozen=True)
+class JobSpec:
+    """One (level, seed, method) run of :func:`reproduce`, picklable for worker processes."""
+
+    env_id: str
+    preset: str
+    root: str
+    device: str
+    level: str
+    seed: int
+    method: str
+    dataset: str
+    metas: dict[str, dict[str, Any]]
+    label: str
+
+
+def run_job(spec: JobSpec) -> dict[str, Any]:
+    """Train and evaluate (dt, bc) or evaluate (random, behaviour) one run, reusing finished
+    work. Returns ``{"eval", "timings": [(stage, seconds, run, reused)], "took", "label"}``."""
+    from offline_dt.data.windows import Normalizer
+    from offline_dt.train import TrainConfig
+
+    p = get_preset(spec.preset)
+    root = Path(spec.root)
+    path = Path(spec.dataset)
+    meta = spec.metas[spec.level]
+    method, seed, env_id, dev = spec.method, spec.seed, spec.env_id, spec.device
+    run_dir = root / "runs" / p.name / env_id / path.stem / method / f"seed{seed}"
+    run = str(run_dir.relative_to(root))
+    ref_min, ref_max = meta.get("ref_min_score"), meta.get("ref_max_score")
+    timings: list[tuple[str, float, str, bool]] = []
+    if method in ("dt", "bc"):
+        tcfg = _replace(TrainConfig(
+            dataset=str(path), env_id=env_id, method=method, seed=seed, device=dev,
+            run_dir=run_dir, progress=False), p.train, "preset train")
+        ecfg = _replace(EvalConfig(checkpoint=run_dir, env_id=env_id, seed=seed, device=dev),
+                        p.evaluate, "preset evaluate")
+        hook = None
+        if tcfg.eval_every > 0:
+            ds = load_dataset(str(path))
+            target = None
+            if method == "dt":
+                target = float(ref_max) if ref_max is not None else float(
+                    ds.episode_returns.max())
+            hook = make_eval_hook(
+                env_id, target, p.hook_episodes, HOOK_SEED_OFFSET + seed,
+                Normalizer.fit(ds, tcfg.rtg_scale), method=method,
+                ref_min_score=ref_min, ref_max_score=ref_max)
+        ev, secs = train_and_evaluate(tcfg, ecfg, hook)
+        timings = [(stage, s, run, s == 0.0) for stage, s in secs.items()]
+        took = sum(secs.values())
+    else:
+        eval_episodes = int(p.evaluate.get("episodes", EvalConfig.episodes))
+        if method == "random":
+            def make() -> tuple[Any, dict[str, Any]]:
+                return RandomPolicy(gym.make(env_id).action_space, seed), {
+                    "policy": "uniform random"}
+        else:
+            def make() -> tuple[Any, dict[str, Any]]:
+                pol, desc = behaviour_policy(spec.level, spec.metas, env_id, dev, seed)
+                return pol, {"policy": desc}
+        config = {"method": method, "env_id": env_id, "dataset": str(path),
+                  "level": spec.level, "episodes": eval_episodes, "seed": seed,
+                  "episode_seeds": "seed * 100000 + i"}
+        ev, took, reused = evaluate_baseline(run_dir, method, env_id, make, config,
+                                             eval_episodes, seed, ref_min, ref_max)
+        timings = [("baselines", took, run, reused)]
+    return {"eval": ev, "timings": timings, "took": took, "label": spec.label}
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING)
+
+
+def _map_jobs(specs: Sequence[JobSpec], workers: int) -> Iterator[dict[str, Any]]:
+    """``run_job`` over ``specs``: in order in this process (``workers == 1``), else in a
+    spawn-context process pool, yielding results as runs finish."""
+    if workers == 1:
+        yield from map(run_job, specs)
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(threads,)) as pool:
+        futures = [pool.submit(run_job, spec) for spec in specs]
+        for fut in as_completed(futures):
+            yield fut.result()
+
+
 def reproduce(
     env_id: str = "Pendulum-v1",
     preset: str = "quick",
@@ -352,6 +445,7 @@ def reproduce(
     levels: Sequence[str] | None = None,
     seeds: Sequence[int] | None = None,
     progress: bool = True,
+    workers: int = 1,
 ) -> pd.DataFrame:
     """The whole study: generate → train dt and bc per level and seed → evaluate dt, bc,
     random and behaviour on the same episodes → report.
@@ -364,6 +458,13 @@ def reproduce(
         levels: dataset levels (default: all six).
         seeds: training seeds (default: the preset's).
         progress: a tqdm bar over the runs (TTY only) and INFO log lines per run.
+        workers: runs trained and evaluated at once, each in its own process with
+            ``cpu_count // workers`` torch threads (1: all in this process). Small DTs use a
+            core poorly, so on a 2-core CPU two single-threaded workers finish the study
+            sooner than one two-threaded process. Every run is seeded the same whatever
+            ``workers`` is (the thread count can change float rounding, nothing else).
+            Stage seconds in ``timings.json`` are then summed over workers (CPU-side time),
+            while ``total`` stays wall time.
 
     Returns:
         The results table (also in ``<root>/reports/<env>/<preset>/results.csv``), with
@@ -371,8 +472,6 @@ def reproduce(
     """
     from datagen.generate import GenerateConfig, generate
     from offline_dt.data import read_hdf5
-    from offline_dt.data.windows import Normalizer
-    from offline_dt.train import TrainConfig
 
     p = get_preset(preset)
     root = Path(root)
@@ -381,6 +480,8 @@ def reproduce(
     if unknown:
         raise ValueError(f"levels: unknown {unknown}; choose from {list(LEVELS)}")
     seeds = list(seeds if seeds is not None else p.seeds)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, found {workers}")
     data_root = root / p.data_dir if p.data_dir else root
     runs_root = root / "runs" / p.name
     report_dir = root / "reports" / env_id / p.name
@@ -405,56 +506,19 @@ def reproduce(
 
     jobs = [(lv, s, m) for lv in levels for s in seeds for m in ("dt", "bc")]
     jobs += [(lv, s, m) for lv in levels for s in seeds for m in ("random", "behaviour")]
+    specs = [JobSpec(env_id=env_id, preset=p.name, root=str(root), device=dev, level=lv,
+                     seed=s, method=m, dataset=str(paths[lv]), metas=metas,
+                     label=f"[{n}/{len(jobs)}] {m} {paths[lv].stem} seed{s}")
+             for n, (lv, s, m) in enumerate(jobs, 1)]
     bar = tqdm(total=len(jobs), desc=f"reproduce {p.name}", unit="run",
                disable=not progress or not sys.stderr.isatty())
-    eval_episodes = int(p.evaluate.get("episodes", EvalConfig.episodes))
-    for n, (level, seed, method) in enumerate(jobs, 1):
-        path = paths[level]
-        meta = metas[level]
-        dataset_name = path.stem
-        run_dir = runs_root / env_id / dataset_name / method / f"seed{seed}"
-        ref_min, ref_max = meta.get("ref_min_score"), meta.get("ref_max_score")
-        label = f"[{n}/{len(jobs)}] {method} {dataset_name} seed{seed}"
-        if method in ("dt", "bc"):
-            tcfg = _replace(TrainConfig(
-                dataset=str(path), env_id=env_id, method=method, seed=seed, device=dev,
-                run_dir=run_dir, progress=False), p.train, "preset train")
-            ecfg = _replace(EvalConfig(checkpoint=run_dir, env_id=env_id, seed=seed,
-                                       device=dev), p.evaluate, "preset evaluate")
-            hook = None
-            if tcfg.eval_every > 0:
-                ds = load_dataset(str(path))
-                target = None
-                if method == "dt":
-                    target = float(ref_max) if ref_max is not None else float(
-                        ds.episode_returns.max())
-                hook = make_eval_hook(
-                    env_id, target, p.hook_episodes, HOOK_SEED_OFFSET + seed,
-                    Normalizer.fit(ds, tcfg.rtg_scale), method=method,
-                    ref_min_score=ref_min, ref_max_score=ref_max)
-            ev, secs = train_and_evaluate(tcfg, ecfg, hook)
-            for stage, s in secs.items():
-                timer.add(stage, s, run=str(run_dir.relative_to(root)),
-                          reused=s == 0.0)
-            took = sum(secs.values())
-        else:
-            if method == "random":
-                def make(env=env_id, s=seed):
-                    return RandomPolicy(gym.make(env).action_space, s), {
-                        "policy": "uniform random"}
-            else:
-                def make(lv=level, s=seed):
-                    pol, desc = behaviour_policy(lv, metas, env_id, dev, s)
-                    return pol, {"policy": desc}
-            config = {"method": method, "env_id": env_id, "dataset": str(path),
-                      "level": level, "episodes": eval_episodes, "seed": seed,
-                      "episode_seeds": "seed * 100000 + i"}
-            ev, took, reused = evaluate_baseline(run_dir, method, env_id, make, config,
-                                                 eval_episodes, seed, ref_min, ref_max)
-            timer.add("baselines", took, run=str(run_dir.relative_to(root)), reused=reused)
+    for out in _map_jobs(specs, workers):
+        for stage, secs, run, reused in out["timings"]:
+            timer.add(stage, secs, run=run, reused=reused)
         bar.update(1)
-        log.info("reproduce %s: %.1f ± %.1f (%s, %.1fs)", label, ev["mean_return"],
-                 ev["ci95"], "reused" if took == 0.0 else "done", took)
+        ev = out["eval"]
+        log.info("reproduce %s: %.1f ± %.1f (%s, %.1fs)", out["label"], ev["mean_return"],
+                 ev["ci95"], "reused" if out["took"] == 0.0 else "done", out["took"])
     bar.close()
 
     # ---- report
@@ -462,7 +526,7 @@ def reproduce(
     table = report(runs_root, report_dir, quiet=not progress)
     timer.add("report", time.perf_counter() - t)
     timings = {"env_id": env_id, "preset": p.name, "seeds": seeds, "levels": levels,
-               "device": dev, **timer.to_dict(),
+               "device": dev, "workers": workers, **timer.to_dict(),
                "generate_stages": {k: round(v, 3) for k, v in gen.stage_seconds.items()}}
     save_json(timings, report_dir / "timings.json")
     save_json({"preset": p, "generate_config": gcfg}, report_dir / "preset.json")

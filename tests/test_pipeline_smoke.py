@@ -1,6 +1,7 @@
 """End to end: ``reproduce(preset="smoke")`` — the slowest test of the suite (about 1-2 minutes
 on 2 CPU cores): generate tiny datasets, train dt and bc on every level, evaluate them and the
-random and behaviour baselines, write the report; then rerun and reuse everything."""
+random and behaviour baselines, write the report; then rerun and reuse everything. The first
+run goes through the two-worker process pool, the rerun through the in-process path."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_reproduce_smoke_end_to_end(tmp_path):
-    table = reproduce(preset="smoke", root=tmp_path, progress=False)
+    table = reproduce(preset="smoke", root=tmp_path, progress=False, workers=2)
     report_dir = tmp_path / "reports" / "Pendulum-v1" / "smoke"
     csv = pd.read_csv(report_dir / "results.csv")
     assert list(csv.columns) == COLUMNS
@@ -35,6 +36,7 @@ def test_reproduce_smoke_end_to_end(tmp_path):
         assert (report_dir / name).stat().st_size > 0
     timings = json.loads((report_dir / "timings.json").read_text())
     assert {"generate", "train", "evaluate", "baselines", "report"} <= set(timings["stages"])
+    assert timings["workers"] == 2 and not any(r["reused"] for r in timings["runs"])
     run = tmp_path / "runs" / "smoke" / "Pendulum-v1" / "pendulum-expert-v0" / "dt" / "seed0"
     for name in ("config.json", "eval.json", "metrics.csv", "checkpoint.pt"):
         assert (run / name).is_file(), name
