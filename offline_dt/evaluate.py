@@ -153,7 +153,7 @@ class DTPolicy:
         self.ts_buf[:, i] = min(self.t, self.cfg.max_timestep - 1)
         n = self.length
         out = self.model(self.rtg_buf[:, :n], self.obs_buf[:, :n], self.act_buf[:, :n],
-                         self.ts_buf[:, :n])[:, -1]
+                         self.ts_buf[:, :n], last_only=True)[:, -1]
         if self.cfg.discrete:
             action = out.argmax(-1)
             self.act_buf[:, i] = action

@@ -67,21 +67,37 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None,
+                queries: slice | None = None) -> torch.Tensor:
         """x: ``(B, T, d)``; attn_mask: ``(B, 1, T, T)`` bool (True = may attend) or None for
-        plain causal attention."""
+        plain causal attention; queries: token positions whose outputs are wanted (None: all).
+        Returns ``(B, Q, d)`` for the Q positions of ``queries`` (all T when None)."""
         b, t, d = x.shape
-        q, k, v = self.qkv(x).split(d, dim=2)
-        q = q.view(b, t, self.n_head, d // self.n_head).transpose(1, 2)
-        k = k.view(b, t, self.n_head, d // self.n_head).transpose(1, 2)
-        v = v.view(b, t, self.n_head, d // self.n_head).transpose(1, 2)
+        h = self.n_head
+        if queries is None:
+            q, k, v = self.qkv(x).split(d, dim=2)
+            mask, causal = attn_mask, attn_mask is None
+        else:
+            # Keys and values from every token, queries only where an output is read.
+            q = F.linear(x[:, queries], self.qkv.weight[:d], self.qkv.bias[:d])
+            k, v = F.linear(x, self.qkv.weight[d:], self.qkv.bias[d:]).split(d, dim=2)
+            if attn_mask is None:
+                rows = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+                mask = rows[queries]
+            else:
+                mask = attn_mask[:, :, queries]
+            causal = False
+        n = q.shape[1]
+        q = q.view(b, n, h, d // h).transpose(1, 2)
+        k = k.view(b, t, h, d // h).transpose(1, 2)
+        v = v.view(b, t, h, d // h).transpose(1, 2)
         y = F.scaled_dot_product_attention(
             q, k, v,
-            attn_mask=attn_mask,
+            attn_mask=mask,
             dropout_p=self.attn_dropout if self.training else 0.0,
-            is_causal=attn_mask is None,
+            is_causal=causal,
         )
-        y = y.transpose(1, 2).contiguous().view(b, t, d)
+        y = y.transpose(1, 2).contiguous().view(b, n, d)
         return self.resid_dropout(self.proj(y))
 
 
@@ -103,8 +119,11 @@ class Block(nn.Module):
             nn.Dropout(cfg.dropout),
         )
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), attn_mask)
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None,
+                queries: slice | None = None) -> torch.Tensor:
+        """``(B, T, d)`` → ``(B, Q, d)``, the rows of ``queries`` (all T when None)."""
+        h = self.attn(self.ln_1(x), attn_mask, queries)
+        x = (x if queries is None else x[:, queries]) + h
         return x + self.mlp(self.ln_2(x))
 
 
@@ -128,6 +147,8 @@ class DecisionTransformer(nn.Module):
         self.ln_f = nn.LayerNorm(d)
         self.predict_action = nn.Linear(d, cfg.act_dim)
         self.apply(self._init_weights)
+        #: Run every token through the last block (reference path for tests; same result).
+        self.full_last_block = False
         # GPT-2: scale the residual projections by 1/sqrt(2 * n_layer).
         for name, p in self.named_parameters():
             if name.endswith("proj.weight") or name.endswith("mlp.2.weight"):
@@ -149,8 +170,13 @@ class DecisionTransformer(nn.Module):
         actions: torch.Tensor,
         timesteps: torch.Tensor,
         mask: torch.Tensor | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
         """Predict the action at every timestep of a batch of windows.
+
+        Only state-token outputs feed the action head, so the last block computes queries,
+        attention and MLP for those tokens alone (for the last one alone with ``last_only``);
+        the result equals running every token through every block.
 
         Args:
             returns_to_go: ``(B, K, 1) float32``, scaled returns-to-go R̂_t.
@@ -159,10 +185,12 @@ class DecisionTransformer(nn.Module):
                 The action at step t is never seen by the prediction for step t.
             timesteps: ``(B, K) int64`` episode timesteps, each in ``[0, max_timestep)``.
             mask: ``(B, K) bool``, False on left padding; None when there is none.
+            last_only: predict the last timestep's action only (acting in an environment).
 
         Returns:
-            ``(B, K, act_dim) float32``: actions in [-1, 1] (Box, with ``action_tanh``) or
-            logits over the ``act_dim`` actions (Discrete).
+            ``(B, K, act_dim) float32`` (``(B, 1, act_dim)`` with ``last_only``): actions in
+            [-1, 1] (Box, with ``action_tanh``) or logits over the ``act_dim`` actions
+            (Discrete).
         """
         b, k = timesteps.shape
         d = self.cfg.embed_dim
@@ -176,11 +204,15 @@ class DecisionTransformer(nn.Module):
         attn_mask = None
         if mask is not None and not bool(mask.all()):
             attn_mask = self._attention_mask(mask)
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             x = block(x, attn_mask)
-        x = self.ln_f(x)
-        state_hidden = x.reshape(b, k, 3, d)[:, :, 1]
-        out = self.predict_action(state_hidden)
+        # State tokens sit at 1, 4, 7, ...: s_t is token 3t + 1.
+        states = slice(3 * k - 2, 3 * k - 1) if last_only else slice(1, None, 3)
+        if self.full_last_block:
+            x = self.blocks[-1](x, attn_mask)[:, states]
+        else:
+            x = self.blocks[-1](x, attn_mask, states)
+        out = self.predict_action(self.ln_f(x))
         if not self.cfg.discrete and self.cfg.action_tanh:
             out = torch.tanh(out)
         return out

@@ -76,10 +76,12 @@ class RecordingModel(nn.Module):
         self.dummy = nn.Parameter(torch.zeros(1))
         self.calls: list[dict[str, torch.Tensor]] = []
 
-    def forward(self, returns_to_go, observations, actions, timesteps, mask=None):
+    def forward(self, returns_to_go, observations, actions, timesteps, mask=None,
+                last_only=False):
         self.calls.append({"rtg": returns_to_go.clone(), "obs": observations.clone(),
                            "act": actions.clone(), "ts": timesteps.clone()})
-        return torch.full((*timesteps.shape, 1), 0.5)
+        b, k = timesteps.shape
+        return torch.full((b, 1 if last_only else k, 1), 0.5)
 
 
 # ---------------------------------------------------------------------------------- equivalence

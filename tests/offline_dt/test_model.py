@@ -145,3 +145,29 @@ def test_paper_default_config_and_errors():
         DecisionTransformer(DTConfig(3, 1, embed_dim=10, n_head=3))
     with pytest.raises(ValueError, match="activation"):
         DecisionTransformer(DTConfig(3, 1, activation="swish"))
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+@pytest.mark.parametrize("padded", [False, True])
+def test_state_only_last_block_equals_full_computation(discrete, padded):
+    """The last block computes state-token rows only (all of them, or the last with
+    ``last_only``); the predictions equal running every token through every block."""
+    torch.manual_seed(0)
+    cfg = DTConfig(obs_dim=3, act_dim=2, discrete=discrete, embed_dim=32, n_layer=2, n_head=2,
+                   dropout=0.0)
+    model = DecisionTransformer(cfg).eval()
+    b, k = 4, 7
+    rtg, obs, ts = torch.randn(b, k, 1), torch.randn(b, k, 3), torch.randint(0, 100, (b, k))
+    act = torch.randint(0, 2, (b, k)) if discrete else torch.rand(b, k, 2) * 2 - 1
+    mask = None
+    if padded:
+        mask = torch.ones(b, k, dtype=torch.bool)
+        mask[0, :3] = False
+    with torch.no_grad():
+        fast = model(rtg, obs, act, ts, mask)
+        last = model(rtg, obs, act, ts, mask, last_only=True)
+        model.full_last_block = True
+        full = model(rtg, obs, act, ts, mask)
+    assert fast.shape == full.shape == (b, k, 2) and last.shape == (b, 1, 2)
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(last, full[:, -1:], rtol=1e-5, atol=1e-6)
