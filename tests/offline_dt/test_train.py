@@ -44,12 +44,14 @@ def _params(path):
 
 
 # ---------------------------------------------------------------------------------- learning
-@pytest.mark.parametrize("which", ["box", "discrete"])
-def test_tiny_model_overfits_tiny_dataset(which, box_hdf5, discrete_hdf5, tiny_config):
+@pytest.mark.parametrize("which,precision", [("box", "fp32"), ("discrete", "fp32"),
+                                             ("box", "bf16"), ("discrete", "bf16")])
+def test_tiny_model_overfits_tiny_dataset(which, precision, box_hdf5, discrete_hdf5,
+                                          tiny_config):
     path = box_hdf5 if which == "box" else discrete_hdf5
     cfg = tiny_config(path, steps=80, embed_dim=32, dropout=0.0, warmup_steps=10,
                       learning_rate=3e-3, batch_size=16, log_every=10, checkpoint_every=1000,
-                      grad_clip=1.0)
+                      grad_clip=1.0, precision=precision)
     result = train(cfg)
     rows = _rows(cfg.run_dir)
     first, last = rows[0]["loss"], rows[-1]["loss"]
@@ -275,6 +277,8 @@ def test_missing_dataset_and_bad_arguments(tiny_config, box_hdf5, tmp_path):
         train(tiny_config(tmp_path / "nope.hdf5"))
     with pytest.raises(ValueError, match="method"):
         train(tiny_config(box_hdf5, method="cql"))
+    with pytest.raises(ValueError, match="precision.*'fp16'"):
+        train(tiny_config(box_hdf5, precision="fp16"))
     with pytest.raises(ValueError, match="n_head"):
         train(tiny_config(box_hdf5, embed_dim=16, n_head=3))
 
