@@ -1,0 +1,331 @@
+"""Ours against the implementations a user would pick instead, side by side in one process.
+
+    pip install -e ".[bench]"      # HF transformers; d3rlpy: see README (it pins gymnasium 1.0)
+    python benchmarks/speed.py [--sections train eval memory] [--threads N]
+
+Sections (each interleaves the contenders round by round, so machine noise hits all alike, and
+reports whole-block medians):
+
+* ``train``: one training step (sample a batch of windows + forward + loss + backward +
+  gradient-norm clip 0.25 + AdamW) at the paper's gym config (batch 64, K=20, embed 128,
+  3 layers, 1 head, dropout 0.1, ReLU) on a Pendulum-shaped dataset: ours as shipped (fp32),
+  ours at its fastest setting (``precision="bf16"``), HF transformers
+  ``DecisionTransformerModel`` (GPT-2 encoder, SDPA attention, fed by our window sampler, loss on
+  its action head), and d3rlpy ``DecisionTransformer.update`` on a batch from its own
+  ``ReplayBuffer.sample_trajectory_batch`` (state encoder: one linear layer of 128, as the
+  paper's; AdamW, weight decay 1e-4, clip 0.25).
+* ``eval``: 200 Pendulum episodes of a paper-config DT conditioned on a target return: our
+  batched vector-env evaluator against the reference implementation's one-episode-at-a-time
+  loop (``offline_dt.evaluate.evaluate_sequential``), on the same seeds (the returns must
+  agree), and d3rlpy's stateful wrapper (``as_stateful_wrapper``, one ``predict`` per env
+  step; timed on fewer episodes and compared per episode).
+* ``memory``: peak resident memory of ``offline-dt train`` on the 1M-step pendulum-random
+  dataset (needs ``data/d4rl/pendulum-random-v0.hdf5``: ``offline-dt generate``).
+
+Writes ``benchmarks/results/speed.md`` and ``speed.csv`` (columns ``benchmark, ours, peer,
+ours_seconds, peer_seconds, ratio``; ratio = ours / peer, below 1 means ours is faster). A
+section whose peer is not installed is skipped and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from train_throughput import cpu_model, pendulum_like  # noqa: E402
+
+from offline_dt.data.windows import Normalizer, WindowSampler  # noqa: E402
+from offline_dt.model import DecisionTransformer  # noqa: E402
+from offline_dt.train import TrainConfig, make_optimizer, train_step  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PAPER = {"batch_size": 64, "context_length": 20, "embed_dim": 128, "n_layer": 3, "n_head": 1,
+         "dropout": 0.1, "learning_rate": 1e-4, "weight_decay": 1e-4, "grad_clip": 0.25}
+
+
+def interleave(contenders: dict[str, Callable[[], None]], rounds: int, block: int,
+               warmup: int) -> dict[str, list[float]]:
+    """Seconds per call of each contender: ``rounds`` rounds, each timing a block of ``block``
+    calls of every contender in turn (after ``warmup`` untimed calls each)."""
+    for fn in contenders.values():
+        for _ in range(warmup):
+            fn()
+    out: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            t = time.perf_counter()
+            for _ in range(block):
+                fn()
+            out[name].append((time.perf_counter() - t) / block)
+    return out
+
+
+# ---------------------------------------------------------------------------------- train
+def ours_step(precision: str) -> Callable[[], None]:
+    ds = pendulum_like()
+    cfg = TrainConfig(dataset="pendulum-like", precision=precision, **PAPER)
+    sampler = WindowSampler(ds, Normalizer.fit(ds), cfg.context_length, cfg.max_timestep, 0)
+    torch.manual_seed(0)
+    model = DecisionTransformer(cfg.model_config(ds.obs_dim, ds.act_dim, ds.discrete)).train()
+    optimizer, scheduler = make_optimizer(model, cfg)
+
+    def step() -> None:
+        train_step(model, optimizer, scheduler, sampler.sample(cfg.batch_size), cfg)
+
+    return step
+
+
+def hf_step() -> Callable[[], None]:
+    from transformers import DecisionTransformerConfig, DecisionTransformerModel
+
+    ds = pendulum_like()
+    sampler = WindowSampler(ds, Normalizer.fit(ds), PAPER["context_length"], 1000, 0)
+    torch.manual_seed(0)
+    config = DecisionTransformerConfig(
+        state_dim=ds.obs_dim, act_dim=ds.act_dim, hidden_size=PAPER["embed_dim"],
+        n_layer=PAPER["n_layer"], n_head=PAPER["n_head"], n_inner=4 * PAPER["embed_dim"],
+        activation_function="relu", resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1,
+        max_ep_len=1000, n_positions=1024, action_tanh=True, attn_implementation="sdpa")
+    model = DecisionTransformerModel(config).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=PAPER["learning_rate"],
+                                  weight_decay=PAPER["weight_decay"])
+
+    def step() -> None:
+        b = sampler.sample(PAPER["batch_size"])
+        _, action_preds, _ = model(states=b.observations, actions=b.actions, rewards=None,
+                                   returns_to_go=b.returns_to_go, timesteps=b.timesteps,
+                                   attention_mask=b.mask.long(), return_dict=False)
+        loss = F.mse_loss(action_preds[b.mask], b.actions[b.mask])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), PAPER["grad_clip"])
+        optimizer.step()
+
+    return step
+
+
+def d3rlpy_algo(ds: Any) -> tuple[Any, Any]:
+    """A d3rlpy DecisionTransformer at the paper config and the ReplayBuffer it samples."""
+    import d3rlpy
+
+    buffer = d3rlpy.dataset.MDPDataset(
+        observations=ds.observations, actions=ds.actions, rewards=ds.rewards,
+        terminals=ds.terminals.astype(np.float32), timeouts=ds.timeouts.astype(np.float32),
+        action_space=d3rlpy.ActionSpace.CONTINUOUS)
+    algo = d3rlpy.algos.DecisionTransformerConfig(
+        batch_size=PAPER["batch_size"], context_size=PAPER["context_length"],
+        learning_rate=PAPER["learning_rate"], num_heads=PAPER["n_head"],
+        num_layers=PAPER["n_layer"], attn_dropout=0.1, resid_dropout=0.1, embed_dropout=0.1,
+        activation_type="relu", max_timestep=1000,
+        encoder_factory=d3rlpy.models.VectorEncoderFactory(
+            hidden_units=[PAPER["embed_dim"]], exclude_last_activation=True),
+        optim_factory=d3rlpy.optimizers.AdamWFactory(
+            weight_decay=PAPER["weight_decay"], clip_grad_norm=PAPER["grad_clip"]),
+    ).create(device="cpu:0")
+    algo.build_with_dataset(buffer)
+    return algo, buffer
+
+
+def d3rlpy_step() -> Callable[[], None]:
+    torch.manual_seed(0)
+    algo, buffer = d3rlpy_algo(pendulum_like())
+
+    def step() -> None:
+        algo.update(buffer.sample_trajectory_batch(PAPER["batch_size"],
+                                                   length=PAPER["context_length"]))
+
+    return step
+
+
+def section_train(args: argparse.Namespace, rows: list[dict], notes: list[str]) -> None:
+    contenders: dict[str, Callable[[], None]] = {
+        "ours (fp32, as shipped)": ours_step("fp32"),
+        "ours (bf16 autocast, fastest)": ours_step("bf16"),
+    }
+    for name, make in (("HF transformers DecisionTransformerModel", hf_step),
+                       ("d3rlpy DecisionTransformer", d3rlpy_step)):
+        try:
+            contenders[name] = make()
+        except ImportError as e:
+            notes.append(f"train: {name} skipped ({e}); install the bench extra")
+    times = interleave(contenders, args.rounds, args.block, warmup=3)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    lines = ["| implementation | ms / step (median) | per-round ms |", "|---|---:|---|"]
+    for k, v in times.items():
+        lines.append(f"| {k} | {med[k] * 1e3:.1f} | "
+                     f"{', '.join(f'{x * 1e3:.0f}' for x in v)} |")
+    notes.append("### Train step (paper gym config)\n\n" + "\n".join(lines))
+    for ours in ("ours (fp32, as shipped)", "ours (bf16 autocast, fastest)"):
+        for peer in contenders:
+            if peer.startswith("ours"):
+                continue
+            rows.append({"benchmark": "train_step", "ours": ours, "peer": peer,
+                         "ours_seconds": med[ours], "peer_seconds": med[peer],
+                         "ratio": med[ours] / med[peer]})
+
+
+# ---------------------------------------------------------------------------------- eval
+def section_eval(args: argparse.Namespace, rows: list[dict], notes: list[str]) -> None:
+    from offline_dt.evaluate import DTPolicy, evaluate_policy, evaluate_sequential
+
+    ds = pendulum_like()
+    cfg = TrainConfig(dataset="pendulum-like", **PAPER)
+    torch.manual_seed(0)
+    model = DecisionTransformer(cfg.model_config(ds.obs_dim, ds.act_dim, ds.discrete)).eval()
+    policy = DTPolicy(model, Normalizer.fit(ds), target_return=-150.0)
+    n = args.eval_episodes
+    batched_s, seq_s, diffs = [], [], []
+    for _ in range(args.eval_rounds):
+        b = evaluate_policy("Pendulum-v1", policy, n, seed=0)
+        s = evaluate_sequential("Pendulum-v1", policy, n, seed=0)
+        batched_s.append(b.wall_seconds)
+        seq_s.append(s.wall_seconds)
+        diffs.append(float(np.abs(np.asarray(b.returns) - np.asarray(s.returns)).max()))
+    mb, ms = statistics.median(batched_s), statistics.median(seq_s)
+    rows.append({"benchmark": f"eval_{n}_episodes", "ours": "batched vector-env evaluator",
+                 "peer": "one-episode-at-a-time loop (reference implementation)",
+                 "ours_seconds": mb, "peer_seconds": ms, "ratio": mb / ms})
+    text = (f"### Evaluation ({n} Pendulum episodes, paper-config DT, target -150)\n\n"
+            f"Batched: {', '.join(f'{x:.1f}' for x in batched_s)} s; one episode at a time: "
+            f"{', '.join(f'{x:.1f}' for x in seq_s)} s (median ratio {mb / ms:.3f}, "
+            f"{ms / mb:.1f}x faster). Largest |return difference| between the two on the same "
+            f"seeds: {max(diffs):.2e}.")
+    try:
+        import d3rlpy  # noqa: F401
+        import gymnasium as gym
+
+        algo, _ = d3rlpy_algo(ds)
+        k = args.d3rlpy_episodes
+        per_ep = []
+        for _ in range(args.eval_rounds):
+            env = gym.make("Pendulum-v1")
+            t = time.perf_counter()
+            for i in range(k):
+                wrapper = algo.as_stateful_wrapper(target_return=-150.0)
+                obs, _ = env.reset(seed=i)
+                reward, done = 0.0, False
+                while not done:
+                    obs, reward, term, trunc, _ = env.step(wrapper.predict(obs, float(reward)))
+                    done = term or trunc
+            per_ep.append((time.perf_counter() - t) / k)
+        md3 = statistics.median(per_ep)
+        rows.append({"benchmark": "eval_per_episode", "ours": "batched vector-env evaluator",
+                     "peer": "d3rlpy as_stateful_wrapper loop", "ours_seconds": mb / n,
+                     "peer_seconds": md3, "ratio": (mb / n) / md3})
+        text += (f" d3rlpy's stateful wrapper: {md3:.3f} s per episode (median of "
+                 f"{args.eval_rounds} runs of {k} episodes), i.e. {md3 * 200:.0f} s per 200.")
+    except ImportError as e:
+        text += f" d3rlpy skipped ({e})."
+    notes.append(text)
+
+
+# ---------------------------------------------------------------------------------- memory
+def section_memory(args: argparse.Namespace, rows: list[dict], notes: list[str]) -> None:
+    data = Path(args.memory_dataset)
+    if not data.is_file():
+        notes.append(f"memory: skipped, {data} missing (run `offline-dt generate`)")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "offline_dt.cli", "train", "--dataset", str(data),
+               "--steps", str(args.memory_steps), "--device", "cpu", "--run-dir", tmp,
+               "--overwrite", "true", "--progress", "false", "--checkpoint-every",
+               str(args.memory_steps)]
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True)
+        secs = time.perf_counter() - t
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: KiB
+    notes.append(f"### Memory\n\nPeak RSS of `{' '.join(shlex.quote(c) for c in cmd[1:])}` "
+                 f"(paper config, {args.memory_steps} steps, whole process including the "
+                 f"dataset load): **{peak_mb:.0f} MiB** ({secs:.0f} s).")
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "torch": torch.__version__,
+           "numpy": np.__version__}
+    for name in ("gymnasium", "transformers", "d3rlpy"):
+        try:
+            out[name] = __import__(name).__version__
+        except ImportError:
+            out[name] = "not installed"
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sections", nargs="+", default=["train", "eval", "memory"],
+                   choices=["train", "eval", "memory"])
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="torch intra-op threads (default: all cores)")
+    p.add_argument("--rounds", type=int, default=7, help="train: interleaved rounds")
+    p.add_argument("--block", type=int, default=10, help="train: steps per timed block")
+    p.add_argument("--eval-episodes", type=int, default=200)
+    p.add_argument("--eval-rounds", type=int, default=3)
+    p.add_argument("--d3rlpy-episodes", type=int, default=5)
+    p.add_argument("--memory-dataset", default="data/d4rl/pendulum-random-v0.hdf5")
+    p.add_argument("--memory-steps", type=int, default=200)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows: list[dict] = []
+    notes: list[str] = []
+    t0 = time.perf_counter()
+    for name in args.sections:
+        {"train": section_train, "eval": section_eval, "memory": section_memory}[name](
+            args, rows, notes)
+    wall = time.perf_counter() - t0
+
+    import pandas as pd
+
+    cols = ["benchmark", "ours", "peer", "ours_seconds", "peer_seconds", "ratio"]
+    table = pd.DataFrame(rows, columns=cols)
+    args.out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out / "speed.csv", index=False, float_format="%.6g")
+    command = "python " + " ".join(shlex.quote(a) for a in
+                                   ["benchmarks/speed.py", *(argv or sys.argv[1:])])
+    md_rows = "\n".join(
+        f"| {r.benchmark} | {r.ours} | {r.peer} | {r.ours_seconds:.4g} | {r.peer_seconds:.4g} "
+        f"| {r.ratio:.3f} |" for r in table.itertuples())
+    md = f"""# Speed: ours vs peers, measured side by side
+
+Command: `{command}` ({wall / 60:.1f} min)
+
+Machine: {cpu_model()}, {os.cpu_count()} cores, torch threads {args.threads},
+{platform.platform()}; 1-min load average at the end {os.getloadavg()[0]:.2f}.
+Versions: {json.dumps(versions())}.
+
+Ratio = ours / peer (below 1: ours is faster). Medians of interleaved rounds; see
+`benchmarks/speed.py` for exactly what each contender runs.
+
+| benchmark | ours | peer | ours s | peer s | ratio |
+|---|---|---|---:|---:|---:|
+{md_rows}
+
+{chr(10).join(n + chr(10) for n in notes)}"""
+    (args.out / "speed.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        raise SystemExit(main())
