@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -82,6 +83,9 @@ class GenerateConfig:
         "help": "deterministic eval episodes per learning-curve checkpoint"})
     num_envs: int = field(default=50, metadata={
         "help": "sub-environments of the synchronous vector env used for rollouts"})
+    processes: int = field(default=0, metadata={
+        "help": "processes for the random rollout, which splits its sub-envs among them "
+                "(same data for any value; 0: one per CPU core)"})
     out_dir: Path = field(default=Path("data/d4rl"), metadata={
         "help": "directory of the D4RL-style HDF5 files"})
     minari_root: Path | None = field(default=None, metadata={
@@ -157,6 +161,9 @@ def _validate(cfg: GenerateConfig) -> None:
         raise ValueError(f"levels: unknown level(s) {unknown}; choose from {list(LEVELS)}")
     if not cfg.levels:
         raise ValueError(f"levels: at least one level is needed, choose from {list(LEVELS)}")
+    if not isinstance(cfg.processes, int | np.integer) or cfg.processes < 0:
+        raise ValueError(f"processes: must be 0 (one per core) or positive, "
+                         f"found {cfg.processes!r}")
     for name in ("random_steps", "expert_steps", "medium_steps", "checkpoint_every",
                  "ref_episodes", "eval_episodes", "num_envs"):
         v = getattr(cfg, name)
@@ -184,6 +191,8 @@ def _fingerprint(cfg: GenerateConfig, level: str, agent_steps: int) -> str:
            "checkpoint_every": cfg.checkpoint_every, "eval_episodes": cfg.eval_episodes,
            "ref_episodes": cfg.ref_episodes, "medium_target_score": cfg.medium_target_score,
            "num_envs": cfg.num_envs}
+    if level == "random":
+        key["random_actions"] = "default_rng([seed, env_index]) per sub-env"
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -325,7 +334,8 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         if level == "random":
             ds = rollout(cfg.env_id, cfg.random_steps, None, seed=cfg.seed,
                          num_envs=cfg.num_envs, metadata=meta(level, "random"),
-                         desc="random").dataset
+                         desc="random",
+                         processes=cfg.processes or os.cpu_count() or 1).dataset
         elif level == "expert":
             torch.manual_seed(cfg.seed + 1)
             pol = load_behaviour_policy(agent.policy_path, cfg.env_id, cfg.device,

@@ -77,6 +77,18 @@ def test_different_seed_different_data(tmp_path):
     assert a.checksum() != b.checksum()
 
 
+def test_random_rollout_same_data_in_several_processes():
+    """Each sub-env draws its random actions from its own generator, so splitting the sub-envs
+    over processes changes nothing (the returns recorded by Gymnasium included)."""
+    one = rollout("Pendulum-v1", 1_000, seed=3, num_envs=5)
+    three = rollout("Pendulum-v1", 1_000, seed=3, num_envs=5, processes=3)
+    assert one.dataset.checksum() == three.dataset.checksum()
+    np.testing.assert_array_equal(one.recorded_returns, three.recorded_returns)
+    assert np.isfinite(one.recorded_returns).sum() == 5  # five full 200-step episodes
+    with pytest.raises(ValueError, match="processes"):
+        rollout("Pendulum-v1", 10, processes=0)
+
+
 def test_recorded_returns_equal_hdf5_returns(tiny_run, tmp_path):
     pol = load_behaviour_policy(tiny_run.result.agent_dir, "Pendulum-v1", "cpu",
                                 deterministic=False, seed=0)
