@@ -90,6 +90,10 @@ class DTPolicy:
         target_return: return to condition on, in env reward units (ignored for ``"bc"``).
         method: ``"dt"``, or ``"bc"`` to feed zeros as returns-to-go (how BC was trained).
         device: where the context lives; defaults to the model's device.
+        kv_cache: act from a key/value cache (``DecisionTransformer.step_cached``): three
+            new tokens per step instead of the 3K-token window, exact for the first K steps
+            and an approximation after (see ``benchmarks/results/speed.md`` for the drift).
+            Off by default.
     """
 
     def __init__(
@@ -99,6 +103,7 @@ class DTPolicy:
         target_return: float | None,
         method: str = "dt",
         device: str | torch.device | None = None,
+        kv_cache: bool = False,
     ) -> None:
         if method not in ("dt", "bc"):
             raise ValueError(f"method must be 'dt' or 'bc', found {method!r}")
@@ -113,6 +118,8 @@ class DTPolicy:
                        else next(model.parameters()).device)
         self.k = int(self.cfg.context_length)
         self.num_envs = 0
+        self.kv_cache = bool(kv_cache)
+        self.cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def reset(self, num_envs: int, seeds: Sequence[int] | None = None) -> None:
         n, k, dev = num_envs, self.k, self.device
@@ -127,6 +134,8 @@ class DTPolicy:
         else:
             self.act_buf = torch.zeros(n, k, self.cfg.act_dim, device=dev)
         self.ts_buf = torch.zeros(n, k, dtype=torch.long, device=dev)
+        self.cache = None
+        self.prev_action: torch.Tensor | None = None
         # Unscaled return-to-go per env (float64 on the host, so the decrement is exact).
         self.returns_to_go = np.full(n, self.target_return or 0.0, np.float64)
 
@@ -152,13 +161,20 @@ class DTPolicy:
         self.act_buf[:, i] = 0
         self.ts_buf[:, i] = min(self.t, self.cfg.max_timestep - 1)
         n = self.length
-        out = self.model(self.rtg_buf[:, :n], self.obs_buf[:, :n], self.act_buf[:, :n],
-                         self.ts_buf[:, :n], last_only=True)[:, -1]
+        if self.kv_cache:
+            out, self.cache = self.model.step_cached(
+                self.cache, self.rtg_buf[:, i], self.obs_buf[:, i], self.ts_buf[:, i],
+                self.prev_action)
+        else:
+            out = self.model(self.rtg_buf[:, :n], self.obs_buf[:, :n], self.act_buf[:, :n],
+                             self.ts_buf[:, :n], last_only=True)[:, -1]
         if self.cfg.discrete:
             action = out.argmax(-1)
             self.act_buf[:, i] = action
+            self.prev_action = action
             return action.cpu().numpy().astype(np.int64)
         self.act_buf[:, i] = out
+        self.prev_action = out
         return self.normalizer.actions_from_model(out.float().cpu().numpy())
 
     def observe(self, rewards: np.ndarray) -> None:
@@ -456,6 +472,9 @@ class EvalConfig:
         "help": "torch device", "choices": ["auto", "cpu", "cuda"]})
     max_envs: int = field(default=DEFAULT_MAX_ENVS, metadata={
         "help": "most envs stepped at once (more episodes run in waves)"})
+    kv_cache: bool = field(default=False, metadata={
+        "help": "act from a key/value cache: faster, exact for the first K steps of an "
+                "episode, approximate after (see DTPolicy)"})
     out: Path | None = field(default=None, metadata={
         "help": "output JSON; unset: <run dir>/eval.json"})
 
@@ -546,7 +565,8 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
             facts["best_return"], facts["ref_max_score"]))
     results = []
     for target in targets:
-        policy = DTPolicy(ckpt.model, ckpt.normalizer, target, method=method, device=device)
+        policy = DTPolicy(ckpt.model, ckpt.normalizer, target, method=method, device=device,
+                          kv_cache=cfg.kv_cache)
         res = evaluate_policy(env_id, policy, cfg.episodes, cfg.seed, max_envs=cfg.max_envs,
                               ref_min_score=facts["ref_min_score"],
                               ref_max_score=facts["ref_max_score"])

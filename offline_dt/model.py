@@ -230,3 +230,64 @@ class DecisionTransformer(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    @torch.no_grad()
+    def step_cached(
+        self,
+        cache: list[tuple[torch.Tensor, torch.Tensor]] | None,
+        returns_to_go: torch.Tensor,
+        observations: torch.Tensor,
+        timesteps: torch.Tensor,
+        prev_actions: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Act one step from a key/value cache instead of recomputing the K-step window.
+
+        Appends the tokens ``a_{t-1}`` (when ``prev_actions`` is given), ``R̂_t`` and ``s_t``
+        to the cache of each block's keys and values, attends over the last ``3K - 1`` tokens
+        (what ``s_t`` sees in a recomputed window) and predicts ``a_t``. This is exact while the
+        episode is shorter than K steps. Afterwards it is an approximation: the cached keys of
+        older tokens were computed when those tokens were newest, with attention reaching
+        further back than the window that recomputation would give them (block 1 is still
+        exact: its keys depend on the token alone). ``offline_dt.evaluate`` keeps
+        recomputation as the default and ``benchmarks/speed.py`` measures the drift.
+
+        Args:
+            cache: from the previous call of this episode batch, or None at ``t = 0``.
+            returns_to_go: ``(B, 1) float32`` scaled R̂_t.
+            observations: ``(B, obs_dim) float32`` normalised s_t.
+            timesteps: ``(B,) int64`` t.
+            prev_actions: ``(B, act_dim) float32`` (Box) or ``(B,) int64`` (Discrete): the
+                action taken at t - 1, None at t = 0.
+
+        Returns:
+            ``(B, act_dim)`` the prediction for a_t (as :meth:`forward`), and the new cache.
+        """
+        cfg = self.cfg
+        tokens = []
+        if prev_actions is not None:
+            tokens.append(self.embed_action(prev_actions) + self.embed_timestep(timesteps - 1))
+        t_emb = self.embed_timestep(timesteps)
+        tokens += [self.embed_return(returns_to_go) + t_emb, self.embed_state(observations) + t_emb]
+        x = self.embed_ln(torch.stack(tokens, dim=1))  # (B, n, d)
+        b, n, d = x.shape
+        h = cfg.n_head
+        keep = 3 * cfg.context_length - 1
+        new_cache = []
+        for i, block in enumerate(self.blocks):
+            attn = block.attn
+            q, k, v = attn.qkv(block.ln_1(x)).split(d, dim=2)
+            q, k, v = (z.view(b, n, h, d // h).transpose(1, 2) for z in (q, k, v))
+            if cache is not None:  # the last 3K - 1 tokens, ending with s_t
+                k = torch.cat((cache[i][0], k), dim=2)[:, :, -keep:]
+                v = torch.cat((cache[i][1], v), dim=2)[:, :, -keep:]
+            total = k.shape[2]
+            # New token j (at position total - n + j) sees every cached token and new ones <= j.
+            mask = torch.ones(n, total, dtype=torch.bool, device=x.device).tril(total - n)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            x = x + attn.proj(y.transpose(1, 2).reshape(b, n, d))
+            x = x + block.mlp(block.ln_2(x))
+            new_cache.append((k, v))
+        out = self.predict_action(self.ln_f(x[:, -1]))
+        if not cfg.discrete and cfg.action_tanh:
+            out = torch.tanh(out)
+        return out, new_cache

@@ -263,6 +263,22 @@ def _same_json(a: Any, b: Any) -> bool:
         json.dumps(to_jsonable(b), sort_keys=True))
 
 
+def _same_eval_config(saved: Any, ecfg: EvalConfig) -> bool:
+    """``saved`` (an eval.json's config) asks for the same evaluation as ``ecfg``; a field
+    added to EvalConfig since it was written counts as matching when ``ecfg`` leaves it at its
+    default."""
+    if not isinstance(saved, dict):
+        return False
+    now = json.loads(json.dumps(to_jsonable(ecfg), sort_keys=True))
+    defaults = json.loads(json.dumps(to_jsonable(EvalConfig()), sort_keys=True))
+    saved = json.loads(json.dumps(saved, sort_keys=True))
+    for key in now.keys() - saved.keys():
+        if now[key] != defaults.get(key):
+            return False
+        del now[key]
+    return now == saved
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
@@ -310,7 +326,7 @@ def train_and_evaluate(tcfg: Any, ecfg: EvalConfig, hook: Callable | None
         train(run_cfg, eval_hook=hook)
         seconds["train"] = time.perf_counter() - t
     ev = _read_json(run_dir / "eval.json")
-    if ev is not None and _same_json(ev.get("config"), ecfg):
+    if ev is not None and _same_eval_config(ev.get("config"), ecfg):
         return ev, seconds
     t = time.perf_counter()
     ev = evaluate_checkpoint(ecfg)

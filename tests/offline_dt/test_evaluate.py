@@ -240,3 +240,41 @@ def test_eval_hook_restores_train_mode():
     model.eval()
     hook(model, 20)
     assert not model.training
+
+
+# ---------------------------------------------------------------------------------- kv cache
+def test_kv_cache_matches_recomputation_while_exact():
+    """One block: cached keys depend on their token alone, so the cache is exact for the whole
+    episode; the returns on the same seeds match the recomputed window (Box and Discrete)."""
+    for env_id, model, norm in (("Pendulum-v1", tiny_dt(3, 1), pendulum_normalizer()),
+                                ("CartPole-v1", tiny_dt(4, 2, discrete=True),
+                                 cartpole_normalizer())):
+        exact = evaluate_policy(env_id, DTPolicy(model, norm, 50.0), episodes=3, seed=1)
+        cached = evaluate_policy(env_id, DTPolicy(model, norm, 50.0, kv_cache=True),
+                                 episodes=3, seed=1)
+        np.testing.assert_allclose(cached.returns, exact.returns, rtol=1e-4, atol=1e-3)
+
+
+def test_step_cached_exact_for_first_k_steps_then_drifts():
+    torch.manual_seed(0)
+    k, steps = 5, 12
+    model = DecisionTransformer(DTConfig(obs_dim=3, act_dim=1, context_length=k, embed_dim=32,
+                                         n_layer=3, n_head=2)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(5.0)
+    b = 4
+    rtg, obs = torch.randn(b, steps, 1), torch.randn(b, steps, 3)
+    act, ts = torch.rand(b, steps, 1) * 2 - 1, torch.arange(steps).expand(b, steps)
+    cache, diffs = None, []
+    for t in range(steps):
+        out, cache = model.step_cached(cache, rtg[:, t], obs[:, t], ts[:, t],
+                                       act[:, t - 1] if t else None)
+        lo = max(0, t - k + 1)
+        with torch.no_grad():
+            ref = model(rtg[:, lo:t + 1], obs[:, lo:t + 1], act[:, lo:t + 1], ts[:, lo:t + 1],
+                        last_only=True)[:, -1]
+        assert all(kv[0].shape[2] <= 3 * k - 1 for kv in cache)
+        diffs.append((out - ref).abs().max().item())
+    assert max(diffs[:k]) < 1e-5
+    assert max(diffs[k:]) > 1e-4  # three blocks: the slid window is not recomputed
