@@ -21,8 +21,11 @@ reports whole-block medians):
   loop (``offline_dt.evaluate.evaluate_sequential``), on the same seeds (the returns must
   agree), and d3rlpy's stateful wrapper (``as_stateful_wrapper``, one ``predict`` per env
   step; timed on fewer episodes and compared per episode).
+* ``generate``: random 1M Pendulum steps and a 200k-step rollout of the trained SAC agent
+  (``data/agents/pendulum/seed0``), each written to HDF5 and Minari.
 * ``memory``: peak resident memory of ``offline-dt train`` on the 1M-step pendulum-random
   dataset (needs ``data/d4rl/pendulum-random-v0.hdf5``: ``offline-dt generate``).
+* ``pipeline``: stage wall times of the last ``benchmarks/pendulum.py --preset quick`` run.
 
 Writes ``benchmarks/results/speed.md`` and ``speed.csv`` (columns ``benchmark, ours, peer,
 ours_seconds, peer_seconds, ratio``; ratio = ours / peer, below 1 means ours is faster). A
@@ -282,6 +285,68 @@ def kv_cache_drift(args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------- generate
+def section_generate(args: argparse.Namespace, rows: list[dict], notes: list[str]) -> None:
+    """Random 1M steps and a 200k-step SAC rollout, each written to both formats."""
+    from datagen.agents import load_behaviour_policy
+    from datagen.rollout import rollout
+    from offline_dt.data.d4rl import write_hdf5
+    from offline_dt.data.minari_io import write_minari
+
+    agent = Path(args.agent)
+    jobs = {"random 1M steps": (1_000_000, None)}
+    if (agent / "policy.safetensors").is_file():
+        jobs["SAC 200k steps"] = (200_000, agent)
+    else:
+        notes.append(f"generate: SAC rollout skipped, no trained agent at {agent}")
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in jobs}
+    for _ in range(args.gen_rounds):
+        for name, (steps, path) in jobs.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                torch.manual_seed(0)
+                policy = None
+                t = time.perf_counter()
+                if path is not None:
+                    policy = load_behaviour_policy(path, "Pendulum-v1", "cpu",
+                                                   deterministic=False, seed=0)
+                ds = rollout("Pendulum-v1", steps, policy, seed=0, num_envs=50,
+                             processes=os.cpu_count() or 1).dataset
+                t_roll = time.perf_counter() - t
+                write_hdf5(ds, Path(tmp) / "d.hdf5")
+                write_minari(ds, "pendulum/bench-v0", Path(tmp) / "minari")
+                times[name].append((t_roll, time.perf_counter() - t))
+    lines = ["| rollout | rollout s (median) | rollout + HDF5 + Minari s (median) | runs |",
+             "|---|---:|---:|---|"]
+    for name, ts in times.items():
+        roll = statistics.median(x[0] for x in ts)
+        total = statistics.median(x[1] for x in ts)
+        lines.append(f"| {name} | {roll:.1f} | {total:.1f} | "
+                     f"{', '.join(f'{x[1]:.1f}' for x in ts)} |")
+    notes.append("### Generation (Pendulum-v1, `datagen.rollout.rollout` with 50 sub-envs, "
+                 f"random rollouts split over {os.cpu_count()} processes, then "
+                 "`write_hdf5` and `write_minari`)\n\n" + "\n".join(lines))
+
+
+# ---------------------------------------------------------------------------------- pipeline
+def section_pipeline(args: argparse.Namespace, rows: list[dict], notes: list[str]) -> None:
+    """Stage wall times of the last ``reproduce --preset quick`` (from its timings.json)."""
+    path = Path(args.quick_timings)
+    if not path.is_file():
+        notes.append(f"pipeline: skipped, {path} missing (python benchmarks/pendulum.py "
+                     "--preset quick)")
+        return
+    t = json.loads(path.read_text())
+    gen = t.get("generate_stages", {})
+    lines = ["| stage | seconds |", "|---|---:|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in t["stages"].items()]
+    lines.append(f"| total (wall) | {t['total']:.1f} |")
+    notes.append(f"### Pipeline: `reproduce --preset quick` ({t.get('workers', 1)} "
+                 f"worker(s); from `{path}`)\n\nStage seconds are summed over workers; "
+                 "`generate` covers only what was not reused (its own stages: "
+                 f"{json.dumps({k: round(v, 1) for k, v in gen.items()})}).\n\n"
+                 + "\n".join(lines))
+
+
 # ---------------------------------------------------------------------------------- memory
 def section_memory(args: argparse.Namespace, rows: list[dict], notes: list[str]) -> None:
     data = Path(args.memory_dataset)
@@ -315,8 +380,8 @@ def versions() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sections", nargs="+", default=["train", "eval", "memory"],
-                   choices=["train", "eval", "memory"])
+    sections = ["train", "eval", "generate", "memory", "pipeline"]
+    p.add_argument("--sections", nargs="+", default=sections, choices=sections)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="torch intra-op threads (default: all cores)")
     p.add_argument("--rounds", type=int, default=7, help="train: interleaved rounds")
@@ -329,6 +394,10 @@ def main(argv: list[str] | None = None) -> int:
         for lv in ("expert", "medium", "full-replay")])
     p.add_argument("--memory-dataset", default="data/d4rl/pendulum-random-v0.hdf5")
     p.add_argument("--memory-steps", type=int, default=200)
+    p.add_argument("--gen-rounds", type=int, default=3)
+    p.add_argument("--agent", default="data/agents/pendulum/seed0",
+                   help="trained SAC agent directory (offline-dt generate)")
+    p.add_argument("--quick-timings", default="data/reports/Pendulum-v1/quick/timings.json")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -336,8 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     t0 = time.perf_counter()
     for name in args.sections:
-        {"train": section_train, "eval": section_eval, "memory": section_memory}[name](
-            args, rows, notes)
+        {"train": section_train, "eval": section_eval, "generate": section_generate,
+         "memory": section_memory, "pipeline": section_pipeline}[name](args, rows, notes)
     wall = time.perf_counter() - t0
 
     import pandas as pd
