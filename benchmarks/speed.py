@@ -101,18 +101,22 @@ def ours_step(precision: str, dropout: float = PAPER["dropout"]) -> Callable[[],
     return step
 
 
-def hf_step() -> Callable[[], None]:
+def hf_model(obs_dim: int, act_dim: int) -> torch.nn.Module:
+    """HF transformers ``DecisionTransformerModel`` at the paper config (GPT-2, SDPA)."""
     from transformers import DecisionTransformerConfig, DecisionTransformerModel
 
+    return DecisionTransformerModel(DecisionTransformerConfig(
+        state_dim=obs_dim, act_dim=act_dim, hidden_size=PAPER["embed_dim"],
+        n_layer=PAPER["n_layer"], n_head=PAPER["n_head"], n_inner=4 * PAPER["embed_dim"],
+        activation_function="relu", resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1,
+        max_ep_len=1000, n_positions=1024, action_tanh=True, attn_implementation="sdpa"))
+
+
+def hf_step() -> Callable[[], None]:
     ds = pendulum_like()
     sampler = WindowSampler(ds, Normalizer.fit(ds), PAPER["context_length"], 1000, 0)
     torch.manual_seed(0)
-    config = DecisionTransformerConfig(
-        state_dim=ds.obs_dim, act_dim=ds.act_dim, hidden_size=PAPER["embed_dim"],
-        n_layer=PAPER["n_layer"], n_head=PAPER["n_head"], n_inner=4 * PAPER["embed_dim"],
-        activation_function="relu", resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1,
-        max_ep_len=1000, n_positions=1024, action_tanh=True, attn_implementation="sdpa")
-    model = DecisionTransformerModel(config).train()
+    model = hf_model(ds.obs_dim, ds.act_dim).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=PAPER["learning_rate"],
                                   weight_decay=PAPER["weight_decay"])
 

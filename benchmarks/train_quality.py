@@ -32,7 +32,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from speed import PAPER, versions  # noqa: E402
+from speed import PAPER, hf_model, versions  # noqa: E402
 from train_throughput import cpu_model  # noqa: E402
 
 from offline_dt.data import load_dataset  # noqa: E402
@@ -79,14 +79,8 @@ def make_ours(ds, precision: str, dropout: float):
 
 
 def make_hf(ds):
-    from transformers import DecisionTransformerConfig, DecisionTransformerModel
-
     torch.manual_seed(0)
-    hf = DecisionTransformerModel(DecisionTransformerConfig(
-        state_dim=ds.obs_dim, act_dim=ds.act_dim, hidden_size=PAPER["embed_dim"],
-        n_layer=PAPER["n_layer"], n_head=PAPER["n_head"], n_inner=4 * PAPER["embed_dim"],
-        activation_function="relu", resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1,
-        max_ep_len=1000, n_positions=1024, action_tanh=True, attn_implementation="sdpa"))
+    hf = hf_model(ds.obs_dim, ds.act_dim)
     cfg = TrainConfig(dataset="x", **{**PAPER, **SCHEDULE})
     optimizer, scheduler = make_optimizer(hf, cfg)
     model = HFAdapter(hf, DTConfig(obs_dim=ds.obs_dim, act_dim=ds.act_dim,
