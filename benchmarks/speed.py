@@ -50,15 +50,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_throughput import cpu_model, pendulum_like  # noqa: E402
-
+from offline_dt.data.dataset import OfflineDataset  # noqa: E402
 from offline_dt.data.windows import Normalizer, WindowSampler  # noqa: E402
 from offline_dt.model import DecisionTransformer  # noqa: E402
 from offline_dt.train import TrainConfig, make_optimizer, train_step  # noqa: E402
@@ -66,6 +65,38 @@ from offline_dt.train import TrainConfig, make_optimizer, train_step  # noqa: E4
 RESULTS = Path(__file__).resolve().parent / "results"
 PAPER = {"batch_size": 64, "context_length": 20, "embed_dim": 128, "n_layer": 3, "n_head": 1,
          "dropout": 0.1, "learning_rate": 1e-4, "weight_decay": 1e-4, "grad_clip": 0.25}
+
+
+def pendulum_like(episodes: int = 200, length: int = 200, seed: int = 0) -> OfflineDataset:
+    """A Pendulum-shaped random dataset (obs 3, Box action 1, 200-step episodes): timing
+    needs no generated data."""
+    rng = np.random.default_rng(seed)
+    n = episodes * length
+    obs = rng.uniform(-1, 1, (n, 3)).astype(np.float32)
+    obs[:, 2] *= 8
+    timeouts = np.zeros(n, bool)
+    timeouts[length - 1 :: length] = True
+    return OfflineDataset.from_flat(
+        observations=obs,
+        actions=rng.uniform(-2, 2, (n, 1)).astype(np.float32),
+        rewards=-rng.uniform(0, 16, n).astype(np.float32),
+        terminals=np.zeros(n, bool),
+        timeouts=timeouts,
+        observation_space=gym.spaces.Box(np.array([-1, -1, -8], np.float32),
+                                         np.array([1, 1, 8], np.float32), (3,), np.float32),
+        action_space=gym.spaces.Box(-2.0, 2.0, (1,), np.float32),
+        metadata={"env_id": "Pendulum-v1"},
+    )
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def interleave(contenders: dict[str, Callable[[], None]], rounds: int, block: int,
@@ -232,7 +263,6 @@ def section_eval(args: argparse.Namespace, rows: list[dict], notes: list[str]) -
             f"the loop on the same seeds: {max(diffs):.2e}.")
     try:
         import d3rlpy  # noqa: F401
-        import gymnasium as gym
 
         algo, _ = d3rlpy_algo(ds)
         k = args.d3rlpy_episodes

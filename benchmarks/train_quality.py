@@ -32,8 +32,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from speed import PAPER, hf_model, versions  # noqa: E402
-from train_throughput import cpu_model  # noqa: E402
+from speed import PAPER, cpu_model, hf_model, versions  # noqa: E402
 
 from offline_dt.data import load_dataset  # noqa: E402
 from offline_dt.data.windows import Normalizer, WindowSampler  # noqa: E402
