@@ -93,8 +93,8 @@ class TrainConfig:
     grad_clip: float = field(default=0.25, metadata={"help": "gradient-norm clip"})
     precision: str = field(default="fp32", metadata={
         "help": "fp32, or bf16: forward and loss under torch.autocast(bfloat16), weights and "
-                "optimizer in fp32 (about 1.8x faster on CPUs with AMX/AVX512-BF16 at the "
-                "paper config; slower on small models and older CPUs)",
+                "optimizer in fp32 (faster on CPUs with AMX/AVX512-BF16 at the paper config, "
+                "see benchmarks/results/speed.md; can be slower on small models)",
         "choices": ["fp32", "bf16"]})
     context_length: int = field(default=20, metadata={"help": "K, timesteps per window"})
     embed_dim: int = field(default=128, metadata={"help": "transformer width d"})
