@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="paper", choices=sorted(PRESETS))
     p.add_argument("--root", type=Path, default=Path("data"), help="reproduce output root")
     p.add_argument("--device", default="auto")
+    p.add_argument("--levels", nargs="+", default=None,
+                   help="dataset levels (default: all six); the table holds only these")
     p.add_argument("--workers", type=int, default=2,
                    help="runs at once, one process each (reproduce(workers=...))")
     p.add_argument("--out", type=Path, default=RESULTS, help="where the .md/.csv go")
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t = time.perf_counter()
     table = reproduce(env_id=ENV, preset=args.preset, root=args.root, device=args.device,
-                      workers=args.workers)
+                      workers=args.workers, levels=args.levels)
     wall = time.perf_counter() - t
     report_dir = args.root / "reports" / ENV / args.preset
     timings = json.loads((report_dir / "timings.json").read_text())

@@ -84,7 +84,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     from offline_dt.pipeline import reproduce
 
     reproduce(env_id=args.env, preset=args.preset, root=args.root, device=args.device,
-              workers=args.workers)
+              workers=args.workers, levels=args.levels)
     return 0
 
 
@@ -130,10 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("data/reports"), help="output directory")
     p.set_defaults(func=_report)
 
+    from offline_dt.pipeline import PRESETS
+    from offline_dt.report import LEVELS
+
     p = sub.add_parser("reproduce", help="generate → train → evaluate → report, one command")
     p.add_argument("--env", default="Pendulum-v1", help="Gymnasium env id")
-    p.add_argument("--preset", default="quick", choices=["smoke", "quick", "paper"],
+    p.add_argument("--preset", default="quick", choices=list(PRESETS),
                    help="budget preset (default: quick)")
+    p.add_argument("--levels", nargs="+", default=None, choices=list(LEVELS),
+                   help="dataset levels (default: all six)")
     p.add_argument("--root", type=Path, default=Path("data"), help="output root")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--workers", type=int, default=1,
