@@ -37,6 +37,7 @@ import torch
 
 from offline_dt.config import save_json, to_jsonable
 from offline_dt.data.windows import Normalizer
+from offline_dt.model import KVCache
 from offline_dt.train import resolve_device
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class DTPolicy:
         self.k = int(self.cfg.context_length)
         self.num_envs = 0
         self.kv_cache = bool(kv_cache)
-        self.cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.cache: KVCache | None = None
 
     def reset(self, num_envs: int, seeds: Sequence[int] | None = None) -> None:
         n, k, dev = num_envs, self.k, self.device

@@ -127,6 +127,53 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+class KVCache:
+    """Keys and values of the last ``keep`` tokens of every block, for
+    :meth:`DecisionTransformer.step_cached`.
+
+    Tokens are appended into a buffer of twice the window; when it fills, the last ``keep``
+    tokens move to its front (one copy every ``keep / 3`` steps instead of one per step).
+    Buffers: ``(n_layer, B, n_head, 2 * keep + 3, d_head)``, the dtype and device of ``like``.
+    """
+
+    def __init__(self, n_layer: int, b: int, n_head: int, d_head: int, keep: int,
+                 like: torch.Tensor) -> None:
+        shape = (n_layer, b, n_head, 2 * keep + 3, d_head)
+        self.k = torch.empty(shape, dtype=like.dtype, device=like.device)
+        self.v = torch.empty_like(self.k)
+        self.keep = keep
+        self.start = self.end = 0
+
+    @property
+    def length(self) -> int:
+        """Tokens held (at most ``keep``)."""
+        return self.end - self.start
+
+    def reserve(self, n: int) -> None:
+        """Make room for ``n`` new tokens, keeping the last ``keep - n``."""
+        if self.end + n > self.k.shape[3]:
+            lo = max(self.start, self.end - (self.keep - n))
+            size = self.end - lo
+            self.k[:, :, :, :size] = self.k[:, :, :, lo:self.end].clone()
+            self.v[:, :, :, :size] = self.v[:, :, :, lo:self.end].clone()
+            self.start, self.end = 0, size
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write ``(B, n_head, n, d_head)`` keys/values after the held tokens; return views of
+        the last ``keep`` tokens including them."""
+        n = k.shape[2]
+        self.k[layer, :, :, self.end:self.end + n] = k
+        self.v[layer, :, :, self.end:self.end + n] = v
+        lo = max(self.start, self.end + n - self.keep)
+        return self.k[layer, :, :, lo:self.end + n], self.v[layer, :, :, lo:self.end + n]
+
+    def commit(self, n: int) -> None:
+        """The ``n`` tokens written by :meth:`append` (every layer) are now held."""
+        self.end += n
+        self.start = max(self.start, self.end - self.keep)
+
+
 class DecisionTransformer(nn.Module):
     """GPT-style Decision Transformer over (return-to-go, observation, action) tokens."""
 
@@ -234,12 +281,12 @@ class DecisionTransformer(nn.Module):
     @torch.no_grad()
     def step_cached(
         self,
-        cache: list[tuple[torch.Tensor, torch.Tensor]] | None,
+        cache: KVCache | None,
         returns_to_go: torch.Tensor,
         observations: torch.Tensor,
         timesteps: torch.Tensor,
         prev_actions: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    ) -> tuple[torch.Tensor, KVCache]:
         """Act one step from a key/value cache instead of recomputing the K-step window.
 
         Appends the tokens ``a_{t-1}`` (when ``prev_actions`` is given), ``R̂_t`` and ``s_t``
@@ -271,23 +318,24 @@ class DecisionTransformer(nn.Module):
         x = self.embed_ln(torch.stack(tokens, dim=1))  # (B, n, d)
         b, n, d = x.shape
         h = cfg.n_head
-        keep = 3 * cfg.context_length - 1
-        new_cache = []
+        if cache is None:
+            cache = KVCache(cfg.n_layer, b, h, d // h, 3 * cfg.context_length - 1, x)
+        cache.reserve(n)
+        mask = None
         for i, block in enumerate(self.blocks):
             attn = block.attn
             q, k, v = attn.qkv(block.ln_1(x)).split(d, dim=2)
             q, k, v = (z.view(b, n, h, d // h).transpose(1, 2) for z in (q, k, v))
-            if cache is not None:  # the last 3K - 1 tokens, ending with s_t
-                k = torch.cat((cache[i][0], k), dim=2)[:, :, -keep:]
-                v = torch.cat((cache[i][1], v), dim=2)[:, :, -keep:]
-            total = k.shape[2]
-            # New token j (at position total - n + j) sees every cached token and new ones <= j.
-            mask = torch.ones(n, total, dtype=torch.bool, device=x.device).tril(total - n)
+            k, v = cache.append(i, k, v)  # the last 3K - 1 tokens, ending with s_t
+            if mask is None:
+                # New token j (position total - n + j) sees every cached token and new ones <= j.
+                total = k.shape[2]
+                mask = torch.ones(n, total, dtype=torch.bool, device=x.device).tril(total - n)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             x = x + attn.proj(y.transpose(1, 2).reshape(b, n, d))
             x = x + block.mlp(block.ln_2(x))
-            new_cache.append((k, v))
+        cache.commit(n)
         out = self.predict_action(self.ln_f(x[:, -1]))
         if not cfg.discrete and cfg.action_tanh:
             out = torch.tanh(out)
-        return out, new_cache
+        return out, cache
