@@ -148,17 +148,12 @@ PRESETS: dict[str, Preset] = {
         seeds=(0, 1, 2),
         hook_episodes=10,
     ),
-    "paper-long": Preset(
-        name="paper-long",
-        description="the paper preset with twice the training (5000 DT steps): the "
-                    "learning curves of the paper preset are still rising at 2500 steps.",
-        generate={},
-        train=dict(_SMALL_DT, steps=5000, eval_every=1000, checkpoint_every=1000),
-        evaluate={"episodes": 200},
-        seeds=(0, 1, 2),
-        hook_episodes=10,
-    ),
 }
+PRESETS["paper-long"] = dataclasses.replace(
+    PRESETS["paper"], name="paper-long",
+    description="the paper preset with twice the training (5000 DT steps): the learning curves "
+                "of the paper preset are still rising at 2500 steps.",
+    train=dict(_SMALL_DT, steps=5000, eval_every=1000, checkpoint_every=1000))
 
 
 def get_preset(name: str) -> Preset:
