@@ -263,9 +263,13 @@ def behaviour_policy(level: str, metas: dict[str, dict[str, Any]], env_id: str, 
 
 
 # ---------------------------------------------------------------------------------- stages
+def _canonical(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (dataclasses, paths and tuples normalised)."""
+    return json.loads(json.dumps(to_jsonable(obj), sort_keys=True))
+
+
 def _same_json(a: Any, b: Any) -> bool:
-    return json.loads(json.dumps(to_jsonable(a), sort_keys=True)) == json.loads(
-        json.dumps(to_jsonable(b), sort_keys=True))
+    return _canonical(a) == _canonical(b)
 
 
 def _same_eval_config(saved: Any, ecfg: EvalConfig) -> bool:
@@ -274,9 +278,7 @@ def _same_eval_config(saved: Any, ecfg: EvalConfig) -> bool:
     default."""
     if not isinstance(saved, dict):
         return False
-    now = json.loads(json.dumps(to_jsonable(ecfg), sort_keys=True))
-    defaults = json.loads(json.dumps(to_jsonable(EvalConfig()), sort_keys=True))
-    saved = json.loads(json.dumps(saved, sort_keys=True))
+    now, defaults, saved = _canonical(ecfg), _canonical(EvalConfig()), _canonical(saved)
     for key in now.keys() - saved.keys():
         if now[key] != defaults.get(key):
             return False
