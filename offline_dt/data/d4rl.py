@@ -33,6 +33,17 @@ REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
 # Spaces are stored as JSON under these metadata keys so a file round-trips exactly.
 _OBS_SPACE_KEY = "observation_space"
 _ACT_SPACE_KEY = "action_space"
+#: Dataset levels, named as D4RL names them (Fu et al. 2020, section 5).
+LEVELS = ("random", "medium", "medium-replay", "full-replay", "expert", "medium-expert")
+
+
+def normalized_score(value: float, ref_min: float | None, ref_max: float | None
+                     ) -> float | None:
+    """D4RL normalized score ``100 (R - ref_min) / (ref_max - ref_min)`` (D4RL's
+    ``get_normalized_score``), or None when a reference score is unknown or they are equal."""
+    if ref_min is None or ref_max is None or ref_max == ref_min:
+        return None
+    return 100.0 * (float(value) - float(ref_min)) / (float(ref_max) - float(ref_min))
 
 
 def d4rl_filename(env_name: str, level: str, version: int = 0) -> str:

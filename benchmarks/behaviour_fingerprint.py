@@ -1,0 +1,99 @@
+"""Fingerprint of what a `reproduce` preset produced: dataset checksums and training losses.
+
+Used to show that a refactoring left behaviour unchanged: run the same preset before and after
+the change and compare the two JSON files (``--compare A B``).
+
+    python benchmarks/behaviour_fingerprint.py --root data/fp-before --preset smoke --run
+    python benchmarks/behaviour_fingerprint.py --compare before.json after.json
+
+The fingerprint holds, per dataset level: the SHA-256 of the HDF5 file's bytes, the array
+checksum of the dataset read from HDF5 and from Minari (``OfflineDataset.checksum``); per
+training run: every logged training loss (``metrics.csv``, exact float repr) and the headline
+evaluation mean return.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+def fingerprint(root: Path, preset: str, env_id: str = "Pendulum-v1") -> dict[str, Any]:
+    """Fingerprint of ``reproduce(preset=preset, root=root)``'s datasets and runs."""
+    from offline_dt.data import read_hdf5, read_minari
+
+    data_root = root / "smoke" if preset == "smoke" else root
+    out: dict[str, Any] = {"datasets": {}, "runs": {}}
+    for h5 in sorted((data_root / "d4rl").glob("*.hdf5")):
+        ds = read_hdf5(h5)
+        mid = ds.metadata.get("dataset_id")
+        mds = read_minari(mid, data_root / "minari") if mid else None
+        out["datasets"][h5.stem] = {
+            "hdf5_sha256": hashlib.sha256(h5.read_bytes()).hexdigest(),
+            "hdf5_arrays": ds.checksum(),
+            "minari_arrays": mds.checksum() if mds is not None else None,
+        }
+    runs = root / "runs" / preset / env_id
+    for metrics in sorted(runs.glob("*/*/seed*/metrics.csv")):
+        run = metrics.parent
+        key = str(run.relative_to(runs))
+        df = pd.read_csv(metrics)
+        ev = run / "eval.json"
+        out["runs"][key] = {
+            "loss": [repr(float(v)) for v in df["loss"]],
+            "eval_mean_return": (json.loads(ev.read_text())["mean_return"]
+                                 if ev.is_file() else None),
+        }
+    return out
+
+
+def compare(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Human-readable differences between two fingerprints (empty: identical)."""
+    diffs = []
+    for section in ("datasets", "runs"):
+        for key in sorted(set(a[section]) | set(b[section])):
+            x, y = a[section].get(key), b[section].get(key)
+            if x != y:
+                fields = sorted(k for k in set(x or {}) | set(y or {})
+                                if (x or {}).get(k) != (y or {}).get(k))
+                diffs.append(f"{section}/{key}: differs in {fields}")
+    return diffs
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", type=Path, help="reproduce root (datasets, runs)")
+    ap.add_argument("--preset", default="smoke")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--run", action="store_true", help="run reproduce first")
+    ap.add_argument("--out", type=Path, help="write the fingerprint JSON here")
+    ap.add_argument("--compare", nargs=2, type=Path, metavar=("A", "B"))
+    args = ap.parse_args()
+    if args.compare:
+        a, b = (json.loads(p.read_text()) for p in args.compare)
+        diffs = compare(a, b)
+        print("\n".join(diffs) if diffs else
+              f"identical: {len(a['datasets'])} datasets, {len(a['runs'])} runs")
+        return 1 if diffs else 0
+    if args.run:
+        from offline_dt.pipeline import reproduce
+
+        reproduce(preset=args.preset, root=args.root, workers=args.workers, progress=False)
+    fp = fingerprint(args.root, args.preset)
+    text = json.dumps(fp, indent=1, sort_keys=True) + "\n"
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
