@@ -55,42 +55,52 @@ class DTConfig:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: DTConfig) -> None:
+    """Multi-head causal self-attention: the one place ``F.scaled_dot_product_attention`` is
+    called, for training windows, state-token-only queries and key/value-cache acting alike."""
+
+    def __init__(self, cfg: DTConfig, layer: int = 0) -> None:
         super().__init__()
         if cfg.embed_dim % cfg.n_head:
             raise ValueError(
                 f"embed_dim={cfg.embed_dim} must be divisible by n_head={cfg.n_head}"
             )
         self.n_head = cfg.n_head
+        self.layer = layer  # index of this block's keys/values in a KVCache
         self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim)
         self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
         self.attn_dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None,
-                queries: slice | None = None) -> torch.Tensor:
-        """x: ``(B, T, d)``; attn_mask: ``(B, 1, T, T)`` bool (True = may attend) or None for
-        plain causal attention; queries: token positions whose outputs are wanted (None: all).
-        Returns ``(B, Q, d)`` for the Q positions of ``queries`` (all T when None)."""
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                queries: slice | None = None, cache: KVCache | None = None) -> torch.Tensor:
+        """Attend over ``x`` (and, with ``cache``, over the tokens held before it).
+
+        Args:
+            x: ``(B, T, d)`` token inputs (with ``cache``: the T new tokens only).
+            attn_mask: ``(B, 1, T, T)`` bool (True = may attend), or None for plain causal
+                attention. Ignored with ``cache`` (new tokens see every held token).
+            queries: token positions whose outputs are wanted (None: all T). Keys and values
+                still come from every token.
+            cache: keys/values of earlier tokens; this call appends the new ones to it (the
+                caller commits them with :meth:`KVCache.commit` after the last block).
+
+        Returns:
+            ``(B, Q, d)`` for the Q positions of ``queries`` (all T when None).
+        """
         b, t, d = x.shape
         h = self.n_head
         if queries is None:
             q, k, v = self.qkv(x).split(d, dim=2)
-            mask, causal = attn_mask, attn_mask is None
         else:
-            # Keys and values from every token, queries only where an output is read.
             q = F.linear(x[:, queries], self.qkv.weight[:d], self.qkv.bias[:d])
             k, v = F.linear(x, self.qkv.weight[d:], self.qkv.bias[d:]).split(d, dim=2)
-            if attn_mask is None:
-                rows = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
-                mask = rows[queries]
-            else:
-                mask = attn_mask[:, :, queries]
-            causal = False
         n = q.shape[1]
-        q = q.view(b, n, h, d // h).transpose(1, 2)
-        k = k.view(b, t, h, d // h).transpose(1, 2)
+        q = q.view(b, n, h, d // h).transpose(1, 2)  # (B, h, Q, d_head)
+        k = k.view(b, t, h, d // h).transpose(1, 2)  # (B, h, T, d_head)
         v = v.view(b, t, h, d // h).transpose(1, 2)
+        if cache is not None:
+            k, v = cache.append(self.layer, k, v)  # (B, h, held + T, d_head)
+        mask, causal = self._mask(attn_mask, queries, cache, n, k.shape[2], x.device)
         y = F.scaled_dot_product_attention(
             q, k, v,
             attn_mask=mask,
@@ -100,14 +110,28 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(b, n, d)
         return self.resid_dropout(self.proj(y))
 
+    @staticmethod
+    def _mask(attn_mask: torch.Tensor | None, queries: slice | None, cache: KVCache | None,
+              n: int, total: int, device: torch.device
+              ) -> tuple[torch.Tensor | None, bool]:
+        """(SDPA ``attn_mask``, ``is_causal``) for ``n`` queries over ``total`` keys."""
+        if cache is not None:
+            # New token j (key position total - n + j) sees every held token and new ones <= j.
+            return torch.ones(n, total, dtype=torch.bool, device=device).tril(total - n), False
+        if queries is None:
+            return attn_mask, attn_mask is None
+        if attn_mask is None:
+            return torch.ones(total, total, dtype=torch.bool, device=device).tril()[queries], False
+        return attn_mask[:, :, queries], False
+
 
 class Block(nn.Module):
     """Pre-LayerNorm GPT-2 block: attention then a 4d MLP, each on a residual branch."""
 
-    def __init__(self, cfg: DTConfig) -> None:
+    def __init__(self, cfg: DTConfig, layer: int = 0) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.embed_dim)
-        self.attn = CausalSelfAttention(cfg)
+        self.attn = CausalSelfAttention(cfg, layer)
         self.ln_2 = nn.LayerNorm(cfg.embed_dim)
         act = {"relu": nn.ReLU(), "gelu": nn.GELU(approximate="tanh")}
         if cfg.activation not in act:
@@ -119,10 +143,11 @@ class Block(nn.Module):
             nn.Dropout(cfg.dropout),
         )
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None,
-                queries: slice | None = None) -> torch.Tensor:
-        """``(B, T, d)`` → ``(B, Q, d)``, the rows of ``queries`` (all T when None)."""
-        h = self.attn(self.ln_1(x), attn_mask, queries)
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                queries: slice | None = None, cache: KVCache | None = None) -> torch.Tensor:
+        """``(B, T, d)`` → ``(B, Q, d)``, the rows of ``queries`` (all T when None); arguments
+        as :meth:`CausalSelfAttention.forward`."""
+        h = self.attn(self.ln_1(x), attn_mask, queries, cache)
         x = (x if queries is None else x[:, queries]) + h
         return x + self.mlp(self.ln_2(x))
 
@@ -190,7 +215,7 @@ class DecisionTransformer(nn.Module):
             self.embed_action = nn.Linear(cfg.act_dim, d)
         self.embed_ln = nn.LayerNorm(d)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(d)
         self.predict_action = nn.Linear(d, cfg.act_dim)
         self.apply(self._init_weights)
@@ -321,19 +346,8 @@ class DecisionTransformer(nn.Module):
         if cache is None:
             cache = KVCache(cfg.n_layer, b, h, d // h, 3 * cfg.context_length - 1, x)
         cache.reserve(n)
-        mask = None
-        for i, block in enumerate(self.blocks):
-            attn = block.attn
-            q, k, v = attn.qkv(block.ln_1(x)).split(d, dim=2)
-            q, k, v = (z.view(b, n, h, d // h).transpose(1, 2) for z in (q, k, v))
-            k, v = cache.append(i, k, v)  # the last 3K - 1 tokens, ending with s_t
-            if mask is None:
-                # New token j (position total - n + j) sees every cached token and new ones <= j.
-                total = k.shape[2]
-                mask = torch.ones(n, total, dtype=torch.bool, device=x.device).tril(total - n)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            x = x + attn.proj(y.transpose(1, 2).reshape(b, n, d))
-            x = x + block.mlp(block.ln_2(x))
+        for block in self.blocks:
+            x = block(x, cache=cache)
         cache.commit(n)
         out = self.predict_action(self.ln_f(x[:, -1]))
         if not cfg.discrete and cfg.action_tanh:

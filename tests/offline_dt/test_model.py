@@ -116,23 +116,32 @@ def test_padding_content_does_not_change_real_predictions(discrete):
     assert (leaky[1, 2:] - base[1, 2:]).abs().max() > 1e-4
 
 
-def test_all_true_mask_equals_no_mask():
-    model = _model()
-    rtg, obs, act, ts = _inputs()
-    mask = torch.ones(B, K, dtype=torch.bool)
-    torch.testing.assert_close(model(rtg, obs, act, ts, mask), model(rtg, obs, act, ts),
-                               rtol=0, atol=0)
+def test_all_true_mask_builds_the_causal_mask():
+    """An all-valid window takes the unmasked (``is_causal``) path; that is only right if the
+    mask it stands for is exactly the causal one, and a padded row's mask differs from it."""
+    k = 4
+    mask = torch.ones(2, k, dtype=torch.bool)
+    mask[1, 0] = False
+    built = DecisionTransformer._attention_mask(mask)
+    causal = torch.ones(3 * k, 3 * k, dtype=torch.bool).tril()
+    assert built.shape == (2, 1, 3 * k, 3 * k)
+    assert torch.equal(built[0, 0], causal)
+    # Row 1: the first step's three tokens are hidden from every later query.
+    assert not built[1, 0, 3:, :3].any() and torch.equal(built[1, 0, :, 3:], causal[:, 3:])
 
 
-def test_shapes_and_ranges():
+def test_box_head_is_tanh_of_the_linear_head():
     model = _model()
     rtg, obs, act, ts = _inputs()
-    out = model(rtg, obs, act, ts)
-    assert out.shape == (B, K, ACT) and out.abs().max() <= 1.0
+    squashed = model(rtg, obs, act, ts)
+    model.cfg.action_tanh = False
+    raw = model(rtg, obs, act, ts)
+    assert raw.abs().max() > 1.0  # the large test weights push the head past [-1, 1]
+    torch.testing.assert_close(squashed, torch.tanh(raw), rtol=0, atol=1e-6)
     d = _model(discrete=True)
     rtg, obs, act, ts = _inputs(discrete=True)
     logits = d(rtg, obs, act, ts)
-    assert logits.shape == (B, K, 5) and logits.abs().max() > 1.0
+    assert logits.shape == (B, K, 5) and logits.abs().max() > 1.0  # logits, not squashed
 
 
 def test_paper_default_config_and_errors():
