@@ -36,9 +36,8 @@ import numpy as np
 import torch
 
 from offline_dt.config import save_json, to_jsonable
-from offline_dt.data.windows import Normalizer
-from offline_dt.model import KVCache
-from offline_dt.train import resolve_device
+from offline_dt.device import resolve_device
+from offline_dt.train import EvalHook, TrainingRun, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -71,122 +70,6 @@ class Policy(Protocol):
     def act(self, observations: np.ndarray) -> np.ndarray: ...
 
     def observe(self, rewards: np.ndarray) -> None: ...
-
-
-class DTPolicy:
-    """A Decision Transformer acting in ``N`` envs at once from a rolling context.
-
-    Per env it holds the last ``K`` steps of scaled return-to-go, normalised observation,
-    model-space action and timestep. At every step the newest observation is appended with the
-    current return-to-go and a zero action placeholder, the model predicts the action of the
-    last step, and that prediction replaces the placeholder. After the step
-    :meth:`observe` subtracts the reward from the return-to-go: ``R̂_{t+1} = R̂_t - r_t``,
-    starting from ``target_return`` (Chen et al. 2021, Algorithm 1). All envs start together,
-    so the context holds ``min(t + 1, K)`` steps for every env and needs no padding or mask.
-
-    Args:
-        model: a ``DecisionTransformer`` (put in eval mode by :meth:`reset`).
-        normalizer: the checkpoint's :class:`Normalizer` (observation statistics, return-to-go
-            scale, action bounds).
-        target_return: return to condition on, in env reward units (ignored for ``"bc"``).
-        method: ``"dt"``, or ``"bc"`` to feed zeros as returns-to-go (how BC was trained).
-        device: where the context lives; defaults to the model's device.
-        kv_cache: act from a key/value cache (``DecisionTransformer.step_cached``): three
-            new tokens per step instead of the 3K-token window, exact for the first K steps
-            and an approximation after (see ``benchmarks/results/speed.md`` for the drift).
-            Off by default.
-    """
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        normalizer: Normalizer,
-        target_return: float | None,
-        method: str = "dt",
-        device: str | torch.device | None = None,
-        kv_cache: bool = False,
-    ) -> None:
-        if method not in ("dt", "bc"):
-            raise ValueError(f"method must be 'dt' or 'bc', found {method!r}")
-        if method == "dt" and target_return is None:
-            raise ValueError("method 'dt' needs a target_return")
-        self.model = model
-        self.cfg = model.cfg
-        self.normalizer = normalizer
-        self.target_return = None if target_return is None else float(target_return)
-        self.method = method
-        self.device = (torch.device(device) if device is not None
-                       else next(model.parameters()).device)
-        self.k = int(self.cfg.context_length)
-        self.num_envs = 0
-        self.kv_cache = bool(kv_cache)
-        self.cache: KVCache | None = None
-
-    def reset(self, num_envs: int, seeds: Sequence[int] | None = None) -> None:
-        n, k, dev = num_envs, self.k, self.device
-        self.model.eval()
-        self.num_envs = n
-        self.t = 0  # episode timestep of the next observation
-        self.length = 0  # steps held in the context, <= K
-        self.rtg_buf = torch.zeros(n, k, 1, device=dev)
-        self.obs_buf = torch.zeros(n, k, self.cfg.obs_dim, device=dev)
-        if self.cfg.discrete:
-            self.act_buf = torch.zeros(n, k, dtype=torch.long, device=dev)
-        else:
-            self.act_buf = torch.zeros(n, k, self.cfg.act_dim, device=dev)
-        self.ts_buf = torch.zeros(n, k, dtype=torch.long, device=dev)
-        self.cache = None
-        self.prev_action: torch.Tensor | None = None
-        # Unscaled return-to-go per env (float64 on the host, so the decrement is exact).
-        self.returns_to_go = np.full(n, self.target_return or 0.0, np.float64)
-
-    def _push(self) -> int:
-        """Make room for one more step; return its context slot."""
-        if self.length < self.k:
-            self.length += 1
-        else:
-            for buf in (self.rtg_buf, self.obs_buf, self.act_buf, self.ts_buf):
-                buf[:, :-1] = buf[:, 1:].clone()
-        return self.length - 1
-
-    @torch.inference_mode()
-    def act(self, observations: np.ndarray) -> np.ndarray:
-        obs = np.asarray(observations, np.float32).reshape(self.num_envs, -1)
-        i = self._push()
-        self.obs_buf[:, i] = torch.from_numpy(self.normalizer.observations(obs)).to(self.device)
-        if self.method == "dt":
-            rtg = self.returns_to_go / self.normalizer.rtg_scale
-            self.rtg_buf[:, i, 0] = torch.from_numpy(rtg.astype(np.float32)).to(self.device)
-        else:
-            self.rtg_buf[:, i, 0] = 0.0
-        self.act_buf[:, i] = 0
-        self.ts_buf[:, i] = min(self.t, self.cfg.max_timestep - 1)
-        n = self.length
-        if self.kv_cache:
-            out, self.cache = self.model.step_cached(
-                self.cache, self.rtg_buf[:, i], self.obs_buf[:, i], self.ts_buf[:, i],
-                self.prev_action)
-        else:
-            out = self.model(self.rtg_buf[:, :n], self.obs_buf[:, :n], self.act_buf[:, :n],
-                             self.ts_buf[:, :n], last_only=True)[:, -1]
-        if self.cfg.discrete:
-            action = out.argmax(-1)
-            self.act_buf[:, i] = action
-            self.prev_action = action
-            return action.cpu().numpy().astype(np.int64)
-        self.act_buf[:, i] = out
-        self.prev_action = out
-        return self.normalizer.actions_from_model(out.float().cpu().numpy())
-
-    def observe(self, rewards: np.ndarray) -> None:
-        self.returns_to_go -= np.asarray(rewards, np.float64).reshape(self.num_envs)
-        self.t += 1
-
-    def context(self) -> dict[str, torch.Tensor]:
-        """The model inputs of the current context (the last ``min(t, K)`` steps)."""
-        n = self.length
-        return {"returns_to_go": self.rtg_buf[:, :n], "observations": self.obs_buf[:, :n],
-                "actions": self.act_buf[:, :n], "timesteps": self.ts_buf[:, :n]}
 
 
 class RandomPolicy:
@@ -535,9 +418,10 @@ def _run_dir(checkpoint: Path) -> Path:
 def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
     """Roll out a checkpoint for every target return and write ``eval.json`` atomically.
 
-    Method ``dt``: one evaluation per target return (default: the dataset's best episode return
-    and ``ref_max_score``). Method ``bc``: returns-to-go are zeros, so one evaluation, with
-    ``target_return`` null. All evaluations use the same ``cfg.episodes`` episodes and seeds.
+    A return-conditioned method (``dt``): one evaluation per target return (default: the
+    dataset's best episode return and ``ref_max_score``). Other methods (``bc``): one
+    evaluation, with ``target_return`` null. All evaluations use the same ``cfg.episodes``
+    episodes and seeds; the checkpoint's method builds the policy (``Method.policy``).
 
     Headline rule: the evaluation with the best mean return is the headline (``headline``,
     with ``headline_rule`` saying so); its numbers are also the top-level ``mean_return``,
@@ -547,8 +431,6 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
     Returns:
         The dict written to ``cfg.out`` (default ``<run dir>/eval.json``).
     """
-    from offline_dt.train import load_checkpoint
-
     if cfg.checkpoint is None:
         raise ValueError("EvalConfig.checkpoint is required (checkpoint file or run directory)")
     checkpoint = Path(cfg.checkpoint)
@@ -559,15 +441,13 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
     if not env_id:
         raise ValueError(f"{checkpoint}: dataset_info has no env_id; pass env_id")
     method = facts["method"]
-    if method == "bc":
-        targets: list[float | None] = [None]
-    else:
+    targets: list[float | None] = [None]
+    if ckpt.method.conditions_on_return:
         targets = list(cfg.target_returns or default_target_returns(
             facts["best_return"], facts["ref_max_score"]))
     results = []
     for target in targets:
-        policy = DTPolicy(ckpt.model, ckpt.normalizer, target, method=method, device=device,
-                          kv_cache=cfg.kv_cache)
+        policy = ckpt.method.policy(ckpt.model, ckpt.normalizer, target, kv_cache=cfg.kv_cache)
         res = evaluate_policy(env_id, policy, cfg.episodes, cfg.seed, max_envs=cfg.max_envs,
                               ref_min_score=facts["ref_min_score"],
                               ref_max_score=facts["ref_max_score"])
@@ -578,8 +458,9 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
     out = Path(cfg.out) if cfg.out is not None else _run_dir(checkpoint) / "eval.json"
     payload = build_eval_payload(
         method=method, env_id=env_id, results=results, headline=best,
-        headline_rule=("single evaluation (bc ignores target returns)" if method == "bc"
-                       else "best mean return among target_returns"),
+        headline_rule=("best mean return among target_returns"
+                       if ckpt.method.conditions_on_return
+                       else f"single evaluation ({method} ignores target returns)"),
         extra={"checkpoint": str(checkpoint), "step": getattr(ckpt, "step", None),
                "dataset": facts["dataset"], "config": to_jsonable(cfg)},
     )
@@ -645,37 +526,45 @@ def write_baseline_eval(
 
 
 # ---------------------------------------------------------------------------------- training hook
-def make_eval_hook(
-    env_id: str,
-    target_return: float | None,
-    episodes: int,
-    seed: int,
-    normalizer: Normalizer,
-    *,
-    method: str = "dt",
-    ref_min_score: float | None = None,
-    ref_max_score: float | None = None,
-    max_envs: int = DEFAULT_MAX_ENVS,
-    env_kwargs: dict[str, Any] | None = None,
-) -> Callable[[torch.nn.Module, int], dict[str, float]]:
-    """A periodic-evaluation hook for the trainer: ``hook(model, step) -> metrics``.
+def make_eval_hook(target_return: float | None = None, seed: int | None = None,
+                   max_envs: int = DEFAULT_MAX_ENVS) -> EvalHook:
+    """A periodic-evaluation hook for ``offline_dt.train.train``: ``hook(run, step)``.
 
-    Each call rolls the model out on the same ``episodes`` episodes (seeds as in
-    :func:`evaluate_policy`) and returns ``eval_return_mean``, ``eval_return_std``,
-    ``eval_return_ci95``, ``eval_normalized_score`` (NaN when unknown), ``eval_episodes``,
-    ``eval_target_return`` and ``eval_seconds``. The model is returned to the train/eval mode
-    it was in (train mode when called from the training loop).
+    Each call rolls the trainer's own network out with the trainer's own normaliser and
+    dataset facts (``TrainingRun``; nothing is reloaded or refitted) on the same
+    ``run.config.eval_episodes`` episodes, with reset seeds from evaluation seed
+    ``500 + run.config.seed`` (episodes distinct from the final evaluation's) unless ``seed``
+    is given. The env is the dataset's (``run.dataset_info["env_id"]``, which ``env_id``
+    overrides); a return-conditioned method acts toward ``target_return``, by default the
+    dataset's ``ref_max_score`` (expert level), else its best episode return.
+
+    Returns ``eval_return_mean``, ``eval_return_std`` (over episodes), ``eval_return_ci95``
+    (episode-level 95% CI half-width), ``eval_normalized_score`` (NaN when unknown),
+    ``eval_episodes``, ``eval_target_return`` and ``eval_seconds``. The network is returned
+    to the train/eval mode it was in.
     """
 
-    def hook(model: torch.nn.Module, step: int) -> dict[str, float]:
-        was_training = model.training
+    def hook(run: TrainingRun, step: int) -> dict[str, float]:
+        info = run.dataset_info
+        env_id = info.get("env_id")
+        if not env_id:
+            raise ValueError(f"{run.config.dataset}: no env_id in the dataset metadata; "
+                             "pass --env-id")
+        ref_min, ref_max = _opt_float(info.get("ref_min_score")), _opt_float(
+            info.get("ref_max_score"))
+        target = None
+        if run.method.conditions_on_return:
+            target = target_return if target_return is not None else (
+                ref_max if ref_max is not None else float(info["best_return"]))
+        was_training = run.net.training
         try:
-            policy = DTPolicy(model, normalizer, target_return, method=method)
-            res = evaluate_policy(env_id, policy, episodes, seed, max_envs=max_envs,
-                                  ref_min_score=ref_min_score, ref_max_score=ref_max_score,
-                                  env_kwargs=env_kwargs)
+            policy = run.method.policy(run.net, run.normalizer, target)
+            res = evaluate_policy(env_id, policy, run.config.eval_episodes,
+                                  500 + run.config.seed if seed is None else seed,
+                                  max_envs=max_envs, ref_min_score=ref_min,
+                                  ref_max_score=ref_max)
         finally:
-            model.train(was_training)
+            run.net.train(was_training)
         norm = res.normalized_score
         return {
             "eval_return_mean": res.mean,
@@ -683,43 +572,8 @@ def make_eval_hook(
             "eval_return_ci95": res.ci95,
             "eval_normalized_score": float("nan") if norm is None else norm,
             "eval_episodes": float(res.episodes),
-            "eval_target_return": float("nan") if target_return is None else target_return,
+            "eval_target_return": float("nan") if target is None else target,
             "eval_seconds": res.wall_seconds,
         }
 
     return hook
-
-
-def make_eval_hook_for_training(
-    cfg: Any,
-    episodes: int = 20,
-    seed: int | None = None,
-    target_return: float | None = None,
-) -> Callable[[torch.nn.Module, int], dict[str, float]]:
-    """:func:`make_eval_hook` for a ``TrainConfig`` (what ``offline-dt train --eval-every``
-    uses).
-
-    Reads the dataset named by ``cfg`` and fits the same ``Normalizer`` the trainer fits
-    (``Normalizer.fit(dataset, cfg.rtg_scale)``, deterministic). The env is ``cfg.env_id`` or
-    the dataset's; the target return (dt) defaults to the dataset's ``ref_max_score`` (expert
-    level), else its best episode return; the seed defaults to ``500 + cfg.seed`` (episodes
-    distinct from the final evaluation's).
-    """
-    from offline_dt.data import load_dataset
-
-    dataset = load_dataset(cfg.dataset, getattr(cfg, "minari_root", None))
-    normalizer = Normalizer.fit(dataset, getattr(cfg, "rtg_scale", None))
-    meta = dataset.metadata
-    env_id = getattr(cfg, "env_id", None) or meta.get("env_id")
-    if not env_id:
-        raise ValueError(f"{cfg.dataset}: no env_id in the dataset metadata; pass --env-id")
-    method = getattr(cfg, "method", "dt")
-    if method == "dt" and target_return is None:
-        ref_max = meta.get("ref_max_score")
-        target_return = (float(ref_max) if ref_max is not None
-                         else float(dataset.episode_returns.max()))
-    return make_eval_hook(
-        env_id, target_return if method == "dt" else None, episodes,
-        500 + int(getattr(cfg, "seed", 0)) if seed is None else seed, normalizer,
-        method=method, ref_min_score=_opt_float(meta.get("ref_min_score")),
-        ref_max_score=_opt_float(meta.get("ref_max_score")))

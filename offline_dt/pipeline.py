@@ -52,7 +52,6 @@ import torch
 from tqdm.auto import tqdm
 
 from offline_dt.config import save_json, to_jsonable
-from offline_dt.data import load_dataset
 from offline_dt.evaluate import (
     CallablePolicy,
     EvalConfig,
@@ -388,7 +387,6 @@ class JobSpec:
 def run_job(spec: JobSpec) -> dict[str, Any]:
     """Train and evaluate (dt, bc) or evaluate (random, behaviour) one run, reusing finished
     work. Returns ``{"eval", "timings": [(stage, seconds, run, reused)], "took", "label"}``."""
-    from offline_dt.data.windows import Normalizer
     from offline_dt.train import TrainConfig
 
     p = get_preset(spec.preset)
@@ -403,20 +401,11 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
     if method in ("dt", "bc"):
         tcfg = _replace(TrainConfig(
             dataset=str(path), env_id=env_id, method=method, seed=seed, device=dev,
-            run_dir=run_dir, progress=False), p.train, "preset train")
+            run_dir=run_dir, progress=False, eval_episodes=p.hook_episodes), p.train,
+            "preset train")
         ecfg = _replace(EvalConfig(checkpoint=run_dir, env_id=env_id, seed=seed, device=dev),
                         p.evaluate, "preset evaluate")
-        hook = None
-        if tcfg.eval_every > 0:
-            ds = load_dataset(str(path))
-            target = None
-            if method == "dt":
-                target = float(ref_max) if ref_max is not None else float(
-                    ds.episode_returns.max())
-            hook = make_eval_hook(
-                env_id, target, p.hook_episodes, HOOK_SEED_OFFSET + seed,
-                Normalizer.fit(ds, tcfg.rtg_scale), method=method,
-                ref_min_score=ref_min, ref_max_score=ref_max)
+        hook = make_eval_hook(seed=HOOK_SEED_OFFSET + seed) if tcfg.eval_every > 0 else None
         ev, secs = train_and_evaluate(tcfg, ecfg, hook)
         timings = [(stage, s, run, s == 0.0) for stage, s in secs.items()]
         took = sum(secs.values())

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from offline_dt.config import add_arguments, from_arguments
+from offline_dt.config import parse_config
 from offline_dt.data import DatasetError, write_hdf5
 from offline_dt.data.windows import Normalizer, WindowSampler
+from offline_dt.methods import get_method
 from offline_dt.train import (
     CHECKPOINT_NAME,
     TrainConfig,
-    compute_loss,
     load_checkpoint,
     train,
 )
@@ -69,8 +69,9 @@ def test_bc_ignores_returns_to_go(box_dataset):
     sampler = WindowSampler(box_dataset, Normalizer.fit(box_dataset), 5, 64, seed=0)
     batch = sampler.sample(8)
     other = dataclasses.replace(batch, returns_to_go=torch.randn_like(batch.returns_to_go))
-    assert torch.equal(compute_loss(model, batch, "bc"), compute_loss(model, other, "bc"))
-    assert not torch.equal(compute_loss(model, batch, "dt"), compute_loss(model, other, "dt"))
+    bc, dt = get_method("bc"), get_method("dt")
+    assert torch.equal(bc.loss(model, batch)[0], bc.loss(model, other)[0])
+    assert not torch.equal(dt.loss(model, batch)[0], dt.loss(model, other)[0])
 
 
 # ---------------------------------------------------------------------------------- resume
@@ -126,14 +127,14 @@ def test_resume_without_checkpoint_is_an_error(box_hdf5, tiny_config):
 def test_eval_hook_columns_and_rng_isolation(box_hdf5, tiny_config, tmp_path):
     calls = []
 
-    def hook(model, step):
-        calls.append((step, model.training))
+    def hook(run, step):
+        calls.append((step, run.net.training))
         torch.rand(100)  # consumes the global RNG: must not change training
         return {"eval_return_mean": float(step) * 2}
 
     cfg = tiny_config(box_hdf5, steps=10, eval_every=4, run_dir=tmp_path / "hook")
     train(cfg, eval_hook=hook)
-    assert [c[0] for c in calls] == [4, 8, 10]
+    assert calls == [(4, True), (8, True), (10, True)]
     rows = _rows(cfg.run_dir)
     evals = {r["step"]: r["eval_return_mean"] for r in rows if "eval_return_mean" in r}
     assert evals == {4: 8.0, 8: 16.0, 10: 20.0}
@@ -141,6 +142,42 @@ def test_eval_hook_columns_and_rng_isolation(box_hdf5, tiny_config, tmp_path):
     train(plain)
     a, b = _params(cfg.run_dir), _params(plain.run_dir)
     assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_eval_hook_uses_the_trainers_normalizer_and_env_bounds(tiny_config, tmp_path,
+                                                                monkeypatch):
+    """A foreign D4RL file (no spaces stored: action bounds inferred from the data) trained
+    with --env-id: the trainer takes the env's bounds, and the learning-curve evaluation must
+    act with exactly that normaliser, not one refitted from the file."""
+    import offline_dt.evaluate as evaluate
+
+    rng = np.random.default_rng(0)
+    n = 60
+    path = tmp_path / "foreign.hdf5"
+    with h5py.File(path, "w") as f:
+        f["observations"] = rng.uniform(-1, 1, (n, 3)).astype(np.float32)
+        f["actions"] = rng.uniform(-0.5, 0.7, (n, 1)).astype(np.float32)
+        f["rewards"] = -rng.random(n).astype(np.float32)
+        f["terminals"] = np.zeros(n, bool)
+        f["timeouts"] = (np.arange(n) % 20 == 19)
+    seen = []
+    real = evaluate.evaluate_policy
+
+    def spy(env_id, policy, *args, **kwargs):
+        seen.append((env_id, policy.normalizer))
+        return real(env_id, policy, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "evaluate_policy", spy)
+    cfg = tiny_config(path, steps=4, eval_every=4, eval_episodes=1, env_id="Pendulum-v1",
+                      max_timestep=200)
+    train(cfg, eval_hook=evaluate.make_eval_hook())
+    ck = load_checkpoint(cfg.run_dir)
+    assert [env for env, _ in seen] == ["Pendulum-v1"]
+    used = seen[0][1].state_dict()
+    np.testing.assert_array_equal(used["action_low"], [-2.0])
+    np.testing.assert_array_equal(used["action_high"], [2.0])
+    for key, value in ck.normalizer.state_dict().items():
+        np.testing.assert_array_equal(used[key], value)
 
 
 # ---------------------------------------------------------------------------------- checkpoints
@@ -296,13 +333,10 @@ def test_resume_on_a_different_dataset_is_an_error(box_dataset, tiny_config, tmp
 
 # ---------------------------------------------------------------------------------- CLI
 def test_cli_flags_build_the_config():
-    parser = argparse.ArgumentParser()
-    add_arguments(parser, TrainConfig)
-    ns = parser.parse_args(["--dataset", "x.hdf5", "--steps", "5", "--rtg-scale", "2.5",
-                            "--method", "bc", "--resume", "true", "--run-dir", "out"])
-    cfg = from_arguments(TrainConfig, ns)
+    cfg = parse_config(TrainConfig, ["--dataset", "x.hdf5", "--steps", "5", "--rtg-scale", "2.5",
+                                     "--method", "bc", "--resume", "true", "--run-dir", "out"])
     assert (cfg.dataset, cfg.steps, cfg.rtg_scale, cfg.method, cfg.resume, str(cfg.run_dir)) \
         == ("x.hdf5", 5, 2.5, "bc", True, "out")
     assert cfg.batch_size == 64 and cfg.warmup_steps == 10_000 and cfg.grad_clip == 0.25
     with pytest.raises(SystemExit):
-        parser.parse_args(["--method", "cql"])
+        parse_config(TrainConfig, ["--method", "cql"])

@@ -1,0 +1,13 @@
+"""Training methods, one module each, registered by name (``offline-dt train --method``).
+
+- ``dt``: Decision Transformer (``offline_dt.methods.dt``).
+- ``bc``: the same network with returns-to-go zeroed (``offline_dt.methods.bc``).
+
+See ``offline_dt.methods.base.Method`` for what a method provides, and README "Adding a
+method".
+"""
+
+from offline_dt.methods import bc, dt  # noqa: F401  (each module registers its method)
+from offline_dt.methods.base import METHODS, Method, get_method, register
+
+__all__ = ["METHODS", "Method", "get_method", "register"]

@@ -1,0 +1,70 @@
+"""What a training method is, and the registry that names them.
+
+A method is one small unit: the networks it trains (``build``), its loss on a batch of
+windows (``loss``) and how it acts in an environment (``policy``). The one training loop
+(``offline_dt.train``) and the one evaluator (``offline_dt.evaluate``) call these three and
+know nothing else about a method, the way d3rlpy keeps its algorithms apart and CORL keeps
+each algorithm's math in one file. README "Adding a method" walks through ``bc``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import nn
+
+from offline_dt.data.windows import Batch, Normalizer
+from offline_dt.model import DecisionTransformer, DTConfig
+
+if TYPE_CHECKING:
+    from offline_dt.rollout import Policy
+
+
+class Method:
+    """Base class of a training method; subclasses set ``name`` and register themselves.
+
+    Attributes:
+        name: the ``--method`` value and the method's name in results tables.
+        conditions_on_return: the policy takes a target return; evaluation then tries the
+            default targets (the dataset's best return, the expert score) or the user's.
+    """
+
+    name: ClassVar[str] = ""
+    conditions_on_return: ClassVar[bool] = True
+
+    def build(self, cfg: DTConfig) -> nn.Module:
+        """The networks to train, as one module (its ``state_dict`` is the checkpoint's
+        ``model``); a Decision Transformer by default."""
+        return DecisionTransformer(cfg)
+
+    def loss(self, net: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(scalar loss to minimise, extra scalars to log as ``metrics.csv`` columns)."""
+        raise NotImplementedError
+
+    def policy(self, net: nn.Module, normalizer: Normalizer, target_return: float | None,
+               *, kv_cache: bool = False) -> Policy:
+        """A batched :class:`~offline_dt.rollout.Policy` acting with ``net`` in env units."""
+        raise NotImplementedError
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make ``cls`` selectable as ``--method <cls.name>``."""
+    if not cls.name or cls.name in METHODS:
+        raise ValueError(f"method name {cls.name!r} is empty or already registered")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> Method:
+    """An instance of the method registered as ``name``.
+
+    Raises:
+        ValueError: unknown name; the message lists the registered ones.
+    """
+    if name not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, found {name!r}")
+    return METHODS[name]()

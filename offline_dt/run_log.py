@@ -1,0 +1,142 @@
+"""A training run's logs: ``metrics.csv``, TensorBoard scalars, the progress bar, ``loss.png``.
+
+``metrics.csv`` has one row every ``log_every`` steps (and at evaluations and the end):
+``step`` (int), ``loss`` (mean over the interval), ``lr``, ``steps_per_second``,
+``wall_seconds``, any extra scalars the method's loss returns, and the eval hook's columns.
+It is rewritten atomically at every checkpoint; on resume the rows after the checkpoint's
+step are dropped, so a resumed run's log equals an uninterrupted one's.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from offline_dt.data.atomic import atomic_path
+
+
+class RunLog:
+    """Accumulates losses between log rows and writes the run's log files.
+
+    Args:
+        run_dir: the run directory (``metrics.csv``, ``tb/``, ``loss.png``).
+        step: the step training starts from (0, or the resumed checkpoint's).
+        total_steps: the step budget (for the progress bar).
+        progress: show a tqdm bar (only when stderr is a TTY).
+        t_origin: ``perf_counter`` time the run started (rows' ``wall_seconds`` count from it).
+    """
+
+    def __init__(self, run_dir: Path, step: int, total_steps: int, progress: bool,
+                 t_origin: float) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm.auto import tqdm
+
+        self.run_dir = run_dir
+        self.path = run_dir / "metrics.csv"
+        self.rows = read_metrics(self.path, step)
+        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=step if step else None)
+        self.bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True,
+                        disable=not progress or not sys.stderr.isatty())
+        self.t_origin = t_origin
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+        self.interval_start, self.interval_step = time.perf_counter(), step
+
+    def add(self, loss: torch.Tensor, extras: dict[str, torch.Tensor]) -> None:
+        """Accumulate one update's loss (and extra scalars) on their device, no sync."""
+        for key, value in (("loss", loss), *extras.items()):
+            if key not in self.sums:
+                self.sums[key] = torch.zeros((), device=value.device)
+            self.sums[key] += value
+        self.count += 1
+        self.bar.update(1)
+
+    def interval_row(self, step: int, lr: float) -> dict[str, float]:
+        """The row closing the current interval: step, interval means, lr, speed, time."""
+        now = time.perf_counter()
+        sps = (step - self.interval_step) / max(now - self.interval_start, 1e-9)
+        row: dict[str, float] = {"step": step}
+        row.update({k: float(v) / self.count for k, v in self.sums.items()})
+        row.update({"lr": lr, "steps_per_second": sps, "wall_seconds": now - self.t_origin})
+        for v in self.sums.values():
+            v.zero_()
+        self.count = 0
+        self.bar.set_postfix(loss=f"{row.get('loss', math.nan):.4g}", sps=f"{sps:.1f}")
+        return row
+
+    def restart_interval(self, step: int) -> None:
+        """Start timing the next interval now (after an evaluation or a log row)."""
+        self.interval_start, self.interval_step = time.perf_counter(), step
+
+    def append(self, row: dict[str, float]) -> None:
+        """Keep ``row`` for ``metrics.csv`` and send its scalars to TensorBoard."""
+        self.rows.append(row)
+        step = int(row["step"])
+        for k, v in row.items():
+            if k != "step" and math.isfinite(v):
+                self.writer.add_scalar(f"eval/{k}" if k.startswith("eval") else f"train/{k}",
+                                       v, step)
+
+    @property
+    def last_loss(self) -> float:
+        return next((r["loss"] for r in reversed(self.rows) if "loss" in r), math.nan)
+
+    def save(self) -> None:
+        write_metrics(self.path, self.rows)
+
+    def close(self, title: str) -> None:
+        """Flush TensorBoard, write ``metrics.csv`` and ``loss.png``."""
+        self.bar.close()
+        self.writer.flush()
+        self.writer.close()
+        self.save()
+        plot_loss(self.run_dir / "loss.png", self.rows, title)
+
+
+def write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
+    """``rows`` as CSV (columns in first-seen order), atomically."""
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(c for c in row if c not in columns)
+    with atomic_path(path, overwrite=True) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_metrics(path: Path, up_to_step: int) -> list[dict[str, float]]:
+    """The rows of ``metrics.csv`` up to ``up_to_step`` (``step`` as int, the rest float)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        rows = [{k: (int(float(v)) if k == "step" else float(v)) for k, v in r.items()
+                 if v not in ("", None)} for r in csv.DictReader(f)]
+    return [r for r in rows if r.get("step", math.inf) <= up_to_step]
+
+
+def plot_loss(path: Path, rows: list[dict[str, Any]], title: str) -> None:
+    """Training loss against step (log scale when positive), as PNG, atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if pts:
+        ax.plot(*zip(*pts, strict=True))
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_yscale("log" if pts and min(p[1] for p in pts) > 0 else "linear")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path, overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
