@@ -448,6 +448,47 @@ def _map_jobs(specs: Sequence[JobSpec], workers: int) -> Iterator[dict[str, Any]
             yield fut.result()
 
 
+def _generate_stage(p: Preset, env_id: str, levels: list[str], root: Path, device: str,
+                    timer: Timer) -> tuple[Any, Any, dict[str, Path], dict[str, dict]]:
+    """Generate (or reuse) the levels' datasets; return (GenerateConfig, GenerateResult,
+    level → HDF5 path, level → dataset metadata)."""
+    from datagen.generate import GenerateConfig, generate
+    from offline_dt.data import read_hdf5
+
+    data_root = root / p.data_dir if p.data_dir else root
+    gen_levels = list(levels)
+    if "medium-expert" in gen_levels:
+        gen_levels += [lv for lv in ("medium", "expert") if lv not in gen_levels]
+    gcfg = _replace(GenerateConfig(
+        env_id=env_id, levels=[lv for lv in LEVELS if lv in gen_levels],
+        out_dir=data_root / "d4rl", minari_root=data_root / "minari",
+        agents_dir=data_root / "agents", device=device), p.generate, "preset generate")
+    log.info("reproduce %s %s: stage generate (%s)", env_id, p.name, ", ".join(gcfg.levels))
+    t = time.perf_counter()
+    gen = generate(gcfg)
+    timer.add("generate", time.perf_counter() - t)
+    log.info("reproduce: stage generate done in %.1fs", timer.stages["generate"])
+    paths = {lv: Path(gen.paths[lv]["hdf5"]) for lv in gcfg.levels}
+    metas = {lv: read_hdf5(paths[lv]).metadata for lv in gcfg.levels}
+    return gcfg, gen, paths, metas
+
+
+def _run_jobs(specs: Sequence[JobSpec], workers: int, timer: Timer, progress: bool,
+              desc: str) -> None:
+    """Run every job (in ``workers`` processes), recording its timings in ``timer``."""
+    bar = tqdm(total=len(specs), desc=desc, unit="run",
+               disable=not progress or not sys.stderr.isatty())
+    for out in _map_jobs(specs, workers):
+        for stage, secs, run, reused in out["timings"]:
+            timer.add(stage, secs, run=run, reused=reused)
+        bar.update(1)
+        ev = out["eval"]
+        log.info("reproduce %s: %.1f ± %.1f (episode-level 95%% CI; %s, %.1fs)", out["label"],
+                 ev["mean_return"], ev["ci95"], "reused" if out["took"] == 0.0 else "done",
+                 out["took"])
+    bar.close()
+
+
 def reproduce(
     env_id: str = "Pendulum-v1",
     preset: str = "quick",
@@ -482,9 +523,6 @@ def reproduce(
         The results table (also in ``<root>/reports/<env>/<preset>/results.csv``), with
         ``timings.json`` (wall seconds per stage and per run) beside it.
     """
-    from datagen.generate import GenerateConfig, generate
-    from offline_dt.data import read_hdf5
-
     p = get_preset(preset)
     root = Path(root)
     levels = list(levels or LEVELS)
@@ -494,48 +532,19 @@ def reproduce(
     seeds = list(seeds if seeds is not None else p.seeds)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, found {workers}")
-    data_root = root / p.data_dir if p.data_dir else root
-    runs_root = root / "runs" / p.name
     report_dir = root / "reports" / env_id / p.name
     timer = Timer()
     dev = str(resolve_device(device)) if device == "auto" else device
-
-    # ---- generate
-    gen_levels = list(levels)
-    if "medium-expert" in gen_levels:
-        gen_levels += [lv for lv in ("medium", "expert") if lv not in gen_levels]
-    gcfg = _replace(GenerateConfig(
-        env_id=env_id, levels=[lv for lv in LEVELS if lv in gen_levels],
-        out_dir=data_root / "d4rl", minari_root=data_root / "minari",
-        agents_dir=data_root / "agents", device=dev), p.generate, "preset generate")
-    log.info("reproduce %s %s: stage generate (%s)", env_id, p.name, ", ".join(gcfg.levels))
-    t = time.perf_counter()
-    gen = generate(gcfg)
-    timer.add("generate", time.perf_counter() - t)
-    log.info("reproduce: stage generate done in %.1fs", timer.stages["generate"])
-    paths = {lv: Path(gen.paths[lv]["hdf5"]) for lv in gcfg.levels}
-    metas = {lv: read_hdf5(paths[lv]).metadata for lv in gcfg.levels}
-
+    gcfg, gen, paths, metas = _generate_stage(p, env_id, levels, root, dev, timer)
     jobs = [(lv, s, m) for lv in levels for s in seeds for m in ("dt", "bc")]
     jobs += [(lv, s, m) for lv in levels for s in seeds for m in ("random", "behaviour")]
     specs = [JobSpec(env_id=env_id, preset=p.name, root=str(root), device=dev, level=lv,
                      seed=s, method=m, dataset=str(paths[lv]), metas=metas,
                      label=f"[{n}/{len(jobs)}] {m} {paths[lv].stem} seed{s}")
              for n, (lv, s, m) in enumerate(jobs, 1)]
-    bar = tqdm(total=len(jobs), desc=f"reproduce {p.name}", unit="run",
-               disable=not progress or not sys.stderr.isatty())
-    for out in _map_jobs(specs, workers):
-        for stage, secs, run, reused in out["timings"]:
-            timer.add(stage, secs, run=run, reused=reused)
-        bar.update(1)
-        ev = out["eval"]
-        log.info("reproduce %s: %.1f ± %.1f (%s, %.1fs)", out["label"], ev["mean_return"],
-                 ev["ci95"], "reused" if out["took"] == 0.0 else "done", out["took"])
-    bar.close()
-
-    # ---- report
+    _run_jobs(specs, workers, timer, progress, f"reproduce {p.name}")
     t = time.perf_counter()
-    table = report(runs_root, report_dir, quiet=not progress)
+    table = report(root / "runs" / p.name, report_dir, quiet=not progress)
     timer.add("report", time.perf_counter() - t)
     timings = {"env_id": env_id, "preset": p.name, "seeds": seeds, "levels": levels,
                "device": dev, "workers": workers, **timer.to_dict(),
