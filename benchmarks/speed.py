@@ -228,7 +228,8 @@ def section_train(args: argparse.Namespace, rows: list[dict], notes: list[str]) 
 
 # ---------------------------------------------------------------------------------- eval
 def section_eval(args: argparse.Namespace, rows: list[dict], notes: list[str]) -> None:
-    from offline_dt.evaluate import DTPolicy, evaluate_policy, evaluate_sequential
+    from offline_dt.evaluate import evaluate_policy, evaluate_sequential
+    from offline_dt.methods.dt import DTPolicy
 
     ds = pendulum_like()
     cfg = TrainConfig(dataset="pendulum-like", **PAPER)
@@ -292,7 +293,8 @@ def section_eval(args: argparse.Namespace, rows: list[dict], notes: list[str]) -
 def kv_cache_drift(args: argparse.Namespace) -> str:
     """Returns of trained checkpoints with exact recomputation vs the key/value cache, same
     episodes (the cache is exact for the first K steps only)."""
-    from offline_dt.evaluate import DTPolicy, evaluate_policy
+    from offline_dt.evaluate import evaluate_policy
+    from offline_dt.methods.dt import DTPolicy
     from offline_dt.train import load_checkpoint
 
     lines = ["Drift of the key/value cache on trained checkpoints (same "

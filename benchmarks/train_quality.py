@@ -36,7 +36,8 @@ from speed import PAPER, cpu_model, hf_model, versions  # noqa: E402
 
 from offline_dt.data import load_dataset  # noqa: E402
 from offline_dt.data.windows import Normalizer, WindowSampler  # noqa: E402
-from offline_dt.evaluate import DTPolicy, evaluate_policy  # noqa: E402
+from offline_dt.evaluate import evaluate_policy  # noqa: E402
+from offline_dt.methods.dt import DTPolicy  # noqa: E402
 from offline_dt.model import DecisionTransformer, DTConfig  # noqa: E402
 from offline_dt.report import to_markdown  # noqa: E402
 from offline_dt.train import TrainConfig, make_optimizer, train_step  # noqa: E402
