@@ -32,14 +32,15 @@ import numpy as np
 import pandas as pd
 
 from offline_dt.data.atomic import atomic_path
-from offline_dt.evaluate import normalized_score
+
+# LEVELS is re-exported: pipeline and cli import it from here.
+from offline_dt.data.d4rl import LEVELS, normalized_score
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["env", "dataset", "method", "seeds", "episodes", "mean_return", "std_return", "ci95",
            "normalized_score"]
 METHODS = ("random", "behaviour", "bc", "dt")
-LEVELS = ("random", "medium", "medium-replay", "full-replay", "expert", "medium-expert")
 #: metrics.csv columns holding the periodic evaluation's mean return, first match wins.
 CURVE_COLUMNS = ("eval_return_mean", "eval/return_mean", "eval_return")
 
@@ -138,18 +139,18 @@ def results_table(runs: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def to_markdown(table: pd.DataFrame, digits: int = 2) -> str:
-    """A GitHub Markdown table (no tabulate needed); NaN shows as ``n/a``."""
-    def cell(v: Any) -> str:
-        if isinstance(v, float | np.floating):
-            return "n/a" if not np.isfinite(v) else f"{v:.{digits}f}"
-        return str(v)
-
-    lines = ["| " + " | ".join(table.columns) + " |",
-             "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(table[c]) else "---"
-                            for c in table.columns) + "|"]
-    for row in table.itertuples(index=False):
-        lines.append("| " + " | ".join(cell(v) for v in row) + " |")
-    return "\n".join(lines) + "\n"
+    """A GitHub Markdown table through ``DataFrame.to_markdown`` (tabulate's "pipe" format):
+    floats with ``digits`` decimals, NaN as ``n/a``, numeric columns right-aligned (also when
+    all n/a), other columns left-aligned and verbatim, no index column."""
+    numeric = [pd.api.types.is_numeric_dtype(table[c]) for c in table.columns]
+    # tabulate prints its missing value for None only (a float NaN prints as "nan").
+    cells = table.astype(object).where(table.notna(), None)
+    # Text that looks like a number ("007", "1e3") stays text: no number parsing there
+    # (tabulate takes column indices only when there are rows).
+    text_columns = [i for i, num in enumerate(numeric) if not num and len(table)]
+    return cells.to_markdown(index=False, floatfmt=f".{digits}f", missingval="n/a",
+                             colalign=["right" if num else "left" for num in numeric],
+                             disable_numparse=text_columns) + "\n"
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,59 @@ def read_hdf5(
             not finite. The message names the file and the key.
     """
     path = Path(path)
+    src = str(path)
+    raw = _read_raw(path)
+    meta = raw.metadata
+    obs_json = meta.pop(_OBS_SPACE_KEY, None)
+    act_json = meta.pop(_ACT_SPACE_KEY, None)
+    rewards = _flat_rewards(raw.arrays["rewards"], src)
+    obs = raw.arrays["observations"]
+    if obs.ndim != 2:
+        raise DatasetError(
+            f"{src}: key 'observations' must be (N, obs_dim), found shape {obs.shape}"
+        )
+    if observation_space is None:
+        if obs_json is not None:
+            observation_space = space_from_json(obs_json)
+        else:
+            observation_space = gym.spaces.Box(-np.inf, np.inf, (obs.shape[1],), np.float32)
+    if action_space is None:
+        if act_json is not None:
+            action_space = space_from_json(act_json)
+        else:
+            action_space = _infer_action_space(raw.arrays["actions"], src)
+    return OfflineDataset.from_flat(
+        observations=obs,
+        actions=raw.arrays["actions"],
+        rewards=rewards,
+        terminals=raw.arrays["terminals"],
+        timeouts=raw.arrays["timeouts"],
+        next_observations=raw.next_observations,
+        observation_space=observation_space,
+        action_space=action_space,
+        metadata=meta,
+        infos=raw.infos,
+        source=src,
+    )
+
+
+@dataclass
+class _RawHDF5:
+    """What an HDF5 file holds, read as is: no casting, no space handling."""
+
+    arrays: dict[str, np.ndarray]  # REQUIRED_KEYS, plus "timeouts" (all False when absent)
+    next_observations: np.ndarray | None
+    infos: dict[str, np.ndarray]  # infos/* datasets with N rows; others are skipped
+    metadata: dict[str, Any]  # scalar metadata/* datasets, including the space JSON
+
+
+def _read_raw(path: Path) -> _RawHDF5:
+    """Open ``path`` and read every dataset offline-dt uses.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        DatasetError: it is not HDF5, or a required key is missing.
+    """
     if not path.is_file():
         raise FileNotFoundError(f"dataset file {path} does not exist")
     src = str(path)
@@ -152,47 +206,27 @@ def read_hdf5(
         arrays = {k: f[k][()] for k in REQUIRED_KEYS}
         n = len(arrays["rewards"])
         arrays["timeouts"] = f["timeouts"][()] if "timeouts" in f else np.zeros(n, bool)
-        next_obs = f["next_observations"][()] if "next_observations" in f else None
         infos = {}
         if "infos" in f and isinstance(f["infos"], h5py.Group):
             for k, ds in f["infos"].items():
                 if isinstance(ds, h5py.Dataset) and ds.shape[:1] == (n,):
                     infos[k] = ds[()]
-        meta = _read_meta(f["metadata"]) if "metadata" in f else {}
-    obs_json = meta.pop(_OBS_SPACE_KEY, None)
-    act_json = meta.pop(_ACT_SPACE_KEY, None)
-    if arrays["rewards"].ndim != 1:
-        arrays["rewards"] = arrays["rewards"].reshape(n, -1)
-        if arrays["rewards"].shape[1] != 1:
-            raise DatasetError(f"{src}: key 'rewards' must be (N,), found {f['rewards'].shape}")
-    obs = arrays["observations"]
-    if obs.ndim != 2:
-        raise DatasetError(
-            f"{src}: key 'observations' must be (N, obs_dim), found shape {obs.shape}"
+        return _RawHDF5(
+            arrays=arrays,
+            next_observations=f["next_observations"][()] if "next_observations" in f else None,
+            infos=infos,
+            metadata=_read_meta(f["metadata"]) if "metadata" in f else {},
         )
-    if observation_space is None:
-        if obs_json is not None:
-            observation_space = space_from_json(obs_json)
-        else:
-            observation_space = gym.spaces.Box(-np.inf, np.inf, (obs.shape[1],), np.float32)
-    if action_space is None:
-        if act_json is not None:
-            action_space = space_from_json(act_json)
-        else:
-            action_space = _infer_action_space(arrays["actions"], src)
-    return OfflineDataset.from_flat(
-        observations=obs,
-        actions=arrays["actions"],
-        rewards=arrays["rewards"].reshape(-1),
-        terminals=arrays["terminals"],
-        timeouts=arrays["timeouts"],
-        next_observations=next_obs,
-        observation_space=observation_space,
-        action_space=action_space,
-        metadata=meta,
-        infos=infos,
-        source=src,
-    )
+
+
+def _flat_rewards(rewards: np.ndarray, src: str) -> np.ndarray:
+    """``(N,)`` rewards from a file's ``(N,)`` or ``(N, 1)`` key 'rewards'."""
+    if rewards.ndim == 1:
+        return rewards
+    column = rewards.reshape(len(rewards), -1)
+    if column.shape[1] != 1:
+        raise DatasetError(f"{src}: key 'rewards' must be (N,), found {rewards.shape}")
+    return column.reshape(-1)
 
 
 def _infer_action_space(actions: np.ndarray, src: str) -> gym.Space:

@@ -94,10 +94,6 @@ class OfflineDataset:
         sums = np.add.reduceat(self.rewards.astype(np.float64), self.episode_starts[:-1])
         return sums
 
-    def episode_ids(self) -> np.ndarray:
-        """``(N,) int64`` the episode index of every transition."""
-        return np.repeat(np.arange(self.num_episodes, dtype=np.int64), self.episode_lengths)
-
     def episode(self, i: int) -> dict[str, np.ndarray]:
         """Arrays of episode ``i`` (views, not copies)."""
         s, e = int(self.episode_starts[i]), int(self.episode_starts[i + 1])
@@ -137,45 +133,33 @@ class OfflineDataset:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        """Check dtypes, shapes, finiteness and episode boundaries.
+        """Check spaces, array shapes and dtypes, finiteness, Discrete action range, episode
+        boundaries and ``infos`` lengths, in that order (the first problem found is raised).
 
         Raises:
             DatasetError: naming ``self.source`` and the offending key.
         """
+        _check_spaces(self.observation_space, self.action_space, self.source)
+        n = self._num_rows_from_rewards()
+        self._check_shapes_and_dtypes(n)
+        self._check_finite(n)
+        self._check_discrete_action_range(n)
+        self._check_episode_starts(n)
+        self._check_infos(n)
+
+    def _num_rows_from_rewards(self) -> int:
+        """``N``, the length of ``rewards``, which every other array must match."""
+        if self.rewards.ndim != 1:
+            raise DatasetError(
+                f"{self.source}: key 'rewards' must be (N,), found shape {self.rewards.shape}"
+            )
+        return self.rewards.shape[0]
+
+    def _check_shapes_and_dtypes(self, n: int) -> None:
         src = self.source
-        if not isinstance(self.observation_space, gym.spaces.Box):
-            raise DatasetError(
-                f"{src}: observation space must be a gymnasium Box, "
-                f"found {type(self.observation_space).__name__}"
-            )
-        if len(self.observation_space.shape) != 1:
-            raise DatasetError(
-                f"{src}: observation space must be flat (obs_dim,), found shape "
-                f"{self.observation_space.shape} (image or nested observations are unsupported)"
-            )
-        if not isinstance(self.action_space, gym.spaces.Box | gym.spaces.Discrete):
-            raise DatasetError(
-                f"{src}: action space must be a Box or Discrete, "
-                f"found {type(self.action_space).__name__}"
-            )
-        n = self.rewards.shape[0] if self.rewards.ndim == 1 else -1
-        if n < 0:
-            raise DatasetError(
-                f"{src}: key 'rewards' must be (N,), found shape {self.rewards.shape}"
-            )
-        obs_dim = self.observation_space.shape[0]
-        expect = {
-            "observations": ((n, obs_dim), np.float32),
-            "next_observations": ((n, obs_dim), np.float32),
-            "rewards": ((n,), np.float32),
-            "terminals": ((n,), np.bool_),
-            "timeouts": ((n,), np.bool_),
-        }
-        if isinstance(self.action_space, gym.spaces.Discrete):
-            expect["actions"] = ((n,), np.int64)
-        else:
-            expect["actions"] = ((n, *self.action_space.shape), np.float32)
-        for key, (shape, dtype) in expect.items():
+        for key, (shape, dtype) in _expected_layout(
+            n, self.observation_space, self.action_space
+        ).items():
             arr = getattr(self, key)
             if not isinstance(arr, np.ndarray):
                 raise DatasetError(f"{src}: key '{key}' must be a numpy array, found {type(arr)}")
@@ -188,18 +172,27 @@ class OfflineDataset:
                 raise DatasetError(
                     f"{src}: key '{key}' has dtype {arr.dtype}, expected {np.dtype(dtype)}"
                 )
+
+    def _check_finite(self, n: int) -> None:
         for key in ("observations", "next_observations", "rewards", "actions"):
             arr = getattr(self, key)
             if arr.dtype.kind == "f" and not np.isfinite(arr).all():
                 bad = int(np.argwhere(~np.isfinite(arr.reshape(n, -1)).all(axis=1))[0, 0])
-                raise DatasetError(f"{src}: key '{key}' holds NaN or inf (first at row {bad})")
-        if isinstance(self.action_space, gym.spaces.Discrete) and n:
-            lo, hi = int(self.actions.min()), int(self.actions.max())
-            if lo < 0 or hi >= self.action_space.n:
                 raise DatasetError(
-                    f"{src}: key 'actions' holds values in [{lo}, {hi}], expected "
-                    f"[0, {self.action_space.n - 1}] for Discrete({self.action_space.n})"
+                    f"{self.source}: key '{key}' holds NaN or inf (first at row {bad})"
                 )
+
+    def _check_discrete_action_range(self, n: int) -> None:
+        if not isinstance(self.action_space, gym.spaces.Discrete) or not n:
+            return
+        lo, hi = int(self.actions.min()), int(self.actions.max())
+        if lo < 0 or hi >= self.action_space.n:
+            raise DatasetError(
+                f"{self.source}: key 'actions' holds values in [{lo}, {hi}], expected "
+                f"[0, {self.action_space.n - 1}] for Discrete({self.action_space.n})"
+            )
+
+    def _check_episode_starts(self, n: int) -> None:
         starts = self.episode_starts
         if (
             starts.ndim != 1
@@ -209,13 +202,16 @@ class OfflineDataset:
             or (np.diff(starts) <= 0).any()
         ):
             raise DatasetError(
-                f"{src}: episode_starts must rise strictly from 0 to N={n}, found "
+                f"{self.source}: episode_starts must rise strictly from 0 to N={n}, found "
                 f"{starts[:5]}...{starts[-3:]} (length {starts.shape[0]})"
             )
+
+    def _check_infos(self, n: int) -> None:
         for key, arr in self.infos.items():
             if arr.shape[:1] != (n,):
                 raise DatasetError(
-                    f"{src}: key 'infos/{key}' has leading length {arr.shape[:1]}, expected ({n},)"
+                    f"{self.source}: key 'infos/{key}' has leading length {arr.shape[:1]}, "
+                    f"expected ({n},)"
                 )
 
     # ------------------------------------------------------------------ builders
@@ -245,40 +241,22 @@ class OfflineDataset:
         observation at an episode's end.
         """
         n = len(rewards)
-        for key, arr in (("observations", observations), ("actions", actions),
-                         ("terminals", terminals), ("timeouts", timeouts)):
-            if len(arr) != n:
-                raise DatasetError(
-                    f"{source}: key '{key}' has {len(arr)} rows but 'rewards' has {n}"
-                )
+        _check_row_counts(source, n, observations=observations, actions=actions,
+                          terminals=terminals, timeouts=timeouts)
         obs = np.asarray(observations, dtype=np.float32).reshape(n, -1)
         term = np.asarray(terminals).astype(bool).reshape(n)
         tout = np.asarray(timeouts).astype(bool).reshape(n)
         if episode_starts is None:
-            ends = np.flatnonzero(term | tout) + 1
-            if n and (not len(ends) or ends[-1] != n):
-                ends = np.append(ends, n)
-            episode_starts = np.concatenate([[0], ends]).astype(np.int64)
+            episode_starts = _d4rl_episode_starts(term, tout)
         episode_starts = np.asarray(episode_starts, dtype=np.int64)
         if next_observations is None:
-            next_obs = np.empty_like(obs)
-            next_obs[:-1] = obs[1:]
-            last = episode_starts[1:] - 1
-            next_obs[last] = obs[last]
+            next_obs = _shifted_next_observations(obs, episode_starts)
         else:
-            if len(next_observations) != n:
-                raise DatasetError(
-                    f"{source}: key 'next_observations' has {len(next_observations)} rows "
-                    f"but 'rewards' has {n}"
-                )
+            _check_row_counts(source, n, next_observations=next_observations)
             next_obs = np.asarray(next_observations, dtype=np.float32).reshape(n, -1)
-        if isinstance(action_space, gym.spaces.Discrete):
-            act = np.asarray(actions).reshape(n).astype(np.int64)
-        else:
-            act = np.asarray(actions, dtype=np.float32).reshape(n, *action_space.shape)
         return cls(
             observations=obs,
-            actions=act,
+            actions=_canonical_actions(actions, action_space, n),
             rewards=np.asarray(rewards, dtype=np.float32).reshape(n),
             next_observations=next_obs,
             terminals=term,
@@ -376,3 +354,77 @@ def concatenate(datasets: Sequence[OfflineDataset], metadata: dict[str, Any]) ->
         metadata=dict(metadata),
         infos={k: np.concatenate([d.infos[k] for d in datasets]) for k in sorted(common_infos)},
     )
+
+
+# ---------------------------------------------------------------------- validation helpers
+def _check_spaces(observation_space: Any, action_space: Any, src: str) -> None:
+    """A flat Box observation space and a Box or Discrete action space."""
+    if not isinstance(observation_space, gym.spaces.Box):
+        raise DatasetError(
+            f"{src}: observation space must be a gymnasium Box, "
+            f"found {type(observation_space).__name__}"
+        )
+    if len(observation_space.shape) != 1:
+        raise DatasetError(
+            f"{src}: observation space must be flat (obs_dim,), found shape "
+            f"{observation_space.shape} (image or nested observations are unsupported)"
+        )
+    if not isinstance(action_space, gym.spaces.Box | gym.spaces.Discrete):
+        raise DatasetError(
+            f"{src}: action space must be a Box or Discrete, "
+            f"found {type(action_space).__name__}"
+        )
+
+
+def _expected_layout(
+    n: int, observation_space: gym.spaces.Box, action_space: gym.spaces.Box | gym.spaces.Discrete
+) -> dict[str, tuple[tuple[int, ...], type]]:
+    """Key → (shape, dtype) every array of an ``n``-transition dataset must have, in the order
+    they are checked."""
+    obs_dim = observation_space.shape[0]
+    expect: dict[str, tuple[tuple[int, ...], type]] = {
+        "observations": ((n, obs_dim), np.float32),
+        "next_observations": ((n, obs_dim), np.float32),
+        "rewards": ((n,), np.float32),
+        "terminals": ((n,), np.bool_),
+        "timeouts": ((n,), np.bool_),
+    }
+    if isinstance(action_space, gym.spaces.Discrete):
+        expect["actions"] = ((n,), np.int64)
+    else:
+        expect["actions"] = ((n, *action_space.shape), np.float32)
+    return expect
+
+
+# ---------------------------------------------------------------------- from_flat helpers
+def _check_row_counts(source: str, n: int, **arrays: Any) -> None:
+    """Every array in ``arrays`` has ``n`` rows, the length of ``rewards``."""
+    for key, arr in arrays.items():
+        if len(arr) != n:
+            raise DatasetError(f"{source}: key '{key}' has {len(arr)} rows but 'rewards' has {n}")
+
+
+def _d4rl_episode_starts(terminals: np.ndarray, timeouts: np.ndarray) -> np.ndarray:
+    """CSR offsets splitting after every ``terminals | timeouts`` step; trailing unflagged steps
+    form a last episode."""
+    n = len(terminals)
+    ends = np.flatnonzero(terminals | timeouts) + 1
+    if n and (not len(ends) or ends[-1] != n):
+        ends = np.append(ends, n)
+    return np.concatenate([[0], ends]).astype(np.int64)
+
+
+def _shifted_next_observations(obs: np.ndarray, episode_starts: np.ndarray) -> np.ndarray:
+    """The next row's observation inside an episode, the row's own at an episode's last step."""
+    next_obs = np.empty_like(obs)
+    next_obs[:-1] = obs[1:]
+    last = episode_starts[1:] - 1
+    next_obs[last] = obs[last]
+    return next_obs
+
+
+def _canonical_actions(actions: Any, action_space: gym.Space, n: int) -> np.ndarray:
+    """``(N,) int64`` for Discrete, ``(N, *shape) float32`` for Box."""
+    if isinstance(action_space, gym.spaces.Discrete):
+        return np.asarray(actions).reshape(n).astype(np.int64)
+    return np.asarray(actions, dtype=np.float32).reshape(n, *action_space.shape)

@@ -41,6 +41,7 @@ def test_lists_both_formats(tmp_path):
         assert row["env"] == "Pendulum-v1"
         assert row["steps"] == 10 and row["episodes"] == 2
         assert row["return_mean"] == pytest.approx(22.5)
+        assert row["return_std"] == pytest.approx(16.5)  # population std of 6 and 39
         assert row["return_min"] == pytest.approx(6.0)
         assert row["return_max"] == pytest.approx(39.0)
 

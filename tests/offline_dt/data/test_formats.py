@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gymnasium as gym
 import h5py
 import numpy as np
 import pytest
@@ -57,16 +58,60 @@ def test_d4rl_split_at_terminals_or_timeouts(tmp_path):
     np.testing.assert_array_equal(ds.episode_starts, [0, 3, 6, 7, 10])
     np.testing.assert_array_equal(ds.episode_returns, [3, 3, 1, 3])
     # next_observations: the next row inside an episode, the row itself at an episode end
-    np.testing.assert_array_equal(ds.next_observations[0], obs[1])
-    np.testing.assert_array_equal(ds.next_observations[2], obs[2])
-    np.testing.assert_array_equal(ds.next_observations[9], obs[9])
-    assert ds.action_space.shape == (1,) and not ds.discrete
+    # (rows 2, 5, 6 and 9)
+    np.testing.assert_array_equal(ds.next_observations, obs[[1, 2, 2, 4, 5, 5, 6, 8, 9, 9]])
+    # no spaces in the file: a Box over the observations, and a Box spanning at least [-1, 1]
+    assert not ds.discrete
+    assert ds.action_space == gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    assert ds.observation_space == gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+    assert ds.metadata == {} and ds.source == str(path)
+
+
+def test_inferred_action_spaces(tmp_path):
+    obs = np.zeros((4, 2), np.float32)
+    flags = np.array([0, 0, 0, 1], bool)
+    path = _write(tmp_path / "wide.hdf5", None, observations=obs, rewards=np.zeros(4, np.float32),
+                  terminals=flags, timeouts=flags,
+                  actions=np.array([[-2.5], [0.0], [1.0], [0.5]], np.float32))
+    assert read_hdf5(path).action_space == gym.spaces.Box(-2.5, 2.5, (1,), np.float32)
+    path = _write(tmp_path / "int.hdf5", None, observations=obs, rewards=np.zeros(4, np.float32),
+                  terminals=flags, timeouts=flags, actions=np.array([0, 4, 1, 2]))
+    ds = read_hdf5(path)
+    assert ds.action_space == gym.spaces.Discrete(5)
+    np.testing.assert_array_equal(ds.actions, [0, 4, 1, 2])
+
+
+def test_metadata_and_infos_round_trip(box_dataset, tmp_path):
+    ds = box_dataset
+    infos = {"qpos": np.arange(ds.num_transitions * 2, dtype=np.float64).reshape(-1, 2)}
+    with_extras = type(ds).from_flat(
+        observations=ds.observations, actions=ds.actions, rewards=ds.rewards,
+        terminals=ds.terminals, timeouts=ds.timeouts, observation_space=ds.observation_space,
+        action_space=ds.action_space, metadata={"env_id": "Pendulum-v1", "seed": 7,
+                                                "level": "expert", "ref_min_score": -1200.0},
+        infos=infos)
+    back = read_hdf5(write_hdf5(with_extras, tmp_path / "extras.hdf5"))
+    assert back.metadata == {"env_id": "Pendulum-v1", "seed": 7, "level": "expert",
+                             "ref_min_score": -1200.0}
+    np.testing.assert_array_equal(back.infos["qpos"], infos["qpos"])
+
+
+def test_rewards_column_is_accepted_and_wider_rewards_are_refused(box_dataset, tmp_path):
+    rewards = box_dataset.rewards
+    path = _write(tmp_path / "col.hdf5", box_dataset, rewards=rewards[:, None])
+    np.testing.assert_array_equal(read_hdf5(path).rewards, rewards)
+    path = _write(tmp_path / "wide.hdf5", box_dataset, rewards=np.stack([rewards, rewards], 1))
+    n = box_dataset.num_transitions
+    with pytest.raises(DatasetError,
+                       match=rf"wide.hdf5: key 'rewards' must be \(N,\), found \({n}, 2\)"):
+        read_hdf5(path)
 
 
 def _write(path, ds, **override):
+    """An HDF5 file with ``ds``'s five D4RL keys, or ``override``'s (None: key left out)."""
     with h5py.File(path, "w") as f:
         for key in ("observations", "actions", "rewards", "terminals", "timeouts"):
-            value = override.get(key, getattr(ds, key))
+            value = override[key] if key in override else getattr(ds, key)
             if value is not None:
                 f[key] = value
     return path

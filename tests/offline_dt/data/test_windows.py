@@ -10,7 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from offline_dt.data import DatasetError, OfflineDataset
-from offline_dt.data.windows import Normalizer, WindowSampler, returns_to_go
+from offline_dt.data.windows import (
+    Normalizer,
+    WindowSampler,
+    returns_to_go,
+    timesteps_in_episode,
+)
 
 
 def _naive_rtg(rewards, starts):
@@ -19,6 +24,13 @@ def _naive_rtg(rewards, starts):
         for t in range(s, e):
             out[t] = sum(float(r) for r in rewards[t:e])
     return out
+
+
+def test_returns_to_go_and_timesteps_of_hand_made_episodes():
+    rewards = np.array([1, 2, 3, 10, -4, 0.5], np.float32)
+    starts = np.array([0, 3, 5, 6])  # episodes [1, 2, 3], [10, -4], [0.5]
+    np.testing.assert_array_equal(returns_to_go(rewards, starts), [6, 5, 3, 6, -4, 0.5])
+    np.testing.assert_array_equal(timesteps_in_episode(starts), [0, 1, 2, 0, 1, 0])
 
 
 @settings(max_examples=60, deadline=None)
@@ -60,14 +72,20 @@ def _dataset(lengths, discrete=False, seed=0):
 def test_windows_equal_naive_slices_with_left_padding(discrete):
     lengths = [3, 9, 1, 14]
     ds = _dataset(lengths, discrete)
-    norm = Normalizer.fit(ds)
     k = 5
-    sampler = WindowSampler(ds, norm, k, max_timestep=20, seed=4)
+    sampler = WindowSampler(ds, Normalizer.fit(ds), k, max_timestep=20, seed=4)
     batch = sampler.sample(400)
-    rtg_all = returns_to_go(ds.rewards, ds.episode_starts) / norm.rtg_scale
-    obs_all = norm.observations(ds.observations)
-    act_all = norm.actions_to_model(ds.actions)
-    # Identify each window by its last real row: observations are unique per row.
+    # The model inputs, computed here from the raw arrays (not through Normalizer or
+    # returns_to_go): z-scored observations, Box(-3, 3) actions scaled to [-1, 1], and
+    # returns-to-go divided by the largest absolute episode return.
+    obs = ds.observations.astype(np.float64)
+    obs_all = (obs - obs.mean(0)) / (obs.std(0) + 1e-6)
+    act_all = ds.actions if discrete else ds.actions / 3.0
+    ends = np.cumsum(lengths)
+    starts = ends - np.array(lengths)
+    ep_returns = [sum(float(r) for r in ds.rewards[s:e]) for s, e in zip(starts, ends,
+                                                                          strict=True)]
+    rtg_all = _naive_rtg(ds.rewards, np.append(starts, ends[-1])) / max(map(abs, ep_returns))
     padded_rows = 0
     for i in range(400):
         m = batch.mask[i].numpy()
@@ -76,19 +94,19 @@ def test_windows_equal_naive_slices_with_left_padding(discrete):
         padded_rows += pad > 0
         assert (batch.observations[i, :pad] == 0).all() and (batch.timesteps[i, :pad] == 0).all()
         assert (batch.returns_to_go[i, :pad] == 0).all() and (batch.actions[i, :pad] == 0).all()
+        # Identify the window by its first real row: observations are unique per row.
         first_obs = batch.observations[i, pad].numpy()
         row = int(np.argmin(np.abs(obs_all - first_obs).sum(1)))
-        ep = int(np.searchsorted(ds.episode_starts, row, side="right") - 1)
-        end = int(ds.episode_starts[ep + 1])
+        ep = int(np.searchsorted(ends, row, side="right"))
         real = k - pad
-        assert row + real <= end, "a window never crosses an episode boundary"
-        assert pad == 0 or row + real == end, "only windows reaching the episode end are padded"
+        assert row + real <= ends[ep], "a window never crosses an episode boundary"
+        assert pad == 0 or row + real == ends[ep], "only windows reaching the end are padded"
         sl = slice(row, row + real)
-        np.testing.assert_allclose(batch.observations[i, pad:].numpy(), obs_all[sl], atol=1e-6)
+        np.testing.assert_allclose(batch.observations[i, pad:].numpy(), obs_all[sl], atol=1e-5)
         np.testing.assert_allclose(batch.returns_to_go[i, pad:, 0].numpy(), rtg_all[sl],
                                    atol=1e-6)
         np.testing.assert_array_equal(batch.timesteps[i, pad:].numpy(),
-                                      np.arange(row, row + real) - ds.episode_starts[ep])
+                                      np.arange(real) + (row - starts[ep]))
         if discrete:
             np.testing.assert_array_equal(batch.actions[i, pad:].numpy(), act_all[sl])
         else:
@@ -132,11 +150,30 @@ def test_normalizer_statistics_and_round_trip():
     norm = Normalizer.fit(ds)
     np.testing.assert_allclose(norm.state_mean, ds.observations.mean(0), atol=1e-5)
     np.testing.assert_allclose(norm.state_std, ds.observations.std(0) + 1e-6, atol=1e-5)
-    assert norm.rtg_scale == pytest.approx(np.abs(ds.episode_returns).max())
-    a = norm.actions_to_model(ds.actions)
-    assert a.min() >= -1 and a.max() <= 1
-    np.testing.assert_allclose(norm.actions_from_model(a), ds.actions, atol=1e-5)
+    returns = [float(ds.rewards[:6].sum(dtype=np.float64)),
+               float(ds.rewards[6:].sum(dtype=np.float64))]
+    assert norm.rtg_scale == pytest.approx(max(abs(r) for r in returns))
+    # Box(-3, 3): the model sees a / 3; values outside the box are clipped to the bounds.
+    np.testing.assert_allclose(norm.actions_to_model(ds.actions), ds.actions / 3.0, atol=1e-6)
+    np.testing.assert_allclose(norm.actions_to_model(np.array([[-4.5], [-3.0], [1.5], [9.0]],
+                                                              np.float32)),
+                               [[-1.0], [-1.0], [0.5], [1.0]])
+    np.testing.assert_allclose(norm.actions_from_model(np.array([[-1.0], [0.0], [0.5]],
+                                                                np.float32)),
+                               [[-3.0], [0.0], [1.5]])
+    np.testing.assert_allclose(norm.observations(ds.observations[:2]),
+                               (ds.observations[:2] - norm.state_mean) / norm.state_std)
     back = Normalizer.from_state_dict(norm.state_dict())
-    np.testing.assert_array_equal(back.state_std, norm.state_std)
+    for name in ("state_mean", "state_std", "action_low", "action_high"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(norm, name))
+    np.testing.assert_array_equal(back.action_low, [-3.0])
     assert back.rtg_scale == norm.rtg_scale
     assert Normalizer.fit(ds, rtg_scale=7.0).rtg_scale == 7.0
+
+
+def test_discrete_actions_pass_through_the_normalizer():
+    ds = _dataset([4, 5], discrete=True)
+    norm = Normalizer.fit(ds)
+    assert norm.action_low.size == 0
+    np.testing.assert_array_equal(norm.actions_to_model(ds.actions), ds.actions)
+    np.testing.assert_array_equal(norm.actions_from_model(np.array([2, 0])), [2, 0])
