@@ -1,4 +1,4 @@
-"""``offline-dt`` command line: one subcommand per stage, flags built from the stage configs.
+"""``offline-dt`` command line: one subcommand per stage, flags generated from the stage configs.
 
     offline-dt generate   --env Pendulum-v1            datasets (D4RL HDF5 + Minari)
     offline-dt datasets                                 list what exists
@@ -7,159 +7,206 @@
     offline-dt report     --runs data/runs             average-reward table and plots
     offline-dt reproduce  --env Pendulum-v1 --preset quick   the whole study
 
-Each flag is a field of the stage's dataclass (``GenerateConfig``, ``TrainConfig``,
-``EvalConfig``), so the CLI mirrors the Python API.
+Every subcommand is a dataclass (``GenerateConfig``, ``TrainConfig``, ``EvalConfig`` next to
+their stage, :class:`DatasetsConfig`, :class:`ReportConfig`, :class:`ReproduceConfig` here)
+turned into flags by tyro with the conventions of :mod:`offline_dt.config`, so the CLI
+mirrors the Python API: ``--batch-size`` is ``TrainConfig.batch_size``.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, Union
 
-from offline_dt.config import add_arguments, from_arguments
+import tyro
+
+from datagen.generate import GenerateConfig
+from offline_dt.config import CLI_MARKERS, REGISTRY
+from offline_dt.data.d4rl import LEVELS
+from offline_dt.evaluate import EvalConfig
+from offline_dt.pipeline import PRESETS
+from offline_dt.train import TrainConfig
+
+DEVICES = ["auto", "cpu", "cuda"]
 
 
-def _generate(args: argparse.Namespace) -> int:
-    from datagen.generate import GenerateConfig, generate
+@dataclass
+class GenerateCommand:
+    """``offline-dt generate``: the :class:`GenerateConfig` flags, plus ``--list``."""
 
-    if args.list:
-        return _datasets(args)
-    cfg = from_arguments(GenerateConfig, args)
-    result = generate(cfg)
-    print(result)
+    config: Annotated[GenerateConfig, tyro.conf.arg(name="")] = field(
+        default_factory=GenerateConfig)
+    list: bool = field(default=False, metadata={
+        "help": "list the datasets under --out-dir and --minari-root and exit"})
+
+
+@dataclass
+class DatasetsConfig:
+    """``offline-dt datasets``: where to look for generated datasets."""
+
+    out_dir: Path = field(default=Path("data/d4rl"), metadata={
+        "help": "directory of the D4RL-style HDF5 files"})
+    minari_root: Path | None = field(default=None, metadata={
+        "help": "Minari datasets root (default data/minari or $MINARI_DATASETS_PATH)"})
+
+
+@dataclass
+class ReportConfig:
+    """``offline-dt report``: which runs to tabulate and where to write the table and plots."""
+
+    runs: Path = field(default=Path("data/runs/quick"), metadata={
+        "help": "run directories root: data/runs/<preset> for reproduce runs"})
+    out: Path = field(default=Path("data/reports"), metadata={"help": "output directory"})
+
+
+@dataclass
+class ReproduceConfig:
+    """``offline-dt reproduce``: the arguments of :func:`offline_dt.pipeline.reproduce`."""
+
+    env_id: str = field(default="Pendulum-v1", metadata={"help": "Gymnasium env id"})
+    preset: str = field(default="quick", metadata={
+        "help": "budget preset (offline_dt.pipeline.PRESETS)", "choices": list(PRESETS)})
+    levels: list[str] | None = field(default=None, metadata={
+        "help": "dataset levels (None: all six)", "choices": list(LEVELS)})
+    root: Path = field(default=Path("data"), metadata={
+        "help": "output root (datasets, runs, reports)"})
+    device: str = field(default="auto", metadata={
+        "help": "torch device for training, evaluation and the behaviour agent",
+        "choices": DEVICES})
+    workers: int = field(default=1, metadata={
+        "help": "runs trained at once, one process each with cpu_count/workers torch threads "
+                "(2 is faster on a 2-core CPU for small presets)"})
+
+
+def _generate(cmd: GenerateCommand) -> int:
+    if cmd.list:
+        return _datasets(DatasetsConfig(cmd.config.out_dir, cmd.config.minari_root))
+    from datagen.generate import generate
+
+    print(generate(cmd.config))
     return 0
 
 
-def _datasets(args: argparse.Namespace) -> int:
+def _datasets(cfg: DatasetsConfig) -> int:
     from offline_dt.data.catalog import list_datasets
 
-    out_dir = getattr(args, "out_dir", None) or Path("data/d4rl")
-    table = list_datasets(out_dir, getattr(args, "minari_root", None))
+    table = list_datasets(cfg.out_dir, cfg.minari_root)
     if table.empty:
-        print(f"no datasets under {out_dir} or the Minari root")
+        print(f"no datasets under {cfg.out_dir} or the Minari root")
     else:
         print(table.to_string(index=False))
     return 0
 
 
-def _train(args: argparse.Namespace) -> int:
-    from offline_dt.train import TrainConfig, train
+def _train(cfg: TrainConfig) -> int:
+    from offline_dt.train import train
 
-    cfg = from_arguments(TrainConfig, args)
     if not cfg.dataset:
-        raise SystemExit("offline-dt train: --dataset ID_OR_PATH is required")
+        raise ValueError("--dataset ID_OR_PATH is required (a .hdf5 file, a Minari dataset "
+                         "directory or a Minari id such as pendulum/expert-v0)")
     hook = None
     if cfg.eval_every > 0:
         from offline_dt.evaluate import make_eval_hook_for_training
 
         hook = make_eval_hook_for_training(cfg)
-    result = train(cfg, eval_hook=hook)
-    print(result)
+    print(train(cfg, eval_hook=hook))
     return 0
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    from offline_dt.evaluate import EvalConfig, evaluate_checkpoint
+def _evaluate(cfg: EvalConfig) -> int:
+    from offline_dt.evaluate import evaluate_checkpoint
 
-    cfg = from_arguments(EvalConfig, args)
     if not cfg.checkpoint:
-        raise SystemExit("offline-dt evaluate: --checkpoint PATH is required")
-    result = evaluate_checkpoint(cfg)
-    print(result)
+        raise ValueError("--checkpoint PATH is required (a checkpoint file or run directory)")
+    print(evaluate_checkpoint(cfg))
     return 0
 
 
-def _report(args: argparse.Namespace) -> int:
+def _report(cfg: ReportConfig) -> int:
     from offline_dt.report import report
 
-    table = report(args.runs, args.out)
-    print(table.to_string(index=False))
+    print(report(cfg.runs, cfg.out).to_string(index=False))
     return 0
 
 
-def _reproduce(args: argparse.Namespace) -> int:
+def _reproduce(cfg: ReproduceConfig) -> int:
     from offline_dt.pipeline import reproduce
 
-    reproduce(env_id=args.env, preset=args.preset, root=args.root, device=args.device,
-              workers=args.workers, levels=args.levels)
+    reproduce(env_id=cfg.env_id, preset=cfg.preset, root=cfg.root, device=cfg.device,
+              workers=cfg.workers, levels=cfg.levels)
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="offline-dt",
-        description="Offline RL datasets and Decision Transformers, end to end.",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its name, config dataclass (the flags), one-line help and runner."""
 
-    p = sub.add_parser("generate", help="roll out agents and write D4RL HDF5 + Minari datasets")
-    from datagen.generate import GenerateConfig
+    name: str
+    config: type
+    help: str
+    run: Callable[[Any], int]
 
-    add_arguments(p, GenerateConfig)
-    p.add_argument("--env", dest="env_id", default=None, help="alias of --env-id")
-    p.add_argument("--list", action="store_true", help="list existing datasets and exit")
-    p.set_defaults(func=_generate)
 
-    p = sub.add_parser("datasets", help="list generated datasets (id, steps, episodes, returns)")
-    p.add_argument("--out-dir", type=Path, default=Path("data/d4rl"), help="HDF5 directory")
-    p.add_argument("--minari-root", type=Path, default=None,
-                   help="Minari datasets root (default data/minari or $MINARI_DATASETS_PATH)")
-    p.set_defaults(func=_datasets)
+COMMANDS: dict[str, Command] = {c.name: c for c in (
+    Command("generate", GenerateCommand,
+            "roll out agents and write D4RL HDF5 + Minari datasets", _generate),
+    Command("datasets", DatasetsConfig,
+            "list generated datasets (id, steps, episodes, returns)", _datasets),
+    Command("train", TrainConfig, "train a Decision Transformer (or BC) on a dataset", _train),
+    Command("evaluate", EvalConfig, "roll out a trained checkpoint on the live env", _evaluate),
+    Command("report", ReportConfig, "average-reward table (CSV, Markdown) and plots", _report),
+    Command("reproduce", ReproduceConfig,
+            "generate → train → evaluate → report, one command", _reproduce),
+)}
 
-    from offline_dt.train import TrainConfig
 
-    p = sub.add_parser("train", help="train a Decision Transformer (or BC) on a dataset")
-    add_arguments(p, TrainConfig)
-    p.add_argument("--env", dest="env_id", default=None, help="alias of --env-id")
-    p.set_defaults(func=_train)
+@dataclass(frozen=True)
+class Invocation:
+    """A parsed command line: the subcommand, its config and the ``-v`` count."""
 
-    from offline_dt.evaluate import EvalConfig
+    command: Command
+    config: Any
+    verbose: int = 0
 
-    p = sub.add_parser("evaluate", help="roll out a trained checkpoint on the live env")
-    add_arguments(p, EvalConfig)
-    p.add_argument("--env", dest="env_id", default=None, help="alias of --env-id")
-    p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("report", help="average-reward table (CSV, Markdown) and plots")
-    p.add_argument("--runs", type=Path, default=Path("data/runs/quick"),
-                   help="run directories root: data/runs/<preset> for reproduce runs")
-    p.add_argument("--out", type=Path, default=Path("data/reports"), help="output directory")
-    p.set_defaults(func=_report)
+def _root_type() -> type:
+    """The dataclass tyro parses: global flags, then one subcommand of :data:`COMMANDS`."""
+    subcommands = tuple(Annotated[c.config, tyro.conf.subcommand(c.name, description=c.help)]
+                        for c in COMMANDS.values())
+    verbose = field(default=0, metadata={"help": "debug logging", "aliases": ("-v",)})
+    return dataclasses.make_dataclass("OfflineDt", [
+        ("command", Union[subcommands]),  # noqa: UP007 (a runtime-built union)
+        ("verbose", Annotated[int, tyro.conf.UseCounterAction], verbose),
+    ])
 
-    from offline_dt.pipeline import PRESETS
-    from offline_dt.report import LEVELS
 
-    p = sub.add_parser("reproduce", help="generate → train → evaluate → report, one command")
-    p.add_argument("--env", default="Pendulum-v1", help="Gymnasium env id")
-    p.add_argument("--preset", default="quick", choices=list(PRESETS),
-                   help="budget preset (default: quick)")
-    p.add_argument("--levels", nargs="+", default=None, choices=list(LEVELS),
-                   help="dataset levels (default: all six)")
-    p.add_argument("--root", type=Path, default=Path("data"), help="output root")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--workers", type=int, default=1,
-                   help="runs trained at once, one process each with cpu_count/workers torch "
-                        "threads (default 1; 2 is faster on a 2-core CPU for small presets)")
-    p.set_defaults(func=_reproduce)
-    return parser
+def parse(argv: Sequence[str] | None = None) -> Invocation:
+    """Parse ``argv`` (``sys.argv[1:]`` when None); ``--help`` and bad flags exit (0 / 2)."""
+    root = tyro.cli(_root_type(), args=argv, prog="offline-dt", registry=REGISTRY,
+                    config=CLI_MARKERS,
+                    description="Offline RL datasets and Decision Transformers, end to end.")
+    command = next(c for c in COMMANDS.values() if type(root.command) is c.config)
+    return Invocation(command, root.command, root.verbose)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run ``offline-dt``; a FileExistsError, FileNotFoundError or ValueError of the stage is
+    printed as ``offline-dt <cmd>: error: <message>`` with exit status 2."""
+    inv = parse(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if inv.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
     try:
-        return int(args.func(args) or 0)
+        return int(inv.command.run(inv.config) or 0)
     except (FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"offline-dt {args.command}: error: {e}", file=sys.stderr)
+        print(f"offline-dt {inv.command.name}: error: {e}", file=sys.stderr)
         return 2
 
 

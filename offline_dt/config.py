@@ -1,89 +1,148 @@
 """Stage configs as dataclasses: one source for CLI flags, Python defaults and run JSON.
 
 Each stage (generation, training, evaluation) defines a dataclass whose field defaults are
-the paper's settings and whose ``field(metadata={"help": ...})`` is the flag's help text.
-``add_arguments`` turns it into argparse flags (``snake_case`` → ``--kebab-case``) and
-``from_arguments`` builds the dataclass back, so a flag and a field can never disagree.
+the paper's settings. The command line is generated from those dataclasses by `tyro
+<https://brentyi.github.io/tyro/>`_: one flag per field (``snake_case`` → ``--kebab-case``),
+so a flag and a field can never disagree. :data:`REGISTRY` holds the project's conventions,
+read from each field's ``field(metadata=...)``:
+
+* ``"help"``: the flag's help text (shown with the default);
+* ``"choices"``: the values the flag accepts (a ``str`` field becomes a ``Literal``);
+* ``"aliases"``: extra flag names; every ``env_id`` field also answers to ``--env``;
+* ``"cli": False``: the field is not a flag (it keeps its default).
+
+Booleans are given as ``--flag true`` / ``--flag false`` (also ``yes/no``, ``1/0``, ``on/off``);
+a bare ``--flag`` means true.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
+
+import tyro
+from tyro.constructors import (
+    MISSING_NONPROP,
+    ConstructorRegistry,
+    PrimitiveConstructorSpec,
+    PrimitiveTypeInfo,
+    StructConstructorSpec,
+    StructFieldSpec,
+    StructTypeInfo,
+)
+
+from offline_dt.data.atomic import atomic_path
 
 T = TypeVar("T")
 
+#: Extra flag names by field name, for every config that has the field.
+FIELD_ALIASES: dict[str, tuple[str, ...]] = {"env_id": ("--env",)}
+#: tyro markers of every command line: ``--flag true/false`` booleans, subcommands named
+#: ``train`` (not ``command:train``), flags of nested configs unprefixed (``--env-id``, not
+#: ``--config.env-id``), and a field with a default never turned into a subcommand (an
+#: optional nested type such as ``dict[str, Any] | None`` stays at its default instead).
+CLI_MARKERS = (tyro.conf.FlagConversionOff, tyro.conf.OmitSubcommandPrefixes,
+               tyro.conf.OmitArgPrefixes, tyro.conf.AvoidSubcommands)
+REGISTRY = ConstructorRegistry()
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _base_type(tp: Any) -> tuple[Any, bool]:
-    """(scalar type, is_list) for a field annotation like ``int``, ``float | None``,
-    ``list[float]``, ``str``."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _base_type(args[0])
-    if origin in (list, tuple):
-        return typing.get_args(tp)[0], True
-    return tp, False
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 
-def _parse_bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
+    """``true/yes/on/1`` → True, ``false/no/off/0`` → False (any case); else ValueError."""
     low = text.lower()
-    if low in ("1", "true", "yes", "on"):
+    if low in _TRUE:
         return True
-    if low in ("0", "false", "no", "off"):
+    if low in _FALSE:
         return False
-    raise argparse.ArgumentTypeError(f"expected true/false, found {text!r}")
+    raise ValueError(f"expected true or false, found {text!r}")
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """Add one flag per field of dataclass ``cls``; defaults stay None so presets can fill in."""
-    hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group(cls.__name__)
-    for f in dataclasses.fields(cls):
-        if f.name in skip or f.metadata.get("cli") is False:
-            continue
-        tp, is_list = _base_type(hints[f.name])
-        default = (f.default if f.default is not dataclasses.MISSING
-                   else f.default_factory() if f.default_factory is not dataclasses.MISSING
-                   else None)
-        help_text = f.metadata.get("help", "")
-        help_text = f"{help_text} (default: {default})" if help_text else f"default: {default}"
-        kwargs: dict[str, Any] = {"default": None, "help": help_text, "dest": f.name}
-        if tp is bool:
-            kwargs["type"] = _parse_bool
-            kwargs["metavar"] = "BOOL"
-        elif tp in (int, float, str):
-            kwargs["type"] = tp
-        elif tp is Path:
-            kwargs["type"] = Path
-        else:
-            kwargs["type"] = str
-        if is_list:
-            kwargs["nargs"] = "+"
-        if "choices" in f.metadata:
-            kwargs["choices"] = f.metadata["choices"]
-        group.add_argument(_flag(f.name), **kwargs)
+@REGISTRY.primitive_rule
+def _bool_rule(info: PrimitiveTypeInfo) -> PrimitiveConstructorSpec | None:
+    """``--flag true|false``, or a bare ``--flag`` for true."""
+    if info.type is not bool:
+        return None
+    return PrimitiveConstructorSpec(
+        nargs=(0, 1),
+        metavar="{true,false}",
+        instance_from_str=lambda args: True if not args else parse_bool(args[0]),
+        is_instance=lambda x: isinstance(x, bool),
+        str_from_instance=lambda b: ["true" if b else "false"],
+    )
 
 
-def from_arguments(cls: type[T], ns: argparse.Namespace, base: T | None = None) -> T:
-    """Build ``cls`` from parsed flags; flags not given keep ``base``'s (or the default) value."""
-    obj = base if base is not None else cls()
-    changes = {
-        f.name: getattr(ns, f.name)
-        for f in dataclasses.fields(cls)
-        if getattr(ns, f.name, None) is not None
-    }
-    return dataclasses.replace(obj, **changes)
+def _with_choices(tp: Any, choices: Sequence[Any]) -> Any:
+    """``tp`` with its ``str`` leaves (``str``, ``str | None``, ``list[str]``) turned into
+    ``Literal[*choices]``."""
+    origin = typing.get_origin(tp)
+    if tp is str:
+        return Literal[tuple(choices)]
+    if origin in (typing.Union, types.UnionType):
+        args = tuple(_with_choices(a, choices) for a in typing.get_args(tp))
+        return typing.Union[args]  # noqa: UP007 (built at runtime)
+    if origin in (list, tuple, set):
+        args = typing.get_args(tp)
+        return origin[(_with_choices(args[0], choices), *args[1:])]
+    return tp
+
+
+def _field_type(f: dataclasses.Field, tp: Any) -> Any:
+    """The annotation tyro sees for field ``f``: choices, aliases and ``cli: False`` applied."""
+    meta = f.metadata
+    if "choices" in meta:
+        tp = _with_choices(tp, list(meta["choices"]))
+    aliases = tuple(meta.get("aliases", ())) + FIELD_ALIASES.get(f.name, ())
+    if aliases:
+        tp = Annotated[tp, tyro.conf.arg(aliases=aliases)]
+    if meta.get("cli") is False:
+        tp = Annotated[tp, tyro.conf.Suppress]
+    return tp
+
+
+def _field_default(f: dataclasses.Field, parent: Any) -> Any:
+    """The parent instance's value (tyro's ``default=``), else the field's default."""
+    if parent is not None:
+        return getattr(parent, f.name)
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return MISSING_NONPROP
+
+
+@REGISTRY.struct_rule
+def _dataclass_rule(info: StructTypeInfo) -> StructConstructorSpec | None:
+    """One flag per ``init`` field of a dataclass, configured by its metadata."""
+    cls = info.type
+    if not (dataclasses.is_dataclass(cls) and isinstance(cls, type)):
+        return None
+    parent = info.default if isinstance(info.default, cls) else None
+    hints = typing.get_type_hints(cls, include_extras=True)
+    specs = tuple(
+        StructFieldSpec(name=f.name, type=_field_type(f, hints[f.name]),
+                        default=_field_default(f, parent), helptext=f.metadata.get("help"))
+        for f in dataclasses.fields(cls) if f.init
+    )
+    return StructConstructorSpec(instantiate=cls, fields=specs)
+
+
+def parse_config(cls: type[T], args: Sequence[str] | None = None, *, prog: str | None = None,
+                 default: T | None = None) -> T:
+    """Parse command-line ``args`` (``sys.argv[1:]`` when None) into dataclass ``cls``.
+
+    Flags not given keep ``default``'s values (the field defaults when None). ``--help`` and
+    invalid flags or values print a message and raise ``SystemExit`` (status 0 or 2).
+    """
+    kwargs: dict[str, Any] = {} if default is None else {"default": default}
+    return tyro.cli(cls, args=args, prog=prog, registry=REGISTRY, config=CLI_MARKERS, **kwargs)
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -102,12 +161,17 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def save_json(obj: Any, path: str | os.PathLike) -> None:
-    """Write ``obj`` as indented JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    """Write ``obj`` as indented JSON atomically (replacing ``path`` if it exists)."""
+    text = json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n"
+    with atomic_path(path, overwrite=True) as tmp:
+        tmp.write_text(text)
+
+
+def _is_path(tp: Any) -> bool:
+    """``Path`` or ``Path | None``."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return any(_is_path(a) for a in typing.get_args(tp) if a is not type(None))
+    return tp is Path
 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
@@ -117,8 +181,5 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     if unknown:
         raise ValueError(f"{cls.__name__}: unknown config key(s) {sorted(unknown)}")
     hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for k, v in data.items():
-        tp, _ = _base_type(hints[k])
-        kwargs[k] = Path(v) if tp is Path and v is not None else v
+    kwargs = {k: Path(v) if v is not None and _is_path(hints[k]) else v for k, v in data.items()}
     return cls(**kwargs)

@@ -1,0 +1,218 @@
+"""``offline-dt`` command line: README command lines parse into the exact configs, help texts,
+choice errors, the error convention of ``main`` and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from datagen.generate import GenerateConfig
+from offline_dt.cli import (
+    DatasetsConfig,
+    GenerateCommand,
+    ReportConfig,
+    ReproduceConfig,
+    main,
+    parse,
+)
+from offline_dt.config import parse_bool, parse_config
+from offline_dt.data.d4rl import LEVELS
+from offline_dt.evaluate import EvalConfig
+from offline_dt.pipeline import PRESETS
+from offline_dt.train import TrainConfig
+
+
+@pytest.fixture(autouse=True)
+def _wide_terminal(monkeypatch):
+    """Help and errors unwrapped, so a help text is one run of words."""
+    monkeypatch.setenv("COLUMNS", "1000")
+
+
+def _plain(text: str) -> str:
+    """Help output without box drawing and with whitespace collapsed."""
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+# ---------------------------------------------------------------------------------- parsing
+def test_readme_train_line_gives_the_exact_config():
+    inv = parse(["train", "--dataset", "data/d4rl/pendulum-expert-v0.hdf5", "--method", "bc",
+                 "--resume", "true", "--overwrite", "false", "--precision", "bf16",
+                 "--env", "Pendulum-v1", "--steps", "5", "--rtg-scale", "2.5",
+                 "--run-dir", "out", "--progress", "false"])
+    assert inv.command.name == "train" and inv.verbose == 0
+    assert inv.config == TrainConfig(
+        dataset="data/d4rl/pendulum-expert-v0.hdf5", method="bc", resume=True, overwrite=False,
+        precision="bf16", env_id="Pendulum-v1", steps=5, rtg_scale=2.5, run_dir=Path("out"),
+        progress=False)
+
+
+def test_flags_not_given_keep_the_defaults():
+    assert parse(["train", "--dataset", "x"]).config == TrainConfig(dataset="x")
+    assert parse(["evaluate", "--checkpoint", "run"]).config == EvalConfig(checkpoint=Path("run"))
+    assert parse(["generate"]).config == GenerateCommand(GenerateConfig(), list=False)
+    assert parse(["datasets"]).config == DatasetsConfig()
+    assert parse(["report"]).config == ReportConfig()
+    assert parse(["reproduce"]).config == ReproduceConfig()
+
+
+@pytest.mark.parametrize(("words", "value"), [
+    (["true"], True), (["false"], False), (["True"], True), (["FALSE"], False),
+    (["yes"], True), (["0"], False), ([], True),
+])
+def test_bool_flags_take_true_false_or_nothing(words, value):
+    assert parse(["evaluate", "--checkpoint", "r", "--kv-cache", *words]).config.kv_cache is value
+    # A bare flag followed by another flag must not swallow it.
+    cfg = parse(["train", "--overwrite", *words, "--dataset", "d"]).config
+    assert (cfg.overwrite, cfg.dataset) == (value, "d")
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "generate", "reproduce"])
+@pytest.mark.parametrize("flag", ["--env", "--env-id"])
+def test_env_is_an_alias_of_env_id(command, flag):
+    cfg = parse([command, flag, "CartPole-v1"]).config
+    cfg = cfg.config if isinstance(cfg, GenerateCommand) else cfg
+    assert cfg.env_id == "CartPole-v1"
+
+
+def test_negative_numbers_in_a_list():
+    cfg = parse(["evaluate", "--checkpoint", "runs/a", "--kv-cache", "true",
+                 "--target-returns", "-150", "-200", "--episodes", "3"]).config
+    assert cfg == EvalConfig(checkpoint=Path("runs/a"), kv_cache=True,
+                             target_returns=[-150.0, -200.0], episodes=3)
+
+
+def test_generate_levels_and_list():
+    cmd = parse(["generate", "--env", "Pendulum-v1", "--levels", "random", "expert"]).config
+    assert cmd == GenerateCommand(GenerateConfig(env_id="Pendulum-v1",
+                                                 levels=["random", "expert"]), list=False)
+    assert parse(["generate", "--list"]).config.list is True
+
+
+def test_readme_reproduce_line_and_global_verbose():
+    inv = parse(["-v", "reproduce", "--env", "Pendulum-v1", "--preset", "quick", "--workers", "2",
+                 "--levels", "expert", "full-replay", "--root", "data", "--device", "auto"])
+    assert inv.command.name == "reproduce" and inv.verbose == 1
+    assert inv.config == ReproduceConfig(env_id="Pendulum-v1", preset="quick", workers=2,
+                                         levels=["expert", "full-replay"], root=Path("data"),
+                                         device="auto")
+    assert parse(["datasets", "--out-dir", "d", "--minari-root", "m"]).config == DatasetsConfig(
+        Path("d"), Path("m"))
+    assert parse(["report", "--runs", "r", "--out", "o"]).config == ReportConfig(Path("r"),
+                                                                                Path("o"))
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_reproduce_accepts_every_preset(preset):
+    assert parse(["reproduce", "--preset", preset]).config.preset == preset
+
+
+def test_reproduce_accepts_every_level():
+    assert parse(["reproduce", "--levels", *LEVELS]).config.levels == list(LEVELS)
+
+
+# ---------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(("argv", "flag", "bad"), [
+    (["train", "--method", "cql"], "--method", "cql"),
+    (["train", "--precision", "fp16"], "--precision", "fp16"),
+    (["evaluate", "--device", "tpu"], "--device", "tpu"),
+    (["reproduce", "--preset", "huge"], "--preset", "huge"),
+    (["reproduce", "--device", "tpu"], "--device", "tpu"),
+    (["generate", "--levels", "random", "bogus"], "--levels", "bogus"),
+    (["train", "--resume", "maybe"], "--resume", "maybe"),
+    (["train", "--steps", "many"], "--steps", "many"),
+])
+def test_invalid_value_exits_naming_the_flag(argv, flag, bad, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse(argv)
+    assert exc.value.code == 2
+    err = _plain(capsys.readouterr().err)
+    assert flag in err and bad in err
+
+
+def test_unknown_flag_and_missing_subcommand_exit_2(capsys):
+    for argv in (["train", "--no-such-flag", "1"], []):
+        with pytest.raises(SystemExit) as exc:
+            parse(argv)
+        assert exc.value.code == 2
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["train"], "offline-dt train: error: --dataset ID_OR_PATH is required"),
+    (["evaluate"], "offline-dt evaluate: error: --checkpoint PATH is required"),
+])
+def test_missing_required_input_is_a_clear_error(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_stage_errors_are_printed_with_status_2(tmp_path, capsys):
+    assert main(["report", "--runs", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.startswith("offline-dt report: error: ")
+
+
+# ---------------------------------------------------------------------------------- help
+@pytest.mark.parametrize(("command", "cls"), [
+    ("train", TrainConfig), ("evaluate", EvalConfig), ("generate", GenerateConfig),
+    ("reproduce", ReproduceConfig), ("datasets", DatasetsConfig), ("report", ReportConfig),
+])
+def test_help_lists_every_field_with_its_help_and_default(command, cls, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse([command, "--help"])
+    assert exc.value.code == 0
+    text = _plain(capsys.readouterr().out)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("cli") is False:
+            continue
+        assert _flag(f.name) in text, f.name
+        assert " ".join(f.metadata["help"].split()) in text, f.name
+        if "choices" in f.metadata:
+            assert "{" + ",".join(map(str, f.metadata["choices"])) + "}" in text, f.name
+    if cls is TrainConfig:
+        assert "windows per update (default: 64)" in text
+        assert "--resume {true,false}" in text
+
+
+# ---------------------------------------------------------------------------------- conventions
+@dataclass
+class _Toy:
+    two_words: int = field(default=1, metadata={"help": "a number"})
+    hidden: int = field(default=3, metadata={"cli": False})
+    mode: str | None = field(default=None, metadata={"choices": ["a", "b"]})
+    name: str = field(default="x", metadata={"aliases": ("-n",)})
+
+
+def test_parse_config_conventions(capsys):
+    assert parse_config(_Toy, ["--two-words", "5", "--mode", "b", "-n", "y"]) == _Toy(
+        two_words=5, mode="b", name="y")
+    assert parse_config(_Toy, [], default=_Toy(two_words=7)) == _Toy(two_words=7)
+    for argv in (["--hidden", "4"], ["--two_words_typo", "5"], ["--mode", "c"]):
+        with pytest.raises(SystemExit):
+            parse_config(_Toy, argv)
+
+
+@pytest.mark.parametrize("text", ["maybe", "", "2", "truthy"])
+def test_parse_bool_rejects_other_words(text):
+    with pytest.raises(ValueError, match="true or false"):
+        parse_bool(text)
+
+
+# ---------------------------------------------------------------------------------- end to end
+@pytest.mark.parametrize("command", [["datasets"], ["generate", "--list"]])
+def test_listing_an_empty_directory(command, tmp_path, capsys, monkeypatch):
+    def no_generation(cfg):
+        raise AssertionError("generate --list must not generate")
+
+    monkeypatch.setattr("datagen.generate.generate", no_generation)
+    out_dir = tmp_path / "d4rl"
+    out_dir.mkdir()
+    argv = [*command, "--out-dir", str(out_dir), "--minari-root", str(tmp_path / "minari")]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip() == f"no datasets under {out_dir} or the Minari root"
