@@ -109,12 +109,9 @@ def _train(cfg: TrainConfig) -> int:
     if not cfg.dataset:
         raise ValueError("--dataset ID_OR_PATH is required (a .hdf5 file, a Minari dataset "
                          "directory or a Minari id such as pendulum/expert-v0)")
-    hook = None
-    if cfg.eval_every > 0:
-        from offline_dt.evaluate import make_eval_hook_for_training
+    from offline_dt.evaluate import make_eval_hook
 
-        hook = make_eval_hook_for_training(cfg)
-    print(train(cfg, eval_hook=hook))
+    print(train(cfg, eval_hook=make_eval_hook() if cfg.eval_every > 0 else None))
     return 0
 
 
