@@ -41,7 +41,7 @@ from safetensors.torch import save_file as save_torch
 from tqdm.auto import tqdm
 
 from datagen.envs import check_env
-from datagen.rollout import evaluate_policy
+from datagen.rollout import policy_returns
 from offline_dt.data.atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -167,8 +167,88 @@ def _build_model(algo: str, env_id: str, kwargs: dict[str, Any], seed: int, devi
     return cls("MlpPolicy", env, seed=seed, device=device, verbose=0, **kw)
 
 
-def _unscale(algo: str) -> bool:
-    return algo == "SAC"
+def _write_json(obj: Any, path: Path) -> None:
+    """``json.dumps(obj, indent=2)`` to ``path``, atomically."""
+    with atomic_path(path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2))
+
+
+def _reuse_or_clear(agent_dir: Path, config: dict[str, Any], overwrite: bool
+                    ) -> AgentArtifacts | None:
+    """The complete agent in ``agent_dir`` if it was trained with ``config``; otherwise None,
+    after removing whatever ``agent_dir`` held.
+
+    Raises:
+        FileExistsError: a complete agent with another config exists and not ``overwrite``.
+    """
+    marker = agent_dir / COMPLETE
+    if marker.is_file():
+        done = json.loads(marker.read_text())
+        if done.get("config") == config:
+            log.info("agent: reusing complete %s agent in %s", config["algo"], agent_dir)
+            return _artifacts_from_marker(agent_dir, done, reused=True)
+        if not overwrite:
+            raise FileExistsError(
+                f"agents_dir: {agent_dir} holds a complete agent trained with a different "
+                f"configuration ({done.get('config')}); pass --overwrite (overwrite=True) to "
+                "retrain it"
+            )
+    if agent_dir.exists():
+        log.info("agent: removing incomplete or replaced agent dir %s", agent_dir)
+        shutil.rmtree(agent_dir)
+    return None
+
+
+def _checkpoint_callback(model, config: dict[str, Any], agent_dir: Path, num_envs: int,
+                         checkpoints: list[Checkpoint], bar: tqdm):
+    """An SB3 callback that stops at ``total_steps`` and, every ``checkpoint_every`` steps and
+    at the end, evaluates the deterministic policy and saves its inference weights."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    algo, env_id, seed = config["algo"], config["env_id"], config["seed"]
+    total_steps, every = config["total_steps"], config["checkpoint_every"]
+
+    def policy_fn(obs: np.ndarray) -> np.ndarray:
+        return model.policy.predict(obs, deterministic=True)[0]
+
+    class _Checkpointer(BaseCallback):
+        def _on_step(self) -> bool:
+            step = self.num_timesteps
+            if step > total_steps:
+                # With train_freq > 1 (zoo DQN: 256) SB3 finishes its rollout chunk and would
+                # overshoot the budget; SB3 calls on_step before storing the transition, so
+                # stopping here keeps exactly total_steps transitions in the buffer.
+                return False
+            bar.update(1)
+            if step % every == 0 or step == total_steps:
+                rets = policy_returns(env_id, policy_fn, config["eval_episodes"],
+                                      seed=seed + 10_000, num_envs=num_envs)
+                path = agent_dir / "checkpoints" / f"step_{step:07d}.safetensors"
+                _save_weights(_inference_keys(algo, model.policy.state_dict()), path)
+                checkpoints.append(Checkpoint(step, float(rets.mean()), float(rets.std()),
+                                              path))
+                log.debug("agent: step %d eval return %.1f", step, rets.mean())
+            return True
+
+    return _Checkpointer()
+
+
+def _learn(config: dict[str, Any], agent_dir: Path, num_envs: int, device: str
+           ) -> tuple[Any, list[Checkpoint], float]:
+    """Train the SB3 model of ``config`` with checkpoints; return (model, checkpoints, wall
+    seconds)."""
+    algo, total_steps = config["algo"], config["total_steps"]
+    t0 = time.perf_counter()
+    model = _build_model(algo, config["env_id"], config["kwargs"], config["seed"], device)
+    checkpoints: list[Checkpoint] = []
+    bar = tqdm(total=total_steps, desc=f"train {algo}", unit="step",
+               disable=not sys.stderr.isatty(), leave=False, mininterval=1.0)
+    try:
+        model.learn(total_timesteps=total_steps, callback=_checkpoint_callback(
+            model, config, agent_dir, num_envs, checkpoints, bar))
+    finally:
+        bar.close()
+    return model, checkpoints, time.perf_counter() - t0
 
 
 def train_agent(
@@ -186,10 +266,12 @@ def train_agent(
     """Train the behaviour agent (SAC for Box actions, DQN for Discrete) with checkpoints.
 
     Every ``checkpoint_every`` env steps (and at the end) the current policy is evaluated
-    deterministically on ``eval_episodes`` episodes (vector env, reset seed ``seed + 10_000``
-    each time) and its inference weights are saved. Learning curve → ``learning_curve.csv``
-    and ``.png``. A directory holding ``COMPLETE.json`` with the same configuration is reused;
-    one without it (interrupted run) is removed and training restarts.
+    deterministically on ``eval_episodes`` episodes (``datagen.rollout.policy_returns`` with
+    evaluation seed ``seed + 10_000`` each time, at most ``num_envs`` envs at once) and its
+    inference weights are saved. Learning curve → ``learning_curve.csv`` and ``.png``. A
+    directory holding ``COMPLETE.json`` with the same configuration is reused; one without it
+    (interrupted run) is removed and training restarts. Every JSON/CSV/PNG file is written
+    atomically, ``COMPLETE.json`` last.
 
     Args:
         total_steps: env steps; None → the rl-zoo budget (SAC Pendulum-v1: 20_000).
@@ -212,70 +294,20 @@ def train_agent(
     agent_dir = Path(agent_dir)
     config = _agent_config(env_id, seed, total_steps, checkpoint_every, eval_episodes, algo,
                            kwargs)
-    marker = agent_dir / COMPLETE
-    if marker.is_file():
-        done = json.loads(marker.read_text())
-        if done.get("config") == config:
-            log.info("agent: reusing complete %s agent in %s", algo, agent_dir)
-            return _artifacts_from_marker(agent_dir, done, reused=True)
-        if not overwrite:
-            raise FileExistsError(
-                f"agents_dir: {agent_dir} holds a complete agent trained with a different "
-                f"configuration ({done.get('config')}); pass --overwrite (overwrite=True) to "
-                "retrain it"
-            )
-    if agent_dir.exists():
-        log.info("agent: removing incomplete or replaced agent dir %s", agent_dir)
-        shutil.rmtree(agent_dir)
+    reused = _reuse_or_clear(agent_dir, config, overwrite)
+    if reused is not None:
+        return reused
     (agent_dir / "checkpoints").mkdir(parents=True)
-    (agent_dir / HYPERPARAMS).write_text(json.dumps(
-        {"algo": algo, "policy": "MlpPolicy", "kwargs": kwargs, "env_id": env_id,
-         "seed": int(seed), "total_steps": total_steps}, indent=2))
-
-    from stable_baselines3.common.callbacks import BaseCallback
-
-    t0 = time.perf_counter()
-    model = _build_model(algo, env_id, kwargs, seed, device)
-    checkpoints: list[Checkpoint] = []
-    bar = tqdm(total=total_steps, desc=f"train {algo}", unit="step",
-               disable=not sys.stderr.isatty(), leave=False, mininterval=1.0)
-
-    def policy_fn(obs: np.ndarray) -> np.ndarray:
-        return model.policy.predict(obs, deterministic=True)[0]
-
-    class _Checkpointer(BaseCallback):
-        def _on_step(self) -> bool:
-            step = self.num_timesteps
-            if step > total_steps:
-                # With train_freq > 1 (zoo DQN: 256) SB3 finishes its rollout chunk and would
-                # overshoot the budget; SB3 calls on_step before storing the transition, so
-                # stopping here keeps exactly total_steps transitions in the buffer.
-                return False
-            bar.update(1)
-            if step % checkpoint_every == 0 or step == total_steps:
-                rets = evaluate_policy(env_id, policy_fn, eval_episodes, seed=seed + 10_000,
-                                       num_envs=num_envs)
-                path = agent_dir / "checkpoints" / f"step_{step:07d}.safetensors"
-                _save_weights(_inference_keys(algo, model.policy.state_dict()), path)
-                checkpoints.append(Checkpoint(step, float(rets.mean()), float(rets.std()),
-                                              path))
-                log.debug("agent: step %d eval return %.1f", step, rets.mean())
-            return True
-
-    try:
-        model.learn(total_timesteps=total_steps, callback=_Checkpointer())
-    finally:
-        bar.close()
-    wall = time.perf_counter() - t0
+    _write_json({"algo": algo, "policy": "MlpPolicy", "kwargs": kwargs, "env_id": env_id,
+                 "seed": int(seed), "total_steps": total_steps}, agent_dir / HYPERPARAMS)
+    model, checkpoints, wall = _learn(config, agent_dir, num_envs, device)
     _save_weights(model.policy.state_dict(), agent_dir / POLICY)
     _save_replay(model, agent_dir / REPLAY, total_steps)
     _write_learning_curve(agent_dir, checkpoints, f"{algo} {env_id} seed {seed}")
     done = {"config": config, "train_wall_s": wall,
             "checkpoints": [[c.step, c.eval_return_mean, c.eval_return_std, c.path.name]
                             for c in checkpoints]}
-    tmp = marker.with_name(marker.name + ".tmp")
-    tmp.write_text(json.dumps(done, indent=2))
-    tmp.replace(marker)
+    _write_json(done, agent_dir / COMPLETE)
     log.info("agent: trained %s on %s for %d steps in %.1f s (final eval return %.1f)",
              algo, env_id, total_steps, wall, checkpoints[-1].eval_return_mean)
     return _artifacts_from_marker(agent_dir, done, reused=False)
@@ -294,7 +326,8 @@ def _artifacts_from_marker(agent_dir: Path, done: dict[str, Any], reused: bool
 
 
 def _write_learning_curve(agent_dir: Path, checkpoints: list[Checkpoint], title: str) -> None:
-    with open(agent_dir / "learning_curve.csv", "w", newline="") as f:
+    with atomic_path(agent_dir / "learning_curve.csv", overwrite=True) as tmp, \
+            open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["env_steps", "eval_return_mean", "eval_return_std"])
         for c in checkpoints:
@@ -315,8 +348,11 @@ def _write_learning_curve(agent_dir: Path, checkpoints: list[Checkpoint], title:
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(agent_dir / "learning_curve.png", dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_path(agent_dir / "learning_curve.png", overwrite=True) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
 
 
 # --------------------------------------------------------------------------- replay buffer

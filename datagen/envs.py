@@ -91,22 +91,3 @@ def check_env(env_id: str) -> tuple[gym.spaces.Box, gym.spaces.Box | gym.spaces.
         env.close()
     check_spaces(obs_space, act_space, env_id)
     return obs_space, act_space
-
-
-def make_vec_env(env_id: str, num_envs: int, record_stats: bool = False) -> gym.vector.VectorEnv:
-    """A synchronous vector env with SAME_STEP autoreset.
-
-    With ``AutoresetMode.SAME_STEP`` a sub-env that ends is reset inside the same ``step``:
-    the returned observation is the new episode's first one and the true last observation is
-    in ``infos["final_obs"]`` (mask ``infos["_final_obs"]``). With ``record_stats`` the
-    ``RecordEpisodeStatistics`` wrapper adds ``infos["episode"]["r"]`` (float64 returns).
-    """
-    envs = gym.make_vec(
-        env_id,
-        num_envs=num_envs,
-        vectorization_mode="sync",
-        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
-    )
-    if record_stats:
-        envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
-    return envs

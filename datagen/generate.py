@@ -25,10 +25,12 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -43,17 +45,16 @@ from datagen.agents import algo_for as _algo_for
 from datagen.agents import zoo_hyperparams as _zoo
 from datagen.envs import check_env, env_namespace
 from datagen.replay import replay_to_dataset
-from datagen.rollout import evaluate_policy, rollout
-from offline_dt.data.d4rl import d4rl_filename, read_hdf5, write_hdf5
+from datagen.rollout import policy_returns, rollout
+from offline_dt.data.d4rl import LEVELS, d4rl_filename, normalized_score, read_hdf5, write_hdf5
 from offline_dt.data.dataset import DatasetError, OfflineDataset, concatenate
 from offline_dt.data.minari_io import minari_dataset_id, minari_root, write_minari
-from offline_dt.evaluate import normalized_score as _normalized_score
+
+__all__ = ["LEVELS", "LEVEL_BUILDERS", "GenerateConfig", "GenerateResult", "LevelContext",
+           "config_dict", "generate", "package_versions", "reference_scores",
+           "select_medium_checkpoint"]
 
 log = logging.getLogger(__name__)
-
-LEVELS = ("random", "medium", "medium-replay", "full-replay", "expert", "medium-expert")
-# Build order: medium-expert needs medium and expert.
-_ORDER = ("random", "expert", "medium", "medium-replay", "full-replay", "medium-expert")
 
 
 @dataclass
@@ -221,6 +222,237 @@ def _existing_state(hdf5: Path, mdir: Path, fp: str) -> tuple[str, str]:
     return h, m
 
 
+# ------------------------------------------------------------------------------ level builders
+@dataclass
+class LevelContext:
+    """What a level builder needs: the config, the behaviour agent, the medium checkpoint,
+    the reference scores and the datasets built so far (``datasets``)."""
+
+    cfg: GenerateConfig
+    namespace: str
+    agent_steps: int
+    agent: AgentArtifacts
+    medium: dict[str, Any]
+    ref_min: float
+    ref_max: float
+    observation_space: gym.spaces.Box
+    action_space: gym.spaces.Box | gym.spaces.Discrete
+    versions: dict[str, str]
+    hdf5_paths: dict[str, Path]
+    datasets: dict[str, OfflineDataset] = field(default_factory=dict)
+
+    def metadata(self, level: str, agent_name: str, **extra: Any) -> dict[str, Any]:
+        """The metadata every dataset of ``level`` carries, plus ``extra``."""
+        cfg = self.cfg
+        md = {"env_id": cfg.env_id, "level": level, "agent": agent_name, "seed": cfg.seed,
+              "steps": 0, "ref_min_score": self.ref_min, "ref_max_score": self.ref_max,
+              "dataset_id": minari_dataset_id(self.namespace, level),
+              "num_envs": cfg.num_envs, "agent_steps": self.agent_steps,
+              "fingerprint": _fingerprint(cfg, level, self.agent_steps)}
+        md.update({f"version_{k}": v for k, v in self.versions.items()})
+        md.update(extra)
+        return md
+
+    def dataset(self, level: str) -> OfflineDataset:
+        """``level``'s dataset: built in this run, else read from its HDF5 file."""
+        if level not in self.datasets:
+            self.datasets[level] = read_hdf5(self.hdf5_paths[level])
+        return self.datasets[level]
+
+
+def _behaviour_rollout(ctx: LevelContext, level: str, weights: Path, seed: int, steps: int,
+                       **metadata: Any) -> OfflineDataset:
+    """``steps`` transitions of the stochastic behaviour policy ``weights`` (torch and
+    epsilon-greedy generators seeded with ``seed``, reset seeds ``seed + i``)."""
+    cfg = ctx.cfg
+    torch.manual_seed(seed)
+    policy = load_behaviour_policy(weights, cfg.env_id, cfg.device, deterministic=False,
+                                   seed=seed)
+    return rollout(cfg.env_id, steps, policy, seed=seed, num_envs=cfg.num_envs, desc=level,
+                   metadata=ctx.metadata(level, **metadata)).dataset
+
+
+def build_random(ctx: LevelContext) -> OfflineDataset:
+    """``random``: uniform random actions, reset seeds ``seed + i``."""
+    cfg = ctx.cfg
+    return rollout(cfg.env_id, cfg.random_steps, None, seed=cfg.seed, num_envs=cfg.num_envs,
+                   metadata=ctx.metadata("random", "random"), desc="random",
+                   processes=cfg.processes or os.cpu_count() or 1).dataset
+
+
+def build_expert(ctx: LevelContext) -> OfflineDataset:
+    """``expert``: the fully trained agent's stochastic policy (seed ``seed + 1``)."""
+    agent = ctx.agent
+    return _behaviour_rollout(
+        ctx, "expert", agent.policy_path, ctx.cfg.seed + 1, ctx.cfg.expert_steps,
+        agent_name=agent.name, checkpoint=str(agent.policy_path),
+        checkpoint_step=agent.total_steps, policy="stochastic")
+
+
+def build_medium(ctx: LevelContext) -> OfflineDataset:
+    """``medium``: the medium checkpoint's stochastic policy (seed ``seed + 2``)."""
+    med = ctx.medium
+    return _behaviour_rollout(
+        ctx, "medium", med["path"], ctx.cfg.seed + 2, ctx.cfg.medium_steps,
+        agent_name=f"{ctx.agent.name}@step{med['step']}", checkpoint=str(med["path"]),
+        checkpoint_step=med["step"], checkpoint_eval_return=med["eval_return"],
+        checkpoint_normalized_score=med["normalized"], policy="stochastic")
+
+
+def _replay_level(ctx: LevelContext, level: str, up_to_medium: bool) -> OfflineDataset:
+    agent, med = ctx.agent, ctx.medium
+    arrays, first = load_replay(agent.replay_path)
+    stop = None
+    name = f"{agent.name}-replay"
+    extra: dict[str, Any] = {"checkpoint": str(agent.replay_path)}
+    if up_to_medium:
+        stop = med["step"] - first
+        if stop <= 0:
+            raise DatasetError(f"replay buffer {agent.replay_path} no longer holds the "
+                               f"steps before the medium checkpoint {med['step']}")
+        name = f"{agent.name}-replay@step{med['step']}"
+        extra["checkpoint_step"] = med["step"]
+    return replay_to_dataset(arrays, ctx.observation_space, ctx.action_space,
+                             scaled_actions=(_algo_for(ctx.action_space) == "SAC"), stop=stop,
+                             metadata=ctx.metadata(level, name, **extra))
+
+
+def build_medium_replay(ctx: LevelContext) -> OfflineDataset:
+    """``medium-replay``: the agent's replay buffer up to the medium checkpoint."""
+    return _replay_level(ctx, "medium-replay", up_to_medium=True)
+
+
+def build_full_replay(ctx: LevelContext) -> OfflineDataset:
+    """``full-replay``: the agent's whole replay buffer."""
+    return _replay_level(ctx, "full-replay", up_to_medium=False)
+
+
+def build_medium_expert(ctx: LevelContext) -> OfflineDataset:
+    """``medium-expert``: ``medium`` then ``expert``, concatenated."""
+    name = f"{ctx.agent.name}@step{ctx.medium['step']}+{ctx.agent.name}"
+    return concatenate([ctx.dataset("medium"), ctx.dataset("expert")],
+                       ctx.metadata("medium-expert", name))
+
+
+LevelBuilder = Callable[[LevelContext], OfflineDataset]
+#: Level name → builder, in build order (``medium-expert`` needs ``medium`` and ``expert``).
+LEVEL_BUILDERS: dict[str, LevelBuilder] = {
+    "random": build_random,
+    "expert": build_expert,
+    "medium": build_medium,
+    "medium-replay": build_medium_replay,
+    "full-replay": build_full_replay,
+    "medium-expert": build_medium_expert,
+}
+#: Levels that must be built (not only read) for a level to be built.
+_PREREQUISITES = {"medium-expert": ("medium", "expert")}
+
+
+# ------------------------------------------------------------------------------ stages
+def _preflight(cfg: GenerateConfig, levels: list[str], ns: str, agent_steps: int,
+               result: GenerateResult) -> dict[str, tuple[bool, bool]]:
+    """level → (write hdf5, write minari); fills ``result.paths``.
+
+    Raises:
+        FileExistsError: an output exists with another config and ``overwrite`` is False.
+    """
+    mroot = minari_root(cfg.minari_root)
+    todo: dict[str, tuple[bool, bool]] = {}
+    for level in levels:
+        fp = _fingerprint(cfg, level, agent_steps)
+        hdf5 = Path(cfg.out_dir) / d4rl_filename(ns, level)
+        mdir = mroot / minari_dataset_id(ns, level)
+        result.paths[level] = {"hdf5": hdf5, "minari": mdir}
+        if cfg.overwrite:
+            todo[level] = (True, True)
+            continue
+        h, m = _existing_state(hdf5, mdir, fp)
+        for path, state in ((hdf5, h), (mdir, m)):
+            if state not in ("missing", "match"):
+                raise FileExistsError(
+                    f"{path} exists but does not match this configuration ({state}); "
+                    "pass --overwrite (overwrite=True) to replace it"
+                )
+        todo[level] = (h != "match", m != "match")
+    return todo
+
+
+def _reuse_all(cfg: GenerateConfig, levels: list[str], result: GenerateResult) -> None:
+    """Every requested dataset exists with this config: summarise them."""
+    log.info("generate: every requested dataset of %s exists with this config; reusing",
+             cfg.env_id)
+    for level in levels:
+        ds = read_hdf5(result.paths[level]["hdf5"])
+        result.summaries[level] = {**ds.summary(), "reused": True}
+        result.ref_min_score = ds.metadata.get("ref_min_score")
+        result.ref_max_score = ds.metadata.get("ref_max_score")
+
+
+def _agent_stages(cfg: GenerateConfig, ns: str, agent_steps: int, result: GenerateResult
+                  ) -> tuple[AgentArtifacts, float, float, dict[str, Any]]:
+    """Train (or reuse) the behaviour agent, score the reference policies and pick the medium
+    checkpoint; return (agent, ref_min, ref_max, medium checkpoint)."""
+    stages = result.stage_seconds
+    agent_dir = Path(cfg.agents_dir) / ns / f"seed{cfg.seed}"
+    t0 = time.perf_counter()
+    agent = train_agent(cfg.env_id, agent_dir, seed=cfg.seed, total_steps=agent_steps,
+                        checkpoint_every=cfg.checkpoint_every, eval_episodes=cfg.eval_episodes,
+                        num_envs=cfg.num_envs, device=cfg.device, overwrite=cfg.overwrite)
+    stages["train_agent"] = time.perf_counter() - t0
+    result.agent_dir = agent_dir
+    log.info("stage train_agent: %.1f s (%s)", stages["train_agent"],
+             "reused" if agent.reused else "trained")
+    # D4RL reference scores: random agent and fully trained agent.
+    t0 = time.perf_counter()
+    ref_min, ref_max = reference_scores(cfg, agent)
+    stages["reference_scores"] = time.perf_counter() - t0
+    result.ref_min_score, result.ref_max_score = ref_min, ref_max
+    log.info("stage reference_scores: %.1f s (ref_min %.2f, ref_max %.2f over %d episodes)",
+             stages["reference_scores"], ref_min, ref_max, cfg.ref_episodes)
+    med = select_medium_checkpoint(agent, ref_min, ref_max, cfg.medium_target_score)
+    result.medium_checkpoint = med
+    return agent, ref_min, ref_max, med
+
+
+def _build_levels(ctx: LevelContext, needed: set[str], stages: dict[str, float]) -> None:
+    """Build every ``needed`` level (and the levels they are made of) into ``ctx.datasets``,
+    in ``LEVEL_BUILDERS`` order."""
+    for level in list(needed):
+        needed |= set(_PREREQUISITES.get(level, ()))
+    for level, build in LEVEL_BUILDERS.items():
+        if level not in needed:
+            continue
+        t0 = time.perf_counter()
+        ds = build(ctx)
+        ds.metadata["steps"] = ds.num_transitions
+        ctx.datasets[level] = ds
+        stages[level] = time.perf_counter() - t0
+        log.info("stage %s: %d steps, %d episodes in %.1f s", level, ds.num_transitions,
+                 ds.num_episodes, stages[level])
+
+
+def _write_levels(ctx: LevelContext, todo: dict[str, tuple[bool, bool]],
+                  result: GenerateResult) -> None:
+    """Write each level in the formats ``todo`` asks for; fill ``result.summaries``."""
+    cfg, stages = ctx.cfg, result.stage_seconds
+    mroot = minari_root(cfg.minari_root)
+    for level, (write_h, write_m) in todo.items():
+        ds = ctx.dataset(level)
+        t0 = time.perf_counter()
+        if write_h:
+            write_hdf5(ds, result.paths[level]["hdf5"], overwrite=True)
+        if write_m:
+            fp = ds.metadata["fingerprint"]
+            write_minari(ds, minari_dataset_id(ctx.namespace, level), mroot, overwrite=True,
+                         description=f"{cfg.env_id} {level} dataset generated by offline-dt "
+                                     f"datagen (agent {ds.metadata['agent']}, seed {cfg.seed}); "
+                                     f"fingerprint={fp}")
+        if write_h or write_m:
+            stages[f"{level}_write"] = time.perf_counter() - t0
+            log.info("stage %s_write: %.1f s", level, stages[f"{level}_write"])
+        result.summaries[level] = {**ds.summary(), "reused": not (write_h or write_m)}
+
+
 def generate(cfg: GenerateConfig) -> GenerateResult:
     """Generate the configured dataset levels and write each in both formats.
 
@@ -230,6 +462,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     dataset's metadata holds env_id, level, agent (``random``, ``sac``, ``sac@step2750``),
     seed, steps, package versions, ref_min_score, ref_max_score (so
     ``minari.get_normalized_score`` works) and, for behaviour levels, the checkpoint path.
+    Each level is made by its builder in ``LEVEL_BUILDERS``.
 
     An existing output whose stored config fingerprint matches is reused; all inputs are
     checked before any work.
@@ -245,160 +478,22 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     obs_space, act_space = check_env(cfg.env_id)
     single_thread_torch()  # small MLPs: one thread is fastest (see datagen.agents)
     ns = env_namespace(cfg.env_id)
-    algo = _algo_for(act_space)
-    agent_steps = cfg.agent_steps or _zoo(algo, cfg.env_id)[0]
-    out_dir = Path(cfg.out_dir)
-    mroot = minari_root(cfg.minari_root)
-    levels = [lv for lv in _ORDER if lv in cfg.levels]
+    agent_steps = cfg.agent_steps or _zoo(_algo_for(act_space), cfg.env_id)[0]
+    levels = [lv for lv in LEVEL_BUILDERS if lv in cfg.levels]
     result = GenerateResult(env_id=cfg.env_id)
-
-    # ---- pre-flight: what exists, what matches, refuse before any work
-    todo: dict[str, tuple[bool, bool]] = {}  # level -> (write hdf5, write minari)
-    for level in levels:
-        fp = _fingerprint(cfg, level, agent_steps)
-        hdf5 = out_dir / d4rl_filename(ns, level)
-        mdir = mroot / minari_dataset_id(ns, level)
-        result.paths[level] = {"hdf5": hdf5, "minari": mdir}
-        h, m = _existing_state(hdf5, mdir, fp)
-        if not cfg.overwrite:
-            for path, state in ((hdf5, h), (mdir, m)):
-                if state not in ("missing", "match"):
-                    raise FileExistsError(
-                        f"{path} exists but does not match this configuration ({state}); "
-                        "pass --overwrite (overwrite=True) to replace it"
-                    )
-            todo[level] = (h != "match", m != "match")
-        else:
-            todo[level] = (True, True)
-
-    needed = {lv for lv, (a, b) in todo.items() if a or b}
-    if "medium-expert" in needed:
-        needed |= {"medium", "expert"}
-    built: dict[str, OfflineDataset] = {}
-
-    def dataset_of(level: str) -> OfflineDataset:
-        if level not in built:
-            built[level] = read_hdf5(out_dir / d4rl_filename(ns, level))
-        return built[level]
-
-    if not any(a or b for a, b in todo.values()):
-        log.info("generate: every requested dataset of %s exists with this config; reusing",
-                 cfg.env_id)
-        for level in levels:
-            ds = dataset_of(level)
-            result.summaries[level] = {**ds.summary(), "reused": True}
-            result.ref_min_score = ds.metadata.get("ref_min_score")
-            result.ref_max_score = ds.metadata.get("ref_max_score")
-        result.stage_seconds["total"] = time.perf_counter() - t_start
-        return result
-
-    stages = result.stage_seconds
-
-    # ---- behaviour agent
-    agent_dir = Path(cfg.agents_dir) / ns / f"seed{cfg.seed}"
-    t0 = time.perf_counter()
-    agent = train_agent(cfg.env_id, agent_dir, seed=cfg.seed, total_steps=agent_steps,
-                        checkpoint_every=cfg.checkpoint_every, eval_episodes=cfg.eval_episodes,
-                        num_envs=cfg.num_envs, device=cfg.device, overwrite=cfg.overwrite)
-    stages["train_agent"] = time.perf_counter() - t0
-    result.agent_dir = agent_dir
-    log.info("stage train_agent: %.1f s (%s)", stages["train_agent"],
-             "reused" if agent.reused else "trained")
-
-    # ---- reference scores (D4RL: random agent and fully trained agent)
-    t0 = time.perf_counter()
-    ref_min, ref_max = reference_scores(cfg, agent)
-    stages["reference_scores"] = time.perf_counter() - t0
-    result.ref_min_score, result.ref_max_score = ref_min, ref_max
-    log.info("stage reference_scores: %.1f s (ref_min %.2f, ref_max %.2f over %d episodes)",
-             stages["reference_scores"], ref_min, ref_max, cfg.ref_episodes)
-
-    med = select_medium_checkpoint(agent, ref_min, ref_max, cfg.medium_target_score)
-    result.medium_checkpoint = med
-    versions = package_versions()
-
-    def meta(level: str, agent_name: str, **extra: Any) -> dict[str, Any]:
-        md = {"env_id": cfg.env_id, "level": level, "agent": agent_name, "seed": cfg.seed,
-              "steps": 0, "ref_min_score": ref_min, "ref_max_score": ref_max,
-              "dataset_id": minari_dataset_id(ns, level), "num_envs": cfg.num_envs,
-              "agent_steps": agent_steps,
-              "fingerprint": _fingerprint(cfg, level, agent_steps)}
-        md.update({f"version_{k}": v for k, v in versions.items()})
-        md.update(extra)
-        return md
-
-    for level in levels:
-        if level not in needed:
-            continue
-        t0 = time.perf_counter()
-        if level == "random":
-            ds = rollout(cfg.env_id, cfg.random_steps, None, seed=cfg.seed,
-                         num_envs=cfg.num_envs, metadata=meta(level, "random"),
-                         desc="random",
-                         processes=cfg.processes or os.cpu_count() or 1).dataset
-        elif level == "expert":
-            torch.manual_seed(cfg.seed + 1)
-            pol = load_behaviour_policy(agent.policy_path, cfg.env_id, cfg.device,
-                                        deterministic=False, seed=cfg.seed + 1)
-            ds = rollout(cfg.env_id, cfg.expert_steps, pol, seed=cfg.seed + 1,
-                         num_envs=cfg.num_envs, desc="expert",
-                         metadata=meta(level, agent.name, checkpoint=str(agent.policy_path),
-                                       checkpoint_step=agent.total_steps,
-                                       policy="stochastic")).dataset
-        elif level == "medium":
-            torch.manual_seed(cfg.seed + 2)
-            pol = load_behaviour_policy(med["path"], cfg.env_id, cfg.device,
-                                        deterministic=False, seed=cfg.seed + 2)
-            ds = rollout(cfg.env_id, cfg.medium_steps, pol, seed=cfg.seed + 2,
-                         num_envs=cfg.num_envs, desc="medium",
-                         metadata=meta(level, f"{agent.name}@step{med['step']}",
-                                       checkpoint=str(med["path"]),
-                                       checkpoint_step=med["step"],
-                                       checkpoint_eval_return=med["eval_return"],
-                                       checkpoint_normalized_score=med["normalized"],
-                                       policy="stochastic")).dataset
-        elif level in ("medium-replay", "full-replay"):
-            arrays, first = load_replay(agent.replay_path)
-            stop = None
-            name = f"{agent.name}-replay"
-            extra: dict[str, Any] = {"checkpoint": str(agent.replay_path)}
-            if level == "medium-replay":
-                stop = med["step"] - first
-                if stop <= 0:
-                    raise DatasetError(f"replay buffer {agent.replay_path} no longer holds the "
-                                       f"steps before the medium checkpoint {med['step']}")
-                name = f"{agent.name}-replay@step{med['step']}"
-                extra["checkpoint_step"] = med["step"]
-            ds = replay_to_dataset(arrays, obs_space, act_space, scaled_actions=(algo == "SAC"),
-                                   stop=stop, metadata=meta(level, name, **extra))
-        else:  # medium-expert
-            ds = concatenate([dataset_of("medium"), dataset_of("expert")],
-                             meta(level, f"{agent.name}@step{med['step']}+{agent.name}"))
-        ds.metadata["steps"] = ds.num_transitions
-        built[level] = ds
-        stages[level] = time.perf_counter() - t0
-        log.info("stage %s: %d steps, %d episodes in %.1f s", level, ds.num_transitions,
-                 ds.num_episodes, stages[level])
-
-    for level in levels:
-        write_h, write_m = todo[level]
-        ds = dataset_of(level)
-        t0 = time.perf_counter()
-        paths = result.paths[level]
-        if write_h:
-            write_hdf5(ds, paths["hdf5"], overwrite=True)
-        if write_m:
-            fp = ds.metadata["fingerprint"]
-            write_minari(ds, minari_dataset_id(ns, level), mroot, overwrite=True,
-                         description=f"{cfg.env_id} {level} dataset generated by offline-dt "
-                                     f"datagen (agent {ds.metadata['agent']}, seed {cfg.seed}); "
-                                     f"fingerprint={fp}")
-        if write_h or write_m:
-            stages[f"{level}_write"] = time.perf_counter() - t0
-            log.info("stage %s_write: %.1f s", level, stages[f"{level}_write"])
-        result.summaries[level] = {**ds.summary(), "reused": not (write_h or write_m)}
-    stages["total"] = time.perf_counter() - t_start
-    log.info("generate %s: done in %.1f s", cfg.env_id, stages["total"])
+    todo = _preflight(cfg, levels, ns, agent_steps, result)
+    needed = {lv for lv, (h, m) in todo.items() if h or m}
+    if not needed:
+        _reuse_all(cfg, levels, result)
+    else:
+        agent, ref_min, ref_max, med = _agent_stages(cfg, ns, agent_steps, result)
+        ctx = LevelContext(cfg, ns, agent_steps, agent, med, ref_min, ref_max, obs_space,
+                           act_space, package_versions(),
+                           {lv: p["hdf5"] for lv, p in result.paths.items()})
+        _build_levels(ctx, needed, result.stage_seconds)
+        _write_levels(ctx, todo, result)
+    result.stage_seconds["total"] = time.perf_counter() - t_start
+    log.info("generate %s: done in %.1f s", cfg.env_id, result.stage_seconds["total"])
     return result
 
 
@@ -406,20 +501,21 @@ def reference_scores(cfg: GenerateConfig, agent: AgentArtifacts) -> tuple[float,
     """D4RL reference returns: (random-agent mean, trained deterministic agent mean).
 
     Each is the mean undiscounted return over ``cfg.ref_episodes`` episodes of a batched
-    vector env (reset seeds ``seed + 20_000 + i``).
+    vector env (``policy_returns`` with evaluation seed ``seed + 20_000``: episode ``i``
+    resets with ``(seed + 20_000) * 100_000 + i``).
     """
     seed = cfg.seed + 20_000
-    ref_min = evaluate_policy(cfg.env_id, None, cfg.ref_episodes, seed=seed,
-                              num_envs=cfg.num_envs)
+    ref_min = policy_returns(cfg.env_id, None, cfg.ref_episodes, seed=seed,
+                             num_envs=cfg.num_envs)
     pol = load_behaviour_policy(agent.policy_path, cfg.env_id, cfg.device, deterministic=True)
-    ref_max = evaluate_policy(cfg.env_id, pol, cfg.ref_episodes, seed=seed,
-                              num_envs=cfg.num_envs)
+    ref_max = policy_returns(cfg.env_id, pol, cfg.ref_episodes, seed=seed,
+                             num_envs=cfg.num_envs)
     return float(ref_min.mean()), float(ref_max.mean())
 
 
-def normalized_score(ret: float, ref_min: float, ref_max: float) -> float:
-    """D4RL normalized score (``offline_dt.evaluate.normalized_score``); NaN if undefined."""
-    score = _normalized_score(ret, ref_min, ref_max)
+def _score_or_nan(ret: float, ref_min: float, ref_max: float) -> float:
+    """D4RL normalized score (``offline_dt.data.d4rl.normalized_score``); NaN if undefined."""
+    score = normalized_score(ret, ref_min, ref_max)
     return float("nan") if score is None else score
 
 
@@ -435,7 +531,7 @@ def select_medium_checkpoint(agent: AgentArtifacts, ref_min: float, ref_max: flo
     """
     if not agent.checkpoints:
         raise DatasetError(f"agent {agent.dir} has no checkpoints")
-    scores = [normalized_score(c.eval_return_mean, ref_min, ref_max) for c in agent.checkpoints]
+    scores = [_score_or_nan(c.eval_return_mean, ref_min, ref_max) for c in agent.checkpoints]
     idx = next((i for i, s in enumerate(scores) if s >= target), None)
     reached = idx is not None
     if idx is None:

@@ -1,9 +1,9 @@
-"""Batched rollouts over a Gymnasium vector env into an ``OfflineDataset``.
+"""Fixed-size datasets from rollouts, and policy returns, via ``offline_dt.rollout``.
 
-A policy here is a callable ``policy(obs) -> actions`` taking a batch ``obs (num_envs,
-obs_dim) float32`` and returning ``(num_envs, act_dim) float32`` (Box) or ``(num_envs,)
-int64`` (Discrete). ``policy=None`` means uniform random actions (``action_space.sample``,
-seeded).
+A behaviour policy here is a batched callable ``policy(obs) -> actions`` taking ``obs
+(num_envs, obs_dim) float32`` and returning ``(num_envs, act_dim) float32`` (Box) or
+``(num_envs,) int64`` (Discrete); ``policy=None`` means uniform random actions. The stepping
+itself is the project's one rollout engine (``offline_dt.rollout``).
 """
 
 from __future__ import annotations
@@ -21,17 +21,22 @@ import gymnasium as gym
 import numpy as np
 from tqdm.auto import tqdm
 
-from datagen.envs import check_env_id, check_spaces, make_vec_env
+from datagen.envs import check_env_id, check_spaces
 from offline_dt.data.dataset import OfflineDataset
+from offline_dt.rollout import (
+    ActionReplayPolicy,
+    CallablePolicy,
+    CollectedSteps,
+    RandomPolicy,
+    collect_transitions,
+    episode_seed,
+    run_episodes,
+)
 
 log = logging.getLogger(__name__)
 
-Policy = Callable[[np.ndarray], np.ndarray]
-
-
-def _progress(total: int, desc: str, show: bool = True) -> tqdm:
-    return tqdm(total=total, desc=desc, unit="step", disable=not show or not sys.stderr.isatty(),
-                leave=False, mininterval=1.0)
+#: A batched behaviour policy: ``obs (N, obs_dim) float32 -> actions``.
+ActionFn = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass
@@ -64,73 +69,93 @@ def _random_actions(space: gym.Space, seed: int, env_index: int, steps: int) -> 
     return rng.uniform(low, high, (steps, *space.shape)).astype(space.dtype)
 
 
+def _progress(total: int, desc: str, show: bool = True) -> tqdm:
+    return tqdm(total=total, desc=desc, unit="step", disable=not show or not sys.stderr.isatty(),
+                leave=False, mininterval=1.0)
+
+
 def _collect(env_id: str, steps: int, env_offset: int, num_envs: int, seed: int,
-             policy: Policy | None, desc: str, show: bool) -> dict[str, Any]:
+             policy: ActionFn | None, desc: str, show: bool) -> CollectedSteps:
     """Step sub-envs ``env_offset .. env_offset + num_envs - 1`` (reset seeds ``seed +
-    index``) for ``steps`` steps each; return time-major buffers ``(steps, num_envs, ...)``
-    and the episode ends ``(flat env-major row, recorded return)`` in global env indices."""
-    envs = make_vec_env(env_id, num_envs, record_stats=True)
-    try:
-        obs_space = envs.single_observation_space
-        act_space = envs.single_action_space
-        obs_dim = obs_space.shape[0]
-        discrete = isinstance(act_space, gym.spaces.Discrete)
-        obs_buf = np.empty((steps, num_envs, obs_dim), np.float32)
-        next_buf = np.empty((steps, num_envs, obs_dim), np.float32)
-        if discrete:
-            act_buf = np.empty((steps, num_envs), np.int64)
-        else:
-            act_buf = np.empty((steps, num_envs, *act_space.shape), np.float32)
-        if policy is None:
-            act_buf[:] = np.stack([_random_actions(act_space, seed, env_offset + j, steps)
-                                   for j in range(num_envs)], axis=1)
-        rew_buf = np.empty((steps, num_envs), np.float32)
-        term_buf = np.empty((steps, num_envs), bool)
-        trunc_buf = np.empty((steps, num_envs), bool)
-        ep_rows: list[np.ndarray] = []  # flat row index (env-major) where an episode ended
-        ep_rets: list[np.ndarray] = []
-        obs, _ = envs.reset(seed=seed + env_offset)
-        env_idx = np.arange(env_offset, env_offset + num_envs)
-        with _progress(steps * num_envs, desc, show) as bar:
-            for t in range(steps):
-                if policy is None:
-                    act = act_buf[t]
-                else:
-                    act = policy(obs)
-                    act_buf[t] = act
-                nobs, rew, term, trunc, info = envs.step(act)
-                obs_buf[t] = obs
-                rew_buf[t] = rew
-                term_buf[t] = term
-                trunc_buf[t] = trunc
-                next_buf[t] = nobs
-                if "_final_obs" in info:
-                    m = info["_final_obs"]
-                    next_buf[t, m] = np.stack(info["final_obs"][m])
-                if "_episode" in info:
-                    m = info["_episode"]
-                    ep_rows.append(env_idx[m] * steps + t)
-                    ep_rets.append(np.asarray(info["episode"]["r"], np.float64)[m])
-                obs = nobs
-                if t % 256 == 0:
-                    bar.update(min(256, steps - t) * num_envs)
-    finally:
-        envs.close()
-    return {"obs": obs_buf, "next": next_buf, "act": act_buf, "rew": rew_buf,
-            "term": term_buf, "trunc": trunc_buf,
-            "ep_rows": np.concatenate(ep_rows) if ep_rows else np.zeros(0, np.int64),
-            "ep_rets": np.concatenate(ep_rets) if ep_rets else np.zeros(0, np.float64),
-            "spaces": (obs_space, act_space)}
+    index``; random actions from ``default_rng([seed, index])``) for ``steps`` steps each."""
+    if policy is None:
+        space = gym.make(env_id).action_space
+        runner: Any = ActionReplayPolicy(np.stack(
+            [_random_actions(space, seed, env_offset + j, steps) for j in range(num_envs)],
+            axis=1))
+    else:
+        runner = CallablePolicy(policy)
+    seeds = [seed + env_offset + j for j in range(num_envs)]
+    with _progress(steps * num_envs, desc, show) as bar:
+        def on_step(t: int) -> None:
+            if t % 256 == 0:
+                bar.update(min(256, steps - t) * num_envs)
+
+        return collect_transitions(env_id, runner, seeds, steps, on_step=on_step)
 
 
-def _collect_task(args: tuple) -> dict[str, Any]:
+def _collect_task(args: tuple) -> CollectedSteps:
     return _collect(*args)
+
+
+def _collect_parts(env_id: str, steps: int, num_envs: int, seed: int,
+                   policy: ActionFn | None, desc: str, nproc: int) -> list[CollectedSteps]:
+    """Collect ``num_envs`` sub-envs split into ``nproc`` contiguous blocks, one per process."""
+    bounds = np.linspace(0, num_envs, nproc + 1).astype(int)
+    tasks = [(env_id, steps, int(lo), int(hi - lo), seed, policy, desc, k == 0)
+             for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))]
+    if nproc == 1:
+        return [_collect(*tasks[0])]
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(nproc) as pool:
+        return pool.map(_collect_task, tasks)
+
+
+def _to_dataset(parts: list[CollectedSteps], n_steps: int,
+                metadata: dict[str, Any] | None) -> OfflineDataset:
+    """Lay the sub-env streams end to end in env order, cut to ``n_steps`` rows; a stream cut
+    off mid-episode gets ``timeouts=True`` on its last kept step."""
+    steps = parts[0].rewards.shape[0]
+    num_envs = sum(p.rewards.shape[1] for p in parts)
+
+    def flat(key: str) -> np.ndarray:
+        a = np.concatenate([getattr(p, key) for p in parts], axis=1)  # (T, num_envs, ...)
+        return np.swapaxes(a, 0, 1).reshape(num_envs * steps, *a.shape[2:])[:n_steps]
+
+    terminals = flat("terminated")
+    timeouts = flat("truncated")
+    cut = np.unique(np.minimum(np.arange(1, num_envs + 1) * steps, n_steps) - 1)
+    timeouts[cut] |= ~terminals[cut]
+    return OfflineDataset.from_flat(
+        observations=flat("observations"), actions=flat("actions"), rewards=flat("rewards"),
+        next_observations=flat("next_observations"), terminals=terminals, timeouts=timeouts,
+        observation_space=parts[0].observation_space, action_space=parts[0].action_space,
+        metadata=metadata,
+    )
+
+
+def _recorded_returns(parts: list[CollectedSteps], ds: OfflineDataset, n_steps: int
+                      ) -> np.ndarray:
+    """``(E,) float64`` the ``RecordEpisodeStatistics`` return of each dataset episode that
+    ended inside the kept rows (NaN for the others)."""
+    steps = parts[0].rewards.shape[0]
+    offsets = np.cumsum([0] + [p.rewards.shape[1] for p in parts[:-1]])
+    rows = np.concatenate([(p.episode_end_envs + off) * steps + p.episode_end_steps
+                           for p, off in zip(parts, offsets, strict=True)])
+    rets = np.concatenate([p.episode_returns for p in parts])
+    recorded = np.full(ds.num_episodes, np.nan)
+    keep = rows < n_steps
+    rows, rets = rows[keep], rets[keep]
+    idx = np.searchsorted(ds.episode_starts, rows, side="right") - 1
+    assert (ds.episode_starts[idx + 1] - 1 == rows).all()
+    recorded[idx] = rets
+    return recorded
 
 
 def rollout(
     env_id: str,
     n_steps: int,
-    policy: Policy | None = None,
+    policy: ActionFn | None = None,
     *,
     seed: int = 0,
     num_envs: int = 10,
@@ -175,69 +200,30 @@ def rollout(
         check_spaces(probe.observation_space, probe.action_space, env_id)
     finally:
         probe.close()
-    T = math.ceil(n_steps / num_envs)
     nproc = 1 if policy is not None else min(int(processes), num_envs)
-    bounds = np.linspace(0, num_envs, nproc + 1).astype(int)
-    tasks = [(env_id, T, int(lo), int(hi - lo), seed, policy, desc, k == 0)
-             for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))]
-    if nproc == 1:
-        parts = [_collect(*tasks[0])]
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(nproc) as pool:
-            parts = pool.map(_collect_task, tasks)
-    obs_space, act_space = parts[0]["spaces"]
-
-    def flat(key: str) -> np.ndarray:
-        a = np.concatenate([part[key] for part in parts], axis=1)  # (T, num_envs, ...)
-        return np.swapaxes(a, 0, 1).reshape(num_envs * T, *a.shape[2:])[:n_steps]
-
-    terminals = flat("term")
-    timeouts = flat("trunc")
-    # Cut-off ends: the last kept step of every sub-env stream that did not end an episode.
-    cut = np.minimum(np.arange(1, num_envs + 1) * T, n_steps) - 1
-    cut = np.unique(cut)
-    timeouts[cut] |= ~terminals[cut]
-    ds = OfflineDataset.from_flat(
-        observations=flat("obs"),
-        actions=flat("act"),
-        rewards=flat("rew"),
-        next_observations=flat("next"),
-        terminals=terminals,
-        timeouts=timeouts,
-        observation_space=obs_space,
-        action_space=act_space,
-        metadata=metadata,
-    )
-    recorded = np.full(ds.num_episodes, np.nan)
-    rows = np.concatenate([part["ep_rows"] for part in parts])
-    if rows.size:
-        rets = np.concatenate([part["ep_rets"] for part in parts])
-        keep = rows < n_steps
-        rows, rets = rows[keep], rets[keep]
-        idx = np.searchsorted(ds.episode_starts, rows, side="right") - 1
-        assert (ds.episode_starts[idx + 1] - 1 == rows).all()
-        recorded[idx] = rets
+    parts = _collect_parts(env_id, math.ceil(n_steps / num_envs), num_envs, seed, policy, desc,
+                           nproc)
+    ds = _to_dataset(parts, n_steps, metadata)
+    recorded = _recorded_returns(parts, ds, n_steps)
     wall = time.perf_counter() - t0
     log.info("%s: %d steps, %d episodes of %s in %.1f s (%d process%s)", desc, n_steps,
              ds.num_episodes, env_id, wall, nproc, "" if nproc == 1 else "es")
     return RolloutResult(ds, recorded, wall)
 
 
-def evaluate_policy(
+def policy_returns(
     env_id: str,
-    policy: Policy | None,
+    policy: ActionFn | None,
     n_episodes: int,
     *,
     seed: int = 0,
     num_envs: int = 10,
 ) -> np.ndarray:
-    """Undiscounted returns of ``n_episodes`` complete episodes, batched over a vector env.
+    """Undiscounted returns of ``n_episodes`` complete episodes of ``policy``.
 
-    A thin adapter over ``offline_dt.evaluate.evaluate_policy`` (the project's one batched
-    evaluator: episode ``i`` reset with seed ``seed * 100_000 + i``, at most ``num_envs``
-    envs at once). ``policy=None`` is the uniform random policy (D4RL's ``ref_min_score``
-    agent).
+    Runs ``offline_dt.rollout.run_episodes`` with the evaluation seeds ``episode_seed(seed,
+    i) = seed * 100_000 + i``, at most ``num_envs`` envs at once. ``policy=None`` is the
+    uniform random policy (``RandomPolicy``, D4RL's ``ref_min_score`` agent).
 
     Returns:
         ``(n_episodes,) float64`` returns, episode by episode.
@@ -249,13 +235,12 @@ def evaluate_policy(
         raise ValueError(f"n_episodes: must be positive, found {n_episodes}")
     if int(num_envs) <= 0:
         raise ValueError(f"num_envs: must be positive, found {num_envs}")
-    from offline_dt.evaluate import CallablePolicy, RandomPolicy
-    from offline_dt.evaluate import evaluate_policy as _evaluate
-
     if policy is None:
         env = gym.make(env_id)
-        runner = RandomPolicy(env.action_space, seed=seed)
+        runner: Any = RandomPolicy(env.action_space, seed=seed)
         env.close()
     else:
         runner = CallablePolicy(policy)
-    return _evaluate(env_id, runner, int(n_episodes), seed, max_envs=int(num_envs)).returns
+    seeds = [episode_seed(seed, i) for i in range(int(n_episodes))]
+    returns, _ = run_episodes(env_id, runner, seeds, max_envs=int(num_envs))
+    return returns

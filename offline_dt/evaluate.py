@@ -12,128 +12,44 @@ the same loop, on the same episodes and seeds:
   produced a dataset (built by ``offline_dt.pipeline``; this module never imports datagen).
 
 :func:`evaluate_policy` steps all episodes at once through a Gymnasium vector env (one batched
-policy call per env step); :func:`evaluate_sequential` is the one-episode-at-a-time reference
-loop of the original implementation (one model call per step per episode), kept for tests and
-the speed benchmark. Both seed episode ``i`` of an evaluation with seed ``s`` as
+policy call per env step; the project's one rollout engine, :mod:`offline_dt.rollout`, which
+also defines the policies and seeds); :func:`evaluate_sequential` is the one-episode-at-a-time
+reference loop of the original implementation (one model call per step per episode), kept for
+tests and the speed benchmark. Both seed episode ``i`` of an evaluation with seed ``s`` as
 ``s * 100_000 + i`` (:func:`episode_seed`), so the same ``(seed, i)`` is the same episode for
 every policy and both loops.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import torch
 
 from offline_dt.config import save_json, to_jsonable
+from offline_dt.data.d4rl import normalized_score
 from offline_dt.device import resolve_device
+from offline_dt.rollout import (  # noqa: F401  (CallablePolicy, RandomPolicy: re-exported)
+    DEFAULT_MAX_ENVS,
+    SEED_STRIDE,
+    CallablePolicy,
+    Policy,
+    RandomPolicy,
+    episode_seed,
+    run_episodes,
+)
 from offline_dt.train import EvalHook, TrainingRun, load_checkpoint
 
 log = logging.getLogger(__name__)
 
-#: Episode ``i`` of an evaluation with seed ``s`` resets its env with ``s * SEED_STRIDE + i``.
-SEED_STRIDE = 100_000
-#: Most envs stepped at once; more episodes run in several waves of at most this many.
-DEFAULT_MAX_ENVS = 256
-
-
-def episode_seed(seed: int, i: int) -> int:
-    """Reset seed of episode ``i`` (0-based) of an evaluation with seed ``seed``."""
-    if not 0 <= i < SEED_STRIDE:
-        raise ValueError(f"episode index must be in [0, {SEED_STRIDE}), found {i}")
-    return int(seed) * SEED_STRIDE + int(i)
-
-
-# ---------------------------------------------------------------------------------- policies
-@runtime_checkable
-class Policy(Protocol):
-    """What the evaluation loops roll out: one batched call per env step.
-
-    ``reset(num_envs, seeds)`` starts ``num_envs`` episodes (``seeds`` are their reset seeds,
-    which stochastic policies use to seed themselves); ``act`` maps ``(N, obs_dim) float32``
-    observations to ``(N, act_dim) float32`` (Box) or ``(N,) int64`` (Discrete) actions in env
-    units; ``observe`` receives the ``(N,)`` rewards of the step just taken.
-    """
-
-    def reset(self, num_envs: int, seeds: Sequence[int] | None = None) -> None: ...
-
-    def act(self, observations: np.ndarray) -> np.ndarray: ...
-
-    def observe(self, rewards: np.ndarray) -> None: ...
-
-
-class RandomPolicy:
-    """Uniform random actions: ``action_space.sample()`` per env.
-
-    Env ``j``'s copy of the space is seeded with its episode's reset seed (or ``seed + j``
-    when none are given), so an episode gets the same actions in the batched and the
-    sequential loop.
-    """
-
-    def __init__(self, action_space: gym.Space, seed: int = 0) -> None:
-        self.action_space = action_space
-        self.seed = seed
-        self.spaces: list[gym.Space] = []
-
-    def reset(self, num_envs: int, seeds: Sequence[int] | None = None) -> None:
-        seeds = list(seeds) if seeds is not None else [self.seed + j for j in range(num_envs)]
-        self.spaces = []
-        for s in seeds:
-            space = copy.deepcopy(self.action_space)
-            space.seed(int(s))
-            self.spaces.append(space)
-
-    def act(self, observations: np.ndarray) -> np.ndarray:
-        actions = np.stack([np.asarray(sp.sample()) for sp in self.spaces])
-        if isinstance(self.action_space, gym.spaces.Discrete):
-            return actions.astype(np.int64)
-        return actions.astype(np.float32)
-
-    def observe(self, rewards: np.ndarray) -> None:
-        pass
-
-
-class CallablePolicy:
-    """Wraps a batched, stateless ``fn(observations (N, obs_dim) float32) -> actions``, e.g. the
-    behaviour agent from ``datagen.agents.load_behaviour_policy``."""
-
-    def __init__(self, fn: Callable[[np.ndarray], Any]) -> None:
-        self.fn = fn
-
-    def reset(self, num_envs: int, seeds: Sequence[int] | None = None) -> None:
-        self.num_envs = num_envs
-
-    def act(self, observations: np.ndarray) -> np.ndarray:
-        actions = self.fn(np.asarray(observations, np.float32))
-        if isinstance(actions, torch.Tensor):
-            actions = actions.detach().cpu().numpy()
-        actions = np.asarray(actions)
-        return actions.astype(np.int64 if actions.dtype.kind in "iu" else np.float32)
-
-    def observe(self, rewards: np.ndarray) -> None:
-        pass
-
-
 # ---------------------------------------------------------------------------------- results
-def normalized_score(value: float, ref_min: float | None, ref_max: float | None
-                     ) -> float | None:
-    """D4RL normalized score ``100 (R - ref_min) / (ref_max - ref_min)``, or None when the
-    reference scores are unknown."""
-    if ref_min is None or ref_max is None or ref_max == ref_min:
-        return None
-    return 100.0 * (float(value) - float(ref_min)) / (float(ref_max) - float(ref_min))
-
-
 def summarize_returns(returns: np.ndarray) -> dict[str, float]:
     """mean, std (population, ddof=0), min, max and the 95% CI half-width ``1.96 std / √n``."""
     r = np.asarray(returns, np.float64)
@@ -238,8 +154,9 @@ def evaluate_policy(
 ) -> EvalResult:
     """Roll ``policy`` out for ``episodes`` episodes, all at once, through a vector env.
 
-    Episodes run in waves of at most ``max_envs`` envs in one ``SyncVectorEnv`` (same-step
-    autoreset). Episode ``i`` is reset with :func:`episode_seed` ``(seed, i)``. Every wave calls
+    A thin wrapper over :func:`offline_dt.rollout.run_episodes`: episodes run in waves of at
+    most ``max_envs`` envs in one ``SyncVectorEnv`` (same-step autoreset). Episode ``i`` is
+    reset with :func:`episode_seed` ``(seed, i)``. Every wave calls
     ``policy.act`` once per env step for all its envs and runs until every env has terminated
     or been truncated; an env that has finished keeps being stepped (its autoreset episode is
     ignored: its rewards are neither counted nor passed to ``policy.observe``), so each
@@ -258,35 +175,8 @@ def evaluate_policy(
         raise ValueError(f"episodes must be >= 1, found {episodes}")
     start = time.perf_counter()
     seeds = [episode_seed(seed, i) for i in range(episodes)]
-    returns = np.zeros(episodes, np.float64)
-    lengths = np.zeros(episodes, np.int64)
-    for lo in range(0, episodes, max_envs):
-        wave = seeds[lo:lo + max_envs]
-        n = len(wave)
-        envs = gym.make_vec(
-            env_id, num_envs=n, vectorization_mode="sync",
-            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
-            **(env_kwargs or {}),
-        )
-        try:
-            obs, _ = envs.reset(seed=wave)
-            policy.reset(n, seeds=wave)
-            done = np.zeros(n, bool)
-            ret = np.zeros(n, np.float64)
-            length = np.zeros(n, np.int64)
-            while not done.all():
-                actions = policy.act(np.asarray(obs, np.float32))
-                obs, rewards, terminated, truncated, _ = envs.step(actions)
-                active = ~done
-                rewards = np.where(active, np.asarray(rewards, np.float64), 0.0)
-                ret += rewards
-                length += active
-                done |= np.asarray(terminated, bool) | np.asarray(truncated, bool)
-                policy.observe(rewards)
-        finally:
-            envs.close()
-        returns[lo:lo + n] = ret
-        lengths[lo:lo + n] = length
+    returns, lengths = run_episodes(env_id, policy, seeds, max_envs=max_envs,
+                                    env_kwargs=env_kwargs)
     return EvalResult(env_id=env_id, seed=seed, returns=returns, lengths=lengths,
                       episode_seeds=seeds, ref_min_score=ref_min_score,
                       ref_max_score=ref_max_score, wall_seconds=time.perf_counter() - start)

@@ -53,15 +53,14 @@ from tqdm.auto import tqdm
 
 from offline_dt.config import save_json, to_jsonable
 from offline_dt.evaluate import (
-    CallablePolicy,
     EvalConfig,
-    RandomPolicy,
     evaluate_checkpoint,
     make_eval_hook,
     resolve_device,
     write_baseline_eval,
 )
 from offline_dt.report import LEVELS, report
+from offline_dt.rollout import CallablePolicy, RandomPolicy
 
 log = logging.getLogger(__name__)
 

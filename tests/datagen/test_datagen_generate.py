@@ -12,7 +12,7 @@ import pytest
 
 from datagen.agents import load_behaviour_policy
 from datagen.generate import LEVELS, generate
-from datagen.rollout import evaluate_policy, rollout
+from datagen.rollout import policy_returns, rollout
 from offline_dt.data.d4rl import read_hdf5, write_hdf5
 from offline_dt.data.minari_io import read_minari
 
@@ -169,7 +169,7 @@ def test_load_behaviour_policy_batched_and_deterministic(tiny_run):
     ckpt = tiny_run.result.medium_checkpoint["path"]
     pol_m = load_behaviour_policy(ckpt, "Pendulum-v1", "cpu")
     assert pol_m(obs).shape == (7, 1)
-    rets = evaluate_policy("Pendulum-v1", pol, 3, seed=1, num_envs=2)
+    rets = policy_returns("Pendulum-v1", pol, 3, seed=1, num_envs=2)
     assert rets.shape == (3,) and (rets < 0).all()
     with pytest.raises(ValueError, match="env_id"):
         load_behaviour_policy(tiny_run.result.agent_dir, "MountainCarContinuous-v0")
@@ -198,3 +198,34 @@ def test_random_rollout_actions_in_bounds():
     space = gym.make("Pendulum-v1").action_space
     assert (ds.actions >= space.low).all() and (ds.actions <= space.high).all()
     assert ds.actions.std() > 0.5  # uniform on [-2, 2]: std ~1.15
+
+
+def test_every_level_has_a_builder_and_d4rl_levels_are_the_same():
+    from datagen.generate import LEVEL_BUILDERS
+    from offline_dt.data import d4rl
+
+    assert LEVELS is d4rl.LEVELS
+    assert set(LEVEL_BUILDERS) == set(LEVELS)
+    order = list(LEVEL_BUILDERS)
+    assert order.index("medium-expert") > max(order.index("medium"), order.index("expert"))
+
+
+def test_agent_files_written_whole(tiny_run):
+    """Every agent file is written through atomic_path: all present, no temporaries left."""
+    files = {p.name for p in tiny_run.result.agent_dir.iterdir()}
+    assert {"COMPLETE.json", "hyperparams.json", "learning_curve.csv", "learning_curve.png",
+            "policy.safetensors", "replay_buffer.safetensors"} <= files
+    assert not [f for f in files if f.endswith(".tmp")]
+    png = (tiny_run.result.agent_dir / "learning_curve.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+
+
+def test_medium_expert_alone_builds_its_parts(tiny_run, make_config, tmp_path):
+    """Asking for medium-expert only builds medium and expert (not written) and gives the
+    same data as a run that asked for every level."""
+    res = generate(make_config(tmp_path, levels=["medium-expert"]))
+    assert set(res.paths) == {"medium-expert"}
+    assert not (tmp_path / "d4rl" / "pendulum-medium-v0.hdf5").exists()
+    a = read_hdf5(res.paths["medium-expert"]["hdf5"])
+    b = read_hdf5(tiny_run.result.paths["medium-expert"]["hdf5"])
+    assert a.checksum() == b.checksum()

@@ -12,22 +12,19 @@ import pytest
 import torch
 from torch import nn
 
+from offline_dt.data.d4rl import normalized_score
 from offline_dt.data.windows import Normalizer
 from offline_dt.evaluate import (
-    CallablePolicy,
-    DTPolicy,
     EvalResult,
-    Policy,
-    RandomPolicy,
     build_eval_payload,
     default_target_returns,
-    episode_seed,
     evaluate_policy,
     evaluate_sequential,
     make_eval_hook,
-    normalized_score,
 )
+from offline_dt.methods.dt import DTPolicy
 from offline_dt.model import DecisionTransformer, DTConfig
+from offline_dt.rollout import CallablePolicy, Policy, RandomPolicy, episode_seed
 
 
 @pytest.fixture(autouse=True)
