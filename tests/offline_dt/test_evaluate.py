@@ -4,7 +4,6 @@ terminations counted once, checkpoint evaluation and the training hook."""
 from __future__ import annotations
 
 import json
-import math
 
 import gymnasium as gym
 import numpy as np
@@ -22,9 +21,11 @@ from offline_dt.evaluate import (
     evaluate_sequential,
     make_eval_hook,
 )
+from offline_dt.methods import get_method
 from offline_dt.methods.dt import DTPolicy
 from offline_dt.model import DecisionTransformer, DTConfig
 from offline_dt.rollout import CallablePolicy, Policy, RandomPolicy, episode_seed
+from offline_dt.train import TrainConfig, TrainingRun
 
 
 @pytest.fixture(autouse=True)
@@ -174,14 +175,18 @@ def test_dt_policy_decrements_return_to_go_and_keeps_last_k():
 
 def test_bc_feeds_zero_returns_to_go():
     model = RecordingModel(k=2)
-    policy = DTPolicy(model, pendulum_normalizer(), target_return=None, method="bc")
+    policy = get_method("bc").policy(model, pendulum_normalizer(), target_return=-150.0)
     policy.reset(3)
     for _ in range(3):
         policy.act(np.ones((3, 3), np.float32))
         policy.observe(np.full(3, -5.0))
     assert all(float(c["rtg"].abs().max()) == 0.0 for c in model.calls)
-    with pytest.raises(ValueError):
-        DTPolicy(model, pendulum_normalizer(), target_return=None, method="dt")
+    dt = get_method("dt").policy(model, pendulum_normalizer(), target_return=-150.0)
+    dt.reset(3)
+    dt.act(np.ones((3, 3), np.float32))
+    assert float(model.calls[-1]["rtg"].abs().max()) > 0.0
+    with pytest.raises(ValueError, match="target_return"):
+        get_method("dt").policy(model, pendulum_normalizer(), target_return=None)
 
 
 def test_policies_satisfy_protocol():
@@ -223,19 +228,25 @@ def test_default_targets_and_payload_headline():
     assert p["mean_return"] == -200.0 and p["headline_target"] == -140.0
 
 
-def test_eval_hook_restores_train_mode():
+def test_eval_hook_acts_with_the_run_and_restores_train_mode():
     model = tiny_dt(3, 1)
     model.train()
-    hook = make_eval_hook("Pendulum-v1", -150.0, episodes=2, seed=0,
-                          normalizer=pendulum_normalizer(), ref_min_score=-1200.0,
-                          ref_max_score=-150.0, env_kwargs={"max_episode_steps": 20})
-    metrics = hook(model, 10)
+    norm = pendulum_normalizer()
+    info = {"env_id": "Pendulum-v1", "ref_min_score": -1200.0, "ref_max_score": -150.0,
+            "best_return": -300.0}
+    run = TrainingRun(TrainConfig(dataset="tiny", seed=4, eval_episodes=2), get_method("dt"),
+                      model, norm, info)
+    hook = make_eval_hook()
+    metrics = hook(run, 10)
     assert model.training
-    assert metrics["eval_episodes"] == 2.0
-    assert -20 * 16.3 <= metrics["eval_return_mean"] <= 0.0
-    assert math.isfinite(metrics["eval_normalized_score"])
+    # The default target is the expert score; the episodes are evaluation seed 500 + seed.
+    assert metrics["eval_target_return"] == -150.0 and metrics["eval_episodes"] == 2.0
+    same = evaluate_policy("Pendulum-v1", DTPolicy(model, norm, -150.0), 2, 504,
+                           ref_min_score=-1200.0, ref_max_score=-150.0)
+    assert metrics["eval_return_mean"] == same.mean
+    assert metrics["eval_normalized_score"] == pytest.approx(same.normalized_score)
     model.eval()
-    hook(model, 20)
+    hook(run, 20)
     assert not model.training
 
 
