@@ -1,23 +1,20 @@
-"""Return-conditioned evaluation of Decision Transformers (and baselines) on the live env.
+"""Evaluation on the live env: a checkpoint's method, or a baseline, rolled out on fixed episodes.
 
-Every row of the results table answers the same :class:`Policy` protocol and is rolled out by
-the same loop, on the same episodes and seeds:
-
-* :class:`DTPolicy`: a trained Decision Transformer conditioned on a target return. It keeps,
-  per env, the last K steps of (return-to-go, observation, action, timestep) and decrements the
-  return-to-go by every reward received (Chen et al. 2021, Algorithm 1). With method ``"bc"``
-  the same network is fed zeros as returns-to-go, as it was in training.
-* :class:`RandomPolicy`: ``action_space.sample()`` per env, seeded by the episode seed.
-* :class:`CallablePolicy`: any batched ``fn(observations) -> actions``, e.g. the SAC agent that
-  produced a dataset (built by ``offline_dt.pipeline``; this module never imports datagen).
+Every row of the results table answers the same :class:`~offline_dt.rollout.Policy` protocol
+and is rolled out by the one rollout engine (:mod:`offline_dt.rollout`), on the same episodes
+and seeds: a trained checkpoint acts through its method (``Method.policy``: for ``dt`` a
+Decision Transformer conditioned on a target return, Chen et al. 2021 Algorithm 1; for ``bc``
+the same network fed zeros as returns-to-go), the random agent through ``RandomPolicy`` and
+the behaviour agent through ``CallablePolicy`` (built by ``offline_dt.pipeline``; this module
+never imports datagen).
 
 :func:`evaluate_policy` steps all episodes at once through a Gymnasium vector env (one batched
-policy call per env step; the project's one rollout engine, :mod:`offline_dt.rollout`, which
-also defines the policies and seeds); :func:`evaluate_sequential` is the one-episode-at-a-time
-reference loop of the original implementation (one model call per step per episode), kept for
-tests and the speed benchmark. Both seed episode ``i`` of an evaluation with seed ``s`` as
-``s * 100_000 + i`` (:func:`episode_seed`), so the same ``(seed, i)`` is the same episode for
-every policy and both loops.
+policy call per env step); :func:`evaluate_sequential` is the one-episode-at-a-time reference
+loop of the original implementation (one model call per step per episode), kept for tests and
+the speed benchmark. Both seed episode ``i`` of an evaluation with seed ``s`` as
+``s * 100_000 + i`` (``offline_dt.rollout.episode_seed``), so the same ``(seed, i)`` is the
+same episode for every policy and both loops. :func:`make_eval_hook` is the training loop's
+periodic evaluation, on the trainer's own network and normaliser.
 """
 
 from __future__ import annotations
@@ -36,12 +33,10 @@ import numpy as np
 from offline_dt.config import save_json, to_jsonable
 from offline_dt.data.d4rl import normalized_score
 from offline_dt.device import resolve_device
-from offline_dt.rollout import (  # noqa: F401  (CallablePolicy, RandomPolicy: re-exported)
+from offline_dt.rollout import (
     DEFAULT_MAX_ENVS,
     SEED_STRIDE,
-    CallablePolicy,
     Policy,
-    RandomPolicy,
     episode_seed,
     run_episodes,
 )

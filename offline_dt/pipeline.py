@@ -52,14 +52,15 @@ import torch
 from tqdm.auto import tqdm
 
 from offline_dt.config import save_json, to_jsonable
+from offline_dt.data.d4rl import LEVELS
+from offline_dt.device import resolve_device
 from offline_dt.evaluate import (
     EvalConfig,
     evaluate_checkpoint,
     make_eval_hook,
-    resolve_device,
     write_baseline_eval,
 )
-from offline_dt.report import LEVELS, report
+from offline_dt.report import report
 from offline_dt.rollout import CallablePolicy, RandomPolicy
 
 log = logging.getLogger(__name__)
