@@ -4,7 +4,8 @@ Used to show that a refactoring left behaviour unchanged: run the same preset be
 the change and compare the two JSON files (``--compare A B``).
 
     python benchmarks/behaviour_fingerprint.py --root data/fp-before --preset smoke --run
-    python benchmarks/behaviour_fingerprint.py --compare before.json after.json
+    python benchmarks/behaviour_fingerprint.py --compare before.json after.json \
+        --md benchmarks/results/behaviour_unchanged.md --names "before (77095f6)" "after"
 
 The fingerprint holds, per dataset level: the SHA-256 of the HDF5 file's bytes, the array
 checksum of the dataset read from HDF5 and from Minari (``OfflineDataset.checksum``); per
@@ -17,6 +18,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -66,6 +69,39 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return diffs
 
 
+def markdown(a: dict[str, Any], b: dict[str, Any], names: list[str], command: str) -> str:
+    """The comparison as a results file: command, machine, versions, verdict and the two
+    fingerprints side by side (dataset array checksums, final loss, evaluation return)."""
+    import platform
+
+    import torch
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text()
+                .splitlines() if ln.startswith("model name")), platform.processor()) \
+        if Path("/proc/cpuinfo").is_file() else platform.processor()
+    diffs = compare(a, b)
+    lines = [f"# Behaviour fingerprint: {names[0]} vs {names[1]}", "",
+             f"Command: `{command}`", "",
+             f"Machine: {platform.machine()}, {cpu}, {os.cpu_count()} cores, "
+             f"Python {platform.python_version()}, torch {torch.__version__}", "",
+             "Verdict: " + ("identical" if not diffs else "DIFFERENT: " + "; ".join(diffs)),
+             "", f"| dataset | {names[0]} arrays | {names[1]} arrays | HDF5 bytes equal |",
+             "|---|---|---|---|"]
+    for key in sorted(a["datasets"]):
+        x, y = a["datasets"][key], b["datasets"].get(key, {})
+        same = x.get("hdf5_sha256") == y.get("hdf5_sha256")
+        lines.append(f"| {key} | {x['hdf5_arrays'][:16]} | {y.get('hdf5_arrays', '')[:16]} | "
+                     f"{same} |")
+    lines += ["", f"| run | logged losses | {names[0]} final loss | {names[1]} final loss | "
+              f"{names[0]} eval return | {names[1]} eval return |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for key in sorted(a["runs"]):
+        x, y = a["runs"][key], b["runs"].get(key, {"loss": [""], "eval_mean_return": None})
+        lines.append(f"| {key} | {len(x['loss'])} | {x['loss'][-1]} | {y['loss'][-1]} | "
+                     f"{x['eval_mean_return']} | {y['eval_mean_return']} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, help="reproduce root (datasets, runs)")
@@ -74,10 +110,16 @@ def main() -> int:
     ap.add_argument("--run", action="store_true", help="run reproduce first")
     ap.add_argument("--out", type=Path, help="write the fingerprint JSON here")
     ap.add_argument("--compare", nargs=2, type=Path, metavar=("A", "B"))
+    ap.add_argument("--md", type=Path, help="with --compare: write the comparison here")
+    ap.add_argument("--names", nargs=2, default=["A", "B"], help="labels of A and B")
     args = ap.parse_args()
     if args.compare:
         a, b = (json.loads(p.read_text()) for p in args.compare)
         diffs = compare(a, b)
+        if args.md:
+            command = "python benchmarks/behaviour_fingerprint.py " + " ".join(
+                shlex.quote(x) for x in sys.argv[1:])
+            args.md.write_text(markdown(a, b, args.names, command))
         print("\n".join(diffs) if diffs else
               f"identical: {len(a['datasets'])} datasets, {len(a['runs'])} runs")
         return 1 if diffs else 0
