@@ -12,8 +12,9 @@ never imports datagen).
 policy call per env step); :func:`evaluate_sequential` is the one-episode-at-a-time reference
 loop of the original implementation (one model call per step per episode), kept for tests and
 the speed benchmark. Both seed episode ``i`` of an evaluation with seed ``s`` as
-``s * 100_000 + i`` (``offline_dt.rollout.episode_seed``), so the same ``(seed, i)`` is the
-same episode for every policy and both loops. :func:`make_eval_hook` is the training loop's
+``10**12 + s * 100_000 + i`` (``offline_dt.rollout.evaluation_seed``), so the same
+``(seed, i)`` is the same episode for every policy and both loops, and never the start of an
+episode of a dataset that datagen generated. :func:`make_eval_hook` is the training loop's
 periodic evaluation, on the trainer's own network and normaliser.
 """
 
@@ -35,9 +36,10 @@ from offline_dt.data.d4rl import normalized_score
 from offline_dt.device import resolve_device
 from offline_dt.rollout import (
     DEFAULT_MAX_ENVS,
+    EVALUATION_SEED_BASE,
     SEED_STRIDE,
     Policy,
-    episode_seed,
+    evaluation_seed,
     run_episodes,
 )
 from offline_dt.train import EvalHook, TrainingRun, load_checkpoint
@@ -151,7 +153,9 @@ def evaluate_policy(
 
     A thin wrapper over :func:`offline_dt.rollout.run_episodes`: episodes run in waves of at
     most ``max_envs`` envs in one ``SyncVectorEnv`` (same-step autoreset). Episode ``i`` is
-    reset with :func:`episode_seed` ``(seed, i)``. Every wave calls
+    reset with ``offline_dt.rollout.evaluation_seed(seed, i)``
+    (``10**12 + seed * 100_000 + i``: never a seed a generated dataset was collected from).
+    Every wave calls
     ``policy.act`` once per env step for all its envs and runs until every env has terminated
     or been truncated; an env that has finished keeps being stepped (its autoreset episode is
     ignored: its rewards are neither counted nor passed to ``policy.observe``), so each
@@ -161,7 +165,7 @@ def evaluate_policy(
         env_id: Gymnasium id.
         policy: a :class:`Policy`.
         episodes: number of episodes.
-        seed: evaluation seed; episode seeds are ``seed * 100_000 + i``.
+        seed: evaluation seed; episode seeds are ``10**12 + seed * 100_000 + i``.
         max_envs: most envs stepped at once.
         ref_min_score, ref_max_score: D4RL reference scores for the normalized score.
         env_kwargs: extra ``gym.make`` keyword arguments (e.g. ``max_episode_steps``).
@@ -169,7 +173,7 @@ def evaluate_policy(
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, found {episodes}")
     start = time.perf_counter()
-    seeds = [episode_seed(seed, i) for i in range(episodes)]
+    seeds = [evaluation_seed(seed, i) for i in range(episodes)]
     returns, lengths = run_episodes(env_id, policy, seeds, max_envs=max_envs,
                                     env_kwargs=env_kwargs)
     return EvalResult(env_id=env_id, seed=seed, returns=returns, lengths=lengths,
@@ -193,7 +197,7 @@ def evaluate_sequential(
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, found {episodes}")
     start = time.perf_counter()
-    seeds = [episode_seed(seed, i) for i in range(episodes)]
+    seeds = [evaluation_seed(seed, i) for i in range(episodes)]
     returns = np.zeros(episodes, np.float64)
     lengths = np.zeros(episodes, np.int64)
     env = gym.make(env_id, **(env_kwargs or {}))
@@ -236,7 +240,8 @@ class EvalConfig:
                 "episode return and its expert reference score ref_max_score"})
     episodes: int = field(default=200, metadata={"help": "evaluation episodes per target"})
     seed: int = field(default=0, metadata={
-        "help": "evaluation seed; episode i resets with seed * 100000 + i"})
+        "help": "evaluation seed; episode i resets with 10**12 + seed * 100000 + i (a range "
+                "no generated dataset was collected from)"})
     device: str = field(default="auto", metadata={
         "help": "torch device", "choices": ["auto", "cpu", "cuda"]})
     max_envs: int = field(default=DEFAULT_MAX_ENVS, metadata={
@@ -336,7 +341,8 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
         res = evaluate_policy(env_id, policy, cfg.episodes, cfg.seed, max_envs=cfg.max_envs,
                               ref_min_score=facts["ref_min_score"],
                               ref_max_score=facts["ref_max_score"])
-        log.info("%s %s target %s: %.2f ± %.2f (%d episodes, %.1fs)", checkpoint, method,
+        log.info("%s %s target %s: mean %.2f, episode-level 95%% CI ± %.2f (%d episodes, "
+                 "%.1fs)", checkpoint, method,
                  target, res.mean, res.ci95, res.episodes, res.wall_seconds)
         results.append({"target_return": target, **res.to_dict()})
     best = max(range(len(results)), key=lambda j: results[j]["mean"])
@@ -371,7 +377,7 @@ def build_eval_payload(
         "env_id": env_id,
         "episodes": h["episodes"],
         "seed": h["seed"],
-        "episode_seeds": f"seed * {SEED_STRIDE} + i",
+        "episode_seeds": f"{EVALUATION_SEED_BASE} + seed * {SEED_STRIDE} + i",
         "mean_return": h["mean"],
         "std_return": h["std"],
         "ci95": h["ci95"],

@@ -52,6 +52,25 @@ def episode_seed(seed: int, i: int) -> int:
     return int(seed) * SEED_STRIDE + int(i)
 
 
+#: Evaluation (test) episodes reset with seeds from here up: a range that no dataset of
+#: ``datagen`` is collected from (its rollouts reset sub-env ``j`` with ``seed + j``; its agent
+#: learning curves and reference scores use ``episode_seed(seed + 10_000 | 20_000, i)``, below
+#: 3e9), so a test episode never starts where a dataset episode did.
+EVALUATION_SEED_BASE = 10**12
+
+
+def evaluation_seed(seed: int, i: int) -> int:
+    """Reset seed of test episode ``i`` of an evaluation with seed ``seed``:
+    ``EVALUATION_SEED_BASE + seed * SEED_STRIDE + i``.
+
+    Raises:
+        ValueError: ``i`` outside ``[0, SEED_STRIDE)`` or a negative ``seed``.
+    """
+    if int(seed) < 0:
+        raise ValueError(f"evaluation seed must be >= 0, found {seed}")
+    return EVALUATION_SEED_BASE + episode_seed(seed, i)
+
+
 # ---------------------------------------------------------------------------------- policies
 @runtime_checkable
 class Policy(Protocol):

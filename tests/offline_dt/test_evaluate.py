@@ -24,7 +24,13 @@ from offline_dt.evaluate import (
 from offline_dt.methods import get_method
 from offline_dt.methods.dt import DTPolicy
 from offline_dt.model import DecisionTransformer, DTConfig
-from offline_dt.rollout import CallablePolicy, Policy, RandomPolicy, episode_seed
+from offline_dt.rollout import (
+    CallablePolicy,
+    Policy,
+    RandomPolicy,
+    episode_seed,
+    evaluation_seed,
+)
 from offline_dt.train import TrainConfig, TrainingRun
 
 
@@ -88,7 +94,8 @@ def test_batched_equals_sequential_dt_pendulum():
     policy = DTPolicy(model, pendulum_normalizer(), target_return=-150.0)
     batched = evaluate_policy("Pendulum-v1", policy, episodes=4, seed=3)
     seq = evaluate_sequential("Pendulum-v1", policy, episodes=4, seed=3)
-    assert batched.episode_seeds == seq.episode_seeds == [300_000 + i for i in range(4)]
+    assert batched.episode_seeds == seq.episode_seeds == [10**12 + 300_000 + i
+                                                          for i in range(4)]
     np.testing.assert_array_equal(batched.lengths, [200] * 4)
     np.testing.assert_array_equal(seq.lengths, [200] * 4)
     np.testing.assert_allclose(batched.returns, seq.returns, rtol=1e-5, atol=1e-3)
@@ -210,7 +217,7 @@ def test_eval_result_statistics_and_normalized_score():
     assert res.ci95 == pytest.approx(1.96 * res.std / 2.0)
     assert res.normalized_score == pytest.approx(100 * 750 / 900)
     assert normalized_score(1.0, None, 2.0) is None
-    assert episode_seed(2, 7) == 200_007
+    assert episode_seed(2, 7) == 200_007 and evaluation_seed(2, 7) == 10**12 + 200_007
     d = res.to_dict()
     json.dumps(d)
     assert d["returns"] == [-100.0, -200.0, -300.0, -400.0]
@@ -286,3 +293,48 @@ def test_step_cached_exact_for_first_k_steps_then_drifts():
         diffs.append((out - ref).abs().max().item())
     assert max(diffs[:k]) < 1e-5
     assert max(diffs[k:]) > 1e-4  # three blocks: the slid window is not recomputed
+
+
+# ---------------------------------------------------------------------------------- honest seeds
+class FirstObservations:
+    """Random actions; records each env's first observation of its episode."""
+
+    def __init__(self, space):
+        self.random = RandomPolicy(space)
+        self.first: list[np.ndarray] = []
+
+    def reset(self, num_envs, seeds=None):
+        self.random.reset(num_envs, seeds)
+        self.fresh = True
+
+    def act(self, observations):
+        if self.fresh:
+            self.first.extend(np.asarray(observations, np.float32))
+            self.fresh = False
+        return self.random.act(observations)
+
+    def observe(self, rewards):
+        pass
+
+
+def test_test_episodes_never_start_where_a_generated_dataset_did():
+    """datagen resets sub-env j with seed + j; evaluation seed 0 used to reset episode i with
+    seed i, so test episodes started exactly where the dataset's episodes did."""
+    from datagen.rollout import rollout
+
+    ds = rollout("Pendulum-v1", 800, None, seed=0, num_envs=2).dataset  # 2 episodes per env
+    starts = ds.observations[ds.episode_starts[:-1]]
+    recorder = FirstObservations(gym.make("Pendulum-v1").action_space)
+    evaluate_policy("Pendulum-v1", recorder, episodes=4, seed=0,
+                    env_kwargs={"max_episode_steps": 2})
+    first = np.stack(recorder.first)
+    assert len(first) == 4
+    overlap = (np.abs(first[:, None, :] - starts[None, :, :]).max(-1) < 1e-7).any()
+    assert not overlap
+    # The old rule (reset seed = seed * 100_000 + i) reproduced dataset starts exactly.
+    old = FirstObservations(gym.make("Pendulum-v1").action_space)
+    from offline_dt.rollout import run_episodes
+
+    run_episodes("Pendulum-v1", old, [episode_seed(0, i) for i in range(2)],
+                 env_kwargs={"max_episode_steps": 2})
+    np.testing.assert_array_equal(np.stack(old.first), starts[[0, 2]])  # env-major order
