@@ -3,21 +3,31 @@
 A checkpoint is one ``torch.save`` dict of tensors and primitive containers only, so it loads
 with ``torch.load(weights_only=True)`` (nothing else is ever unpickled)::
 
-    format, version     "offline-dt-checkpoint", 1
+    format, version     "offline-dt-checkpoint", 2
     step                updates done
     model               the method's network state_dict
     optimizer, scheduler
     rng                 torch / numpy / window-sampler (and CUDA) RNG states, for exact resume
     normalizer          Normalizer.state_dict() as tensors
     train_config, model_config, dataset_info   JSON strings
+    digest              "sha256:<hex>" over everything above (version 2; see below)
 
 Writes go to a temporary sibling and are renamed into place (``atomic_path``): a killed run
 never leaves a half-written checkpoint.
+
+Integrity: :func:`payload_digest` hashes every value of the keys in ``DIGEST_KEYS`` in a fixed
+order (dict keys sorted): each tensor's dtype, shape and raw bytes, and the ``repr`` of every
+other leaf, each prefixed by its key path. :func:`read_checkpoint` recomputes it and refuses a
+file whose tensors changed after writing (flipped bytes, a truncated or edited tensor). Version
+1 files (no digest) still load, with a warning that they cannot be verified.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +39,14 @@ from offline_dt.data.windows import Normalizer, WindowSampler
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "offline-dt-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 REQUIRED_KEYS = ("format", "model", "optimizer", "scheduler", "rng", "step", "normalizer",
                  "train_config", "model_config", "dataset_info")
+#: What the digest covers, in this order.
+DIGEST_KEYS = ("model", "optimizer", "scheduler", "rng", "normalizer", "step",
+               "train_config", "model_config", "dataset_info")
+
+log = logging.getLogger(__name__)
 
 
 def checkpoint_path(path: str | os.PathLike) -> Path:
@@ -41,9 +56,45 @@ def checkpoint_path(path: str | os.PathLike) -> Path:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """``torch.save`` to a temporary sibling, then rename: never a half-written file."""
+    """Add ``digest`` (:func:`payload_digest`) to ``payload`` and ``torch.save`` it to a
+    temporary sibling, then rename: never a half-written file."""
+    payload = {**payload, "digest": payload_digest(payload)}
     with atomic_path(path, overwrite=True) as tmp:
         torch.save(payload, tmp)
+
+
+def payload_digest(payload: dict[str, Any]) -> str:
+    """``"sha256:<64 hex>"`` over the values of ``DIGEST_KEYS`` in ``payload``.
+
+    Tensors contribute their key path, dtype, shape and bytes (CPU copy, any device); other
+    leaves (numbers, strings, None) their key path, type and ``repr``; dicts are walked in
+    sorted key order, lists and tuples in order. Independent of the device it was loaded to.
+
+    Raises:
+        KeyError: a key of ``DIGEST_KEYS`` is missing.
+    """
+    h = hashlib.sha256()
+    for key in DIGEST_KEYS:
+        _feed(h, key, payload[key])
+    return "sha256:" + h.hexdigest()
+
+
+def _feed(h: Any, path: str, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().reshape(-1).clone()  # 1-D with stride 1
+        h.update(f"{path}:tensor:{t.dtype}:{tuple(obj.shape)}\n".encode())
+        if t.numel():
+            h.update(t.view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(f"{path}:dict:{len(obj)}\n".encode())
+        for k in sorted(obj, key=lambda k: (type(k).__name__, str(k))):
+            _feed(h, f"{path}.{k}", obj[k])
+    elif isinstance(obj, list | tuple):
+        h.update(f"{path}:{type(obj).__name__}:{len(obj)}\n".encode())
+        for i, v in enumerate(obj):
+            _feed(h, f"{path}[{i}]", v)
+    else:
+        h.update(f"{path}:{type(obj).__name__}:{obj!r}\n".encode())
 
 
 def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
@@ -63,8 +114,10 @@ def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
     try:
         payload = torch.load(p, map_location=device, weights_only=True)
     except Exception as e:  # pickle errors, zip errors, disallowed globals
-        raise ValueError(f"{p}: not a readable offline-dt checkpoint ({type(e).__name__}: {e})"
-                         ) from e
+        raise ValueError(
+            f"{p}: not a readable offline-dt checkpoint ({type(e).__name__}: "
+            f"{_torch_reason(e)}); a checkpoint holds tensors and plain containers only and is "
+            f"never unpickled in full, so a corrupt or foreign file cannot be loaded") from None
     if not isinstance(payload, dict):
         raise ValueError(f"{p}: expected a dict checkpoint, found {type(payload).__name__}")
     missing = [k for k in REQUIRED_KEYS if k not in payload]
@@ -75,7 +128,51 @@ def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
     if payload["format"] != CHECKPOINT_FORMAT:
         raise ValueError(f"{p}: key 'format' is {payload['format']!r}, "
                          f"expected {CHECKPOINT_FORMAT!r}")
+    verify_digest(p, payload)
     return p, payload
+
+
+def verify_digest(p: Path, payload: dict[str, Any]) -> None:
+    """Check ``payload["digest"]`` against :func:`payload_digest`; warn if there is none.
+
+    Raises:
+        ValueError: the digest does not match (names the file: its contents changed after
+            it was written).
+    """
+    stored = payload.get("digest")
+    if stored is None:
+        log.warning("%s: checkpoint version %s has no digest; its integrity cannot be "
+                    "verified (re-save it with a current offline-dt to add one)", p,
+                    payload.get("version", 1))
+        return
+    found = payload_digest(payload)
+    if stored != found:
+        raise ValueError(
+            f"{p}: checkpoint is corrupt: its tensors do not match the digest stored when it "
+            f"was written (expected {stored}, found {found}); restore it from a copy or "
+            f"retrain")
+
+
+#: Sentences of torch's error text that advise unsafe loading or allow-listing globals.
+_UNSAFE_ADVICE = re.compile(r"weights_only|safe_globals|trust", re.IGNORECASE)
+
+
+def _torch_reason(e: Exception) -> str:
+    """The reason ``torch.load`` failed, without its advice to load unsafely.
+
+    torch's ``weights_only`` errors suggest re-running with ``weights_only=False`` (arbitrary
+    code execution) or allow-listing globals; only the ``WeightsUnpickler error`` itself is
+    kept, and any other sentence mentioning ``weights_only`` or trust is dropped.
+    """
+    text = str(e)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    sentences = re.split(r"(?<=[.!?])\s+|\n+", text)
+    kept = [s.strip() for s in sentences if s.strip() and not _UNSAFE_ADVICE.search(s)
+            and not s.strip().startswith(("Check the documentation", "Please "))]
+    return " ".join(kept) or "unreadable"
 
 
 def rng_state(sampler: WindowSampler, device: torch.device) -> dict[str, Any]:

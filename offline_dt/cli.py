@@ -26,9 +26,11 @@ from typing import Annotated, Any, Union
 import tyro
 
 from datagen.generate import GenerateConfig
+from offline_dt.checkpoint import checkpoint_path
 from offline_dt.config import CLI_MARKERS, REGISTRY
 from offline_dt.data.d4rl import LEVELS
 from offline_dt.evaluate import EvalConfig
+from offline_dt.lock import LockedError
 from offline_dt.pipeline import PRESETS
 from offline_dt.train import TrainConfig
 
@@ -111,8 +113,21 @@ def _train(cfg: TrainConfig) -> int:
                          "directory or a Minari id such as pendulum/expert-v0)")
     from offline_dt.evaluate import make_eval_hook
 
-    print(train(cfg, eval_hook=make_eval_hook() if cfg.eval_every > 0 else None))
+    result = train(cfg, eval_hook=make_eval_hook() if cfg.eval_every > 0 else None)
+    print(train_summary(cfg, result))
     return 0
+
+
+def train_summary(cfg: TrainConfig, result: Any) -> str:
+    """A few readable lines about a finished ``train`` call (a :class:`TrainResult`)."""
+    return "\n".join([
+        f"trained {cfg.method} on {cfg.dataset}: {result.steps} steps in total",
+        f"  run dir      {result.run_dir}",
+        f"  checkpoint   {result.checkpoint}",
+        f"  final loss   {result.final_loss:.4g} (mean over the last logged interval)",
+        f"  speed        {result.steps_per_second:.1f} steps/s, {result.wall_seconds:.1f} s "
+        f"for this call",
+    ])
 
 
 def _evaluate(cfg: EvalConfig) -> int:
@@ -120,8 +135,30 @@ def _evaluate(cfg: EvalConfig) -> int:
 
     if not cfg.checkpoint:
         raise ValueError("--checkpoint PATH is required (a checkpoint file or run directory)")
-    print(evaluate_checkpoint(cfg))
+    payload = evaluate_checkpoint(cfg)
+    out = cfg.out if cfg.out is not None else checkpoint_path(cfg.checkpoint).parent / "eval.json"
+    print(eval_summary(payload, out))
     return 0
+
+
+def eval_summary(payload: dict[str, Any], out: Path) -> str:
+    """Readable lines for an ``eval.json`` payload: per target return the mean ± std over
+    episodes and the episode-level 95% confidence interval (mean ± 1.96 std / √n), labelled;
+    the headline marked."""
+    lines = [f"evaluated {payload.get('checkpoint', '')} ({payload['method']}, step "
+             f"{payload.get('step')}) on {payload['env_id']}"]
+    for i, t in enumerate(payload["targets"]):
+        target = t.get("target_return")
+        label = "no target" if target is None else f"target {target:g}"
+        norm = t.get("normalized_score")
+        lines.append(
+            f"  {label}: return mean {t['mean']:.2f} ± std {t['std']:.2f} over "
+            f"{t['episodes']} episodes, 95% CI of the mean [{t['mean'] - t['ci95']:.2f}, "
+            f"{t['mean'] + t['ci95']:.2f}]"
+            + ("" if norm is None else f", normalized score {norm:.1f}")
+            + ("  (headline)" if i == payload.get("headline_index") else ""))
+    lines.append(f"  written to {out}")
+    return "\n".join(lines)
 
 
 def _report(cfg: ReportConfig) -> int:
@@ -192,8 +229,9 @@ def parse(argv: Sequence[str] | None = None) -> Invocation:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``offline-dt``; a FileExistsError, FileNotFoundError or ValueError of the stage is
-    printed as ``offline-dt <cmd>: error: <message>`` with exit status 2."""
+    """Run ``offline-dt``; a FileExistsError, FileNotFoundError, ValueError or LockedError
+    (another process writes the same output) of the stage is printed as
+    ``offline-dt <cmd>: error: <message>`` with exit status 2."""
     inv = parse(argv)
     logging.basicConfig(
         level=logging.DEBUG if inv.verbose else logging.INFO,
@@ -202,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(inv.command.run(inv.config) or 0)
-    except (FileExistsError, FileNotFoundError, ValueError) as e:
+    except (FileExistsError, FileNotFoundError, ValueError, LockedError) as e:
         print(f"offline-dt {inv.command.name}: error: {e}", file=sys.stderr)
         return 2
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import platform
 import shutil
 import time
@@ -57,6 +58,7 @@ from offline_dt.data.d4rl import space_to_json
 from offline_dt.data.dataset import DatasetError, OfflineDataset
 from offline_dt.data.windows import Batch, Normalizer, WindowSampler
 from offline_dt.device import resolve_device
+from offline_dt.lock import exclusive_lock
 from offline_dt.methods import METHODS, Method, get_method
 from offline_dt.model import DTConfig
 from offline_dt.run_log import RunLog
@@ -71,6 +73,13 @@ RESUMABLE_FIELDS = frozenset({
     "steps", "progress", "log_every", "checkpoint_every", "eval_every", "eval_episodes",
     "resume", "overwrite", "run_dir",
 })
+#: Fields whose default is resolved once when a run starts (``TrainConfig.resolved``) and
+#: their defaults: a run's saved config holds the resolved values, which the default ("not
+#: chosen") matches on resume and reuse.
+AUTO_FIELDS = {"warmup_steps": None, "max_timestep": 1000}
+DEFAULT_MAX_TIMESTEP = 1000
+#: Files of a run that ``overwrite`` replaces (anything else in run_dir is left alone).
+RUN_FILES = (CHECKPOINT_NAME, "metrics.csv", "loss.png", "config.json", "tb")
 
 
 # ---------------------------------------------------------------------------------- config
@@ -96,8 +105,9 @@ class TrainConfig:
     batch_size: int = field(default=64, metadata={"help": "windows per update"})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW peak learning rate"})
     weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
-    warmup_steps: int = field(default=10_000, metadata={
-        "help": "linear learning-rate warmup steps (LambdaLR)"})
+    warmup_steps: int | None = field(default=None, metadata={
+        "help": "linear learning-rate warmup steps (LambdaLR); default min(10000, steps // 10): "
+                "the paper's 10k for its 100k steps, a tenth of a shorter budget"})
     grad_clip: float = field(default=0.25, metadata={"help": "gradient-norm clip"})
     precision: str = field(default="fp32", metadata={
         "help": "fp32, or bf16: forward and loss under torch.autocast(bfloat16), weights and "
@@ -112,7 +122,8 @@ class TrainConfig:
     activation: str = field(default="relu", metadata={
         "help": "MLP nonlinearity", "choices": ["relu", "gelu"]})
     max_timestep: int = field(default=1000, metadata={
-        "help": "timestep embedding table size; every episode must be at most this long"})
+        "help": "timestep embedding table size; every episode must be at most this long "
+                "(the default 1000, the paper's, grows to the dataset's longest episode)"})
     rtg_scale: float | None = field(default=None, metadata={
         "help": "returns-to-go divisor (default: largest |episode return| of the dataset)"})
     run_dir: Path = field(default=Path("data/runs/default"), metadata={
@@ -129,6 +140,17 @@ class TrainConfig:
     overwrite: bool = field(default=False, metadata={
         "help": "start afresh even if run_dir already holds a checkpoint"})
     progress: bool = field(default=True, metadata={"help": "tqdm progress bar (TTY only)"})
+
+    def resolved(self, longest_episode: int) -> TrainConfig:
+        """This config with the defaults of ``AUTO_FIELDS`` filled in (chosen values kept):
+        ``warmup_steps = min(10000, steps // 10)``; ``max_timestep = max(1000,
+        longest_episode)`` (the paper's table, grown to fit the data)."""
+        changes: dict[str, int] = {}
+        if self.warmup_steps is None:
+            changes["warmup_steps"] = default_warmup(self.steps)
+        if self.max_timestep == DEFAULT_MAX_TIMESTEP:
+            changes["max_timestep"] = max(DEFAULT_MAX_TIMESTEP, int(longest_episode))
+        return dataclasses.replace(self, **changes)
 
     def model_config(self, obs_dim: int, act_dim: int, discrete: bool) -> DTConfig:
         return DTConfig(
@@ -155,7 +177,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, found {getattr(self, name)}")
         for name in ("warmup_steps", "eval_every", "weight_decay"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, found {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"TrainConfig.dropout must be in [0, 1), found {self.dropout}")
@@ -295,19 +317,107 @@ def dataset_info(dataset: OfflineDataset, cfg: TrainConfig, rtg_scale: float) ->
     }
 
 
+def default_warmup(steps: int) -> int:
+    """Warmup steps when the user chose none: ``min(10000, steps // 10)`` (the paper's 10k
+    for its 100k updates; a tenth of a shorter budget, so a short run reaches its peak lr)."""
+    return min(10_000, steps // 10)
+
+
 def _to_device(batch: Batch, device: torch.device) -> Batch:
     if device.type == "cpu":
         return batch
     return Batch(*(t.to(device, non_blocking=True) for t in dataclasses.astuple(batch)))
 
 
+# ---------------------------------------------------------------------------------- sizes
+def _check_sizes(cfg: TrainConfig, dataset: OfflineDataset, device: torch.device,
+                 new_run: bool) -> TrainConfig:
+    """Resolve the defaults the data bounds (:meth:`TrainConfig.resolved`), then refuse what
+    the data or the machine cannot hold, before anything is allocated.
+
+    Raises:
+        ValueError: (new run) ``context_length`` exceeds the longest episode; or a training
+            step's estimated memory (:func:`estimate_step_bytes`) exceeds what is available
+            (:func:`available_memory`); the message names the arguments and both sizes.
+    """
+    longest = int(dataset.episode_lengths.max())
+    cfg = cfg.resolved(longest)
+    if new_run and cfg.context_length > longest:
+        raise ValueError(
+            f"TrainConfig.context_length={cfg.context_length} exceeds the longest episode of "
+            f"{dataset.source} ({longest} steps): a window holds timesteps of one episode; "
+            f"pass context_length <= {longest}")
+    need = estimate_step_bytes(cfg, dataset.obs_dim, dataset.act_dim)
+    have = available_memory(device)
+    if have is not None and need > have:
+        raise ValueError(
+            f"a training step needs about {_size(need)} (batch_size={cfg.batch_size}, "
+            f"context_length={cfg.context_length} i.e. {3 * cfg.context_length} tokens, "
+            f"embed_dim={cfg.embed_dim}, n_layer={cfg.n_layer}, n_head={cfg.n_head}, "
+            f"max_timestep={cfg.max_timestep}) but {_size(have)} is available on "
+            f"{device}; reduce batch_size, context_length, embed_dim or n_layer")
+    return cfg
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def estimate_step_bytes(cfg: TrainConfig, obs_dim: int, act_dim: int) -> int:
+    """Rough peak bytes of one fp32 training step of the Decision Transformer (an upper-side
+    estimate; the point is to catch sizes that cannot fit, not to predict exactly).
+
+    With B = batch_size, T = 3 K tokens, d = embed_dim, L = n_layer, h = n_head:
+    parameters P ≈ L (12 d² + 13 d) + (max_timestep + obs_dim + act_dim + 5) d + act_dim (d+1),
+    held 4 times (weights, gradients, AdamW's two moments) at 4 bytes; attention
+    4 · B h T² L · 4 bytes (scores, probabilities, dropout mask, their gradient); other
+    activations 24 · B T d L · 4 bytes (LayerNorms, q/k/v, projections, the 4d MLP).
+    """
+    b, t, d, layers = cfg.batch_size, 3 * cfg.context_length, cfg.embed_dim, cfg.n_layer
+    params = layers * (12 * d * d + 13 * d) + (cfg.max_timestep + obs_dim + act_dim + 5) * d \
+        + act_dim * (d + 1)
+    attention = 4 * b * cfg.n_head * t * t * layers
+    activations = 24 * b * t * d * layers
+    return 4 * (4 * params + attention + activations)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for a new allocation: CUDA's free memory on a CUDA device; else Linux
+    ``MemAvailable`` (or free pages by ``os.sysconf``), capped by a cgroup v2 memory limit.
+    None when it cannot be told."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    if not found:
+        try:
+            found.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+        except (AttributeError, ValueError, OSError):
+            pass
+    try:
+        cg = Path("/sys/fs/cgroup")
+        limit = (cg / "memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int((cg / "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
 # ---------------------------------------------------------------------------------- one update
 def make_optimizer(net: nn.Module, cfg: TrainConfig
                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW on all parameters and a linear warmup (reference ``gym/experiment.py``)."""
+    """AdamW on all parameters and a linear warmup (reference ``gym/experiment.py``) over
+    ``cfg.warmup_steps`` updates (:func:`default_warmup` when None)."""
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate,
                                   weight_decay=cfg.weight_decay)
-    warmup = max(cfg.warmup_steps, 1)
+    chosen = cfg.warmup_steps
+    warmup = max(default_warmup(cfg.steps) if chosen is None else chosen, 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, 1.0))
     return optimizer, scheduler
@@ -343,19 +453,34 @@ class _State:
     sampler: WindowSampler
     normalizer: Normalizer
     step: int = 0
+    #: called once after the next checkpoint is written (an overwrite discards the old run)
+    after_save: Callable[[], None] | None = None
 
 
 def config_differences(saved: TrainConfig, current: TrainConfig) -> dict[str, tuple[Any, Any]]:
-    """Fields (other than ``RESUMABLE_FIELDS``) whose values differ: name → (saved, current)."""
+    """Fields (other than ``RESUMABLE_FIELDS``) whose values differ: name → (saved, current).
+    An ``AUTO_FIELDS`` field left at its default in ``current`` matches any saved value."""
     a, b = to_jsonable(saved), to_jsonable(current)
-    return {k: (a[k], b.get(k)) for k in a if k not in RESUMABLE_FIELDS and a[k] != b.get(k)}
+    auto = {k for k, default in AUTO_FIELDS.items() if b.get(k) == default}
+    return {k: (a[k], b.get(k)) for k in a
+            if k not in RESUMABLE_FIELDS and k not in auto and a[k] != b.get(k)}
 
 
-def _claim_run_dir(cfg: TrainConfig) -> dict[str, Any] | None:
-    """Before any slow work: the checkpoint payload to resume from (``cfg.resume``), or None
-    after refusing (or, with ``overwrite``, clearing) an existing run."""
+def _claim_run_dir(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """Before any slow work, holding the run directory's lock: finish what a killed run left
+    (:func:`_recover_run_dir`), then (config, checkpoint payload) to resume from
+    (``cfg.resume``; defaults of ``AUTO_FIELDS`` take the checkpoint's values), or (config,
+    None) after refusing an existing run without ``overwrite``. Nothing is deleted here: an
+    overwritten run is set aside only once the new one is ready (:class:`_PreviousRun`).
+
+    Raises:
+        FileNotFoundError: ``resume`` and no checkpoint.
+        FileExistsError: a checkpoint exists and neither ``resume`` nor ``overwrite``.
+        ValueError: ``resume`` with a config that differs from the checkpoint's.
+    """
     run_dir = Path(cfg.run_dir)
     ckpt_path = run_dir / CHECKPOINT_NAME
+    _recover_run_dir(run_dir)
     if cfg.resume:
         _, resumed = read_checkpoint(ckpt_path, "cpu")
         saved_cfg = from_dict(TrainConfig, json.loads(resumed["train_config"]))
@@ -365,16 +490,77 @@ def _claim_run_dir(cfg: TrainConfig) -> dict[str, Any] | None:
             raise ValueError(
                 f"{ckpt_path}: cannot resume with a different config ({lines}); only "
                 f"{sorted(RESUMABLE_FIELDS)} may change. Use a new run_dir or overwrite=True.")
-        return resumed
-    if ckpt_path.exists():
-        if not cfg.overwrite:
-            raise FileExistsError(
-                f"{ckpt_path} exists; pass --resume to continue it or --overwrite to start "
-                f"afresh")
-        for stale in ("metrics.csv", "loss.png", "config.json", CHECKPOINT_NAME):
-            (run_dir / stale).unlink(missing_ok=True)
-        shutil.rmtree(run_dir / "tb", ignore_errors=True)
-    return None
+        adopt = {k: getattr(saved_cfg, k) for k, default in AUTO_FIELDS.items()
+                 if getattr(cfg, k) == default}
+        return dataclasses.replace(cfg, **adopt), resumed
+    if ckpt_path.exists() and not cfg.overwrite:
+        raise FileExistsError(
+            f"{ckpt_path} exists; pass --resume to continue it or --overwrite to start "
+            f"afresh")
+    return cfg, None
+
+
+def _recover_run_dir(run_dir: Path) -> None:
+    """Undo what a killed writer of ``run_dir`` left (call holding its lock): temporaries of
+    atomic writes (``.*.tmp``), and a previous run set aside by an overwrite that never
+    reached its first checkpoint (restored) or did (deleted)."""
+    if run_dir.is_dir():
+        for tmp in run_dir.glob(".*.tmp"):
+            log.info("%s: removing %s left by a killed run", run_dir, tmp.name)
+            _remove(tmp)
+    previous = _PreviousRun(run_dir)
+    if previous.path.exists():
+        if (run_dir / CHECKPOINT_NAME).exists():
+            previous.discard()
+        else:
+            log.warning("%s: restoring the run that an interrupted overwrite had set aside in "
+                        "%s", run_dir, previous.path)
+            previous.restore()
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    else:
+        p.unlink(missing_ok=True)
+
+
+class _PreviousRun:
+    """An existing run being overwritten: its ``RUN_FILES`` wait in the hidden sibling
+    ``.<run_dir name>.previous`` until the new run's first checkpoint (then deleted), and go
+    back if the new run fails before it.
+
+    Invariant used by :func:`_recover_run_dir` after a kill: ``checkpoint.pt`` is moved aside
+    first and back last, so ``run_dir/checkpoint.pt`` exists while the sibling does exactly
+    when the new run has written its checkpoint (or nothing was moved yet).
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.path = run_dir.with_name(f".{run_dir.name}.previous")
+
+    def set_aside(self) -> None:
+        """Move the run's files (checkpoint first) into :attr:`path`."""
+        self.path.mkdir(exist_ok=True)
+        for name in RUN_FILES:
+            if (self.run_dir / name).exists():
+                os.replace(self.run_dir / name, self.path / name)
+        log.info("%s: previous run set aside in %s until the first checkpoint", self.run_dir,
+                 self.path)
+
+    def discard(self) -> None:
+        """The new run has a checkpoint: delete the previous run's files."""
+        if self.path.exists():
+            shutil.rmtree(self.path)
+
+    def restore(self) -> None:
+        """Delete the new run's files and move the previous run's back (checkpoint last)."""
+        for name in RUN_FILES:
+            _remove(self.run_dir / name)
+        for name in (*RUN_FILES[1:], RUN_FILES[0]):
+            if (self.path / name).exists():
+                os.replace(self.path / name, self.run_dir / name)
+        shutil.rmtree(self.path)
 
 
 def _load_data(cfg: TrainConfig, resumed: dict[str, Any] | None
@@ -451,6 +637,9 @@ def _save(cfg: TrainConfig, state: _State, info: dict[str, Any], device: torch.d
         "model_config": json.dumps(to_jsonable(state.net.cfg), sort_keys=True),
         "dataset_info": json.dumps(to_jsonable(info), sort_keys=True),
     })
+    if state.after_save is not None:
+        state.after_save()
+        state.after_save = None
     runlog.save()
 
 
@@ -502,28 +691,53 @@ def train(cfg: TrainConfig, eval_hook: EvalHook | None = None) -> TrainResult:
     trainer's own :class:`TrainingRun`; its values become ``metrics.csv`` columns. It runs
     under ``torch.random.fork_rng`` so it cannot disturb the training RNG (resume stays exact).
 
+    The whole call holds an exclusive lock on ``run_dir`` (:func:`offline_dt.lock.
+    exclusive_lock`). Everything is checked (config, dataset, env, sizes, memory) before the
+    run directory is touched; with ``overwrite`` the existing run is set aside and deleted at
+    the new run's first checkpoint, or put back if the new run fails (or is killed) before it.
+
     Raises:
+        LockedError: another process is writing ``run_dir``.
         FileExistsError: ``run_dir`` holds a checkpoint and neither ``resume`` nor
             ``overwrite`` is set.
         FileNotFoundError: the dataset, or (with ``resume``) the checkpoint, does not exist.
         DatasetError: the dataset is malformed, does not match ``env_id``, or has an episode
             longer than ``max_timestep``.
-        ValueError: bad arguments, or ``resume`` with a config that differs from the
-            checkpoint's (the message names the fields).
+        ValueError: bad arguments, sizes beyond the data or the available memory, or
+            ``resume`` with a config that differs from the checkpoint's (names the fields).
     """
     t_start = time.perf_counter()
     cfg.validate()
     method = get_method(cfg.method)
     device = resolve_device(cfg.device)
-    resumed = _claim_run_dir(cfg)
-    dataset, normalizer, info = _load_data(cfg, resumed)
-    state = _build(cfg, method, dataset, normalizer, device, resumed)
-    del resumed
+    run_dir = Path(cfg.run_dir)
+    with exclusive_lock(run_dir, "run directory"):
+        cfg, resumed = _claim_run_dir(cfg)
+        dataset, normalizer, info = _load_data(cfg, resumed)
+        cfg = _check_sizes(cfg, dataset, device, new_run=resumed is None)
+        state = _build(cfg, method, dataset, normalizer, device, resumed)
+        del resumed
+        previous = None
+        if not cfg.resume and (run_dir / CHECKPOINT_NAME).exists():
+            previous = _PreviousRun(run_dir)
+            previous.set_aside()
+            state.after_save = previous.discard
+        try:
+            return _run(cfg, method, state, info, eval_hook, device, t_start)
+        except BaseException:
+            if previous is not None and state.after_save is not None:
+                previous.restore()  # failed before its first checkpoint: the old run is back
+            raise
+
+
+def _run(cfg: TrainConfig, method: Method, state: _State, info: dict[str, Any],
+         eval_hook: EvalHook | None, device: torch.device, t_start: float) -> TrainResult:
+    """Write ``config.json``, run the loop, close the logs; the :class:`TrainResult`."""
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_config(cfg, state, info, device)
     runlog = RunLog(run_dir, state.step, cfg.steps, cfg.progress, t_start)
-    run = TrainingRun(cfg, method, state.net, normalizer, info)
+    run = TrainingRun(cfg, method, state.net, state.normalizer, info)
     start_step = state.step
     seconds = _loop(cfg, method, state, run, eval_hook, runlog, device)
     if state.step == start_step and not (run_dir / CHECKPOINT_NAME).exists():

@@ -216,3 +216,29 @@ def test_listing_an_empty_directory(command, tmp_path, capsys, monkeypatch):
     argv = [*command, "--out-dir", str(out_dir), "--minari-root", str(tmp_path / "minari")]
     assert main(argv) == 0
     assert capsys.readouterr().out.strip() == f"no datasets under {out_dir} or the Minari root"
+
+
+def test_train_and_evaluate_print_readable_summaries(box_hdf5, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", "--dataset", str(box_hdf5), "--run-dir", str(run_dir), "--steps", "6",
+                 "--batch-size", "4", "--context-length", "3", "--embed-dim", "8",
+                 "--n-layer", "1", "--max-timestep", "64", "--log-every", "3",
+                 "--progress", "false", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "TrainResult(" not in out and "PosixPath" not in out
+    assert f"trained dt on {box_hdf5}: 6 steps in total" in out
+    assert f"run dir      {run_dir}\n" in out
+    assert re.search(r"final loss   \d\.\d+ \(mean over the last logged interval\)", out)
+    assert re.search(r"speed        \d+\.\d steps/s, \d+\.\d s for this call", out)
+    assert main(["evaluate", "--checkpoint", str(run_dir), "--episodes", "2", "--device", "cpu",
+                 "--target-returns", "-150"]) == 0
+    out = capsys.readouterr().out
+    assert "{" not in out and "'mean'" not in out
+    assert out.startswith(f"evaluated {run_dir} (dt, step 6) on Pendulum-v1\n")
+    pattern = (r"  target {t}: return mean (-?\d+\.\d\d) ± std (\d+\.\d\d) over 2 episodes, "
+               r"95% CI of the mean \[(-?\d+\.\d\d), (-?\d+\.\d\d)\], normalized score -?\d+\.\d")
+    m = re.search(pattern.format(t="-150"), out)
+    assert m, out
+    assert float(m[3]) <= float(m[1]) <= float(m[4])
+    assert out.count("(headline)") == 1
+    assert out.rstrip().endswith(f"written to {run_dir / 'eval.json'}")

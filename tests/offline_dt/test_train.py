@@ -231,6 +231,9 @@ def test_load_checkpoint_errors(tmp_path):
     torch.save({"obj": argparse.Namespace(a=1)}, pickled)  # needs full unpickling
     with pytest.raises(ValueError, match="pickled.pt: not a readable"):
         load_checkpoint(pickled)
+    with pytest.raises(ValueError) as e:
+        load_checkpoint(pickled)
+    assert "weights_only" not in str(e.value) and "safe_globals" not in str(e.value)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="junk.pt"):
@@ -337,6 +340,10 @@ def test_cli_flags_build_the_config():
                                      "--method", "bc", "--resume", "true", "--run-dir", "out"])
     assert (cfg.dataset, cfg.steps, cfg.rtg_scale, cfg.method, cfg.resume, str(cfg.run_dir)) \
         == ("x.hdf5", 5, 2.5, "bc", True, "out")
-    assert cfg.batch_size == 64 and cfg.warmup_steps == 10_000 and cfg.grad_clip == 0.25
+    assert cfg.batch_size == 64 and cfg.warmup_steps is None and cfg.grad_clip == 0.25
+    # warmup left unset scales with the budget; the paper's 100k steps keep 10k
+    assert cfg.resolved(200).warmup_steps == 0
+    assert TrainConfig().resolved(200).warmup_steps == 10_000
+    assert TrainConfig(steps=300).resolved(200).warmup_steps == 30
     with pytest.raises(SystemExit):
         parse_config(TrainConfig, ["--method", "cql"])
