@@ -5,8 +5,11 @@
 
 Runs ``offline_dt.pipeline.reproduce(env_id="Pendulum-v1", preset=...)`` and writes
 ``benchmarks/results/pendulum.{md,csv}`` (``pendulum-<preset>.{md,csv}`` for presets other
-than ``paper``): the results table, the published reference numbers where they exist, wall
-seconds per stage, machine, versions and the command.
+than ``paper``): the CSV is the report's long table (one row per dataset × method, see
+``offline_dt.report``) plus the published reference numbers; the Markdown holds the wide table
+(datasets × methods, intervals over training runs), the aggregates over datasets (IQM,
+probability of improvement over dt), the reference numbers beside ours, wall seconds per
+stage, machine, versions and the command.
 
 Reference numbers (200 episodes each): random agent -1228.31, SAC -138.44; Decision
 Transformer trained on pendulum-random -1235.27, pendulum-medium-replay -1025.76,
@@ -31,7 +34,14 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from offline_dt.pipeline import PRESETS, reproduce  # noqa: E402
-from offline_dt.report import dataset_level, to_markdown  # noqa: E402
+from offline_dt.report import (  # noqa: E402
+    aggregate_table,
+    dataset_level,
+    env_markdown,
+    find_runs,
+    run_scores,
+    to_markdown,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ENV = "Pendulum-v1"
@@ -75,6 +85,87 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {platform.platform()}"
 
 
+def reference_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Our rows that have a published counterpart: run-level interval beside the reference
+    (the random agent once: the same policy on the same episodes for every dataset)."""
+    rows, seen = [], set()
+    for r in table.itertuples(index=False):
+        ref, what = reference_for(r.method, r.dataset)
+        if ref is None or (r.method == "random" and "random" in seen):
+            continue
+        seen.add(r.method)
+        ours = (f"{r.mean_return:.1f} [{r.run_ci95_low:.1f}, {r.run_ci95_high:.1f}]"
+                if pd.notna(r.run_ci95_low) else f"{r.mean_return:.1f}")
+        rows.append({"dataset": r.dataset, "method": r.method, "ours [95% CI over runs]": ours,
+                     "reference_return": ref, "reference": what})
+    return pd.DataFrame(rows, columns=["dataset", "method", "ours [95% CI over runs]",
+                                       "reference_return", "reference"])
+
+
+def restrict(table: pd.DataFrame, runs_root: Path, levels: list[str] | None
+             ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The table's rows of ``levels`` (all when None: the runs root may hold levels of earlier
+    calls) and the aggregates over those levels' runs."""
+    keep = (lambda ds: True) if levels is None else (lambda ds: dataset_level(ds) in levels)
+    runs = [r for r in find_runs(runs_root) if r["env"] == ENV and keep(r["dataset"])]
+    table = table[(table["env"] == ENV) & table["dataset"].map(keep)].reset_index(drop=True)
+    return table, aggregate_table(run_scores(runs))
+
+
+def stage_rows(timings: dict) -> str:
+    order = ["generate", "train", "evaluate", "baselines", "report"]
+    names = [k for k in order if k in timings["stages"]]
+    names += [k for k in timings["stages"] if k not in order]
+    return "\n".join(f"| {k} | {timings['stages'][k]:.1f} |" for k in names)
+
+
+def markdown(args: argparse.Namespace, command: str, wall: float, table: pd.DataFrame,
+             aggregates: pd.DataFrame, timings: dict, report_dir: Path) -> str:
+    """The results page: command, machine, versions, the wide table, the aggregates, the
+    reference study beside ours and the seconds per stage."""
+    preset = PRESETS[args.preset]
+    profile = report_dir / f"performance_profile_{ENV}.png"
+    return f"""# Pendulum-v1: Decision Transformer vs baselines (preset `{args.preset}`)
+
+Command: `{command}` (wall time {wall / 60:.1f} min, {args.workers} worker process(es))
+
+Machine: {machine()}. Versions: {', '.join(f'{k} {v}' for k, v in versions().items())}.
+
+Preset: {preset.description}
+Training seeds {list(preset.seeds)}; {preset.evaluate.get('episodes')} evaluation episodes per
+seed, the same episodes for every method (reset seeds: `episode_seeds` in each eval.json).
+Train overrides: `{json.dumps(preset.train)}`.
+
+A run is one training seed (for the baselines, one evaluation seed); its score is the mean
+return of its test episodes. Each cell is the mean over runs with a 95% bootstrap interval over
+runs and the D4RL normalized score `100 (R - ref_min) / (ref_max - ref_min)` with our
+reference scores (random agent, trained SAC). DT runs report the best of their target returns
+(the dataset's best episode return and the expert reference score); `bc` is the same network
+trained with returns-to-go zeroed; `behaviour` is the policy that wrote the level (none for
+the replay levels). The CSV beside this file keeps one row per dataset and method, with the
+episode-level `ci95`, the IQM and the run-level interval.
+
+{env_markdown(table, aggregates, ENV, profile=str(profile))}
+Reference study numbers (200 episodes each) beside ours; the study's "medium" data came from
+its fully trained SAC agent, which is our `expert` level, so that number sits beside our
+expert row:
+
+{to_markdown(reference_table(table))}
+## Seconds per stage
+
+With several workers, stage seconds are summed over the worker processes (so they can exceed
+the wall time); `total` is wall time.
+
+| stage | seconds |
+|---|---:|
+{stage_rows(timings)}
+| total | {timings['total']:.1f} |
+
+Report, plots (learning curves, dataset returns, performance profile) and per-run timings:
+`{report_dir}`.
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="paper", choices=sorted(PRESETS))
@@ -95,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t
     report_dir = args.root / "reports" / ENV / args.preset
     timings = json.loads((report_dir / "timings.json").read_text())
+    table, aggregates = restrict(table, args.root / "runs" / args.preset, args.levels)
 
     refs = [reference_for(r.method, r.dataset) for r in table.itertuples()]
     out = table.copy()
@@ -106,46 +198,7 @@ def main(argv: list[str] | None = None) -> int:
 
     command = "python " + " ".join(shlex.quote(a) for a in
                                    ["benchmarks/pendulum.py", *(argv or sys.argv[1:])])
-    preset = PRESETS[args.preset]
-    order = ["generate", "train", "evaluate", "baselines", "report"]
-    names = [k for k in order if k in timings["stages"]]
-    names += [k for k in timings["stages"] if k not in order]
-    stages = "\n".join(f"| {k} | {timings['stages'][k]:.1f} |" for k in names)
-    md = f"""# Pendulum-v1: Decision Transformer vs baselines (preset `{args.preset}`)
-
-Command: `{command}` (wall time {wall / 60:.1f} min, {args.workers} worker process(es))
-
-Machine: {machine()}. Versions: {', '.join(f'{k} {v}' for k, v in versions().items())}.
-
-Preset: {preset.description}
-Training seeds {list(preset.seeds)}; {preset.evaluate.get('episodes')} evaluation episodes per
-seed, the same episodes (reset seeds `seed * 100000 + i`) for every method. Train overrides:
-`{json.dumps(preset.train)}`.
-
-Each row pools all episodes of all seeds: mean, std and 95% CI (1.96 std / sqrt(n)) over
-episodes; the normalized score is D4RL's `100 (R - ref_min) / (ref_max - ref_min)` with our
-reference scores (random agent, trained SAC). DT rows report, per seed, the best of its
-target returns (the dataset's best episode return and the expert reference score); `bc` is
-the same network trained with returns-to-go zeroed.
-
-{to_markdown(out)}
-Reference study numbers (200 episodes each): random agent -1228.31, SAC -138.44, DT trained
-on pendulum-random -1235.27, pendulum-medium-replay -1025.76, pendulum-medium -607.84. The
-study's "medium" data came from its fully trained SAC agent, which is our `expert` level, so
-that number sits beside our expert row.
-
-## Seconds per stage
-
-With several workers, stage seconds are summed over the worker processes (so they can exceed
-the wall time); `total` is wall time.
-
-| stage | seconds |
-|---|---:|
-{stages}
-| total | {timings['total']:.1f} |
-
-Report, plots and per-run timings: `{report_dir}`.
-"""
+    md = markdown(args, command, wall, table, aggregates, timings, report_dir)
     (args.out / f"{stem}.md").write_text(md)
     print(md)
     return 0

@@ -25,9 +25,15 @@ seed ``HOOK_SEED_OFFSET + k`` so that curves never select on the test episodes.
 
 Behaviour baseline per level (the policy that produced the data, acting as it did when
 collecting — stochastic for SAC): ``random`` → uniform random; ``medium``/``expert`` → the
-checkpoint named in the dataset metadata; ``medium-replay``/``full-replay`` → the agent at the
-end of the buffer (the medium checkpoint / the final agent); ``medium-expert`` → half the
-episodes medium, half expert.
+checkpoint named in the dataset metadata; ``medium-expert`` → its fixed mixture, half the
+episodes medium, half expert. ``medium-replay``/``full-replay``
+(``offline_dt.report.REPLAY_LEVELS``) get no behaviour job: a sequence of policies during
+SAC training wrote them, not one agent, so the report compares them with the dataset's own
+episode returns (its ``data`` row) instead.
+
+Intervals: the ``±`` of the per-run log line and the ``ci95`` of ``eval.json`` are
+episode-level (``1.96 std / √episodes`` over one run's test episodes: evaluation noise only);
+the report adds the run-level intervals (over training seeds).
 """
 
 from __future__ import annotations
@@ -60,12 +66,14 @@ from offline_dt.evaluate import (
     make_eval_hook,
     write_baseline_eval,
 )
-from offline_dt.report import report
+from offline_dt.report import REPLAY_LEVELS, report
 from offline_dt.rollout import CallablePolicy, RandomPolicy
 
 log = logging.getLogger(__name__)
 
 METHODS = ("random", "behaviour", "bc", "dt")
+#: Levels with a behaviour job: those written by one policy (or medium-expert's fixed mixture).
+BEHAVIOUR_LEVELS = tuple(lv for lv in LEVELS if lv not in REPLAY_LEVELS)
 #: The learning-curve hook of training seed k evaluates with seed HOOK_SEED_OFFSET + k.
 HOOK_SEED_OFFSET = 500
 
@@ -224,7 +232,14 @@ def behaviour_policy(level: str, metas: dict[str, dict[str, Any]], env_id: str, 
 
     ``metas`` maps level → dataset metadata (``medium-expert`` needs ``medium`` and
     ``expert``). SAC acts stochastically, as it did when collecting (metadata ``policy``).
+
+    Raises:
+        ValueError: ``level`` is a replay level (no single policy wrote it) or its metadata
+            names no checkpoint.
     """
+    if level not in BEHAVIOUR_LEVELS:
+        raise ValueError(f"{level}: no behaviour policy (a sequence of policies during SAC "
+                         f"training wrote it); behaviour levels are {list(BEHAVIOUR_LEVELS)}")
     from datagen.agents import load_behaviour_policy
 
     if level == "random":
@@ -237,15 +252,7 @@ def behaviour_policy(level: str, metas: dict[str, dict[str, Any]], env_id: str, 
         if not ckpt:
             raise ValueError(f"{md.get('dataset_id', level)}: metadata names no behaviour "
                              "checkpoint")
-        ckpt = Path(ckpt)
-        stochastic = md.get("policy", "stochastic") == "stochastic"
-        if ckpt.name.startswith("replay_buffer"):
-            # The agent at the end of the buffer: the medium checkpoint or the final agent.
-            step = md.get("checkpoint_step")
-            ckpt = (ckpt.parent / "checkpoints" / f"step_{int(step):07d}.safetensors"
-                    if step is not None else ckpt.parent / "policy.safetensors")
-            stochastic = True
-        return ckpt, stochastic
+        return Path(ckpt), md.get("policy", "stochastic") == "stochastic"
 
     def load(path: Path, stochastic: bool) -> Any:
         return load_behaviour_policy(path, env_id, device, deterministic=not stochastic,
@@ -483,10 +490,27 @@ def _run_jobs(specs: Sequence[JobSpec], workers: int, timer: Timer, progress: bo
             timer.add(stage, secs, run=run, reused=reused)
         bar.update(1)
         ev = out["eval"]
-        log.info("reproduce %s: %.1f ± %.1f (episode-level 95%% CI; %s, %.1fs)", out["label"],
-                 ev["mean_return"], ev["ci95"], "reused" if out["took"] == 0.0 else "done",
-                 out["took"])
+        log.info("reproduce %s: mean return %.1f ± %.1f (± = episode-level 95%% CI of this "
+                 "run, not over training runs; %s, %.1fs)", out["label"], ev["mean_return"],
+                 ev["ci95"], "reused" if out["took"] == 0.0 else "done", out["took"])
     bar.close()
+
+
+def _checked_levels(levels: Sequence[str] | None) -> list[str]:
+    levels = list(levels or LEVELS)
+    unknown = [lv for lv in levels if lv not in LEVELS]
+    if unknown:
+        raise ValueError(f"levels: unknown {unknown}; choose from {list(LEVELS)}")
+    return levels
+
+
+def reproduce_jobs(levels: Sequence[str], seeds: Sequence[int]) -> list[tuple[str, int, str]]:
+    """(level, seed, method) of every run of :func:`reproduce`: dt and bc everywhere, then the
+    baselines: random everywhere, behaviour only on :data:`BEHAVIOUR_LEVELS`."""
+    jobs = [(lv, s, m) for lv in levels for s in seeds for m in ("dt", "bc")]
+    jobs += [(lv, s, m) for lv in levels for s in seeds for m in ("random", "behaviour")
+             if m == "random" or lv in BEHAVIOUR_LEVELS]
+    return jobs
 
 
 def reproduce(
@@ -501,7 +525,7 @@ def reproduce(
     workers: int = 1,
 ) -> pd.DataFrame:
     """The whole study: generate → train dt and bc per level and seed → evaluate dt, bc,
-    random and behaviour on the same episodes → report.
+    random and (on the levels one policy wrote) behaviour on the same episodes → report.
 
     Args:
         env_id: Gymnasium id (the datagen levels need a trainable behaviour agent).
@@ -525,19 +549,14 @@ def reproduce(
     """
     p = get_preset(preset)
     root = Path(root)
-    levels = list(levels or LEVELS)
-    unknown = [lv for lv in levels if lv not in LEVELS]
-    if unknown:
-        raise ValueError(f"levels: unknown {unknown}; choose from {list(LEVELS)}")
-    seeds = list(seeds if seeds is not None else p.seeds)
+    levels, seeds = _checked_levels(levels), list(seeds if seeds is not None else p.seeds)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, found {workers}")
     report_dir = root / "reports" / env_id / p.name
     timer = Timer()
     dev = str(resolve_device(device)) if device == "auto" else device
     gcfg, gen, paths, metas = _generate_stage(p, env_id, levels, root, dev, timer)
-    jobs = [(lv, s, m) for lv in levels for s in seeds for m in ("dt", "bc")]
-    jobs += [(lv, s, m) for lv in levels for s in seeds for m in ("random", "behaviour")]
+    jobs = reproduce_jobs(levels, seeds)
     specs = [JobSpec(env_id=env_id, preset=p.name, root=str(root), device=dev, level=lv,
                      seed=s, method=m, dataset=str(paths[lv]), metas=metas,
                      label=f"[{n}/{len(jobs)}] {m} {paths[lv].stem} seed{s}")

@@ -13,7 +13,7 @@ import pytest
 
 from benchmarks.behaviour_fingerprint import compare, fingerprint
 from offline_dt.pipeline import PRESETS, reproduce
-from offline_dt.report import COLUMNS, LEVELS
+from offline_dt.report import COLUMNS, LEVELS, REPLAY_LEVELS
 
 pytestmark = pytest.mark.slow
 
@@ -25,16 +25,23 @@ def test_reproduce_smoke_end_to_end(tmp_path):
     assert list(csv.columns) == COLUMNS
     assert list(table.columns) == COLUMNS
     got = {(row.dataset, row.method) for row in csv.itertuples()}
-    want = {(f"pendulum-{lv}-v0", m) for lv in LEVELS for m in ("random", "behaviour", "bc", "dt")}
+    # A data row per dataset; behaviour only where one policy wrote the data.
+    want = {(f"pendulum-{lv}-v0", m) for lv in LEVELS for m in ("data", "random", "bc", "dt")}
+    want |= {(f"pendulum-{lv}-v0", "behaviour") for lv in LEVELS if lv not in REPLAY_LEVELS}
     assert got == want
     episodes = PRESETS["smoke"].evaluate["episodes"]
-    assert (csv["episodes"] == episodes).all() and (csv["seeds"] == 1).all()
+    runs = csv[csv.method != "data"]
+    assert (runs["episodes"] == episodes).all() and (runs["seeds"] == 1).all()
+    assert (runs["runs"] == 1).all() and runs["run_ci95_low"].isna().all()  # one seed
+    assert (csv[csv.method == "data"]["runs"] == 0).all()
     assert csv["normalized_score"].notna().all()
     # The random baseline is the same policy on the same episodes for every level.
     assert csv[csv.method == "random"]["mean_return"].nunique() == 1
-    for name in ("results.md", "learning_curves_Pendulum-v1.png",
-                 "dataset_returns_Pendulum-v1.png"):
+    for name in ("results.md", "aggregates.csv", "run_scores.csv",
+                 "learning_curves_Pendulum-v1.png", "dataset_returns_Pendulum-v1.png",
+                 "performance_profile_Pendulum-v1.png"):
         assert (report_dir / name).stat().st_size > 0
+    assert "| dataset " in (report_dir / "results.md").read_text()
     timings = json.loads((report_dir / "timings.json").read_text())
     assert {"generate", "train", "evaluate", "baselines", "report"} <= set(timings["stages"])
     assert timings["workers"] == 2 and not any(r["reused"] for r in timings["runs"])

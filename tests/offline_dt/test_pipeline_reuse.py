@@ -1,12 +1,21 @@
-"""Reuse rules of ``offline_dt.pipeline`` (end to end: tests/test_pipeline_smoke.py)."""
+"""Reuse rules and the job list of ``offline_dt.pipeline`` (end to end:
+tests/test_pipeline_smoke.py)."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
+
 from offline_dt.config import to_jsonable
 from offline_dt.evaluate import EvalConfig
-from offline_dt.pipeline import _same_eval_config
+from offline_dt.pipeline import (
+    BEHAVIOUR_LEVELS,
+    _same_eval_config,
+    behaviour_policy,
+    reproduce_jobs,
+)
+from offline_dt.report import LEVELS, REPLAY_LEVELS
 
 
 def _saved(cfg: EvalConfig) -> dict:
@@ -23,3 +32,23 @@ def test_eval_config_reuse_tolerates_fields_added_at_their_default():
                                                    kv_cache=True))
     assert not _same_eval_config({**saved, "episodes": 50}, cfg)
     assert not _same_eval_config(None, cfg)
+
+
+def test_no_behaviour_job_on_the_replay_levels():
+    jobs = reproduce_jobs(LEVELS, [0, 1])
+    assert len(jobs) == len(set(jobs))
+    by_method = {m: {(lv, s) for lv, s, mm in jobs if mm == m} for m in ("dt", "bc", "random")}
+    everywhere = {(lv, s) for lv in LEVELS for s in (0, 1)}
+    assert all(runs == everywhere for runs in by_method.values())
+    behaviour = {(lv, s) for lv, s, m in jobs if m == "behaviour"}
+    # One policy (or medium-expert's fixed mixture) wrote these; the replay levels were
+    # written by a sequence of policies during SAC training.
+    assert behaviour == {(lv, s) for lv in ("random", "medium", "expert", "medium-expert")
+                         for s in (0, 1)}
+    assert set(BEHAVIOUR_LEVELS) | set(REPLAY_LEVELS) == set(LEVELS)
+
+
+@pytest.mark.parametrize("level", ["medium-replay", "full-replay"])
+def test_behaviour_policy_refuses_a_replay_level(level):
+    with pytest.raises(ValueError, match="no behaviour policy"):
+        behaviour_policy(level, {}, "Pendulum-v1", "cpu", 0)

@@ -1,8 +1,12 @@
-"""Report: exact CSV columns, seeds pooled over episodes, plots from fabricated run dirs."""
+"""Report: exact CSV columns, run-level statistics (IQM, bootstrap intervals, probability of
+improvement) against hand computations, the data and behaviour rows, the wide table read back
+against the CSV, plots from fabricated run dirs."""
 
 from __future__ import annotations
 
 import io
+import itertools
+import math
 import re
 import subprocess
 import sys
@@ -18,7 +22,23 @@ from hypothesis.extra.pandas import column, data_frames
 from offline_dt.config import save_json
 from offline_dt.data import OfflineDataset, write_hdf5
 from offline_dt.evaluate import build_eval_payload, summarize_returns
-from offline_dt.report import COLUMNS, LEVELS, dataset_level, pool, report, to_markdown
+from offline_dt.report import (
+    AGGREGATE_COLUMNS,
+    COLUMNS,
+    LEVELS,
+    RUN_COLUMNS,
+    RUN_STAT_COLUMNS,
+    aggregate_table,
+    best_method,
+    dataset_level,
+    iqm,
+    pool,
+    probability_of_improvement,
+    report,
+    run_interval,
+    run_statistics,
+    to_markdown,
+)
 
 REF_MIN, REF_MAX = -1200.0, -150.0
 
@@ -58,15 +78,22 @@ def make_run(root, dataset, method, seed, ev, config=None, metrics=None):
     return run
 
 
+DATA_RETURNS = {"pendulum-medium-v0": [-900.0, -700.0, -650.0, -800.0],
+                "pendulum-full-replay-v0": [-1000.0, -300.0],
+                "pendulum-expert-v0": [-150.0, -140.0, -160.0]}
+DATASETS = ["pendulum-medium-v0", "pendulum-full-replay-v0", "pendulum-expert-v0"]
+
+
 @pytest.fixture
 def runs(tmp_path):
+    """Three datasets, two seeds of every method; behaviour runs on the replay dataset too
+    (as an older reproduce wrote them): the report must skip those."""
     root = tmp_path / "runs"
     data = tmp_path / "ds"
     data.mkdir()
-    fake_dataset(data / "pendulum-medium-v0.hdf5", [-900.0, -700.0, -650.0, -800.0])
-    fake_dataset(data / "pendulum-expert-v0.hdf5", [-150.0, -140.0, -160.0])
-    for ds in ("pendulum-medium-v0", "pendulum-expert-v0"):
+    for ds, returns in DATA_RETURNS.items():
         path = str(data / f"{ds}.hdf5")
+        fake_dataset(path, returns)
         # The trainer's config.json shape: the dataset path inside train_config, the
         # dataset facts (a dict) under "dataset".
         cfg = {"train_config": {"dataset": path, "method": "dt", "minari_root": None},
@@ -78,11 +105,18 @@ def runs(tmp_path):
             make_run(root, ds, "dt", seed, fake_eval("dt", [[-1e4, -1e4], [a, b]], 1),
                      cfg, curve)
             make_run(root, ds, "bc", seed, fake_eval("bc", [[a - 100, b - 100]]), cfg, curve)
-        make_run(root, ds, "random", 0, fake_eval("random", [[-1200.0, -1300.0, -1100.0]]),
-                 {"dataset": path, "method": "random"})
-        make_run(root, ds, "behaviour", 0, fake_eval("behaviour", [[-150.0, -140.0]]),
-                 {"dataset": path, "method": "behaviour"})
+            make_run(root, ds, "random", seed,
+                     fake_eval("random", [[-1200.0 - seed, -1300.0, -1100.0]]),
+                     {"dataset": path, "method": "random"})
+            make_run(root, ds, "behaviour", seed, fake_eval("behaviour", [[-150.0 + seed, -140.0]]),
+                     {"dataset": path, "method": "behaviour"})
     return root
+
+
+def row(csv, dataset, method):
+    found = csv[(csv.dataset == dataset) & (csv.method == method)]
+    assert len(found) == 1, (dataset, method, len(found))
+    return found.iloc[0]
 
 
 def test_report_columns_and_seed_aggregation(runs, tmp_path):
@@ -91,28 +125,241 @@ def test_report_columns_and_seed_aggregation(runs, tmp_path):
     assert list(table.columns) == COLUMNS
     csv = pd.read_csv(out / "results.csv")
     assert list(csv.columns) == COLUMNS
-    assert len(csv) == 8  # 2 datasets x 4 methods
-    # Levels in study order, methods in table order.
-    assert list(csv["dataset"]) == ["pendulum-medium-v0"] * 4 + ["pendulum-expert-v0"] * 4
-    assert list(csv["method"][:4]) == ["random", "behaviour", "bc", "dt"]
-    dt = csv[(csv.dataset == "pendulum-medium-v0") & (csv.method == "dt")].iloc[0]
+    pd.testing.assert_frame_equal(csv, table, check_dtype=False)
+    # Levels in study order, methods in table order; no behaviour on the replay dataset.
+    assert list(csv["dataset"]) == (["pendulum-medium-v0"] * 5 + ["pendulum-full-replay-v0"] * 4
+                                    + ["pendulum-expert-v0"] * 5)
+    assert list(csv["method"][:9]) == ["data", "random", "behaviour", "bc", "dt",
+                                       "data", "random", "bc", "dt"]
+    dt = row(csv, "pendulum-medium-v0", "dt")
     pooled = np.array([-600.0, -400.0, -500.0, -300.0])  # headline episodes of both seeds
-    assert dt.seeds == 2 and dt.episodes == 4
+    assert dt.seeds == 2 and dt.runs == 2 and dt.episodes == 4
     assert dt.mean_return == pytest.approx(pooled.mean())
     assert dt.std_return == pytest.approx(pooled.std())
-    assert dt.ci95 == pytest.approx(1.96 * pooled.std() / 2.0)
+    assert dt.max_return == pytest.approx(-300.0)
+    assert dt.ci95 == pytest.approx(1.96 * pooled.std() / 2.0)  # episode-level
     assert dt.normalized_score == pytest.approx(
         100 * (pooled.mean() - REF_MIN) / (REF_MAX - REF_MIN))
-    rnd = csv[(csv.dataset == "pendulum-expert-v0") & (csv.method == "random")].iloc[0]
-    assert rnd.seeds == 1 and rnd.episodes == 3 and rnd.mean_return == pytest.approx(-1200.0)
-    # results.md is the CSV's table: same cells, floats to 2 decimals, NaN as n/a.
-    md = parse_markdown((out / "results.md").read_text())
-    assert list(md.columns) == COLUMNS and len(md) == 8
-    floats = ["mean_return", "std_return", "ci95", "normalized_score"]
-    pd.testing.assert_frame_equal(md.drop(columns=floats), csv.drop(columns=floats))
-    np.testing.assert_allclose(md[floats], csv[floats], rtol=0, atol=0.005 + 1e-9)
-    for name in ("learning_curves_Pendulum-v1.png", "dataset_returns_Pendulum-v1.png"):
+    # Run scores -500 and -400: IQM of two runs is their mean; the percentile bootstrap of
+    # two values puts a quarter of its mass on each of them, so the interval is [min, max].
+    assert dt.iqm_return == pytest.approx(-450.0)
+    assert (dt.run_ci95_low, dt.run_ci95_high) == pytest.approx((-500.0, -400.0))
+    norm = lambda r: 100 * (r - REF_MIN) / (REF_MAX - REF_MIN)  # noqa: E731
+    assert dt.iqm_normalized_score == pytest.approx(norm(-450.0))
+    assert (dt.run_ci95_low_normalized, dt.run_ci95_high_normalized) == pytest.approx(
+        (norm(-500.0), norm(-400.0)))
+    rnd = row(csv, "pendulum-expert-v0", "random")
+    assert rnd.seeds == 2 and rnd.episodes == 6
+    assert rnd.mean_return == pytest.approx((-3600.0 - 3601.0) / 6)
+    scores = pd.read_csv(out / "run_scores.csv")
+    assert list(scores.columns) == RUN_COLUMNS
+    assert len(scores) == 3 * 3 * 2 + 2 * 2  # dt, bc, random everywhere; behaviour twice
+    assert list(pd.read_csv(out / "aggregates.csv").columns) == AGGREGATE_COLUMNS
+    for name in ("learning_curves_Pendulum-v1.png", "dataset_returns_Pendulum-v1.png",
+                 "performance_profile_Pendulum-v1.png"):
         assert (out / name).stat().st_size > 10_000
+
+
+def test_report_is_deterministic(runs, tmp_path):
+    report(runs, tmp_path / "a", plots=False, quiet=True)
+    report(runs, tmp_path / "b", plots=False, quiet=True)
+    for name in ("results.csv", "aggregates.csv", "results.md"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+# ----------------------------------------------------------------------------- statistics
+def exact_bootstrap(samples, statistic):
+    """Every equally likely bootstrap resample enumerated (each sample resampled on its own):
+    the exact bootstrap distribution of ``statistic(*resamples)``, one resample per row."""
+    grids = [np.array(list(itertools.product(s, repeat=len(s)))) for s in samples]
+    rows = np.array(list(itertools.product(*[range(len(g)) for g in grids])))
+    return statistic(*[g[rows[:, j]] for j, g in enumerate(grids)])
+
+
+def iqm_rows(*parts):
+    """The IQM of each row of the parts side by side, from the definition: sort, cut
+    int(n / 4) values from each end, average the rest."""
+    x = np.sort(np.concatenate(parts, axis=-1), axis=-1)
+    cut = x.shape[-1] // 4
+    return x[..., cut:x.shape[-1] - cut].mean(axis=-1)
+
+
+def test_iqm_and_run_interval_by_hand():
+    scores = np.array([-300.0, -250.0, -240.0, -210.0, -100.0])
+    # IQM: int(0.25 * 5) = 1 run cut from each end, the mean of the middle three.
+    assert iqm(scores) == (-250.0 - 240.0 - 210.0) / 3
+    assert iqm([4.0, 1.0, 3.0, 2.0]) == 2.5  # unsorted; one cut from each end of four
+    # Run-level interval: 2.5% and 97.5% quantiles of the mean over all 5^5 resamples.
+    dist = exact_bootstrap([scores], lambda x: x.mean(axis=-1))
+    want = np.percentile(dist, [2.5, 97.5])
+    low, high = run_interval(scores)
+    assert (low, high) == pytest.approx(tuple(want), abs=0.03 * np.ptp(scores))
+    assert run_interval(scores) == (low, high)  # seeded
+    stats = run_statistics(scores, 2 * scores + 10)
+    assert stats["runs"] == 5 and stats["iqm_return"] == iqm(scores)
+    assert stats["iqm_normalized_score"] == pytest.approx(2 * iqm(scores) + 10)
+    assert (stats["run_ci95_low_normalized"], stats["run_ci95_high_normalized"]) == \
+        pytest.approx((2 * low + 10, 2 * high + 10), abs=0.03 * 2 * np.ptp(scores))
+    # One run: no interval (not a zero-width one).
+    one = run_statistics(np.array([-5.0]), np.array([50.0]))
+    assert one["iqm_return"] == -5.0
+    assert all(math.isnan(one[k]) for k in ("run_ci95_low", "run_ci95_high",
+                                            "run_ci95_low_normalized",
+                                            "run_ci95_high_normalized"))
+
+
+def test_report_iqm_of_five_runs(tmp_path):
+    scores = [-300.0, -250.0, -240.0, -210.0, -100.0]
+    for seed, s in enumerate(scores):
+        make_run(tmp_path, "pendulum-expert-v0", "dt", seed, fake_eval("dt", [[s, s]]))
+    t = report(tmp_path, tmp_path / "out", plots=False, quiet=True)
+    dt = row(t, "pendulum-expert-v0", "dt")
+    assert dt.runs == 5 and dt.iqm_return == pytest.approx(-700.0 / 3)
+    assert dt.mean_return == pytest.approx(np.mean(scores))
+    assert (dt.run_ci95_low, dt.run_ci95_high) == run_interval(scores)
+
+
+def test_aggregate_iqm_interval_is_stratified_over_datasets():
+    a, b = [10.0, 40.0, 45.0], [20.0, 90.0, 95.0]  # normalized scores of three runs each
+    scores = pd.DataFrame({
+        "env": "E", "dataset": ["d1"] * 3 + ["d2"] * 3, "method": "dt", "seed": [0, 1, 2] * 2,
+        "episodes": 1, "mean_return": a + b, "normalized_score": a + b})
+    agg = aggregate_table(scores).iloc[0]
+    assert agg.datasets == 2 and agg.runs == 6
+    # IQM of six: int(1.5) = 1 cut from each end, the mean of 20, 40, 45, 90.
+    assert agg.iqm_normalized_score == (20.0 + 40.0 + 45.0 + 90.0) / 4
+    # Stratified: each dataset's runs resampled on their own, 27 x 27 equally likely draws.
+    want = np.percentile(exact_bootstrap([a, b], iqm_rows), [2.5, 97.5])  # 22.5, 68.75
+    assert (agg.iqm_ci95_low, agg.iqm_ci95_high) == pytest.approx(tuple(want), abs=1.0)
+    # What it is not: the six runs resampled together ([20, 81.25]), or the mean ([26.7, 68.3]).
+    pooled = np.percentile(exact_bootstrap([a + b], iqm_rows), [2.5, 97.5])
+    mean = np.percentile(exact_bootstrap([a, b], lambda x, y: (x.sum(-1) + y.sum(-1)) / 6),
+                         [2.5, 97.5])
+    assert abs(agg.iqm_ci95_low - pooled[0]) > 2 and abs(agg.iqm_ci95_high - pooled[1]) > 2
+    assert abs(agg.iqm_ci95_low - mean[0]) > 2
+
+
+def test_probability_of_improvement_by_hand():
+    x = [np.array([1.0, 3.0]), np.array([5.0])]
+    y = [np.array([2.0, 2.0]), np.array([5.0, 4.0])]
+    # d1: 3 beats both 2s, 1 beats neither: 2/4; d2: 5 ties 5 (1/2) and beats 4: 1.5/2.
+    assert probability_of_improvement(x, y) == (2 / 4 + 1.5 / 2) / 2
+    assert probability_of_improvement(y, x) == 1 - (2 / 4 + 1.5 / 2) / 2
+
+
+def test_probability_of_improvement_over_dt_in_the_report(runs, tmp_path):
+    report(runs, tmp_path / "out", plots=False, quiet=True)
+    agg = pd.read_csv(tmp_path / "out" / "aggregates.csv").set_index("method")
+    # Per dataset dt runs score -500, -400 and bc runs -600, -500: of the four pairs bc wins
+    # none and ties one, so 0.5 / 4 on every dataset.
+    assert agg.loc["bc", "prob_improvement_over_dt"] == 0.125
+    assert agg.loc["random", "prob_improvement_over_dt"] == 0.0
+    assert agg.loc["behaviour", "prob_improvement_over_dt"] == 1.0
+    assert agg.loc["behaviour", "datasets"] == 2 and agg.loc["bc", "datasets"] == 3
+    assert math.isnan(agg.loc["dt", "prob_improvement_over_dt"])
+    lo, hi = agg.loc["bc", ["prob_improvement_ci95_low", "prob_improvement_ci95_high"]]
+    assert 0.0 <= lo <= 0.125 <= hi <= 1.0 and hi > lo
+    assert "data" not in agg.index  # the dataset rows have no runs
+
+
+# ------------------------------------------------------------------------ data, behaviour
+def test_data_row_equals_the_files_episode_returns(runs, tmp_path):
+    report(runs, tmp_path / "out", plots=False, quiet=True)
+    csv = pd.read_csv(tmp_path / "out" / "results.csv")
+    for ds, returns in DATA_RETURNS.items():
+        r, d = np.array(returns), row(csv, ds, "data")
+        assert d.episodes == len(r) and d.runs == 0 and d.seeds == 0
+        assert d.mean_return == pytest.approx(r.mean())
+        assert d.std_return == pytest.approx(r.std())
+        assert d.max_return == pytest.approx(r.max())
+        assert d.normalized_score == pytest.approx(
+            100 * (r.mean() - REF_MIN) / (REF_MAX - REF_MIN))
+        assert d[["ci95", *RUN_STAT_COLUMNS]].isna().all()
+
+
+def test_unreadable_dataset_gives_no_data_row(tmp_path):
+    make_run(tmp_path, "pendulum-expert-v0", "dt", 0, fake_eval("dt", [[-1.0]]),
+             {"train_config": {"dataset": str(tmp_path / "gone.hdf5")}})
+    t = report(tmp_path, tmp_path / "out", plots=False, quiet=True)
+    assert list(t["method"]) == ["dt"]
+
+
+def test_replay_dataset_gets_no_behaviour_row(runs, tmp_path):
+    t = report(runs, tmp_path / "out", plots=False, quiet=True)
+    assert set(t[t.dataset == "pendulum-full-replay-v0"]["method"]) == {
+        "data", "random", "bc", "dt"}
+    assert set(t[t.method == "behaviour"]["dataset"]) == {"pendulum-medium-v0",
+                                                          "pendulum-expert-v0"}
+    wide = md_tables((tmp_path / "out" / "results.md").read_text())[0]
+    assert wide.set_index("dataset").loc["pendulum-full-replay-v0", "behaviour"] == "n/a"
+    assert "`behaviour` is n/a on `pendulum-full-replay-v0`" in (
+        tmp_path / "out" / "results.md").read_text()
+
+
+# ----------------------------------------------------------------------- the wide table
+NUM = r"-?\d+\.\d"
+METHOD_CELL = re.compile(rf"(?P<bold>\*\*|)(?P<mean>{NUM})(?: \[(?P<low>{NUM}), "
+                         rf"(?P<high>{NUM})\])? \((?P<norm>{NUM}|n/a)\)(?P=bold)")
+DATA_CELL = re.compile(rf"(?P<mean>{NUM}) ± (?P<std>{NUM}) \((?P<norm>{NUM}|n/a)\), "
+                       rf"max (?P<max>{NUM})")
+
+
+def md_tables(text: str) -> list[pd.DataFrame]:
+    """Every pipe table of a Markdown text, cells as stripped strings."""
+    blocks, cur = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            cur.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif cur:
+            blocks.append(pd.DataFrame(cur[2:], columns=cur[0]))
+            cur = []
+    return blocks
+
+
+def test_wide_table_round_trips_from_the_csv(runs, tmp_path):
+    out = tmp_path / "out"
+    report(runs, out, plots=False, quiet=True)
+    csv = pd.read_csv(out / "results.csv")
+    wide = md_tables((out / "results.md").read_text())[0]
+    assert list(wide.columns) == ["dataset", "data", "random", "behaviour", "bc", "dt"]
+    assert list(wide["dataset"]) == DATASETS
+    close = lambda cell, value: abs(float(cell) - value) <= 0.05 + 1e-9  # noqa: E731
+    bold = set()
+    for cells in wide.itertuples(index=False):
+        for method in wide.columns[1:]:
+            cell = getattr(cells, method)
+            found = csv[(csv.dataset == cells.dataset) & (csv.method == method)]
+            if found.empty:
+                assert cell == "n/a"
+                continue
+            r = found.iloc[0]
+            m = (DATA_CELL if method == "data" else METHOD_CELL).fullmatch(cell)
+            assert m is not None, cell
+            assert close(m["mean"], r.mean_return) and close(m["norm"], r.normalized_score)
+            if method == "data":
+                assert close(m["std"], r.std_return) and close(m["max"], r.max_return)
+                continue
+            assert close(m["low"], r.run_ci95_low) and close(m["high"], r.run_ci95_high)
+            if m["bold"]:
+                bold.add((cells.dataset, method))
+    # behaviour's interval [-145, -144.5] lies above all others on medium and expert; on
+    # full-replay dt [-500, -400] only touches bc [-600, -500]: nothing is bold there.
+    assert bold == {("pendulum-medium-v0", "behaviour"), ("pendulum-expert-v0", "behaviour")}
+
+
+def test_best_method_rule():
+    def rows(*spec):
+        return pd.DataFrame([{"method": m, "run_ci95_low": lo, "run_ci95_high": hi}
+                             for m, lo, hi in spec])
+
+    nan = float("nan")
+    assert best_method(rows(("bc", 1, 2), ("dt", 3, 4))) == "dt"
+    assert best_method(rows(("bc", 1, 3), ("dt", 2, 4))) is None  # overlap
+    assert best_method(rows(("bc", 1, 3), ("dt", 3, 4))) is None  # touching is not above
+    assert best_method(rows(("bc", 1, 2), ("dt", 3, 4), ("random", 0, 5))) is None
+    assert best_method(rows(("bc", 1, 2), ("dt", 3, 4), ("data", nan, nan))) == "dt"
+    assert best_method(rows(("bc", nan, nan), ("dt", 3, 4))) is None  # one run: unknown
+    assert best_method(rows(("dt", 3, 4))) is None  # nothing to be above
 
 
 def test_pool_from_moments_equals_pool_from_episodes():
