@@ -18,10 +18,12 @@ Layout under ``root`` (default ``data``)::
     reports/<env>/<preset>/           results.csv/.md, plots, timings.json
 
 Every run directory holds its resolved config (``config.json``); a run whose ``eval.json``
-exists and whose config matches is reused on rerun. Baselines are evaluated on the same
-episodes as dt and bc: for training seed ``k`` every method is evaluated with evaluation seed
-``k`` (episode ``i`` resets with ``k * 100_000 + i``), while the learning-curve hook uses
-seed ``HOOK_SEED_OFFSET + k`` so that curves never select on the test episodes.
+exists, whose config matches and whose test episodes are today's (:data:`EPISODE_SEEDS`) is
+reused on rerun. Baselines are evaluated on the same episodes as dt and bc: for training seed
+``k`` every method is evaluated with evaluation seed ``k`` (episode ``i`` resets with
+``10**12 + k * 100_000 + i``, ``offline_dt.rollout.evaluation_seed``), while the
+learning-curve hook uses seed ``HOOK_SEED_OFFSET + k`` so that curves never select on the
+test episodes.
 
 Behaviour baseline per level (the policy that produced the data, acting as it did when
 collecting — stochastic for SAC): ``random`` → uniform random; ``medium``/``expert`` → the
@@ -67,13 +69,16 @@ from offline_dt.evaluate import (
     write_baseline_eval,
 )
 from offline_dt.report import REPLAY_LEVELS, report
-from offline_dt.rollout import CallablePolicy, RandomPolicy
+from offline_dt.rollout import EVALUATION_SEED_BASE, SEED_STRIDE, CallablePolicy, RandomPolicy
 
 log = logging.getLogger(__name__)
 
 METHODS = ("random", "behaviour", "bc", "dt")
 #: Levels with a behaviour job: those written by one policy (or medium-expert's fixed mixture).
 BEHAVIOUR_LEVELS = tuple(lv for lv in LEVELS if lv not in REPLAY_LEVELS)
+#: The test episodes' reset seeds as eval.json records them (``evaluate.build_eval_payload``);
+#: an eval.json of other episodes (written before the seeds moved) is evaluated again.
+EPISODE_SEEDS = f"{EVALUATION_SEED_BASE} + seed * {SEED_STRIDE} + i"
 #: The learning-curve hook of training seed k evaluates with seed HOOK_SEED_OFFSET + k.
 HOOK_SEED_OFFSET = 500
 
@@ -305,7 +310,8 @@ def train_and_evaluate(tcfg: Any, ecfg: EvalConfig, hook: Callable | None
 
     Reuse: ``config.json``'s train_config equals ``tcfg`` (up to the trainer's resumable
     fields), the checkpoint reached ``tcfg.steps``, and ``eval.json`` was written with
-    ``ecfg``. A matching but unfinished run is resumed; a mismatching one is replaced.
+    ``ecfg`` on today's test episodes (:data:`EPISODE_SEEDS`; else it is evaluated again). A
+    matching but unfinished run is resumed; a mismatching one is replaced.
     """
     from offline_dt.config import from_dict
     from offline_dt.train import (
@@ -339,7 +345,8 @@ def train_and_evaluate(tcfg: Any, ecfg: EvalConfig, hook: Callable | None
         train(run_cfg, eval_hook=hook)
         seconds["train"] = time.perf_counter() - t
     ev = _read_json(run_dir / "eval.json")
-    if ev is not None and _same_eval_config(ev.get("config"), ecfg):
+    if (ev is not None and _same_eval_config(ev.get("config"), ecfg)
+            and ev.get("episode_seeds") == EPISODE_SEEDS):
         return ev, seconds
     t = time.perf_counter()
     ev = evaluate_checkpoint(ecfg)
@@ -428,7 +435,7 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
                 return pol, {"policy": desc}
         config = {"method": method, "env_id": env_id, "dataset": str(path),
                   "level": spec.level, "episodes": eval_episodes, "seed": seed,
-                  "episode_seeds": "seed * 100000 + i"}
+                  "episode_seeds": EPISODE_SEEDS}
         ev, took, reused = evaluate_baseline(run_dir, method, env_id, make, config,
                                              eval_episodes, seed, ref_min, ref_max)
         timings = [("baselines", took, run, reused)]

@@ -8,9 +8,10 @@ import json
 import pytest
 
 from offline_dt.config import to_jsonable
-from offline_dt.evaluate import EvalConfig
+from offline_dt.evaluate import EvalConfig, build_eval_payload
 from offline_dt.pipeline import (
     BEHAVIOUR_LEVELS,
+    EPISODE_SEEDS,
     _same_eval_config,
     behaviour_policy,
     reproduce_jobs,
@@ -52,3 +53,15 @@ def test_no_behaviour_job_on_the_replay_levels():
 def test_behaviour_policy_refuses_a_replay_level(level):
     with pytest.raises(ValueError, match="no behaviour policy"):
         behaviour_policy(level, {}, "Pendulum-v1", "cpu", 0)
+
+
+def test_reuse_requires_the_episode_seeds_evaluate_writes_today():
+    # An eval.json is reused only when its episode_seeds is EPISODE_SEEDS (evaluations from
+    # before the test episodes moved to 10**12 + ... are run again).
+    ev = build_eval_payload("dt", "Pendulum-v1", [{"episodes": 1, "seed": 0, "mean": 0.0,
+                                                   "std": 0.0, "ci95": 0.0, "min": 0.0,
+                                                   "max": 0.0, "normalized_score": None,
+                                                   "ref_min_score": None,
+                                                   "ref_max_score": None}])
+    assert ev["episode_seeds"] == EPISODE_SEEDS
+    assert EPISODE_SEEDS != "seed * 100000 + i"
