@@ -4,7 +4,8 @@ Levels follow D4RL (Fu et al. 2020, "D4RL: Datasets for Deep Data-Driven Reinfor
 Learning", section 5):
 
 - ``random``: uniform random actions.
-- ``expert``: the fully trained behaviour agent (SAC for Box actions, DQN for Discrete).
+- ``expert``: the fully trained behaviour agent (SAC for Box actions, DQN for Discrete), or
+  its best evaluated checkpoint when the final agent is clearly worse (``select_expert``).
 - ``medium``: the first training checkpoint whose deterministic eval return reaches
   ``medium_target_score`` on the normalized scale ``100 * (R - ref_min) / (ref_max - ref_min)``.
 - ``medium-replay``: the agent's replay buffer up to the medium checkpoint.
@@ -15,6 +16,14 @@ Data-collection policy: like D4RL, ``expert`` and ``medium`` rollouts use the *s
 behaviour policy (SAC: sample from the tanh-Gaussian; DQN: epsilon-greedy with the zoo's
 ``exploration_final_eps``), seeded so runs repeat. Reference scores and learning-curve
 evaluations use the *deterministic* policy.
+
+Sanity of the behaviour agent (``behaviour_check``): when the expert is not clearly better
+than the random agent, or falls short of the env's ``reward_threshold``, a warning is logged
+and recorded in every dataset's metadata (``behaviour_learned``, ``behaviour_warnings``).
+
+Concurrency: ``generate`` holds an exclusive lock (``offline_dt.lock``) on every output it
+may write (each level's HDF5 file and Minari directory, the agent directory), so a second
+``generate`` on the same outputs fails at once and the first one's work is untouched.
 """
 
 from __future__ import annotations
@@ -25,7 +34,8 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,13 +56,15 @@ from datagen.agents import zoo_hyperparams as _zoo
 from datagen.envs import check_env, env_namespace
 from datagen.replay import replay_to_dataset
 from datagen.rollout import policy_returns, rollout
+from offline_dt.data.atomic import remove_stale_temporaries
 from offline_dt.data.d4rl import LEVELS, d4rl_filename, normalized_score, read_hdf5, write_hdf5
 from offline_dt.data.dataset import DatasetError, OfflineDataset, concatenate
 from offline_dt.data.minari_io import minari_dataset_id, minari_root, write_minari
+from offline_dt.lock import exclusive_lock
 
-__all__ = ["LEVELS", "LEVEL_BUILDERS", "GenerateConfig", "GenerateResult", "LevelContext",
-           "config_dict", "generate", "package_versions", "reference_scores",
-           "select_medium_checkpoint"]
+__all__ = ["LEVELS", "LEVEL_BUILDERS", "ExpertChoice", "GenerateConfig", "GenerateResult",
+           "LevelContext", "behaviour_check", "config_dict", "generate", "package_versions",
+           "reference_scores", "select_expert", "select_medium_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +123,9 @@ class GenerateResult:
             ``<level>`` collection, ``<level>_write``, ``total``).
         ref_min_score / ref_max_score: D4RL reference returns (random / trained agent).
         medium_checkpoint: {"step", "eval_return", "normalized", "path"} or None.
+        expert: the expert policy chosen (``select_expert``), or None when every level was
+            reused.
+        behaviour: ``behaviour_check``'s verdict (also in every dataset's metadata), or {}.
         agent_dir: behaviour-agent directory, or None when every level was reused.
     """
 
@@ -121,11 +136,15 @@ class GenerateResult:
     ref_min_score: float | None = None
     ref_max_score: float | None = None
     medium_checkpoint: dict[str, Any] | None = None
+    expert: ExpertChoice | None = None
+    behaviour: dict[str, Any] = field(default_factory=dict)
     agent_dir: Path | None = None
 
     def __str__(self) -> str:
         lines = [f"generate {self.env_id}: ref_min={self.ref_min_score} "
                  f"ref_max={self.ref_max_score}"]
+        lines += [f"  WARNING: {w}" for w in json.loads(
+            self.behaviour.get("behaviour_warnings", "[]"))]
         for level, s in self.summaries.items():
             lines.append(
                 f"  {level:14s} {s['steps']:>9d} steps {s['episodes']:>6d} episodes "
@@ -232,6 +251,7 @@ class LevelContext:
     namespace: str
     agent_steps: int
     agent: AgentArtifacts
+    expert: ExpertChoice
     medium: dict[str, Any]
     ref_min: float
     ref_max: float
@@ -239,6 +259,7 @@ class LevelContext:
     action_space: gym.spaces.Box | gym.spaces.Discrete
     versions: dict[str, str]
     hdf5_paths: dict[str, Path]
+    behaviour: dict[str, Any] = field(default_factory=dict)
     datasets: dict[str, OfflineDataset] = field(default_factory=dict)
 
     def metadata(self, level: str, agent_name: str, **extra: Any) -> dict[str, Any]:
@@ -250,6 +271,7 @@ class LevelContext:
               "num_envs": cfg.num_envs, "agent_steps": self.agent_steps,
               "fingerprint": _fingerprint(cfg, level, self.agent_steps)}
         md.update({f"version_{k}": v for k, v in self.versions.items()})
+        md.update(self.behaviour)
         md.update(extra)
         return md
 
@@ -281,12 +303,13 @@ def build_random(ctx: LevelContext) -> OfflineDataset:
 
 
 def build_expert(ctx: LevelContext) -> OfflineDataset:
-    """``expert``: the fully trained agent's stochastic policy (seed ``seed + 1``)."""
-    agent = ctx.agent
+    """``expert``: the expert's stochastic policy (seed ``seed + 1``): the fully trained agent,
+    or its best checkpoint when the final agent is clearly worse (``select_expert``)."""
+    ex = ctx.expert
     return _behaviour_rollout(
-        ctx, "expert", agent.policy_path, ctx.cfg.seed + 1, ctx.cfg.expert_steps,
-        agent_name=agent.name, checkpoint=str(agent.policy_path),
-        checkpoint_step=agent.total_steps, policy="stochastic")
+        ctx, "expert", ex.path, ctx.cfg.seed + 1, ctx.cfg.expert_steps,
+        agent_name=ex.name, checkpoint=str(ex.path), checkpoint_step=ex.step,
+        policy="stochastic")
 
 
 def build_medium(ctx: LevelContext) -> OfflineDataset:
@@ -329,7 +352,7 @@ def build_full_replay(ctx: LevelContext) -> OfflineDataset:
 
 def build_medium_expert(ctx: LevelContext) -> OfflineDataset:
     """``medium-expert``: ``medium`` then ``expert``, concatenated."""
-    name = f"{ctx.agent.name}@step{ctx.medium['step']}+{ctx.agent.name}"
+    name = f"{ctx.agent.name}@step{ctx.medium['step']}+{ctx.expert.name}"
     return concatenate([ctx.dataset("medium"), ctx.dataset("expert")],
                        ctx.metadata("medium-expert", name))
 
@@ -378,22 +401,26 @@ def _preflight(cfg: GenerateConfig, levels: list[str], ns: str, agent_steps: int
 
 
 def _reuse_all(cfg: GenerateConfig, levels: list[str], result: GenerateResult) -> None:
-    """Every requested dataset exists with this config: summarise them."""
+    """Every requested dataset exists with this config: summarise them (and repeat the
+    behaviour check their metadata recorded)."""
     log.info("generate: every requested dataset of %s exists with this config; reusing",
              cfg.env_id)
     for level in levels:
         ds = read_hdf5(result.paths[level]["hdf5"])
         result.summaries[level] = {**ds.summary(), "reused": True}
+        result.behaviour = {k: v for k, v in ds.metadata.items()
+                            if k.startswith(("behaviour_", "expert_"))}
         result.ref_min_score = ds.metadata.get("ref_min_score")
         result.ref_max_score = ds.metadata.get("ref_max_score")
 
 
-def _agent_stages(cfg: GenerateConfig, ns: str, agent_steps: int, result: GenerateResult
-                  ) -> tuple[AgentArtifacts, float, float, dict[str, Any]]:
-    """Train (or reuse) the behaviour agent, score the reference policies and pick the medium
-    checkpoint; return (agent, ref_min, ref_max, medium checkpoint)."""
+def _agent_stages(cfg: GenerateConfig, agent_dir: Path, agent_steps: int,
+                  result: GenerateResult
+                  ) -> tuple[AgentArtifacts, ExpertChoice, float, float, dict[str, Any]]:
+    """Train (or reuse) the behaviour agent, choose the expert, score the reference policies,
+    check that the agent learned and pick the medium checkpoint; return (agent, expert,
+    ref_min, ref_max, medium checkpoint)."""
     stages = result.stage_seconds
-    agent_dir = Path(cfg.agents_dir) / ns / f"seed{cfg.seed}"
     t0 = time.perf_counter()
     agent = train_agent(cfg.env_id, agent_dir, seed=cfg.seed, total_steps=agent_steps,
                         checkpoint_every=cfg.checkpoint_every, eval_episodes=cfg.eval_episodes,
@@ -402,16 +429,20 @@ def _agent_stages(cfg: GenerateConfig, ns: str, agent_steps: int, result: Genera
     result.agent_dir = agent_dir
     log.info("stage train_agent: %.1f s (%s)", stages["train_agent"],
              "reused" if agent.reused else "trained")
-    # D4RL reference scores: random agent and fully trained agent.
+    # D4RL reference scores: random agent and the expert (deterministic).
     t0 = time.perf_counter()
-    ref_min, ref_max = reference_scores(cfg, agent)
+    random_returns = reference_returns(cfg, None)
+    expert = select_expert(agent, float(random_returns.mean()), cfg.eval_episodes)
+    expert_returns = reference_returns(cfg, expert.path)
+    ref_min, ref_max = float(random_returns.mean()), float(expert_returns.mean())
     stages["reference_scores"] = time.perf_counter() - t0
     result.ref_min_score, result.ref_max_score = ref_min, ref_max
     log.info("stage reference_scores: %.1f s (ref_min %.2f, ref_max %.2f over %d episodes)",
              stages["reference_scores"], ref_min, ref_max, cfg.ref_episodes)
     med = select_medium_checkpoint(agent, ref_min, ref_max, cfg.medium_target_score)
-    result.medium_checkpoint = med
-    return agent, ref_min, ref_max, med
+    result.medium_checkpoint, result.expert = med, expert
+    result.behaviour = behaviour_check(cfg.env_id, random_returns, expert_returns, expert, med)
+    return agent, expert, ref_min, ref_max, med
 
 
 def _build_levels(ctx: LevelContext, needed: set[str], stages: dict[str, float]) -> None:
@@ -461,17 +492,20 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     the lower-cased env name without version (``Pendulum-v1`` → ``pendulum``). Every
     dataset's metadata holds env_id, level, agent (``random``, ``sac``, ``sac@step2750``),
     seed, steps, package versions, ref_min_score, ref_max_score (so
-    ``minari.get_normalized_score`` works) and, for behaviour levels, the checkpoint path.
-    Each level is made by its builder in ``LEVEL_BUILDERS``.
+    ``minari.get_normalized_score`` works), the behaviour check (``behaviour_learned``,
+    ``behaviour_warnings``, ...) and, for behaviour levels, the checkpoint path. Each level
+    is made by its builder in ``LEVEL_BUILDERS``.
 
     An existing output whose stored config fingerprint matches is reused; all inputs are
-    checked before any work.
+    checked before any work. Every output is locked while this runs (``_locked_outputs``),
+    and temporaries left by a killed run are removed first.
 
     Raises:
         ValueError: unknown env id (with close registered ids), unsupported spaces, unknown
             levels, non-positive step/episode counts.
         FileExistsError: an output (or agent directory) exists with a different config and
             ``overwrite`` is False; the message names the path and ``--overwrite``.
+        offline_dt.lock.LockedError: another live process is writing one of the outputs.
     """
     t_start = time.perf_counter()
     _validate(cfg)
@@ -481,35 +515,72 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     agent_steps = cfg.agent_steps or _zoo(_algo_for(act_space), cfg.env_id)[0]
     levels = [lv for lv in LEVEL_BUILDERS if lv in cfg.levels]
     result = GenerateResult(env_id=cfg.env_id)
-    todo = _preflight(cfg, levels, ns, agent_steps, result)
-    needed = {lv for lv, (h, m) in todo.items() if h or m}
-    if not needed:
-        _reuse_all(cfg, levels, result)
-    else:
-        agent, ref_min, ref_max, med = _agent_stages(cfg, ns, agent_steps, result)
-        ctx = LevelContext(cfg, ns, agent_steps, agent, med, ref_min, ref_max, obs_space,
-                           act_space, package_versions(),
-                           {lv: p["hdf5"] for lv, p in result.paths.items()})
-        _build_levels(ctx, needed, result.stage_seconds)
-        _write_levels(ctx, todo, result)
+    with _locked_outputs(cfg, levels, ns):
+        todo = _preflight(cfg, levels, ns, agent_steps, result)
+        needed = {lv for lv, (h, m) in todo.items() if h or m}
+        if not needed:
+            _reuse_all(cfg, levels, result)
+        else:
+            agent_dir = Path(cfg.agents_dir) / ns / f"seed{cfg.seed}"
+            with exclusive_lock(agent_dir, "behaviour-agent directory"):
+                agent, expert, ref_min, ref_max, med = _agent_stages(cfg, agent_dir,
+                                                                     agent_steps, result)
+                ctx = LevelContext(cfg, ns, agent_steps, agent, expert, med, ref_min, ref_max,
+                                   obs_space, act_space, package_versions(),
+                                   {lv: p["hdf5"] for lv, p in result.paths.items()},
+                                   behaviour=result.behaviour)
+                _build_levels(ctx, needed, result.stage_seconds)
+                _write_levels(ctx, todo, result)
     result.stage_seconds["total"] = time.perf_counter() - t_start
     log.info("generate %s: done in %.1f s", cfg.env_id, result.stage_seconds["total"])
     return result
 
 
-def reference_scores(cfg: GenerateConfig, agent: AgentArtifacts) -> tuple[float, float]:
-    """D4RL reference returns: (random-agent mean, trained deterministic agent mean).
+def _output_paths(cfg: GenerateConfig, level: str, ns: str) -> tuple[Path, Path]:
+    """(HDF5 file, Minari dataset directory) of ``level``."""
+    return (Path(cfg.out_dir) / d4rl_filename(ns, level),
+            minari_root(cfg.minari_root) / minari_dataset_id(ns, level))
 
-    Each is the mean undiscounted return over ``cfg.ref_episodes`` episodes of a batched
-    vector env (``policy_returns`` with evaluation seed ``seed + 20_000``: episode ``i``
-    resets with ``(seed + 20_000) * 100_000 + i``).
+
+@contextmanager
+def _locked_outputs(cfg: GenerateConfig, levels: list[str], ns: str) -> Iterator[None]:
+    """Hold ``exclusive_lock`` on every output of ``levels``, then remove the temporaries
+    killed runs left beside them (``remove_stale_temporaries``).
+
+    Raises:
+        offline_dt.lock.LockedError: another live process holds one of the locks; nothing
+            has been read or written yet.
     """
+    with ExitStack() as stack:
+        for level in levels:
+            hdf5, mdir = _output_paths(cfg, level, ns)
+            stack.enter_context(exclusive_lock(hdf5, "dataset"))
+            stack.enter_context(exclusive_lock(mdir, "Minari dataset"))
+        for level in levels:
+            for path in _output_paths(cfg, level, ns):
+                for stale in remove_stale_temporaries(path):
+                    log.info("removed %s, left by a killed run", stale)
+        yield
+
+
+def reference_returns(cfg: GenerateConfig, weights: Path | None) -> np.ndarray:
+    """``(ref_episodes,) float64`` undiscounted returns of the random agent (``weights`` None)
+    or the deterministic policy ``weights``, on a batched vector env (``policy_returns`` with
+    evaluation seed ``seed + 20_000``: episode ``i`` resets with
+    ``(seed + 20_000) * 100_000 + i``)."""
     seed = cfg.seed + 20_000
-    ref_min = policy_returns(cfg.env_id, None, cfg.ref_episodes, seed=seed,
-                             num_envs=cfg.num_envs)
-    pol = load_behaviour_policy(agent.policy_path, cfg.env_id, cfg.device, deterministic=True)
-    ref_max = policy_returns(cfg.env_id, pol, cfg.ref_episodes, seed=seed,
-                             num_envs=cfg.num_envs)
+    pol = None
+    if weights is not None:
+        pol = load_behaviour_policy(weights, cfg.env_id, cfg.device, deterministic=True)
+    return policy_returns(cfg.env_id, pol, cfg.ref_episodes, seed=seed, num_envs=cfg.num_envs)
+
+
+def reference_scores(cfg: GenerateConfig, agent: AgentArtifacts,
+                     expert: Path | None = None) -> tuple[float, float]:
+    """D4RL reference returns (``ref_min_score``, ``ref_max_score``): the means of
+    ``reference_returns`` of the random agent and of ``expert`` (default: the final agent)."""
+    ref_min = reference_returns(cfg, None)
+    ref_max = reference_returns(cfg, expert or agent.policy_path)
     return float(ref_min.mean()), float(ref_max.mean())
 
 
@@ -543,6 +614,114 @@ def select_medium_checkpoint(agent: AgentArtifacts, ref_min: float, ref_max: flo
              c.eval_return_mean, scores[idx])
     return {"step": c.step, "eval_return": c.eval_return_mean, "normalized": scores[idx],
             "path": c.path, "reached_target": reached}
+
+
+#: The final agent counts as clearly worse than its best checkpoint when the eval-return gap
+#: exceeds this many standard errors of the difference ...
+EXPERT_MARGIN_SE = 3.0
+#: ... and this fraction of the best checkpoint's lead over the random agent.
+EXPERT_MARGIN_FRACTION = 0.1
+#: The agent learned when its expert beats the random agent by this many pooled standard
+#: deviations of the episode returns (an effect size, Cohen's d).
+LEARNED_EFFECT_SIZE = 1.0
+
+
+@dataclass
+class ExpertChoice:
+    """The policy behind the ``expert`` level and ``ref_max_score``.
+
+    Attributes:
+        path: weights file (``policy.safetensors`` or a checkpoint).
+        step: env steps of training behind it.
+        name: the dataset's ``agent`` name (``sac``, or ``sac@step2000`` for a checkpoint).
+        final: True for the fully trained agent, False for an earlier, better checkpoint.
+        reason: why (logged and stored as ``expert_choice``).
+        eval_return: its learning-curve mean deterministic eval return (NaN if unknown).
+    """
+
+    path: Path
+    step: int
+    name: str
+    final: bool
+    reason: str
+    eval_return: float = float("nan")
+
+
+def select_expert(agent: AgentArtifacts, ref_min: float, eval_episodes: int) -> ExpertChoice:
+    """The fully trained agent, unless its learning curve shows it clearly worse than its best
+    evaluated checkpoint: then that checkpoint (D4RL's expert is a well-trained policy; an
+    agent that collapsed late, e.g. DQN on CartPole, is not).
+
+    "Clearly worse": the best checkpoint's mean deterministic eval return beats the final
+    checkpoint's by more than ``EXPERT_MARGIN_SE`` standard errors of the difference
+    (``sqrt((sd_best^2 + sd_final^2) / eval_episodes)``) and by more than
+    ``EXPERT_MARGIN_FRACTION`` of its own lead over the random agent (``ref_min``). A best
+    checkpoint no better than random never replaces the final agent.
+    """
+    cps = agent.checkpoints
+    final_path = agent.policy_path
+    if not cps:
+        return ExpertChoice(final_path, agent.total_steps, agent.name, True, "final agent")
+    last = cps[-1]
+    default = ExpertChoice(final_path, agent.total_steps, agent.name, True, "final agent",
+                           last.eval_return_mean)
+    best = max(cps, key=lambda c: c.eval_return_mean)
+    gap = best.eval_return_mean - last.eval_return_mean
+    se = float(np.sqrt((best.eval_return_std**2 + last.eval_return_std**2)
+                       / max(int(eval_episodes), 1)))
+    lead = best.eval_return_mean - ref_min
+    if best is last or lead <= 0 or gap <= EXPERT_MARGIN_SE * se \
+            or gap <= EXPERT_MARGIN_FRACTION * lead:
+        return default
+    reason = (f"final agent (eval return {last.eval_return_mean:.1f} ± "
+              f"{last.eval_return_std:.1f}) clearly worse than the checkpoint at step "
+              f"{best.step} ({best.eval_return_mean:.1f} ± {best.eval_return_std:.1f})")
+    log.warning("expert: %s; using that checkpoint as the expert", reason)
+    return ExpertChoice(best.path, best.step, f"{agent.name}@step{best.step}", False, reason,
+                        best.eval_return_mean)
+
+
+def behaviour_check(env_id: str, random_returns: np.ndarray, expert_returns: np.ndarray,
+                    expert: ExpertChoice, medium: dict[str, Any]) -> dict[str, Any]:
+    """Whether the behaviour agent learned, as dataset metadata; every problem is logged as a
+    warning and listed in ``behaviour_warnings`` (a JSON list of strings).
+
+    Keys: ``behaviour_learned`` (bool: the expert's mean return beats the random agent's by
+    at least ``LEARNED_EFFECT_SIZE`` pooled standard deviations of the episode returns),
+    ``behaviour_effect_size`` (that gap in standard deviations), ``expert_choice``,
+    ``expert_step``, ``behaviour_warnings``; ``behaviour_reward_threshold`` when the env's
+    spec has a ``reward_threshold`` (the expert must reach it to count as solving the task:
+    MountainCarContinuous' "never moves" SAC beats random but scores 0, far below 90).
+    """
+    gap = float(expert_returns.mean() - random_returns.mean())
+    spread = float(np.sqrt((random_returns.var() + expert_returns.var()) / 2))
+    effect = gap / spread if spread > 0 else (np.inf if gap > 0 else -np.inf)
+    warnings_: list[str] = []
+    learned = bool(effect >= LEARNED_EFFECT_SIZE)
+    if not learned:
+        warnings_.append(
+            f"behaviour agent did not learn: expert return {expert_returns.mean():.2f} is not "
+            f"clearly above the random agent's {random_returns.mean():.2f} (gap {effect:.2f} "
+            f"pooled standard deviations, need {LEARNED_EFFECT_SIZE}); normalized scores and "
+            "the expert/medium levels are meaningless; train the agent longer (--agent-steps)")
+    out: dict[str, Any] = {"behaviour_learned": learned,
+                           "behaviour_effect_size": float(np.clip(effect, -1e9, 1e9)),
+                           "expert_choice": expert.reason, "expert_step": int(expert.step)}
+    threshold = gym.spec(env_id).reward_threshold
+    if threshold is not None:
+        out["behaviour_reward_threshold"] = float(threshold)
+        if expert_returns.mean() < threshold:
+            warnings_.append(
+                f"expert return {expert_returns.mean():.2f} is below {env_id}'s "
+                f"reward_threshold {threshold}: the behaviour agent does not solve the task")
+    if learned and medium["eval_return"] > expert.eval_return:
+        # select_expert keeps this within evaluation noise; say so when it happens.
+        out["expert_choice"] += (f"; the medium checkpoint evaluated {medium['eval_return']:.1f}"
+                                 f", within noise of the expert's {expert.eval_return:.1f}")
+    for w in warnings_:
+        log.warning("generate %s: %s", env_id, w)
+    out["behaviour_warnings"] = json.dumps(warnings_)
+    return out
 
 
 def config_dict(cfg: GenerateConfig) -> dict[str, Any]:

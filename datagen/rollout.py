@@ -107,8 +107,18 @@ def _collect_parts(env_id: str, steps: int, num_envs: int, seed: int,
     if nproc == 1:
         return [_collect(*tasks[0])]
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(nproc) as pool:
-        return pool.map(_collect_task, tasks)
+    pool = ctx.Pool(nproc)
+    try:
+        parts = pool.map(_collect_task, tasks)
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        # close + join lets the workers exit on their own; ``with Pool`` terminates them, which
+        # leaks the pool's semaphores ("leaked semaphore objects" warnings at shutdown).
+        pool.close()
+        pool.join()
+    return parts
 
 
 def _to_dataset(parts: list[CollectedSteps], n_steps: int,

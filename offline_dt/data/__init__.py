@@ -6,7 +6,13 @@ import os
 from pathlib import Path
 
 from offline_dt.data.d4rl import d4rl_filename, read_hdf5, write_hdf5
-from offline_dt.data.dataset import DatasetError, OfflineDataset, concatenate
+from offline_dt.data.dataset import (
+    DatasetError,
+    OfflineDataset,
+    check_plain_env_id,
+    concatenate,
+    registered_env_id,
+)
 from offline_dt.data.minari_io import (
     minari_dataset_id,
     minari_root,
@@ -18,6 +24,7 @@ from offline_dt.data.minari_io import (
 __all__ = [
     "DatasetError",
     "OfflineDataset",
+    "check_plain_env_id",
     "concatenate",
     "d4rl_filename",
     "load_dataset",
@@ -25,17 +32,21 @@ __all__ = [
     "minari_root",
     "read_hdf5",
     "read_minari",
+    "registered_env_id",
     "write_hdf5",
     "write_minari",
 ]
 
 
-def load_dataset(id_or_path: str | os.PathLike, minari_root: str | os.PathLike | None = None
-                 ) -> OfflineDataset:
+def load_dataset(id_or_path: str | os.PathLike, minari_root: str | os.PathLike | None = None,
+                 env_id: str | None = None) -> OfflineDataset:
     """Open a dataset in either format.
 
     ``id_or_path`` is a D4RL-style ``.hdf5``/``.h5`` file, a Minari dataset directory, or a
-    Minari dataset id (``pendulum/medium-v0``) under ``minari_root``.
+    Minari dataset id (``pendulum/medium-v0``) under ``minari_root``. ``env_id`` (the user's
+    choice) gives an HDF5 file without ``timeouts`` its time limit (see ``read_hdf5``). An env
+    id read from the file is only checked to be plain (no ``module:`` part); check it with
+    ``registered_env_id`` before ``gym.make``.
 
     Raises:
         FileNotFoundError: nothing found under that name; the message lists where it looked.
@@ -43,7 +54,7 @@ def load_dataset(id_or_path: str | os.PathLike, minari_root: str | os.PathLike |
     """
     p = Path(id_or_path)
     if p.suffix in (".hdf5", ".h5") or p.is_file():
-        return read_hdf5(p)
+        return read_hdf5(p, env_id=env_id)
     if resolve_minari_path(id_or_path, minari_root) is not None:
         return read_minari(id_or_path, minari_root)
     raise FileNotFoundError(

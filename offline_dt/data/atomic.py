@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +27,10 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     """Yield a temporary sibling of ``path``; on success rename it onto ``path``.
 
     Works for files and directories. On error the temporary is removed and ``path`` is left
-    as it was. A leftover ``*.tmp`` from a killed run is removed before starting.
+    as it was. The temporary is ``.<name>.<pid>.tmp`` (a writer may add siblings starting
+    with that name, e.g. ``write_minari``'s ``…tmp-root``). Before starting, temporaries of
+    ``path`` left by killed runs (their pid no longer alive, see ``remove_stale_temporaries``)
+    and this process's own are removed; a live process's are left alone.
 
     Raises:
         FileExistsError: ``path`` exists and ``overwrite`` is False.
@@ -35,6 +39,7 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     check_writable(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    remove_stale_temporaries(path)
     _remove(tmp)
     try:
         yield tmp
@@ -43,6 +48,43 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
         os.replace(tmp, path)
     finally:
         _remove(tmp)
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries ``.<name>.<pid>.tmp*`` of ``path`` whose process is dead.
+
+    A process killed while writing (SIGKILL, power loss) leaves its temporary behind; the pid
+    in the name tells whose it is. ``os.kill(pid, 0)`` probes it without sending a signal: a
+    temporary of a live process (another writer, or a pid reused since) is never touched.
+
+    Returns:
+        The paths removed.
+    """
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.tmp.*", re.DOTALL)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for cand in path.parent.iterdir():
+        m = pattern.fullmatch(cand.name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            _remove(cand)
+            removed.append(cand)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (``os.kill(pid, 0)``; a process of another user counts
+    as alive)."""
+    if pid <= 0:
+        return True  # never a writer's pid: leave such a name alone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _remove(p: Path) -> None:

@@ -8,11 +8,14 @@ Layout (Fu et al. 2020, D4RL; readable by the conventions of ``d4rl``'s ``get_da
     actions            (N, act_dim) float32   ((N,) int64 for Discrete)
     rewards            (N,) float32
     terminals          (N,) bool
-    timeouts           (N,) bool              (optional in old D4RL files)
+    timeouts           (N,) bool              (optional in old D4RL files; see below)
     infos/*            (N, ...)               (optional)
     metadata/*         scalars: env_id, level, agent, seed, ref_min_score, ref_max_score, ...
 
-Episodes end after every step with ``terminals | timeouts``.
+Episodes end after every step with ``terminals | timeouts``. A file without ``timeouts``
+(old D4RL releases) gets them recovered by ``read_hdf5``: from breaks in
+``next_observations`` when the file holds them, else at the env's time limit as D4RL's
+``sequence_dataset`` does, else the read fails naming the missing key.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import h5py
 import numpy as np
 
 from offline_dt.data.atomic import atomic_path
-from offline_dt.data.dataset import DatasetError, OfflineDataset
+from offline_dt.data.dataset import DatasetError, OfflineDataset, check_plain_env_id
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
 # Spaces are stored as JSON under these metadata keys so a file round-trips exactly.
@@ -123,6 +126,7 @@ def read_hdf5(
     path: str | os.PathLike,
     observation_space: gym.spaces.Box | None = None,
     action_space: gym.spaces.Box | gym.spaces.Discrete | None = None,
+    env_id: str | None = None,
 ) -> OfflineDataset:
     """Read a D4RL-style HDF5 file (ours or one from D4RL itself).
 
@@ -130,15 +134,23 @@ def read_hdf5(
     env) or they are inferred: float actions give an unbounded-check Box spanning the data
     (D4RL actions lie in [-1, 1]), integer actions give ``Discrete(max + 1)``.
 
+    Without ``timeouts`` the episode ends are recovered (``_recover_timeouts``; the env is
+    ``env_id``, else the file's). ``metadata/env_id`` must be a plain id (``check_plain_env_id``).
+
     Raises:
         FileNotFoundError: the file does not exist.
-        DatasetError: a required key is missing, arrays disagree in length, or values are
-            not finite. The message names the file and the key.
+        DatasetError: a required key is missing, ``timeouts`` is missing and cannot be
+            recovered, arrays disagree in length or shape, values are not finite, or
+            ``metadata/env_id`` is not a plain id. The message names the file and the key.
     """
     path = Path(path)
     src = str(path)
     raw = _read_raw(path)
     meta = raw.metadata
+    if "env_id" in meta:
+        meta["env_id"] = check_plain_env_id(meta["env_id"], src)
+    if raw.timeouts_missing:
+        raw.arrays["timeouts"] = _recover_timeouts(raw, src, env_id or meta.get("env_id"))
     obs_json = meta.pop(_OBS_SPACE_KEY, None)
     act_json = meta.pop(_ACT_SPACE_KEY, None)
     rewards = _flat_rewards(raw.arrays["rewards"], src)
@@ -180,6 +192,7 @@ class _RawHDF5:
     next_observations: np.ndarray | None
     infos: dict[str, np.ndarray]  # infos/* datasets with N rows; others are skipped
     metadata: dict[str, Any]  # scalar metadata/* datasets, including the space JSON
+    timeouts_missing: bool = False  # the file has no "timeouts" key
 
 
 def _read_raw(path: Path) -> _RawHDF5:
@@ -216,7 +229,60 @@ def _read_raw(path: Path) -> _RawHDF5:
             next_observations=f["next_observations"][()] if "next_observations" in f else None,
             infos=infos,
             metadata=_read_meta(f["metadata"]) if "metadata" in f else {},
+            timeouts_missing="timeouts" not in f,
         )
+
+
+def _recover_timeouts(raw: _RawHDF5, src: str, env_id: str | None) -> np.ndarray:
+    """``(N,) bool`` timeouts of a file without the key, as D4RL's ``sequence_dataset`` would
+    find its episode ends.
+
+    1. ``next_observations`` present: an episode ended at row ``t`` (not a terminal) where
+       ``next_observations[t] != observations[t + 1]`` (the next row starts a new episode).
+    2. else ``env_id`` registered here with a time limit ``max_episode_steps``: D4RL's rule
+       for files without timeouts, a timeout every ``max_episode_steps`` steps of an episode
+       (counted from the last end). D4RL's own loop counts its step counter one short after
+       the first episode; this splits every episode at the env's actual ``TimeLimit``.
+
+    Raises:
+        DatasetError: neither applies; naming the file and the missing ``timeouts`` key.
+    """
+    terminals = np.asarray(raw.arrays["terminals"]).astype(bool).reshape(-1)
+    n = len(terminals)
+    obs = raw.arrays["observations"]
+    nxt = raw.next_observations
+    if nxt is not None and nxt.shape == obs.shape and obs.ndim == 2 and len(obs) == n:
+        ends = np.zeros(n, bool)
+        ends[:-1] = (nxt[:-1] != obs[1:]).any(axis=1)
+        return ends & ~terminals
+    limit = _time_limit(env_id)
+    if limit is None:
+        why = (f"env {env_id!r} is not registered here or has no time limit" if env_id
+               else "no env is named (metadata/env_id)")
+        raise DatasetError(
+            f"{src}: key 'timeouts' is missing, so the ends of time-limited episodes are "
+            f"unknown: the file has no 'next_observations' to find them in and {why}; add a "
+            "'timeouts' key (D4RL layout) or name the env (env_id / --env-id)"
+        )
+    episode_step = np.empty(n, np.int64)
+    start = 0
+    for end in [*(np.flatnonzero(terminals) + 1).tolist(), n]:
+        episode_step[start:end] = np.arange(end - start)
+        start = end
+    return ((episode_step % limit) == limit - 1) & ~terminals
+
+
+def _time_limit(env_id: str | None) -> int | None:
+    """``max_episode_steps`` of ``env_id`` in this process's Gymnasium registry, or None
+    (no id, not registered, no time limit)."""
+    if not env_id:
+        return None
+    try:
+        spec = gym.spec(env_id)
+    except gym.error.Error:
+        return None
+    steps = spec.max_episode_steps
+    return int(steps) if steps else None
 
 
 def _flat_rewards(rewards: np.ndarray, src: str) -> np.ndarray:

@@ -8,6 +8,7 @@ the window sampler indexes it. No per-episode Python objects live on a hot path.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,58 @@ class DatasetError(ValueError):
 
     The message names the source (file, key or argument), what was expected and what was found.
     """
+
+
+#: A plain Gymnasium id: optional ``namespace/``, a name, optional ``-v<version>``; no ``:``.
+_PLAIN_ENV_ID = re.compile(r"(?:[A-Za-z0-9_.-]+/)?[A-Za-z0-9_.-]+")
+
+
+def check_plain_env_id(env_id: Any, source: str, key: str = "metadata/env_id") -> str:
+    """``env_id`` read from a file, checked to be a plain Gymnasium id (or ``""``: unknown).
+
+    ``gym.make("mod:Env-v0")`` imports the module ``mod`` before looking the id up
+    (``gymnasium.envs.registration``), so an id with a ``:`` module part read from a dataset
+    would import code the user never asked for. Only ids of the form
+    ``[namespace/]name[-vN]`` pass; importing a module for an env stays the user's explicit
+    choice on the command line (``--env-id mymod:MyEnv``). Registration is not checked here
+    (a foreign file may name an env not installed on this machine): the code that calls
+    ``gym.make`` with an id from a file checks it with :func:`registered_env_id`.
+
+    Raises:
+        DatasetError: naming ``source`` and ``key``, the form expected and the id found.
+    """
+    if env_id is None or env_id == "":
+        return ""
+    if not isinstance(env_id, str) or not _PLAIN_ENV_ID.fullmatch(env_id):
+        raise DatasetError(
+            f"{source}: key '{key}' must be a plain Gymnasium id like 'Pendulum-v1' or "
+            f"'ns/Name-v0' (no ':' module part, which gym.make would import), found {env_id!r}; "
+            "to use an env from your own module pass --env-id mymod:MyEnv-v0 explicitly"
+        )
+    return env_id
+
+
+def registered_env_id(env_id: Any, source: str, key: str = "metadata/env_id") -> str:
+    """``env_id`` read from a file, checked to be plain (:func:`check_plain_env_id`) and
+    registered in this process's Gymnasium registry, so ``gym.make(env_id)`` imports nothing
+    but the registered env's own entry point.
+
+    Raises:
+        DatasetError: the id is empty, not plain, or not registered; naming ``source`` and
+            ``key`` (pass ``--env-id`` to name the env explicitly).
+    """
+    import gymnasium as gym
+
+    plain = check_plain_env_id(env_id, source, key)
+    if not plain:
+        raise DatasetError(f"{source}: key '{key}' names no env; pass --env-id")
+    if plain not in gym.registry:
+        raise DatasetError(
+            f"{source}: key '{key}' names env {plain!r}, which is not registered with "
+            "Gymnasium here (is its package installed?); pass --env-id to name the env "
+            "explicitly"
+        )
+    return plain
 
 
 @dataclass
@@ -256,7 +309,7 @@ class OfflineDataset:
             next_obs = np.asarray(next_observations, dtype=np.float32).reshape(n, -1)
         return cls(
             observations=obs,
-            actions=_canonical_actions(actions, action_space, n),
+            actions=_canonical_actions(actions, action_space, n, source),
             rewards=np.asarray(rewards, dtype=np.float32).reshape(n),
             next_observations=next_obs,
             terminals=term,
@@ -423,8 +476,27 @@ def _shifted_next_observations(obs: np.ndarray, episode_starts: np.ndarray) -> n
     return next_obs
 
 
-def _canonical_actions(actions: Any, action_space: gym.Space, n: int) -> np.ndarray:
-    """``(N,) int64`` for Discrete, ``(N, *shape) float32`` for Box."""
+def _canonical_actions(actions: Any, action_space: gym.Space, n: int, source: str
+                       ) -> np.ndarray:
+    """``(N,) int64`` for Discrete, ``(N, *shape) float32`` for Box.
+
+    ``(N, 1)`` Discrete actions and ``(N,)`` actions of a one-wide Box are accepted (they hold
+    the same values).
+
+    Raises:
+        DatasetError: the actions do not hold one action of the space per row; naming
+            ``source``, the key ``actions``, the shape expected and the shape found.
+    """
+    arr = np.asarray(actions)
     if isinstance(action_space, gym.spaces.Discrete):
-        return np.asarray(actions).reshape(n).astype(np.int64)
-    return np.asarray(actions, dtype=np.float32).reshape(n, *action_space.shape)
+        expected: tuple[int, ...] = (n,)
+        if arr.size == n:
+            return arr.reshape(n).astype(np.int64)
+    else:
+        expected = (n, *action_space.shape)
+        if arr.size == int(np.prod(expected)):
+            return arr.astype(np.float32).reshape(expected)
+    raise DatasetError(
+        f"{source}: key 'actions' has shape {arr.shape}, expected {expected} for the action "
+        f"space {action_space}"
+    )

@@ -9,6 +9,7 @@ environment variable overrides it) at ``<root>/<namespace>/<name>-v<version>/dat
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import warnings
@@ -18,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from offline_dt.data.atomic import atomic_path
-from offline_dt.data.dataset import DatasetError, OfflineDataset
+from offline_dt.data.atomic import atomic_path, remove_stale_temporaries
+from offline_dt.data.dataset import DatasetError, OfflineDataset, check_plain_env_id
 
 DEFAULT_MINARI_ROOT = Path("data") / "minari"
 
@@ -73,6 +74,7 @@ def write_minari(
     import minari
 
     final = minari_root(root) / dataset_id
+    remove_stale_temporaries(final.parent / "namespace_metadata.json")
     buffers = _episode_buffers(dataset)
     arguments = _minari_arguments(dataset, dataset_id, description)
     with atomic_path(final, overwrite=overwrite) as tmp_dir:
@@ -154,9 +156,14 @@ def read_minari(id_or_path: str | os.PathLike, root: str | os.PathLike | None = 
     Each episode's T+1 observations become ``observations`` (first T) and
     ``next_observations`` (last T).
 
+    The metadata is checked before Minari opens the dataset: it must store both spaces
+    (without them Minari calls ``gym.make`` on the file's env spec, importing whatever module
+    it names) and its ``env_spec`` id must be a plain Gymnasium id (``check_plain_env_id``).
+
     Raises:
         FileNotFoundError: no Minari dataset with that id or path.
-        DatasetError: unsupported spaces or malformed episodes.
+        DatasetError: unsupported spaces, malformed episodes, metadata without spaces, or an
+            env id with a ``module:`` part.
     """
     import minari
 
@@ -166,8 +173,9 @@ def read_minari(id_or_path: str | os.PathLike, root: str | os.PathLike | None = 
             f"Minari dataset {id_or_path} not found (looked at {id_or_path} and under "
             f"{minari_root(root)})"
         )
-    ds = minari.MinariDataset(data_path)
     src = f"minari:{id_or_path}"
+    _check_minari_metadata(data_path, src)
+    ds = minari.MinariDataset(data_path)
     episodes = []
     for ep in ds.iterate_episodes():
         if not isinstance(ep.observations, np.ndarray):
@@ -182,7 +190,8 @@ def read_minari(id_or_path: str | os.PathLike, root: str | os.PathLike | None = 
     md = dict(ds.storage.metadata)
     meta = {
         "dataset_id": md.get("dataset_id", str(id_or_path)),
-        "env_id": (ds.spec.env_spec.id if ds.spec.env_spec is not None else ""),
+        "env_id": check_plain_env_id(
+            ds.spec.env_spec.id if ds.spec.env_spec is not None else "", src, "env_spec.id"),
         "agent": md.get("algorithm_name", ""),
     }
     for key in ("ref_min_score", "ref_max_score"):
@@ -191,3 +200,30 @@ def read_minari(id_or_path: str | os.PathLike, root: str | os.PathLike | None = 
     return OfflineDataset.from_episodes(
         episodes, ds.observation_space, ds.action_space, metadata=meta, source=src
     )
+
+
+def _check_minari_metadata(data_path: Path, src: str) -> None:
+    """The dataset's ``metadata.json`` stores both spaces and a plain env id (if any).
+
+    Raises:
+        DatasetError: naming ``src``, the metadata file and the key.
+    """
+    meta_path = data_path / "metadata.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{src}: {meta_path} is not readable JSON ({e})") from e
+    missing = [k for k in ("observation_space", "action_space") if k not in meta]
+    if missing:
+        raise DatasetError(
+            f"{src}: {meta_path} lacks key(s) {missing}; Minari would build the env from the "
+            "file's env_spec to recover them, which offline-dt does not do for a file"
+        )
+    spec = meta.get("env_spec")
+    if spec is None:
+        return
+    try:
+        env_id = json.loads(spec).get("id", "")
+    except (TypeError, ValueError, AttributeError) as e:
+        raise DatasetError(f"{src}: {meta_path} key 'env_spec' is not JSON ({e})") from e
+    check_plain_env_id(env_id, f"{src} ({meta_path})", "env_spec.id")
