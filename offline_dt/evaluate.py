@@ -33,6 +33,7 @@ import numpy as np
 
 from offline_dt.config import save_json, to_jsonable
 from offline_dt.data.d4rl import normalized_score
+from offline_dt.data.dataset import registered_env_id
 from offline_dt.device import resolve_device
 from offline_dt.rollout import (
     DEFAULT_MAX_ENVS,
@@ -327,9 +328,9 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     ckpt = load_checkpoint(checkpoint, device)
     facts = checkpoint_facts(ckpt)
-    env_id = cfg.env_id or facts["env_id"]
+    env_id = cfg.env_id  # the user's explicit choice; an id from the data must be registered
     if not env_id:
-        raise ValueError(f"{checkpoint}: dataset_info has no env_id; pass env_id")
+        env_id = registered_env_id(facts["env_id"], str(checkpoint), "dataset_info/env_id")
     method = facts["method"]
     targets: list[float | None] = [None]
     if ckpt.method.conditions_on_return:
@@ -437,10 +438,8 @@ def make_eval_hook(target_return: float | None = None, seed: int | None = None,
 
     def hook(run: TrainingRun, step: int) -> dict[str, float]:
         info = run.dataset_info
-        env_id = info.get("env_id")
-        if not env_id:
-            raise ValueError(f"{run.config.dataset}: no env_id in the dataset metadata; "
-                             "pass --env-id")
+        env_id = run.config.env_id or registered_env_id(
+            info.get("env_id"), run.config.dataset, "metadata/env_id")
         ref_min, ref_max = _opt_float(info.get("ref_min_score")), _opt_float(
             info.get("ref_max_score"))
         target = None

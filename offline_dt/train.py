@@ -567,7 +567,7 @@ def _load_data(cfg: TrainConfig, resumed: dict[str, Any] | None
                ) -> tuple[OfflineDataset, Normalizer, dict[str, Any]]:
     """The dataset (checked against ``env_id``), its normaliser and facts: refitted for a
     new run, the checkpoint's own on resume (after checking the data did not change)."""
-    dataset = load_dataset(cfg.dataset, cfg.minari_root)
+    dataset = load_dataset(cfg.dataset, cfg.minari_root, env_id=cfg.env_id)
     if cfg.env_id:
         dataset = check_env_spaces(dataset, cfg.env_id)
     if resumed is None:

@@ -169,7 +169,8 @@ class WindowSampler:
         if longest > max_timestep:
             raise DatasetError(
                 f"{dataset.source}: longest episode has {longest} steps but the timestep "
-                f"table holds {max_timestep} (raise max_timestep)"
+                f"table holds {max_timestep} (set max_timestep to at least {longest}; if the "
+                f"episodes should be shorter, check the file's terminals and timeouts)"
             )
         self.k = context_length
         self.discrete = dataset.discrete
