@@ -207,6 +207,10 @@ def _checkpoint_callback(model, config: dict[str, Any], agent_dir: Path, num_env
 
     algo, env_id, seed = config["algo"], config["env_id"], config["seed"]
     total_steps, every = config["total_steps"], config["checkpoint_every"]
+    # An INFO line about every tenth of the budget (at checkpoints), so a long run shows
+    # progress in logs too, not only in a TTY progress bar.
+    report_every = max(every, (total_steps // 10) // every * every)
+    t0 = time.perf_counter()
 
     def policy_fn(obs: np.ndarray) -> np.ndarray:
         return model.policy.predict(obs, deterministic=True)[0]
@@ -227,7 +231,10 @@ def _checkpoint_callback(model, config: dict[str, Any], agent_dir: Path, num_env
                 _save_weights(_inference_keys(algo, model.policy.state_dict()), path)
                 checkpoints.append(Checkpoint(step, float(rets.mean()), float(rets.std()),
                                               path))
-                log.debug("agent: step %d eval return %.1f", step, rets.mean())
+                if step % report_every == 0 or step == total_steps:
+                    log.info("agent: %s step %d/%d (%.0f%%), eval return %.1f, %.0f s",
+                             algo, step, total_steps, 100 * step / total_steps, rets.mean(),
+                             time.perf_counter() - t0)
             return True
 
     return _Checkpointer()
@@ -239,6 +246,10 @@ def _learn(config: dict[str, Any], agent_dir: Path, num_envs: int, device: str
     seconds)."""
     algo, total_steps = config["algo"], config["total_steps"]
     t0 = time.perf_counter()
+    log.info("agent: training %s on %s for %d env steps (rl-zoo budget unless agent_steps is "
+             "set); a deterministic %d-episode evaluation and a checkpoint every %d steps",
+             algo, config["env_id"], total_steps, config["eval_episodes"],
+             config["checkpoint_every"])
     model = _build_model(algo, config["env_id"], config["kwargs"], config["seed"], device)
     checkpoints: list[Checkpoint] = []
     bar = tqdm(total=total_steps, desc=f"train {algo}", unit="step",
