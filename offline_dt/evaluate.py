@@ -382,6 +382,9 @@ def build_eval_payload(
         "mean_return": h["mean"],
         "std_return": h["std"],
         "ci95": h["ci95"],
+        "ci95_is": "episode-level 95% CI half-width of mean_return, 1.96 std / sqrt(episodes) "
+                   "(evaluation noise of this one run; intervals over training runs are the "
+                   "report's run_ci95_*)",
         "min_return": h["min"],
         "max_return": h["max"],
         "normalized_score": h["normalized_score"],

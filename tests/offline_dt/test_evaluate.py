@@ -338,3 +338,11 @@ def test_test_episodes_never_start_where_a_generated_dataset_did():
     run_episodes("Pendulum-v1", old, [episode_seed(0, i) for i in range(2)],
                  env_kwargs={"max_episode_steps": 2})
     np.testing.assert_array_equal(np.stack(old.first), starts[[0, 2]])  # env-major order
+
+
+def test_eval_json_says_which_interval_it_prints():
+    res = EvalResult("X-v0", 0, returns=np.array([-1.0, -3.0]), lengths=np.array([1, 1]),
+                     episode_seeds=[0, 1])
+    payload = build_eval_payload("dt", "X-v0", [{"target_return": -1.0, **res.to_dict()}])
+    assert payload["ci95"] == pytest.approx(1.96 * 1.0 / np.sqrt(2))
+    assert payload["ci95_is"].startswith("episode-level")
