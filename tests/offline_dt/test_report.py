@@ -412,12 +412,14 @@ def test_levels_are_the_d4rl_ones_and_report_does_not_import_evaluate():
 
 
 # ----------------------------------------------------------------------- to_markdown
-def parse_markdown(md: str) -> pd.DataFrame:
-    """Read a pipe table back with pandas: ``n/a`` is NaN, the alignment row is skipped."""
+def parse_markdown(md: str, text: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Read a pipe table back with pandas: ``n/a`` is NaN, the alignment row is skipped, the
+    ``text`` columns stay strings (``"00"`` must not come back as the number 0)."""
     lines = md.splitlines()
     body = "\n".join(line.strip().strip("|").strip() for line in [lines[0], *lines[2:]])
     return pd.read_csv(io.StringIO(body), sep=r"\s*\|\s*", engine="python",
-                       na_values=["n/a"], keep_default_na=False)
+                       na_values=["n/a"], keep_default_na=False,
+                       dtype={c: str for c in text})
 
 
 def alignments(md: str) -> list[str]:
@@ -454,7 +456,7 @@ def test_to_markdown_by_hand():
 ]))
 def test_to_markdown_round_trips_through_pandas(frame):
     md = to_markdown(frame)
-    back = parse_markdown(md)
+    back = parse_markdown(md, text=("name",))
     assert list(back.columns) == list(frame.columns) and len(back) == len(frame)
     # text verbatim (even when it looks like a number), integers exact
     assert list(back["name"].astype(str)) == list(frame["name"])
