@@ -14,6 +14,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 from offline_dt.data import OfflineDataset, write_hdf5, write_minari
 
@@ -63,6 +64,16 @@ def make_discrete_dataset(lengths: tuple[int, ...] = (15, 9, 22, 30, 11), seed: 
         timeouts=np.zeros(n, bool), observation_space=CARTPOLE_OBS, action_space=CARTPOLE_ACT,
         metadata={"env_id": "CartPole-v1", "dataset_id": "tiny/discrete-v0"},
         source="tiny-discrete")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads; one thread is fastest and immune to
+    oversubscribed CI cores (restored afterwards)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

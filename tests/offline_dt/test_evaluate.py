@@ -33,14 +33,7 @@ from offline_dt.rollout import (
 )
 from offline_dt.train import TrainConfig, TrainingRun
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is fastest and immune to oversubscribed CI cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def pendulum_normalizer(rtg_scale: float = 100.0) -> Normalizer:

@@ -26,6 +26,8 @@ from offline_dt.data import write_hdf5
 from offline_dt.lock import LockedError, exclusive_lock, lock_file
 from offline_dt.train import CHECKPOINT_NAME, load_checkpoint, train
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def _conftest():
     """This directory's conftest as a module (tests here are not a package)."""
@@ -38,14 +40,6 @@ def _conftest():
 
 _C = _conftest()
 TINY_TRAIN, make_box_dataset = _C.TINY_TRAIN, _C.make_box_dataset
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _snapshot(run_dir: Path) -> dict[str, bytes]:
