@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,6 +60,7 @@ from offline_dt.device import resolve_device
 from offline_dt.lock import exclusive_lock
 from offline_dt.methods import METHODS, Method, get_method
 from offline_dt.model import DTConfig
+from offline_dt.run_dir import PreviousRun, recover_run_dir
 from offline_dt.run_log import RunLog
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,6 @@ RESUMABLE_FIELDS = frozenset({
 AUTO_FIELDS = {"warmup_steps": None, "max_timestep": 1000}
 DEFAULT_MAX_TIMESTEP = 1000
 #: Files of a run that ``overwrite`` replaces (anything else in run_dir is left alone).
-RUN_FILES = (CHECKPOINT_NAME, "metrics.csv", "loss.png", "config.json", "tb")
 
 
 # ---------------------------------------------------------------------------------- config
@@ -468,10 +467,11 @@ def config_differences(saved: TrainConfig, current: TrainConfig) -> dict[str, tu
 
 def _claim_run_dir(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
     """Before any slow work, holding the run directory's lock: finish what a killed run left
-    (:func:`_recover_run_dir`), then (config, checkpoint payload) to resume from
+    (``offline_dt.run_dir.recover_run_dir``), then (config, checkpoint payload) to resume from
     (``cfg.resume``; defaults of ``AUTO_FIELDS`` take the checkpoint's values), or (config,
     None) after refusing an existing run without ``overwrite``. Nothing is deleted here: an
-    overwritten run is set aside only once the new one is ready (:class:`_PreviousRun`).
+    overwritten run is set aside only once the new one is ready
+    (``offline_dt.run_dir.PreviousRun``).
 
     Raises:
         FileNotFoundError: ``resume`` and no checkpoint.
@@ -480,7 +480,7 @@ def _claim_run_dir(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None
     """
     run_dir = Path(cfg.run_dir)
     ckpt_path = run_dir / CHECKPOINT_NAME
-    _recover_run_dir(run_dir)
+    recover_run_dir(run_dir)
     if cfg.resume:
         _, resumed = read_checkpoint(ckpt_path, "cpu")
         saved_cfg = from_dict(TrainConfig, json.loads(resumed["train_config"]))
@@ -498,69 +498,6 @@ def _claim_run_dir(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None
             f"{ckpt_path} exists; pass --resume to continue it or --overwrite to start "
             f"afresh")
     return cfg, None
-
-
-def _recover_run_dir(run_dir: Path) -> None:
-    """Undo what a killed writer of ``run_dir`` left (call holding its lock): temporaries of
-    atomic writes (``.*.tmp``), and a previous run set aside by an overwrite that never
-    reached its first checkpoint (restored) or did (deleted)."""
-    if run_dir.is_dir():
-        for tmp in run_dir.glob(".*.tmp"):
-            log.info("%s: removing %s left by a killed run", run_dir, tmp.name)
-            _remove(tmp)
-    previous = _PreviousRun(run_dir)
-    if previous.path.exists():
-        if (run_dir / CHECKPOINT_NAME).exists():
-            previous.discard()
-        else:
-            log.warning("%s: restoring the run that an interrupted overwrite had set aside in "
-                        "%s", run_dir, previous.path)
-            previous.restore()
-
-
-def _remove(p: Path) -> None:
-    if p.is_dir() and not p.is_symlink():
-        shutil.rmtree(p)
-    else:
-        p.unlink(missing_ok=True)
-
-
-class _PreviousRun:
-    """An existing run being overwritten: its ``RUN_FILES`` wait in the hidden sibling
-    ``.<run_dir name>.previous`` until the new run's first checkpoint (then deleted), and go
-    back if the new run fails before it.
-
-    Invariant used by :func:`_recover_run_dir` after a kill: ``checkpoint.pt`` is moved aside
-    first and back last, so ``run_dir/checkpoint.pt`` exists while the sibling does exactly
-    when the new run has written its checkpoint (or nothing was moved yet).
-    """
-
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
-        self.path = run_dir.with_name(f".{run_dir.name}.previous")
-
-    def set_aside(self) -> None:
-        """Move the run's files (checkpoint first) into :attr:`path`."""
-        self.path.mkdir(exist_ok=True)
-        for name in RUN_FILES:
-            if (self.run_dir / name).exists():
-                os.replace(self.run_dir / name, self.path / name)
-        log.info("%s: previous run set aside in %s until the first checkpoint", self.run_dir,
-                 self.path)
-
-    def discard(self) -> None:
-        """The new run has a checkpoint: delete the previous run's files."""
-        if self.path.exists():
-            shutil.rmtree(self.path)
-
-    def restore(self) -> None:
-        """Delete the new run's files and move the previous run's back (checkpoint last)."""
-        for name in RUN_FILES:
-            _remove(self.run_dir / name)
-        for name in (*RUN_FILES[1:], RUN_FILES[0]):
-            if (self.path / name).exists():
-                os.replace(self.path / name, self.run_dir / name)
-        shutil.rmtree(self.path)
 
 
 def _load_data(cfg: TrainConfig, resumed: dict[str, Any] | None
@@ -719,7 +656,7 @@ def train(cfg: TrainConfig, eval_hook: EvalHook | None = None) -> TrainResult:
         del resumed
         previous = None
         if not cfg.resume and (run_dir / CHECKPOINT_NAME).exists():
-            previous = _PreviousRun(run_dir)
+            previous = PreviousRun(run_dir)
             previous.set_aside()
             state.after_save = previous.discard
         try:

@@ -40,14 +40,14 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     remove_stale_temporaries(path)
-    _remove(tmp)
+    remove_path(tmp)
     try:
         yield tmp
         if path.exists():
-            _remove(path)
+            remove_path(path)
         os.replace(tmp, path)
     finally:
-        _remove(tmp)
+        remove_path(tmp)
 
 
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
@@ -68,7 +68,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     for cand in path.parent.iterdir():
         m = pattern.fullmatch(cand.name)
         if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
-            _remove(cand)
+            remove_path(cand)
             removed.append(cand)
     return removed
 
@@ -87,7 +87,8 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _remove(p: Path) -> None:
+def remove_path(p: Path) -> None:
+    """Delete a file, link or directory tree; nothing if it does not exist."""
     if p.is_dir() and not p.is_symlink():
         shutil.rmtree(p)
     elif p.exists() or p.is_symlink():

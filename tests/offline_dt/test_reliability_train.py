@@ -24,6 +24,7 @@ import torch
 import offline_dt.train as train_module
 from offline_dt.data import write_hdf5
 from offline_dt.lock import LockedError, exclusive_lock, lock_file
+from offline_dt.run_dir import PreviousRun
 from offline_dt.train import CHECKPOINT_NAME, load_checkpoint, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -102,7 +103,7 @@ def test_an_overwrite_killed_before_its_checkpoint_is_undone_by_the_next_run(
     cfg = tiny_config(box_hdf5, steps=8, checkpoint_every=4)
     train(cfg)
     before = _snapshot(cfg.run_dir)
-    train_module._PreviousRun(cfg.run_dir).set_aside()
+    PreviousRun(cfg.run_dir).set_aside()
     (cfg.run_dir / "tb").mkdir()
     (cfg.run_dir / "config.json").write_text("{}")
     assert not (cfg.run_dir / CHECKPOINT_NAME).exists()
