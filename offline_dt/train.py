@@ -97,6 +97,10 @@ class TrainConfig:
                 "network with returns-to-go zeroed (behaviour cloning, same architecture and "
                 "budget)",
         "choices": sorted(METHODS)})
+    method_options: dict[str, str] = field(default_factory=dict, metadata={
+        "help": "the method's own hyperparameters as KEY VALUE pairs (e.g. for qt: "
+                "critic transformer expectile 0.8); each method's module lists its keys and "
+                "defaults"})
     seed: int = field(default=0, metadata={"help": "seed (torch, numpy, window sampler)"})
     device: str = field(default="auto", metadata={
         "help": "torch device; auto picks CUDA when available", "choices": ["auto", "cpu", "cuda"]})
@@ -426,8 +430,8 @@ def train_step(net: nn.Module, optimizer: torch.optim.Optimizer,
                scheduler: torch.optim.lr_scheduler.LRScheduler, batch: Batch,
                cfg: TrainConfig, method: Method | None = None
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One update: the method's loss, backward, gradient-norm clip, AdamW step, warmup
-    schedule step. With ``cfg.precision == "bf16"`` the forward pass and loss run under
+    """One update: the method's loss, backward, gradient-norm clip
+    (``Method.clip_gradients``), AdamW step, warmup schedule step, ``Method.after_step``. With ``cfg.precision == "bf16"`` the forward pass and loss run under
     bfloat16 autocast. Returns the detached loss and the method's extra scalars."""
     method = method or get_method(cfg.method)
     device_type = batch.observations.device.type
@@ -435,9 +439,10 @@ def train_step(net: nn.Module, optimizer: torch.optim.Optimizer,
         loss, extras = method.loss(net, batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+    method.clip_gradients(net, cfg.grad_clip)
     optimizer.step()
     scheduler.step()
+    method.after_step(net)
     return loss.detach(), {k: v.detach() for k, v in extras.items()}
 
 
@@ -529,7 +534,8 @@ def _build(cfg: TrainConfig, method: Method, dataset: OfflineDataset, normalizer
         torch.cuda.manual_seed_all(cfg.seed)
     sampler = WindowSampler(dataset, normalizer, cfg.context_length, cfg.max_timestep,
                             seed=cfg.seed)
-    net = method.build(cfg.model_config(dataset.obs_dim, dataset.act_dim, dataset.discrete))
+    net = method.build(cfg.model_config(dataset.obs_dim, dataset.act_dim, dataset.discrete),
+                       cfg.method_options)
     net = net.to(device)
     optimizer, scheduler = make_optimizer(net, cfg)
     state = _State(net, optimizer, scheduler, sampler, normalizer)
@@ -710,7 +716,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
         method = get_method(train_cfg.method)
     except (TypeError, ValueError, KeyError) as e:
         raise ValueError(f"{p}: malformed checkpoint contents ({e})") from e
-    net = method.build(model_cfg)
+    net = method.build(model_cfg, train_cfg.method_options)
     try:
         net.load_state_dict(payload["model"])
     except RuntimeError as e:

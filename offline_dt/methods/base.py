@@ -9,7 +9,7 @@ each algorithm's math in one file. README "Adding a method" walks through ``bc``
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -33,9 +33,10 @@ class Method:
     name: ClassVar[str] = ""
     conditions_on_return: ClassVar[bool] = True
 
-    def build(self, cfg: DTConfig) -> nn.Module:
+    def build(self, cfg: DTConfig, options: dict[str, Any] | None = None) -> nn.Module:
         """The networks to train, as one module (its ``state_dict`` is the checkpoint's
-        ``model``); a Decision Transformer by default."""
+        ``model``); a Decision Transformer by default. ``options`` are the method's own
+        hyperparameters (``TrainConfig.method_options``), for methods that have any."""
         return DecisionTransformer(cfg)
 
     def loss(self, net: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -43,9 +44,25 @@ class Method:
         raise NotImplementedError
 
     def policy(self, net: nn.Module, normalizer: Normalizer, target_return: float | None,
-               *, kv_cache: bool = False) -> Policy:
-        """A batched :class:`~offline_dt.rollout.Policy` acting with ``net`` in env units."""
+               *, kv_cache: bool = False, **settings: Any) -> Policy:
+        """A batched :class:`~offline_dt.rollout.Policy` acting with ``net`` in env units.
+        ``settings`` is one entry of :meth:`inference_candidates`."""
         raise NotImplementedError
+
+    def inference_candidates(self, net: nn.Module) -> list[dict[str, Any]]:
+        """The inference settings evaluation may choose among on validation episodes (each
+        passed to :meth:`policy` as keyword arguments, crossed with the target returns); one
+        empty setting by default."""
+        return [{}]
+
+    def after_step(self, net: nn.Module) -> None:
+        """Called by the training loop after every optimizer step (e.g. a target network's
+        Polyak update); nothing by default."""
+
+    def clip_gradients(self, net: nn.Module, max_norm: float) -> None:
+        """Clip gradients before the optimizer step: one global norm over all parameters by
+        default; a method with several networks may clip each on its own."""
+        torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm)
 
 
 METHODS: dict[str, type[Method]] = {}
