@@ -264,18 +264,8 @@ class DecisionTransformer(nn.Module):
             [-1, 1] (Box, with ``action_tanh``) or logits over the ``act_dim`` actions
             (Discrete).
         """
-        b, k = timesteps.shape
-        d = self.cfg.embed_dim
-        t_emb = self.embed_timestep(timesteps)
-        r = self.embed_return(returns_to_go) + t_emb
-        s = self.embed_state(observations) + t_emb
-        a = self.embed_action(actions) + t_emb
-        # (B, K, 3, d) -> (B, 3K, d): R̂_1, s_1, a_1, R̂_2, ...
-        x = torch.stack((r, s, a), dim=2).reshape(b, 3 * k, d)
-        x = self.drop(self.embed_ln(x))
-        attn_mask = None
-        if mask is not None and not bool(mask.all()):
-            attn_mask = self._attention_mask(mask)
+        k = timesteps.shape[1]
+        x, attn_mask = self._embed(returns_to_go, observations, actions, timesteps, mask)
         for block in self.blocks[:-1]:
             x = block(x, attn_mask)
         # State tokens sit at 1, 4, 7, ...: s_t is token 3t + 1.
@@ -288,6 +278,37 @@ class DecisionTransformer(nn.Module):
         if not self.cfg.discrete and self.cfg.action_tanh:
             out = torch.tanh(out)
         return out
+
+    def _embed(self, returns_to_go: torch.Tensor, observations: torch.Tensor,
+               actions: torch.Tensor, timesteps: torch.Tensor, mask: torch.Tensor | None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Interleaved token embeddings ``(B, 3K, d)`` and the attention mask (None when
+        nothing is padded); arguments as :meth:`forward`."""
+        b, k = timesteps.shape
+        t_emb = self.embed_timestep(timesteps)
+        r = self.embed_return(returns_to_go) + t_emb
+        s = self.embed_state(observations) + t_emb
+        a = self.embed_action(actions) + t_emb
+        # (B, K, 3, d) -> (B, 3K, d): R̂_1, s_1, a_1, R̂_2, ...
+        x = torch.stack((r, s, a), dim=2).reshape(b, 3 * k, self.cfg.embed_dim)
+        x = self.drop(self.embed_ln(x))
+        attn_mask = None
+        if mask is not None and not bool(mask.all()):
+            attn_mask = self._attention_mask(mask)
+        return x, attn_mask
+
+    def token_states(self, returns_to_go: torch.Tensor, observations: torch.Tensor,
+                     actions: torch.Tensor, timesteps: torch.Tensor,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The final hidden state of every token, ``(B, K, 3, d) float32`` (axis 2: the
+        return-to-go, state and action token of each timestep), after the last LayerNorm;
+        arguments as :meth:`forward`. What a head other than the action head (e.g. a
+        critic's, ``offline_dt.methods.qt``) reads."""
+        b, k = timesteps.shape
+        x, attn_mask = self._embed(returns_to_go, observations, actions, timesteps, mask)
+        for block in self.blocks:
+            x = block(x, attn_mask)
+        return self.ln_f(x).reshape(b, k, 3, self.cfg.embed_dim)
 
     @staticmethod
     def _attention_mask(mask: torch.Tensor) -> torch.Tensor:

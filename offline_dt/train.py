@@ -329,7 +329,9 @@ def default_warmup(steps: int) -> int:
 def _to_device(batch: Batch, device: torch.device) -> Batch:
     if device.type == "cpu":
         return batch
-    return Batch(*(t.to(device, non_blocking=True) for t in dataclasses.astuple(batch)))
+    # (not dataclasses.astuple: it deep-copies every tensor first)
+    return Batch(**{f.name: None if (t := getattr(batch, f.name)) is None
+                    else t.to(device, non_blocking=True) for f in dataclasses.fields(batch)})
 
 
 # ---------------------------------------------------------------------------------- sizes
@@ -431,8 +433,9 @@ def train_step(net: nn.Module, optimizer: torch.optim.Optimizer,
                cfg: TrainConfig, method: Method | None = None
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One update: the method's loss, backward, gradient-norm clip
-    (``Method.clip_gradients``), AdamW step, warmup schedule step, ``Method.after_step``. With ``cfg.precision == "bf16"`` the forward pass and loss run under
-    bfloat16 autocast. Returns the detached loss and the method's extra scalars."""
+    (``Method.clip_gradients``), AdamW step, warmup schedule step, ``Method.after_step``.
+    With ``cfg.precision == "bf16"`` the forward pass and loss run under bfloat16 autocast.
+    Returns the detached loss and the method's extra scalars."""
     method = method or get_method(cfg.method)
     device_type = batch.observations.device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):

@@ -136,6 +136,12 @@ class Batch:
         actions: ``(B, K, act_dim) float32`` in [-1, 1], or ``(B, K) int64`` for Discrete.
         timesteps: ``(B, K) int64``.
         mask: ``(B, K) bool``, False on left padding.
+        rewards: ``(B, K) float32`` rewards r_t divided by the return-to-go scale (what a
+            critic learns from; zero on padding).
+        next_observations: ``(B, K, obs_dim) float32`` normalised s_{t+1} of each transition
+            (the dataset's ``next_observations``, so also for an episode's last step).
+        terminals: ``(B, K) bool`` the transition ended the MDP (Gymnasium ``terminated``: no
+            bootstrap from s_{t+1}); False on time limits and padding.
     """
 
     returns_to_go: torch.Tensor
@@ -143,6 +149,9 @@ class Batch:
     actions: torch.Tensor
     timesteps: torch.Tensor
     mask: torch.Tensor
+    rewards: torch.Tensor | None = None
+    next_observations: torch.Tensor | None = None
+    terminals: torch.Tensor | None = None
 
 
 class WindowSampler:
@@ -179,6 +188,10 @@ class WindowSampler:
             normalizer.actions_to_model(dataset.actions)))
         rtg = returns_to_go(dataset.rewards, dataset.episode_starts) / normalizer.rtg_scale
         self.rtg = torch.from_numpy(rtg.astype(np.float32))
+        self.rewards = torch.from_numpy(
+            (dataset.rewards.astype(np.float64) / normalizer.rtg_scale).astype(np.float32))
+        self.next_obs = torch.from_numpy(normalizer.observations(dataset.next_observations))
+        self.terminals = torch.from_numpy(dataset.terminals.astype(bool))
         self.timesteps = torch.from_numpy(timesteps_in_episode(dataset.episode_starts))
         self.ep_start = torch.from_numpy(dataset.episode_starts[:-1].copy())
         self.ep_len = torch.from_numpy(dataset.episode_lengths.copy())
@@ -210,4 +223,7 @@ class WindowSampler:
             actions=actions,
             timesteps=self.timesteps[idx] * mask,
             mask=mask,
+            rewards=self.rewards[idx] * mask,
+            next_observations=self.next_obs[idx] * mask[..., None],
+            terminals=self.terminals[idx] & mask,
         )

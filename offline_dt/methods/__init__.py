@@ -2,12 +2,14 @@
 
 - ``dt``: Decision Transformer (``offline_dt.methods.dt``).
 - ``bc``: the same network with returns-to-go zeroed (``offline_dt.methods.bc``).
+- ``qt``: Q-value regularized DT with an in-sample IQL critic, MLP or transformer
+  (``offline_dt.methods.qt``).
 
 See ``offline_dt.methods.base.Method`` for what a method provides, and README "Adding a
 method".
 """
 
-from offline_dt.methods import bc, dt  # noqa: F401  (each module registers its method)
+from offline_dt.methods import bc, dt, qt  # noqa: F401  (each module registers its method)
 from offline_dt.methods.base import METHODS, Method, get_method, register
 
 __all__ = ["METHODS", "Method", "get_method", "register"]

@@ -1,0 +1,308 @@
+"""QT: the Q-value regularized Decision Transformer, with an in-sample IQL critic: the whole
+method in one file.
+
+Sources:
+- QT, "Q-value Regularized Transformer for Offline Reinforcement Learning" (Hu et al., ICML
+  2024, arXiv 2405.17098, eq. 6): the DT action loss minus a normalised Q of the predicted
+  action, ``L = L_DT - α·E[Q(s_t, â_t)]`` with ``α = η / E|Q(s_t, â_t)|`` (TD3+BC's
+  normalisation, Fujimoto & Gu 2021).
+- The critic learns in-sample as in IQL ("Offline RL with Implicit Q-Learning", Kostrikov et
+  al. 2021): ``V`` by expectile regression on the target ``Q`` (eq. 5), twin ``Q`` by TD on
+  ``r + γ(1 - terminal)·V(s')`` (eq. 6), a Polyak-averaged target ``Q``. QT itself uses a
+  TD3-style out-of-sample maximisation, which this project measured to fail on random Pendulum
+  data (TD3+BC: -1166); IQL's in-sample expectile is the one that learned there.
+- Advantage weighting of the action loss (AWR / IQL's policy extraction, eq. 7): each step's
+  error is weighted by ``min(exp(β·A(s,a)), max_weight)``, ``A = min(Q_target) - V``. With
+  ``β = 0`` the weights are 1 (plain QT); with ``η = 0`` there is no Q term (an advantage
+  -weighted DT).
+
+The critic is one of (option ``critic``):
+- ``mlp``: twin ``Q(s, a)`` and ``V(s)`` MLPs on single transitions (IQL's networks), using
+  the dataset's ``next_observations``;
+- ``transformer``: a second Decision Transformer trunk over the same ``(R̂, s, a, t)`` window
+  as the actor (the transformer value function of seed 002, section 5.1.3) with ``Q`` read at
+  each action token and ``V`` at each state token. Its return-to-go tokens are zeroed: R̂_t is
+  the realised future of the behaviour policy, and a critic that sees it regresses to the
+  behaviour's Monte Carlo return instead of the in-sample maximum. ``V(s_{t+1})`` is read at
+  the next state token of the window, so the last step of a window only trains ``Q`` when it
+  is terminal.
+
+Rewards reach the critic as ``r / rtg_scale · reward_scale`` (``reward_scale = 1000``:
+IQL's D4RL normalisation ``r · 1000 / (R_max - R_min)``, with the return-to-go scale, the
+largest |episode return|, in place of the range), so ``β`` means what it means in IQL.
+
+Acting is the DT's (``offline_dt.methods.dt.DTPolicy`` on the actor): condition on a target
+return chosen on validation episodes. Hyperparameters: :class:`QTOptions`, set with
+``--method-options KEY VALUE ...``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from offline_dt.data.windows import Batch, Normalizer
+from offline_dt.methods.base import Method, register
+from offline_dt.methods.dt import DTPolicy
+from offline_dt.model import DecisionTransformer, DTConfig
+
+
+@dataclass(frozen=True)
+class QTOptions:
+    """QT's own hyperparameters (``TrainConfig.method_options`` keys).
+
+    Attributes:
+        critic: ``mlp`` (twin Q and V MLPs on transitions) or ``transformer`` (a DT trunk over
+            the window).
+        expectile: IQL's τ for ``V`` (0.5 = mean; higher approaches the in-sample max).
+        discount: γ of the TD target.
+        target_rate: Polyak rate of the target critic per update.
+        eta: η, weight of the normalised Q term (QT); 0 turns it off.
+        beta: β, advantage-weight temperature (AWR/IQL); 0 turns weighting off.
+        max_weight: clip of the advantage weights (IQL: 100).
+        reward_scale: critic rewards are ``r / rtg_scale * reward_scale``.
+        hidden: width of the MLP critic's two hidden layers (IQL: 256).
+        critic_grad_clip: gradient-norm clip of the critic (0: none, as IQL); the actor is
+            clipped at ``TrainConfig.grad_clip``.
+    """
+
+    critic: str = "mlp"
+    expectile: float = 0.7
+    discount: float = 0.99
+    target_rate: float = 0.005
+    eta: float = 1.0
+    beta: float = 3.0
+    max_weight: float = 100.0
+    reward_scale: float = 1000.0
+    hidden: int = 256
+    critic_grad_clip: float = 0.0
+
+    @classmethod
+    def parse(cls, options: dict[str, Any] | None) -> QTOptions:
+        """Options from ``TrainConfig.method_options`` (strings from the CLI are converted).
+
+        Raises:
+            ValueError: an unknown key, a value of the wrong type, or one out of range.
+        """
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, raw in (options or {}).items():
+            if key not in fields:
+                raise ValueError(f"method_options: qt has no option {key!r}; its options are "
+                                 f"{sorted(fields)}")
+            kind = type(fields[key].default)
+            try:
+                values[key] = kind(raw)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"method_options: qt option {key!r} must be {kind.__name__}, "
+                                 f"found {raw!r}") from e
+        opts = cls(**values)
+        opts.validate()
+        return opts
+
+    def validate(self) -> None:
+        if self.critic not in ("mlp", "transformer"):
+            raise ValueError(f"method_options: qt critic must be 'mlp' or 'transformer', "
+                             f"found {self.critic!r}")
+        if not 0.0 < self.expectile < 1.0 or not 0.0 <= self.discount < 1.0:
+            raise ValueError(f"method_options: qt expectile must be in (0, 1) and discount in "
+                             f"[0, 1), found {self.expectile} and {self.discount}")
+        if not 0.0 < self.target_rate <= 1.0:
+            raise ValueError(f"method_options: qt target_rate must be in (0, 1], found "
+                             f"{self.target_rate}")
+        for name in ("eta", "beta", "critic_grad_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"method_options: qt {name} must be >= 0, found "
+                                 f"{getattr(self, name)}")
+        if self.max_weight <= 0 or self.reward_scale <= 0 or self.hidden < 1:
+            raise ValueError("method_options: qt max_weight, reward_scale and hidden must be "
+                             f"> 0, found {self.max_weight}, {self.reward_scale}, {self.hidden}")
+
+
+# ---------------------------------------------------------------------------------- critics
+def _mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(inp, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
+                         nn.ReLU(), nn.Linear(hidden, out))
+
+
+class MLPCritic(nn.Module):
+    """IQL's critic on single transitions: twin ``Q(s, a)`` and ``V(s)``, 2 x ``hidden`` ReLU."""
+
+    def __init__(self, cfg: DTConfig, hidden: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.q = _mlp(cfg.obs_dim + cfg.act_dim, hidden, 2)
+        self.v = _mlp(cfg.obs_dim, hidden, 1)
+
+    def _actions(self, actions: torch.Tensor) -> torch.Tensor:
+        if self.cfg.discrete:
+            return F.one_hot(actions, self.cfg.act_dim).to(torch.float32)
+        return actions
+
+    def forward(self, batch: Batch, actions: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``Q`` of ``actions`` ``(B, K, 2)`` (twin) and ``V`` ``(B, K)`` at every step."""
+        q = self.q(torch.cat((batch.observations, self._actions(actions)), -1))
+        return q, self.v(batch.observations).squeeze(-1)
+
+    def next_values(self, batch: Batch, v: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``V(s_{t+1})`` ``(B, K)`` from the batch's next observations, and where it is
+        valid (every real step)."""
+        return self.v(batch.next_observations).squeeze(-1), batch.mask
+
+
+class TransformerCritic(nn.Module):
+    """A Decision Transformer trunk over the window (return-to-go tokens zeroed) with twin
+    ``Q`` read at the action tokens and ``V`` at the state tokens."""
+
+    def __init__(self, cfg: DTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.trunk = DecisionTransformer(cfg)
+        self.trunk.predict_action.requires_grad_(False)  # the trunk's action head is unused
+        self.q = nn.Linear(cfg.embed_dim, 2)
+        self.v = nn.Linear(cfg.embed_dim, 1)
+
+    def forward(self, batch: Batch, actions: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``Q`` of ``actions`` ``(B, K, 2)`` (twin) and ``V`` ``(B, K)`` at every step."""
+        h = self.trunk.token_states(torch.zeros_like(batch.returns_to_go), batch.observations,
+                                    actions, batch.timesteps, batch.mask)
+        return self.q(h[:, :, 2]), self.v(h[:, :, 1]).squeeze(-1)
+
+    def next_values(self, batch: Batch, v: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``V(s_{t+1})`` ``(B, K)`` read at the next state token of the window, and where
+        it is valid: the next step is in the window, or the step is terminal (no bootstrap)."""
+        v_next = torch.cat((v[:, 1:], torch.zeros_like(v[:, :1])), 1)
+        valid = torch.cat((batch.mask[:, 1:], batch.terminals[:, -1:]), 1) & batch.mask
+        return v_next, valid
+
+
+# ---------------------------------------------------------------------------------- network
+class QTNetwork(nn.Module):
+    """The actor (a Decision Transformer), its critic and the critic's Polyak target.
+
+    ``cfg`` is the actor's :class:`DTConfig` (the checkpoint's ``model_config``); the target's
+    parameters do not require gradients but are in the ``state_dict``, so a checkpoint resumes
+    exactly.
+    """
+
+    def __init__(self, cfg: DTConfig, options: QTOptions) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.options = options
+        self.actor = DecisionTransformer(cfg)
+        critic_cfg = dataclasses.replace(cfg, dropout=0.0)
+        self.critic: nn.Module = (TransformerCritic(critic_cfg) if options.critic == "transformer"
+                                  else MLPCritic(critic_cfg, options.hidden))
+        self.target = copy.deepcopy(self.critic).requires_grad_(False)
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The actor's :meth:`DecisionTransformer.forward`."""
+        return self.actor(*args, **kwargs)
+
+
+def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+    """IQL eq. 5 elementwise: ``|τ - 1(diff < 0)| · diff²`` for ``diff = Q - V``."""
+    weight = torch.where(diff < 0, 1.0 - expectile, expectile)
+    return weight * diff.square()
+
+
+def critic_loss(net: QTNetwork, batch: Batch
+                ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """IQL's value and TD losses on the real steps of ``batch``.
+
+    Returns:
+        (scalar loss, ``(B, K)`` advantages ``min(Q_target(s, a)) - V(s)`` (detached), logged
+        scalars ``q_loss``, ``v_loss``, ``q_mean``).
+    """
+    o, m = net.options, batch.mask
+    q, v = net.critic(batch, batch.actions)
+    with torch.no_grad():
+        q_target = net.target(batch, batch.actions)[0].min(-1).values
+        v_next, valid = net.critic.next_values(batch, v)
+        bootstrap = (~batch.terminals).float() * o.discount
+        y = batch.rewards * o.reward_scale + bootstrap * v_next
+    v_loss = expectile_loss(q_target - v, o.expectile)[m].mean()
+    td = (q - y[..., None]).square().sum(-1)
+    q_loss = td[valid].mean() if bool(valid.any()) else td.sum() * 0.0
+    extras = {"q_loss": q_loss.detach(), "v_loss": v_loss.detach(),
+              "q_mean": q_target[m].mean()}
+    return q_loss + v_loss, (q_target - v).detach(), extras
+
+
+def actor_loss(net: QTNetwork, batch: Batch, advantages: torch.Tensor
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Advantage-weighted DT action loss minus QT's normalised Q term (module docstring).
+    The Q term's gradient reaches the actor only: the critic is called with detached
+    parameters."""
+    o, m = net.options, batch.mask
+    pred = net.actor(batch.returns_to_go, batch.observations, batch.actions, batch.timesteps,
+                     m).float()
+    if net.cfg.discrete:
+        err = F.cross_entropy(pred.transpose(1, 2), batch.actions, reduction="none")
+    else:
+        err = (pred - batch.actions).square().mean(-1)
+    weights = torch.ones_like(err)
+    if o.beta > 0:
+        weights = torch.exp(o.beta * advantages).clamp(max=o.max_weight)
+    loss = (weights * err)[m].mean()
+    extras = {"action_loss": err[m].mean().detach(), "weight_mean": weights[m].mean()}
+    if o.eta > 0:
+        params = {k: p.detach() for k, p in net.critic.named_parameters()}
+        q_pi = functional_call(net.critic, params, (batch, pred))[0].min(-1).values[m]
+        loss = loss - o.eta * q_pi.mean() / q_pi.abs().mean().detach().clamp(min=1e-6)
+    return loss, extras
+
+
+@register
+class QT(Method):
+    """Q-value regularized Decision Transformer with an IQL critic (module docstring)."""
+
+    name = "qt"
+    conditions_on_return = True
+
+    def build(self, cfg: DTConfig, options: dict[str, Any] | None = None) -> QTNetwork:
+        opts = QTOptions.parse(options)
+        if cfg.discrete and opts.eta > 0:
+            raise ValueError(
+                f"qt's Q term (eta={opts.eta}) differentiates Q through the predicted action "
+                f"and needs Box actions; this dataset has Discrete({cfg.act_dim}) actions: pass "
+                "--method-options eta 0 (advantage weighting only)")
+        return QTNetwork(cfg, opts)
+
+    def loss(self, net: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if batch.rewards is None or batch.next_observations is None or batch.terminals is None:
+            raise ValueError("qt needs rewards, next_observations and terminals in the batch "
+                             "(offline_dt.data.windows.WindowSampler provides them)")
+        c_loss, advantages, c_extras = critic_loss(net, batch)
+        a_loss, a_extras = actor_loss(net, batch, advantages)
+        return a_loss + c_loss, {**a_extras, **c_extras}
+
+    def clip_gradients(self, net: nn.Module, max_norm: float) -> None:
+        torch.nn.utils.clip_grad_norm_(net.actor.parameters(), max_norm)
+        if net.options.critic_grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(net.critic.parameters(), net.options.critic_grad_clip)
+
+    @torch.no_grad()
+    def after_step(self, net: nn.Module) -> None:
+        """Polyak update of the target critic."""
+        rate = net.options.target_rate
+        for target, source in zip(net.target.parameters(), net.critic.parameters(),
+                                  strict=True):
+            target.lerp_(source, rate)
+
+    def policy(self, net: nn.Module, normalizer: Normalizer, target_return: float | None,
+               *, kv_cache: bool = False, **settings: Any) -> DTPolicy:
+        if target_return is None:
+            raise ValueError("method 'qt' acts toward a target return; pass target_return")
+        return DTPolicy(net.actor, normalizer, target_return, kv_cache=kv_cache)
