@@ -141,18 +141,31 @@ def _evaluate(cfg: EvalConfig) -> int:
     return 0
 
 
+def _candidate_label(cand: dict[str, Any]) -> str:
+    target = cand.get("target_return")
+    label = "no target" if target is None else f"target {target:g}"
+    settings = cand.get("settings") or {}
+    return label + "".join(f", {k}={v}" for k, v in settings.items())
+
+
 def eval_summary(payload: dict[str, Any], out: Path) -> str:
-    """Readable lines for an ``eval.json`` payload: per target return the mean ± std over
-    episodes and the episode-level 95% confidence interval (mean ± 1.96 std / √n), labelled;
-    the headline marked."""
+    """Readable lines for an ``eval.json`` payload: the validation mean of every candidate
+    (when there were several; the chosen one marked), then the test evaluation: mean ± std
+    over episodes and the episode-level 95% confidence interval (mean ± 1.96 std / √n),
+    labelled; the headline marked."""
     lines = [f"evaluated {payload.get('checkpoint', '')} ({payload['method']}, step "
              f"{payload.get('step')}) on {payload['env_id']}"]
+    selection = payload.get("selection") or {}
+    if selection.get("validation"):
+        lines.append(f"  chosen on {selection['validation_episodes']} validation episodes "
+                     f"per candidate (reset seeds {selection['validation_episode_seeds']}):")
+        for j, v in enumerate(selection["validation"]):
+            lines.append(f"    {_candidate_label(v)}: validation mean {v['mean']:.2f}"
+                         + ("  (chosen)" if j == selection.get("chosen_index") else ""))
     for i, t in enumerate(payload["targets"]):
-        target = t.get("target_return")
-        label = "no target" if target is None else f"target {target:g}"
         norm = t.get("normalized_score")
         lines.append(
-            f"  {label}: return mean {t['mean']:.2f} ± std {t['std']:.2f} over "
+            f"  {_candidate_label(t)}: return mean {t['mean']:.2f} ± std {t['std']:.2f} over "
             f"{t['episodes']} episodes, 95% CI of the mean [{t['mean'] - t['ci95']:.2f}, "
             f"{t['mean'] + t['ci95']:.2f}]"
             + ("" if norm is None else f", normalized score {norm:.1f}")

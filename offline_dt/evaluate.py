@@ -11,11 +11,17 @@ never imports datagen).
 :func:`evaluate_policy` steps all episodes at once through a Gymnasium vector env (one batched
 policy call per env step); :func:`evaluate_sequential` is the one-episode-at-a-time reference
 loop of the original implementation (one model call per step per episode), kept for tests and
-the speed benchmark. Both seed episode ``i`` of an evaluation with seed ``s`` as
+the speed benchmark. Both seed test episode ``i`` of an evaluation with seed ``s`` as
 ``10**12 + s * 100_000 + i`` (``offline_dt.rollout.evaluation_seed``), so the same
 ``(seed, i)`` is the same episode for every policy and both loops, and never the start of an
-episode of a dataset that datagen generated. :func:`make_eval_hook` is the training loop's
-periodic evaluation, on the trainer's own network and normaliser.
+episode of a dataset that datagen generated.
+
+Nothing is chosen on test episodes. :func:`evaluate_checkpoint` chooses a checkpoint's target
+return and inference settings on validation episodes (``2 * 10**12 + s * 100_000 + i``,
+``offline_dt.rollout.validation_seed``; a range that never meets the test one) and rolls only
+the chosen candidate out on the test episodes. :func:`make_eval_hook` is the training loop's
+periodic evaluation, on the trainer's own network and normaliser, on validation episodes of
+its own (indices from :data:`CURVE_EPISODE_OFFSET`).
 """
 
 from __future__ import annotations
@@ -37,11 +43,12 @@ from offline_dt.data.dataset import registered_env_id
 from offline_dt.device import resolve_device
 from offline_dt.rollout import (
     DEFAULT_MAX_ENVS,
-    EVALUATION_SEED_BASE,
+    SEED_RULES,
     SEED_STRIDE,
     Policy,
     evaluation_seed,
     run_episodes,
+    validation_seed,
 )
 from offline_dt.train import EvalHook, TrainingRun, load_checkpoint
 
@@ -65,7 +72,8 @@ class EvalResult:
 
     ``std`` is the population standard deviation over episodes; ``ci95`` the half-width
     ``1.96 std / √n``; the normalized score uses the D4RL formula when both reference scores
-    are known (None otherwise).
+    are known (None otherwise). ``split`` says which episodes these are: ``"test"`` (scoring)
+    or ``"validation"`` (choosing a candidate; learning curves), see :data:`SEED_FUNCTIONS`.
     """
 
     env_id: str
@@ -76,6 +84,7 @@ class EvalResult:
     ref_min_score: float | None = None
     ref_max_score: float | None = None
     wall_seconds: float = 0.0
+    split: str = "test"
     stats: dict[str, float] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -130,6 +139,7 @@ class EvalResult:
             "ref_max_score": self.ref_max_score,
             "mean_length": float(self.lengths.mean()) if self.lengths.size else float("nan"),
             "wall_seconds": self.wall_seconds,
+            "split": self.split,
         }
         if include_episodes:
             d["returns"] = self.returns.tolist()
@@ -139,24 +149,53 @@ class EvalResult:
 
 
 # ---------------------------------------------------------------------------------- loops
+#: Reset seed of episode ``i`` of each kind of episode (``EvalResult.split``): test episodes
+#: score a policy, validation episodes choose among a method's candidates (and draw learning
+#: curves); the two ranges never meet (``offline_dt.rollout``).
+SEED_FUNCTIONS = {"test": evaluation_seed, "validation": validation_seed}
+#: The learning-curve hook's episodes are validation episodes from this index on: never a test
+#: episode, and never one of the first ``CURVE_EPISODE_OFFSET`` validation episodes, where
+#: :func:`evaluate_checkpoint` chooses targets (``EvalConfig.validation_episodes`` is capped
+#: there).
+CURVE_EPISODE_OFFSET = SEED_STRIDE // 2
+
+
+def episode_seeds(split: str, seed: int, episodes: int, first: int = 0) -> list[int]:
+    """Reset seeds of episodes ``first .. first + episodes - 1`` of kind ``split``
+    (``"test"`` or ``"validation"``, see :data:`SEED_FUNCTIONS`) for evaluation seed ``seed``.
+
+    Raises:
+        ValueError: unknown ``split``, ``episodes < 1``, or indices/seed outside the rule's
+            range (``offline_dt.rollout.episode_seed``).
+    """
+    if split not in SEED_FUNCTIONS:
+        raise ValueError(f"split must be one of {sorted(SEED_FUNCTIONS)}, found {split!r}")
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, found {episodes}")
+    return [SEED_FUNCTIONS[split](seed, first + i) for i in range(episodes)]
+
+
 def evaluate_policy(
     env_id: str,
     policy: Policy,
     episodes: int = 200,
     seed: int = 0,
     *,
+    split: str = "test",
     max_envs: int = DEFAULT_MAX_ENVS,
     ref_min_score: float | None = None,
     ref_max_score: float | None = None,
     env_kwargs: dict[str, Any] | None = None,
+    first: int = 0,
 ) -> EvalResult:
     """Roll ``policy`` out for ``episodes`` episodes, all at once, through a vector env.
 
     A thin wrapper over :func:`offline_dt.rollout.run_episodes`: episodes run in waves of at
-    most ``max_envs`` envs in one ``SyncVectorEnv`` (same-step autoreset). Episode ``i`` is
-    reset with ``offline_dt.rollout.evaluation_seed(seed, i)``
-    (``10**12 + seed * 100_000 + i``: never a seed a generated dataset was collected from).
-    Every wave calls
+    most ``max_envs`` envs in one ``SyncVectorEnv`` (same-step autoreset). Test episode ``i``
+    (``split="test"``) is reset with ``offline_dt.rollout.evaluation_seed(seed, i)``
+    (``10**12 + seed * 100_000 + i``: never a seed a generated dataset was collected from);
+    validation episode ``i`` with ``validation_seed(seed, i)`` (``2 * 10**12 + ...``: never a
+    test episode). Every wave calls
     ``policy.act`` once per env step for all its envs and runs until every env has terminated
     or been truncated; an env that has finished keeps being stepped (its autoreset episode is
     ignored: its rewards are neither counted nor passed to ``policy.observe``), so each
@@ -166,20 +205,25 @@ def evaluate_policy(
         env_id: Gymnasium id.
         policy: a :class:`Policy`.
         episodes: number of episodes.
-        seed: evaluation seed; episode seeds are ``10**12 + seed * 100_000 + i``.
+        seed: evaluation seed, in ``[0, 10**7)``.
+        split: ``"test"`` or ``"validation"`` episodes.
         max_envs: most envs stepped at once.
         ref_min_score, ref_max_score: D4RL reference scores for the normalized score.
         env_kwargs: extra ``gym.make`` keyword arguments (e.g. ``max_episode_steps``).
+        first: index of the first episode (the learning-curve hook's start past the
+            validation episodes that choose targets).
+
+    Raises:
+        ValueError: ``episodes < 1``, unknown ``split``, seed or episode index out of range.
     """
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, found {episodes}")
+    seeds = episode_seeds(split, seed, episodes, first)
     start = time.perf_counter()
-    seeds = [evaluation_seed(seed, i) for i in range(episodes)]
     returns, lengths = run_episodes(env_id, policy, seeds, max_envs=max_envs,
                                     env_kwargs=env_kwargs)
     return EvalResult(env_id=env_id, seed=seed, returns=returns, lengths=lengths,
                       episode_seeds=seeds, ref_min_score=ref_min_score,
-                      ref_max_score=ref_max_score, wall_seconds=time.perf_counter() - start)
+                      ref_max_score=ref_max_score, wall_seconds=time.perf_counter() - start,
+                      split=split)
 
 
 def evaluate_sequential(
@@ -188,6 +232,7 @@ def evaluate_sequential(
     episodes: int = 200,
     seed: int = 0,
     *,
+    split: str = "test",
     ref_min_score: float | None = None,
     ref_max_score: float | None = None,
     env_kwargs: dict[str, Any] | None = None,
@@ -195,10 +240,8 @@ def evaluate_sequential(
     """The reference loop: one ``gym.make`` env, one episode at a time, one policy call (batch
     of 1) per step. Same episode seeds as :func:`evaluate_policy`, so the returns agree up to
     floating-point differences between batch sizes."""
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, found {episodes}")
+    seeds = episode_seeds(split, seed, episodes)
     start = time.perf_counter()
-    seeds = [evaluation_seed(seed, i) for i in range(episodes)]
     returns = np.zeros(episodes, np.float64)
     lengths = np.zeros(episodes, np.int64)
     env = gym.make(env_id, **(env_kwargs or {}))
@@ -218,7 +261,8 @@ def evaluate_sequential(
         env.close()
     return EvalResult(env_id=env_id, seed=seed, returns=returns, lengths=lengths,
                       episode_seeds=seeds, ref_min_score=ref_min_score,
-                      ref_max_score=ref_max_score, wall_seconds=time.perf_counter() - start)
+                      ref_max_score=ref_max_score, wall_seconds=time.perf_counter() - start,
+                      split=split)
 
 
 # ---------------------------------------------------------------------------------- checkpoints
@@ -226,10 +270,13 @@ def evaluate_sequential(
 class EvalConfig:
     """Evaluate a trained checkpoint (``offline-dt evaluate``).
 
-    The headline of ``eval.json`` is the target return with the best mean return (for BC,
-    which ignores targets, the single evaluation); every target's numbers are kept beside it.
-    The targets are chosen on the same episodes they are scored on, so the headline is the
-    best of ``len(target_returns)`` estimates: ``eval.json`` records that rule.
+    The candidates are the target returns (for a method that conditions on one; else no
+    target) crossed with the method's inference settings (``Method.inference_candidates``).
+    With more than one, each is rolled out on ``validation_episodes`` validation episodes
+    (reset seeds ``2 * 10**12 + seed * 100000 + i``, never a test episode), the best mean
+    return there is chosen, and only that candidate is rolled out on the ``episodes`` test
+    episodes (``10**12 + seed * 100000 + i``): the headline of ``eval.json`` is that test
+    evaluation alone, so no choice is ever made on the episodes that score it.
     """
 
     checkpoint: Path | None = field(default=None, metadata={
@@ -239,10 +286,16 @@ class EvalConfig:
     target_returns: list[float] | None = field(default=None, metadata={
         "help": "returns to condition on, env reward units; unset: the dataset's best "
                 "episode return and its expert reference score ref_max_score"})
-    episodes: int = field(default=200, metadata={"help": "evaluation episodes per target"})
+    episodes: int = field(default=200, metadata={
+        "help": "test episodes of the chosen candidate (the reported numbers)"})
+    validation_episodes: int = field(default=50, metadata={
+        "help": "validation episodes per candidate (target return x inference setting) to "
+                f"choose the one tested; at most {CURVE_EPISODE_OFFSET}; unused with a single "
+                "candidate"})
     seed: int = field(default=0, metadata={
-        "help": "evaluation seed; episode i resets with 10**12 + seed * 100000 + i (a range "
-                "no generated dataset was collected from)"})
+        "help": "evaluation seed in [0, 10**7); test episode i resets with 10**12 + seed * "
+                "100000 + i (a range no generated dataset was collected from), validation "
+                "episode i with 2 * 10**12 + seed * 100000 + i"})
     device: str = field(default="auto", metadata={
         "help": "torch device", "choices": ["auto", "cpu", "cuda"]})
     max_envs: int = field(default=DEFAULT_MAX_ENVS, metadata={
@@ -252,6 +305,13 @@ class EvalConfig:
                 "episode, approximate after (see DTPolicy)"})
     out: Path | None = field(default=None, metadata={
         "help": "output JSON; unset: <run dir>/eval.json"})
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.validation_episodes <= CURVE_EPISODE_OFFSET:
+            raise ValueError(f"EvalConfig.validation_episodes must be in [1, "
+                             f"{CURVE_EPISODE_OFFSET}], found {self.validation_episodes}")
+        if self.episodes < 1:
+            raise ValueError(f"EvalConfig.episodes must be >= 1, found {self.episodes}")
 
 
 def _get(info: Any, *keys: str) -> Any:
@@ -306,27 +366,92 @@ def _run_dir(checkpoint: Path) -> Path:
     return checkpoint if checkpoint.is_dir() else checkpoint.parent
 
 
+def inference_candidates(method: Any, net: Any, targets: list[float | None]
+                         ) -> list[dict[str, Any]]:
+    """Every ``{"target_return": t, "settings": s}`` of ``targets`` crossed with
+    ``method.inference_candidates(net)``, targets outermost (the order of ``eval.json``)."""
+    settings = [dict(s) for s in method.inference_candidates(net)] or [{}]
+    return [{"target_return": t, "settings": st} for t in targets for st in settings]
+
+
+def choose_candidate(
+    env_id: str,
+    candidates: list[dict[str, Any]],
+    make_policy: Any,
+    cfg: EvalConfig,
+    refs: dict[str, float | None],
+) -> tuple[int, list[dict[str, Any]]]:
+    """Index of the candidate with the best mean return on the validation episodes, and every
+    candidate's validation evaluation (``EvalResult.to_dict`` plus the candidate's keys).
+
+    ``make_policy(candidate) -> Policy``. Each candidate is rolled out on
+    ``cfg.validation_episodes`` validation episodes of seed ``cfg.seed`` (never a test
+    episode); ties go to the earlier candidate. A single candidate is chosen without any
+    rollout (index 0, no validation results).
+    """
+    if len(candidates) == 1:
+        return 0, []
+    results = []
+    for cand in candidates:
+        res = evaluate_policy(env_id, make_policy(cand), cfg.validation_episodes, cfg.seed,
+                              split="validation", max_envs=cfg.max_envs,
+                              ref_min_score=refs["ref_min_score"],
+                              ref_max_score=refs["ref_max_score"])
+        log.info("validation: target %s settings %s: mean %.2f (%d episodes, %.1fs)",
+                 cand["target_return"], cand["settings"], res.mean, res.episodes,
+                 res.wall_seconds)
+        results.append({**to_jsonable(cand), **res.to_dict()})
+    best = max(range(len(results)), key=lambda j: (results[j]["mean"], -j))
+    return best, results
+
+
+def selection_record(candidates: list[dict[str, Any]], chosen: int,
+                     validation: list[dict[str, Any]], cfg: EvalConfig, why: str
+                     ) -> dict[str, Any]:
+    """``eval.json``'s ``selection``: how the tested candidate was chosen (the rule, the
+    validation episodes and their seed rule, every candidate's validation results)."""
+    if validation:
+        rule = (f"best mean return on {cfg.validation_episodes} validation episodes per "
+                f"candidate (reset seeds {SEED_RULES['validation']}, disjoint from the test "
+                "episodes); only the chosen candidate was rolled out on the test episodes")
+    else:
+        rule = f"single candidate ({why}): no validation rollouts, tested directly"
+    return {"rule": rule, "candidates": to_jsonable(candidates), "chosen_index": chosen,
+            "chosen": to_jsonable(candidates[chosen]),
+            "validation_episodes": cfg.validation_episodes if validation else 0,
+            "validation_episode_seeds": SEED_RULES["validation"],
+            "validation": validation}
+
+
 def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
-    """Roll out a checkpoint for every target return and write ``eval.json`` atomically.
+    """Choose a checkpoint's target return and inference settings on validation episodes,
+    roll the chosen one out on the test episodes and write ``eval.json`` atomically.
 
-    A return-conditioned method (``dt``): one evaluation per target return (default: the
-    dataset's best episode return and ``ref_max_score``). Other methods (``bc``): one
-    evaluation, with ``target_return`` null. All evaluations use the same ``cfg.episodes``
-    episodes and seeds; the checkpoint's method builds the policy (``Method.policy``).
+    Candidates (:func:`inference_candidates`): for a return-conditioned method (``dt``) the
+    targets (``cfg.target_returns``, default the dataset's best episode return and
+    ``ref_max_score``), else none (``target_return`` null), crossed with
+    ``Method.inference_candidates``. With more than one, :func:`choose_candidate` picks the
+    best mean return on ``cfg.validation_episodes`` validation episodes; then only that one is
+    evaluated on the ``cfg.episodes`` test episodes. The checkpoint's method builds every
+    policy (``Method.policy(net, normalizer, target, kv_cache=..., **settings)``).
 
-    Headline rule: the evaluation with the best mean return is the headline (``headline``,
-    with ``headline_rule`` saying so); its numbers are also the top-level ``mean_return``,
-    ``std_return``, ``ci95``, ``normalized_score``. ``targets`` holds every evaluation with
-    per-episode returns.
+    ``eval.json``: the headline (top-level ``mean_return``, ``std_return``, ``ci95``,
+    ``normalized_score``, ``headline_target``, ``headline_settings``) is the chosen
+    candidate's test evaluation, ``targets`` holds that one evaluation with per-episode
+    returns, ``selection`` every candidate's validation results and the rule
+    (:func:`selection_record`), ``headline_rule`` says how the headline was chosen.
 
     Returns:
         The dict written to ``cfg.out`` (default ``<run dir>/eval.json``).
+
+    Raises:
+        ValueError: no checkpoint given; no target return given or known for a
+            return-conditioned method.
     """
     if cfg.checkpoint is None:
         raise ValueError("EvalConfig.checkpoint is required (checkpoint file or run directory)")
     checkpoint = Path(cfg.checkpoint)
-    device = resolve_device(cfg.device)
-    ckpt = load_checkpoint(checkpoint, device)
+    ckpt = load_checkpoint(checkpoint, resolve_device(cfg.device))
     facts = checkpoint_facts(ckpt)
     env_id = cfg.env_id  # the user's explicit choice; an id from the data must be registered
     if not env_id:
@@ -336,27 +461,34 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
     if ckpt.method.conditions_on_return:
         targets = list(cfg.target_returns or default_target_returns(
             facts["best_return"], facts["ref_max_score"]))
-    results = []
-    for target in targets:
-        policy = ckpt.method.policy(ckpt.model, ckpt.normalizer, target, kv_cache=cfg.kv_cache)
-        res = evaluate_policy(env_id, policy, cfg.episodes, cfg.seed, max_envs=cfg.max_envs,
-                              ref_min_score=facts["ref_min_score"],
-                              ref_max_score=facts["ref_max_score"])
-        log.info("%s %s target %s: mean %.2f, episode-level 95%% CI ± %.2f (%d episodes, "
-                 "%.1fs)", checkpoint, method,
-                 target, res.mean, res.ci95, res.episodes, res.wall_seconds)
-        results.append({"target_return": target, **res.to_dict()})
-    best = max(range(len(results)), key=lambda j: results[j]["mean"])
-    out = Path(cfg.out) if cfg.out is not None else _run_dir(checkpoint) / "eval.json"
+    candidates = inference_candidates(ckpt.method, ckpt.model, targets)
+
+    def make_policy(cand: dict[str, Any]) -> Policy:
+        return ckpt.method.policy(ckpt.model, ckpt.normalizer, cand["target_return"],
+                                  kv_cache=cfg.kv_cache, **cand["settings"])
+
+    chosen, validation = choose_candidate(env_id, candidates, make_policy, cfg, facts)
+    cand = candidates[chosen]
+    res = evaluate_policy(env_id, make_policy(cand), cfg.episodes, cfg.seed,
+                          max_envs=cfg.max_envs, ref_min_score=facts["ref_min_score"],
+                          ref_max_score=facts["ref_max_score"])
+    log.info("%s %s target %s settings %s: test mean %.2f, episode-level 95%% CI ± %.2f "
+             "(%d episodes, %.1fs)", checkpoint, method, cand["target_return"],
+             cand["settings"], res.mean, res.ci95, res.episodes, res.wall_seconds)
+    why = ("one target return, no inference settings to choose"
+           if ckpt.method.conditions_on_return
+           else f"{method} ignores target returns and has no inference settings to choose")
+    selection = selection_record(candidates, chosen, validation, cfg, why)
     payload = build_eval_payload(
-        method=method, env_id=env_id, results=results, headline=best,
-        headline_rule=("best mean return among target_returns"
-                       if ckpt.method.conditions_on_return
-                       else f"single evaluation ({method} ignores target returns)"),
+        method=method, env_id=env_id, results=[{**to_jsonable(cand), **res.to_dict()}],
+        headline_rule=f"test episodes of the chosen candidate only; chosen by "
+                      f"{selection['rule']}",
         extra={"checkpoint": str(checkpoint), "step": getattr(ckpt, "step", None),
-               "dataset": facts["dataset"], "config": to_jsonable(cfg)},
+               "dataset": facts["dataset"], "config": to_jsonable(cfg),
+               "headline_settings": to_jsonable(cand["settings"]), "selection": selection},
     )
-    save_json(payload, out)
+    save_json(payload, Path(cfg.out) if cfg.out is not None
+              else _run_dir(checkpoint) / "eval.json")
     return payload
 
 
@@ -368,9 +500,12 @@ def build_eval_payload(
     headline_rule: str = "single evaluation",
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``eval.json`` schema shared by checkpoints and baselines (what ``report`` reads).
+    """The ``eval.json`` schema shared by checkpoints, baselines and reference rows (what
+    ``report`` reads).
 
-    ``results`` are :meth:`EvalResult.to_dict` outputs, each with a ``target_return`` key.
+    ``results`` are :meth:`EvalResult.to_dict` outputs of test episodes, each with a
+    ``target_return`` key; ``results[headline]`` is the headline. ``episode_seeds`` is the
+    test episodes' reset-seed rule; ``headline_rule`` says how the headline was chosen.
     """
     h = results[headline]
     return {
@@ -378,7 +513,7 @@ def build_eval_payload(
         "env_id": env_id,
         "episodes": h["episodes"],
         "seed": h["seed"],
-        "episode_seeds": f"{EVALUATION_SEED_BASE} + seed * {SEED_STRIDE} + i",
+        "episode_seeds": SEED_RULES["test"],
         "mean_return": h["mean"],
         "std_return": h["std"],
         "ci95": h["ci95"],
@@ -427,11 +562,15 @@ def make_eval_hook(target_return: float | None = None, seed: int | None = None,
 
     Each call rolls the trainer's own network out with the trainer's own normaliser and
     dataset facts (``TrainingRun``; nothing is reloaded or refitted) on the same
-    ``run.config.eval_episodes`` episodes, with reset seeds from evaluation seed
-    ``500 + run.config.seed`` (episodes distinct from the final evaluation's) unless ``seed``
-    is given. The env is the dataset's (``run.dataset_info["env_id"]``, which ``env_id``
-    overrides); a return-conditioned method acts toward ``target_return``, by default the
-    dataset's ``ref_max_score`` (expert level), else its best episode return.
+    ``run.config.eval_episodes`` episodes: validation episodes ``CURVE_EPISODE_OFFSET + i`` of
+    validation seed ``run.config.seed`` (or ``seed``), i.e. reset seeds
+    ``2 * 10**12 + seed * 100000 + 50000 + i``. They are never test episodes (whatever the
+    seeds) and never the validation episodes on which :func:`evaluate_checkpoint` chooses a
+    target (those are ``i < EvalConfig.validation_episodes <= 50000``), so a learning curve
+    selects nothing on either. The env is the dataset's (``run.dataset_info["env_id"]``, which
+    ``env_id`` overrides); a return-conditioned method acts toward ``target_return``, by
+    default the dataset's ``ref_max_score`` (expert level), else its best episode return,
+    with the method's default inference settings.
 
     Returns ``eval_return_mean``, ``eval_return_std`` (over episodes), ``eval_return_ci95``
     (episode-level 95% CI half-width), ``eval_normalized_score`` (NaN when unknown),
@@ -453,7 +592,8 @@ def make_eval_hook(target_return: float | None = None, seed: int | None = None,
         try:
             policy = run.method.policy(run.net, run.normalizer, target)
             res = evaluate_policy(env_id, policy, run.config.eval_episodes,
-                                  500 + run.config.seed if seed is None else seed,
+                                  run.config.seed if seed is None else seed,
+                                  split="validation", first=CURVE_EPISODE_OFFSET,
                                   max_envs=max_envs, ref_min_score=ref_min,
                                   ref_max_score=ref_max)
         finally:

@@ -36,39 +36,66 @@ import torch
 
 #: Episode ``i`` of an evaluation with seed ``s`` resets its env with ``s * SEED_STRIDE + i``.
 SEED_STRIDE = 100_000
+#: Seeds of :func:`episode_seed`, :func:`evaluation_seed` and :func:`validation_seed` lie in
+#: ``[0, SEED_LIMIT)``, so ``seed * SEED_STRIDE + i < SEED_RANGE``: each rule below fills its own
+#: block of ``SEED_RANGE`` reset seeds and no two blocks meet.
+SEED_LIMIT = 10**7
+SEED_RANGE = SEED_LIMIT * SEED_STRIDE  # 10**12
 #: Most envs stepped at once; more episodes run in several waves of at most this many.
 DEFAULT_MAX_ENVS = 256
 
 
 def episode_seed(seed: int, i: int) -> int:
     """Reset seed of episode ``i`` (0-based) of an evaluation with seed ``seed``:
-    ``seed * SEED_STRIDE + i``.
+    ``seed * SEED_STRIDE + i``, in ``[0, SEED_RANGE)`` (datagen's reference scores and agent
+    learning curves).
 
     Raises:
-        ValueError: ``i`` outside ``[0, SEED_STRIDE)``.
+        ValueError: ``i`` outside ``[0, SEED_STRIDE)`` or ``seed`` outside ``[0, SEED_LIMIT)``.
     """
-    if not 0 <= i < SEED_STRIDE:
+    if not 0 <= int(i) < SEED_STRIDE:
         raise ValueError(f"episode index must be in [0, {SEED_STRIDE}), found {i}")
+    if not 0 <= int(seed) < SEED_LIMIT:
+        raise ValueError(f"seed must be in [0, {SEED_LIMIT}), found {seed}")
     return int(seed) * SEED_STRIDE + int(i)
 
 
-#: Evaluation (test) episodes reset with seeds from here up: a range that no dataset of
-#: ``datagen`` is collected from (its rollouts reset sub-env ``j`` with ``seed + j``; its agent
-#: learning curves and reference scores use ``episode_seed(seed + 10_000 | 20_000, i)``, below
-#: 3e9), so a test episode never starts where a dataset episode did.
-EVALUATION_SEED_BASE = 10**12
+#: Evaluation (test) episodes reset with seeds in ``[EVALUATION_SEED_BASE, VALIDATION_SEED_BASE)``:
+#: a block that no dataset of ``datagen`` is collected from (its rollouts reset sub-env ``j``
+#: with ``seed + j`` for its small generation seeds; its agent learning curves and reference
+#: scores use :func:`episode_seed`, below ``SEED_RANGE``), so a test episode never starts where
+#: a dataset episode did.
+EVALUATION_SEED_BASE = SEED_RANGE
+#: Validation episodes (choosing a target return or inference setting, learning curves) reset
+#: with seeds in ``[VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + SEED_RANGE)``: never a test
+#: episode, whatever the two seeds are.
+VALIDATION_SEED_BASE = 2 * SEED_RANGE
 
 
 def evaluation_seed(seed: int, i: int) -> int:
     """Reset seed of test episode ``i`` of an evaluation with seed ``seed``:
-    ``EVALUATION_SEED_BASE + seed * SEED_STRIDE + i``.
+    ``EVALUATION_SEED_BASE + seed * SEED_STRIDE + i``, in ``[10**12, 2 * 10**12)``.
 
     Raises:
-        ValueError: ``i`` outside ``[0, SEED_STRIDE)`` or a negative ``seed``.
+        ValueError: ``i`` outside ``[0, SEED_STRIDE)`` or ``seed`` outside ``[0, SEED_LIMIT)``.
     """
-    if int(seed) < 0:
-        raise ValueError(f"evaluation seed must be >= 0, found {seed}")
     return EVALUATION_SEED_BASE + episode_seed(seed, i)
+
+
+def validation_seed(seed: int, i: int) -> int:
+    """Reset seed of validation episode ``i`` of an evaluation with seed ``seed``:
+    ``VALIDATION_SEED_BASE + seed * SEED_STRIDE + i``, in ``[2 * 10**12, 3 * 10**12)``, so no
+    validation episode is a test episode (:func:`evaluation_seed`) for any pair of seeds.
+
+    Raises:
+        ValueError: ``i`` outside ``[0, SEED_STRIDE)`` or ``seed`` outside ``[0, SEED_LIMIT)``.
+    """
+    return VALIDATION_SEED_BASE + episode_seed(seed, i)
+
+
+#: The reset-seed rule of each kind of episode, as eval.json records it.
+SEED_RULES = {"test": f"{EVALUATION_SEED_BASE} + seed * {SEED_STRIDE} + i",
+              "validation": f"{VALIDATION_SEED_BASE} + seed * {SEED_STRIDE} + i"}
 
 
 # ---------------------------------------------------------------------------------- policies

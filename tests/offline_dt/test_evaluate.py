@@ -14,6 +14,7 @@ from torch import nn
 from offline_dt.data.d4rl import normalized_score
 from offline_dt.data.windows import Normalizer
 from offline_dt.evaluate import (
+    CURVE_EPISODE_OFFSET,
     EvalResult,
     build_eval_payload,
     default_target_returns,
@@ -239,10 +240,13 @@ def test_eval_hook_acts_with_the_run_and_restores_train_mode():
     hook = make_eval_hook()
     metrics = hook(run, 10)
     assert model.training
-    # The default target is the expert score; the episodes are evaluation seed 500 + seed.
+    # The default target is the expert score; the episodes are validation episodes of the
+    # run's seed from CURVE_EPISODE_OFFSET on (never a test episode, never a target choice).
     assert metrics["eval_target_return"] == -150.0 and metrics["eval_episodes"] == 2.0
-    same = evaluate_policy("Pendulum-v1", DTPolicy(model, norm, -150.0), 2, 504,
+    same = evaluate_policy("Pendulum-v1", DTPolicy(model, norm, -150.0), 2, 4,
+                           split="validation", first=CURVE_EPISODE_OFFSET,
                            ref_min_score=-1200.0, ref_max_score=-150.0)
+    assert same.episode_seeds == [2 * 10**12 + 400_000 + 50_000 + i for i in range(2)]
     assert metrics["eval_return_mean"] == same.mean
     assert metrics["eval_normalized_score"] == pytest.approx(same.normalized_score)
     model.eval()
