@@ -158,6 +158,12 @@ class MLPCritic(nn.Module):
         valid (every real step)."""
         return self.v(batch.next_observations).squeeze(-1), batch.mask
 
+    def q_last(self, observations: torch.Tensor, actions: torch.Tensor,
+               timesteps: torch.Tensor) -> torch.Tensor:
+        """``min`` twin ``Q`` ``(B,)`` of the last step of ``(B, n, ...)`` contexts."""
+        x = torch.cat((observations[:, -1], self._actions(actions[:, -1])), -1)
+        return self.q(x).min(-1).values
+
 
 class TransformerCritic(nn.Module):
     """A Decision Transformer trunk over the window (return-to-go tokens zeroed) with twin
@@ -185,6 +191,13 @@ class TransformerCritic(nn.Module):
         v_next = torch.cat((v[:, 1:], torch.zeros_like(v[:, :1])), 1)
         valid = torch.cat((batch.mask[:, 1:], batch.terminals[:, -1:]), 1) & batch.mask
         return v_next, valid
+
+    def q_last(self, observations: torch.Tensor, actions: torch.Tensor,
+               timesteps: torch.Tensor) -> torch.Tensor:
+        """``min`` twin ``Q`` ``(B,)`` of the last step of ``(B, n, ...)`` contexts."""
+        rtg = torch.zeros(*timesteps.shape, 1, device=timesteps.device)
+        h = self.trunk.token_states(rtg, observations, actions, timesteps)
+        return self.q(h[:, -1, 2]).min(-1).values
 
 
 # ---------------------------------------------------------------------------------- network
@@ -301,8 +314,65 @@ class QT(Method):
                                   strict=True):
             target.lerp_(source, rate)
 
+    def inference_candidates(self, net: nn.Module) -> list[dict[str, Any]]:
+        """Act as the DT does, or pick among 5 candidate returns-to-go by Q (QT's
+        inference); chosen on validation episodes."""
+        return [{}, {"q_candidates": 5}]
+
     def policy(self, net: nn.Module, normalizer: Normalizer, target_return: float | None,
-               *, kv_cache: bool = False, **settings: Any) -> DTPolicy:
+               *, kv_cache: bool = False, q_candidates: int = 0, **settings: Any
+               ) -> DTPolicy:
+        """The actor acting as a DT toward ``target_return``; with ``q_candidates > 1``,
+        :class:`QGuidedPolicy`.
+
+        Raises:
+            ValueError: no target return; unknown settings; ``q_candidates`` with
+                ``kv_cache``.
+        """
         if target_return is None:
             raise ValueError("method 'qt' acts toward a target return; pass target_return")
+        if settings:
+            raise ValueError(f"qt: unknown inference settings {sorted(settings)}; known: "
+                             "q_candidates")
+        if q_candidates > 1:
+            if kv_cache:
+                raise ValueError("qt: q_candidates needs the full-window path (kv_cache=False)")
+            return QGuidedPolicy(net, normalizer, target_return, int(q_candidates))
         return DTPolicy(net.actor, normalizer, target_return, kv_cache=kv_cache)
+
+
+class QGuidedPolicy(DTPolicy):
+    """QT's inference (Hu et al. 2024, Section 4.3): at every step the actor proposes one
+    action per candidate return-to-go for the current step, ``R̂_t + δ`` with ``δ`` evenly
+    spaced in ``[-spread, spread]`` (return-to-go scale units, i.e. fractions of the largest
+    |episode return|), and the action with the highest critic ``Q`` is taken; that candidate's
+    ``R̂_t`` stays in the context. The running return-to-go is still decremented from the
+    target by the rewards (Algorithm 1), so the candidates perturb one step at a time.
+
+    Args:
+        net: a :class:`QTNetwork`.
+        normalizer, target_return: as :class:`DTPolicy`.
+        candidates: how many returns-to-go to try per step (M); each step costs M actor
+            passes and M critic passes.
+        spread: half-width of the offsets.
+    """
+
+    def __init__(self, net: QTNetwork, normalizer: Normalizer, target_return: float,
+                 candidates: int, spread: float = 0.25) -> None:
+        super().__init__(net.actor, normalizer, target_return)
+        self.critic = net.critic
+        self.offsets = torch.linspace(-spread, spread, candidates, device=self.device)
+
+    def _predict(self, i: int) -> torch.Tensor:
+        n, m, envs = self.length, len(self.offsets), self.num_envs
+        rtg = self.rtg_buf[:, :n].repeat(m, 1, 1)
+        rtg[:, -1, 0] += self.offsets.repeat_interleave(envs)
+        obs = self.obs_buf[:, :n].repeat(m, 1, 1)
+        acts = self.act_buf[:, :n].repeat(m, *([1] * (self.act_buf.dim() - 1)))
+        ts = self.ts_buf[:, :n].repeat(m, 1)
+        out = self.model(rtg, obs, acts, ts, last_only=True)[:, -1]
+        acts[:, -1] = out.argmax(-1) if self.cfg.discrete else out
+        best = self.critic.q_last(obs, acts, ts).view(m, envs).argmax(0)
+        rows = best * envs + torch.arange(envs, device=self.device)
+        self.rtg_buf[:, i, 0] = rtg[rows, -1, 0]
+        return out[rows]

@@ -195,3 +195,37 @@ def test_batch_carries_transitions(tmp_path):
     assert batch.terminals[:, 0].all()
     assert torch.equal(batch.next_observations[:, 0],
                        torch.from_numpy(norm.observations(data.next_observations[rows])))
+
+
+def test_q_guided_policy_takes_the_candidate_the_critic_prefers(box_dataset):
+    torch.manual_seed(0)
+    method = get_method("qt")
+    net = method.build(DTConfig(obs_dim=3, act_dim=1, context_length=4, embed_dim=16,
+                                n_layer=1, dropout=0.0))
+    norm = Normalizer.fit(box_dataset)
+    policy = method.policy(net, norm, -100.0, q_candidates=5)
+    envs, pick = 3, 3
+
+    def q_last(obs, acts, ts):  # candidate-major rows: prefer candidate `pick`
+        q = torch.zeros(acts.shape[0])
+        q[pick * envs:(pick + 1) * envs] = 1.0
+        return q
+
+    net.critic.q_last = q_last
+    policy.reset(envs)
+    obs = box_dataset.observations[:envs]
+    for step in range(6):  # past K = 4: the context rolls
+        base = float(policy.returns_to_go[0] / norm.rtg_scale)
+        action = policy.act(obs)
+        chosen_rtg = policy.rtg_buf[:, policy.length - 1, 0]
+        assert torch.allclose(chosen_rtg, torch.full((envs,), base + float(
+            policy.offsets[pick]))), step
+        n = policy.length
+        expect = net.actor(policy.rtg_buf[:, :n], policy.obs_buf[:, :n], policy.act_buf[:, :n],
+                           policy.ts_buf[:, :n], last_only=True)[:, -1]
+        assert np.allclose(action, norm.actions_from_model(expect.detach().numpy()),
+                           atol=1e-5)
+        policy.observe(np.full(envs, -1.0))
+    assert method.inference_candidates(net) == [{}, {"q_candidates": 5}]
+    with pytest.raises(ValueError, match="unknown inference settings"):
+        method.policy(net, norm, -100.0, temperature=2)
