@@ -544,13 +544,16 @@ def write_baseline_eval(
     ref_min_score: float | None = None,
     ref_max_score: float | None = None,
     max_envs: int = DEFAULT_MAX_ENVS,
+    headline_rule: str = "single evaluation",
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a baseline policy (``random``, ``behaviour``) and write its ``eval.json``."""
+    """Evaluate a policy that has nothing to choose (``random``, ``behaviour``, the reference
+    rows of ``offline_dt.reference``) on the test episodes of evaluation seed ``seed`` and
+    write its ``eval.json`` atomically (:func:`build_eval_payload`, ``target_return`` null)."""
     res = evaluate_policy(env_id, policy, episodes, seed, max_envs=max_envs,
                           ref_min_score=ref_min_score, ref_max_score=ref_max_score)
     payload = build_eval_payload(method, env_id, [{"target_return": None, **res.to_dict()}],
-                                 extra=extra)
+                                 headline_rule=headline_rule, extra=extra)
     save_json(payload, out)
     return payload
 

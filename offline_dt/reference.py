@@ -1,0 +1,457 @@
+"""The field's reference rows: IQL, MLP BC and %BC, trained by d3rlpy, scored by our evaluator.
+
+Three rows of the comparison table that are not Decision Transformers, each trained by
+`d3rlpy <https://github.com/takuseno/d3rlpy>`_ 2.8.1 (a well-kept implementation; nothing of
+the algorithms is rewritten here) on the same dataset file as ``dt`` and ``bc``, and rolled out
+by the one rollout engine (:func:`offline_dt.rollout.run_episodes`, through
+:func:`offline_dt.evaluate.write_baseline_eval`) on the same test episodes: for training seed
+``k``, evaluation seed ``k`` (test episode ``i`` resets with ``10**12 + k * 100000 + i``).
+
+* ``iql``: Implicit Q-Learning (Kostrikov et al. 2021), ``d3rlpy.algos.IQLConfig`` defaults
+  (expectile 0.7, inverse temperature ``weight_temp`` 3, ``max_weight`` 100, two critics,
+  gamma 0.99, tau 0.005, Adam 3e-4, batch 256, MLP 256-256). Box actions only.
+* ``mlp-bc``: behaviour cloning by a plain MLP on single states (``d3rlpy.algos.BCConfig``
+  defaults: deterministic policy, MLP 256-256, Adam 1e-3, batch 100; ``DiscreteBCConfig`` for
+  Discrete actions), the standard BC baseline of the offline RL literature.
+* ``pct-bc``: %BC (Chen et al. 2021, Table 3; CORL ``any_percent_bc``): the same MLP BC on the
+  top ``top_fraction`` (10%) of the episodes by return, at least one (:func:`top_episodes`). On
+  datasets whose episodes are equally long (Pendulum: 200 steps) this is also the top 10% of
+  timesteps ordered by episode return, the DT paper's wording.
+
+One setting is added to d3rlpy's defaults, for every row: a ``MinMaxActionScaler`` with the
+action space's bounds (the data's where a bound is infinite), because d3rlpy's policies act in
+``[-1, 1]`` (tanh) and Pendulum's torque is in ``[-2, 2]``.
+
+Data (:func:`to_replay_buffer`): our :class:`~offline_dt.data.dataset.OfflineDataset` becomes a
+d3rlpy replay buffer of episodes (the object ``d3rlpy.dataset.MDPDataset`` builds from flat
+arrays) with terminals and timeouts kept apart: an episode that ends in ``terminals`` is
+terminated (no bootstrap from its last step); one that ends in a timeout, or is cut off, is not,
+and its true last next-observation (``next_observations``) is appended so that its last
+transition is kept with the right ``s'`` (d3rlpy's flat-array constructor would drop it).
+
+A run directory holds ``config.json`` (this module's :class:`ReferenceConfig`, d3rlpy's own
+algorithm config, versions, the dataset and the episodes trained on), ``metrics.csv`` (mean
+losses per logging interval), ``weights.safetensors`` (every network's ``state_dict``, no
+optimiser state: enough to act again with :func:`load_reference`; never a pickle, so d3rlpy's
+own ``save_model`` is not used) and ``eval.json`` (the same schema as every row). Training is
+not resumable: an interrupted run trains again from the start. d3rlpy is imported only when a
+reference row is trained (:func:`import_d3rlpy`); without it the error names the install
+command (:data:`INSTALL_HINT`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from offline_dt.config import save_json, to_jsonable
+from offline_dt.data import OfflineDataset, load_dataset, registered_env_id
+from offline_dt.data.atomic import atomic_path
+from offline_dt.device import resolve_device
+from offline_dt.evaluate import write_baseline_eval
+from offline_dt.rollout import DEFAULT_MAX_ENVS, SEED_RULES, CallablePolicy
+
+log = logging.getLogger(__name__)
+
+REFERENCE_METHODS = ("iql", "mlp-bc", "pct-bc")
+#: The d3rlpy release these rows were written and measured with.
+D3RLPY_VERSION = "2.8.1"
+#: d3rlpy 2.8 pins gymnasium==1.0.0 but runs on the newer Gymnasium this project needs, so it
+#: is installed without its dependencies, after the ``reference`` extra installed them.
+INSTALL_HINT = f'pip install -e ".[reference]" && pip install --no-deps d3rlpy=={D3RLPY_VERSION}'
+WEIGHTS_NAME = "weights.safetensors"
+#: The d3rlpy losses summed into metrics.csv's ``loss`` column (IQL's critic and actor are
+#: separate optimisers; ``critic_loss`` is d3rlpy's ``q_loss + v_loss``).
+LOSS_TERMS = {"iql": ("critic_loss", "actor_loss"), "mlp-bc": ("loss",), "pct-bc": ("loss",)}
+#: ReferenceConfig fields that decide what is trained (a run with the same ones is reused).
+TRAIN_FIELDS = ("dataset", "minari_root", "env_id", "method", "seed", "steps", "top_fraction")
+
+
+class MissingDependencyError(ImportError):
+    """d3rlpy (or one of its dependencies) is not installed; the message says how."""
+
+
+@dataclass
+class ReferenceConfig:
+    """Train one reference row with d3rlpy and evaluate it (``offline-dt reference``)."""
+
+    dataset: str = field(default="", metadata={
+        "help": "D4RL HDF5 file, Minari dataset directory or Minari id (required)"})
+    method: str = field(default="iql", metadata={
+        "help": "iql (d3rlpy IQL defaults), mlp-bc (MLP BC on single states) or pct-bc "
+                "(the MLP BC on the top_fraction best episodes)",
+        "choices": list(REFERENCE_METHODS)})
+    minari_root: Path | None = field(default=None, metadata={
+        "help": "Minari datasets root for a Minari id"})
+    env_id: str | None = field(default=None, metadata={
+        "help": "Gymnasium env id; unset: the dataset's"})
+    seed: int = field(default=0, metadata={
+        "help": "training seed (d3rlpy.seed: Python, NumPy and torch) and evaluation seed: "
+                "test episode i resets with 10**12 + seed * 100000 + i"})
+    steps: int = field(default=10_000, metadata={"help": "gradient updates"})
+    top_fraction: float = field(default=0.1, metadata={
+        "help": "pct-bc: fraction of episodes kept, best returns first (at least one)"})
+    log_every: int = field(default=0, metadata={
+        "help": "updates per metrics.csv row; 0: steps // 10"})
+    episodes: int = field(default=200, metadata={"help": "test episodes"})
+    device: str = field(default="auto", metadata={
+        "help": "torch device", "choices": ["auto", "cpu", "cuda"]})
+    max_envs: int = field(default=DEFAULT_MAX_ENVS, metadata={
+        "help": "most envs stepped at once (more episodes run in waves)"})
+    run_dir: Path | None = field(default=None, metadata={
+        "help": "output directory; unset: data/runs/reference/<dataset>/<method>/seed<k>"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "replace a run directory that holds a different run"})
+
+    def __post_init__(self) -> None:
+        if self.method not in REFERENCE_METHODS:
+            raise ValueError(f"ReferenceConfig.method must be one of {list(REFERENCE_METHODS)}, "
+                             f"found {self.method!r}")
+        if self.steps < 1 or self.episodes < 1 or self.log_every < 0:
+            raise ValueError(f"ReferenceConfig: steps and episodes must be >= 1 and log_every "
+                             f">= 0, found steps={self.steps}, episodes={self.episodes}, "
+                             f"log_every={self.log_every}")
+        if not 0.0 < self.top_fraction <= 1.0:
+            raise ValueError(f"ReferenceConfig.top_fraction must be in (0, 1], found "
+                             f"{self.top_fraction}")
+
+    def resolved_run_dir(self) -> Path:
+        """``run_dir``, or ``data/runs/reference/<dataset name>/<method>/seed<k>``."""
+        if self.run_dir is not None:
+            return Path(self.run_dir)
+        name = Path(self.dataset).stem if self.dataset.endswith((".hdf5", ".h5")) else (
+            self.dataset.replace("/", "-"))
+        return Path("data/runs/reference") / name / self.method / f"seed{self.seed}"
+
+
+# ---------------------------------------------------------------------------------- d3rlpy
+def import_d3rlpy() -> ModuleType:
+    """``import d3rlpy`` (quietly: gym 0.26 prints a deprecation notice on import).
+
+    Raises:
+        MissingDependencyError: d3rlpy or a dependency is missing; names :data:`INSTALL_HINT`.
+    """
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            import d3rlpy
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"the reference rows (iql, mlp-bc, pct-bc) need d3rlpy {D3RLPY_VERSION} "
+            f"({e}); install it with: {INSTALL_HINT}") from e
+    if d3rlpy.__version__ != D3RLPY_VERSION:
+        log.warning("d3rlpy %s found; the reference rows were written for %s",
+                    d3rlpy.__version__, D3RLPY_VERSION)
+    return d3rlpy
+
+
+def top_episodes(returns: np.ndarray, fraction: float) -> np.ndarray:
+    """Indices of the ``max(1, int(fraction * E))`` episodes with the highest return, best
+    first (ties: the earlier episode first), as CORL's ``any_percent_bc`` keeps them.
+
+    Args:
+        returns: ``(E,)`` episode returns.
+        fraction: in ``(0, 1]``.
+
+    Returns:
+        ``(k,) int64`` episode indices.
+    """
+    r = np.asarray(returns, np.float64)
+    keep = max(1, int(fraction * r.size))
+    return np.argsort(-r, kind="stable")[:keep].astype(np.int64)
+
+
+def _episode(ds: OfflineDataset, i: int, d3rlpy: ModuleType) -> Any:
+    """Episode ``i`` of ``ds`` as a ``d3rlpy.dataset.Episode`` (see :func:`to_replay_buffer`)."""
+    e = ds.episode(i)
+    terminated = bool(e["terminals"][-1])
+    obs, actions = e["observations"], e["actions"]
+    rewards = e["rewards"].astype(np.float32)
+    if ds.discrete:
+        actions = actions.reshape(-1, 1)
+    if not terminated:  # bootstrap from the true last next-observation: keep it
+        obs = np.concatenate([obs, e["next_observations"][-1:]])
+        actions = np.concatenate([actions, actions[-1:]])
+        rewards = np.concatenate([rewards, np.zeros(1, np.float32)])
+    return d3rlpy.dataset.Episode(observations=obs, actions=actions,
+                                  rewards=rewards.reshape(-1, 1), terminated=terminated)
+
+
+def to_replay_buffer(ds: OfflineDataset, episodes: Sequence[int] | None = None) -> Any:
+    """``ds`` (or its ``episodes``, by index) as a d3rlpy replay buffer of episodes.
+
+    Each episode keeps its ``T`` transitions: a terminated one (``terminals`` on its last step)
+    as ``T`` observations, its last transition terminal (d3rlpy gives it a zero next
+    observation and no bootstrap); any other (timeout, cut off) as ``T + 1`` observations, the
+    last being its true final ``next_observations`` row, with a placeholder action and a zero
+    reward that d3rlpy never samples as a transition (a non-terminated episode of ``T + 1``
+    steps has ``T`` transitions there). Observations ``float32``, rewards ``(T, 1) float32``,
+    Box actions ``(T, act_dim) float32``, Discrete ``(T, 1) int64``.
+
+    Raises:
+        ValueError: ``episodes`` empty or out of range.
+    """
+    d3rlpy = import_d3rlpy()
+    idx = range(ds.num_episodes) if episodes is None else [int(i) for i in episodes]
+    if not idx or min(idx) < 0 or max(idx) >= ds.num_episodes:
+        raise ValueError(f"episodes: expected indices in [0, {ds.num_episodes}) of "
+                         f"{ds.source}, found {list(idx)[:5]}... ({len(idx)})")
+    eps = [_episode(ds, i, d3rlpy) for i in idx]
+    sig = d3rlpy.dataset.Signature
+    act_sig = sig(dtype=[np.dtype(np.int64)], shape=[(1,)]) if ds.discrete else sig(
+        dtype=[np.dtype(np.float32)], shape=[(ds.act_dim,)])
+    space = d3rlpy.constants.ActionSpace
+    return d3rlpy.dataset.ReplayBuffer(
+        d3rlpy.dataset.InfiniteBuffer(), episodes=eps,
+        observation_signature=sig(dtype=[np.dtype(np.float32)], shape=[(ds.obs_dim,)]),
+        action_signature=act_sig, reward_signature=sig(dtype=[np.dtype(np.float32)],
+                                                       shape=[(1,)]),
+        action_space=space.DISCRETE if ds.discrete else space.CONTINUOUS,
+        action_size=ds.act_dim)
+
+
+def action_bounds(ds: OfflineDataset) -> tuple[np.ndarray, np.ndarray]:
+    """``(low, high)`` of the Box action space, the data's min/max where a bound is infinite
+    (and ``low + 1`` where the two would meet), ``(act_dim,) float64``."""
+    space = ds.action_space
+    low = np.where(np.isfinite(space.low), space.low, ds.actions.min(0)).astype(np.float64)
+    high = np.where(np.isfinite(space.high), space.high, ds.actions.max(0)).astype(np.float64)
+    return low, np.where(high > low, high, low + 1.0)
+
+
+def make_algo(method: str, ds: OfflineDataset, device: str = "cpu") -> Any:
+    """A d3rlpy algorithm for ``method`` (defaults plus the action scaler, see the module
+    docstring), not yet built.
+
+    Raises:
+        ValueError: unknown method, or ``iql`` on Discrete actions.
+    """
+    d3rlpy = import_d3rlpy()
+    dev = resolve_device(device)
+    d3_device = f"{dev.type}:{dev.index or 0}"
+    if method not in REFERENCE_METHODS:
+        raise ValueError(f"method must be one of {list(REFERENCE_METHODS)}, found {method!r}")
+    if ds.discrete:
+        if method == "iql":
+            raise ValueError(f"method 'iql' needs a Box action space (d3rlpy's IQL is for "
+                             f"continuous actions); {ds.source} has {ds.action_space}")
+        return d3rlpy.algos.DiscreteBCConfig().create(device=d3_device)
+    low, high = action_bounds(ds)
+    scaler = d3rlpy.preprocessing.MinMaxActionScaler(minimum=low, maximum=high)
+    if method == "iql":
+        return d3rlpy.algos.IQLConfig(action_scaler=scaler).create(device=d3_device)
+    return d3rlpy.algos.BCConfig(action_scaler=scaler).create(device=d3_device)
+
+
+def _modules(algo: Any) -> dict[str, torch.nn.Module]:
+    """The algorithm's networks by name (``algo.impl.modules``, optimisers left out)."""
+    mods = algo.impl.modules
+    return {f.name: getattr(mods, f.name) for f in dataclasses.fields(mods)
+            if isinstance(getattr(mods, f.name), torch.nn.Module)}
+
+
+def save_weights(algo: Any, path: Path) -> None:
+    """Every network's ``state_dict`` as one safetensors file (keys ``<network>.<param>``),
+    written atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {f"{name}.{k}": v.detach().cpu().contiguous()
+               for name, mod in _modules(algo).items() for k, v in mod.state_dict().items()}
+    with atomic_path(path, overwrite=True) as tmp:
+        save_file(tensors, str(tmp))
+
+
+def _load_weights(algo: Any, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    for name, mod in _modules(algo).items():
+        prefix = f"{name}."
+        mod.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()
+                             if k.startswith(prefix)}, strict=True)
+
+
+# ---------------------------------------------------------------------------------- training
+def _dataset(cfg: ReferenceConfig) -> tuple[OfflineDataset, str]:
+    """The dataset and the (registered) env id to evaluate on."""
+    ds = load_dataset(cfg.dataset, cfg.minari_root, env_id=cfg.env_id)
+    env_id = cfg.env_id or registered_env_id(ds.metadata.get("env_id"), cfg.dataset)
+    return ds, env_id
+
+
+def training_episodes(cfg: ReferenceConfig, ds: OfflineDataset) -> np.ndarray:
+    """Episode indices trained on: all, or for ``pct-bc`` :func:`top_episodes`."""
+    if cfg.method == "pct-bc":
+        return top_episodes(ds.episode_returns, cfg.top_fraction)
+    return np.arange(ds.num_episodes, dtype=np.int64)
+
+
+def fit(algo: Any, buffer: Any, method: str, steps: int, log_every: int) -> pd.DataFrame:
+    """``steps`` d3rlpy updates on batches sampled from ``buffer`` (NumPy's global RNG, which
+    ``d3rlpy.seed`` seeds); one row per ``log_every`` updates: ``step``, ``loss``
+    (:data:`LOSS_TERMS`), d3rlpy's mean losses over the interval, ``seconds`` since the start."""
+    algo.build_with_dataset(buffer)
+    rows, acc, start = [], {}, time.perf_counter()
+    for step in range(1, steps + 1):
+        batch = buffer.sample_transition_batch(algo.config.batch_size)
+        for k, v in algo.update(batch).items():
+            acc.setdefault(k, []).append(float(v))
+        if step % log_every == 0 or step == steps:
+            means = {k: float(np.mean(v)) for k, v in acc.items()}
+            rows.append({"step": step, "loss": sum(means[k] for k in LOSS_TERMS[method]),
+                         **means, "seconds": time.perf_counter() - start})
+            acc = {}
+    return pd.DataFrame(rows)
+
+
+def train_reference(cfg: ReferenceConfig) -> Any:
+    """Train ``cfg.method`` on ``cfg.dataset`` and write ``metrics.csv``,
+    ``weights.safetensors`` and, last, ``config.json`` into the run directory.
+
+    Seeding: ``d3rlpy.seed(cfg.seed)`` (Python ``random``, NumPy's global RNG, torch) before
+    the networks are built, so a run is repeated exactly on the same machine and threads.
+
+    Returns:
+        The trained d3rlpy algorithm.
+
+    Raises:
+        MissingDependencyError: d3rlpy missing. ValueError: ``iql`` on Discrete actions.
+    """
+    d3rlpy = import_d3rlpy()
+    run_dir = cfg.resolved_run_dir()
+    ds, env_id = _dataset(cfg)
+    keep = training_episodes(cfg, ds)
+    d3rlpy.seed(cfg.seed)
+    algo = make_algo(cfg.method, ds, cfg.device)
+    buffer = to_replay_buffer(ds, keep)
+    log.info("%s: training %s on %s (%d of %d episodes, %d transitions), %d updates",
+             run_dir, cfg.method, cfg.dataset, len(keep), ds.num_episodes,
+             buffer.transition_count, cfg.steps)
+    t = time.perf_counter()
+    metrics = fit(algo, buffer, cfg.method, cfg.steps, cfg.log_every or max(1, cfg.steps // 10))
+    seconds = time.perf_counter() - t
+    with atomic_path(run_dir / "metrics.csv", overwrite=True) as tmp:
+        metrics.to_csv(tmp, index=False)
+    save_weights(algo, run_dir / WEIGHTS_NAME)
+    rets = ds.episode_returns[keep]
+    save_json({"reference_config": cfg, "method": cfg.method, "env_id": env_id,
+               "d3rlpy_version": d3rlpy.__version__, "torch_version": torch.__version__,
+               "algorithm": json.loads(algo.config.serialize()),
+               "dataset": {"dataset": cfg.dataset, "summary": ds.summary(),
+                           "checksum": ds.checksum(), "episodes_trained": keep.tolist(),
+                           "transitions_trained": int(buffer.transition_count),
+                           "return_min_trained": float(rets.min()),
+                           "return_max_trained": float(rets.max())},
+               "train_seconds": seconds}, run_dir / "config.json")
+    return algo
+
+
+def load_reference(run_dir: str | Path, device: str = "cpu") -> Any:
+    """The trained algorithm of a reference run directory, from its ``config.json`` and
+    ``weights.safetensors`` (nothing is unpickled).
+
+    Raises:
+        FileNotFoundError: either file missing. ValueError: the weights do not fit.
+    """
+    run_dir = Path(run_dir)
+    for name in ("config.json", WEIGHTS_NAME):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir / name}: not found (no finished reference run)")
+    saved = json.loads((run_dir / "config.json").read_text())["reference_config"]
+    cfg = ReferenceConfig(**{k: v for k, v in saved.items() if k in TRAIN_FIELDS})
+    ds, _ = _dataset(cfg)
+    algo = make_algo(cfg.method, ds, device)
+    algo.create_impl((ds.obs_dim,), ds.act_dim)
+    try:
+        _load_weights(algo, run_dir / WEIGHTS_NAME)
+    except RuntimeError as e:
+        raise ValueError(f"{run_dir / WEIGHTS_NAME}: weights do not fit {cfg.method} ({e})") from e
+    return algo
+
+
+# ---------------------------------------------------------------------------------- evaluation
+def eval_request(cfg: ReferenceConfig, env_id: str) -> dict[str, Any]:
+    """What an ``eval.json`` of this run must have been written for, to be reused."""
+    return {"method": cfg.method, "env_id": env_id, "episodes": cfg.episodes, "seed": cfg.seed,
+            "episode_seeds": SEED_RULES["test"]}
+
+
+def evaluate_reference(cfg: ReferenceConfig, algo: Any, env_id: str, ds: OfflineDataset
+                       ) -> dict[str, Any]:
+    """Roll ``algo.predict`` out on the ``cfg.episodes`` test episodes of evaluation seed
+    ``cfg.seed`` (the episodes of ``dt`` and ``bc`` of training seed ``cfg.seed``) and write
+    ``eval.json`` (the shared schema; ``config`` is :func:`eval_request`)."""
+    policy = CallablePolicy(algo.predict)
+    return write_baseline_eval(
+        cfg.resolved_run_dir() / "eval.json", cfg.method, env_id, policy, cfg.episodes,
+        cfg.seed, ref_min_score=ds.metadata.get("ref_min_score"),
+        ref_max_score=ds.metadata.get("ref_max_score"), max_envs=cfg.max_envs,
+        headline_rule=f"single evaluation ({cfg.method}: d3rlpy defaults, no target return "
+                      "or setting chosen)",
+        extra={"config": eval_request(cfg, env_id), "dataset": cfg.dataset,
+               "reference": "d3rlpy " + D3RLPY_VERSION})
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _same_training(saved: dict[str, Any] | None, cfg: ReferenceConfig) -> bool:
+    if not saved or not isinstance(saved.get("reference_config"), dict):
+        return False
+    now = to_jsonable(cfg)
+    return all(saved["reference_config"].get(k) == now[k] for k in TRAIN_FIELDS)
+
+
+def run_reference(cfg: ReferenceConfig) -> tuple[dict[str, Any], dict[str, float]]:
+    """Train (or reuse) and evaluate (or reuse) one reference run; return (eval.json, seconds
+    per stage: ``train``, ``evaluate``; 0 where reused).
+
+    Reuse: a run directory whose ``config.json`` has the same :data:`TRAIN_FIELDS` and whose
+    weights exist is not trained again; its ``eval.json`` is reused when written for
+    :func:`eval_request`, else the saved weights are evaluated again.
+
+    Raises:
+        FileExistsError: the run directory holds a different run and ``overwrite`` is False.
+        MissingDependencyError, ValueError: see :func:`train_reference`.
+    """
+    run_dir = cfg.resolved_run_dir()
+    ds, env_id = _dataset(cfg)
+    saved = _read_json(run_dir / "config.json")
+    seconds = {"train": 0.0, "evaluate": 0.0}
+    if _same_training(saved, cfg) and (run_dir / WEIGHTS_NAME).is_file():
+        ev = _read_json(run_dir / "eval.json")
+        if ev is not None and ev.get("config") == eval_request(cfg, env_id):
+            return ev, seconds
+        algo = load_reference(run_dir, cfg.device)
+    else:
+        if saved is not None and not cfg.overwrite:
+            raise FileExistsError(f"{run_dir} holds a different run (config.json); pass "
+                                  "--overwrite (overwrite=True) to replace it")
+        for name in ("config.json", "eval.json", WEIGHTS_NAME, "metrics.csv"):
+            (run_dir / name).unlink(missing_ok=True)
+        t = time.perf_counter()
+        algo = train_reference(cfg)
+        seconds["train"] = time.perf_counter() - t
+    t = time.perf_counter()
+    ev = evaluate_reference(cfg, algo, env_id, ds)
+    seconds["evaluate"] = time.perf_counter() - t
+    log.info("%s %s: mean %.2f, episode-level 95%% CI ± %.2f (%d test episodes)", run_dir,
+             cfg.method, ev["mean_return"], ev["ci95"], ev["episodes"])
+    return ev, seconds
+
