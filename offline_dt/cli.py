@@ -4,6 +4,7 @@
     offline-dt datasets                                 list what exists
     offline-dt train      --dataset ID_OR_PATH         train a Decision Transformer
     offline-dt evaluate   --checkpoint PATH            return-conditioned rollouts
+    offline-dt reference  --dataset ID_OR_PATH --method iql   a d3rlpy reference row
     offline-dt report     --runs data/runs             average-reward table and plots
     offline-dt reproduce  --env Pendulum-v1 --preset quick   the whole study
 
@@ -31,7 +32,8 @@ from offline_dt.config import CLI_MARKERS, REGISTRY
 from offline_dt.data.d4rl import LEVELS
 from offline_dt.evaluate import EvalConfig
 from offline_dt.lock import LockedError
-from offline_dt.pipeline import PRESETS
+from offline_dt.pipeline import PRESETS, all_methods
+from offline_dt.reference import MissingDependencyError, ReferenceConfig
 from offline_dt.train import TrainConfig
 
 DEVICES = ["auto", "cpu", "cuda"]
@@ -83,6 +85,10 @@ class ReproduceConfig:
     workers: int = field(default=1, metadata={
         "help": "runs trained at once, one process each with cpu_count/workers torch threads "
                 "(2 is faster on a 2-core CPU for small presets)"})
+    methods: list[str] | None = field(default=None, metadata={
+        "help": "rows to run (None: all; the d3rlpy reference rows iql, mlp-bc, pct-bc only "
+                "when d3rlpy is installed, iql only with Box actions)",
+        "choices": list(all_methods())})
 
 
 def _generate(cmd: GenerateCommand) -> int:
@@ -185,7 +191,21 @@ def _reproduce(cfg: ReproduceConfig) -> int:
     from offline_dt.pipeline import reproduce
 
     reproduce(env_id=cfg.env_id, preset=cfg.preset, root=cfg.root, device=cfg.device,
-              workers=cfg.workers, levels=cfg.levels)
+              workers=cfg.workers, levels=cfg.levels, methods=cfg.methods)
+    return 0
+
+
+def _reference(cfg: ReferenceConfig) -> int:
+    from offline_dt.reference import run_reference
+
+    if not cfg.dataset:
+        raise ValueError("--dataset ID_OR_PATH is required (a .hdf5 file, a Minari dataset "
+                         "directory or a Minari id such as pendulum/expert-v0)")
+    ev, _ = run_reference(cfg)
+    out = cfg.resolved_run_dir() / "eval.json"
+    print(f"{cfg.method} on {cfg.dataset}: return mean {ev['mean_return']:.2f} ± std "
+          f"{ev['std_return']:.2f} over {ev['episodes']} test episodes, episode-level 95% CI "
+          f"± {ev['ci95']:.2f}\n  written to {out}")
     return 0
 
 
@@ -206,6 +226,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             "list generated datasets (id, steps, episodes, returns)", _datasets),
     Command("train", TrainConfig, "train a Decision Transformer (or BC) on a dataset", _train),
     Command("evaluate", EvalConfig, "roll out a trained checkpoint on the live env", _evaluate),
+    Command("reference", ReferenceConfig,
+            "train a d3rlpy reference row (iql, mlp-bc, pct-bc) and evaluate it", _reference),
     Command("report", ReportConfig, "average-reward table (CSV, Markdown) and plots", _report),
     Command("reproduce", ReproduceConfig,
             "generate → train → evaluate → report, one command", _reproduce),
@@ -242,9 +264,9 @@ def parse(argv: Sequence[str] | None = None) -> Invocation:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``offline-dt``; a FileExistsError, FileNotFoundError, ValueError or LockedError
-    (another process writes the same output) of the stage is printed as
-    ``offline-dt <cmd>: error: <message>`` with exit status 2."""
+    """Run ``offline-dt``; a FileExistsError, FileNotFoundError, ValueError, LockedError
+    (another process writes the same output) or MissingDependencyError (d3rlpy) of the stage
+    is printed as ``offline-dt <cmd>: error: <message>`` with exit status 2."""
     inv = parse(argv)
     logging.basicConfig(
         level=logging.DEBUG if inv.verbose else logging.INFO,
@@ -253,7 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(inv.command.run(inv.config) or 0)
-    except (FileExistsError, FileNotFoundError, ValueError, LockedError) as e:
+    except (FileExistsError, FileNotFoundError, ValueError, LockedError,
+            MissingDependencyError) as e:
         print(f"offline-dt {inv.command.name}: error: {e}", file=sys.stderr)
         return 2
 

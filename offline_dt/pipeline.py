@@ -1,13 +1,20 @@
-"""``reproduce``: the whole study in one call — generate → train (dt, bc) → evaluate → report.
+"""``reproduce``: the whole study in one call — generate → train → evaluate → report.
+
+Rows: the methods of the one training loop (``dt``, ``bc``, and ``qt`` once registered), the
+field's reference rows trained by d3rlpy (``iql``, ``mlp-bc``, ``pct-bc``;
+``offline_dt.reference``) and the baselines (``random``, ``behaviour``); ``methods`` picks
+among them (:func:`reproduce_methods`).
 
 A preset is a named set of overrides of the stage dataclasses (``GenerateConfig``,
-``TrainConfig``, ``EvalConfig``) plus the seeds and the eval-hook size:
+``TrainConfig``, ``EvalConfig``) plus the reference rows' updates, the seeds and the eval-hook
+size:
 
 * ``smoke``: seconds-sized everything (tiny datasets and SAC run, tiny model, a few hundred
-  training steps, 1 seed, 10 evaluation episodes). Exercises every stage; used by the tests.
+  training steps, 40 reference updates, 1 seed, 10 test episodes). Exercises every stage; used
+  by the tests.
 * ``quick``: the D4RL-sized default datasets (shared with ``offline-dt generate`` and with
-  ``paper``), a small DT, 1 seed, 100 evaluation episodes.
-* ``paper``: the D4RL-sized datasets, 3 training seeds, 200 evaluation episodes, a model and
+  ``paper``), a small DT, 1 seed, 50 test episodes.
+* ``paper``: the D4RL-sized datasets, 3 training seeds, 200 test episodes, a model and
   step budget shrunk from the paper's (Chen et al. 2021 gym config: embed 128, 3 layers,
   100k steps) to fit this 2-core CPU; see ``PRESETS["paper"].description``.
 
@@ -19,11 +26,12 @@ Layout under ``root`` (default ``data``)::
 
 Every run directory holds its resolved config (``config.json``); a run whose ``eval.json``
 exists, whose config matches and whose test episodes are today's (:data:`EPISODE_SEEDS`) is
-reused on rerun. Baselines are evaluated on the same episodes as dt and bc: for training seed
-``k`` every method is evaluated with evaluation seed ``k`` (episode ``i`` resets with
-``10**12 + k * 100_000 + i``, ``offline_dt.rollout.evaluation_seed``), while the
-learning-curve hook uses seed ``HOOK_SEED_OFFSET + k`` so that curves never select on the
-test episodes.
+reused on rerun. Every method is evaluated on the same test episodes: for training seed ``k``
+evaluation seed ``k`` (episode ``i`` resets with ``10**12 + k * 100_000 + i``,
+``offline_dt.rollout.evaluation_seed``). Nothing is chosen on them: a checkpoint's target
+return and inference settings are chosen on validation episodes
+(``2 * 10**12 + k * 100_000 + i``, ``offline_dt.evaluate.evaluate_checkpoint``), and the
+learning-curve hook rolls out on validation episodes of its own (indices from 50000).
 
 Behaviour baseline per level (the policy that produced the data, acting as it did when
 collecting — stochastic for SAC): ``random`` → uniform random; ``medium``/``expert`` → the
@@ -68,19 +76,38 @@ from offline_dt.evaluate import (
     make_eval_hook,
     write_baseline_eval,
 )
+from offline_dt.reference import REFERENCE_METHODS
 from offline_dt.report import REPLAY_LEVELS, report
-from offline_dt.rollout import EVALUATION_SEED_BASE, SEED_STRIDE, CallablePolicy, RandomPolicy
+from offline_dt.rollout import SEED_RULES, CallablePolicy, RandomPolicy
 
 log = logging.getLogger(__name__)
 
-METHODS = ("random", "behaviour", "bc", "dt")
+#: Methods trained by the one training loop (``offline_dt.train``) with the preset's budget;
+#: ``qt`` joins when its module is registered (:func:`trained_methods`).
+TRAINED_METHODS = ("dt", "bc", "qt")
+#: Evaluated only: the uniform random agent and the policy that wrote the data.
+BASELINES = ("random", "behaviour")
 #: Levels with a behaviour job: those written by one policy (or medium-expert's fixed mixture).
 BEHAVIOUR_LEVELS = tuple(lv for lv in LEVELS if lv not in REPLAY_LEVELS)
 #: The test episodes' reset seeds as eval.json records them (``evaluate.build_eval_payload``);
 #: an eval.json of other episodes (written before the seeds moved) is evaluated again.
-EPISODE_SEEDS = f"{EVALUATION_SEED_BASE} + seed * {SEED_STRIDE} + i"
-#: The learning-curve hook of training seed k evaluates with seed HOOK_SEED_OFFSET + k.
-HOOK_SEED_OFFSET = 500
+EPISODE_SEEDS = SEED_RULES["test"]
+#: The validation episodes' reset seeds as a checkpoint's eval.json records them
+#: (``selection.validation_episode_seeds``); an eval.json without it chose its target on the
+#: test episodes (before issue 18) and is evaluated again.
+VALIDATION_EPISODE_SEEDS = SEED_RULES["validation"]
+
+
+def trained_methods() -> tuple[str, ...]:
+    """:data:`TRAINED_METHODS` registered in ``offline_dt.methods`` (``qt`` once it exists)."""
+    from offline_dt.methods import METHODS as REGISTERED
+
+    return tuple(m for m in TRAINED_METHODS if m in REGISTERED)
+
+
+def all_methods() -> tuple[str, ...]:
+    """Every method a reproduce run can include, in job order: trained, reference, baselines."""
+    return (*trained_methods(), *REFERENCE_METHODS, *BASELINES)
 
 
 @dataclass(frozen=True)
@@ -91,9 +118,14 @@ class Preset:
         name: preset name.
         description: what it is for and how long it takes here.
         generate: ``GenerateConfig`` field overrides.
-        train: ``TrainConfig`` field overrides (dt and bc alike; bc = same network,
-            returns-to-go zeroed).
-        evaluate: ``EvalConfig`` field overrides (episodes, ...).
+        train: ``TrainConfig`` field overrides of every method of the training loop (dt, bc
+            and qt alike; bc = same network, returns-to-go zeroed).
+        method_train: per method, ``TrainConfig`` overrides on top of ``train`` (e.g. a
+            method's ``method_options``).
+        evaluate: ``EvalConfig`` field overrides (test episodes, validation episodes, ...);
+            the reference rows and baselines use its ``episodes``.
+        reference_steps: gradient updates of each d3rlpy reference row (iql, mlp-bc,
+            pct-bc; ``offline_dt.reference``).
         seeds: training seeds; seed k is also the evaluation seed of every method.
         hook_episodes: episodes per learning-curve evaluation (TrainConfig.eval_every).
         data_dir: sub-directory of ``root`` for datasets and agents (None: ``root`` itself,
@@ -104,7 +136,9 @@ class Preset:
     description: str
     generate: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
+    method_train: dict[str, dict[str, Any]] = field(default_factory=dict)
     evaluate: dict[str, Any] = field(default_factory=dict)
+    reference_steps: dict[str, int] = field(default_factory=dict)
     seeds: tuple[int, ...] = (0,)
     hook_episodes: int = 10
     data_dir: str | None = None
@@ -119,19 +153,29 @@ _SMALL_DT: dict[str, Any] = {
     "learning_rate": 3e-4, "warmup_steps": 500, "batch_size": 64, "log_every": 100,
 }
 
+#: Updates of the d3rlpy reference rows in the quick and paper presets. IQL: 10k updates,
+#: the budget the issue measured (d3rlpy IQL defaults on 1000 random Pendulum episodes: -230.9
+#: on our pendulum-random; 108 s on 2 cores unloaded, 27 s per 1k updates on one thread of
+#: this 2-core machine while another job ran). BC (mlp-bc, pct-bc): 5k updates of batch 100
+#: (3.4 s per 1k here under the same load): 2.5 passes over the 200k-step expert data, 25 over
+#: %BC's 20k steps of pendulum-random, where a plain MLP BC has converged.
+_REFERENCE_STEPS = {"iql": 10_000, "mlp-bc": 5_000, "pct-bc": 5_000}
+
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         name="smoke",
         description="every stage at toy size (about 2 minutes on 2 CPU cores): tiny datasets "
-                    "from a 400-step SAC run, a 1-layer 32-wide DT trained 150 steps, 1 seed, "
-                    "10 evaluation episodes. Numbers are meaningless; it checks the plumbing.",
+                    "from a 400-step SAC run, a 1-layer 32-wide DT trained 150 steps, the "
+                    "d3rlpy reference rows 40 updates, 1 seed, 5 validation and 10 test "
+                    "episodes. Numbers are meaningless; it checks the plumbing.",
         generate={"random_steps": 2_000, "expert_steps": 1_000, "medium_steps": 1_000,
                   "agent_steps": 400, "checkpoint_every": 100, "ref_episodes": 4,
                   "eval_episodes": 2, "num_envs": 4},
         train={"steps": 150, "warmup_steps": 30, "learning_rate": 1e-3, "batch_size": 32,
                "context_length": 10, "embed_dim": 32, "n_layer": 1, "n_head": 1,
                "dropout": 0.0, "eval_every": 75, "log_every": 25, "checkpoint_every": 150},
-        evaluate={"episodes": 10},
+        evaluate={"episodes": 10, "validation_episodes": 5},
+        reference_steps={"iql": 40, "mlp-bc": 40, "pct-bc": 40},
         seeds=(0,),
         hook_episodes=3,
         data_dir="smoke",
@@ -140,23 +184,31 @@ PRESETS: dict[str, Preset] = {
         name="quick",
         description="D4RL-sized default datasets (shared with `offline-dt generate` and the "
                     "paper preset; SAC 20k steps), DT embed 64, 2 layers, K=20, no dropout, "
-                    "2000 steps (lr 3e-4, warmup 500), 1 seed, 50 evaluation episodes.",
+                    "2000 steps (lr 3e-4, warmup 500), d3rlpy IQL 5k updates and MLP BC / %BC "
+                    "2k updates, 1 seed, targets chosen on 50 validation episodes, 50 test "
+                    "episodes.",
         generate={},
         train=dict(_SMALL_DT, steps=2000, eval_every=500, checkpoint_every=500),
         evaluate={"episodes": 50},
+        reference_steps={"iql": 5_000, "mlp-bc": 2_000, "pct-bc": 2_000},
         seeds=(0,),
         hook_episodes=10,
     ),
     "paper": Preset(
         name="paper",
         description="D4RL-sized datasets (random 1M, medium/expert 200k steps), 3 training "
-                    "seeds, 200 evaluation episodes. The paper's gym config (embed 128, "
-                    "3 layers, K=20, 100k steps) would take days on this 2-core CPU, so the "
-                    "DT is shrunk to embed 64, 2 layers, K=20, no dropout, 2500 steps "
-                    "(lr 3e-4, warmup 500); see benchmarks/results/pendulum.md for wall time.",
+                    "seeds, targets chosen on 50 validation episodes, 200 test episodes. The "
+                    "paper's gym config (embed 128, 3 layers, K=20, 100k steps) would take "
+                    "days on this 2-core CPU, so the DT is shrunk to embed 64, 2 layers, K=20, "
+                    "no dropout, 2500 steps (lr 3e-4, warmup 500); see "
+                    "benchmarks/results/pendulum.md for wall time. Reference rows (d3rlpy "
+                    "defaults): IQL 10k updates, the budget the issue measured (-230.9 on "
+                    "pendulum-random; 27 s per 1k updates on one loaded core here), MLP BC and "
+                    "%BC 5k updates (3.4 s per 1k; 2.5 passes over the expert data).",
         generate={},
         train=dict(_SMALL_DT, steps=2500, eval_every=500, checkpoint_every=500),
         evaluate={"episodes": 200},
+        reference_steps=dict(_REFERENCE_STEPS),
         seeds=(0, 1, 2),
         hook_episodes=10,
     ),
@@ -164,7 +216,8 @@ PRESETS: dict[str, Preset] = {
 PRESETS["paper-long"] = dataclasses.replace(
     PRESETS["paper"], name="paper-long",
     description="the paper preset with twice the training (5000 DT steps): the learning curves "
-                "of the paper preset are still rising at 2500 steps.",
+                "of the paper preset are still rising at 2500 steps; reference rows as in "
+                "paper.",
     train=dict(_SMALL_DT, steps=5000, eval_every=1000, checkpoint_every=1000))
 
 
@@ -310,7 +363,8 @@ def train_and_evaluate(tcfg: Any, ecfg: EvalConfig, hook: Callable | None
 
     Reuse: ``config.json``'s train_config equals ``tcfg`` (up to the trainer's resumable
     fields), the checkpoint reached ``tcfg.steps``, and ``eval.json`` was written with
-    ``ecfg`` on today's test episodes (:data:`EPISODE_SEEDS`; else it is evaluated again). A
+    ``ecfg`` on today's test episodes (:data:`EPISODE_SEEDS`) with its target chosen on
+    validation episodes (:data:`VALIDATION_EPISODE_SEEDS`); else it is evaluated again. A
     matching but unfinished run is resumed; a mismatching one is replaced.
     """
     from offline_dt.config import from_dict
@@ -346,7 +400,9 @@ def train_and_evaluate(tcfg: Any, ecfg: EvalConfig, hook: Callable | None
         seconds["train"] = time.perf_counter() - t
     ev = _read_json(run_dir / "eval.json")
     if (ev is not None and _same_eval_config(ev.get("config"), ecfg)
-            and ev.get("episode_seeds") == EPISODE_SEEDS):
+            and ev.get("episode_seeds") == EPISODE_SEEDS
+            and (ev.get("selection") or {}).get("validation_episode_seeds")
+            == VALIDATION_EPISODE_SEEDS):
         return ev, seconds
     t = time.perf_counter()
     ev = evaluate_checkpoint(ecfg)
@@ -398,47 +454,78 @@ class JobSpec:
     label: str
 
 
-def run_job(spec: JobSpec) -> dict[str, Any]:
-    """Train and evaluate (dt, bc) or evaluate (random, behaviour) one run, reusing finished
-    work. Returns ``{"eval", "timings": [(stage, seconds, run, reused)], "took", "label"}``."""
+def _train_job(spec: JobSpec, p: Preset, run_dir: Path) -> dict[str, float]:
+    """Train (or reuse) a method of the one training loop and evaluate it: seconds per stage."""
     from offline_dt.train import TrainConfig
 
+    tcfg = _replace(TrainConfig(
+        dataset=spec.dataset, env_id=spec.env_id, method=spec.method, seed=spec.seed,
+        device=spec.device, run_dir=run_dir, progress=False, eval_episodes=p.hook_episodes),
+        {**p.train, **p.method_train.get(spec.method, {})}, "preset train")
+    ecfg = _replace(EvalConfig(checkpoint=run_dir, env_id=spec.env_id, seed=spec.seed,
+                               device=spec.device), p.evaluate, "preset evaluate")
+    # The hook's episodes are validation episodes of its own: never a test episode.
+    hook = make_eval_hook() if tcfg.eval_every > 0 else None
+    ev, secs = train_and_evaluate(tcfg, ecfg, hook)
+    return {"eval": ev, **secs}
+
+
+def _reference_job(spec: JobSpec, p: Preset, run_dir: Path) -> dict[str, float]:
+    """Train (or reuse) a d3rlpy reference row and evaluate it: seconds per stage."""
+    from offline_dt.reference import ReferenceConfig, run_reference
+
+    if spec.method not in p.reference_steps:
+        raise ValueError(f"preset {p.name}: reference_steps has no budget for "
+                         f"{spec.method!r} (has {sorted(p.reference_steps)})")
+    cfg = ReferenceConfig(
+        dataset=spec.dataset, method=spec.method, env_id=spec.env_id, seed=spec.seed,
+        steps=p.reference_steps[spec.method], device=spec.device, run_dir=run_dir,
+        episodes=int(p.evaluate.get("episodes", EvalConfig.episodes)), overwrite=True)
+    ev, secs = run_reference(cfg)
+    return {"eval": ev, **secs}
+
+
+def _baseline_job(spec: JobSpec, p: Preset, run_dir: Path) -> tuple[dict[str, Any], float,
+                                                                      bool]:
+    """Evaluate (or reuse) the random or behaviour baseline: (eval.json, seconds, reused)."""
+    method, seed, env_id = spec.method, spec.seed, spec.env_id
+    meta = spec.metas[spec.level]
+    eval_episodes = int(p.evaluate.get("episodes", EvalConfig.episodes))
+    if method == "random":
+        def make() -> tuple[Any, dict[str, Any]]:
+            return RandomPolicy(gym.make(env_id).action_space, seed), {
+                "policy": "uniform random"}
+    else:
+        def make() -> tuple[Any, dict[str, Any]]:
+            pol, desc = behaviour_policy(spec.level, spec.metas, env_id, spec.device, seed)
+            return pol, {"policy": desc}
+    config = {"method": method, "env_id": env_id, "dataset": spec.dataset,
+              "level": spec.level, "episodes": eval_episodes, "seed": seed,
+              "episode_seeds": EPISODE_SEEDS}
+    return evaluate_baseline(run_dir, method, env_id, make, config, eval_episodes, seed,
+                             meta.get("ref_min_score"), meta.get("ref_max_score"))
+
+
+def run_job(spec: JobSpec) -> dict[str, Any]:
+    """Train and evaluate one run (a method of the training loop: dt, bc, qt; a d3rlpy
+    reference row: iql, mlp-bc, pct-bc) or evaluate a baseline (random, behaviour), reusing
+    finished work. Returns ``{"eval", "timings": [(stage, seconds, run, reused)], "took",
+    "label"}``; reference rows count as stages ``reference_train`` and ``reference_evaluate``."""
     p = get_preset(spec.preset)
     root = Path(spec.root)
-    path = Path(spec.dataset)
-    meta = spec.metas[spec.level]
-    method, seed, env_id, dev = spec.method, spec.seed, spec.env_id, spec.device
-    run_dir = root / "runs" / p.name / env_id / path.stem / method / f"seed{seed}"
+    run_dir = (root / "runs" / p.name / spec.env_id / Path(spec.dataset).stem / spec.method
+               / f"seed{spec.seed}")
     run = str(run_dir.relative_to(root))
-    ref_min, ref_max = meta.get("ref_min_score"), meta.get("ref_max_score")
-    timings: list[tuple[str, float, str, bool]] = []
-    if method in ("dt", "bc"):
-        tcfg = _replace(TrainConfig(
-            dataset=str(path), env_id=env_id, method=method, seed=seed, device=dev,
-            run_dir=run_dir, progress=False, eval_episodes=p.hook_episodes), p.train,
-            "preset train")
-        ecfg = _replace(EvalConfig(checkpoint=run_dir, env_id=env_id, seed=seed, device=dev),
-                        p.evaluate, "preset evaluate")
-        hook = make_eval_hook(seed=HOOK_SEED_OFFSET + seed) if tcfg.eval_every > 0 else None
-        ev, secs = train_and_evaluate(tcfg, ecfg, hook)
-        timings = [(stage, s, run, s == 0.0) for stage, s in secs.items()]
-        took = sum(secs.values())
-    else:
-        eval_episodes = int(p.evaluate.get("episodes", EvalConfig.episodes))
-        if method == "random":
-            def make() -> tuple[Any, dict[str, Any]]:
-                return RandomPolicy(gym.make(env_id).action_space, seed), {
-                    "policy": "uniform random"}
-        else:
-            def make() -> tuple[Any, dict[str, Any]]:
-                pol, desc = behaviour_policy(spec.level, spec.metas, env_id, dev, seed)
-                return pol, {"policy": desc}
-        config = {"method": method, "env_id": env_id, "dataset": str(path),
-                  "level": spec.level, "episodes": eval_episodes, "seed": seed,
-                  "episode_seeds": EPISODE_SEEDS}
-        ev, took, reused = evaluate_baseline(run_dir, method, env_id, make, config,
-                                             eval_episodes, seed, ref_min, ref_max)
+    if spec.method in BASELINES:
+        ev, took, reused = _baseline_job(spec, p, run_dir)
         timings = [("baselines", took, run, reused)]
+    else:
+        reference = spec.method in REFERENCE_METHODS
+        out = (_reference_job if reference else _train_job)(spec, p, run_dir)
+        ev = out.pop("eval")
+        prefix = "reference_" if reference else ""
+        timings = [(prefix + stage, s, run, s == 0.0) for stage, s in out.items()]
+        took = sum(out.values())
     return {"eval": ev, "timings": timings, "took": took, "label": spec.label}
 
 
@@ -511,13 +598,55 @@ def _checked_levels(levels: Sequence[str] | None) -> list[str]:
     return levels
 
 
-def reproduce_jobs(levels: Sequence[str], seeds: Sequence[int]) -> list[tuple[str, int, str]]:
-    """(level, seed, method) of every run of :func:`reproduce`: dt and bc everywhere, then the
-    baselines: random everywhere, behaviour only on :data:`BEHAVIOUR_LEVELS`."""
-    jobs = [(lv, s, m) for lv in levels for s in seeds for m in ("dt", "bc")]
-    jobs += [(lv, s, m) for lv in levels for s in seeds for m in ("random", "behaviour")
-             if m == "random" or lv in BEHAVIOUR_LEVELS]
+def reproduce_jobs(levels: Sequence[str], seeds: Sequence[int],
+                   methods: Sequence[str] | None = None) -> list[tuple[str, int, str]]:
+    """(level, seed, method) of every run of :func:`reproduce`: the trained methods and the
+    reference rows everywhere (longest jobs first), then the baselines: random everywhere,
+    behaviour only on :data:`BEHAVIOUR_LEVELS`. ``methods`` (default :func:`all_methods`)
+    picks which; their order is :func:`all_methods`'."""
+    chosen = set(all_methods() if methods is None else methods)
+    learned = [m for m in all_methods() if m in chosen and m not in BASELINES]
+    jobs = [(lv, s, m) for lv in levels for s in seeds for m in learned]
+    jobs += [(lv, s, m) for lv in levels for s in seeds for m in BASELINES
+             if m in chosen and (m == "random" or lv in BEHAVIOUR_LEVELS)]
     return jobs
+
+
+def reproduce_methods(methods: Sequence[str] | None, env_id: str) -> list[str]:
+    """The methods a reproduce run includes, checked before any work.
+
+    ``None``: :func:`all_methods`, less the reference rows when d3rlpy is not installed and
+    less ``iql`` when ``env_id`` has no Box action space (each with a warning). Named
+    methods are all run, or refused here.
+
+    Raises:
+        ValueError: an unknown method, or ``iql`` named for an env without Box actions.
+        offline_dt.reference.MissingDependencyError: a reference row named without d3rlpy;
+            the message gives the install command.
+    """
+    from offline_dt.reference import MissingDependencyError, import_d3rlpy
+
+    known = all_methods()
+    if methods is not None:
+        unknown = [m for m in methods if m not in known]
+        if unknown:
+            raise ValueError(f"methods: unknown {unknown}; choose from {list(known)}")
+    chosen = list(known if methods is None else dict.fromkeys(methods))
+    if any(m in REFERENCE_METHODS for m in chosen):
+        try:
+            import_d3rlpy()
+        except MissingDependencyError as e:
+            if methods is not None:
+                raise
+            log.warning("reproduce: reference rows %s left out: %s", list(REFERENCE_METHODS), e)
+            chosen = [m for m in chosen if m not in REFERENCE_METHODS]
+    if "iql" in chosen and not isinstance(gym.make(env_id).action_space, gym.spaces.Box):
+        if methods is not None:
+            raise ValueError(f"methods: 'iql' needs a Box action space; {env_id} has "
+                             f"{gym.make(env_id).action_space}")
+        log.warning("reproduce: iql left out: %s has no Box action space", env_id)
+        chosen.remove("iql")
+    return chosen
 
 
 def reproduce(
@@ -530,9 +659,11 @@ def reproduce(
     seeds: Sequence[int] | None = None,
     progress: bool = True,
     workers: int = 1,
+    methods: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """The whole study: generate → train dt and bc per level and seed → evaluate dt, bc,
-    random and (on the levels one policy wrote) behaviour on the same episodes → report.
+    """The whole study: generate → train dt, bc (and qt) and the d3rlpy reference rows (iql,
+    mlp-bc, pct-bc) per level and seed → evaluate them, random and (on the levels one policy
+    wrote) behaviour on the same test episodes → report.
 
     Args:
         env_id: Gymnasium id (the datagen levels need a trainable behaviour agent).
@@ -549,21 +680,29 @@ def reproduce(
             ``workers`` is (the thread count can change float rounding, nothing else).
             Stage seconds in ``timings.json`` are then summed over workers (CPU-side time),
             while ``total`` stays wall time.
+        methods: which rows to run (default all, see :func:`reproduce_methods`: the
+            reference rows need d3rlpy, ``iql`` Box actions). Runs of other methods already
+            under ``root`` stay and are reported too.
 
     Returns:
         The results table (also in ``<root>/reports/<env>/<preset>/results.csv``), with
         ``timings.json`` (wall seconds per stage and per run) beside it.
+
+    Raises:
+        ValueError: unknown preset, level or method, ``workers < 1``.
+        offline_dt.reference.MissingDependencyError: a reference row named without d3rlpy.
     """
     p = get_preset(preset)
     root = Path(root)
     levels, seeds = _checked_levels(levels), list(seeds if seeds is not None else p.seeds)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, found {workers}")
+    chosen = reproduce_methods(methods, env_id)
     report_dir = root / "reports" / env_id / p.name
     timer = Timer()
     dev = str(resolve_device(device)) if device == "auto" else device
     gcfg, gen, paths, metas = _generate_stage(p, env_id, levels, root, dev, timer)
-    jobs = reproduce_jobs(levels, seeds)
+    jobs = reproduce_jobs(levels, seeds, chosen)
     specs = [JobSpec(env_id=env_id, preset=p.name, root=str(root), device=dev, level=lv,
                      seed=s, method=m, dataset=str(paths[lv]), metas=metas,
                      label=f"[{n}/{len(jobs)}] {m} {paths[lv].stem} seed{s}")
@@ -573,7 +712,7 @@ def reproduce(
     table = report(root / "runs" / p.name, report_dir, quiet=not progress)
     timer.add("report", time.perf_counter() - t)
     timings = {"env_id": env_id, "preset": p.name, "seeds": seeds, "levels": levels,
-               "device": dev, "workers": workers, **timer.to_dict(),
+               "methods": chosen, "device": dev, "workers": workers, **timer.to_dict(),
                "generate_stages": {k: round(v, 3) for k, v in gen.stage_seconds.items()}}
     save_json(timings, report_dir / "timings.json")
     save_json({"preset": p, "generate_config": gcfg}, report_dir / "preset.json")

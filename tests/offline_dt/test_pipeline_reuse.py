@@ -1,4 +1,4 @@
-"""Reuse rules and the job list of ``offline_dt.pipeline`` (end to end:
+"""Reuse rules, the job list and the method choice of ``offline_dt.pipeline`` (end to end:
 tests/test_pipeline_smoke.py)."""
 
 from __future__ import annotations
@@ -7,16 +7,22 @@ import json
 
 import pytest
 
+from offline_dt import reference
 from offline_dt.config import to_jsonable
 from offline_dt.evaluate import EvalConfig, build_eval_payload
 from offline_dt.pipeline import (
     BEHAVIOUR_LEVELS,
     EPISODE_SEEDS,
+    VALIDATION_EPISODE_SEEDS,
     _same_eval_config,
+    all_methods,
     behaviour_policy,
     reproduce_jobs,
+    reproduce_methods,
 )
+from offline_dt.reference import INSTALL_HINT, REFERENCE_METHODS, MissingDependencyError
 from offline_dt.report import LEVELS, REPLAY_LEVELS
+from offline_dt.rollout import SEED_RULES
 
 
 def _saved(cfg: EvalConfig) -> dict:
@@ -65,3 +71,48 @@ def test_reuse_requires_the_episode_seeds_evaluate_writes_today():
                                                    "ref_max_score": None}])
     assert ev["episode_seeds"] == EPISODE_SEEDS
     assert EPISODE_SEEDS != "seed * 100000 + i"
+
+
+def test_methods_choose_the_jobs_and_order_them_longest_first():
+    jobs = reproduce_jobs(["random", "expert"], [0], ["random", "iql", "dt", "behaviour"])
+    assert jobs == [("random", 0, "dt"), ("random", 0, "iql"), ("expert", 0, "dt"),
+                    ("expert", 0, "iql"), ("random", 0, "random"), ("random", 0, "behaviour"),
+                    ("expert", 0, "random"), ("expert", 0, "behaviour")]
+    everything = {m for _, _, m in reproduce_jobs(["expert"], [0])}
+    assert everything == set(all_methods())
+    assert {"dt", "bc", "iql", "mlp-bc", "pct-bc", "random", "behaviour"} <= everything
+
+
+def test_reproduce_methods_checks_names_d3rlpy_and_the_action_space(monkeypatch):
+    with pytest.raises(ValueError, match="methods: unknown \\['cql'\\]"):
+        reproduce_methods(["dt", "cql"], "Pendulum-v1")
+    assert reproduce_methods(["bc", "dt", "bc"], "Pendulum-v1") == ["bc", "dt"]
+    with pytest.raises(ValueError, match="'iql' needs a Box action space; CartPole-v1"):
+        reproduce_methods(["iql"], "CartPole-v1")
+    assert "iql" not in reproduce_methods(None, "CartPole-v1")
+
+    def missing():
+        raise MissingDependencyError(f"install it with: {INSTALL_HINT}")
+
+    monkeypatch.setattr(reference, "import_d3rlpy", missing)
+    # Asked for by name: refused with the install command; by default: left out.
+    with pytest.raises(MissingDependencyError, match="pip install --no-deps d3rlpy"):
+        reproduce_methods(["dt", "mlp-bc"], "Pendulum-v1")
+    assert reproduce_methods(None, "Pendulum-v1") == [
+        m for m in all_methods() if m not in REFERENCE_METHODS]
+    assert reproduce_methods(["dt", "random"], "Pendulum-v1") == ["dt", "random"]
+
+
+def test_checkpoint_evals_are_reused_only_with_validation_chosen_targets():
+    assert EPISODE_SEEDS == SEED_RULES["test"]
+    assert VALIDATION_EPISODE_SEEDS == SEED_RULES["validation"] != EPISODE_SEEDS
+
+
+def test_reproduce_methods_flag():
+    from offline_dt.cli import parse
+
+    assert parse(["reproduce"]).config.methods is None
+    assert parse(["reproduce", "--methods", "dt", "iql", "pct-bc"]).config.methods == [
+        "dt", "iql", "pct-bc"]
+    with pytest.raises(SystemExit):
+        parse(["reproduce", "--methods", "cql"])

@@ -167,3 +167,17 @@ def test_reference_config_checks_its_fields():
                                seed=2).resolved_run_dir()) == (
         "data/runs/reference/pendulum-random-v0/iql/seed2")
 
+
+
+def test_cli_reference_command(box_hdf5, tmp_path, capsys):
+    from offline_dt.cli import main, parse
+
+    argv = ["reference", "--dataset", str(box_hdf5), "--method", "pct-bc", "--steps", "20",
+            "--episodes", "2", "--device", "cpu", "--run-dir", str(tmp_path / "run")]
+    assert parse(argv).config == ReferenceConfig(
+        dataset=str(box_hdf5), method="pct-bc", steps=20, episodes=2, device="cpu",
+        run_dir=tmp_path / "run")
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"pct-bc on {box_hdf5}: return mean ")
+    assert "over 2 test episodes" in out and str(tmp_path / "run" / "eval.json") in out
