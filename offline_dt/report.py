@@ -36,8 +36,12 @@ Methods: ``data`` is the episode returns stored in the dataset file itself (read
 ``offline_dt.data.load_dataset`` from the file named in the runs' ``config.json``; no
 rollouts, no runs). ``behaviour`` exists only where one behaviour policy wrote the data; the
 replay levels (:data:`REPLAY_LEVELS`) were written by the sequence of policies of a SAC
-training run, so a behaviour run found there is skipped. ``random``, ``bc``, ``dt`` and any
-other method directory are tabulated as found.
+training run, so a behaviour run found there is skipped. ``random``, the d3rlpy reference rows
+(``mlp-bc``, ``pct-bc``, ``iql``), ``bc``, ``dt``, ``qt`` and any other method directory are
+tabulated as found (:data:`METHODS` gives the column order, others follow by name). Every
+cell reports test episodes only; how each run chose its target return and inference settings
+(on validation episodes since issue 18) is read from its ``eval.json`` and said under the
+table (:func:`selection_note`).
 
 ``run_scores.csv`` holds one row per run (:data:`RUN_COLUMNS`). ``aggregates.csv`` (columns
 :data:`AGGREGATE_COLUMNS`), per env and method over the env's datasets: the IQM of the
@@ -46,11 +50,12 @@ each dataset), and the probability of improvement over ``dt``, P(method > dt): p
 fraction of (method run, dt run) pairs in which the method's run scores higher (ties count
 1/2), averaged over the datasets both have, with a stratified bootstrap interval.
 
-``results.md`` (also printed): per env, the wide table (rows datasets, columns ``data``,
-``random``, ``behaviour``, ``bc``, ``dt``, then other methods; each cell ``mean [low, high]
-(normalized score)``, bold where :func:`best_method` finds a method whose run-level interval
-lies entirely above every other method's) and the aggregates. Plots:
-``learning_curves_<env>.png``, ``dataset_returns_<env>.png`` and
+``results.md`` (also printed): per env, the wide table (rows datasets, columns ``data`` and
+the methods in :data:`TABLE_METHODS` order; each cell ``mean [low, high] (normalized
+score)``, bold where :func:`best_method` finds a method whose run-level interval lies
+entirely above every other method's), notes on what each row is and how targets were chosen,
+and the aggregates. Plots: ``learning_curves_<env>.png`` (methods whose ``metrics.csv`` has
+the eval hook's columns), ``dataset_returns_<env>.png`` and
 ``performance_profile_<env>.png`` (fraction of runs whose normalized score exceeds τ).
 """
 
@@ -86,9 +91,23 @@ RUN_COLUMNS = ["env", "dataset", "method", "seed", "episodes", "mean_return",
 AGGREGATE_COLUMNS = ["env", "method", "datasets", "runs", "iqm_normalized_score",
                      "iqm_ci95_low", "iqm_ci95_high", "prob_improvement_over_dt",
                      "prob_improvement_ci95_low", "prob_improvement_ci95_high"]
-METHODS = ("random", "behaviour", "bc", "dt")
+#: The methods in table order: baselines, the field's reference rows (d3rlpy), the
+#: transformers; other methods follow in name order.
+METHODS = ("random", "behaviour", "mlp-bc", "pct-bc", "iql", "bc", "dt", "qt")
 #: Column order of the wide table: the dataset's own returns, then the methods.
 TABLE_METHODS = ("data", *METHODS)
+#: What each row is, for the notes under the wide table (methods present only).
+METHOD_NOTES = {
+    "random": "uniform random actions",
+    "behaviour": "the policy that wrote the data, acting as it did when collecting",
+    "mlp-bc": "behaviour cloning by an MLP on single states (d3rlpy BC defaults)",
+    "pct-bc": "%BC: the same MLP BC on the top 10% of episodes by return (Chen et al. 2021, "
+              "Table 3)",
+    "iql": "Implicit Q-Learning (Kostrikov et al. 2021; d3rlpy IQL defaults)",
+    "bc": "the Decision Transformer network with returns-to-go zeroed",
+    "dt": "Decision Transformer (Chen et al. 2021)",
+    "qt": "Q-value regularized Decision Transformer (Hu et al. 2024)",
+}
 #: Levels written by a sequence of policies (a SAC run's replay buffer): no behaviour agent.
 REPLAY_LEVELS = ("medium-replay", "full-replay")
 #: The method every other one is compared with (probability of improvement).
@@ -526,11 +545,60 @@ that a run of the method scores a higher return than a run of `{ref}` on the sam
 `datasets`) are aggregated over those only."""
 
 
+def selection_rule(ev: dict[str, Any]) -> str:
+    """How one ``eval.json`` chose what its headline reports, in words: among its candidates
+    on validation episodes (``selection``, written since issue 18), nothing (one candidate),
+    or, in an older file with several targets, on the test episodes themselves."""
+    sel = ev.get("selection")
+    if isinstance(sel, dict):
+        n = len(sel.get("candidates") or [])
+        if sel.get("validation"):
+            return (f"the best mean return of {n} candidates (target return × inference "
+                    f"setting) on {sel.get('validation_episodes')} validation episodes "
+                    f"(reset seeds {sel.get('validation_episode_seeds')}, never a test "
+                    "episode), then that candidate alone on the test episodes")
+        return "one candidate, nothing chosen"
+    n = len(ev.get("targets") or [])
+    if n > 1:
+        return (f"the best of {n} target returns on the test episodes themselves (an older "
+                "eval.json, before targets were chosen on validation episodes: optimistic)")
+    return "one candidate, nothing chosen"
+
+
+def selection_note(runs: list[dict[str, Any]], env: str) -> str:
+    """The note under the wide table saying, per method of ``env``, how each run's target
+    return and inference settings were chosen (:func:`selection_rule`)."""
+    rules: dict[str, dict[str, None]] = {}
+    for r in sorted((r for r in runs if r["env"] == env),
+                    key=lambda r: _method_key(r["method"])):
+        rules.setdefault(r["method"], {})[selection_rule(r["eval"])] = None
+    by_rule: dict[str, list[str]] = {}
+    for method, found in rules.items():
+        by_rule.setdefault("; or ".join(found), []).append(f"`{method}`")
+    honest = not any("test episodes themselves" in rule for rule in by_rule)
+    head = "How targets were chosen" + (
+        " (no choice is made on the test episodes the cells report)" if honest else "")
+    return head + ": " + "; ".join(f"{', '.join(ms)}: {rule}"
+                                   for rule, ms in by_rule.items()) + "."
+
+
+def methods_note(methods: Sequence[str]) -> str:
+    """The note naming what each row of the wide table is (:data:`METHOD_NOTES`)."""
+    known = [m for m in methods if m in METHOD_NOTES]
+    return "Rows: " + "; ".join(f"`{m}`: {METHOD_NOTES[m]}" for m in known) + "." if known \
+        else ""
+
+
 def env_markdown(table: pd.DataFrame, aggregates: pd.DataFrame, env: str,
-                 profile: str | None = None) -> str:
-    """The wide table of ``env`` with its notes, then its aggregates (two Markdown tables)."""
-    parts = [to_markdown(wide_table(table, env)), TABLE_NOTES]
+                 profile: str | None = None, runs: list[dict[str, Any]] | None = None) -> str:
+    """The wide table of ``env`` with its notes (what each method is; with ``runs``
+    (:func:`find_runs`), how their targets were chosen), then its aggregates (two Markdown
+    tables)."""
     t = table[table["env"] == env]
+    parts = [to_markdown(wide_table(table, env)), TABLE_NOTES,
+             methods_note(table_methods(t))]
+    if runs:
+        parts.append(selection_note(runs, env))
     replay = [ds for ds in dict.fromkeys(t["dataset"]) if dataset_level(ds) in REPLAY_LEVELS]
     if replay and "behaviour" in set(t["method"]):
         parts.append(REPLAY_NOTE.format(levels=", ".join(f"`{ds}`" for ds in replay)))
@@ -539,13 +607,14 @@ def env_markdown(table: pd.DataFrame, aggregates: pd.DataFrame, env: str,
     if profile:
         parts.append(f"Performance profile (fraction of runs whose normalized score exceeds "
                      f"τ, per method): `{profile}`.")
-    return "\n\n".join(p.rstrip("\n") for p in parts) + "\n"
+    return "\n\n".join(p.rstrip("\n") for p in parts if p) + "\n"
 
 
-def markdown_report(table: pd.DataFrame, aggregates: pd.DataFrame) -> str:
+def markdown_report(table: pd.DataFrame, aggregates: pd.DataFrame,
+                    runs: list[dict[str, Any]] | None = None) -> str:
     """``results.md``: one section per env (:func:`env_markdown`)."""
     sections = [f"## {env}\n\n" + env_markdown(
-        table, aggregates, str(env), profile=f"performance_profile_{env}.png")
+        table, aggregates, str(env), profile=f"performance_profile_{env}.png", runs=runs)
         for env in dict.fromkeys(table["env"])]
     return "# Results\n\n" + "\n".join(sections)
 
@@ -603,15 +672,17 @@ def _save_panels(fig: Any, axes: np.ndarray, used: int, title: str, path: Path) 
 
 
 def plot_learning_curves(runs: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """``learning_curves_<env>.png``: per dataset, dt and bc eval return vs training step
-    (mean over seeds, shaded ± one std across seeds)."""
+    """``learning_curves_<env>.png``: per dataset, the eval return vs training step of every
+    method whose runs logged one (the training loop's hook: dt, bc, qt; mean over seeds,
+    shaded ± one std across seeds)."""
     written = []
     for env in sorted({r["env"] for r in runs}):
         datasets = sorted({r["dataset"] for r in runs if r["env"] == env},
                           key=lambda d: _sort_key(env, d, ""))
         curves: dict[str, dict[str, pd.DataFrame]] = {}
+        methods = sorted({r["method"] for r in runs if r["env"] == env}, key=_method_key)
         for ds in datasets:
-            for method in ("bc", "dt"):
+            for method in methods:
                 frames = [c.assign(seed=r["seed"]) for r in runs
                           if (r["env"], r["dataset"], r["method"]) == (env, ds, method)
                           and (c := _curve(r["run_dir"])) is not None]
@@ -740,7 +811,7 @@ def report(runs_root: str | os.PathLike, out_dir: str | os.PathLike,
     _write_csv(table, out / "results.csv")
     _write_csv(scores, out / "run_scores.csv")
     _write_csv(aggregates, out / "aggregates.csv")
-    md = markdown_report(table, aggregates)
+    md = markdown_report(table, aggregates, runs)
     _write_text(out / "results.md", md)
     if not quiet:
         print(md, end="")

@@ -37,6 +37,7 @@ from offline_dt.report import (
     report,
     run_interval,
     run_statistics,
+    selection_note,
     to_markdown,
 )
 
@@ -470,3 +471,59 @@ def test_to_markdown_round_trips_through_pandas(frame):
         assert all(x == "n/a" or re.fullmatch(r"-?\d+\.\d\d", x) for x in cells), cells
     if len(frame):  # tabulate writes no alignment for a table without rows
         assert alignments(md) == ["left", "right", "right", "right"]
+
+
+def validated_eval(method: str, returns: list[float], candidates: int) -> dict:
+    """An eval.json as evaluate_checkpoint writes it since issue 18 (selection block)."""
+    ev = fake_eval(method, [returns])
+    cands = [{"target_return": -100.0 - j, "settings": {}} for j in range(candidates)]
+    ev["selection"] = {"candidates": cands, "chosen_index": 0, "chosen": cands[0],
+                       "validation_episodes": 50 if candidates > 1 else 0,
+                       "validation_episode_seeds": "2000000000000 + seed * 100000 + i",
+                       "validation": [{"mean": -1.0}] * candidates if candidates > 1 else []}
+    return ev
+
+
+def test_reference_rows_and_qt_get_columns_aggregates_and_notes(runs, tmp_path):
+    ds = "pendulum-medium-v0"
+    for seed, (a, b) in enumerate([(-700.0, -500.0), (-650.0, -450.0)]):
+        for method in ("qt", "iql", "pct-bc", "mlp-bc"):
+            ev = (validated_eval(method, [a, b], 4) if method == "qt"
+                  else fake_eval("random", [[a, b]]) | {"method": method})
+            curve = pd.DataFrame({"step": [0, 100], "loss": [1.0, 0.5],
+                                  "eval_return_mean": [-900.0, a]}) if method == "qt" else (
+                pd.DataFrame({"step": [10, 20], "loss": [3.0, 2.0]}))
+            make_run(runs, ds, method, seed, ev, {"method": method}, curve)
+    out = tmp_path / "out"
+    report(runs, out, quiet=True)
+    md = (out / "results.md").read_text()
+    wide = md_tables(md)[0]
+    assert list(wide.columns) == ["dataset", "data", "random", "behaviour", "mlp-bc",
+                                  "pct-bc", "iql", "bc", "dt", "qt"]
+    assert wide.set_index("dataset").loc["pendulum-expert-v0", "iql"] == "n/a"
+    aggregates = pd.read_csv(out / "aggregates.csv")
+    assert set(aggregates["method"]) == {"random", "behaviour", "mlp-bc", "pct-bc", "iql",
+                                         "bc", "dt", "qt"}
+    qt = aggregates.set_index("method").loc["qt"]
+    assert qt["datasets"] == 1 and 0.0 <= qt["prob_improvement_over_dt"] <= 1.0
+    # What each row is, and how each chose its target: the fixture's dt files predate
+    # validation episodes (two targets on the test episodes), qt's chose on validation ones.
+    assert "`pct-bc`: %BC" in md and "`iql`: Implicit Q-Learning" in md
+    note = next(line for line in md.splitlines() if line.startswith("How targets were chosen"))
+    assert "no choice is made" not in note
+    assert "`qt`: the best mean return of 4 candidates" in note
+    assert "on 50 validation episodes" in note
+    assert "`dt`: the best of 2 target returns on the test episodes themselves" in note
+    assert "`random`, `behaviour`, `mlp-bc`, `pct-bc`, `iql`, `bc`: one candidate" in note
+    assert (out / "learning_curves_Pendulum-v1.png").stat().st_size > 0
+
+
+def test_selection_note_of_runs_chosen_on_validation_episodes():
+    runs = [{"env": "E", "method": "dt", "eval": validated_eval("dt", [-1.0], 2)},
+            {"env": "E", "method": "bc", "eval": validated_eval("bc", [-1.0], 1)},
+            {"env": "F", "method": "dt", "eval": fake_eval("dt", [[-1.0], [-2.0]])}]
+    note = selection_note(runs, "E")
+    assert note.startswith("How targets were chosen (no choice is made on the test episodes")
+    assert "`dt`: the best mean return of 2 candidates" in note
+    assert "`bc`: one candidate, nothing chosen" in note
+    assert "themselves" in selection_note(runs, "F")
