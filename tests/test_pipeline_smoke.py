@@ -1,5 +1,6 @@
-"""End to end: ``reproduce(preset="smoke")`` — the slowest test of the suite (about 1-2 minutes
-on 2 CPU cores): generate tiny datasets, train dt and bc on every level, evaluate them and the
+"""End to end: ``reproduce(preset="smoke")`` — the slowest test of the suite (a few minutes on 2
+CPU cores): generate tiny datasets, train dt, bc and qt and the d3rlpy reference rows (iql,
+mlp-bc, pct-bc; d3rlpy must be installed, see README) on every level, evaluate them and the
 random and behaviour baselines, write the report; then rerun and reuse everything. The first
 run goes through the two-worker process pool, the rerun through the in-process path."""
 
@@ -12,13 +13,16 @@ import pandas as pd
 import pytest
 
 from benchmarks.behaviour_fingerprint import compare, fingerprint
-from offline_dt.pipeline import PRESETS, reproduce
+from offline_dt.pipeline import PRESETS, all_methods, reproduce
+from offline_dt.reference import INSTALL_HINT, REFERENCE_METHODS
 from offline_dt.report import COLUMNS, LEVELS, REPLAY_LEVELS
+from offline_dt.rollout import SEED_RULES
 
 pytestmark = pytest.mark.slow
 
 
 def test_reproduce_smoke_end_to_end(tmp_path):
+    pytest.importorskip("d3rlpy", reason=f"the reference rows need d3rlpy: {INSTALL_HINT}")
     table = reproduce(preset="smoke", root=tmp_path, progress=False, workers=2)
     report_dir = tmp_path / "reports" / "Pendulum-v1" / "smoke"
     csv = pd.read_csv(report_dir / "results.csv")
@@ -26,7 +30,9 @@ def test_reproduce_smoke_end_to_end(tmp_path):
     assert list(table.columns) == COLUMNS
     got = {(row.dataset, row.method) for row in csv.itertuples()}
     # A data row per dataset; behaviour only where one policy wrote the data.
-    want = {(f"pendulum-{lv}-v0", m) for lv in LEVELS for m in ("data", "random", "bc", "dt")}
+    learned = [m for m in all_methods() if m != "behaviour"]  # dt, bc, qt, reference, random
+    assert {"dt", "bc", *REFERENCE_METHODS, "random"} <= set(learned)
+    want = {(f"pendulum-{lv}-v0", m) for lv in LEVELS for m in ("data", *learned)}
     want |= {(f"pendulum-{lv}-v0", "behaviour") for lv in LEVELS if lv not in REPLAY_LEVELS}
     assert got == want
     episodes = PRESETS["smoke"].evaluate["episodes"]
@@ -43,7 +49,8 @@ def test_reproduce_smoke_end_to_end(tmp_path):
         assert (report_dir / name).stat().st_size > 0
     assert "| dataset " in (report_dir / "results.md").read_text()
     timings = json.loads((report_dir / "timings.json").read_text())
-    assert {"generate", "train", "evaluate", "baselines", "report"} <= set(timings["stages"])
+    assert {"generate", "train", "evaluate", "baselines", "reference_train",
+            "reference_evaluate", "report"} <= set(timings["stages"])
     assert timings["workers"] == 2 and not any(r["reused"] for r in timings["runs"])
     run = tmp_path / "runs" / "smoke" / "Pendulum-v1" / "pendulum-expert-v0" / "dt" / "seed0"
     for name in ("config.json", "eval.json", "metrics.csv", "checkpoint.pt"):
@@ -51,8 +58,18 @@ def test_reproduce_smoke_end_to_end(tmp_path):
     metrics = pd.read_csv(run / "metrics.csv")
     assert metrics["eval_return_mean"].notna().sum() == 2  # eval_every 75 of 150 steps
     ev = json.loads((run / "eval.json").read_text())
-    assert ev["method"] == "dt" and len(ev["targets"]) >= 1
-    assert ev["mean_return"] == max(t["mean"] for t in ev["targets"])
+    assert ev["method"] == "dt" and len(ev["targets"]) == 1
+    assert ev["mean_return"] == ev["targets"][0]["mean"]
+    # dt's two targets were compared on validation episodes only; the test episodes of every
+    # row are the same ones.
+    sel = ev["selection"]
+    assert len(sel["validation"]) == 2 and sel["validation_episodes"] == 5
+    assert all(v["split"] == "validation" for v in sel["validation"])
+    iql = json.loads((run.parent.parent / "iql" / "seed0" / "eval.json").read_text())
+    assert iql["episode_seeds"] == ev["episode_seeds"] == SEED_RULES["test"]
+    assert iql["targets"][0]["episode_seeds"] == ev["targets"][0]["episode_seeds"]
+    assert "How targets were chosen (no choice is made" in (report_dir / "results.md"
+                                                            ).read_text()
 
     # Same datasets (array checksums, both formats), training losses and evaluation returns
     # as the committed fingerprint of this preset.
