@@ -73,7 +73,18 @@ def versions() -> dict[str, str]:
 
     return {"python": platform.python_version(), "torch": torch.__version__,
             "gymnasium": gymnasium.__version__, "stable-baselines3": stable_baselines3.__version__,
-            "minari": minari.__version__, "numpy": numpy.__version__, "pandas": pd.__version__}
+            "minari": minari.__version__, "numpy": numpy.__version__, "pandas": pd.__version__,
+            **_d3rlpy_version()}
+
+
+def _d3rlpy_version() -> dict[str, str]:
+    """d3rlpy's version when installed (it trains the reference rows)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return {"d3rlpy": version("d3rlpy")}
+    except PackageNotFoundError:
+        return {}
 
 
 def machine() -> str:
@@ -103,24 +114,26 @@ def reference_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def restrict(table: pd.DataFrame, runs_root: Path, levels: list[str] | None
-             ) -> tuple[pd.DataFrame, pd.DataFrame]:
+             ) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
     """The table's rows of ``levels`` (all when None: the runs root may hold levels of earlier
-    calls) and the aggregates over those levels' runs."""
+    calls), the aggregates over those levels' runs, and the runs."""
     keep = (lambda ds: True) if levels is None else (lambda ds: dataset_level(ds) in levels)
     runs = [r for r in find_runs(runs_root) if r["env"] == ENV and keep(r["dataset"])]
     table = table[(table["env"] == ENV) & table["dataset"].map(keep)].reset_index(drop=True)
-    return table, aggregate_table(run_scores(runs))
+    return table, aggregate_table(run_scores(runs)), runs
 
 
 def stage_rows(timings: dict) -> str:
-    order = ["generate", "train", "evaluate", "baselines", "report"]
+    order = ["generate", "train", "evaluate", "reference_train", "reference_evaluate",
+             "baselines", "report"]
     names = [k for k in order if k in timings["stages"]]
     names += [k for k in timings["stages"] if k not in order]
     return "\n".join(f"| {k} | {timings['stages'][k]:.1f} |" for k in names)
 
 
 def markdown(args: argparse.Namespace, command: str, wall: float, table: pd.DataFrame,
-             aggregates: pd.DataFrame, timings: dict, report_dir: Path) -> str:
+             aggregates: pd.DataFrame, timings: dict, report_dir: Path,
+             runs: list[dict] | None = None) -> str:
     """The results page: command, machine, versions, the wide table, the aggregates, the
     reference study beside ours and the seconds per stage."""
     preset = PRESETS[args.preset]
@@ -132,20 +145,23 @@ Command: `{command}` (wall time {wall / 60:.1f} min, {args.workers} worker proce
 Machine: {machine()}. Versions: {', '.join(f'{k} {v}' for k, v in versions().items())}.
 
 Preset: {preset.description}
-Training seeds {list(preset.seeds)}; {preset.evaluate.get('episodes')} evaluation episodes per
+Training seeds {list(preset.seeds)}; {preset.evaluate.get('episodes')} test episodes per
 seed, the same episodes for every method (reset seeds: `episode_seeds` in each eval.json).
-Train overrides: `{json.dumps(preset.train)}`.
+Train overrides: `{json.dumps(preset.train)}`; reference rows' updates:
+`{json.dumps(preset.reference_steps)}`.
 
 A run is one training seed (for the baselines, one evaluation seed); its score is the mean
 return of its test episodes. Each cell is the mean over runs with a 95% bootstrap interval over
 runs and the D4RL normalized score `100 (R - ref_min) / (ref_max - ref_min)` with our
-reference scores (random agent, trained SAC). DT runs report the best of their target returns
-(the dataset's best episode return and the expert reference score); `bc` is the same network
-trained with returns-to-go zeroed; `behaviour` is the policy that wrote the level (none for
-the replay levels). The CSV beside this file keeps one row per dataset and method, with the
-episode-level `ci95`, the IQM and the run-level interval.
+reference scores (random agent, trained SAC). A DT run chooses its target return (the
+dataset's best episode return or the expert reference score; with qt's inference settings too)
+on validation episodes and reports the test episodes of that choice only (see "How targets
+were chosen" below); `bc` is the same network trained with returns-to-go zeroed; `iql`,
+`mlp-bc` and `pct-bc` are d3rlpy's IQL, MLP BC and %BC; `behaviour` is the policy that wrote
+the level (none for the replay levels). The CSV beside this file keeps one row per dataset
+and method, with the episode-level `ci95`, the IQM and the run-level interval.
 
-{env_markdown(table, aggregates, ENV, profile=str(profile))}
+{env_markdown(table, aggregates, ENV, profile=str(profile), runs=runs)}
 Reference study numbers (200 episodes each) beside ours; the study's "medium" data came from
 its fully trained SAC agent, which is our `expert` level, so that number sits beside our
 expert row:
@@ -186,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t
     report_dir = args.root / "reports" / ENV / args.preset
     timings = json.loads((report_dir / "timings.json").read_text())
-    table, aggregates = restrict(table, args.root / "runs" / args.preset, args.levels)
+    table, aggregates, runs = restrict(table, args.root / "runs" / args.preset, args.levels)
 
     refs = [reference_for(r.method, r.dataset) for r in table.itertuples()]
     out = table.copy()
@@ -198,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
     command = "python " + " ".join(shlex.quote(a) for a in
                                    ["benchmarks/pendulum.py", *(argv or sys.argv[1:])])
-    md = markdown(args, command, wall, table, aggregates, timings, report_dir)
+    md = markdown(args, command, wall, table, aggregates, timings, report_dir, runs)
     (args.out / f"{stem}.md").write_text(md)
     print(md)
     return 0
