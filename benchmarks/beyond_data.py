@@ -85,8 +85,10 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
                                             seed=job["seed"], device="cpu",
                                             episodes=job["episodes"]))
     timing = json.loads((run_dir / "timing.json").read_text())
+    sel = ev["selection"]
+    val = sel["validation"][sel["chosen_index"]]["mean"] if sel["validation"] else None
     return {"level": job["level"], "variant": job["variant"], "seed": job["seed"],
-            "mean_return": ev["mean_return"], "ci95_episodes": ev["ci95"],
+            "validation_return": val, "mean_return": ev["mean_return"], "ci95_episodes": ev["ci95"],
             "episodes": ev["episodes"], "headline_target": ev.get("headline_target"),
             "headline_settings": json.dumps(ev.get("headline_settings") or {}),
             "headline_rule": ev.get("headline_rule"),
@@ -102,6 +104,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
         m = g["mean_return"]
         ci = 1.96 * m.std(ddof=1) / len(m) ** 0.5 if len(m) > 1 else float("nan")
         rows.append({"variant": variant, "level": level, "seeds": len(m),
+                     "validation_return": round(g["validation_return"].mean(), 1),
                      "mean_return": round(m.mean(), 1), "ci95_seeds": round(ci, 1),
                      "ms_per_update": g["ms_per_update"].median()})
     return pd.DataFrame(rows)
@@ -121,7 +124,9 @@ def write(df: pd.DataFrame, args: argparse.Namespace, command: str, wall: float)
               for k, v in VARIANTS.items() if k in args.variants]
     rules = sorted({str(r) for r in df["headline_rule"].dropna()})
     lines += ["", "Target choice (eval.json headline_rule): " + "; ".join(rules), "",
-              "## Mean test return (mean over seeds)", "", to_markdown(summary(df)), "",
+              "Designs are compared on `validation_return` (the chosen candidate's mean on "
+              "the validation episodes); `mean_return` is on the test episodes.", "",
+              "## Mean return (mean over seeds)", "", to_markdown(summary(df)), "",
               "## Every run", "", to_markdown(df.drop(columns=["headline_rule"])), ""]
     (RESULTS / "beyond_data.md").write_text("\n".join(lines))
 
