@@ -51,6 +51,9 @@ VARIANTS: dict[str, tuple[str, dict[str, str], str]] = {
     "qt-small-critic": ("qt", {"hidden": "64"}, "qt with a 2 x 64 MLP critic"),
     "qt-beta1": ("qt", {"beta": "1"}, "qt with beta 1 (weaker advantage weights)"),
     "qt-expectile0.9": ("qt", {"expectile": "0.9"}, "qt with expectile 0.9"),
+    # tried on random: sharper weights, a faster target critic
+    "qt-beta10": ("qt", {"beta": "10"}, "qt with beta 10 (sharper advantage weights)"),
+    "qt-rate0.02": ("qt", {"target_rate": "0.02"}, "qt with target_rate 0.02"),
 }
 
 
