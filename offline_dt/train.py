@@ -153,6 +153,10 @@ class TrainConfig:
             changes["warmup_steps"] = default_warmup(self.steps)
         if self.max_timestep == DEFAULT_MAX_TIMESTEP:
             changes["max_timestep"] = max(DEFAULT_MAX_TIMESTEP, int(longest_episode))
+        # every method option with its value, so a change of a method's defaults is a
+        # different config (resume and reuse refuse it) rather than a silent one
+        changes["method_options"] = get_method(self.method).resolve_options(
+            self.method_options)
         return dataclasses.replace(self, **changes)
 
     def model_config(self, obs_dim: int, act_dim: int, discrete: bool) -> DTConfig:
@@ -464,10 +468,20 @@ class _State:
     after_save: Callable[[], None] | None = None
 
 
+def _options(cfg: TrainConfig) -> dict[str, Any]:
+    """``cfg.method_options`` with the method's defaults filled in (as given when the method
+    or an option is unknown: the comparison then reports the difference)."""
+    try:
+        return get_method(cfg.method).resolve_options(cfg.method_options)
+    except ValueError:
+        return dict(cfg.method_options)
+
+
 def config_differences(saved: TrainConfig, current: TrainConfig) -> dict[str, tuple[Any, Any]]:
     """Fields (other than ``RESUMABLE_FIELDS``) whose values differ: name → (saved, current).
     An ``AUTO_FIELDS`` field left at its default in ``current`` matches any saved value."""
     a, b = to_jsonable(saved), to_jsonable(current)
+    a["method_options"], b["method_options"] = _options(saved), _options(current)
     auto = {k for k, default in AUTO_FIELDS.items() if b.get(k) == default}
     return {k: (a[k], b.get(k)) for k in a
             if k not in RESUMABLE_FIELDS and k not in auto and a[k] != b.get(k)}

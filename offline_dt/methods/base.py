@@ -49,6 +49,19 @@ class Method:
         ``settings`` is one entry of :meth:`inference_candidates`."""
         raise NotImplementedError
 
+    def resolve_options(self, options: dict[str, Any] | None) -> dict[str, str]:
+        """Every option of the method with its value, defaults filled in, as strings: what a
+        run's ``config.json`` records, so a later change of a default is seen as a different
+        config. A method without options accepts none.
+
+        Raises:
+            ValueError: an unknown option or a bad value (names the method and the key).
+        """
+        if options:
+            raise ValueError(f"method_options: method {self.name!r} takes no options, found "
+                             f"{sorted(options)}")
+        return {}
+
     def inference_candidates(self, net: nn.Module) -> list[dict[str, Any]]:
         """The inference settings evaluation may choose among on validation episodes (each
         passed to :meth:`policy` as keyword arguments, crossed with the target returns); one

@@ -284,6 +284,10 @@ class QT(Method):
     name = "qt"
     conditions_on_return = True
 
+    def resolve_options(self, options: dict[str, Any] | None) -> dict[str, str]:
+        opts = QTOptions.parse(options)
+        return {f.name: str(getattr(opts, f.name)) for f in dataclasses.fields(opts)}
+
     def build(self, cfg: DTConfig, options: dict[str, Any] | None = None) -> QTNetwork:
         opts = QTOptions.parse(options)
         if cfg.discrete and opts.eta > 0:

@@ -229,3 +229,20 @@ def test_q_guided_policy_takes_the_candidate_the_critic_prefers(box_dataset):
     assert method.inference_candidates(net) == [{}, {"q_candidates": 5}]
     with pytest.raises(ValueError, match="unknown inference settings"):
         method.policy(net, norm, -100.0, temperature=2)
+
+
+def test_options_are_recorded_in_full_and_compared_resolved(box_hdf5, tiny_config, tmp_path,
+                                                            one_torch_thread):
+    import json
+
+    cfg = tiny_config(box_hdf5, method="qt", method_options={"beta": "3"}, steps=4,
+                      run_dir=tmp_path / "opts")
+    train(cfg)
+    saved = json.loads((tmp_path / "opts" / "config.json").read_text())
+    assert saved["train_config"]["method_options"] == get_method("qt").resolve_options({})
+    # the defaults spelled out or left out are the same config: resume works
+    train(dataclasses.replace(cfg, method_options={}, steps=6, resume=True))
+    with pytest.raises(ValueError, match="method_options"):
+        train(dataclasses.replace(cfg, method_options={"beta": "1"}, steps=8, resume=True))
+    with pytest.raises(ValueError, match="'dt' takes no options"):
+        train(tiny_config(box_hdf5, method_options={"beta": "1"}, run_dir=tmp_path / "dt"))
