@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from datagen.generate import GenerateConfig
 from offline_dt.checkpoint import checkpoint_path
 from offline_dt.config import CLI_MARKERS, REGISTRY
 from offline_dt.data.d4rl import LEVELS
+from offline_dt.distributed import DistributedError
 from offline_dt.evaluate import EvalConfig
 from offline_dt.lock import LockedError
 from offline_dt.pipeline import PRESETS, all_methods
@@ -120,7 +122,8 @@ def _train(cfg: TrainConfig) -> int:
     from offline_dt.evaluate import make_eval_hook
 
     result = train(cfg, eval_hook=make_eval_hook() if cfg.eval_every > 0 else None)
-    print(train_summary(cfg, result))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun: rank 0 speaks for the job
+        print(train_summary(cfg, result))
     return 0
 
 
@@ -266,7 +269,8 @@ def parse(argv: Sequence[str] | None = None) -> Invocation:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``offline-dt``; a FileExistsError, FileNotFoundError, ValueError, LockedError
     (another process writes the same output) or MissingDependencyError (d3rlpy) of the stage
-    is printed as ``offline-dt <cmd>: error: <message>`` with exit status 2."""
+    is printed as ``offline-dt <cmd>: error: <message>`` with exit status 2; a
+    DistributedError (a torchrun job lost a rank) likewise with status 1."""
     inv = parse(argv)
     logging.basicConfig(
         level=logging.DEBUG if inv.verbose else logging.INFO,
@@ -279,6 +283,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             MissingDependencyError) as e:
         print(f"offline-dt {inv.command.name}: error: {e}", file=sys.stderr)
         return 2
+    except DistributedError as e:
+        print(f"offline-dt {inv.command.name}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

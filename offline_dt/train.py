@@ -27,10 +27,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import platform
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +58,8 @@ from offline_dt.data import load_dataset
 from offline_dt.data.d4rl import space_to_json
 from offline_dt.data.dataset import DatasetError, OfflineDataset
 from offline_dt.data.windows import Batch, Normalizer, WindowSampler
-from offline_dt.device import resolve_device
+from offline_dt.device import resolve_device, resolve_precision
+from offline_dt.distributed import Ranks, loss_scale, process_group, rank_seed
 from offline_dt.lock import exclusive_lock
 from offline_dt.methods import METHODS, Method, get_method
 from offline_dt.model import DTConfig
@@ -71,12 +74,12 @@ __all__ = ["CHECKPOINT_NAME", "EvalHook", "LoadedCheckpoint", "TrainConfig", "Tr
 # Fields that may change between a run and its resumption: they do not affect the parameters.
 RESUMABLE_FIELDS = frozenset({
     "steps", "progress", "log_every", "checkpoint_every", "eval_every", "eval_episodes",
-    "resume", "overwrite", "run_dir",
+    "resume", "overwrite", "run_dir", "compile", "dist_timeout",
 })
 #: Fields whose default is resolved once when a run starts (``TrainConfig.resolved``) and
 #: their defaults: a run's saved config holds the resolved values, which the default ("not
 #: chosen") matches on resume and reuse.
-AUTO_FIELDS = {"warmup_steps": None, "max_timestep": 1000}
+AUTO_FIELDS = {"warmup_steps": None, "max_timestep": 1000, "precision": "auto"}
 DEFAULT_MAX_TIMESTEP = 1000
 #: Files of a run that ``overwrite`` replaces (anything else in run_dir is left alone).
 
@@ -112,11 +115,19 @@ class TrainConfig:
         "help": "linear learning-rate warmup steps (LambdaLR); default min(10000, steps // 10): "
                 "the paper's 10k for its 100k steps, a tenth of a shorter budget"})
     grad_clip: float = field(default=0.25, metadata={"help": "gradient-norm clip"})
-    precision: str = field(default="fp32", metadata={
-        "help": "fp32, or bf16: forward and loss under torch.autocast(bfloat16), weights and "
-                "optimizer in fp32 (faster on CPUs with AMX/AVX512-BF16 at the paper config, "
-                "see benchmarks/results/speed.md; can be slower on small models)",
-        "choices": ["fp32", "bf16"]})
+    precision: str = field(default="auto", metadata={
+        "help": "auto: bf16 on a CUDA device with bf16 support or a CPU with AMX/AVX512-BF16, "
+                "else fp32; fp32; or bf16: forward and loss under torch.autocast(bfloat16), "
+                "weights and optimizer in fp32 (faster on CPUs with AMX/AVX512-BF16 at the "
+                "paper config, see benchmarks/results/speed.md; can be slower on small models)",
+        "choices": ["auto", "fp32", "bf16"]})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile the loss (the method's forward passes); opt-in: compiling "
+                "takes a while, and on small models may not pay back (README 'GPU')"})
+    dist_timeout: float = field(default=600.0, metadata={
+        "help": "seconds a rank of a torchrun job waits for the others in a collective before "
+                "it fails (a rank that died or hangs); must exceed one eval-hook call, which "
+                "rank 0 runs while the others wait"})
     context_length: int = field(default=20, metadata={"help": "K, timesteps per window"})
     embed_dim: int = field(default=128, metadata={"help": "transformer width d"})
     n_layer: int = field(default=3, metadata={"help": "transformer blocks"})
@@ -144,11 +155,15 @@ class TrainConfig:
         "help": "start afresh even if run_dir already holds a checkpoint"})
     progress: bool = field(default=True, metadata={"help": "tqdm progress bar (TTY only)"})
 
-    def resolved(self, longest_episode: int) -> TrainConfig:
+    def resolved(self, longest_episode: int, device: str | torch.device = "cpu"
+                 ) -> TrainConfig:
         """This config with the defaults of ``AUTO_FIELDS`` filled in (chosen values kept):
         ``warmup_steps = min(10000, steps // 10)``; ``max_timestep = max(1000,
-        longest_episode)`` (the paper's table, grown to fit the data)."""
-        changes: dict[str, int] = {}
+        longest_episode)`` (the paper's table, grown to fit the data); ``precision`` for
+        ``device`` (:func:`offline_dt.device.resolve_precision`)."""
+        changes: dict[str, Any] = {}
+        if self.precision == "auto":
+            changes["precision"] = resolve_precision("auto", torch.device(device))
         if self.warmup_steps is None:
             changes["warmup_steps"] = default_warmup(self.steps)
         if self.max_timestep == DEFAULT_MAX_TIMESTEP:
@@ -172,9 +187,9 @@ class TrainConfig:
         if self.method not in METHODS:
             raise ValueError(
                 f"TrainConfig.method must be one of {sorted(METHODS)}, found {self.method!r}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(
-                f"TrainConfig.precision must be 'fp32' or 'bf16', found {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"TrainConfig.precision must be 'auto', 'fp32' or 'bf16', found "
+                             f"{self.precision!r}")
         if self.device not in ("auto", "cpu") and not str(self.device).startswith("cuda"):
             raise ValueError(
                 f"TrainConfig.device must be auto, cpu or cuda, found {self.device!r}")
@@ -188,6 +203,8 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, found {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"TrainConfig.dropout must be in [0, 1), found {self.dropout}")
+        if not self.dist_timeout > 0:
+            raise ValueError(f"TrainConfig.dist_timeout must be > 0, found {self.dist_timeout}")
         if self.learning_rate <= 0 or self.grad_clip <= 0:
             raise ValueError(
                 f"TrainConfig.learning_rate and grad_clip must be > 0, found "
@@ -330,14 +347,6 @@ def default_warmup(steps: int) -> int:
     return min(10_000, steps // 10)
 
 
-def _to_device(batch: Batch, device: torch.device) -> Batch:
-    if device.type == "cpu":
-        return batch
-    # (not dataclasses.astuple: it deep-copies every tensor first)
-    return Batch(**{f.name: None if (t := getattr(batch, f.name)) is None
-                    else t.to(device, non_blocking=True) for f in dataclasses.fields(batch)})
-
-
 # ---------------------------------------------------------------------------------- sizes
 def _check_sizes(cfg: TrainConfig, dataset: OfflineDataset, device: torch.device,
                  new_run: bool) -> TrainConfig:
@@ -350,7 +359,7 @@ def _check_sizes(cfg: TrainConfig, dataset: OfflineDataset, device: torch.device
             (:func:`available_memory`); the message names the arguments and both sizes.
     """
     longest = int(dataset.episode_lengths.max())
-    cfg = cfg.resolved(longest)
+    cfg = cfg.resolved(longest, device)
     if new_run and cfg.context_length > longest:
         raise ValueError(
             f"TrainConfig.context_length={cfg.context_length} exceeds the longest episode of "
@@ -422,9 +431,11 @@ def available_memory(device: torch.device) -> int | None:
 def make_optimizer(net: nn.Module, cfg: TrainConfig
                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW on all parameters and a linear warmup (reference ``gym/experiment.py``) over
-    ``cfg.warmup_steps`` updates (:func:`default_warmup` when None)."""
+    ``cfg.warmup_steps`` updates (:func:`default_warmup` when None). On CUDA the fused AdamW
+    kernel (one launch for every parameter); elsewhere torch's default implementation."""
+    on_cuda = any(p.is_cuda for p in net.parameters())
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate,
-                                  weight_decay=cfg.weight_decay)
+                                  weight_decay=cfg.weight_decay, fused=True if on_cuda else None)
     chosen = cfg.warmup_steps
     warmup = max(default_warmup(cfg.steps) if chosen is None else chosen, 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -432,20 +443,41 @@ def make_optimizer(net: nn.Module, cfg: TrainConfig
     return optimizer, scheduler
 
 
+class MethodLoss(nn.Module):
+    """``method.loss(net, batch)`` as one module, so that DistributedDataParallel and
+    ``torch.compile`` see every forward pass a method makes (``qt`` calls its actor, critic
+    and target network itself). Its ``net`` is the method's network, unwrapped."""
+
+    def __init__(self, method: Method, net: nn.Module) -> None:
+        super().__init__()
+        self.method = method
+        self.net = net
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.method.loss(self.net, batch)
+
+
 def train_step(net: nn.Module, optimizer: torch.optim.Optimizer,
                scheduler: torch.optim.lr_scheduler.LRScheduler, batch: Batch,
-               cfg: TrainConfig, method: Method | None = None
+               cfg: TrainConfig, method: Method | None = None, *,
+               loss_fn: Callable[[Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+               | None = None, scale: float = 1.0
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One update: the method's loss, backward, gradient-norm clip
     (``Method.clip_gradients``), AdamW step, warmup schedule step, ``Method.after_step``.
-    With ``cfg.precision == "bf16"`` the forward pass and loss run under bfloat16 autocast.
-    Returns the detached loss and the method's extra scalars."""
+    With bf16 precision (``cfg.precision``, ``auto`` resolved for the batch's device) the
+    forward pass and loss run under bfloat16 autocast. ``loss_fn`` computes the loss in place
+    of ``method.loss(net, batch)`` (a DDP-wrapped or compiled :class:`MethodLoss`); the loss
+    is multiplied by ``scale`` before backward (a DDP rank's share,
+    ``offline_dt.distributed.loss_scale``). Returns the detached (unscaled) loss and the
+    method's extra scalars."""
     method = method or get_method(cfg.method)
-    device_type = batch.observations.device.type
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-        loss, extras = method.loss(net, batch)
+    device = batch.observations.device
+    bf16 = resolve_precision(cfg.precision, device) == "bf16"
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss, extras = method.loss(net, batch) if loss_fn is None else loss_fn(batch)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss if scale == 1.0 else loss * scale).backward()
     method.clip_gradients(net, cfg.grad_clip)
     optimizer.step()
     scheduler.step()
@@ -463,9 +495,38 @@ class _State:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     sampler: WindowSampler
     normalizer: Normalizer
+    ranks: Ranks = field(default_factory=Ranks)
+    #: the loss as train_step computes it: None (``method.loss(net, batch)``), or a
+    #: DDP-wrapped and/or compiled :class:`MethodLoss` over ``net``
+    loss_fn: nn.Module | None = None
     step: int = 0
     #: called once after the next checkpoint is written (an overwrite discards the old run)
     after_save: Callable[[], None] | None = None
+
+
+class QuietLog:
+    """The log of a rank other than 0 under DDP: the same calls as :class:`RunLog`, nothing
+    written (rank 0 writes the run's logs)."""
+
+    last_loss = math.nan
+
+    def add(self, loss: torch.Tensor, extras: dict[str, torch.Tensor]) -> None:
+        pass
+
+    def interval_row(self, step: int, lr: float) -> dict[str, float]:
+        return {"step": step}
+
+    def append(self, row: dict[str, float]) -> None:
+        pass
+
+    def restart_interval(self, step: int) -> None:
+        pass
+
+    def save(self) -> None:
+        pass
+
+    def close(self, title: str) -> None:
+        pass
 
 
 def _options(cfg: TrainConfig) -> dict[str, Any]:
@@ -542,37 +603,88 @@ def _load_data(cfg: TrainConfig, resumed: dict[str, Any] | None
 
 
 def _build(cfg: TrainConfig, method: Method, dataset: OfflineDataset, normalizer: Normalizer,
-           device: torch.device, resumed: dict[str, Any] | None) -> _State:
-    """Seed, then sampler, networks, optimizer and schedule (seeded identically on resume,
-    then overwritten by the checkpoint's states)."""
+           ranks: Ranks, resumed: dict[str, Any] | None) -> _State:
+    """Seed, then sampler (its arrays on the device), networks, optimizer and schedule
+    (seeded identically on resume, then overwritten by the checkpoint's states), then the
+    loss as the loop computes it (:func:`_loss_fn`)."""
+    device = ranks.device
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     if device.type == "cuda":
         torch.cuda.manual_seed_all(cfg.seed)
     sampler = WindowSampler(dataset, normalizer, cfg.context_length, cfg.max_timestep,
-                            seed=cfg.seed)
+                            seed=cfg.seed, device=device)
     net = method.build(cfg.model_config(dataset.obs_dim, dataset.act_dim, dataset.discrete),
                        cfg.method_options)
     net = net.to(device)
     optimizer, scheduler = make_optimizer(net, cfg)
-    state = _State(net, optimizer, scheduler, sampler, normalizer)
+    state = _State(net, optimizer, scheduler, sampler, normalizer, ranks)
+    if ranks.rank > 0:  # same parameters as rank 0 (built above), its own dropout masks
+        torch.manual_seed(rank_seed(cfg.seed, ranks.rank))
     if resumed is not None:
         net.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
-        set_rng_state(resumed["rng"], sampler, device)
+        _restore_rng(resumed["rng"], state, cfg)
         state.step = int(resumed["step"])
         log.info("resuming %s at step %d", Path(cfg.run_dir) / CHECKPOINT_NAME, state.step)
+    state.loss_fn = _loss_fn(cfg, method, net, ranks)
     return state
 
 
-def _write_config(cfg: TrainConfig, state: _State, info: dict[str, Any],
-                  device: torch.device) -> None:
+def _loss_fn(cfg: TrainConfig, method: Method, net: nn.Module, ranks: Ranks
+             ) -> nn.Module | None:
+    """None (the loop calls ``method.loss`` itself) in one process without ``compile``; else
+    a :class:`MethodLoss` wrapped in DistributedDataParallel (several ranks: its backward
+    averages gradients over ranks) and/or ``torch.compile`` (``cfg.compile``)."""
+    if not ranks.distributed and not cfg.compile:
+        return None
+    loss_fn: nn.Module = MethodLoss(method, net)
+    if ranks.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [ranks.device.index] if ranks.device.type == "cuda" else None
+        loss_fn = ranks.collective(lambda: DistributedDataParallel(loss_fn, device_ids=ids),
+                                   "broadcasting rank 0's parameters")
+    return torch.compile(loss_fn) if cfg.compile else loss_fn
+
+
+def _rank_rng(device: torch.device) -> dict[str, torch.Tensor]:
+    """This rank's own RNG states: the ones that draw its dropout masks."""
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _restore_rng(rng: dict[str, Any], state: _State, cfg: TrainConfig) -> None:
+    """Restore a checkpoint's RNG states; a rank of a DDP run takes its own dropout stream
+    (``rng["ranks"]``, saved by a run of the same world size; else a fresh per-rank seed)."""
+    ranks = state.ranks
+    set_rng_state(rng, state.sampler, ranks.device)
+    if not ranks.distributed:
+        return
+    saved = rng.get("ranks") or []
+    if len(saved) == ranks.world_size:
+        torch.set_rng_state(saved[ranks.rank]["torch"])
+        if "cuda" in saved[ranks.rank] and ranks.device.type == "cuda":
+            torch.cuda.set_rng_state(saved[ranks.rank]["cuda"], ranks.device)
+        return
+    if ranks.rank > 0:
+        torch.manual_seed(rank_seed(cfg.seed + int(state.step), ranks.rank))
+    if cfg.dropout > 0 and ranks.is_main:
+        log.warning("resuming a run saved by %d rank(s) on %d: dropout masks continue from new "
+                    "per-rank seeds (the run is not bit-identical to an uninterrupted one)",
+                    len(saved) or 1, ranks.world_size)
+
+
+def _write_config(cfg: TrainConfig, state: _State, info: dict[str, Any]) -> None:
     """``config.json``: the resolved config, network shape, dataset facts and versions."""
     model_cfg = getattr(state.net, "cfg", None)
     save_json({
         "train_config": cfg,
-        "resolved": {"device": str(device), "rtg_scale": state.normalizer.rtg_scale},
+        "resolved": {"device": str(state.ranks.device), "rtg_scale": state.normalizer.rtg_scale,
+                     "world_size": state.ranks.world_size},
         "model_config": model_cfg,
         "num_parameters": sum(p.numel() for p in state.net.parameters()),
         "dataset": info,
@@ -581,9 +693,17 @@ def _write_config(cfg: TrainConfig, state: _State, info: dict[str, Any],
     }, Path(cfg.run_dir) / "config.json")
 
 
-def _save(cfg: TrainConfig, state: _State, info: dict[str, Any], device: torch.device,
-          runlog: RunLog) -> None:
-    """Write ``checkpoint.pt`` (atomically) and ``metrics.csv``."""
+def _save(cfg: TrainConfig, state: _State, info: dict[str, Any],
+          runlog: RunLog | QuietLog) -> None:
+    """Write ``checkpoint.pt`` (atomically) and ``metrics.csv`` (rank 0; every rank hands
+    it its own RNG states first)."""
+    ranks = state.ranks
+    rng = rng_state(state.sampler, ranks.device)
+    if ranks.distributed:
+        rng["ranks"] = ranks.all_gather(_rank_rng(ranks.device),
+                                        "gathering RNG states for the checkpoint")
+    if not ranks.is_main:
+        return
     save_checkpoint(Path(cfg.run_dir) / CHECKPOINT_NAME, {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -591,7 +711,7 @@ def _save(cfg: TrainConfig, state: _State, info: dict[str, Any], device: torch.d
         "model": state.net.state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "scheduler": state.scheduler.state_dict(),
-        "rng": rng_state(state.sampler, device),
+        "rng": rng,
         "normalizer": normalizer_to_tensors(state.normalizer),
         "train_config": json.dumps(to_jsonable(cfg), sort_keys=True),
         "model_config": json.dumps(to_jsonable(state.net.cfg), sort_keys=True),
@@ -603,9 +723,9 @@ def _save(cfg: TrainConfig, state: _State, info: dict[str, Any], device: torch.d
     runlog.save()
 
 
-def _evaluate_now(hook: EvalHook, run: TrainingRun, state: _State, device: torch.device
-                  ) -> dict[str, float]:
+def _evaluate_now(hook: EvalHook, run: TrainingRun, state: _State) -> dict[str, float]:
     """Call the eval hook without disturbing any training RNG (resume stays exact)."""
+    device = state.ranks.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         gen_state = state.sampler.generator.get_state()
         metrics = hook(run, state.step)
@@ -614,17 +734,34 @@ def _evaluate_now(hook: EvalHook, run: TrainingRun, state: _State, device: torch
     return {k: float(v) for k, v in metrics.items()}
 
 
+def _update(cfg: TrainConfig, method: Method, state: _State
+            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One update on this rank's shard of the next global batch; the loss and extras over
+    the whole global batch (share-weighted sums over ranks: the global means)."""
+    ranks = state.ranks
+    batch, share = state.sampler.sample_shard(cfg.batch_size, ranks.rank, ranks.world_size)
+    if not ranks.distributed:
+        return train_step(state.net, state.optimizer, state.scheduler, batch, cfg, method,
+                          loss_fn=state.loss_fn)
+    what = f"update {state.step + 1} (gradient all-reduce)"
+    loss, extras = ranks.collective(lambda: train_step(
+        state.net, state.optimizer, state.scheduler, batch, cfg, method,
+        loss_fn=state.loss_fn, scale=loss_scale(share, ranks.world_size)), what)
+    keys = sorted(extras)
+    values = torch.stack([loss.float(), *(extras[k].float() for k in keys)]) * share
+    ranks.all_reduce_sum(values, f"update {state.step + 1} (loss for the log)")
+    return values[0], {k: values[i + 1] for i, k in enumerate(keys)}
+
+
 def _loop(cfg: TrainConfig, method: Method, state: _State, run: TrainingRun,
-          hook: EvalHook | None, runlog: RunLog, device: torch.device) -> float:
+          hook: EvalHook | None, runlog: RunLog | QuietLog) -> float:
     """Update until ``cfg.steps``; log, evaluate and checkpoint on their schedules.
     Returns the seconds spent training (eval hook excluded)."""
     state.net.train()
     train_seconds = 0.0
     t_loop = time.perf_counter()
     while state.step < cfg.steps:
-        batch = _to_device(state.sampler.sample(cfg.batch_size), device)
-        loss, extras = train_step(state.net, state.optimizer, state.scheduler, batch, cfg,
-                                  method)
+        loss, extras = _update(cfg, method, state)
         state.step += 1
         runlog.add(loss, extras)
         last = state.step == cfg.steps
@@ -634,12 +771,12 @@ def _loop(cfg: TrainConfig, method: Method, state: _State, run: TrainingRun,
             row = runlog.interval_row(state.step, state.scheduler.get_last_lr()[0])
             if do_eval:
                 train_seconds += time.perf_counter() - t_loop
-                row.update(_evaluate_now(hook, run, state, device))
+                row.update(_evaluate_now(hook, run, state))
                 t_loop = time.perf_counter()
             runlog.append(row)
             runlog.restart_interval(state.step)
         if state.step % cfg.checkpoint_every == 0 or last:
-            _save(cfg, state, run.dataset_info, device, runlog)
+            _save(cfg, state, run.dataset_info, runlog)
     return train_seconds + time.perf_counter() - t_loop
 
 
@@ -650,6 +787,11 @@ def train(cfg: TrainConfig, eval_hook: EvalHook | None = None) -> TrainResult:
     runs every ``cfg.eval_every`` steps and at the end (when ``eval_every > 0``) with the
     trainer's own :class:`TrainingRun`; its values become ``metrics.csv`` columns. It runs
     under ``torch.random.fork_rng`` so it cannot disturb the training RNG (resume stays exact).
+
+    Under torchrun (``WORLD_SIZE > 1``), or inside a process group the caller opened, every
+    rank calls this and they train one model with DistributedDataParallel
+    (``offline_dt.distributed``): ``batch_size`` is the global batch, split across ranks;
+    rank 0 alone holds the lock, writes the run directory and calls ``eval_hook``.
 
     The whole call holds an exclusive lock on ``run_dir`` (:func:`offline_dt.lock.
     exclusive_lock`). Everything is checked (config, dataset, env, sizes, memory) before the
@@ -665,25 +807,29 @@ def train(cfg: TrainConfig, eval_hook: EvalHook | None = None) -> TrainResult:
             longer than ``max_timestep``.
         ValueError: bad arguments, sizes beyond the data or the available memory, or
             ``resume`` with a config that differs from the checkpoint's (names the fields).
+        offline_dt.distributed.DistributedError: (torchrun) another rank died or hung.
     """
     t_start = time.perf_counter()
     cfg.validate()
     method = get_method(cfg.method)
-    device = resolve_device(cfg.device)
-    run_dir = Path(cfg.run_dir)
-    with exclusive_lock(run_dir, "run directory"):
-        cfg, resumed = _claim_run_dir(cfg)
+    with process_group(resolve_device(cfg.device), cfg.dist_timeout) as ranks, \
+            ExitStack() as held:
+        def claim() -> tuple[TrainConfig, dict[str, Any] | None]:
+            held.enter_context(exclusive_lock(Path(cfg.run_dir), "run directory"))
+            return _claim_run_dir(cfg)
+
+        cfg, resumed = ranks.from_main(claim)
         dataset, normalizer, info = _load_data(cfg, resumed)
-        cfg = _check_sizes(cfg, dataset, device, new_run=resumed is None)
-        state = _build(cfg, method, dataset, normalizer, device, resumed)
+        cfg = _check_sizes(cfg, dataset, ranks.device, new_run=resumed is None)
+        state = _build(cfg, method, dataset, normalizer, ranks, resumed)
         del resumed
         previous = None
-        if not cfg.resume and (run_dir / CHECKPOINT_NAME).exists():
-            previous = PreviousRun(run_dir)
+        if ranks.is_main and not cfg.resume and (Path(cfg.run_dir) / CHECKPOINT_NAME).exists():
+            previous = PreviousRun(Path(cfg.run_dir))
             previous.set_aside()
             state.after_save = previous.discard
         try:
-            return _run(cfg, method, state, info, eval_hook, device, t_start)
+            return _run(cfg, method, state, info, eval_hook, t_start)
         except BaseException:
             if previous is not None and state.after_save is not None:
                 previous.restore()  # failed before its first checkpoint: the old run is back
@@ -691,17 +837,21 @@ def train(cfg: TrainConfig, eval_hook: EvalHook | None = None) -> TrainResult:
 
 
 def _run(cfg: TrainConfig, method: Method, state: _State, info: dict[str, Any],
-         eval_hook: EvalHook | None, device: torch.device, t_start: float) -> TrainResult:
-    """Write ``config.json``, run the loop, close the logs; the :class:`TrainResult`."""
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_config(cfg, state, info, device)
-    runlog = RunLog(run_dir, state.step, cfg.steps, cfg.progress, t_start)
+         eval_hook: EvalHook | None, t_start: float) -> TrainResult:
+    """Write ``config.json``, run the loop, close the logs (rank 0); the
+    :class:`TrainResult`."""
+    run_dir, main = Path(cfg.run_dir), state.ranks.is_main
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_config(cfg, state, info)
+    runlog: RunLog | QuietLog = (
+        RunLog(run_dir, state.step, cfg.steps, cfg.progress, t_start) if main else QuietLog())
     run = TrainingRun(cfg, method, state.net, state.normalizer, info)
     start_step = state.step
-    seconds = _loop(cfg, method, state, run, eval_hook, runlog, device)
-    if state.step == start_step and not (run_dir / CHECKPOINT_NAME).exists():
-        _save(cfg, state, info, device, runlog)  # resumed a finished run: refresh outputs
+    seconds = _loop(cfg, method, state, run, eval_hook if main else None, runlog)
+    if state.step == start_step and state.ranks.from_main(
+            lambda: not (run_dir / CHECKPOINT_NAME).exists()):
+        _save(cfg, state, info, runlog)  # resumed a finished run: refresh outputs
     runlog.close(f"{cfg.method} on {info.get('dataset_id') or cfg.dataset}")
     done = state.step - start_step
     return TrainResult(

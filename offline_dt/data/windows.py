@@ -158,7 +158,10 @@ class WindowSampler:
     """Samples ``Batch``es of context-length-K windows from an ``OfflineDataset``.
 
     The model inputs (normalised observations, scaled actions, scaled returns-to-go,
-    timesteps) are computed once here; ``sample`` is a vectorised gather.
+    timesteps) are computed once here and held on ``device``; ``sample`` is a vectorised
+    gather there. The random draw (episodes, start indices: ``2 * batch_size`` numbers) uses
+    a CPU generator on every device, so a sampler on CUDA yields the batches of one on the CPU
+    and each step copies only those indices to the device, never a batch.
 
     Raises:
         DatasetError: an episode is at least ``max_timestep`` long.
@@ -171,6 +174,7 @@ class WindowSampler:
         context_length: int,
         max_timestep: int,
         seed: int = 0,
+        device: str | torch.device = "cpu",
     ) -> None:
         if context_length < 1:
             raise ValueError(f"context_length must be >= 1, found {context_length}")
@@ -183,30 +187,52 @@ class WindowSampler:
             )
         self.k = context_length
         self.discrete = dataset.discrete
-        self.obs = torch.from_numpy(normalizer.observations(dataset.observations))
-        self.actions = torch.from_numpy(np.ascontiguousarray(
-            normalizer.actions_to_model(dataset.actions)))
+        self.device = dev = torch.device(device)
         rtg = returns_to_go(dataset.rewards, dataset.episode_starts) / normalizer.rtg_scale
-        self.rtg = torch.from_numpy(rtg.astype(np.float32))
-        self.rewards = torch.from_numpy(
-            (dataset.rewards.astype(np.float64) / normalizer.rtg_scale).astype(np.float32))
-        self.next_obs = torch.from_numpy(normalizer.observations(dataset.next_observations))
-        self.terminals = torch.from_numpy(dataset.terminals.astype(bool))
-        self.timesteps = torch.from_numpy(timesteps_in_episode(dataset.episode_starts))
-        self.ep_start = torch.from_numpy(dataset.episode_starts[:-1].copy())
+        rewards = dataset.rewards.astype(np.float64) / normalizer.rtg_scale
+        arrays = {
+            "obs": normalizer.observations(dataset.observations),
+            "actions": np.ascontiguousarray(normalizer.actions_to_model(dataset.actions)),
+            "rtg": rtg.astype(np.float32),
+            "rewards": rewards.astype(np.float32),
+            "next_obs": normalizer.observations(dataset.next_observations),
+            "terminals": dataset.terminals.astype(bool),
+            "timesteps": timesteps_in_episode(dataset.episode_starts),
+            "ep_start": dataset.episode_starts[:-1].copy(),
+        }
+        for name, array in arrays.items():  # once: sample() moves only indices
+            setattr(self, name, torch.from_numpy(array).to(dev))
+        # The draw stays on the CPU generator, so every device samples the same windows.
         self.ep_len = torch.from_numpy(dataset.episode_lengths.copy())
         self.ep_prob = self.ep_len.double() / self.ep_len.sum()
         self.generator = torch.Generator().manual_seed(seed)
-        self._offsets = torch.arange(context_length)
+        self._offsets = torch.arange(context_length, device=dev)
 
     def sample(self, batch_size: int) -> Batch:
         """Draw ``batch_size`` windows (episodes ∝ length, start uniform, left-padded)."""
+        return self.sample_shard(batch_size, 0, 1)[0]
+
+    def sample_shard(self, batch_size: int, rank: int, world_size: int) -> tuple[Batch, float]:
+        """Rank ``rank``'s shard of the global batch :meth:`sample` would draw, and its share.
+
+        The whole global batch is drawn (so the generator advances as in one process) but
+        only the rows ``offline_dt.distributed.shard_bounds`` gives this rank are gathered:
+        the shards of ``world_size`` ranks concatenated are ``sample(batch_size)``.
+
+        Returns:
+            (the shard on ``self.device``, its real steps over the global batch's real steps).
+        """
         k = self.k
         ep = torch.multinomial(self.ep_prob, batch_size, replacement=True,
                                generator=self.generator)
         length = self.ep_len[ep]
         start = (torch.rand(batch_size, generator=self.generator) * length).long()
         valid = torch.clamp(length - start, max=k)  # real steps in the window
+        lo = batch_size * rank // world_size
+        hi = batch_size * (rank + 1) // world_size
+        share = 1.0 if world_size == 1 else float(valid[lo:hi].sum()) / float(valid.sum())
+        dev = self.device
+        ep, start, valid = (t[lo:hi].to(dev, non_blocking=True) for t in (ep, start, valid))
         pad = k - valid
         # Window slot j holds step start + j - pad; slots j < pad are padding.
         rel = self._offsets[None, :] - pad[:, None]
@@ -226,4 +252,4 @@ class WindowSampler:
             rewards=self.rewards[idx] * mask,
             next_observations=self.next_obs[idx] * mask[..., None],
             terminals=self.terminals[idx] & mask,
-        )
+        ), share

@@ -16,6 +16,7 @@ import torch
 from offline_dt.config import parse_config
 from offline_dt.data import DatasetError, write_hdf5
 from offline_dt.data.windows import Normalizer, WindowSampler
+from offline_dt.device import resolve_precision
 from offline_dt.methods import get_method
 from offline_dt.train import (
     CHECKPOINT_NAME,
@@ -186,7 +187,9 @@ def test_checkpoint_contents_and_outputs(box_hdf5, box_dataset, tiny_config):
     for target in (path, cfg.run_dir):
         ck = load_checkpoint(target)
         assert ck.step == 10 and not ck.model.training
-    assert ck.train_config == cfg
+    # the saved config holds the precision "auto" resolved to (fp32 on a CPU without bf16)
+    assert ck.train_config == dataclasses.replace(
+        cfg, precision=resolve_precision("auto", torch.device("cpu")))
     assert ck.model_config.embed_dim == 16 and ck.model_config.obs_dim == 3
     fitted = Normalizer.fit(box_dataset)
     assert ck.normalizer.rtg_scale == pytest.approx(fitted.rtg_scale)
@@ -340,3 +343,40 @@ def test_cli_flags_build_the_config():
     assert TrainConfig(steps=300).resolved(200).warmup_steps == 30
     with pytest.raises(SystemExit):
         parse_config(TrainConfig, ["--method", "cql"])
+
+
+# ---------------------------------------------------------------------------------- fast paths
+def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch):
+    from offline_dt import device as dev
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(dev, "cpu_has_bf16", lambda: True)
+    assert dev.resolve_precision("auto", cpu) == "bf16"
+    assert TrainConfig().resolved(200, cpu).precision == "bf16"
+    monkeypatch.setattr(dev, "cpu_has_bf16", lambda: False)
+    assert dev.resolve_precision("auto", cpu) == "fp32"
+    assert dev.resolve_precision("bf16", cpu) == "bf16"
+    assert TrainConfig(precision="fp32").resolved(200, cpu).precision == "fp32"
+
+
+@pytest.mark.parametrize("method", ["dt", "qt"])
+def test_compiled_loss_trains_like_eager(method, box_hdf5, tiny_config, tmp_path, monkeypatch):
+    """``compile=True`` goes through torch.compile (here its aot_eager backend: the same
+    capture and graph breaks as inductor without minutes of C++ compilation on a CPU) and
+    trains to the eager weights; the checkpoint holds the plain network."""
+    calls = []
+    real = torch.compile
+
+    def compile_(fn, **kw):
+        calls.append(type(fn).__name__)
+        return real(fn, **{**kw, "backend": "aot_eager"})
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    eager = tiny_config(box_hdf5, method=method, steps=4, dropout=0.0, run_dir=tmp_path / "e")
+    train(eager)
+    train(dataclasses.replace(eager, compile=True, run_dir=tmp_path / "c"))
+    assert calls == ["MethodLoss"]
+    a, b = _params(tmp_path / "e"), _params(tmp_path / "c")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)

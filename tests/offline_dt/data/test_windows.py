@@ -177,3 +177,44 @@ def test_discrete_actions_pass_through_the_normalizer():
     assert norm.action_low.size == 0
     np.testing.assert_array_equal(norm.actions_to_model(ds.actions), ds.actions)
     np.testing.assert_array_equal(norm.actions_from_model(np.array([2, 0])), [2, 0])
+
+
+def _batches_equal(a, b) -> bool:
+    return all(torch.equal(getattr(a, f).cpu(), getattr(b, f).cpu())
+               for f in ("returns_to_go", "observations", "actions", "timesteps", "mask",
+                         "rewards", "next_observations", "terminals"))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))])
+def test_a_sampler_on_a_device_yields_the_cpu_samplers_batches(device):
+    """The arrays live on the device, the draw stays on the CPU generator: same windows,
+    batch after batch, and the batch is on the device (no host-to-device batch copy)."""
+    ds = _dataset([4, 30, 9, 17])
+    norm = Normalizer.fit(ds)
+    host = WindowSampler(ds, norm, 6, 30, seed=3)
+    there = WindowSampler(ds, norm, 6, 30, seed=3, device=device)
+    assert there.obs.device.type == device
+    for _ in range(3):
+        a, b = host.sample(32), there.sample(32)
+        assert b.observations.device.type == device
+        assert _batches_equal(a, b)
+
+
+@pytest.mark.parametrize("batch_size,world", [(16, 2), (7, 3), (5, 5)])
+def test_shards_of_the_ranks_concatenate_to_the_global_batch(batch_size, world):
+    """Every rank draws the global batch and keeps its contiguous shard; the shares are each
+    shard's fraction of the real (unpadded) steps and sum to 1."""
+    ds = _dataset([4, 30, 9, 17])
+    norm = Normalizer.fit(ds)
+    full = WindowSampler(ds, norm, 6, 30, seed=5).sample(batch_size)
+    shards = [WindowSampler(ds, norm, 6, 30, seed=5).sample_shard(batch_size, r, world)
+              for r in range(world)]
+    assert sum(len(b.mask) for b, _ in shards) == batch_size
+    for field in ("observations", "actions", "mask", "returns_to_go", "timesteps"):
+        joined = torch.cat([getattr(b, field) for b, _ in shards])
+        assert torch.equal(joined, getattr(full, field)), field
+    shares = [share for _, share in shards]
+    assert sum(shares) == pytest.approx(1.0)
+    real = full.mask.sum().item()
+    assert shares == pytest.approx([b.mask.sum().item() / real for b, _ in shards])
