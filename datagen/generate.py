@@ -105,9 +105,12 @@ class GenerateConfig:
         "help": "Minari datasets root (default data/minari or $MINARI_DATASETS_PATH)"})
     agents_dir: Path = field(default=Path("data/agents"), metadata={
         "help": "behaviour-agent artifacts (weights, learning curve, replay buffer)"})
-    overwrite: bool = field(default=False, metadata={
-        "help": "regenerate and replace existing datasets (and a complete agent trained with "
-                "another config) instead of reusing matching ones / refusing mismatching ones"})
+    overwrite: bool | list[str] = field(default=False, metadata={
+        "help": "true: regenerate and replace every requested dataset (and a complete agent "
+                "trained with another config) instead of reusing matching ones / refusing "
+                "mismatching ones; or LEVEL ...: regenerate only those levels, reusing the "
+                "behaviour agent (never retrained; e.g. --overwrite random)",
+        "choices": list(LEVELS)})
     device: str = field(default="auto", metadata={
         "help": "torch device of the behaviour agent (auto, cpu, cuda)"})
 
@@ -181,6 +184,12 @@ def _validate(cfg: GenerateConfig) -> None:
         raise ValueError(f"levels: unknown level(s) {unknown}; choose from {list(LEVELS)}")
     if not cfg.levels:
         raise ValueError(f"levels: at least one level is needed, choose from {list(LEVELS)}")
+    if not isinstance(cfg.overwrite, bool):
+        stray = [lv for lv in cfg.overwrite if lv not in cfg.levels]
+        if stray:
+            raise ValueError(f"overwrite: {stray} are not among the levels generated "
+                             f"({list(cfg.levels)}); name levels of --levels, or pass "
+                             "--overwrite true for all of them")
     if not isinstance(cfg.processes, int | np.integer) or cfg.processes < 0:
         raise ValueError(f"processes: must be 0 (one per core) or positive, "
                          f"found {cfg.processes!r}")
@@ -196,6 +205,14 @@ def _validate(cfg: GenerateConfig) -> None:
     if not 0 < cfg.medium_target_score <= 100:
         raise ValueError(f"medium_target_score: must be in (0, 100], found "
                          f"{cfg.medium_target_score}")
+
+
+def overwritten_levels(cfg: GenerateConfig) -> set[str]:
+    """The levels ``cfg.overwrite`` regenerates: every requested one (True), none (False), or
+    those it names."""
+    if isinstance(cfg.overwrite, bool):
+        return set(cfg.levels) if cfg.overwrite else set()
+    return set(cfg.overwrite)
 
 
 def _level_steps(cfg: GenerateConfig, level: str) -> int | None:
@@ -377,16 +394,18 @@ def _preflight(cfg: GenerateConfig, levels: list[str], ns: str, agent_steps: int
     """level → (write hdf5, write minari); fills ``result.paths``.
 
     Raises:
-        FileExistsError: an output exists with another config and ``overwrite`` is False.
+        FileExistsError: an output exists with another config and ``overwrite`` does not
+            name its level.
     """
     mroot = minari_root(cfg.minari_root)
     todo: dict[str, tuple[bool, bool]] = {}
+    rewrite = overwritten_levels(cfg)
     for level in levels:
         fp = _fingerprint(cfg, level, agent_steps)
         hdf5 = Path(cfg.out_dir) / d4rl_filename(ns, level)
         mdir = mroot / minari_dataset_id(ns, level)
         result.paths[level] = {"hdf5": hdf5, "minari": mdir}
-        if cfg.overwrite:
+        if level in rewrite:
             todo[level] = (True, True)
             continue
         h, m = _existing_state(hdf5, mdir, fp)
@@ -394,7 +413,7 @@ def _preflight(cfg: GenerateConfig, levels: list[str], ns: str, agent_steps: int
             if state not in ("missing", "match"):
                 raise FileExistsError(
                     f"{path} exists but does not match this configuration ({state}); "
-                    "pass --overwrite (overwrite=True) to replace it"
+                    f"pass --overwrite {level} (overwrite=[{level!r}]) to regenerate it"
                 )
         todo[level] = (h != "match", m != "match")
     return todo
@@ -424,7 +443,8 @@ def _agent_stages(cfg: GenerateConfig, agent_dir: Path, agent_steps: int,
     t0 = time.perf_counter()
     agent = train_agent(cfg.env_id, agent_dir, seed=cfg.seed, total_steps=agent_steps,
                         checkpoint_every=cfg.checkpoint_every, eval_episodes=cfg.eval_episodes,
-                        num_envs=cfg.num_envs, device=cfg.device, overwrite=cfg.overwrite)
+                        num_envs=cfg.num_envs, device=cfg.device,
+                        overwrite=cfg.overwrite is True)  # named levels never retrain it
     stages["train_agent"] = time.perf_counter() - t0
     result.agent_dir = agent_dir
     log.info("stage train_agent: %.1f s (%s)", stages["train_agent"],
@@ -496,7 +516,9 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     ``behaviour_warnings``, ...) and, for behaviour levels, the checkpoint path. Each level
     is made by its builder in ``LEVEL_BUILDERS``.
 
-    An existing output whose stored config fingerprint matches is reused; all inputs are
+    An existing output whose stored config fingerprint matches is reused, unless
+    ``overwrite`` is True or names its level (:func:`overwritten_levels`; naming levels
+    rewrites only those, with the behaviour agent reused, never retrained); all inputs are
     checked before any work. Every output is locked while this runs (``_locked_outputs``),
     and temporaries left by a killed run are removed first.
 
@@ -504,7 +526,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         ValueError: unknown env id (with close registered ids), unsupported spaces, unknown
             levels, non-positive step/episode counts.
         FileExistsError: an output (or agent directory) exists with a different config and
-            ``overwrite`` is False; the message names the path and ``--overwrite``.
+            ``overwrite`` does not cover it; the message names the path and ``--overwrite``.
         offline_dt.lock.LockedError: another live process is writing one of the outputs.
     """
     t_start = time.perf_counter()

@@ -452,6 +452,8 @@ class JobSpec:
     dataset: str
     metas: dict[str, dict[str, Any]]
     label: str
+    #: the level's dataset was regenerated (``reproduce(overwrite=...)``): train afresh
+    fresh: bool = False
 
 
 def _train_job(spec: JobSpec, p: Preset, run_dir: Path) -> dict[str, float]:
@@ -516,6 +518,9 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
     run_dir = (root / "runs" / p.name / spec.env_id / Path(spec.dataset).stem / spec.method
                / f"seed{spec.seed}")
     run = str(run_dir.relative_to(root))
+    if spec.fresh and spec.method not in BASELINES:
+        for name in ("config.json", "eval.json"):  # nothing of the old run is reused
+            (run_dir / name).unlink(missing_ok=True)
     if spec.method in BASELINES:
         ev, took, reused = _baseline_job(spec, p, run_dir)
         timings = [("baselines", took, run, reused)]
@@ -550,9 +555,10 @@ def _map_jobs(specs: Sequence[JobSpec], workers: int) -> Iterator[dict[str, Any]
 
 
 def _generate_stage(p: Preset, env_id: str, levels: list[str], root: Path, device: str,
-                    timer: Timer) -> tuple[Any, Any, dict[str, Path], dict[str, dict]]:
-    """Generate (or reuse) the levels' datasets; return (GenerateConfig, GenerateResult,
-    level → HDF5 path, level → dataset metadata)."""
+                    timer: Timer, overwrite: Sequence[str] = ()
+                    ) -> tuple[Any, Any, dict[str, Path], dict[str, dict]]:
+    """Generate (or reuse) the levels' datasets, regenerating those of ``overwrite``; return
+    (GenerateConfig, GenerateResult, level → HDF5 path, level → dataset metadata)."""
     from datagen.generate import GenerateConfig, generate
     from offline_dt.data import read_hdf5
 
@@ -563,7 +569,8 @@ def _generate_stage(p: Preset, env_id: str, levels: list[str], root: Path, devic
     gcfg = _replace(GenerateConfig(
         env_id=env_id, levels=[lv for lv in LEVELS if lv in gen_levels],
         out_dir=data_root / "d4rl", minari_root=data_root / "minari",
-        agents_dir=data_root / "agents", device=device), p.generate, "preset generate")
+        agents_dir=data_root / "agents", device=device, overwrite=list(overwrite) or False),
+        p.generate, "preset generate")
     log.info("reproduce %s %s: stage generate (%s)", env_id, p.name, ", ".join(gcfg.levels))
     t = time.perf_counter()
     gen = generate(gcfg)
@@ -660,6 +667,7 @@ def reproduce(
     progress: bool = True,
     workers: int = 1,
     methods: Sequence[str] | None = None,
+    overwrite: Sequence[str] = (),
 ) -> pd.DataFrame:
     """The whole study: generate → train dt, bc (and qt) and the d3rlpy reference rows (iql,
     mlp-bc, pct-bc) per level and seed → evaluate them, random and (on the levels one policy
@@ -683,13 +691,17 @@ def reproduce(
         methods: which rows to run (default all, see :func:`reproduce_methods`: the
             reference rows need d3rlpy, ``iql`` Box actions). Runs of other methods already
             under ``root`` stay and are reported too.
+        overwrite: levels (of ``levels``) whose datasets are regenerated, with the behaviour
+            agent reused (``GenerateConfig.overwrite``), and whose trained and reference runs
+            are trained and evaluated again; baselines are kept (they do not read the data).
 
     Returns:
         The results table (also in ``<root>/reports/<env>/<preset>/results.csv``), with
         ``timings.json`` (wall seconds per stage and per run) beside it.
 
     Raises:
-        ValueError: unknown preset, level or method, ``workers < 1``.
+        ValueError: unknown preset, level or method, ``workers < 1``, an ``overwrite``
+            level not in ``levels``.
         offline_dt.reference.MissingDependencyError: a reference row named without d3rlpy.
     """
     p = get_preset(preset)
@@ -697,15 +709,19 @@ def reproduce(
     levels, seeds = _checked_levels(levels), list(seeds if seeds is not None else p.seeds)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, found {workers}")
+    stray = [lv for lv in overwrite if lv not in levels]
+    if stray:
+        raise ValueError(f"overwrite: {stray} are not among the levels run ({levels})")
     chosen = reproduce_methods(methods, env_id)
     report_dir = root / "reports" / env_id / p.name
     timer = Timer()
     dev = str(resolve_device(device)) if device == "auto" else device
-    gcfg, gen, paths, metas = _generate_stage(p, env_id, levels, root, dev, timer)
+    gcfg, gen, paths, metas = _generate_stage(p, env_id, levels, root, dev, timer, overwrite)
     jobs = reproduce_jobs(levels, seeds, chosen)
     specs = [JobSpec(env_id=env_id, preset=p.name, root=str(root), device=dev, level=lv,
                      seed=s, method=m, dataset=str(paths[lv]), metas=metas,
-                     label=f"[{n}/{len(jobs)}] {m} {paths[lv].stem} seed{s}")
+                     label=f"[{n}/{len(jobs)}] {m} {paths[lv].stem} seed{s}",
+                     fresh=lv in overwrite)
              for n, (lv, s, m) in enumerate(jobs, 1)]
     _run_jobs(specs, workers, timer, progress, f"reproduce {p.name}")
     t = time.perf_counter()

@@ -229,3 +229,33 @@ def test_medium_expert_alone_builds_its_parts(tiny_run, make_config, tmp_path):
     a = read_hdf5(res.paths["medium-expert"]["hdf5"])
     b = read_hdf5(tiny_run.result.paths["medium-expert"]["hdf5"])
     assert a.checksum() == b.checksum()
+
+
+def test_overwrite_naming_a_level_regenerates_it_alone(tiny_run, make_config, tmp_path):
+    """``--overwrite random`` rewrites the random level (here with a new size) and reuses
+    every other level and the behaviour agent, which is not retrained."""
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_run.root, root)
+    agent_files = {p: p.stat().st_mtime_ns for p in (root / "agents").rglob("*") if p.is_file()}
+    res = generate(make_config(root, random_steps=600, overwrite=["random"]))
+    assert res.summaries["random"]["steps"] == 600 and not res.summaries["random"]["reused"]
+    assert all(s["reused"] for lv, s in res.summaries.items() if lv != "random")
+    assert {p: p.stat().st_mtime_ns for p in agent_files} == agent_files  # not retrained
+    assert read_hdf5(res.paths["random"]["hdf5"]).metadata["ref_max_score"] == pytest.approx(
+        tiny_run.result.ref_max_score)
+    with pytest.raises(ValueError, match=r"overwrite: \['expert'\] are not among the levels"):
+        generate(make_config(root, levels=["random"], overwrite=["expert"]))
+
+
+def test_overwrite_flag_takes_true_or_levels():
+    from offline_dt.cli import parse
+
+    def flag(*args):
+        return parse(["generate", *args]).config.config.overwrite
+
+    assert flag() is False and flag("--overwrite") is True
+    assert flag("--overwrite", "random", "medium") == ["random", "medium"]
+    with pytest.raises(SystemExit):
+        flag("--overwrite", "bogus")

@@ -242,3 +242,14 @@ def test_train_and_evaluate_print_readable_summaries(box_hdf5, tmp_path, capsys)
     assert float(m[3]) <= float(m[1]) <= float(m[4])
     assert out.count("(headline)") == 1
     assert out.rstrip().endswith(f"written to {run_dir / 'eval.json'}")
+
+
+def test_reproduce_workers_default_to_the_core_count_and_overwrite_takes_levels(capsys):
+    import os
+
+    cfg = parse(["reproduce"]).config
+    assert cfg.workers == (os.cpu_count() or 1) and cfg.overwrite is None
+    assert parse(["reproduce", "--overwrite", "random"]).config.overwrite == ["random"]
+    with pytest.raises(SystemExit):
+        parse(["reproduce", "--help"])
+    assert f"(default: {os.cpu_count() or 1})" in capsys.readouterr().out

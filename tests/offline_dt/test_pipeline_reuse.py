@@ -4,6 +4,7 @@ tests/test_pipeline_smoke.py)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -116,3 +117,46 @@ def test_reproduce_methods_flag():
         "dt", "iql", "pct-bc"]
     with pytest.raises(SystemExit):
         parse(["reproduce", "--methods", "cql"])
+
+
+def test_overwrite_regenerates_the_levels_and_retrains_their_runs(monkeypatch, tmp_path):
+    """``reproduce(overwrite=["random"])`` asks generate to regenerate random only and marks
+    the jobs on random fresh; a fresh job forgets its run's config.json and eval.json (so
+    nothing of it is reused), a baseline job keeps them."""
+    from offline_dt import pipeline
+
+    seen: dict = {}
+
+    def fake_generate(p, env_id, levels, root, device, timer, overwrite=()):
+        seen["overwrite"] = list(overwrite)
+        paths = {lv: tmp_path / f"pendulum-{lv}-v0.hdf5" for lv in levels}
+        return None, type("G", (), {"stage_seconds": {}})(), paths, {lv: {} for lv in levels}
+
+    monkeypatch.setattr(pipeline, "_generate_stage", fake_generate)
+    monkeypatch.setattr(pipeline, "_run_jobs",
+                        lambda specs, *a: seen.setdefault("specs", list(specs)))
+    monkeypatch.setattr(pipeline, "report", lambda *a, **k: None)
+    pipeline.reproduce(preset="smoke", root=tmp_path, levels=["random", "expert"],
+                       methods=["dt", "random"], overwrite=["random"], progress=False)
+    assert seen["overwrite"] == ["random"]
+    assert {(s.level, s.method) for s in seen["specs"] if s.fresh} == {("random", "dt"),
+                                                                       ("random", "random")}
+    with pytest.raises(ValueError, match="overwrite"):
+        pipeline.reproduce(preset="smoke", root=tmp_path, levels=["expert"],
+                           overwrite=["random"], progress=False)
+
+    calls = []
+    monkeypatch.setattr(pipeline, "_train_job", lambda spec, p, run_dir: calls.append(
+        sorted(x.name for x in run_dir.iterdir())) or {"eval": {}})
+    monkeypatch.setattr(pipeline, "_baseline_job", lambda spec, p, run_dir: calls.append(
+        sorted(x.name for x in run_dir.iterdir())) or ({}, 0.0, True))
+    for spec in seen["specs"]:
+        if spec.level != "random":
+            continue
+        run_dir = (tmp_path / "runs" / "smoke" / spec.env_id / Path(spec.dataset).stem
+                   / spec.method / f"seed{spec.seed}")
+        run_dir.mkdir(parents=True)
+        for name in ("config.json", "eval.json", "checkpoint.pt"):
+            (run_dir / name).write_text("{}")
+        pipeline.run_job(spec)
+    assert calls == [["checkpoint.pt"], ["checkpoint.pt", "config.json", "eval.json"]]
