@@ -84,24 +84,27 @@ class Ranks:
         return self.rank == 0
 
     def from_main(self, fn: Callable[[], T]) -> T:
-        """``fn()`` run on rank 0 alone, its result (or exception) broadcast to every rank.
+        """``fn()`` run on rank 0 alone, its result broadcast to every rank.
 
         Raises:
-            whatever ``fn`` raised on rank 0, on every rank.
+            on rank 0, whatever ``fn`` raised; on the others, a RuntimeError quoting it.
         """
         if not self.distributed:
             return fn()
         out: list[Any] = [None]
+        error: BaseException | None = None
         if self.is_main:
             try:
                 out[0] = (True, fn())
-            except Exception as e:  # re-raised below on every rank
-                out[0] = (False, e)
+            except Exception as e:  # the other ranks must hear of it, or they wait forever
+                error, out[0] = e, (False, f"{type(e).__name__}: {e}")
         self.collective(lambda: dist.broadcast_object_list(out, src=0, device=self._obj_device),
                         "receiving rank 0's run directory state")
         ok, value = out[0]
+        if error is not None:
+            raise error
         if not ok:
-            raise value
+            raise RuntimeError(f"rank {self.rank}: rank 0 failed ({value})")
         return value
 
     def all_gather(self, obj: Any, what: str) -> list[Any]:
