@@ -207,3 +207,18 @@ def test_torchrun_cli(box_hdf5, tmp_path):
 
     assert main(["train", *flags, "--run-dir", str(tmp_path / "one")]) == 0
     assert _max_diff(tmp_path / "one", tmp_path / "ddp") < 1e-5
+
+
+def test_rank_0s_refusal_reaches_every_rank(box_hdf5, tmp_path):
+    """Rank 0 refuses an existing run (no --resume/--overwrite): the other rank fails with
+    rank 0's message at once instead of waiting for it."""
+    cfg = TrainConfig(dataset=str(box_hdf5), run_dir=tmp_path / "run", **{**DDP_TRAIN,
+                                                                          "steps": 1})
+    train(cfg)
+    ctx = _spawn([cfg], tmp_path)
+    for p in ctx.processes:
+        p.join(120)
+        assert p.exitcode not in (None, 0)
+    assert (tmp_path / "rank0.err").read_text().startswith("FileExistsError:")
+    assert (tmp_path / "rank1.err").read_text().startswith(
+        "RuntimeError: rank 1: rank 0 failed (FileExistsError:")
