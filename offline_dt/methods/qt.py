@@ -49,6 +49,7 @@ from torch import nn
 from torch.func import functional_call
 
 from offline_dt.data.windows import Batch, Normalizer
+from offline_dt.distributed import global_mean
 from offline_dt.methods.base import Method, register
 from offline_dt.methods.dt import DTPolicy
 from offline_dt.model import DecisionTransformer, DTConfig
@@ -273,7 +274,9 @@ def actor_loss(net: QTNetwork, batch: Batch, advantages: torch.Tensor
     if o.eta > 0:
         params = {k: p.detach() for k, p in net.critic.named_parameters()}
         q_pi = functional_call(net.critic, params, (batch, pred))[0].min(-1).values[m]
-        loss = loss - o.eta * q_pi.mean() / q_pi.abs().mean().detach().clamp(min=1e-6)
+        # α's normaliser over the global batch under DDP (a plain mean in one process)
+        scale = global_mean(q_pi.abs().detach()).clamp(min=1e-6)
+        loss = loss - o.eta * q_pi.mean() / scale
     return loss, extras
 
 
