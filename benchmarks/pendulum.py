@@ -192,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2,
                    help="runs at once, one process each (reproduce(workers=...))")
     p.add_argument("--out", type=Path, default=RESULTS, help="where the .md/.csv go")
+    p.add_argument("--stem", default=None,
+                   help="file name stem (default pendulum for paper, else pendulum-<preset>)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         datefmt="%H:%M:%S")
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     out = table.copy()
     out["reference_return"] = [r[0] for r in refs]
     out["reference"] = [r[1] for r in refs]
-    stem = "pendulum" if args.preset == "paper" else f"pendulum-{args.preset}"
+    stem = args.stem or ("pendulum" if args.preset == "paper" else f"pendulum-{args.preset}")
     args.out.mkdir(parents=True, exist_ok=True)
     out.to_csv(args.out / f"{stem}.csv", index=False)
 
