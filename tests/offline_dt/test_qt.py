@@ -235,7 +235,8 @@ def test_options_are_recorded_in_full_and_compared_resolved(box_hdf5, tiny_confi
                                                             one_torch_thread):
     import json
 
-    cfg = tiny_config(box_hdf5, method="qt", method_options={"beta": "3"}, steps=4,
+    default_beta = str(QTOptions().beta)
+    cfg = tiny_config(box_hdf5, method="qt", method_options={"beta": default_beta}, steps=4,
                       run_dir=tmp_path / "opts")
     train(cfg)
     saved = json.loads((tmp_path / "opts" / "config.json").read_text())
@@ -243,6 +244,6 @@ def test_options_are_recorded_in_full_and_compared_resolved(box_hdf5, tiny_confi
     # the defaults spelled out or left out are the same config: resume works
     train(dataclasses.replace(cfg, method_options={}, steps=6, resume=True))
     with pytest.raises(ValueError, match="method_options"):
-        train(dataclasses.replace(cfg, method_options={"beta": "1"}, steps=8, resume=True))
+        train(dataclasses.replace(cfg, method_options={"beta": "1.5"}, steps=8, resume=True))
     with pytest.raises(ValueError, match="'dt' takes no options"):
         train(tiny_config(box_hdf5, method_options={"beta": "1"}, run_dir=tmp_path / "dt"))
