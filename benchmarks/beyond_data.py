@@ -91,9 +91,16 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     eval_path = run_dir / "eval.json"
     ev = json.loads(eval_path.read_text()) if eval_path.is_file() else {}
     if "selection" not in ev or ev.get("episodes") != job["episodes"]:
-        ev = evaluate_checkpoint(EvalConfig(checkpoint=run_dir, env_id="Pendulum-v1",
-                                            seed=job["seed"], device="cpu",
-                                            episodes=job["episodes"]))
+        evaluate_checkpoint(EvalConfig(checkpoint=run_dir, env_id="Pendulum-v1",
+                                       seed=job["seed"], device="cpu",
+                                       episodes=job["episodes"]))
+    return read_row(job)
+
+
+def read_row(job: dict[str, Any]) -> dict[str, Any]:
+    """One finished run's result row (its eval.json and timing.json)."""
+    run_dir = Path(job["root"]) / job["level"] / job["variant"] / f"seed{job['seed']}"
+    ev = json.loads((run_dir / "eval.json").read_text())
     timing = json.loads((run_dir / "timing.json").read_text())
     sel = ev["selection"]
     val = sel["validation"][sel["chosen_index"]]["mean"] if sel["validation"] else None
@@ -104,6 +111,21 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
             "headline_rule": ev.get("headline_rule"),
             "ms_per_update": round(timing["ms_per_update"], 2),
             "train_seconds": round(timing["train_seconds"], 1)}
+
+
+def collect(args: argparse.Namespace) -> pd.DataFrame:
+    """Rows of every finished run under ``args.root`` (this call's and earlier calls'), for
+    the variants of :data:`VARIANTS`, in their order: the results page holds all of them."""
+    jobs = []
+    for level_dir in sorted(Path(args.root).iterdir()) if Path(args.root).is_dir() else []:
+        for variant in VARIANTS:
+            for run in sorted((level_dir / variant).glob("seed*")):
+                ev = run / "eval.json"
+                if ev.is_file() and "selection" in json.loads(ev.read_text()):
+                    jobs.append({"level": level_dir.name, "variant": variant,
+                                 "seed": int(run.name[4:]), "root": str(args.root),
+                                 "threads": 1, "steps": 0, "episodes": None})
+    return pd.DataFrame([read_row(j) for j in jobs])
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
@@ -161,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(args.workers, mp_context=ctx) as pool:
-        rows = list(pool.map(run_one, jobs))
-    write(pd.DataFrame(rows), args, command, time.perf_counter() - t0)
+        list(pool.map(run_one, jobs))
+    write(collect(args), args, command, time.perf_counter() - t0)
     print((RESULTS / "beyond_data.md").read_text())
     return 0
 
