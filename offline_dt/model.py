@@ -10,6 +10,19 @@ the hidden state of the state token ``s_t``. Box actions: tanh head in [-1, 1] (
 pipeline scales actions to that range) trained with MSE; Discrete actions: logits trained with
 cross-entropy.
 
+Attention comes in two kinds (``DTConfig.attention``):
+
+- ``"window"`` (the default, the paper's): plain causal attention inside a window of K
+  timesteps, recomputed at every env step while acting.
+- ``"band"``: sliding-window (banded) causal attention, each token attending to exactly the
+  last ``band_tokens`` tokens (itself included) at every layer, trained over long segments
+  (whole episodes). Streaming one episode token by token with a rolling key/value cache of the
+  last ``band_tokens`` keys and values per layer then reproduces the banded forward over the
+  whole episode exactly, at three new tokens per env step: the rolling buffer of Mistral 7B
+  (Jiang et al. 2023, "Mistral 7B", Section 2 "Sliding Window Attention" and "Rolling Buffer
+  Cache") and the sliding-window attention of Longformer (Beltagy et al. 2020, "Longformer:
+  The Long-Document Transformer", Section 3.1).
+
 The loss lives in ``offline_dt.train``; this module is the network alone.
 """
 
@@ -39,6 +52,11 @@ class DTConfig:
         dropout: dropout on embeddings, attention weights and residual branches.
         activation: MLP nonlinearity, ``relu`` as in the reference implementation or ``gelu``.
         action_tanh: squash Box action predictions with tanh.
+        attention: ``"window"`` (classic DT: causal attention over a window of K steps) or
+            ``"band"`` (causal attention to the last ``band_tokens`` tokens at every layer,
+            for sequences of any length; the key/value cache is then exact).
+        band_tokens: W, tokens each token sees in ``band`` mode (itself and the W - 1 before
+            it); None: ``3 * context_length``. Must be None in ``window`` mode.
     """
 
     obs_dim: int
@@ -52,6 +70,45 @@ class DTConfig:
     dropout: float = 0.1
     activation: str = "relu"
     action_tanh: bool = True
+    attention: str = "window"
+    band_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(f"DTConfig.attention must be one of {ATTENTION_KINDS}, found "
+                             f"{self.attention!r}")
+        if self.attention == "window" and self.band_tokens is not None:
+            raise ValueError(f"DTConfig.band_tokens={self.band_tokens} needs attention='band'")
+        if self.band_tokens is not None and self.band_tokens < 1:
+            raise ValueError(f"DTConfig.band_tokens must be >= 1, found {self.band_tokens}")
+
+    @property
+    def band(self) -> int | None:
+        """W, the tokens each token attends to, in ``band`` mode (None in ``window`` mode)."""
+        if self.attention != "band":
+            return None
+        return self.band_tokens if self.band_tokens is not None else 3 * self.context_length
+
+
+#: ``DTConfig.attention`` values: the classic window, the sliding band.
+ATTENTION_KINDS = ("window", "band")
+
+
+def cache_is_exact(cfg: DTConfig | None) -> bool:
+    """True when :meth:`DecisionTransformer.step_cached` equals full recomputation for the
+    whole episode: a band-attention network (``cfg.attention == "band"``). A network without
+    a ``DTConfig`` (None) is not."""
+    return cfg is not None and getattr(cfg, "attention", "window") == "band"
+
+
+def band_mask(n: int, total: int, band: int | None, device: torch.device) -> torch.Tensor:
+    """``(n, total)`` bool: query ``j`` (key position ``total - n + j``, the last ``n``
+    positions) may attend to key ``i`` iff ``i <= total - n + j`` (causal) and, with a
+    ``band`` W, ``i > total - n + j - W`` (the last W tokens, itself included)."""
+    m = torch.ones(n, total, dtype=torch.bool, device=device).tril(total - n)
+    if band is not None:
+        m = m.triu(total - n - band + 1)
+    return m
 
 
 class CausalSelfAttention(nn.Module):
@@ -65,6 +122,7 @@ class CausalSelfAttention(nn.Module):
                 f"embed_dim={cfg.embed_dim} must be divisible by n_head={cfg.n_head}"
             )
         self.n_head = cfg.n_head
+        self.band = cfg.band  # W in band mode, None in window mode
         self.layer = layer  # index of this block's keys/values in a KVCache
         self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim)
         self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
@@ -78,7 +136,9 @@ class CausalSelfAttention(nn.Module):
         Args:
             x: ``(B, T, d)`` token inputs (with ``cache``: the T new tokens only).
             attn_mask: ``(B, 1, T, T)`` bool (True = may attend), or None for plain causal
-                attention. Ignored with ``cache`` (new tokens see every held token).
+                attention (band mode: causal within the band, see :func:`band_mask`).
+                Ignored with ``cache``: new tokens see every held token (window mode) or the
+                held tokens within the band (band mode).
             queries: token positions whose outputs are wanted (None: all T). Keys and values
                 still come from every token.
             cache: keys/values of earlier tokens; this call appends the new ones to it (the
@@ -89,7 +149,11 @@ class CausalSelfAttention(nn.Module):
         """
         b, t, d = x.shape
         h = self.n_head
-        if queries is None:
+        wanted = t if queries is None else len(range(t)[queries])
+        # band mode, no mask: blocks of W queries over 2W keys beat T x T when Q > 2W
+        blocked = (cache is None and attn_mask is None and self.band is not None
+                   and wanted > 2 * self.band)
+        if queries is None or blocked:
             q, k, v = self.qkv(x).split(d, dim=2)
         else:
             q = F.linear(x[:, queries], self.qkv.weight[:d], self.qkv.bias[:d])
@@ -98,30 +162,72 @@ class CausalSelfAttention(nn.Module):
         q = q.view(b, n, h, d // h).transpose(1, 2)  # (B, h, Q, d_head)
         k = k.view(b, t, h, d // h).transpose(1, 2)  # (B, h, T, d_head)
         v = v.view(b, t, h, d // h).transpose(1, 2)
-        if cache is not None:
-            k, v = cache.append(self.layer, k, v)  # (B, h, held + T, d_head)
-        mask, causal = self._mask(attn_mask, queries, cache, n, k.shape[2], x.device)
-        y = F.scaled_dot_product_attention(
-            q, k, v,
-            attn_mask=mask,
-            dropout_p=self.attn_dropout if self.training else 0.0,
-            is_causal=causal,
-        )
-        y = y.transpose(1, 2).contiguous().view(b, n, d)
+        dropout = self.attn_dropout if self.training else 0.0
+        if blocked:
+            y = self._band_blocks(q, k, v, dropout)
+            y = y if queries is None else y[:, :, queries]
+        else:
+            if cache is not None:
+                k, v = cache.append(self.layer, k, v)  # (B, h, held + T, d_head)
+            mask, causal = self._mask(attn_mask, queries, cache, n, k.shape[2], x.device,
+                                      self.band)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                               is_causal=causal)
+        y = y.transpose(1, 2).contiguous().view(b, wanted, d)
         return self.resid_dropout(self.proj(y))
+
+    def _band_blocks(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     dropout: float) -> torch.Tensor:
+        """Band attention in blocks (Longformer's sliding window, Beltagy et al. 2020,
+        Section 3.1): the T queries are cut into blocks of W; block j attends to the keys of
+        blocks j - 1 and j under :func:`band_mask`, so the cost is T x 2W, not T x T, with
+        the same result as the dense band mask.
+
+        Args:
+            q, k, v: ``(B, h, T, d_head)``.
+            dropout: attention-weight dropout probability.
+
+        Returns:
+            ``(B, h, T, d_head)``.
+        """
+        b, h, t, dh = q.shape
+        w = self.band
+        nb = -(-t // w)  # blocks
+        pad = nb * w - t  # queries and keys past T: zeros, never seen by a real query
+
+        def pairs(z: torch.Tensor) -> torch.Tensor:  # (B, h nb, 2W, dh): blocks j-1, j
+            z = F.pad(z, (0, 0, w, pad)).view(b, h, nb + 1, w, dh)
+            return torch.cat((z[:, :, :-1], z[:, :, 1:]), dim=3).view(b, h * nb, 2 * w, dh)
+
+        allowed = band_mask(w, 2 * w, w, q.device).expand(h, nb, w, 2 * w).clone()
+        allowed[:, 0, :, :w] = False  # block 0 has no block before it
+        # additive (0 / -inf) rather than bool, and 4-D: SDPA's fused CPU kernel takes these
+        mask = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(
+            ~allowed, float("-inf")).view(1, h * nb, w, 2 * w)
+        y = F.scaled_dot_product_attention(
+            F.pad(q, (0, 0, 0, pad)).reshape(b, h * nb, w, dh), pairs(k), pairs(v),
+            attn_mask=mask, dropout_p=dropout)
+        return y.reshape(b, h, nb * w, dh)[:, :, :t]
 
     @staticmethod
     def _mask(attn_mask: torch.Tensor | None, queries: slice | None, cache: KVCache | None,
-              n: int, total: int, device: torch.device
+              n: int, total: int, device: torch.device, band: int | None = None
               ) -> tuple[torch.Tensor | None, bool]:
-        """(SDPA ``attn_mask``, ``is_causal``) for ``n`` queries over ``total`` keys."""
+        """(SDPA ``attn_mask``, ``is_causal``) for ``n`` queries over ``total`` keys; without
+        ``attn_mask`` causal attention, within the last ``band`` tokens when given."""
         if cache is not None:
-            # New token j (key position total - n + j) sees every held token and new ones <= j.
-            return torch.ones(n, total, dtype=torch.bool, device=device).tril(total - n), False
-        if queries is None:
-            return attn_mask, attn_mask is None
+            # New token j (key position total - n + j) sees the held tokens (within the band
+            # in band mode) and the new ones <= j.
+            return band_mask(n, total, band, device), False
+        if attn_mask is None and (band is None or total <= band):
+            band = None  # the band spans the whole sequence: plain causal attention
+            if queries is None:
+                return None, True
         if attn_mask is None:
-            return torch.ones(total, total, dtype=torch.bool, device=device).tril()[queries], False
+            full = band_mask(total, total, band, device)
+            return (full, False) if queries is None else (full[queries], False)
+        if queries is None:
+            return attn_mask, False
         return attn_mask[:, :, queries], False
 
 
@@ -154,7 +260,9 @@ class Block(nn.Module):
 
 class KVCache:
     """Keys and values of the last ``keep`` tokens of every block, for
-    :meth:`DecisionTransformer.step_cached`.
+    :meth:`DecisionTransformer.step_cached` (window mode: ``keep = 3K - 1``; band mode:
+    ``keep = W + 2``, so that the first of three new tokens still finds the W - 1 before it;
+    the band mask hides what is older).
 
     Tokens are appended into a buffer of twice the window; when it fills, the last ``keep``
     tokens move to its front (one copy every ``keep / 3`` steps instead of one per step).
@@ -256,7 +364,9 @@ class DecisionTransformer(nn.Module):
             actions: ``(B, K, act_dim) float32`` in [-1, 1] (Box) or ``(B, K) int64`` (Discrete).
                 The action at step t is never seen by the prediction for step t.
             timesteps: ``(B, K) int64`` episode timesteps, each in ``[0, max_timestep)``.
-            mask: ``(B, K) bool``, False on left padding; None when there is none.
+            mask: ``(B, K) bool``, False on padding (left for windows, right for band
+                segments; either works); None when there is none. In band mode K may be any
+                length (a whole episode).
             last_only: predict the last timestep's action only (acting in an environment).
 
         Returns:
@@ -282,8 +392,9 @@ class DecisionTransformer(nn.Module):
     def _embed(self, returns_to_go: torch.Tensor, observations: torch.Tensor,
                actions: torch.Tensor, timesteps: torch.Tensor, mask: torch.Tensor | None
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Interleaved token embeddings ``(B, 3K, d)`` and the attention mask (None when
-        nothing is padded); arguments as :meth:`forward`."""
+        """Interleaved token embeddings ``(B, 3K, d)`` and the attention mask: None when
+        nothing is padded (window mode: plain causal attention) or, in band mode, nothing but
+        right padding (the band alone); arguments as :meth:`forward`."""
         b, k = timesteps.shape
         t_emb = self.embed_timestep(timesteps)
         r = self.embed_return(returns_to_go) + t_emb
@@ -292,10 +403,15 @@ class DecisionTransformer(nn.Module):
         # (B, K, 3, d) -> (B, 3K, d): R̂_1, s_1, a_1, R̂_2, ...
         x = torch.stack((r, s, a), dim=2).reshape(b, 3 * k, self.cfg.embed_dim)
         x = self.drop(self.embed_ln(x))
-        attn_mask = None
-        if mask is not None and not bool(mask.all()):
-            attn_mask = self._attention_mask(mask)
-        return x, attn_mask
+        padded = mask is not None and not bool(mask.all())
+        band = self.cfg.band
+        if band is None:
+            return x, self._attention_mask(mask) if padded else None
+        # Band mode: None means the band alone (blocks in CausalSelfAttention). Right padding
+        # needs no more: by causality no real token sees a later (padded) one.
+        if padded and bool((mask[:, 1:] & ~mask[:, :-1]).any()):  # a real step after padding
+            return x, self._band_attention_mask(mask, 3 * k, band, x.device)
+        return x, None
 
     def token_states(self, returns_to_go: torch.Tensor, observations: torch.Tensor,
                      actions: torch.Tensor, timesteps: torch.Tensor,
@@ -321,6 +437,27 @@ class DecisionTransformer(nn.Module):
         eye = torch.eye(n, dtype=torch.bool, device=mask.device)
         return (causal & (tok[:, None, :] | eye))[:, None]
 
+    @staticmethod
+    def _band_attention_mask(mask: torch.Tensor, n: int, band: int,
+                             device: torch.device) -> torch.Tensor:
+        """Band mode with padding before real steps: token ``i`` may attend to token ``j``
+        iff ``i - band < j <= i`` and ``j`` is real (every token also sees itself, so padded
+        rows stay finite; their outputs are masked in the loss).
+
+        Args:
+            mask: ``(B, K) bool`` step validity.
+            n: tokens, ``3K``.
+            band: W.
+            device: where the mask goes.
+
+        Returns:
+            ``(B, 1, n, n)`` bool.
+        """
+        allowed = band_mask(n, n, band, device)
+        tok = mask.repeat_interleave(3, dim=1)  # (B, 3K)
+        eye = torch.eye(n, dtype=torch.bool, device=mask.device)
+        return (allowed & (tok[:, None, :] | eye))[:, None]
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -332,17 +469,28 @@ class DecisionTransformer(nn.Module):
         observations: torch.Tensor,
         timesteps: torch.Tensor,
         prev_actions: torch.Tensor | None = None,
+        prev_timesteps: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, KVCache]:
-        """Act one step from a key/value cache instead of recomputing the K-step window.
+        """Act one step from a key/value cache instead of recomputing the context.
 
         Appends the tokens ``a_{t-1}`` (when ``prev_actions`` is given), ``R̂_t`` and ``s_t``
-        to the cache of each block's keys and values, attends over the last ``3K - 1`` tokens
-        (what ``s_t`` sees in a recomputed window) and predicts ``a_t``. This is exact while the
-        episode is shorter than K steps. Afterwards it is an approximation: the cached keys of
-        older tokens were computed when those tokens were newest, with attention reaching
-        further back than the window that recomputation would give them (block 1 is still
-        exact: its keys depend on the token alone). ``offline_dt.evaluate`` keeps
-        recomputation as the default and ``benchmarks/speed.py`` measures the drift.
+        to the cache of each block's keys and values and predicts ``a_t``.
+
+        Band mode (``cfg.attention == "band"``): every new token attends to the last W
+        tokens, itself included, as in the banded forward over the whole episode; the keys
+        and values held for older tokens were computed with exactly that band when those
+        tokens were new, so the output equals :meth:`forward` over the whole episode so far
+        (up to float rounding) at every step: exact by construction (Mistral 7B's rolling
+        buffer cache, Jiang et al. 2023). ``offline_dt.evaluate`` acts this way by default
+        for band checkpoints.
+
+        Window mode (the classic DT): attends over the last ``3K - 1`` tokens (what ``s_t``
+        sees in a recomputed window). This is exact while the episode is shorter than K
+        steps. Afterwards it is an approximation: the cached keys of older tokens were
+        computed when those tokens were newest, with attention reaching further back than
+        the window that recomputation would give them (block 1 is still exact: its keys
+        depend on the token alone). ``offline_dt.evaluate`` keeps recomputation as the
+        default for these and ``benchmarks/speed.py`` measures the drift.
 
         Args:
             cache: from the previous call of this episode batch, or None at ``t = 0``.
@@ -351,6 +499,9 @@ class DecisionTransformer(nn.Module):
             timesteps: ``(B,) int64`` t.
             prev_actions: ``(B, act_dim) float32`` (Box) or ``(B,) int64`` (Discrete): the
                 action taken at t - 1, None at t = 0.
+            prev_timesteps: ``(B,) int64`` the timestep fed with ``prev_actions`` (its step's
+                own, which differs from ``timesteps - 1`` once the acting loop clamps
+                timesteps to the table); None: ``timesteps - 1``.
 
         Returns:
             ``(B, act_dim)`` the prediction for a_t (as :meth:`forward`), and the new cache.
@@ -358,14 +509,17 @@ class DecisionTransformer(nn.Module):
         cfg = self.cfg
         tokens = []
         if prev_actions is not None:
-            tokens.append(self.embed_action(prev_actions) + self.embed_timestep(timesteps - 1))
+            prev_ts = timesteps - 1 if prev_timesteps is None else prev_timesteps
+            tokens.append(self.embed_action(prev_actions) + self.embed_timestep(prev_ts))
         t_emb = self.embed_timestep(timesteps)
         tokens += [self.embed_return(returns_to_go) + t_emb, self.embed_state(observations) + t_emb]
         x = self.embed_ln(torch.stack(tokens, dim=1))  # (B, n, d)
         b, n, d = x.shape
         h = cfg.n_head
         if cache is None:
-            cache = KVCache(cfg.n_layer, b, h, d // h, 3 * cfg.context_length - 1, x)
+            # band: the W - 1 tokens before the oldest of up to 3 new ones, and those 3
+            keep = 3 * cfg.context_length - 1 if cfg.band is None else cfg.band + 2
+            cache = KVCache(cfg.n_layer, b, h, d // h, keep, x)
         cache.reserve(n)
         for block in self.blocks:
             x = block(x, cache=cache)

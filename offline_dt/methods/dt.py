@@ -6,7 +6,9 @@ Sequence Modeling"): the whole method in one file.
   dataset's ``a_t``, over the real (non-padding) steps of each window: MSE on Box actions
   scaled to [-1, 1], cross-entropy on Discrete actions.
 - Acting (Algorithm 1): condition on a target return, keep the last K steps per env, and
-  decrement the return-to-go by every reward received.
+  decrement the return-to-go by every reward received. A band-attention network
+  (``DTConfig.attention == "band"``) is the banded forward over the whole episode so far;
+  it acts from its rolling key/value cache (exact) or recomputes that whole context.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torch import nn
 
 from offline_dt.data.windows import Batch, Normalizer
 from offline_dt.methods.base import Method, register
-from offline_dt.model import KVCache
+from offline_dt.model import KVCache, cache_is_exact
 
 
 def action_loss(net: nn.Module, batch: Batch, returns_to_go: torch.Tensor) -> torch.Tensor:
@@ -61,7 +63,11 @@ class DTPolicy:
     Per env it holds the last ``K`` steps of scaled return-to-go, normalised observation,
     model-space action and timestep. At every step the newest observation is appended with the
     current return-to-go and a zero action placeholder, the model predicts the action of the
-    last step, and that prediction replaces the placeholder. After the step
+    last step, and that prediction replaces the placeholder. A band-attention network
+    (``cfg.attention == "band"``) sees the whole episode: without the cache its context holds
+    every step so far (up to ``max_timestep`` steps, and never fewer than the output of the
+    newest token depends on) and is recomputed at each step, the reference that its cache
+    equals. After the step
     :meth:`observe` subtracts the reward from the return-to-go: ``R̂_{t+1} = R̂_t - r_t``,
     starting from ``target_return`` (Chen et al. 2021, Algorithm 1). All envs start together
     (``offline_dt.rollout.run_episodes`` runs episodes in waves), so the context holds
@@ -75,8 +81,10 @@ class DTPolicy:
             returns-to-go (how ``bc`` was trained).
         device: where the context lives; defaults to the model's device.
         kv_cache: act from a key/value cache (``DecisionTransformer.step_cached``): three
-            new tokens per step instead of the 3K-token window, exact for the first K steps
-            and an approximation after (see ``benchmarks/results/speed.md`` for the drift).
+            new tokens per step instead of recomputing the context. Exact for a band network
+            (``offline_dt.model.cache_is_exact``); for a window network exact for the first K
+            steps and an approximation after (see ``benchmarks/results/speed.md`` for the
+            drift).
     """
 
     def __init__(self, model: nn.Module, normalizer: Normalizer, target_return: float | None,
@@ -87,9 +95,14 @@ class DTPolicy:
         self.target_return = None if target_return is None else float(target_return)
         self.device = (torch.device(device) if device is not None
                        else next(model.parameters()).device)
-        self.k = int(self.cfg.context_length)
-        self.num_envs = 0
         self.kv_cache = bool(kv_cache)
+        self.k = int(self.cfg.context_length)  # steps of context: the window
+        if cache_is_exact(self.cfg) and not self.kv_cache:
+            # band, recomputed: the whole episode (the timestep table's length), and at least
+            # the n_layer * (W - 1) tokens before the newest that its output depends on
+            reach = self.cfg.n_layer * self.cfg.band // 3 + 2
+            self.k = max(int(self.cfg.max_timestep), reach)
+        self.num_envs = 0
         self.cache: KVCache | None = None
 
     def reset(self, num_envs: int, seeds: Sequence[int] | None = None) -> None:
@@ -122,9 +135,12 @@ class DTPolicy:
     def _predict(self, i: int) -> torch.Tensor:
         """The model's output for the newest step (context slot ``i``)."""
         if self.kv_cache:
+            ts = self.ts_buf[:, i]
+            # the previous step's own (clamped) timestep, as the recomputed context holds it
+            prev_ts = torch.full_like(ts, min(self.t - 1, self.cfg.max_timestep - 1))
             out, self.cache = self.model.step_cached(
-                self.cache, self.rtg_buf[:, i], self.obs_buf[:, i], self.ts_buf[:, i],
-                self.prev_action)
+                self.cache, self.rtg_buf[:, i], self.obs_buf[:, i], ts, self.prev_action,
+                prev_ts)
             return out
         n = self.length
         return self.model(self.rtg_buf[:, :n], self.obs_buf[:, :n], self.act_buf[:, :n],
