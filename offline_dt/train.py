@@ -57,7 +57,7 @@ from offline_dt.config import from_dict, save_json, to_jsonable
 from offline_dt.data import load_dataset
 from offline_dt.data.d4rl import space_to_json
 from offline_dt.data.dataset import DatasetError, OfflineDataset
-from offline_dt.data.windows import Batch, Normalizer, WindowSampler
+from offline_dt.data.windows import Batch, Normalizer, SegmentSampler, WindowSampler
 from offline_dt.device import resolve_device, resolve_precision
 from offline_dt.distributed import Ranks, loss_scale, process_group, rank_seed
 from offline_dt.lock import exclusive_lock
@@ -79,7 +79,8 @@ RESUMABLE_FIELDS = frozenset({
 #: Fields whose default is resolved once when a run starts (``TrainConfig.resolved``) and
 #: their defaults: a run's saved config holds the resolved values, which the default ("not
 #: chosen") matches on resume and reuse.
-AUTO_FIELDS = {"warmup_steps": None, "max_timestep": 1000, "precision": "auto"}
+AUTO_FIELDS = {"warmup_steps": None, "max_timestep": 1000, "precision": "auto",
+               "band_tokens": None, "segment_length": None}
 DEFAULT_MAX_TIMESTEP = 1000
 #: Files of a run that ``overwrite`` replaces (anything else in run_dir is left alone).
 
@@ -129,6 +130,20 @@ class TrainConfig:
                 "it fails (a rank that died or hangs); must exceed one eval-hook call, which "
                 "rank 0 runs while the others wait"})
     context_length: int = field(default=20, metadata={"help": "K, timesteps per window"})
+    attention: str = field(default="window", metadata={
+        "help": "window: the classic DT (causal attention inside windows of K steps, "
+                "recomputed at every env step when acting); band: sliding-window causal "
+                "attention, every token sees the last band_tokens tokens at every layer, "
+                "trained on segments of segment_length steps, so the key/value cache that "
+                "evaluation acts from is exact (Mistral 7B's rolling cache; dt and bc only)",
+        "choices": ["window", "band"]})
+    band_tokens: int | None = field(default=None, metadata={
+        "help": "band: W, tokens each token attends to (itself and the W - 1 before it); "
+                "default 3 * context_length"})
+    segment_length: int | None = field(default=None, metadata={
+        "help": "band: S, timesteps per training segment (batch_size segments per update, "
+                "every real step in the loss); default min(longest episode, 10 * "
+                "context_length): whole episodes when they fit"})
     embed_dim: int = field(default=128, metadata={"help": "transformer width d"})
     n_layer: int = field(default=3, metadata={"help": "transformer blocks"})
     n_head: int = field(default=1, metadata={"help": "attention heads"})
@@ -168,6 +183,11 @@ class TrainConfig:
             changes["warmup_steps"] = default_warmup(self.steps)
         if self.max_timestep == DEFAULT_MAX_TIMESTEP:
             changes["max_timestep"] = max(DEFAULT_MAX_TIMESTEP, int(longest_episode))
+        if self.attention == "band" and self.band_tokens is None:
+            changes["band_tokens"] = 3 * self.context_length
+        if self.attention == "band" and self.segment_length is None:
+            changes["segment_length"] = max(min(int(longest_episode), 10 * self.context_length),
+                                            self.context_length)
         # every method option with its value, so a change of a method's defaults is a
         # different config (resume and reuse refuse it) rather than a silent one
         changes["method_options"] = get_method(self.method).resolve_options(
@@ -179,7 +199,8 @@ class TrainConfig:
             obs_dim=obs_dim, act_dim=act_dim, discrete=discrete,
             context_length=self.context_length, max_timestep=self.max_timestep,
             embed_dim=self.embed_dim, n_layer=self.n_layer, n_head=self.n_head,
-            dropout=self.dropout, activation=self.activation,
+            dropout=self.dropout, activation=self.activation, attention=self.attention,
+            band_tokens=self.band_tokens if self.attention == "band" else None,
         )
 
     def validate(self) -> None:
@@ -215,6 +236,28 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig.embed_dim={self.embed_dim} must be divisible by "
                 f"n_head={self.n_head}")
+        self._validate_band()
+
+    def _validate_band(self) -> None:
+        """The band-attention fields: known ``attention``, ``band_tokens >= 1``,
+        ``segment_length >= context_length``, both unset in window mode, dt or bc only."""
+        if self.attention not in ("window", "band"):
+            raise ValueError(f"TrainConfig.attention must be 'window' or 'band', found "
+                             f"{self.attention!r}")
+        if self.attention == "window":
+            for name in ("band_tokens", "segment_length"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"TrainConfig.{name}={getattr(self, name)} applies to "
+                                     f"attention='band' only (attention is 'window')")
+            return
+        if self.method not in ("dt", "bc"):
+            raise ValueError(f"TrainConfig.attention='band' is implemented for methods dt and "
+                             f"bc, found method {self.method!r}")
+        if self.band_tokens is not None and self.band_tokens < 1:
+            raise ValueError(f"TrainConfig.band_tokens must be >= 1, found {self.band_tokens}")
+        if self.segment_length is not None and self.segment_length < self.context_length:
+            raise ValueError(f"TrainConfig.segment_length must be >= context_length="
+                             f"{self.context_length}, found {self.segment_length}")
 
 
 @dataclass
@@ -370,10 +413,12 @@ def _check_sizes(cfg: TrainConfig, dataset: OfflineDataset, device: torch.device
     if have is not None and need > have:
         raise ValueError(
             f"a training step needs about {_size(need)} (batch_size={cfg.batch_size}, "
-            f"context_length={cfg.context_length} i.e. {3 * cfg.context_length} tokens, "
+            f"context_length={cfg.context_length}, attention={cfg.attention!r}: "
+            f"{3 * _steps(cfg)} tokens, "
             f"embed_dim={cfg.embed_dim}, n_layer={cfg.n_layer}, n_head={cfg.n_head}, "
             f"max_timestep={cfg.max_timestep}) but {_size(have)} is available on "
-            f"{device}; reduce batch_size, context_length, embed_dim or n_layer")
+            f"{device}; reduce batch_size, context_length, embed_dim or n_layer (band: "
+            f"segment_length)")
     return cfg
 
 
@@ -381,17 +426,24 @@ def _size(n: int) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
+def _steps(cfg: TrainConfig) -> int:
+    """Timesteps per training sequence: K windows, or S segments with band attention."""
+    return cfg.segment_length if cfg.attention == "band" and cfg.segment_length else \
+        cfg.context_length
+
+
 def estimate_step_bytes(cfg: TrainConfig, obs_dim: int, act_dim: int) -> int:
     """Rough peak bytes of one fp32 training step of the Decision Transformer (an upper-side
     estimate; the point is to catch sizes that cannot fit, not to predict exactly).
 
-    With B = batch_size, T = 3 K tokens, d = embed_dim, L = n_layer, h = n_head:
+    With B = batch_size, T = 3 K tokens (3 S with band attention, S = segment_length),
+    d = embed_dim, L = n_layer, h = n_head:
     parameters P ≈ L (12 d² + 13 d) + (max_timestep + obs_dim + act_dim + 5) d + act_dim (d+1),
     held 4 times (weights, gradients, AdamW's two moments) at 4 bytes; attention
     4 · B h T² L · 4 bytes (scores, probabilities, dropout mask, their gradient); other
     activations 24 · B T d L · 4 bytes (LayerNorms, q/k/v, projections, the 4d MLP).
     """
-    b, t, d, layers = cfg.batch_size, 3 * cfg.context_length, cfg.embed_dim, cfg.n_layer
+    b, t, d, layers = cfg.batch_size, 3 * _steps(cfg), cfg.embed_dim, cfg.n_layer
     params = layers * (12 * d * d + 13 * d) + (cfg.max_timestep + obs_dim + act_dim + 5) * d \
         + act_dim * (d + 1)
     attention = 4 * b * cfg.n_head * t * t * layers
@@ -612,8 +664,12 @@ def _build(cfg: TrainConfig, method: Method, dataset: OfflineDataset, normalizer
     np.random.seed(cfg.seed)
     if device.type == "cuda":
         torch.cuda.manual_seed_all(cfg.seed)
-    sampler = WindowSampler(dataset, normalizer, cfg.context_length, cfg.max_timestep,
-                            seed=cfg.seed, device=device)
+    if cfg.attention == "band":
+        sampler: WindowSampler = SegmentSampler(dataset, normalizer, cfg.segment_length,
+                                                cfg.max_timestep, seed=cfg.seed, device=device)
+    else:
+        sampler = WindowSampler(dataset, normalizer, cfg.context_length, cfg.max_timestep,
+                                seed=cfg.seed, device=device)
     net = method.build(cfg.model_config(dataset.obs_dim, dataset.act_dim, dataset.discrete),
                        cfg.method_options)
     net = net.to(device)

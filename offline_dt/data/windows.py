@@ -5,6 +5,10 @@ Sampling follows the reference implementation (``experiment.py`` ``get_batch``):
 drawn with probability proportional to its length, a start index uniformly inside it, the next
 K steps are taken, and windows that run past the episode's end are left-padded and masked.
 Everything is a gather over precomputed flat arrays: no Python loop per sample.
+
+:class:`SegmentSampler` feeds band-attention networks (``DTConfig.attention == "band"``):
+segments of up to S steps (whole episodes when they fit), right-padded, every real step in the
+loss.
 """
 
 from __future__ import annotations
@@ -135,7 +139,8 @@ class Batch:
         observations: ``(B, K, obs_dim) float32`` normalised.
         actions: ``(B, K, act_dim) float32`` in [-1, 1], or ``(B, K) int64`` for Discrete.
         timesteps: ``(B, K) int64``.
-        mask: ``(B, K) bool``, False on left padding.
+        mask: ``(B, K) bool``, False on padding (left padding for :class:`WindowSampler`'s
+            windows, right padding for :class:`SegmentSampler`'s segments).
         rewards: ``(B, K) float32`` rewards r_t divided by the return-to-go scale (what a
             critic learns from; zero on padding).
         next_observations: ``(B, K, obs_dim) float32`` normalised s_{t+1} of each transition
@@ -253,3 +258,72 @@ class WindowSampler:
             next_observations=self.next_obs[idx] * mask[..., None],
             terminals=self.terminals[idx] & mask,
         ), share
+
+
+class SegmentSampler(WindowSampler):
+    """Samples ``Batch``es of segments of up to ``segment_length`` (S) steps, for networks
+    with band attention (``DTConfig.attention == "band"``), which see every step of a
+    segment and are trained on all of them.
+
+    An episode of length L is drawn with probability proportional to ``max(L, S)``; a
+    segment is the whole episode when ``L <= S``, else S consecutive steps starting
+    uniformly in ``[0, L - S]``. So every step is, on average, as likely as any other to be
+    in the loss, and a segment always starts at its episode's start when the episode fits
+    (as acting does). Short segments are right-padded (``mask`` False) and the batch is
+    cropped to its longest segment. The random draw (``2 * batch_size`` numbers) is on the
+    CPU generator as in :class:`WindowSampler`, whose arrays and checkpointed generator this
+    reuses.
+
+    Raises:
+        DatasetError: an episode is longer than ``max_timestep``.
+    """
+
+    def __init__(
+        self,
+        dataset: OfflineDataset,
+        normalizer: Normalizer,
+        segment_length: int,
+        max_timestep: int,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        super().__init__(dataset, normalizer, segment_length, max_timestep, seed, device)
+        self.ep_prob = self.ep_len.clamp(min=segment_length).double()
+        self.ep_prob /= self.ep_prob.sum()
+
+    def sample_shard(self, batch_size: int, rank: int, world_size: int) -> tuple[Batch, float]:
+        """Rank ``rank``'s shard of the global batch of segments and its share of the real
+        steps (as :meth:`WindowSampler.sample_shard`); tensors ``(b, T, ...)`` with ``T`` the
+        longest segment of the shard (at most S), padding on the right."""
+        s = self.k
+        ep = torch.multinomial(self.ep_prob, batch_size, replacement=True,
+                               generator=self.generator)
+        length = self.ep_len[ep]
+        room = torch.clamp(length - s, min=0) + 1  # possible starts
+        start = (torch.rand(batch_size, generator=self.generator) * room).long()
+        valid = torch.clamp(length - start, max=s)  # real steps in the segment
+        lo = batch_size * rank // world_size
+        hi = batch_size * (rank + 1) // world_size
+        share = 1.0 if world_size == 1 else float(valid[lo:hi].sum()) / float(valid.sum())
+        t = int(valid[lo:hi].max())
+        dev = self.device
+        ep, start, valid = (x[lo:hi].to(dev, non_blocking=True) for x in (ep, start, valid))
+        rel = self._offsets[None, :t]
+        mask = rel < valid[:, None]
+        idx = self.ep_start[ep, None] + start[:, None] + torch.minimum(rel, valid[:, None] - 1)
+        return self._gather(idx, mask), share
+
+    def _gather(self, idx: torch.Tensor, mask: torch.Tensor) -> Batch:
+        """The ``Batch`` of flat-array rows ``idx`` ``(b, T) int64``, zero where ``mask``
+        ``(b, T) bool`` is False."""
+        m = mask[..., None]
+        return Batch(
+            returns_to_go=(self.rtg[idx] * mask)[..., None],
+            observations=self.obs[idx] * m,
+            actions=self.actions[idx] * (mask if self.discrete else m),
+            timesteps=self.timesteps[idx] * mask,
+            mask=mask,
+            rewards=self.rewards[idx] * mask,
+            next_observations=self.next_obs[idx] * m,
+            terminals=self.terminals[idx] & mask,
+        )
