@@ -41,6 +41,7 @@ from offline_dt.config import save_json, to_jsonable
 from offline_dt.data.d4rl import normalized_score
 from offline_dt.data.dataset import registered_env_id
 from offline_dt.device import resolve_device
+from offline_dt.model import cache_is_exact
 from offline_dt.rollout import (
     DEFAULT_MAX_ENVS,
     SEED_RULES,
@@ -301,8 +302,13 @@ class EvalConfig:
     max_envs: int = field(default=DEFAULT_MAX_ENVS, metadata={
         "help": "most envs stepped at once (more episodes run in waves)"})
     kv_cache: bool = field(default=False, metadata={
-        "help": "act from a key/value cache: faster, exact for the first K steps of an "
-                "episode, approximate after (see DTPolicy)"})
+        "help": "act from a key/value cache also for a classic (attention window) checkpoint: "
+                "faster, exact for the first K steps of an episode, approximate after (see "
+                "DTPolicy); a band-attention checkpoint acts from its cache anyway (exact)"})
+    full_recompute: bool = field(default=False, metadata={
+        "help": "band-attention checkpoint: recompute the whole episode's banded forward at "
+                "every step instead of acting from the key/value cache (the same actions, "
+                "slower; a check of the cache)"})
     out: Path | None = field(default=None, metadata={
         "help": "output JSON; unset: <run dir>/eval.json"})
 
@@ -312,6 +318,23 @@ class EvalConfig:
                              f"{CURVE_EPISODE_OFFSET}], found {self.validation_episodes}")
         if self.episodes < 1:
             raise ValueError(f"EvalConfig.episodes must be >= 1, found {self.episodes}")
+        if self.kv_cache and self.full_recompute:
+            raise ValueError("EvalConfig.kv_cache and full_recompute contradict each other; "
+                             "set at most one")
+
+
+def use_kv_cache(net: Any, kv_cache: bool = False, full_recompute: bool = False) -> bool:
+    """Whether a policy on ``net`` acts from the key/value cache: where the cache is exact
+    (a band-attention network, ``offline_dt.model.cache_is_exact``) unless
+    ``full_recompute``; for a classic (window) network only when ``kv_cache`` asks for the
+    approximation (logged as such)."""
+    if cache_is_exact(getattr(net, "cfg", None)):
+        return not full_recompute
+    if kv_cache:
+        log.warning("kv_cache on a window-attention network: exact for the first K steps of "
+                    "an episode, an approximation after (train with attention='band' for an "
+                    "exact cache)")
+    return kv_cache
 
 
 def _get(info: Any, *keys: str) -> Any:
@@ -433,7 +456,9 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
     ``Method.inference_candidates``. With more than one, :func:`choose_candidate` picks the
     best mean return on ``cfg.validation_episodes`` validation episodes; then only that one is
     evaluated on the ``cfg.episodes`` test episodes. The checkpoint's method builds every
-    policy (``Method.policy(net, normalizer, target, kv_cache=..., **settings)``).
+    policy (``Method.policy(net, normalizer, target, kv_cache=..., **settings)``), acting
+    from the key/value cache where it is exact (band-attention checkpoints, unless
+    ``cfg.full_recompute``) or where ``cfg.kv_cache`` asks for it (:func:`use_kv_cache`).
 
     ``eval.json``: the headline (top-level ``mean_return``, ``std_return``, ``ci95``,
     ``normalized_score``, ``headline_target``, ``headline_settings``) is the chosen
@@ -462,10 +487,11 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
         targets = list(cfg.target_returns or default_target_returns(
             facts["best_return"], facts["ref_max_score"]))
     candidates = inference_candidates(ckpt.method, ckpt.model, targets)
+    kv_cache = use_kv_cache(ckpt.model, cfg.kv_cache, cfg.full_recompute)
 
     def make_policy(cand: dict[str, Any]) -> Policy:
         return ckpt.method.policy(ckpt.model, ckpt.normalizer, cand["target_return"],
-                                  kv_cache=cfg.kv_cache, **cand["settings"])
+                                  kv_cache=kv_cache, **cand["settings"])
 
     chosen, validation = choose_candidate(env_id, candidates, make_policy, cfg, facts)
     cand = candidates[chosen]
@@ -485,7 +511,8 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
                       f"{selection['rule']}",
         extra={"checkpoint": str(checkpoint), "step": getattr(ckpt, "step", None),
                "dataset": facts["dataset"], "config": to_jsonable(cfg),
-               "headline_settings": to_jsonable(cand["settings"]), "selection": selection},
+               "headline_settings": to_jsonable(cand["settings"]), "selection": selection,
+               "kv_cache": kv_cache},
     )
     save_json(payload, Path(cfg.out) if cfg.out is not None
               else _run_dir(checkpoint) / "eval.json")
@@ -573,7 +600,8 @@ def make_eval_hook(target_return: float | None = None, seed: int | None = None,
     selects nothing on either. The env is the dataset's (``run.dataset_info["env_id"]``, which
     ``env_id`` overrides); a return-conditioned method acts toward ``target_return``, by
     default the dataset's ``ref_max_score`` (expert level), else its best episode return,
-    with the method's default inference settings.
+    with the method's default inference settings; a band-attention network acts from its
+    (exact) key/value cache.
 
     Returns ``eval_return_mean``, ``eval_return_std`` (over episodes), ``eval_return_ci95``
     (episode-level 95% CI half-width), ``eval_normalized_score`` (NaN when unknown),
@@ -593,7 +621,8 @@ def make_eval_hook(target_return: float | None = None, seed: int | None = None,
                 ref_max if ref_max is not None else float(info["best_return"]))
         was_training = run.net.training
         try:
-            policy = run.method.policy(run.net, run.normalizer, target)
+            kw = {"kv_cache": True} if use_kv_cache(run.net) else {}
+            policy = run.method.policy(run.net, run.normalizer, target, **kw)
             res = evaluate_policy(env_id, policy, run.config.eval_episodes,
                                   run.config.seed if seed is None else seed,
                                   split="validation", first=CURVE_EPISODE_OFFSET,
