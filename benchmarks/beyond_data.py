@@ -142,11 +142,37 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+NOTES = """## Notes
+
+- Designs tried (rows above): QT's Q term alone (`qt-no-weights`, QT as published but with the
+  in-sample IQL critic), advantage weights alone (`aw-dt-beta3`, AWR/IQL policy extraction on
+  the DT's action loss), both (`qt`, `qt-beta3`), the transformer critic against the MLP
+  critic (`qt-transformer*`), a faster target critic (`qt-beta3-rate0.02`). QDT-style
+  relabelling of returns-to-go with learned values (Yamagata et al. 2023) was not tried: it
+  needs values close to the discounted return, and within this budget the critic is far from
+  converged (its V on pendulum-random is a small fraction of the return), which is also why
+  IQL's beta 3 weighted too little and 10 is the default.
+- The transformer critic reads the same window as the actor with the return-to-go tokens
+  zeroed (the realised return would let it regress to the behaviour's Monte Carlo return).
+  Its cost per update is in `ms_per_update` (compare rows of one table only: the machine ran
+  other jobs, so absolute times are not speed figures).
+- pendulum-medium-replay holds 2,500 transitions in 13 episodes. Tried there: a smaller critic
+  (`qt-small-critic`), weaker weights (`qt-beta1`), a higher expectile (`qt-expectile0.9`)
+  where those rows exist; the paper-preset rows with 3 seeds are in
+  `benchmarks/results/pendulum-beyond-data.md`.
+- QT's inference (the critic picks among the actions for 5 returns-to-go, `q_candidates`) is
+  one of the candidates each checkpoint chooses among on validation episodes
+  (`headline_settings`).
+"""
+
+
 def write(df: pd.DataFrame, args: argparse.Namespace, command: str, wall: float) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     df.to_csv(RESULTS / "beyond_data.csv", index=False)
     lines = ["# Beyond the data: value-guided DT designs on Pendulum", "",
-             f"Command: `{command}`  ", f"Machine: {platform.machine()}, "
+             f"Command (the last call; the page collects every run under `{args.root}`, each "
+             f"made by a call of this script naming its level and variant): `{command}`  ",
+             f"Machine: {platform.machine()}, "
              f"{multiprocessing.cpu_count()} CPU cores; python {platform.python_version()}, "
              f"torch {torch.__version__}; wall {wall:.0f} s  ",
              f"Budget: the paper preset's network, {args.steps} updates per run, "
@@ -159,7 +185,7 @@ def write(df: pd.DataFrame, args: argparse.Namespace, command: str, wall: float)
               "Designs are compared on `validation_return` (the chosen candidate's mean on "
               "the validation episodes); `mean_return` is on the test episodes.", "",
               "## Mean return (mean over seeds)", "", to_markdown(summary(df)), "",
-              "## Every run", "", to_markdown(df.drop(columns=["headline_rule"])), ""]
+              "## Every run", "", to_markdown(df.drop(columns=["headline_rule"])), "", NOTES]
     (RESULTS / "beyond_data.md").write_text("\n".join(lines))
 
 
