@@ -189,6 +189,40 @@ def write(df: pd.DataFrame, args: argparse.Namespace, command: str, wall: float)
     (RESULTS / "beyond_data.md").write_text("\n".join(lines))
 
 
+def update_cost(dataset: str, variants: list[str], rounds: int = 5, steps: int = 20
+                ) -> pd.DataFrame:
+    """Median ms per update of each variant at the paper preset's size, measured in one process
+    in interleaved blocks (the same machine state for all), and the ratio to ``dt``'s."""
+    from offline_dt.data import load_dataset
+    from offline_dt.data.windows import Normalizer, WindowSampler
+    from offline_dt.train import make_optimizer, train_step
+
+    torch.set_num_threads(1)
+    data = load_dataset(dataset)
+    norm = Normalizer.fit(data)
+    setups = {}
+    for name in variants:
+        method, options, _ = VARIANTS[name]
+        cfg = TrainConfig(method=method, method_options=options, device="cpu",
+                          **{**PRESETS["paper"].train, "eval_every": 0})
+        m = get_method(method)
+        net = m.build(cfg.model_config(data.obs_dim, data.act_dim, data.discrete), options)
+        opt, sched = make_optimizer(net, cfg)
+        sampler = WindowSampler(data, norm, cfg.context_length, 1000, seed=0)
+        setups[name] = (m, net, opt, sched, sampler, cfg)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, (m, net, opt, sched, sampler, cfg) in setups.items():
+            t = time.perf_counter()
+            for _ in range(steps):
+                train_step(net, opt, sched, sampler.sample(cfg.batch_size), cfg, m)
+            times[name].append(1000 * (time.perf_counter() - t) / steps)
+    med = {k: float(pd.Series(v).median()) for k, v in times.items()}
+    return pd.DataFrame([{"variant": k, "ms_per_update": round(v, 1),
+                          "ratio_to_dt": round(v / med["dt"], 2) if "dt" in med else None}
+                         for k, v in med.items()])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--levels", nargs="+", default=["random", "medium-replay"])
@@ -200,8 +234,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", type=Path, default=Path("data/d4rl"))
     ap.add_argument("--root", type=Path, default=Path("data/runs/beyond_data"))
     ap.add_argument("--workers", type=int, default=multiprocessing.cpu_count())
+    ap.add_argument("--cost", action="store_true",
+                    help="only measure ms per update of --variants on the first level "
+                         "(one process, interleaved) into results/beyond_data_cost.md")
     args = ap.parse_args(argv)
     command = "python benchmarks/beyond_data.py " + shlex.join(argv or sys.argv[1:])
+    if args.cost:
+        cost = update_cost(str(args.data_dir / f"pendulum-{args.levels[0]}-v0.hdf5"),
+                           args.variants)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "beyond_data_cost.md").write_text("\n".join([
+            "# Cost of the critic per update", "", f"Command: `{command}`  ",
+            f"Machine: {platform.machine()}, {multiprocessing.cpu_count()} CPU cores, one "
+            f"thread; python {platform.python_version()}, torch {torch.__version__}  ",
+            "The paper preset's network and batch; median of 5 interleaved blocks of 20 "
+            "updates.", "", to_markdown(cost), ""]))
+        print((RESULTS / "beyond_data_cost.md").read_text())
+        return 0
     jobs = [{"level": lv, "variant": v, "seed": s, "steps": args.steps,
              "episodes": args.episodes, "root": str(args.root), "threads": 1,
              "dataset": str(args.data_dir / f"pendulum-{lv}-v0.hdf5")}
