@@ -154,11 +154,13 @@ NOTES = """## Notes
   IQL's beta 3 weighted too little and 10 is the default.
 - The transformer critic reads the same window as the actor with the return-to-go tokens
   zeroed (the realised return would let it regress to the behaviour's Monte Carlo return).
-  Its cost per update is in `ms_per_update` (compare rows of one table only: the machine ran
-  other jobs, so absolute times are not speed figures).
-- pendulum-medium-replay holds 2,500 transitions in 13 episodes. Tried there: a smaller critic
-  (`qt-small-critic`), weaker weights (`qt-beta1`), a higher expectile (`qt-expectile0.9`)
-  where those rows exist; the paper-preset rows with 3 seeds are in
+  The cost of each critic per update, measured side by side in one process:
+  `benchmarks/results/beyond_data_cost.md`. The `ms_per_update` column here was measured
+  while other jobs shared the machine and is not a speed figure.
+- pendulum-medium-replay holds 2,500 transitions in 13 episodes. The rows above on it are the
+  designs (weights, Q term, critic type, beta); the regularisation variants defined in the
+  script (`qt-small-critic`, `qt-beta1`, `qt-expectile0.9`) had not run when this page was
+  written unless they appear above. The paper-preset rows with 3 seeds are in
   `benchmarks/results/pendulum-beyond-data.md`.
 - QT's inference (the critic picks among the actions for 5 returns-to-go, `q_candidates`) is
   one of the candidates each checkpoint chooses among on validation episodes
