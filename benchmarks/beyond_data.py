@@ -31,11 +31,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from offline_dt.evaluate import EvalConfig, evaluate_checkpoint  # noqa: E402
+from offline_dt.evaluate import EvalConfig  # noqa: E402
 from offline_dt.methods import get_method  # noqa: E402
-from offline_dt.pipeline import PRESETS  # noqa: E402
+from offline_dt.pipeline import PRESETS, train_and_evaluate  # noqa: E402
 from offline_dt.report import to_markdown  # noqa: E402
-from offline_dt.train import TrainConfig, train  # noqa: E402
+from offline_dt.train import TrainConfig  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -61,39 +61,25 @@ VARIANTS: dict[str, tuple[str, dict[str, str], str]] = {
 }
 
 
-def _train(job: dict[str, Any], run_dir: Path) -> None:
-    """Train one run unless its checkpoint already reached the budget; record its timing."""
-    from offline_dt.train import CHECKPOINT_NAME, load_checkpoint
-
-    method, options, _ = VARIANTS[job["variant"]]
-    ckpt = run_dir / CHECKPOINT_NAME
-    if ckpt.is_file() and (run_dir / "timing.json").is_file():
-        saved = json.loads((run_dir / "config.json").read_text())["train_config"]
-        same = get_method(method).resolve_options(saved.get("method_options")) == \
-            get_method(method).resolve_options(options)
-        if same and load_checkpoint(ckpt).step >= job["steps"]:
-            return
-    cfg = TrainConfig(dataset=job["dataset"], env_id="Pendulum-v1", method=method,
-                      method_options=options, seed=job["seed"], device="cpu",
-                      run_dir=run_dir, progress=False, overwrite=True,
-                      **{**PRESETS["paper"].train, "eval_every": 0, "steps": job["steps"]})
-    res = train(cfg)
-    (run_dir / "timing.json").write_text(json.dumps(
-        {"train_seconds": res.wall_seconds, "ms_per_update": 1000.0 / res.steps_per_second}))
-
-
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
-    """Train (or reuse) and evaluate one variant × level × seed; its result row. An eval.json
-    that did not choose its target on validation episodes is evaluated again."""
+    """Train (or reuse, or resume) and evaluate one variant × level × seed with the pipeline's
+    own rules (``offline_dt.pipeline.train_and_evaluate``: a run is reused when its config,
+    method options included, matches and its eval.json chose on validation episodes); its
+    result row. A fresh training records its wall seconds per update in ``timing.json``."""
     torch.set_num_threads(job["threads"])
+    method, options, _ = VARIANTS[job["variant"]]
     run_dir = Path(job["root"]) / job["level"] / job["variant"] / f"seed{job['seed']}"
-    _train(job, run_dir)
-    eval_path = run_dir / "eval.json"
-    ev = json.loads(eval_path.read_text()) if eval_path.is_file() else {}
-    if "selection" not in ev or ev.get("episodes") != job["episodes"]:
-        evaluate_checkpoint(EvalConfig(checkpoint=run_dir, env_id="Pendulum-v1",
-                                       seed=job["seed"], device="cpu",
-                                       episodes=job["episodes"]))
+    tcfg = TrainConfig(dataset=job["dataset"], env_id="Pendulum-v1", method=method,
+                       method_options=options, seed=job["seed"], device="cpu",
+                       run_dir=run_dir, progress=False,
+                       **{**PRESETS["paper"].train, "eval_every": 0, "steps": job["steps"]})
+    ecfg = EvalConfig(checkpoint=run_dir, env_id="Pendulum-v1", seed=job["seed"],
+                      device="cpu", episodes=job["episodes"])
+    _, seconds = train_and_evaluate(tcfg, ecfg, None)
+    if seconds["train"] > 0:
+        (run_dir / "timing.json").write_text(json.dumps(
+            {"train_seconds": seconds["train"],
+             "ms_per_update": 1000.0 * seconds["train"] / job["steps"]}))
     return read_row(job)
 
 
