@@ -85,18 +85,21 @@ def test_plain_unregistered_env_id_loads_but_is_not_registered(box_dataset, tmp_
         registered_env_id("os:Pendulum-v1", "x")
 
 
-def _minari_metadata(ds_dir):
-    return ds_dir / "data" / "metadata.json"
+def _edit_minari_env_spec(ds_dir, **spec_changes):
+    """Rewrite a written Minari dataset's ``env_spec`` with ``spec_changes``; returns the
+    metadata dict written (callers may edit and write it again)."""
+    meta_path = ds_dir / "data" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    spec = json.loads(meta["env_spec"])
+    spec.update(spec_changes)
+    meta["env_spec"] = json.dumps(spec)
+    meta_path.write_text(json.dumps(meta))
+    return meta
 
 
 def test_minari_env_id_with_module_part_is_refused(box_dataset, tmp_path, marker_module):
     ds_dir = write_minari(box_dataset, "tiny/evil-v0", root=tmp_path / "minari")
-    meta_path = _minari_metadata(ds_dir)
-    meta = json.loads(meta_path.read_text())
-    spec = json.loads(meta["env_spec"])
-    spec["id"] = f"{MARKER_MODULE}:Pendulum-v1"
-    meta["env_spec"] = json.dumps(spec)
-    meta_path.write_text(json.dumps(meta))
+    _edit_minari_env_spec(ds_dir, id=f"{MARKER_MODULE}:Pendulum-v1")
     with pytest.raises(DatasetError, match=r"evil-v0.*key 'env_spec.id' must be a plain"):
         read_minari(ds_dir)
     assert not marker_module.exists()
@@ -107,13 +110,9 @@ def test_minari_without_spaces_is_refused_before_minari_builds_the_env(box_datas
     """Without stored spaces Minari would ``gym.make`` the file's env spec, importing the
     module its entry point names."""
     ds_dir = write_minari(box_dataset, "tiny/nospace-v0", root=tmp_path / "minari")
-    meta_path = _minari_metadata(ds_dir)
-    meta = json.loads(meta_path.read_text())
+    meta = _edit_minari_env_spec(ds_dir, entry_point=f"{MARKER_MODULE}:Env")
     del meta["observation_space"]
-    spec = json.loads(meta["env_spec"])
-    spec["entry_point"] = f"{MARKER_MODULE}:Env"
-    meta["env_spec"] = json.dumps(spec)
-    meta_path.write_text(json.dumps(meta))
+    (ds_dir / "data" / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(DatasetError, match=r"nospace-v0.*lacks key\(s\) \['observation_space'\]"):
         read_minari(ds_dir)
     assert not marker_module.exists()
