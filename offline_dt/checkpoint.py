@@ -45,6 +45,9 @@ REQUIRED_KEYS = ("format", "model", "optimizer", "scheduler", "rng", "step", "no
 #: What the digest covers, in this order.
 DIGEST_KEYS = ("model", "optimizer", "scheduler", "rng", "normalizer", "step",
                "train_config", "model_config", "dataset_info")
+#: Covered by the digest too when present (after ``DIGEST_KEYS``): a batch source's state
+#: (``offline_dt.train.BatchSource``, e.g. an online replay buffer).
+OPTIONAL_DIGEST_KEYS = ("source",)
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,8 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 
 def payload_digest(payload: dict[str, Any]) -> str:
-    """``"sha256:<64 hex>"`` over the values of ``DIGEST_KEYS`` in ``payload``.
+    """``"sha256:<64 hex>"`` over the values of ``DIGEST_KEYS`` (and of
+    ``OPTIONAL_DIGEST_KEYS`` present) in ``payload``.
 
     Tensors contribute their key path, dtype, shape and bytes (CPU copy, any device); other
     leaves (numbers, strings, None) their key path, type and ``repr``; dicts are walked in
@@ -76,6 +80,9 @@ def payload_digest(payload: dict[str, Any]) -> str:
     h = hashlib.sha256()
     for key in DIGEST_KEYS:
         _feed(h, key, payload[key])
+    for key in OPTIONAL_DIGEST_KEYS:
+        if key in payload:
+            _feed(h, key, payload[key])
     return "sha256:" + h.hexdigest()
 
 

@@ -3,6 +3,7 @@
     offline-dt generate   --env Pendulum-v1            datasets (D4RL HDF5 + Minari)
     offline-dt datasets                                 list what exists
     offline-dt train      --dataset ID_OR_PATH         train a Decision Transformer
+    offline-dt finetune   --checkpoint RUN_DIR --online-steps N   online DT fine-tuning (odt)
     offline-dt evaluate   --checkpoint PATH            return-conditioned rollouts
     offline-dt reference  --dataset ID_OR_PATH --method iql   a d3rlpy reference row
     offline-dt report     --runs data/runs             average-reward table and plots
@@ -33,6 +34,7 @@ from offline_dt.config import CLI_MARKERS, REGISTRY
 from offline_dt.data.d4rl import LEVELS
 from offline_dt.distributed import DistributedError
 from offline_dt.evaluate import EvalConfig
+from offline_dt.finetune import FinetuneConfig
 from offline_dt.lock import LockedError
 from offline_dt.pipeline import PRESETS, all_methods
 from offline_dt.reference import MissingDependencyError, ReferenceConfig
@@ -145,6 +147,21 @@ def train_summary(cfg: TrainConfig, result: Any) -> str:
     ])
 
 
+def _finetune(cfg: FinetuneConfig) -> int:
+    from offline_dt.finetune import finetune
+
+    result = finetune(cfg)
+    print("\n".join([
+        f"finetuned {cfg.checkpoint} online: {result.steps} updates in total",
+        f"  run dir      {result.run_dir}",
+        f"  checkpoint   {result.checkpoint}",
+        f"  final loss   {result.final_loss:.4g} (mean over the last logged interval)",
+        f"  time         {result.wall_seconds:.1f} s for this call (metrics.csv: env_steps, "
+        f"collect_return_mean)",
+    ]))
+    return 0
+
+
 def _evaluate(cfg: EvalConfig) -> int:
     from offline_dt.evaluate import evaluate_checkpoint
 
@@ -235,6 +252,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("datasets", DatasetsConfig,
             "list generated datasets (id, steps, episodes, returns)", _datasets),
     Command("train", TrainConfig, "train a Decision Transformer (or BC) on a dataset", _train),
+    Command("finetune", FinetuneConfig,
+            "fine-tune an odt checkpoint online (Online Decision Transformer)", _finetune),
     Command("evaluate", EvalConfig, "roll out a trained checkpoint on the live env", _evaluate),
     Command("reference", ReferenceConfig,
             "train a d3rlpy reference row (iql, mlp-bc, pct-bc) and evaluate it", _reference),

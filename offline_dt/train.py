@@ -10,7 +10,11 @@ Readable top to bottom (in the spirit of CleanRL / CORL):
    then the loop: sample windows, ``method.loss``, AdamW step, warmup schedule, logs
    (``offline_dt.run_log``), periodic evaluation, checkpoints (``offline_dt.checkpoint``) with
    exact resume (parameters after N + M steps equal an uninterrupted run on CPU: model,
-   optimizer, scheduler, torch, numpy, sampler and CUDA RNGs are all restored).
+   optimizer, scheduler, torch, numpy, sampler and CUDA RNGs are all restored). The batches
+   come from a window sampler, or from any ``BatchSource`` the caller passes (its optional
+   hooks: ``collect`` before updates, ``finished``, ``log_values``, a checkpointed state; e.g.
+   the online replay buffer of ``offline_dt.finetune``), and ``init`` warm-starts a new run
+   from a checkpoint.
 3. ``load_checkpoint(path)``: the networks, configs, normaliser and dataset facts.
 
 What a method is (its networks, loss and acting) lives in ``offline_dt.methods``; the loop
@@ -35,7 +39,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -68,8 +72,8 @@ from offline_dt.run_log import RunLog
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CHECKPOINT_NAME", "EvalHook", "LoadedCheckpoint", "TrainConfig", "TrainResult",
-           "TrainingRun", "load_checkpoint", "train"]
+__all__ = ["CHECKPOINT_NAME", "BatchSource", "EvalHook", "LoadedCheckpoint", "TrainConfig",
+           "TrainResult", "TrainingRun", "load_checkpoint", "train"]
 
 # Fields that may change between a run and its resumption: they do not affect the parameters.
 RESUMABLE_FIELDS = frozenset({
@@ -314,6 +318,33 @@ class TrainingRun:
 
 #: ``hook(run, step) -> {column: value}``: periodic evaluation, values become metrics columns.
 EvalHook = Callable[[TrainingRun, int], dict[str, float]]
+
+
+class BatchSource(Protocol):
+    """What the loop samples batches from: :class:`WindowSampler` (the default), or another
+    object passed to :func:`train` by ``batch_source``.
+
+    Required: ``generator`` (a ``torch.Generator``, checkpointed with the RNGs) and
+    ``sample_shard(batch_size, rank, world_size) -> (Batch, share)``, as
+    :class:`WindowSampler`. Optional, each looked up by name and called when present:
+
+    - ``collect(run, step)``: before every update (``step`` updates done), with the
+      trainer's :class:`TrainingRun`; e.g. act in the environment and add to a buffer.
+    - ``finished(step) -> bool``: True ends the run after ``step`` updates (before
+      ``cfg.steps``, which is then a cap), with the final log row and checkpoint.
+    - ``log_values() -> dict[str, float]``: columns added to every ``metrics.csv`` row.
+    - ``state_dict()`` / ``load_state_dict(state)``: tensors and plain values saved as the
+      checkpoint's ``source`` and restored on resume (never pickled objects).
+    """
+
+    generator: torch.Generator
+
+    def sample_shard(self, batch_size: int, rank: int, world_size: int
+                     ) -> tuple[Batch, float]: ...
+
+
+#: ``batch_source(dataset, normalizer, cfg, device) -> BatchSource``.
+SourceFactory = Callable[[OfflineDataset, Normalizer, "TrainConfig", torch.device], BatchSource]
 
 
 # ---------------------------------------------------------------------------------- data
@@ -635,10 +666,11 @@ def _claim_run_dir(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None
     return cfg, None
 
 
-def _load_data(cfg: TrainConfig, resumed: dict[str, Any] | None
+def _load_data(cfg: TrainConfig, resumed: dict[str, Any] | None, origin: Path | None = None
                ) -> tuple[OfflineDataset, Normalizer, dict[str, Any]]:
     """The dataset (checked against ``env_id``), its normaliser and facts: refitted for a
-    new run, the checkpoint's own on resume (after checking the data did not change)."""
+    new run, the checkpoint's own on resume or a warm start from the checkpoint ``origin``
+    (after checking the data did not change)."""
     dataset = load_dataset(cfg.dataset, cfg.minari_root, env_id=cfg.env_id)
     if cfg.env_id:
         dataset = check_env_spaces(dataset, cfg.env_id)
@@ -648,25 +680,33 @@ def _load_data(cfg: TrainConfig, resumed: dict[str, Any] | None
     info = json.loads(resumed["dataset_info"])
     if info.get("checksum") != dataset.checksum():
         raise ValueError(
-            f"{Path(cfg.run_dir) / CHECKPOINT_NAME}: dataset {cfg.dataset} has checksum "
+            f"{origin or Path(cfg.run_dir) / CHECKPOINT_NAME}: dataset {cfg.dataset} has checksum "
             f"{dataset.checksum()[:12]}…, the checkpoint was trained on "
             f"{str(info.get('checksum'))[:12]}…")
     return dataset, normalizer_from_tensors(resumed["normalizer"]), info
 
 
 def _build(cfg: TrainConfig, method: Method, dataset: OfflineDataset, normalizer: Normalizer,
-           ranks: Ranks, resumed: dict[str, Any] | None) -> _State:
-    """Seed, then sampler (its arrays on the device), networks, optimizer and schedule
-    (seeded identically on resume, then overwritten by the checkpoint's states), then the
-    loss as the loop computes it (:func:`_loss_fn`)."""
+           ranks: Ranks, resumed: dict[str, Any] | None, start: dict[str, Any] | None = None,
+           batch_source: SourceFactory | None = None) -> _State:
+    """Seed, then sampler (``batch_source``'s, or windows/segments of ``dataset``; its arrays
+    on the device), networks, optimizer and schedule (seeded identically on resume, then
+    overwritten by the checkpoint's states; a new run from ``start`` takes that checkpoint's
+    networks, optimizer and schedule), then the loss as the loop computes it
+    (:func:`_loss_fn`)."""
     device = ranks.device
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     if device.type == "cuda":
         torch.cuda.manual_seed_all(cfg.seed)
-    if cfg.attention == "band":
-        sampler: WindowSampler = SegmentSampler(dataset, normalizer, cfg.segment_length,
-                                                cfg.max_timestep, seed=cfg.seed, device=device)
+    if batch_source is not None:
+        sampler: WindowSampler = batch_source(dataset, normalizer, cfg, device)
+        if ranks.distributed and hasattr(sampler, "collect"):
+            raise ValueError("a batch source that collects online data (collect) trains in "
+                             "one process only; run it without torchrun (WORLD_SIZE=1)")
+    elif cfg.attention == "band":
+        sampler = SegmentSampler(dataset, normalizer, cfg.segment_length, cfg.max_timestep,
+                                 seed=cfg.seed, device=device)
     else:
         sampler = WindowSampler(dataset, normalizer, cfg.context_length, cfg.max_timestep,
                                 seed=cfg.seed, device=device)
@@ -682,8 +722,18 @@ def _build(cfg: TrainConfig, method: Method, dataset: OfflineDataset, normalizer
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
         _restore_rng(resumed["rng"], state, cfg)
+        if "source" in resumed and hasattr(sampler, "load_state_dict"):
+            sampler.load_state_dict(resumed["source"])
         state.step = int(resumed["step"])
         log.info("resuming %s at step %d", Path(cfg.run_dir) / CHECKPOINT_NAME, state.step)
+    elif start is not None:
+        try:
+            net.load_state_dict(start["model"])
+        except RuntimeError as e:
+            raise ValueError(f"init checkpoint: its networks do not fit this run's config "
+                             f"({e})") from e
+        optimizer.load_state_dict(start["optimizer"])
+        scheduler.load_state_dict(start["scheduler"])
     state.loss_fn = _loss_fn(cfg, method, net, ranks)
     return state
 
@@ -760,7 +810,9 @@ def _save(cfg: TrainConfig, state: _State, info: dict[str, Any],
                                         "gathering RNG states for the checkpoint")
     if not ranks.is_main:
         return
+    source = state.sampler.state_dict() if hasattr(state.sampler, "state_dict") else None
     save_checkpoint(Path(cfg.run_dir) / CHECKPOINT_NAME, {
+        **({} if source is None else {"source": source}),
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "step": state.step,
@@ -809,22 +861,42 @@ def _update(cfg: TrainConfig, method: Method, state: _State
     return values[0], {k: values[i + 1] for i, k in enumerate(keys)}
 
 
+def _source_finished(state: _State) -> bool:
+    """The batch source's ``finished(step)`` (an online source whose budget is spent);
+    False for a source without one."""
+    finished = getattr(state.sampler, "finished", None)
+    return finished is not None and bool(finished(state.step))
+
+
+def _collect(run: TrainingRun, state: _State) -> None:
+    """The batch source's ``collect(run, step)`` before an update (an online source acts in
+    its environment when it is time to), then the networks back in train mode."""
+    collect = getattr(state.sampler, "collect", None)
+    if collect is not None:
+        collect(run, state.step)
+        state.net.train()
+
+
 def _loop(cfg: TrainConfig, method: Method, state: _State, run: TrainingRun,
           hook: EvalHook | None, runlog: RunLog | QuietLog) -> float:
-    """Update until ``cfg.steps``; log, evaluate and checkpoint on their schedules.
-    Returns the seconds spent training (eval hook excluded)."""
+    """Update until ``cfg.steps`` (or the batch source is finished); log, evaluate and
+    checkpoint on their schedules. Returns the seconds spent training (eval hook excluded;
+    a batch source's collect steps included)."""
     state.net.train()
     train_seconds = 0.0
     t_loop = time.perf_counter()
-    while state.step < cfg.steps:
+    log_values = getattr(state.sampler, "log_values", dict)
+    while state.step < cfg.steps and not _source_finished(state):
+        _collect(run, state)
         loss, extras = _update(cfg, method, state)
         state.step += 1
         runlog.add(loss, extras)
-        last = state.step == cfg.steps
+        last = state.step == cfg.steps or _source_finished(state)
         do_eval = hook is not None and cfg.eval_every > 0 and (
             state.step % cfg.eval_every == 0 or last)
         if state.step % cfg.log_every == 0 or last or do_eval:
             row = runlog.interval_row(state.step, state.scheduler.get_last_lr()[0])
+            row.update(log_values())
             if do_eval:
                 train_seconds += time.perf_counter() - t_loop
                 row.update(_evaluate_now(hook, run, state))
@@ -836,7 +908,9 @@ def _loop(cfg: TrainConfig, method: Method, state: _State, run: TrainingRun,
     return train_seconds + time.perf_counter() - t_loop
 
 
-def train(cfg: TrainConfig, eval_hook: EvalHook | None = None) -> TrainResult:
+def train(cfg: TrainConfig, eval_hook: EvalHook | None = None, *,
+          init: str | Path | None = None, batch_source: SourceFactory | None = None
+          ) -> TrainResult:
     """Train ``cfg.method`` on ``cfg.dataset`` and write the run to ``cfg.run_dir``.
 
     ``eval_hook(run, step) -> dict[str, float]`` (e.g. ``offline_dt.evaluate.make_eval_hook()``)
@@ -848,6 +922,14 @@ def train(cfg: TrainConfig, eval_hook: EvalHook | None = None) -> TrainResult:
     rank calls this and they train one model with DistributedDataParallel
     (``offline_dt.distributed``): ``batch_size`` is the global batch, split across ranks;
     rank 0 alone holds the lock, writes the run directory and calls ``eval_hook``.
+
+    ``init`` (a checkpoint file or run directory) warm-starts a new run: its networks,
+    optimizer and schedule states, normaliser and dataset facts are taken (its dataset must be
+    ``cfg.dataset``, checked by checksum; ``cfg`` must build the same networks), and the new
+    run counts its own ``cfg.steps`` from 0; on ``resume`` the run's own checkpoint is used
+    instead. ``batch_source(dataset, normalizer, cfg, device)`` replaces the window sampler
+    with any object that samples batches the same way (:class:`BatchSource`; e.g. an online
+    replay buffer that collects before updates, ``offline_dt.finetune``).
 
     The whole call holds an exclusive lock on ``run_dir`` (:func:`offline_dt.lock.
     exclusive_lock`). Everything is checked (config, dataset, env, sizes, memory) before the
@@ -875,10 +957,14 @@ def train(cfg: TrainConfig, eval_hook: EvalHook | None = None) -> TrainResult:
             return _claim_run_dir(cfg)
 
         cfg, resumed = ranks.from_main(claim)
-        dataset, normalizer, info = _load_data(cfg, resumed)
+        start = None
+        if resumed is None and init is not None:
+            init, start = read_checkpoint(init, "cpu")
+        dataset, normalizer, info = _load_data(cfg, resumed or start,
+                                               init if start is not None else None)
         cfg = _check_sizes(cfg, dataset, ranks.device, new_run=resumed is None)
-        state = _build(cfg, method, dataset, normalizer, ranks, resumed)
-        del resumed
+        state = _build(cfg, method, dataset, normalizer, ranks, resumed, start, batch_source)
+        del resumed, start
         previous = None
         if ranks.is_main and not cfg.resume and (Path(cfg.run_dir) / CHECKPOINT_NAME).exists():
             previous = PreviousRun(Path(cfg.run_dir))

@@ -4,12 +4,14 @@
 - ``bc``: the same network with returns-to-go zeroed (``offline_dt.methods.bc``).
 - ``qt``: Q-value regularized DT with an in-sample IQL critic, MLP or transformer
   (``offline_dt.methods.qt``).
+- ``odt``: Online Decision Transformer, a stochastic policy with an entropy constraint, for
+  ``offline-dt finetune`` (``offline_dt.methods.odt``).
 
 See ``offline_dt.methods.base.Method`` for what a method provides, and README "Adding a
 method".
 """
 
-from offline_dt.methods import bc, dt, qt  # noqa: F401  (each module registers its method)
+from offline_dt.methods import bc, dt, odt, qt  # noqa: F401  (each module registers its method)
 from offline_dt.methods.base import METHODS, Method, get_method, register
 
 __all__ = ["METHODS", "Method", "get_method", "register"]

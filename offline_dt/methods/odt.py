@@ -1,0 +1,310 @@
+"""Online Decision Transformer (Zheng, Zhang & Grover, "Online Decision Transformer", ICML 2022):
+the whole method in one file. Online fine-tuning (the replay buffer and the collect step) is
+``offline_dt.finetune``; this file is the network, the loss and how it acts.
+
+- Network: the DT trunk (``offline_dt.model.DecisionTransformer``) with a stochastic policy
+  head on the hidden state of the state token ``s_t`` (the token the DT predicts ``a_t``
+  from; the action token embeds ``a_t`` itself). Box actions: a tanh-squashed diagonal
+  Gaussian ``a = tanh(u)``, ``u ~ N(μ, σ²)``, with ``μ`` from the trunk's action head and
+  ``log σ`` from its own linear head, squashed into ``[log_std_min, log_std_max]`` by a tanh
+  as ODT does (``log σ = lo + (hi - lo)(tanh(x) + 1) / 2``). Discrete actions: a categorical
+  over the trunk's logits.
+- Loss (Section 3.2, eq. 5 and its dual, eq. 7): the negative log-likelihood of the data
+  actions minus ``λ`` times the policy entropy, both masked means over the real steps of the
+  window, with ``λ`` detached::
+
+      L(θ) = -E[log π_θ(a_t | ...)] - λ · H[π_θ],          H[π_θ] >= β (target entropy)
+
+  For the squashed Gaussian, ``log π(a) = Σ_j log N(atanh a_j; μ_j, σ_j) - log(1 - a_j²)``
+  (data actions clamped to ``±(1 - 1e-6)``) and ``H`` is estimated from one reparameterised
+  sample per step, ``H ≈ -log π(ã)``, ``ã = tanh(μ + σ ε)``, as ODT's code does; for the
+  categorical ``H`` is exact.
+- Temperature (eq. 7, the Lagrangian dual): ``λ = exp(log λ)`` minimises
+  ``J(log λ) = λ · (H - β)`` (``H`` detached), so ``λ`` grows while the entropy is below the
+  target and shrinks above it. As in ODT's code it has its own Adam (``temperature_lr``,
+  β = (0.9, 0.999), no weight decay, no warmup, no gradient clipping), apart from the
+  trunk's AdamW: ``log λ`` is a parameter of the network with ``requires_grad=False`` (so
+  the loop's AdamW, which skips parameters without a gradient, never moves it), ``loss``
+  records the batch's entropy gap ``H - β`` in a buffer, and ``after_step`` takes the Adam
+  step on the closed-form gradient ``∂J/∂log λ = λ (H - β)``. The parameter and the Adam
+  moments are in the network's ``state_dict``, so they checkpoint and resume with it.
+  Under DDP the gap is the global batch's (``offline_dt.distributed.global_mean``), so every
+  rank takes the same step.
+- Acting: evaluation acts with the mean action ``tanh(μ)`` (Box) or the most likely action
+  (Discrete), deterministically, as ODT evaluates; ``policy(..., sample=True, generator=g)``
+  samples from the policy (the online collect step, ``offline_dt.finetune``).
+
+Hyperparameters: :class:`ODTOptions`, set with ``--method-options KEY VALUE ...``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from offline_dt.data.windows import Batch, Normalizer
+from offline_dt.distributed import global_mean
+from offline_dt.methods.base import Method, register
+from offline_dt.methods.dt import DTPolicy
+from offline_dt.model import DecisionTransformer, DTConfig
+
+#: Data actions at the bounds are clamped to ``±(1 - ACTION_EPS)`` before ``atanh``.
+ACTION_EPS = 1e-6
+#: Adam's betas and epsilon for the temperature (ODT's: torch's defaults).
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
+
+
+@dataclass(frozen=True)
+class ODTOptions:
+    """ODT's own hyperparameters (``TrainConfig.method_options`` keys).
+
+    Attributes:
+        init_temperature: λ at the start (ODT: 0.1).
+        target_entropy: β; ``auto`` is ``-act_dim`` for Box actions (ODT, SAC's heuristic)
+            and ``discrete_entropy_fraction · log n`` for ``n`` Discrete actions.
+        discrete_entropy_fraction: the fraction of the uniform policy's entropy ``log n``
+            that ``auto`` targets for Discrete actions (0.5: e.g. probabilities 0.9 / 0.1 for
+            two actions keep about that much; SAC-discrete's 0.98 is near-uniform).
+        temperature_lr: Adam learning rate of ``log λ`` (ODT: 1e-4).
+        log_std_min, log_std_max: bounds of the Gaussian's log standard deviation (ODT:
+            -5, 2).
+    """
+
+    init_temperature: float = 0.1
+    target_entropy: str = "auto"
+    discrete_entropy_fraction: float = 0.5
+    temperature_lr: float = 1e-4
+    log_std_min: float = -5.0
+    log_std_max: float = 2.0
+
+    @classmethod
+    def parse(cls, options: dict[str, Any] | None) -> ODTOptions:
+        """Options from ``TrainConfig.method_options`` (strings from the CLI are converted).
+
+        Raises:
+            ValueError: an unknown key, a value of the wrong type, or one out of range.
+        """
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, raw in (options or {}).items():
+            if key not in fields:
+                raise ValueError(f"method_options: odt has no option {key!r}; its options "
+                                 f"are {sorted(fields)}")
+            kind = type(fields[key].default)
+            try:
+                values[key] = kind(raw)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"method_options: odt option {key!r} must be "
+                                 f"{kind.__name__}, found {raw!r}") from e
+        opts = cls(**values)
+        opts.validate()
+        return opts
+
+    def validate(self) -> None:
+        if not self.init_temperature > 0 or not self.temperature_lr >= 0:
+            raise ValueError(f"method_options: odt init_temperature must be > 0 and "
+                             f"temperature_lr >= 0, found {self.init_temperature} and "
+                             f"{self.temperature_lr}")
+        if self.target_entropy != "auto":
+            try:
+                float(self.target_entropy)
+            except ValueError:
+                raise ValueError(f"method_options: odt target_entropy must be 'auto' or a "
+                                 f"number, found {self.target_entropy!r}") from None
+        if not 0.0 <= self.discrete_entropy_fraction <= 1.0:
+            raise ValueError(f"method_options: odt discrete_entropy_fraction must be in "
+                             f"[0, 1], found {self.discrete_entropy_fraction}")
+        if not self.log_std_min < self.log_std_max:
+            raise ValueError(f"method_options: odt log_std_min must be < log_std_max, found "
+                             f"{self.log_std_min} and {self.log_std_max}")
+
+    def target(self, cfg: DTConfig) -> float:
+        """β for a network of shape ``cfg`` (module docstring)."""
+        if self.target_entropy != "auto":
+            return float(self.target_entropy)
+        if cfg.discrete:
+            return self.discrete_entropy_fraction * math.log(cfg.act_dim)
+        return -float(cfg.act_dim)
+
+
+# ---------------------------------------------------------------------------------- network
+class ODTNetwork(nn.Module):
+    """The DT trunk, the log-std head (Box), the temperature and its Adam state.
+
+    ``forward`` is the trunk's (:meth:`DecisionTransformer.forward`): ``tanh(μ)`` for Box, the
+    logits for Discrete, so ``DTPolicy`` acts deterministically with it.
+    """
+
+    def __init__(self, cfg: DTConfig, options: ODTOptions) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.options = options
+        self.target_entropy = options.target(cfg)
+        self.trunk = DecisionTransformer(cfg)
+        self.log_std = None if cfg.discrete else nn.Linear(cfg.embed_dim, cfg.act_dim)
+        self.log_temperature = nn.Parameter(
+            torch.tensor(math.log(options.init_temperature)), requires_grad=False)
+        for name in ("temperature_adam_m", "temperature_adam_v", "temperature_adam_t",
+                     "entropy_gap"):
+            self.register_buffer(name, torch.zeros(()))
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The trunk's deterministic action (Box: ``tanh(μ)``) or logits (Discrete)."""
+        return self.trunk(*args, **kwargs)
+
+    def heads(self, returns_to_go: torch.Tensor, observations: torch.Tensor,
+              actions: torch.Tensor, timesteps: torch.Tensor, mask: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The policy's parameters at every step, in float32 (outside autocast).
+
+        Returns:
+            Box: ``μ`` and ``log σ``, each ``(B, K, act_dim)``, ``log σ`` inside
+            ``[log_std_min, log_std_max]``; Discrete: the logits ``(B, K, n)`` and None.
+        """
+        h = self.trunk.token_states(returns_to_go, observations, actions, timesteps, mask)
+        h = h[:, :, 1].float()  # the state tokens: a_t is predicted from s_t
+        with torch.autocast(h.device.type, enabled=False):
+            mean = self.trunk.predict_action(h)
+            if self.log_std is None:
+                return mean, None
+            lo, hi = self.options.log_std_min, self.options.log_std_max
+            log_std = lo + 0.5 * (hi - lo) * (torch.tanh(self.log_std(h)) + 1.0)
+        return mean, log_std
+
+
+# ---------------------------------------------------------------------------------- the math
+def squashed_log_prob(u: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor
+                      ) -> torch.Tensor:
+    """``log π(tanh u)`` of the tanh-squashed diagonal Gaussian, summed over action dims.
+
+    ``Σ_j [log N(u_j; μ_j, σ_j) - log(1 - tanh² u_j)]``, with the stable
+    ``log(1 - tanh² u) = 2 (log 2 - u - softplus(-2u))``. Shapes ``(..., act_dim)`` →
+    ``(...)``.
+    """
+    normal = -0.5 * ((u - mean) / log_std.exp()).square() - log_std - 0.5 * math.log(2 * math.pi)
+    log_det = 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
+    return (normal - log_det).sum(-1)
+
+
+def log_likelihood_and_entropy(net: ODTNetwork, batch: Batch
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-step ``log π(a_t)`` of the batch's actions and the entropy estimate, ``(B, K)``
+    float32 each (module docstring: one reparameterised sample for the squashed Gaussian,
+    exact for the categorical)."""
+    mean, log_std = net.heads(batch.returns_to_go, batch.observations, batch.actions,
+                              batch.timesteps, batch.mask)
+    if log_std is None:
+        logp = F.log_softmax(mean, -1)
+        data = logp.gather(-1, batch.actions[..., None]).squeeze(-1)
+        return data, -(logp.exp() * logp).sum(-1)
+    a = batch.actions.float().clamp(-1.0 + ACTION_EPS, 1.0 - ACTION_EPS)
+    data = squashed_log_prob(torch.atanh(a), mean, log_std)
+    u = mean + log_std.exp() * torch.randn_like(mean)  # reparameterised sample
+    return data, -squashed_log_prob(u, mean, log_std)
+
+
+def odt_loss(net: ODTNetwork, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``-E[log π(a)] - λ H`` over the real steps (λ detached), and the logged scalars
+    ``nll``, ``entropy``, ``temperature``. Records ``H - β`` in ``net.entropy_gap`` for the
+    temperature step (:func:`temperature_step`)."""
+    data, entropy = log_likelihood_and_entropy(net, batch)
+    m = batch.mask
+    nll, h = -data[m].mean(), entropy[m].mean()
+    temperature = net.log_temperature.detach().exp()
+    with torch.no_grad():
+        net.entropy_gap.copy_(global_mean(h.detach()) - net.target_entropy)
+    loss = nll - temperature * h
+    return loss, {"nll": nll.detach(), "entropy": h.detach(), "temperature": temperature}
+
+
+@torch.no_grad()
+def temperature_step(net: ODTNetwork) -> None:
+    """One Adam step (Kingma & Ba 2015) of ``log λ`` on ``J = λ (H - β)``, whose gradient is
+    ``λ · net.entropy_gap``: ``λ`` grows while the entropy is below β, shrinks above it."""
+    lr = net.options.temperature_lr
+    (b1, b2), t = ADAM_BETAS, net.temperature_adam_t.add_(1.0)
+    grad = net.log_temperature.exp() * net.entropy_gap
+    net.temperature_adam_m.lerp_(grad, 1.0 - b1)
+    net.temperature_adam_v.lerp_(grad.square(), 1.0 - b2)
+    m_hat = net.temperature_adam_m / (1.0 - b1 ** t)
+    v_hat = net.temperature_adam_v / (1.0 - b2 ** t)
+    net.log_temperature.sub_(lr * m_hat / (v_hat.sqrt() + ADAM_EPS))
+
+
+@register
+class ODT(Method):
+    """Online Decision Transformer's stochastic policy and entropy-regularised loss (module
+    docstring); ``offline-dt finetune`` fine-tunes its checkpoints online."""
+
+    name = "odt"
+    conditions_on_return = True
+
+    def resolve_options(self, options: dict[str, Any] | None) -> dict[str, str]:
+        opts = ODTOptions.parse(options)
+        return {f.name: str(getattr(opts, f.name)) for f in dataclasses.fields(opts)}
+
+    def build(self, cfg: DTConfig, options: dict[str, Any] | None = None) -> ODTNetwork:
+        return ODTNetwork(cfg, ODTOptions.parse(options))
+
+    def loss(self, net: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return odt_loss(net, batch)
+
+    def clip_gradients(self, net: nn.Module, max_norm: float) -> None:
+        """The trunk and log-std head only (ODT clips the model, not the temperature)."""
+        torch.nn.utils.clip_grad_norm_(
+            [p for p in net.parameters() if p.requires_grad], max_norm)
+
+    def after_step(self, net: nn.Module) -> None:
+        temperature_step(net)
+
+    def policy(self, net: nn.Module, normalizer: Normalizer, target_return: float | None,
+               *, kv_cache: bool = False, sample: bool = False,
+               generator: torch.Generator | None = None, **settings: Any) -> DTPolicy:
+        """The deterministic policy (``tanh(μ)``, or the argmax) toward ``target_return``;
+        with ``sample=True`` a :class:`SampledPolicy` drawing from ``generator``.
+
+        Raises:
+            ValueError: no target return; unknown settings; ``kv_cache`` (odt recomputes its
+                window).
+        """
+        if target_return is None:
+            raise ValueError("method 'odt' acts toward a target return; pass target_return")
+        if settings:
+            raise ValueError(f"odt: unknown inference settings {sorted(settings)}; known: "
+                             "sample, generator")
+        if kv_cache:
+            raise ValueError("odt acts by recomputing its window; kv_cache is not supported")
+        if sample:
+            return SampledPolicy(net, normalizer, target_return, generator=generator)
+        return DTPolicy(net, normalizer, target_return)
+
+
+class SampledPolicy(DTPolicy):
+    """ODT acting stochastically (the online collect step): at every step the action is drawn
+    from the policy at the newest state token, ``tanh(μ + σ ε)`` (Box) or a categorical draw
+    (Discrete), with noise from ``generator`` (CPU; a fresh one seeded 0 when None), so a
+    collect step is reproducible from the generator's state alone. Otherwise as
+    :class:`DTPolicy` (the returns-to-go decrement from ``target_return``)."""
+
+    def __init__(self, net: ODTNetwork, normalizer: Normalizer, target_return: float,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(net, normalizer, target_return)
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+
+    def _predict(self, i: int) -> torch.Tensor:
+        n = self.length
+        mean, log_std = self.model.heads(self.rtg_buf[:, :n], self.obs_buf[:, :n],
+                                         self.act_buf[:, :n], self.ts_buf[:, :n])
+        mean = mean[:, -1]
+        if log_std is None:  # DTPolicy takes the argmax: a one-hot of the draw
+            probs = F.softmax(mean, -1).cpu()
+            draw = torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
+            return F.one_hot(draw, self.cfg.act_dim).to(self.device, torch.float32)
+        eps = torch.randn(mean.shape, generator=self.generator).to(self.device)
+        return torch.tanh(mean + log_std[:, -1].exp() * eps)

@@ -1,0 +1,240 @@
+"""odt and online fine-tuning: the policy's likelihood against torch.distributions, the
+temperature's direction, hindsight relabelling by hand, a fine-tune through the CLI that
+``evaluate`` reads, exact resume after an interruption, and the error for a dt checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_TRAIN, make_box_dataset
+from torch.distributions import Categorical, Normal, TanhTransform, TransformedDistribution
+
+from offline_dt.checkpoint import read_checkpoint
+from offline_dt.cli import main
+from offline_dt.data import write_hdf5
+from offline_dt.data.windows import Batch
+from offline_dt.finetune import (
+    FinetuneConfig,
+    ReplaySource,
+    finetune,
+    hindsight_returns_to_go,
+)
+from offline_dt.methods import get_method
+from offline_dt.methods.odt import log_likelihood_and_entropy, odt_loss, temperature_step
+from offline_dt.model import DTConfig
+from offline_dt.rollout import CallablePolicy
+from offline_dt.train import TrainConfig, TrainingRun, load_checkpoint, train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+#: Pendulum episodes are 200 steps: the timestep table holds them whole.
+PRETRAIN = {**TINY_TRAIN, "max_timestep": 200}
+
+
+def _net(discrete: bool = False, **options: str):
+    cfg = DTConfig(obs_dim=3, act_dim=2 if discrete else 1, discrete=discrete,
+                   context_length=4, embed_dim=16, n_layer=1, max_timestep=16, dropout=0.0)
+    torch.manual_seed(0)
+    return get_method("odt").build(cfg, options)
+
+
+def _batch(discrete: bool = False) -> Batch:
+    g = torch.Generator().manual_seed(1)
+    actions = (torch.randint(0, 2, (2, 4), generator=g) if discrete
+               else torch.rand(2, 4, 1, generator=g) * 1.8 - 0.9)
+    return Batch(returns_to_go=torch.rand(2, 4, 1, generator=g),
+                 observations=torch.randn(2, 4, 3, generator=g), actions=actions,
+                 timesteps=torch.arange(4).repeat(2, 1),
+                 mask=torch.tensor([[False, True, True, True], [True] * 4]))
+
+
+def _rows(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> dict[str, Path]:
+    """Tiny odt and dt runs on the Pendulum-shaped dataset (20 updates each)."""
+    root = tmp_path_factory.mktemp("odt")
+    h5 = write_hdf5(make_box_dataset(), root / "tiny-box-v0.hdf5")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for method in ("odt", "dt"):
+            train(TrainConfig(dataset=str(h5), method=method, run_dir=root / method, **PRETRAIN))
+    finally:
+        torch.set_num_threads(n)
+    return {"odt": root / "odt", "dt": root / "dt", "root": root}
+
+
+# ---------------------------------------------------------------------------------- the math
+def test_gaussian_nll_matches_torch_distributions():
+    net, batch = _net(), _batch()
+    data, _ = log_likelihood_and_entropy(net, batch)
+    mean, log_std = net.heads(batch.returns_to_go, batch.observations, batch.actions,
+                              batch.timesteps, batch.mask)
+    dist = TransformedDistribution(Normal(mean, log_std.exp()), [TanhTransform()])
+    expected = dist.log_prob(batch.actions).sum(-1)
+    torch.testing.assert_close(data, expected, rtol=1e-5, atol=1e-5)
+    loss, extras = odt_loss(net, batch)
+    m = batch.mask
+    torch.testing.assert_close(extras["nll"], -expected[m].mean(), rtol=1e-5, atol=1e-5)
+    lam = math.exp(math.log(0.1))
+    torch.testing.assert_close(loss, extras["nll"] - lam * extras["entropy"])
+    # by hand at one step: log N(atanh a; mu, sigma) - log(1 - a^2)
+    a, mu, s = batch.actions[1, 0, 0], mean[1, 0, 0], log_std[1, 0, 0].exp()
+    u = torch.atanh(a)
+    by_hand = (-0.5 * ((u - mu) / s) ** 2 - torch.log(s) - 0.5 * math.log(2 * math.pi)
+               - torch.log(1 - a ** 2))
+    torch.testing.assert_close(data[1, 0], by_hand, rtol=1e-5, atol=1e-5)
+
+
+def test_categorical_nll_and_entropy_match_torch_distributions():
+    net, batch = _net(discrete=True), _batch(discrete=True)
+    data, entropy = log_likelihood_and_entropy(net, batch)
+    logits, none = net.heads(batch.returns_to_go, batch.observations, batch.actions,
+                             batch.timesteps, batch.mask)
+    assert none is None
+    dist = Categorical(logits=logits)
+    torch.testing.assert_close(data, dist.log_prob(batch.actions))
+    torch.testing.assert_close(entropy, dist.entropy())
+    assert net.target_entropy == pytest.approx(0.5 * math.log(2))
+
+
+@pytest.mark.parametrize(("target", "grows"), [("100", True), ("-100", False)])
+def test_temperature_moves_toward_the_entropy_target(target, grows):
+    """Entropy below the target: λ grows; above: λ shrinks (a few Adam steps of lr 0.01)."""
+    net, batch = _net(target_entropy=target, temperature_lr="0.01"), _batch()
+    before = float(net.log_temperature.exp())
+    for _ in range(3):
+        odt_loss(net, batch)
+        temperature_step(net)
+    after = float(net.log_temperature.exp())
+    assert (after > before) if grows else (after < before), (before, after)
+    # Adam's first steps move log λ by about lr each
+    assert abs(math.log(after) - math.log(before)) == pytest.approx(0.03, rel=1e-3)
+    assert not net.log_temperature.requires_grad  # the loop's AdamW never moves it
+
+
+def test_options_are_recorded_and_checked():
+    odt = get_method("odt")
+    opts = odt.resolve_options({"init_temperature": "0.2"})
+    assert opts["init_temperature"] == "0.2" and opts["target_entropy"] == "auto"
+    assert opts["temperature_lr"] == "0.0001"
+    with pytest.raises(ValueError, match="odt has no option 'temp'"):
+        odt.resolve_options({"temp": "1"})
+    with pytest.raises(ValueError, match="target_entropy"):
+        odt.resolve_options({"target_entropy": "high"})
+
+
+# ---------------------------------------------------------------------------------- buffer
+def test_hindsight_relabelling_by_hand(pretrained, tmp_path):
+    """A collected episode enters the buffer with the returns-to-go it achieved, not the
+    target it was conditioned on."""
+    assert hindsight_returns_to_go(np.array([1.0, -2.0, 4.0])).tolist() == [3.0, 2.0, 4.0]
+    ckpt = load_checkpoint(pretrained["odt"])
+    dataset = make_box_dataset()
+    cfg = FinetuneConfig(checkpoint=str(pretrained["odt"]), buffer_size=3,
+                         updates_per_round=5, online_steps=1)
+    tcfg = dataclasses.replace(ckpt.train_config, context_length=4)
+    source = ReplaySource(dataset, ckpt.normalizer, tcfg, torch.device("cpu"), cfg,
+                          "Pendulum-v1", target_return=1e6)
+    # seeded with the three best episodes, in ascending order of return
+    best = np.sort(dataset.episode_returns)[-3:]
+    np.testing.assert_allclose(source.buffer.episode_returns, best, rtol=1e-6)
+
+    class Constant:
+        def policy(self, *args, **kwargs):
+            return CallablePolicy(lambda obs: np.full((len(obs), 1), 0.5, np.float32))
+
+    run = TrainingRun(tcfg, Constant(), ckpt.model, ckpt.normalizer, {})
+    source.collect(run, step=0)
+    assert source.env_steps == 200 and source.buffer.num_episodes == 3  # FIFO: oldest out
+    rewards = source.buffer.episode(2)["rewards"]
+    assert len(rewards) == 200 and source.return_mean == pytest.approx(rewards.sum(), rel=1e-5)
+    expected = np.cumsum(rewards[::-1].astype(np.float64))[::-1] / ckpt.normalizer.rtg_scale
+    start = int(source.buffer.episode_starts[2])
+    np.testing.assert_allclose(source.sampler.rtg[start:].numpy(), expected, rtol=1e-5)
+    assert source.finished(5) and not source.finished(3)
+
+
+# ---------------------------------------------------------------------------------- end to end
+def test_finetune_through_the_cli_then_evaluate(pretrained, tmp_path, capsys):
+    out = tmp_path / "online"
+    assert main(["finetune", "--checkpoint", str(pretrained["odt"]), "--online-steps", "400",
+                 "--updates-per-round", "6", "--run-dir", str(out), "--log-every", "3",
+                 "--checkpoint-every", "5", "--progress", "false", "--device", "cpu"]) == 0
+    _, payload = read_checkpoint(out, "cpu")
+    assert payload["step"] == 12  # two rounds of one 200-step episode
+    assert payload["source"]["env_steps"] == 400 and payload["source"]["episodes"] == 2
+    rows = _rows(out)
+    assert {"env_steps", "collect_return_mean", "online_episodes", "buffer_episodes", "nll",
+            "entropy", "temperature", "loss"} <= set(rows[0])
+    assert [float(r["env_steps"]) for r in rows] == [200, 200, 400, 400]
+    assert math.isfinite(float(rows[-1]["collect_return_mean"]))
+    meta = json.loads((out / "finetune.json").read_text())
+    assert meta["g_online"] == 0.0  # Pendulum: r + |r| with r = -150 (ref_max_score)
+    # warm start: the optimiser and schedule continue from the 20 pretraining updates
+    assert payload["scheduler"]["last_epoch"] == 20 + 12
+    assert load_checkpoint(out).train_config.method == "odt"
+    assert main(["evaluate", "--checkpoint", str(out), "--episodes", "2",
+                 "--validation-episodes", "1", "--device", "cpu"]) == 0
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["method"] == "odt" and ev["episodes"] == 2 and math.isfinite(ev["mean_return"])
+
+
+def _finetune_cfg(pretrained, run_dir: Path, **kw) -> FinetuneConfig:
+    return FinetuneConfig(checkpoint=str(pretrained["odt"]), run_dir=run_dir,
+                          online_steps=600, updates_per_round=6, checkpoint_every=4,
+                          log_every=2, progress=False, device="cpu", **kw)
+
+
+def test_resume_after_an_interruption_equals_an_uninterrupted_run(pretrained, tmp_path,
+                                                                  monkeypatch):
+    full = finetune(_finetune_cfg(pretrained, tmp_path / "full"))
+    assert full.steps == 18
+    collect = ReplaySource.collect
+
+    def interrupted(self, run, step):
+        if step == 10:  # mid-round 2; the last checkpoint is at step 8
+            raise KeyboardInterrupt
+        collect(self, run, step)
+
+    monkeypatch.setattr(ReplaySource, "collect", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(_finetune_cfg(pretrained, tmp_path / "part"))
+    monkeypatch.setattr(ReplaySource, "collect", collect)
+    assert read_checkpoint(tmp_path / "part", "cpu")[1]["step"] == 8
+    finetune(_finetune_cfg(pretrained, tmp_path / "part", resume=True))
+    (_, a), (_, b) = read_checkpoint(tmp_path / "full"), read_checkpoint(tmp_path / "part")
+    assert a["step"] == b["step"] == 18
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    for name in a["source"]["buffer"]:
+        assert torch.equal(a["source"]["buffer"][name], b["source"]["buffer"][name]), name
+    assert a["source"]["env_steps"] == b["source"]["env_steps"] == 600
+    drop = {"steps_per_second", "wall_seconds"}
+    strip = [{k: v for k, v in r.items() if k not in drop} for r in _rows(tmp_path / "full")]
+    assert strip == [{k: v for k, v in r.items() if k not in drop}
+                     for r in _rows(tmp_path / "part")]
+    with pytest.raises(ValueError, match="buffer_size"):
+        finetune(_finetune_cfg(pretrained, tmp_path / "part", resume=True, buffer_size=2))
+
+
+def test_dt_checkpoint_is_refused_with_the_fix(pretrained, tmp_path, capsys):
+    rc = main(["finetune", "--checkpoint", str(pretrained["dt"]), "--run-dir",
+               str(tmp_path / "x"), "--online-steps", "10", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "method 'dt'" in err and "--method odt" in err
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="online_steps"):
+        finetune(FinetuneConfig(checkpoint=str(pretrained["odt"]), online_steps=0))
+
