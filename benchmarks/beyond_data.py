@@ -58,7 +58,14 @@ VARIANTS: dict[str, tuple[str, dict[str, str], str]] = {
     "qt-small-critic": ("qt", {"hidden": "64"}, "qt with a 2 x 64 MLP critic"),
     "qt-beta1": ("qt", {"beta": "1"}, "qt with beta 1 (weaker advantage weights)"),
     "qt-expectile0.9": ("qt", {"expectile": "0.9"}, "qt with expectile 0.9"),
+    # QDT (Yamagata et al. 2023): a plain DT on returns-to-go relabelled with learned values
+    "qdt-iql": ("dt", {}, "QDT-style: dt on returns-to-go relabelled with the values of the "
+                          "paper preset's d3rlpy IQL run of the same level and seed "
+                          "(offline_dt.data.relabel)"),
 }
+
+#: variant -> the reference row whose values relabel its dataset (:func:`relabelled_dataset`)
+RELABELLED: dict[str, str] = {"qdt-iql": "iql"}
 
 
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
@@ -69,7 +76,8 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(job["threads"])
     method, options, _ = VARIANTS[job["variant"]]
     run_dir = Path(job["root"]) / job["level"] / job["variant"] / f"seed{job['seed']}"
-    tcfg = TrainConfig(dataset=job["dataset"], env_id="Pendulum-v1", method=method,
+    dataset = (relabelled_dataset(job) if job["variant"] in RELABELLED else job["dataset"])
+    tcfg = TrainConfig(dataset=dataset, env_id="Pendulum-v1", method=method,
                        method_options=options, seed=job["seed"], device="cpu",
                        run_dir=run_dir, progress=False,
                        **{**PRESETS["paper"].train, "eval_every": 0, "steps": job["steps"]})
@@ -81,6 +89,27 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
             {"train_seconds": seconds["train"],
              "ms_per_update": 1000.0 * seconds["train"] / job["steps"]}))
     return read_row(job)
+
+
+def relabelled_dataset(job: dict[str, Any]) -> str:
+    """The QDT-relabelled copy of the job's dataset (written once, atomically, under
+    ``<root>/relabelled/``): values ``V(s') = mean Q(s', a ~ pi)`` of the reference run
+    ``<critic_root>/pendulum-<level>-v0/<RELABELLED[variant]>/seed<k>``, which must exist
+    (``benchmarks/pendulum.py --preset paper`` trains it)."""
+    from offline_dt.data import load_dataset, write_hdf5
+    from offline_dt.data.relabel import qdt_relabel
+    from offline_dt.reference import load_reference, policy_values
+
+    critic = (Path(job["critic_root"]) / Path(job["dataset"]).stem
+              / RELABELLED[job["variant"]] / f"seed{job['seed']}")
+    out = (Path(job["root"]) / "relabelled"
+           / f"{Path(job['dataset']).stem}-{job['variant']}-seed{job['seed']}.hdf5")
+    if not out.is_file():
+        data = load_dataset(job["dataset"])
+        values = policy_values(load_reference(critic), data.next_observations, seed=job["seed"])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_hdf5(qdt_relabel(data, values, {"critic": str(critic)}), out)
+    return str(out)
 
 
 def read_row(job: dict[str, Any]) -> dict[str, Any]:
@@ -221,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--episodes", type=int, default=100)
     ap.add_argument("--data-dir", type=Path, default=Path("data/d4rl"))
     ap.add_argument("--root", type=Path, default=Path("data/runs/beyond_data"))
+    ap.add_argument("--critic-root", type=Path, default=Path("data/runs/paper/Pendulum-v1"),
+                    help="where the reference runs that relabel QDT variants live")
     ap.add_argument("--workers", type=int, default=multiprocessing.cpu_count())
     ap.add_argument("--cost", action="store_true",
                     help="only measure ms per update of --variants on the first level "
@@ -241,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     jobs = [{"level": lv, "variant": v, "seed": s, "steps": args.steps,
              "episodes": args.episodes, "root": str(args.root), "threads": 1,
+             "critic_root": str(args.critic_root),
              "dataset": str(args.data_dir / f"pendulum-{lv}-v0.hdf5")}
             for lv in args.levels for s in args.seeds for v in args.variants]
     t0 = time.perf_counter()

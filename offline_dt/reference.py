@@ -381,6 +381,34 @@ def load_reference(run_dir: str | Path, device: str = "cpu") -> Any:
     return algo
 
 
+def policy_values(algo: Any, observations: np.ndarray, samples: int = 10, seed: int = 0,
+                  batch_size: int = 65536) -> np.ndarray:
+    """``V(s) = mean_k Q(s, a_k)``, ``a_k ~ pi(.|s)``: the value of a trained d3rlpy
+    algorithm's own policy at each observation (as d3rlpy's QDT reproduction computes it for
+    relabelling, :mod:`offline_dt.data.relabel`).
+
+    Args:
+        algo: a trained algorithm with ``sample_action`` and ``predict_value`` (``iql``;
+            :func:`load_reference`).
+        observations: ``(N, obs_dim) float32``.
+        samples: actions sampled per observation.
+        seed: seeds d3rlpy's sampling (``d3rlpy.seed``).
+
+    Returns:
+        ``(N,) float64`` values in the dataset's reward units (d3rlpy's defaults scale no
+        reward), discounted by the algorithm's gamma.
+    """
+    import_d3rlpy().seed(seed)
+    obs = np.asarray(observations, dtype=np.float32)
+    out = np.empty(len(obs), dtype=np.float64)
+    for a in range(0, len(obs), batch_size):
+        part = obs[a:a + batch_size]
+        out[a:a + batch_size] = np.mean(
+            [algo.predict_value(part, algo.sample_action(part)) for _ in range(samples)],
+            axis=0)
+    return out
+
+
 # ---------------------------------------------------------------------------------- evaluation
 def eval_request(cfg: ReferenceConfig, env_id: str) -> dict[str, Any]:
     """What an ``eval.json`` of this run must have been written for, to be reused."""
