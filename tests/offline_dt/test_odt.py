@@ -17,7 +17,7 @@ from conftest import TINY_TRAIN, make_box_dataset
 from torch.distributions import Categorical, Normal, TanhTransform, TransformedDistribution
 
 from offline_dt.checkpoint import read_checkpoint
-from offline_dt.cli import main
+from offline_dt.cli import main, parse
 from offline_dt.data import write_hdf5
 from offline_dt.data.windows import Batch
 from offline_dt.finetune import (
@@ -229,7 +229,7 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(pretrained, tm
         finetune(_finetune_cfg(pretrained, tmp_path / "part", resume=True, buffer_size=2))
 
 
-def test_dt_checkpoint_is_refused_with_the_fix(pretrained, tmp_path, capsys):
+def test_dt_checkpoint_and_bad_input_are_refused(pretrained, tmp_path, capsys, monkeypatch):
     rc = main(["finetune", "--checkpoint", str(pretrained["dt"]), "--run-dir",
                str(tmp_path / "x"), "--online-steps", "10", "--device", "cpu"])
     err = capsys.readouterr().err
@@ -237,4 +237,19 @@ def test_dt_checkpoint_is_refused_with_the_fix(pretrained, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
     with pytest.raises(ValueError, match="online_steps"):
         finetune(FinetuneConfig(checkpoint=str(pretrained["odt"]), online_steps=0))
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        finetune(FinetuneConfig(checkpoint=str(tmp_path / "nowhere")))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="one process"):
+        finetune(FinetuneConfig(checkpoint=str(pretrained["odt"])))
+
+
+def test_cli_flags_mirror_the_config():
+    inv = parse(["finetune", "--checkpoint", "runs/odt", "--online-steps", "500",
+                 "--target-return", "-100", "--buffer-size", "7"])
+    assert inv.config == FinetuneConfig(checkpoint="runs/odt", online_steps=500,
+                                        target_return=-100.0, buffer_size=7)
+    assert parse(["finetune", "--checkpoint", "c"]).config == FinetuneConfig(checkpoint="c")
+    assert FinetuneConfig(checkpoint="runs/odt/checkpoint.pt").resolved_run_dir() == Path(
+        "runs/odt-online")
 
