@@ -84,7 +84,8 @@ def qdt_relabel(dataset: OfflineDataset, next_values: np.ndarray,
     for a, b in zip(starts[:-1], starts[1:], strict=True):
         g = relabelled_returns_to_go(dataset.rewards[a:b], values[a:b], dataset.terminals[a:b])
         rewards[a:b] = g - np.append(g[1:], 0.0)
-        raised += int(g[0] > dataset.rewards[a:b].sum() + 1e-6)
+        plain = float(dataset.rewards[a:b].astype(np.float64).sum())
+        raised += int(g[0] > plain + 1e-6 * max(1.0, abs(plain)))
     metadata = {**dataset.metadata,
                 "relabelled": {"rule": "QDT (Yamagata et al. 2023, Algorithm 1): g_t = r_t + "
                                "max(g_{t+1}, V(s_{t+1})); rewards hold g_t - g_{t+1}",

@@ -181,3 +181,20 @@ def test_cli_reference_command(box_hdf5, tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith(f"pct-bc on {box_hdf5}: return mean ")
     assert "over 2 test episodes" in out and str(tmp_path / "run" / "eval.json") in out
+
+
+def test_policy_values_average_q_over_sampled_actions(box_hdf5, tmp_path):
+    from offline_dt.reference import policy_values
+
+    cfg = tiny(box_hdf5, tmp_path, "iql")
+    run_reference(cfg)
+    algo = load_reference(cfg.run_dir)
+    obs = np.random.default_rng(1).uniform(-1, 1, (5, 3)).astype(np.float32)
+    values = policy_values(algo, obs, samples=3, seed=7)
+    assert values.shape == (5,) and values.dtype == np.float64
+    np.testing.assert_array_equal(values, policy_values(algo, obs, samples=3, seed=7))
+    assert policy_values(algo, obs, samples=3, seed=7, batch_size=2).shape == (5,)
+    import_d3rlpy().seed(7)
+    by_hand = np.mean([algo.predict_value(obs, algo.sample_action(obs)) for _ in range(3)], 0)
+    np.testing.assert_allclose(values, by_hand, rtol=1e-6)
+    assert not np.allclose(values, policy_values(algo, obs, samples=3, seed=8))
