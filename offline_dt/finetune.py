@@ -10,9 +10,9 @@ Algorithm 1, as run here:
 2. Each round collects ``episodes_per_round`` episodes with the *stochastic* policy
    (``Method.policy(..., sample=True)``) conditioned on the exploration target ``g_online``
    (:func:`default_online_target`), through the one rollout engine
-   (``offline_dt.rollout.make_vec_env`` and ``step_policy``). Hindsight return relabelling
-   (Section 4.1): a collected episode enters the buffer with its own rewards, so the
-   returns-to-go it is trained on are the returns it actually achieved,
+   (``offline_dt.rollout.make_vec_env`` and ``step_policy``). Hindsight return relabelling:
+   a collected episode enters the buffer with its own rewards, so the returns-to-go it is
+   trained on are the returns it actually achieved,
    ``R̂_t = Σ_{t' >= t} r_t'`` (:func:`hindsight_returns_to_go`), not ``g_online`` minus
    the rewards; the oldest trajectories leave first (FIFO) once the buffer is full.
 3. Then ``updates_per_round`` updates (ODT: 300) on windows of K steps sampled from the
@@ -130,7 +130,7 @@ class FinetuneConfig:
 
 # ---------------------------------------------------------------------------------- buffer
 def hindsight_returns_to_go(rewards: np.ndarray) -> np.ndarray:
-    """Hindsight relabelling of one collected episode (ODT Section 4.1): its returns-to-go are
+    """Hindsight relabelling of one collected episode (ODT's): its returns-to-go are
     the returns it achieved from each step, whatever target it was conditioned on.
 
     Args:

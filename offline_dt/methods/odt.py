@@ -9,7 +9,7 @@ the whole method in one file. Online fine-tuning (the replay buffer and the coll
   ``log σ`` from its own linear head, squashed into ``[log_std_min, log_std_max]`` by a tanh
   as ODT does (``log σ = lo + (hi - lo)(tanh(x) + 1) / 2``). Discrete actions: a categorical
   over the trunk's logits.
-- Loss (Section 3.2, eq. 5 and its dual, eq. 7): the negative log-likelihood of the data
+- Loss (the paper's max-entropy sequence modelling): the negative log-likelihood of the data
   actions minus ``λ`` times the policy entropy, both masked means over the real steps of the
   window, with ``λ`` detached::
 
@@ -19,7 +19,7 @@ the whole method in one file. Online fine-tuning (the replay buffer and the coll
   (data actions clamped to ``±(1 - 1e-6)``) and ``H`` is estimated from one reparameterised
   sample per step, ``H ≈ -log π(ã)``, ``ã = tanh(μ + σ ε)``, as ODT's code does; for the
   categorical ``H`` is exact.
-- Temperature (eq. 7, the Lagrangian dual): ``λ = exp(log λ)`` minimises
+- Temperature (the constraint's Lagrangian dual): ``λ = exp(log λ)`` minimises
   ``J(log λ) = λ · (H - β)`` (``H`` detached), so ``λ`` grows while the entropy is below the
   target and shrinks above it. As in ODT's code it has its own Adam (``temperature_lr``,
   β = (0.9, 0.999), no weight decay, no warmup, no gradient clipping), apart from the
