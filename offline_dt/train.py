@@ -801,8 +801,10 @@ def _write_config(cfg: TrainConfig, state: _State, info: dict[str, Any]) -> None
 
 def _save(cfg: TrainConfig, state: _State, info: dict[str, Any],
           runlog: RunLog | QuietLog) -> None:
-    """Write ``checkpoint.pt`` (atomically) and ``metrics.csv`` (rank 0; every rank hands
-    it its own RNG states first)."""
+    """Write ``metrics.csv`` then ``checkpoint.pt`` (both atomically; rank 0; every rank
+    hands it its own RNG states first). In that order, a kill between the two leaves a log
+    that runs ahead of the checkpoint, which resume cuts back (``read_metrics``), never a
+    checkpoint whose log rows are missing."""
     ranks = state.ranks
     rng = rng_state(state.sampler, ranks.device)
     if ranks.distributed:
@@ -811,6 +813,7 @@ def _save(cfg: TrainConfig, state: _State, info: dict[str, Any],
     if not ranks.is_main:
         return
     source = state.sampler.state_dict() if hasattr(state.sampler, "state_dict") else None
+    runlog.save()
     save_checkpoint(Path(cfg.run_dir) / CHECKPOINT_NAME, {
         **({} if source is None else {"source": source}),
         "format": CHECKPOINT_FORMAT,
@@ -828,7 +831,6 @@ def _save(cfg: TrainConfig, state: _State, info: dict[str, Any],
     if state.after_save is not None:
         state.after_save()
         state.after_save = None
-    runlog.save()
 
 
 def _evaluate_now(hook: EvalHook, run: TrainingRun, state: _State) -> dict[str, float]:
