@@ -4,6 +4,7 @@
     offline-dt datasets                                 list what exists
     offline-dt train      --dataset ID_OR_PATH         train a Decision Transformer
     offline-dt finetune   --checkpoint RUN_DIR --online-steps N   online DT fine-tuning (odt)
+    offline-dt online     --method ppo --env-id CartPole-v1 --env-steps N   online RL (ppo, dqn)
     offline-dt evaluate   --checkpoint PATH            return-conditioned rollouts
     offline-dt reference  --dataset ID_OR_PATH --method iql   a d3rlpy reference row
     offline-dt report     --runs data/runs             average-reward table and plots
@@ -36,6 +37,7 @@ from offline_dt.distributed import DistributedError
 from offline_dt.evaluate import EvalConfig
 from offline_dt.finetune import FinetuneConfig
 from offline_dt.lock import LockedError
+from offline_dt.online import OnlineConfig
 from offline_dt.pipeline import PRESETS, all_methods
 from offline_dt.reference import MissingDependencyError, ReferenceConfig
 from offline_dt.train import TrainConfig
@@ -162,6 +164,21 @@ def _finetune(cfg: FinetuneConfig) -> int:
     return 0
 
 
+def _online(cfg: OnlineConfig) -> int:
+    from offline_dt.online import train_online
+
+    result = train_online(cfg)
+    print("\n".join([
+        f"trained {cfg.method} online in {cfg.env_id}: {result.steps} updates in total",
+        f"  run dir      {result.run_dir}",
+        f"  checkpoint   {result.checkpoint}",
+        f"  final loss   {result.final_loss:.4g} (mean over the last logged interval)",
+        f"  time         {result.wall_seconds:.1f} s for this call (metrics.csv: env_steps, "
+        f"episode_return_mean)",
+    ]))
+    return 0
+
+
 def _evaluate(cfg: EvalConfig) -> int:
     from offline_dt.evaluate import evaluate_checkpoint
 
@@ -254,6 +271,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("train", TrainConfig, "train a Decision Transformer (or BC) on a dataset", _train),
     Command("finetune", FinetuneConfig,
             "fine-tune an odt checkpoint online (Online Decision Transformer)", _finetune),
+    Command("online", OnlineConfig,
+            "train a transformer policy online with PPO or DQN (no dataset)", _online),
     Command("evaluate", EvalConfig, "roll out a trained checkpoint on the live env", _evaluate),
     Command("reference", ReferenceConfig,
             "train a d3rlpy reference row (iql, mlp-bc, pct-bc) and evaluate it", _reference),

@@ -343,8 +343,10 @@ class BatchSource(Protocol):
                      ) -> tuple[Batch, float]: ...
 
 
-#: ``batch_source(dataset, normalizer, cfg, device) -> BatchSource``.
-SourceFactory = Callable[[OfflineDataset, Normalizer, "TrainConfig", torch.device], BatchSource]
+#: ``batch_source(dataset, normalizer, cfg, device) -> BatchSource`` (``dataset`` None for a
+#: run without one, ``cfg.dataset`` empty).
+SourceFactory = Callable[[OfflineDataset | None, Normalizer, "TrainConfig", torch.device],
+                         BatchSource]
 
 
 # ---------------------------------------------------------------------------------- data
@@ -422,7 +424,7 @@ def default_warmup(steps: int) -> int:
 
 
 # ---------------------------------------------------------------------------------- sizes
-def _check_sizes(cfg: TrainConfig, dataset: OfflineDataset, device: torch.device,
+def _check_sizes(cfg: TrainConfig, shape: dict[str, Any], device: torch.device,
                  new_run: bool) -> TrainConfig:
     """Resolve the defaults the data bounds (:meth:`TrainConfig.resolved`), then refuse what
     the data or the machine cannot hold, before anything is allocated.
@@ -432,14 +434,14 @@ def _check_sizes(cfg: TrainConfig, dataset: OfflineDataset, device: torch.device
             step's estimated memory (:func:`estimate_step_bytes`) exceeds what is available
             (:func:`available_memory`); the message names the arguments and both sizes.
     """
-    longest = int(dataset.episode_lengths.max())
+    longest = int(shape["longest_episode"])
     cfg = cfg.resolved(longest, device)
     if new_run and cfg.context_length > longest:
         raise ValueError(
             f"TrainConfig.context_length={cfg.context_length} exceeds the longest episode of "
-            f"{dataset.source} ({longest} steps): a window holds timesteps of one episode; "
+            f"{shape['source']} ({longest} steps): a window holds timesteps of one episode; "
             f"pass context_length <= {longest}")
-    need = estimate_step_bytes(cfg, dataset.obs_dim, dataset.act_dim)
+    need = estimate_step_bytes(cfg, int(shape["obs_dim"]), int(shape["act_dim"]))
     have = available_memory(device)
     if have is not None and need > have:
         raise ValueError(
@@ -667,10 +669,13 @@ def _claim_run_dir(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None
 
 
 def _load_data(cfg: TrainConfig, resumed: dict[str, Any] | None, origin: Path | None = None
-               ) -> tuple[OfflineDataset, Normalizer, dict[str, Any]]:
+               ) -> tuple[OfflineDataset | None, Normalizer, dict[str, Any]]:
     """The dataset (checked against ``env_id``), its normaliser and facts: refitted for a
     new run, the checkpoint's own on resume or a warm start from the checkpoint ``origin``
-    (after checking the data did not change)."""
+    (after checking the data did not change). Without ``cfg.dataset``, no dataset and the
+    env's facts (:func:`_env_data`)."""
+    if not cfg.dataset:
+        return None, *_env_data(cfg, resumed, origin)
     dataset = load_dataset(cfg.dataset, cfg.minari_root, env_id=cfg.env_id)
     if cfg.env_id:
         dataset = check_env_spaces(dataset, cfg.env_id)
@@ -686,14 +691,84 @@ def _load_data(cfg: TrainConfig, resumed: dict[str, Any] | None, origin: Path | 
     return dataset, normalizer_from_tensors(resumed["normalizer"]), info
 
 
-def _build(cfg: TrainConfig, method: Method, dataset: OfflineDataset, normalizer: Normalizer,
-           ranks: Ranks, resumed: dict[str, Any] | None, start: dict[str, Any] | None = None,
+def _shape(dataset: OfflineDataset | None, info: dict[str, Any]) -> dict[str, Any]:
+    """What sizes the networks and checks the budget: ``obs_dim``, ``act_dim``, ``discrete``,
+    ``longest_episode`` and ``source``, the dataset's (when there is one) else ``info``'s."""
+    if dataset is None:
+        return {k: info[k] for k in ("obs_dim", "act_dim", "discrete", "longest_episode",
+                                     "source")}
+    return {"obs_dim": dataset.obs_dim, "act_dim": dataset.act_dim,
+            "discrete": dataset.discrete, "source": dataset.source,
+            "longest_episode": int(dataset.episode_lengths.max())}
+
+
+def _env_data(cfg: TrainConfig, resumed: dict[str, Any] | None, origin: Path | None
+              ) -> tuple[Normalizer, dict[str, Any]]:
+    """A run without a dataset (its batch source collects from ``cfg.env_id``): the
+    normaliser and facts of the env's spaces. A new run's normaliser leaves observations as
+    they are (mean 0, std 1) with the env's action bounds and ``rtg_scale`` (default 1);
+    resumed, the checkpoint's; warm-started from ``origin``, that checkpoint's observation
+    statistics (what its networks were trained on) with the env's action bounds.
+
+    Raises:
+        ValueError: no ``env_id``; ``gym.make`` fails; an unbounded Box action space; the
+            ``origin`` checkpoint's observations have another width than the env's.
+    """
+    if not cfg.env_id:
+        raise ValueError("TrainConfig.dataset or TrainConfig.env_id is required: a run "
+                         "without a dataset takes its spaces from env_id")
+    if resumed is not None and origin is None:
+        return normalizer_from_tensors(resumed["normalizer"]), json.loads(
+            resumed["dataset_info"])
+    try:
+        env = gym.make(cfg.env_id)
+    except Exception as e:  # gymnasium raises several types for unknown ids
+        raise ValueError(f"TrainConfig.env_id {cfg.env_id!r}: gym.make failed ({e})") from e
+    obs_space, act_space, spec = env.observation_space, env.action_space, env.spec
+    env.close()
+    discrete = isinstance(act_space, gym.spaces.Discrete)
+    low = np.zeros(0, np.float32) if discrete else act_space.low.astype(np.float32).ravel()
+    high = np.zeros(0, np.float32) if discrete else act_space.high.astype(np.float32).ravel()
+    if not (np.isfinite(low).all() and np.isfinite(high).all()):
+        raise ValueError(f"TrainConfig.env_id {cfg.env_id!r}: Box action space must be "
+                         f"bounded, found {act_space}")
+    obs_dim = int(np.prod(obs_space.shape))
+    normalizer = Normalizer(np.zeros(obs_dim, np.float32), np.ones(obs_dim, np.float32),
+                            float(cfg.rtg_scale or 1.0), low, high)
+    if resumed is not None:
+        saved = normalizer_from_tensors(resumed["normalizer"])
+        if saved.state_mean.shape != (obs_dim,):
+            raise ValueError(f"{origin}: its observations have {saved.state_mean.shape[0]} "
+                             f"dimensions, env {cfg.env_id}'s {obs_dim}")
+        normalizer = dataclasses.replace(normalizer, state_mean=saved.state_mean,
+                                         state_std=saved.state_std)
+    longest = (spec.max_episode_steps if spec is not None else None) or cfg.max_timestep
+    info = {"env_id": cfg.env_id, "dataset": "", "dataset_id": "",
+            "source": f"env {cfg.env_id}", "checksum": None, "best_return": None,
+            "ref_min_score": None, "ref_max_score": None, "obs_dim": obs_dim,
+            "act_dim": int(act_space.n) if discrete else int(np.prod(act_space.shape)),
+            "discrete": discrete,
+            "observation_space": json.loads(space_to_json(obs_space)),
+            "action_space": json.loads(space_to_json(act_space)),
+            "longest_episode": int(longest), "rtg_scale": normalizer.rtg_scale,
+            "init_checkpoint": None if origin is None else str(origin)}
+    return normalizer, info
+
+
+def _build(cfg: TrainConfig, method: Method, dataset: OfflineDataset | None,
+           normalizer: Normalizer, shape: dict[str, Any], ranks: Ranks,
+           resumed: dict[str, Any] | None, start: dict[str, Any] | None = None,
            batch_source: SourceFactory | None = None) -> _State:
     """Seed, then sampler (``batch_source``'s, or windows/segments of ``dataset``; its arrays
     on the device), networks, optimizer and schedule (seeded identically on resume, then
     overwritten by the checkpoint's states; a new run from ``start`` takes that checkpoint's
     networks, optimizer and schedule), then the loss as the loop computes it
-    (:func:`_loss_fn`)."""
+    (:func:`_loss_fn`). The network's sizes are ``shape``'s (:func:`_shape`).
+
+    Raises:
+        ValueError: no dataset and no ``batch_source``; a collecting source under torchrun;
+            ``start``'s networks do not fit (``Method.warm_start``).
+    """
     device = ranks.device
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -704,14 +779,18 @@ def _build(cfg: TrainConfig, method: Method, dataset: OfflineDataset, normalizer
         if ranks.distributed and hasattr(sampler, "collect"):
             raise ValueError("a batch source that collects online data (collect) trains in "
                              "one process only; run it without torchrun (WORLD_SIZE=1)")
+    elif dataset is None:
+        raise ValueError("TrainConfig.dataset is empty: a run without a dataset needs a "
+                         "batch source that collects its own data (train(batch_source=...), "
+                         "e.g. offline_dt.online)")
     elif cfg.attention == "band":
         sampler = SegmentSampler(dataset, normalizer, cfg.segment_length, cfg.max_timestep,
                                  seed=cfg.seed, device=device)
     else:
         sampler = WindowSampler(dataset, normalizer, cfg.context_length, cfg.max_timestep,
                                 seed=cfg.seed, device=device)
-    net = method.build(cfg.model_config(dataset.obs_dim, dataset.act_dim, dataset.discrete),
-                       cfg.method_options)
+    net = method.build(cfg.model_config(int(shape["obs_dim"]), int(shape["act_dim"]),
+                                        bool(shape["discrete"])), cfg.method_options)
     net = net.to(device)
     optimizer, scheduler = make_optimizer(net, cfg)
     state = _State(net, optimizer, scheduler, sampler, normalizer, ranks)
@@ -726,12 +805,7 @@ def _build(cfg: TrainConfig, method: Method, dataset: OfflineDataset, normalizer
             sampler.load_state_dict(resumed["source"])
         state.step = int(resumed["step"])
         log.info("resuming %s at step %d", Path(cfg.run_dir) / CHECKPOINT_NAME, state.step)
-    elif start is not None:
-        try:
-            net.load_state_dict(start["model"])
-        except RuntimeError as e:
-            raise ValueError(f"init checkpoint: its networks do not fit this run's config "
-                             f"({e})") from e
+    elif start is not None and method.warm_start(net, start):
         optimizer.load_state_dict(start["optimizer"])
         scheduler.load_state_dict(start["scheduler"])
     state.loss_fn = _loss_fn(cfg, method, net, ranks)
@@ -925,13 +999,19 @@ def train(cfg: TrainConfig, eval_hook: EvalHook | None = None, *,
     (``offline_dt.distributed``): ``batch_size`` is the global batch, split across ranks;
     rank 0 alone holds the lock, writes the run directory and calls ``eval_hook``.
 
-    ``init`` (a checkpoint file or run directory) warm-starts a new run: its networks,
-    optimizer and schedule states, normaliser and dataset facts are taken (its dataset must be
-    ``cfg.dataset``, checked by checksum; ``cfg`` must build the same networks), and the new
-    run counts its own ``cfg.steps`` from 0; on ``resume`` the run's own checkpoint is used
-    instead. ``batch_source(dataset, normalizer, cfg, device)`` replaces the window sampler
-    with any object that samples batches the same way (:class:`BatchSource`; e.g. an online
-    replay buffer that collects before updates, ``offline_dt.finetune``).
+    ``init`` (a checkpoint file or run directory) warm-starts a new run: its networks
+    (``Method.warm_start``: all of them by default, then also the optimizer and schedule
+    states), normaliser and dataset facts are taken (its dataset must be ``cfg.dataset``,
+    checked by checksum; ``cfg`` must build the same networks), and the new run counts its
+    own ``cfg.steps`` from 0; on ``resume`` the run's own checkpoint is used instead.
+    ``batch_source(dataset, normalizer, cfg, device)`` replaces the window sampler with any
+    object that samples batches the same way (:class:`BatchSource`; e.g. an online replay
+    buffer that collects before updates, ``offline_dt.finetune``).
+
+    Without a dataset (``cfg.dataset`` empty; a ``batch_source`` that collects its own data
+    is then required, e.g. ``offline_dt.online``) the networks are sized by the spaces of
+    ``cfg.env_id`` and the normaliser leaves observations unchanged (:func:`_env_data`;
+    warm-started, the ``init`` checkpoint's observation statistics).
 
     The whole call holds an exclusive lock on ``run_dir`` (:func:`offline_dt.lock.
     exclusive_lock`). Everything is checked (config, dataset, env, sizes, memory) before the
@@ -964,8 +1044,10 @@ def train(cfg: TrainConfig, eval_hook: EvalHook | None = None, *,
             init, start = read_checkpoint(init, "cpu")
         dataset, normalizer, info = _load_data(cfg, resumed or start,
                                                init if start is not None else None)
-        cfg = _check_sizes(cfg, dataset, ranks.device, new_run=resumed is None)
-        state = _build(cfg, method, dataset, normalizer, ranks, resumed, start, batch_source)
+        shape = _shape(dataset, info)
+        cfg = _check_sizes(cfg, shape, ranks.device, new_run=resumed is None)
+        state = _build(cfg, method, dataset, normalizer, shape, ranks, resumed, start,
+                       batch_source)
         del resumed, start
         previous = None
         if ranks.is_main and not cfg.resume and (Path(cfg.run_dir) / CHECKPOINT_NAME).exists():
@@ -996,7 +1078,8 @@ def _run(cfg: TrainConfig, method: Method, state: _State, info: dict[str, Any],
     if state.step == start_step and state.ranks.from_main(
             lambda: not (run_dir / CHECKPOINT_NAME).exists()):
         _save(cfg, state, info, runlog)  # resumed a finished run: refresh outputs
-    runlog.close(f"{cfg.method} on {info.get('dataset_id') or cfg.dataset}")
+    runlog.close(f"{cfg.method} on "
+                 f"{info.get('dataset_id') or cfg.dataset or info.get('source', '')}")
     done = state.step - start_step
     return TrainResult(
         run_dir=run_dir,

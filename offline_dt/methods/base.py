@@ -68,6 +68,23 @@ class Method:
         empty setting by default."""
         return [{}]
 
+    def warm_start(self, net: nn.Module, payload: dict[str, Any]) -> bool:
+        """Load a checkpoint's networks (``payload["model"]``, a state dict) into ``net`` for
+        a new run (``train(init=...)``); True when all of ``net`` was loaded, so the
+        checkpoint's optimizer and schedule states continue too. By default the whole
+        network, strictly; a method may load a part (e.g. a pretrained trunk under fresh
+        heads) and return False.
+
+        Raises:
+            ValueError: the checkpoint's networks do not fit ``net``.
+        """
+        try:
+            net.load_state_dict(payload["model"])
+        except RuntimeError as e:
+            raise ValueError(f"init checkpoint: its networks do not fit this run's config "
+                             f"({e})") from e
+        return True
+
     def after_step(self, net: nn.Module) -> None:
         """Called by the training loop after every optimizer step (e.g. a target network's
         Polyak update); nothing by default."""

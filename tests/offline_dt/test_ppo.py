@@ -1,0 +1,188 @@
+"""ppo and the online driver: GAE and the clipped losses by hand, the collect's log-probs
+against the loss's, short CLI runs on CartPole and Pendulum that ``evaluate`` reads, exact
+resume after an interruption, and a warm start from a dt checkpoint."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_TRAIN, make_discrete_dataset
+
+import offline_dt.evaluate
+from offline_dt.checkpoint import read_checkpoint
+from offline_dt.cli import main
+from offline_dt.data import write_hdf5
+from offline_dt.methods.ppo import clipped_surrogate, gae, value_loss
+from offline_dt.online import OnlineConfig, RolloutSource, online_train_config, train_online
+from offline_dt.train import TrainConfig, TrainingRun, load_checkpoint, train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+#: A tiny network and a short rollout: 2 envs x 16 steps, 2 epochs x 2 minibatches.
+TINY = ["--context-length", "4", "--embed-dim", "16", "--n-layer", "1", "--progress", "false",
+        "--log-every", "2", "--device", "cpu"]
+OPTIONS = ["--method-options", "n_envs", "2", "n_steps", "16", "epochs", "2", "minibatches", "2"]
+TINY_CFG = dict(context_length=4, embed_dim=16, n_layer=1, progress=False, log_every=2,
+                device="cpu",
+                method_options={"n_envs": "2", "n_steps": "16", "epochs": "2",
+                                "minibatches": "2"})
+
+
+def _rows(run_dir: Path) -> list[dict[str, str]]:
+    with (Path(run_dir) / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+# ---------------------------------------------------------------------------------- the math
+def test_gae_by_hand_with_a_termination_and_a_truncation():
+    """Env 0: terminates at t=1 (no bootstrap), is truncated at t=3 (bootstrap 0.7 from the
+    true last observation); env 1: no episode end, the last step bootstraps from 2.0."""
+    rewards = np.array([[1, 0], [1, 0], [1, 0], [1, 1]], np.float32)
+    values = np.array([[0.5, 0], [0.4, 0], [0.3, 0], [0.2, 0]], np.float32)
+    next_values = np.array([[0.4, 0], [99.0, 0], [0.2, 0], [0.7, 2.0]], np.float32)
+    terminated = np.array([[0, 0], [1, 0], [0, 0], [0, 0]], bool)
+    truncated = np.array([[0, 0], [0, 0], [0, 0], [1, 0]], bool)
+    adv, ret = gae(rewards, values, next_values, terminated, truncated, gamma=0.9, lam=0.8)
+    # env 0: δ = [1 + .9*.4 - .5, 1 - .4, 1 + .9*.2 - .3, 1 + .9*.7 - .2]
+    #        A3 = 1.43; A2 = .88 + .72 * 1.43; A1 = .6 (episode ended); A0 = .86 + .72 * .6
+    np.testing.assert_allclose(adv[:, 0], [1.292, 0.6, 1.9096, 1.43], rtol=1e-6)
+    np.testing.assert_allclose(ret[:, 0], [1.792, 1.0, 2.2096, 1.63], rtol=1e-6)
+    # env 1: δ3 = 1 + .9 * 2 = 2.8, then A_t = .72 A_{t+1}
+    np.testing.assert_allclose(adv[:, 1], [2.8 * 0.72 ** 3, 2.8 * 0.72 ** 2, 2.016, 2.8],
+                               rtol=1e-6)
+
+
+def test_clipped_surrogate_and_value_loss_by_hand():
+    ratios = torch.tensor([1.5, 0.5, 1.1, 0.5])
+    adv = torch.tensor([1.0, 1.0, -2.0, -1.0])
+    old = torch.zeros(4)
+    # min(ρA, clip(ρ, .8, 1.2) A): 1.2, 0.5, -2.2, -0.8 → mean -0.325, negated
+    loss = clipped_surrogate(ratios.log(), old, adv, clip=0.2)
+    assert loss.item() == pytest.approx(0.325, abs=1e-6)
+    v, v_old, ret = torch.tensor([1.0, 0.0]), torch.tensor([0.5, 0.5]), torch.tensor([2.0, 0.0])
+    # clipped values 0.7, 0.3: max((1-2)², (0.7-2)²) = 1.69, max(0, 0.09) = 0.09
+    assert value_loss(v, v_old, ret, clip=0.2).item() == pytest.approx(0.445, abs=1e-6)
+    assert value_loss(v, v_old, ret, clip=None).item() == pytest.approx(0.25, abs=1e-6)
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_collect_log_probs_equal_the_loss_forward(tmp_path, env_id):
+    """The windows stored at collect give the loss the log-probs and values the policy acted
+    with (ratio 1 before the first update: causal masking and padding agree)."""
+    cfg = OnlineConfig(method="ppo", env_id=env_id, env_steps=32, run_dir=tmp_path,
+                       **TINY_CFG)
+    tcfg = online_train_config(cfg)
+    from offline_dt.methods import get_method
+    from offline_dt.train import _env_data
+
+    method = get_method("ppo")
+    tcfg = tcfg.resolved(500)
+    normalizer, info = _env_data(tcfg, None, None)
+    torch.manual_seed(0)
+    net = method.build(tcfg.model_config(info["obs_dim"], info["act_dim"], info["discrete"]),
+                       tcfg.method_options)
+    source = RolloutSource(normalizer, tcfg, torch.device("cpu"), cfg)
+    source.collect(TrainingRun(tcfg, method, net, normalizer, info), 0)
+    data = source.rollout
+    assert not data["mask"][:, -1].logical_not().any()  # the trained step is real
+    from offline_dt.methods.ppo import PPOBatch
+
+    batch = PPOBatch(**data)
+    with torch.no_grad():
+        params, values = net.heads(batch)
+        logp = net.distribution(params).log_prob(batch.raw_actions)
+    torch.testing.assert_close(logp, data["old_log_probs"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(values, data["old_values"], atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------------- the driver
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_cli_run_writes_a_run_that_evaluate_reads(tmp_path, env_id):
+    run = tmp_path / "run"
+    assert main(["online", "--method", "ppo", "--env-id", env_id, "--env-steps", "64",
+                 "--run-dir", str(run), *TINY, *OPTIONS]) == 0
+    rows = _rows(run)
+    for col in ("loss", "pg_loss", "v_loss", "entropy", "approx_kl", "clip_frac", "env_steps",
+                "episodes", "episode_return_mean"):
+        assert col in rows[-1], col
+    assert float(rows[-1]["env_steps"]) == 64 and rows[-1]["step"] == "8"
+    ckpt = load_checkpoint(run)
+    assert ckpt.train_config.method == "ppo" and ckpt.train_config.dataset == ""
+    assert ckpt.dataset_info["env_id"] == env_id
+    np.testing.assert_array_equal(ckpt.normalizer.state_std, 1.0)
+    assert (run / "online.json").is_file()
+    assert main(["evaluate", "--checkpoint", str(run), "--episodes", "2", "--device",
+                 "cpu"]) == 0
+    import json
+
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["method"] == "ppo" and ev["episodes"] == 2 and ev["headline_target"] is None
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    """Interrupted at update 7 (last checkpoint at update 6, inside the second rollout;
+    CartPole episodes span the rollouts), resumed to the end: the same weights."""
+    kw = dict(method="ppo", env_id="CartPole-v1", env_steps=96, checkpoint_every=2,
+              **TINY_CFG)
+    full = train_online(OnlineConfig(run_dir=tmp_path / "full", **kw))
+
+    class Interrupt(Exception):
+        pass
+
+    def make_hook(*args, **kwargs):
+        def hook(run, step):
+            raise Interrupt
+        return hook
+
+    monkeypatch.setattr(offline_dt.evaluate, "make_eval_hook", make_hook)
+    with pytest.raises(Interrupt):
+        train_online(OnlineConfig(run_dir=tmp_path / "cut", eval_every=7, **kw))
+    assert read_checkpoint(tmp_path / "cut")[1]["step"] == 6
+    resumed = train_online(OnlineConfig(run_dir=tmp_path / "cut", resume=True, **kw))
+    assert resumed.steps == full.steps == 12
+    a = read_checkpoint(tmp_path / "full")[1]["model"]
+    b = read_checkpoint(tmp_path / "cut")[1]["model"]
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0, msg=name)
+    assert _rows(tmp_path / "full")[-1]["episodes"] == _rows(tmp_path / "cut")[-1]["episodes"]
+
+
+def test_init_from_a_dt_checkpoint_loads_the_trunk(tmp_path):
+    h5 = write_hdf5(make_discrete_dataset(), tmp_path / "tiny-discrete-v0.hdf5")
+    dt = train(TrainConfig(dataset=str(h5), method="dt", run_dir=tmp_path / "dt",
+                           **{**TINY_TRAIN, "context_length": 4}))
+    run = tmp_path / "ppo"
+    assert main(["online", "--method", "ppo", "--env-id", "CartPole-v1", "--env-steps", "32",
+                 "--run-dir", str(run), "--init", str(dt.run_dir), *TINY, *OPTIONS,
+                 "--checkpoint-every", "1000", "--log-every", "100"]) == 0
+    pre = read_checkpoint(dt.run_dir)[1]["model"]
+    # the first checkpoint is after 4 updates: compare the weights the run started from
+    cfg = online_train_config(OnlineConfig(method="ppo", env_id="CartPole-v1", env_steps=32,
+                                           init=str(dt.run_dir), run_dir=run, **TINY_CFG))
+    assert cfg.max_timestep == 64 and cfg.embed_dim == 16
+    from offline_dt.methods import get_method
+
+    net = get_method("ppo").build(cfg.model_config(4, 2, True), cfg.method_options)
+    assert get_method("ppo").warm_start(net, {"model": pre}) is False
+    for name, value in net.trunk.state_dict().items():
+        torch.testing.assert_close(value, pre[name], msg=name)
+    ckpt = load_checkpoint(run)
+    assert ckpt.dataset_info["init_checkpoint"].endswith("checkpoint.pt")
+    np.testing.assert_allclose(ckpt.normalizer.state_mean,
+                               load_checkpoint(dt.run_dir).normalizer.state_mean)
+
+
+def test_bad_options_and_a_dataset_run_are_refused(tmp_path, discrete_hdf5):
+    with pytest.raises(ValueError, match="n_envs \\* n_steps = 30 must be divisible"):
+        train_online(OnlineConfig(env_steps=8, run_dir=tmp_path / "a",
+                                  method_options={"n_envs": "3", "n_steps": "10"}))
+    with pytest.raises(ValueError, match="ppo option 'clip_vloss' must be bool"):
+        train_online(OnlineConfig(env_steps=8, run_dir=tmp_path / "b",
+                                  method_options={"clip_vloss": "maybe"}))
+    with pytest.raises(ValueError, match="trains on rollouts"):
+        train(TrainConfig(dataset=str(discrete_hdf5), method="ppo", run_dir=tmp_path / "c",
+                          **TINY_TRAIN))
