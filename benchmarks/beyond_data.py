@@ -162,11 +162,17 @@ NOTES = """## Notes
 - Designs tried (rows above): QT's Q term alone (`qt-no-weights`, QT as published but with the
   in-sample IQL critic), advantage weights alone (`aw-dt-beta3`, AWR/IQL policy extraction on
   the DT's action loss), both (`qt`, `qt-beta3`), the transformer critic against the MLP
-  critic (`qt-transformer*`), a faster target critic (`qt-beta3-rate0.02`). QDT-style
-  relabelling of returns-to-go with learned values (Yamagata et al. 2023) was not tried: it
-  needs values close to the discounted return, and within this budget the critic is far from
-  converged (its V on pendulum-random is a small fraction of the return), which is also why
-  IQL's beta 3 weighted too little and 10 is the default.
+  critic (`qt-transformer*`), a faster target critic (`qt-beta3-rate0.02`), and QDT
+  (`qdt-iql`, Yamagata et al. 2023): a plain DT trained on returns-to-go relabelled backwards
+  with `g_t = r_t + max(g_{t+1}, V(s_{t+1}))` (`offline_dt/data/relabel.py`), `V` the mean Q
+  of d3rlpy's IQL policy (the paper preset's `iql` run of the same level and seed, the best
+  row on random in `pendulum.md`) over 10 sampled actions, as d3rlpy's QDT reproduction
+  computes it. QDT does not help here: as in the paper, a discounted value (gamma 0.99, a
+  horizon of about 100 steps) is compared with an undiscounted 200-step return-to-go, so on
+  Pendulum's all-negative rewards `V` wins at almost every step (the relabelled files'
+  metadata count the episodes raised: all of them on both levels), every episode's
+  returns-to-go become a short-horizon value, and at evaluation the target no longer falls
+  the way the labels did.
 - The transformer critic reads the same window as the actor with the return-to-go tokens
   zeroed (the realised return would let it regress to the behaviour's Monte Carlo return).
   The cost of each critic per update, measured side by side in one process:
@@ -196,7 +202,7 @@ def write(df: pd.DataFrame, args: argparse.Namespace, command: str, wall: float)
              f"{args.episodes} test episodes per run.", "", "## Variants", ""]
     lines += [f"- `{k}`: {v[2]} (`--method {v[0]}` "
               f"{' '.join(f'{a} {b}' for a, b in v[1].items()) or 'defaults'})"
-              for k, v in VARIANTS.items() if k in args.variants]
+              for k, v in VARIANTS.items() if k in set(df["variant"])]
     rules = sorted({str(r) for r in df["headline_rule"].dropna()})
     lines += ["", "Target choice (eval.json headline_rule): " + "; ".join(rules), "",
               "Designs are compared on `validation_return` (the chosen candidate's mean on "
