@@ -158,9 +158,10 @@ class HistoryPolicy:
         """The envs where ``mask`` ``(N,) bool`` is True start new episodes: their windows
         are emptied."""
         m = torch.as_tensor(np.asarray(mask, bool), device=self.device)
-        self.window.mask[m] = False
-        self.t[m] = 0
-        self.prev_reward[m] = 0.0
+        # a new Batch: the old one may be held (a collect's stored window of the last step)
+        self.window = dataclasses.replace(self.window, mask=self.window.mask & ~m[:, None])
+        self.t = self.t.masked_fill(m, 0)
+        self.prev_reward = self.prev_reward.masked_fill(m, 0.0)
 
     def peek(self, observations: np.ndarray) -> Batch:
         """The ``(N, K)`` windows the policy would act from on ``observations``

@@ -73,8 +73,9 @@ def test_clipped_surrogate_and_value_loss_by_hand():
 def test_collect_log_probs_equal_the_loss_forward(tmp_path, env_id):
     """The windows stored at collect give the loss the log-probs and values the policy acted
     with (ratio 1 before the first update: causal masking and padding agree)."""
-    cfg = OnlineConfig(method="ppo", env_id=env_id, env_steps=32, run_dir=tmp_path,
-                       **TINY_CFG)
+    options = {**TINY_CFG["method_options"], "n_steps": "48"}  # CartPole episodes end
+    cfg = OnlineConfig(method="ppo", env_id=env_id, env_steps=96, run_dir=tmp_path,
+                       **{**TINY_CFG, "method_options": options})
     tcfg = online_train_config(cfg)
     from offline_dt.methods import get_method
     from offline_dt.train import _env_data
@@ -97,6 +98,40 @@ def test_collect_log_probs_equal_the_loss_forward(tmp_path, env_id):
         logp = net.distribution(params).log_prob(batch.raw_actions)
     torch.testing.assert_close(logp, data["old_log_probs"], atol=1e-5, rtol=0)
     torch.testing.assert_close(values, data["old_values"], atol=1e-5, rtol=0)
+    assert source.episodes > 0 or env_id == "Pendulum-v1"
+
+
+def test_truncation_starts_a_fresh_window_and_bootstraps(tmp_path, monkeypatch):
+    """Pendulum is truncated at 200 steps: step 200 of the one env starts a new episode
+    (one real slot, timestep 0, no previous reward), and GAE gets step 199's next value from
+    the window of the true last observation (not step 200's value), with no termination."""
+    cfg = OnlineConfig(method="ppo", env_id="Pendulum-v1", env_steps=210, run_dir=tmp_path,
+                       **{**TINY_CFG, "method_options": {"n_envs": "1", "n_steps": "210",
+                                                         "minibatches": "2"}})
+    from offline_dt.methods import get_method
+    from offline_dt.train import _env_data
+
+    tcfg = online_train_config(cfg).resolved(200)
+    normalizer, info = _env_data(tcfg, None, None)
+    net = get_method("ppo").build(tcfg.model_config(3, 1, False), tcfg.method_options)
+    source = RolloutSource(normalizer, tcfg, torch.device("cpu"), cfg)
+    seen, boot = {}, []
+    real_gae, real_values = offline_dt.online.gae, source._values
+    monkeypatch.setattr(offline_dt.online, "gae", lambda *a: seen.update(args=a) or real_gae(*a))
+    monkeypatch.setattr(source, "_values", lambda *a: boot.append(real_values(*a)) or boot[-1])
+    source.collect(TrainingRun(tcfg, get_method("ppo"), net, normalizer, info), 0)
+    d = source.rollout
+    assert d["mask"][200].tolist() == [False, False, False, True]
+    assert d["timesteps"][200, -1] == 0 and d["returns_to_go"][200, -1, 0] == 0
+    assert d["timesteps"][199, -1] == 199 and d["mask"][199].all()
+    rewards, values, next_values, terminated, truncated = seen["args"][:5]
+    assert not terminated.any() and truncated[:, 0].nonzero()[0].tolist() == [199]
+    assert len(boot) == 2  # the truncation, then the rollout's last step
+    assert next_values[199, 0] == pytest.approx(float(boot[0][0]))
+    assert next_values[199, 0] != pytest.approx(float(values[200, 0]))
+    np.testing.assert_allclose(next_values[:199, 0], values[1:200, 0])
+    assert next_values[209, 0] == pytest.approx(float(boot[1][0]))
+    assert source.episodes == 1
 
 
 # ---------------------------------------------------------------------------------- the driver

@@ -1,0 +1,293 @@
+"""Online RL with a transformer policy (``offline-dt online``) beside Stable-Baselines3.
+
+    python benchmarks/online.py                 # 200,000 env steps, seeds 0 1 2, 2 workers
+    python benchmarks/online.py --smoke         # a minute: tiny budgets, into a temp dir
+
+Runs (:data:`JOBS`): transformer PPO (``--method ppo``) and SB3's PPO (MLP policy) on
+CartPole-v1 and Pendulum-v1, transformer DQN (``--method dqn``) and SB3's DQN on CartPole-v1,
+each for ``--env-steps`` env steps and every seed of ``--seeds``, with matched
+hyperparameters (:data:`CONFIGS`: CleanRL's defaults for CartPole; for Pendulum the rl-zoo
+shape of PPO, 4 envs x 1024 steps, γ 0.9, 10 epochs, lr 1e-3, rewards x 0.1 on both sides).
+Our transformer is ``OnlineConfig``'s default network (the paper's DT: K 20, d 128, 3
+layers); SB3 uses its default MLPs.
+
+Every policy is scored by the one rollout engine (``offline_dt.evaluate.evaluate_policy``)
+on the same episodes: learning-curve points every ``--eval-interval`` env steps on
+``--curve-episodes`` validation episodes of the training seed (reset seeds ``2·10^12 +
+seed·10^5 + 50000 + i``, the training loop's curve episodes), and the final policy on
+``--episodes`` test episodes (``10^12 + seed·10^5 + i``). Both act deterministically (the
+argmax or the Gaussian mean; SB3's ``predict(deterministic=True)``).
+
+Writes ``<out>/online.md``, ``online.csv`` (one row per run: final test return, training
+seconds), ``online-curves.csv`` and ``online.png`` (mean evaluation return against env steps,
+one line per agent, shaded between the seeds' min and max), with the machine, versions and
+command. Runs live under ``--root`` (default ``data/benchmarks/online``); a run with a
+``result.json`` is reused. ``--smoke`` writes into a temporary directory, never into
+``benchmarks/results``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from offline_dt.evaluate import CURVE_EPISODE_OFFSET, evaluate_policy  # noqa: E402
+from offline_dt.online import OnlineConfig, train_online  # noqa: E402
+from offline_dt.rollout import CallablePolicy  # noqa: E402
+from offline_dt.train import load_checkpoint  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+#: (algorithm, env) -> our method options and learning rate, SB3's keyword arguments (with
+#: ``n_envs`` and ``reward_scale`` taken out before the constructor).
+CONFIGS: dict[tuple[str, str], dict[str, Any]] = {
+    ("ppo", "CartPole-v1"): {
+        "ours": {}, "lr": 2.5e-4,
+        "sb3": dict(n_envs=8, n_steps=128, batch_size=256, n_epochs=4, learning_rate=2.5e-4,
+                    gamma=0.99, gae_lambda=0.95, clip_range=0.2, ent_coef=0.01, vf_coef=0.5,
+                    max_grad_norm=0.5)},
+    ("ppo", "Pendulum-v1"): {
+        "ours": {"n_envs": "4", "n_steps": "1024", "gamma": "0.9", "epochs": "10",
+                 "minibatches": "32", "reward_scale": "0.1"}, "lr": 1e-3,
+        "sb3": dict(n_envs=4, n_steps=1024, batch_size=128, n_epochs=10, learning_rate=1e-3,
+                    gamma=0.9, gae_lambda=0.95, clip_range=0.2, ent_coef=0.0, vf_coef=0.5,
+                    max_grad_norm=0.5, reward_scale=0.1)},
+    ("dqn", "CartPole-v1"): {
+        "ours": {}, "lr": 2.5e-4,
+        "sb3": dict(n_envs=1, learning_rate=2.5e-4, buffer_size=10_000, learning_starts=10_000,
+                    batch_size=128, tau=1.0, gamma=0.99, train_freq=10, gradient_steps=1,
+                    target_update_interval=500, exploration_fraction=0.5,
+                    exploration_final_eps=0.05, max_grad_norm=10.0)},
+}
+#: (agent, algorithm, env): every run of a seed.
+JOBS = [(agent, algo, env) for algo, env in CONFIGS for agent in ("transformer", "sb3")]
+#: Smaller settings for ``--smoke`` (tiny network, short rollouts).
+SMOKE_OURS = {"ppo": {"n_steps": "32", "epochs": "2", "minibatches": "4"},
+              "dqn": {"learning_starts": "200"}}
+SMOKE_SB3 = {"ppo": {"n_steps": 32, "batch_size": 32, "n_epochs": 2},
+             "dqn": {"learning_starts": 200}}
+
+
+def _curve_seeds(seed: int, episodes: int) -> dict[str, Any]:
+    return {"seed": seed, "split": "validation", "first": CURVE_EPISODE_OFFSET,
+            "episodes": episodes}
+
+
+def run_transformer(job: dict[str, Any]) -> dict[str, Any]:
+    """Train ``offline-dt online`` with a periodic evaluation hook on the curve episodes;
+    then score the final checkpoint on the test episodes."""
+    cfg = CONFIGS[(job["algo"], job["env"])]
+    opts = {**cfg["ours"], **(SMOKE_OURS[job["algo"]] if job["smoke"] else {})}
+    if job["algo"] == "ppo":
+        envs, steps = int(opts.get("n_envs", 8)), int(opts.get("n_steps", 128))
+        per_update = envs * steps / (int(opts.get("epochs", 4)) * int(opts.get("minibatches", 4)))
+    else:
+        per_update = 10
+    shape = dict(context_length=4, embed_dim=16, n_layer=1) if job["smoke"] else {}
+    online = OnlineConfig(
+        method=job["algo"], env_id=job["env"], env_steps=job["env_steps"],
+        run_dir=Path(job["dir"]), seed=job["seed"], method_options=opts,
+        learning_rate=cfg["lr"], device="cpu", progress=False, overwrite=True,
+        eval_every=max(1, round(job["eval_interval"] / per_update)),
+        eval_episodes=job["curve_episodes"], log_every=50, **shape)
+    t0 = time.perf_counter()
+    train_online(online)
+    seconds = time.perf_counter() - t0
+    rows = pd.read_csv(Path(job["dir"]) / "metrics.csv")
+    rows = rows.dropna(subset=["eval_return_mean"])
+    curve = [(int(s), float(r)) for s, r in zip(rows["env_steps"], rows["eval_return_mean"],
+                                                  strict=True)]
+    ckpt = load_checkpoint(job["dir"])
+    policy = ckpt.method.policy(ckpt.model, ckpt.normalizer, None)
+    final = evaluate_policy(job["env"], policy, job["episodes"], job["seed"])
+    return {"curve": curve, "final_mean": final.mean, "final_ci95": final.ci95,
+            "train_seconds": seconds}
+
+
+def _sb3_callback(job: dict[str, Any], curve: list[tuple[int, float]]) -> Any:
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Curve(BaseCallback):
+        """Every ``eval_interval`` env steps: the deterministic policy on the curve
+        episodes, through our rollout engine."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.next = job["eval_interval"]
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps >= self.next:
+                self.next += job["eval_interval"]
+                curve.append((self.num_timesteps, _score_sb3(self.model, job, curve=True)))
+            return True
+
+    return Curve()
+
+
+def _score_sb3(model: Any, job: dict[str, Any], curve: bool) -> float | tuple[float, float]:
+    policy = CallablePolicy(lambda obs: model.predict(obs, deterministic=True)[0])
+    if curve:
+        kw = _curve_seeds(job["seed"], job["curve_episodes"])
+        return evaluate_policy(job["env"], policy, kw.pop("episodes"), **kw).mean
+    res = evaluate_policy(job["env"], policy, job["episodes"], job["seed"])
+    return res.mean, res.ci95
+
+
+def run_sb3(job: dict[str, Any]) -> dict[str, Any]:
+    """SB3's PPO or DQN (MLP) with :data:`CONFIGS`' settings, evaluated as ours."""
+    import gymnasium as gym
+    from stable_baselines3 import DQN, PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    kw = dict(CONFIGS[(job["algo"], job["env"])]["sb3"])
+    if job["smoke"]:
+        kw.update(SMOKE_SB3[job["algo"]])
+    n_envs, scale = kw.pop("n_envs"), kw.pop("reward_scale", 1.0)
+
+    def wrap(env: gym.Env) -> gym.Env:
+        return gym.wrappers.TransformReward(env, lambda r: scale * r) if scale != 1.0 else env
+
+    env = make_vec_env(job["env"], n_envs=n_envs, seed=job["seed"], wrapper_class=wrap)
+    algo = PPO if job["algo"] == "ppo" else DQN
+    model = algo("MlpPolicy", env, seed=job["seed"], device="cpu", verbose=0, **kw)
+    curve: list[tuple[int, float]] = []
+    t0 = time.perf_counter()
+    model.learn(job["env_steps"], callback=_sb3_callback(job, curve))
+    seconds = time.perf_counter() - t0
+    mean, ci95 = _score_sb3(model, job, curve=False)
+    return {"curve": curve, "final_mean": mean, "final_ci95": ci95, "train_seconds": seconds}
+
+
+def run_one(job: dict[str, Any]) -> dict[str, Any]:
+    """One run (reused when its ``result.json`` exists), one torch thread."""
+    out = Path(job["dir"]) / "result.json"
+    if out.is_file():
+        return json.loads(out.read_text())
+    torch.set_num_threads(1)
+    Path(job["dir"]).mkdir(parents=True, exist_ok=True)
+    result = run_transformer(job) if job["agent"] == "transformer" else run_sb3(job)
+    result = {**{k: job[k] for k in ("agent", "algo", "env", "seed", "env_steps")}, **result}
+    out.write_text(json.dumps(result))
+    return result
+
+
+def jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    return [{"agent": agent, "algo": algo, "env": env, "seed": seed,
+             "env_steps": args.env_steps, "eval_interval": args.eval_interval,
+             "curve_episodes": args.curve_episodes, "episodes": args.episodes,
+             "smoke": args.smoke,
+             "dir": str(Path(args.root) / env / f"{agent}-{algo}" / f"seed{seed}")}
+            for agent, algo, env in JOBS for seed in args.seeds
+            if f"{agent}-{algo}" in args.agents and env in args.envs]
+
+
+def plot(curves: pd.DataFrame, path: Path) -> None:
+    """Mean evaluation return against env steps per agent, one panel per env, shaded
+    between the seeds' min and max (points at the same env steps across seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    envs = sorted(curves["env"].unique())
+    fig, axes = plt.subplots(1, len(envs), figsize=(6 * len(envs), 4), squeeze=False)
+    for ax, env in zip(axes[0], envs, strict=True):
+        for name, g in curves[curves["env"] == env].groupby("name"):
+            s = g.groupby("env_steps")["return"].agg(["mean", "min", "max"])
+            ax.plot(s.index, s["mean"], label=name)
+            ax.fill_between(s.index, s["min"], s["max"], alpha=0.2)
+        ax.set(title=env, xlabel="env steps", ylabel="mean evaluation return")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write(results: list[dict[str, Any]], args: argparse.Namespace, command: str,
+          wall: float) -> Path:
+    """The results page, the CSVs and the plot in ``args.out``."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = pd.DataFrame([{k: v for k, v in r.items() if k != "curve"} for r in results])
+    runs["name"] = runs["agent"] + " " + runs["algo"]
+    curves = pd.DataFrame([{"env": r["env"], "name": f"{r['agent']} {r['algo']}",
+                            "seed": r["seed"], "env_steps": s, "return": v}
+                           for r in results for s, v in r["curve"]])
+    runs.to_csv(out / "online.csv", index=False)
+    curves.to_csv(out / "online-curves.csv", index=False)
+    if not curves.empty:
+        plot(curves, out / "online.png")
+    summary = runs.groupby(["env", "name"]).agg(
+        seeds=("seed", "count"), final_return=("final_mean", "mean"),
+        seed_std=("final_mean", "std"), train_seconds=("train_seconds", "mean")).reset_index()
+    lines = ["# Online RL: a transformer policy (PPO, DQN) beside Stable-Baselines3", "",
+             f"Command: `{command}`  ",
+             f"Machine: {platform.machine()}, {multiprocessing.cpu_count()} CPU cores, one "
+             f"torch thread per run; python {platform.python_version()}, torch "
+             f"{torch.__version__}, stable-baselines3 {_sb3_version()}; wall {wall:.0f} s  ",
+             f"Budget: {args.env_steps} env steps per run; final scores on {args.episodes} "
+             f"test episodes per seed, curves on {args.curve_episodes} validation episodes "
+             f"every {args.eval_interval} env steps (the same episodes for every agent).", "",
+             "## Final test return (mean over seeds; seed_std: std of the seed means)", "",
+             summary.to_markdown(index=False, floatfmt=".1f"), "",
+             "## Every run", "",
+             runs.drop(columns=["name"]).to_markdown(index=False, floatfmt=".1f"), "",
+             "![learning curves](online.png)", ""]
+    (out / "online.md").write_text("\n".join(lines))
+    return out / "online.md"
+
+
+def _sb3_version() -> str:
+    import stable_baselines3
+
+    return stable_baselines3.__version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--env-steps", type=int, default=200_000)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--envs", nargs="+", default=["CartPole-v1", "Pendulum-v1"])
+    ap.add_argument("--agents", nargs="+", default=[f"{a}-{b}" for a, b, _ in JOBS])
+    ap.add_argument("--eval-interval", type=int, default=10_000)
+    ap.add_argument("--curve-episodes", type=int, default=10)
+    ap.add_argument("--episodes", type=int, default=100)
+    ap.add_argument("--workers", type=int, default=multiprocessing.cpu_count())
+    ap.add_argument("--root", default="data/benchmarks/online")
+    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny budgets and network, one seed, into a temporary directory")
+    args = ap.parse_args(argv)
+    command = "python benchmarks/online.py " + shlex.join(argv or sys.argv[1:])
+    if args.smoke:
+        tmp = Path(tempfile.mkdtemp(prefix="online-smoke-"))
+        args.root, args.out = str(tmp / "runs"), str(tmp / "results")
+        args.env_steps, args.seeds, args.eval_interval = 1024, [0], 512
+        args.curve_episodes, args.episodes = 2, 3
+    t0 = time.perf_counter()
+    todo = jobs(args)
+    with ProcessPoolExecutor(max_workers=max(1, args.workers),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = list(pool.map(run_one, todo))
+    page = write(results, args, command, time.perf_counter() - t0)
+    print(page.read_text())
+    print(f"written to {page.parent}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
