@@ -221,3 +221,35 @@ def test_bad_options_and_a_dataset_run_are_refused(tmp_path, discrete_hdf5):
     with pytest.raises(ValueError, match="trains on rollouts"):
         train(TrainConfig(dataset=str(discrete_hdf5), method="ppo", run_dir=tmp_path / "c",
                           **TINY_TRAIN))
+
+
+def test_episode_stream_seeds_every_episode_and_resumes_by_replay():
+    """Episode k resets with reset_seed(k) (its first observation is gym's for that seed);
+    a stream restored from its state steps on exactly as the original."""
+    import gymnasium as gym
+
+    from offline_dt.rollout import ActionReplayPolicy, EpisodeStream
+
+    env = gym.make("CartPole-v1")
+    actions = np.random.default_rng(0).integers(0, 2, (90, 3))
+    stream, policy = EpisodeStream("CartPole-v1", 3, lambda k: 1000 + k), \
+        ActionReplayPolicy(actions)
+    stream.start(policy)
+    for j in range(3):
+        np.testing.assert_array_equal(stream.observations[j], env.reset(seed=1000 + j)[0])
+    ended = np.zeros(3, bool)
+    for tr in stream.steps(policy, 60):
+        for j in np.flatnonzero(ended):  # reset after the last step's yield
+            np.testing.assert_array_equal(tr.observations[j],
+                                          env.reset(seed=int(stream.seeds[j]))[0])
+        ended = tr.terminated | tr.truncated
+    assert stream.started > 3 and len(stream.drain_finished()) == stream.started - 3
+    restored = EpisodeStream("CartPole-v1", 3, lambda k: 1000 + k)
+    restored.load_state_dict(stream.state_dict())
+    np.testing.assert_array_equal(restored.observations, stream.observations)
+    tail = ActionReplayPolicy(actions[60:])
+    tail.reset(3)
+    a = [t.next_observations for t in stream.steps(policy, 30)]
+    b = [t.next_observations for t in restored.steps(tail, 30)]
+    np.testing.assert_array_equal(np.stack(a), np.stack(b))
+    assert restored.started == stream.started
