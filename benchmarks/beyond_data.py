@@ -49,6 +49,8 @@ VARIANTS: dict[str, tuple[str, dict[str, str], str]] = {
                              "qt-beta3 with the transformer critic"),
     "qt-transformer": ("qt", {"critic": "transformer"}, "qt with the transformer critic"),
     "qt-no-weights": ("qt", {"beta": "0"}, "QT as published: Q term only (beta 0), MLP critic"),
+    "aw-dt": ("qt", {"eta": "0"}, "advantage-weighted DT at qt's beta 10: weights only (eta 0), "
+                                  "MLP critic"),
     "aw-dt-beta3": ("qt", {"eta": "0", "beta": "3"},
                     "advantage-weighted DT: weights only (eta 0, beta 3), MLP critic"),
     "qt-beta3-rate0.02": ("qt", {"beta": "3", "target_rate": "0.02"},
