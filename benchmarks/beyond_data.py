@@ -49,6 +49,8 @@ VARIANTS: dict[str, tuple[str, dict[str, str], str]] = {
                              "qt-beta3 with the transformer critic"),
     "qt-transformer": ("qt", {"critic": "transformer"}, "qt with the transformer critic"),
     "qt-no-weights": ("qt", {"beta": "0"}, "QT as published: Q term only (beta 0), MLP critic"),
+    "qt-off": ("qt", {"eta": "0", "beta": "0"}, "check: qt with both terms off (the actor is "
+                                                "a plain DT beside a critic it never uses)"),
     "aw-dt": ("qt", {"eta": "0"}, "advantage-weighted DT at qt's beta 10: weights only (eta 0), "
                                   "MLP critic"),
     "aw-dt-beta3": ("qt", {"eta": "0", "beta": "3"},
@@ -185,6 +187,14 @@ NOTES = """## Notes
   script (`qt-small-critic`, `qt-beta1`, `qt-expectile0.9`) had not run when this page was
   written unless they appear above. The paper-preset rows with 3 seeds are in
   `benchmarks/results/pendulum-beyond-data.md`.
+- Good data (expert, one seed): every variant that uses the critic falls well below `dt` --
+  advantage weights alone (`aw-dt`, `aw-dt-beta3`'s beta raised to qt's), the Q term alone
+  (`qt-no-weights`), both (`qt`, `qt-beta3`) -- while `qt-off` (both terms off, the critic
+  trained beside the actor but never used) matches `dt`: the two terms themselves, not the
+  machinery, hurt on narrow expert data, where the critic's advantages and its Q gradient
+  are extrapolation noise. Their strength has to depend on the dataset (QT tunes eta per
+  dataset); choosing beta and eta, and the checkpoint, on validation episodes is the next
+  step (`pendulum.md` shows the same on expert and medium-expert with 3 seeds).
 - QT's inference (the critic picks among the actions for 5 returns-to-go, `q_candidates`) is
   one of the candidates each checkpoint chooses among on validation episodes
   (`headline_settings`).
