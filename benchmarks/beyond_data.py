@@ -49,6 +49,9 @@ VARIANTS: dict[str, tuple[str, dict[str, str], str]] = {
                              "qt-beta3 with the transformer critic"),
     "qt-transformer": ("qt", {"critic": "transformer"}, "qt with the transformer critic"),
     "qt-no-weights": ("qt", {"beta": "0"}, "QT as published: Q term only (beta 0), MLP critic"),
+    # weaker terms, for a per-dataset choice on validation episodes
+    "qt-eta0.1": ("qt", {"eta": "0.1"}, "qt with a weaker Q term (eta 0.1)"),
+    "qt-gentle": ("qt", {"eta": "0.1", "beta": "1"}, "qt with both terms weak (eta 0.1, beta 1)"),
     "qt-off": ("qt", {"eta": "0", "beta": "0"}, "check: qt with both terms off (the actor is "
                                                 "a plain DT beside a critic it never uses)"),
     "aw-dt": ("qt", {"eta": "0"}, "advantage-weighted DT at qt's beta 10: weights only (eta 0), "
