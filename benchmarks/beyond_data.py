@@ -197,7 +197,11 @@ NOTES = """## Notes
   machinery, hurt on narrow expert data, where the critic's advantages and its Q gradient
   are extrapolation noise. Their strength has to depend on the dataset (QT tunes eta per
   dataset); choosing beta and eta, and the checkpoint, on validation episodes is the next
-  step (`pendulum.md` shows the same on expert and medium-expert with 3 seeds).
+  step (`pendulum.md` shows the same on expert and medium-expert with 3 seeds). No single
+  weaker setting serves both ends: `qt-eta0.1` keeps qt's gain on random but is still far
+  below `dt` on expert, and `qt-gentle` (eta 0.1, beta 1) comes closer to `dt` on expert yet
+  loses most of the gain on random (rows above; random seed 0, expert seed 1). A per-dataset
+  choice among candidates that include `qt-off` is what the rows point to.
 - QT's inference (the critic picks among the actions for 5 returns-to-go, `q_candidates`) is
   one of the candidates each checkpoint chooses among on validation episodes
   (`headline_settings`).
