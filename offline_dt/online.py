@@ -52,8 +52,9 @@ import torch
 from offline_dt.checkpoint import checkpoint_path, read_checkpoint
 from offline_dt.config import from_dict, save_json
 from offline_dt.data.windows import Batch, Normalizer
+from offline_dt.methods.base import parse_options
 from offline_dt.methods.dqn import DQNBatch, DQNOptions, linear_epsilon
-from offline_dt.methods.history import HistoryPolicy, parse_options
+from offline_dt.methods.history import HistoryPolicy
 from offline_dt.methods.ppo import PPOBatch, PPOOptions, gae
 from offline_dt.rollout import SEED_RANGE, SEED_STRIDE, EpisodeStream
 from offline_dt.train import TrainConfig, TrainingRun, TrainResult, train

@@ -9,6 +9,7 @@ each algorithm's math in one file. README "Adding a method" walks through ``bc``
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -93,6 +94,47 @@ class Method:
         """Clip gradients before the optimizer step: one global norm over all parameters by
         default; a method with several networks may clip each on its own."""
         torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm)
+
+
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def parse_options(cls: type, method: str, options: dict[str, Any] | None) -> Any:
+    """An options dataclass ``cls`` from ``TrainConfig.method_options`` (strings from the CLI
+    converted to each field's type; booleans from true/false/1/0/yes/no), then its
+    ``validate()``.
+
+    Raises:
+        ValueError: an unknown key or a value of the wrong type, naming ``method``, the key,
+            the expected type and the value found.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, raw in (options or {}).items():
+        if key not in fields:
+            raise ValueError(f"method_options: {method} has no option {key!r}; its options "
+                             f"are {sorted(fields)}")
+        kind = type(fields[key].default)
+        try:
+            if kind is bool and not isinstance(raw, bool):
+                text = str(raw).lower()
+                if text not in _TRUE + _FALSE:
+                    raise ValueError(raw)
+                values[key] = text in _TRUE
+            else:
+                values[key] = kind(raw)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"method_options: {method} option {key!r} must be "
+                             f"{kind.__name__}, found {raw!r}") from e
+    opts = cls(**values)
+    opts.validate()
+    return opts
+
+
+def option_strings(opts: Any) -> dict[str, str]:
+    """Every field of an options dataclass as a string (what ``config.json`` records)."""
+    return {f.name: str(getattr(opts, f.name)).lower() if isinstance(getattr(opts, f.name), bool)
+            else str(getattr(opts, f.name)) for f in dataclasses.fields(opts)}
 
 
 METHODS: dict[str, type[Method]] = {}

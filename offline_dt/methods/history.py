@@ -1,5 +1,5 @@
 """What the online methods (``ppo``, ``dqn``) share: acting from the recent history of one's
-own episode with the Decision Transformer's trunk, their options parser and their warm start.
+own episode with the Decision Transformer's trunk, and their warm start.
 
 The trunk (``offline_dt.model.DecisionTransformer``) reads per timestep the token triple
 ``(R̂_t, s_t, a_t)``. An online method has no return to condition on; in the return slot of
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -33,47 +32,6 @@ from offline_dt.model import DecisionTransformer
 #: every window of the ``(N, K)`` :class:`Batch` (Discrete ``(N,) int64``; Box ``(N, act_dim)``
 #: float32 in model units ``[-1, 1]``) and any per-env tensors to remember (log-probs, values).
 Decide = Callable[[Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
-
-_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
-
-
-def parse_options(cls: type, method: str, options: dict[str, Any] | None) -> Any:
-    """An options dataclass ``cls`` from ``TrainConfig.method_options`` (strings from the CLI
-    converted to each field's type; booleans from true/false/1/0/yes/no), then its
-    ``validate()``.
-
-    Raises:
-        ValueError: an unknown key or a value of the wrong type, naming ``method``, the key,
-            the expected type and the value found.
-    """
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    values: dict[str, Any] = {}
-    for key, raw in (options or {}).items():
-        if key not in fields:
-            raise ValueError(f"method_options: {method} has no option {key!r}; its options "
-                             f"are {sorted(fields)}")
-        kind = type(fields[key].default)
-        try:
-            if kind is bool and not isinstance(raw, bool):
-                text = str(raw).lower()
-                if text not in _TRUE + _FALSE:
-                    raise ValueError(raw)
-                values[key] = text in _TRUE
-            else:
-                values[key] = kind(raw)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"method_options: {method} option {key!r} must be "
-                             f"{kind.__name__}, found {raw!r}") from e
-    opts = cls(**values)
-    opts.validate()
-    return opts
-
-
-def option_strings(opts: Any) -> dict[str, str]:
-    """Every field of an options dataclass as a string (what ``config.json`` records)."""
-    return {f.name: str(getattr(opts, f.name)).lower() if isinstance(getattr(opts, f.name), bool)
-            else str(getattr(opts, f.name)) for f in dataclasses.fields(opts)}
-
 
 def load_trunk(trunk: DecisionTransformer, model: dict[str, torch.Tensor],
                skip: Sequence[str] = ()) -> list[str]:

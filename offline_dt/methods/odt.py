@@ -39,7 +39,6 @@ Hyperparameters: :class:`ODTOptions`, set with ``--method-options KEY VALUE ...`
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -50,7 +49,7 @@ from torch import nn
 
 from offline_dt.data.windows import Batch, Normalizer
 from offline_dt.distributed import global_mean
-from offline_dt.methods.base import Method, register
+from offline_dt.methods.base import Method, option_strings, parse_options, register
 from offline_dt.methods.dt import DTPolicy
 from offline_dt.model import DecisionTransformer, DTConfig
 
@@ -90,21 +89,7 @@ class ODTOptions:
         Raises:
             ValueError: an unknown key, a value of the wrong type, or one out of range.
         """
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {}
-        for key, raw in (options or {}).items():
-            if key not in fields:
-                raise ValueError(f"method_options: odt has no option {key!r}; its options "
-                                 f"are {sorted(fields)}")
-            kind = type(fields[key].default)
-            try:
-                values[key] = kind(raw)
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"method_options: odt option {key!r} must be "
-                                 f"{kind.__name__}, found {raw!r}") from e
-        opts = cls(**values)
-        opts.validate()
-        return opts
+        return parse_options(cls, "odt", options)
 
     def validate(self) -> None:
         if not self.init_temperature > 0 or not self.temperature_lr >= 0:
@@ -246,8 +231,7 @@ class ODT(Method):
     conditions_on_return = True
 
     def resolve_options(self, options: dict[str, Any] | None) -> dict[str, str]:
-        opts = ODTOptions.parse(options)
-        return {f.name: str(getattr(opts, f.name)) for f in dataclasses.fields(opts)}
+        return option_strings(ODTOptions.parse(options))
 
     def build(self, cfg: DTConfig, options: dict[str, Any] | None = None) -> ODTNetwork:
         return ODTNetwork(cfg, ODTOptions.parse(options))

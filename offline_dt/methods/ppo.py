@@ -45,13 +45,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from offline_dt.data.windows import Batch, Normalizer
-from offline_dt.methods.base import Method, register
+from offline_dt.methods.base import Method, option_strings, parse_options, register
 from offline_dt.methods.history import (
     Decide,
     HistoryPolicy,
     load_trunk,
-    option_strings,
-    parse_options,
 )
 from offline_dt.model import DecisionTransformer, DTConfig
 

@@ -50,7 +50,7 @@ from torch.func import functional_call
 
 from offline_dt.data.windows import Batch, Normalizer
 from offline_dt.distributed import global_mean
-from offline_dt.methods.base import Method, register
+from offline_dt.methods.base import Method, option_strings, parse_options, register
 from offline_dt.methods.dt import DTPolicy
 from offline_dt.model import DecisionTransformer, DTConfig
 
@@ -96,21 +96,7 @@ class QTOptions:
         Raises:
             ValueError: an unknown key, a value of the wrong type, or one out of range.
         """
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {}
-        for key, raw in (options or {}).items():
-            if key not in fields:
-                raise ValueError(f"method_options: qt has no option {key!r}; its options are "
-                                 f"{sorted(fields)}")
-            kind = type(fields[key].default)
-            try:
-                values[key] = kind(raw)
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"method_options: qt option {key!r} must be {kind.__name__}, "
-                                 f"found {raw!r}") from e
-        opts = cls(**values)
-        opts.validate()
-        return opts
+        return parse_options(cls, "qt", options)
 
     def validate(self) -> None:
         if self.critic not in ("mlp", "transformer"):
@@ -292,8 +278,7 @@ class QT(Method):
     conditions_on_return = True
 
     def resolve_options(self, options: dict[str, Any] | None) -> dict[str, str]:
-        opts = QTOptions.parse(options)
-        return {f.name: str(getattr(opts, f.name)) for f in dataclasses.fields(opts)}
+        return option_strings(QTOptions.parse(options))
 
     def build(self, cfg: DTConfig, options: dict[str, Any] | None = None) -> QTNetwork:
         opts = QTOptions.parse(options)
