@@ -189,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--levels", nargs="+", default=None,
                    help="dataset levels (default: all six); the table holds only these")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="rows to train or evaluate (default all); runs of the others already "
+                        "under --root are reused and reported")
     p.add_argument("--workers", type=int, default=2,
                    help="runs at once, one process each (reproduce(workers=...))")
     p.add_argument("--out", type=Path, default=RESULTS, help="where the .md/.csv go")
@@ -200,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t = time.perf_counter()
     table = reproduce(env_id=ENV, preset=args.preset, root=args.root, device=args.device,
-                      workers=args.workers, levels=args.levels)
+                      workers=args.workers, levels=args.levels, methods=args.methods)
     wall = time.perf_counter() - t
     report_dir = args.root / "reports" / ENV / args.preset
     timings = json.loads((report_dir / "timings.json").read_text())

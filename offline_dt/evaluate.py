@@ -311,6 +311,11 @@ class EvalConfig:
                 "slower; a check of the cache)"})
     out: Path | None = field(default=None, metadata={
         "help": "output JSON; unset: <run dir>/eval.json"})
+    candidate_checkpoints: list[Path] = field(default_factory=list, metadata={
+        "help": "more checkpoints (files or run directories) of the same dataset, e.g. the "
+                "method trained with other hyperparameters: their candidates compete with "
+                "the checkpoint's on the validation episodes, and eval.json records which "
+                "checkpoint was chosen"})
 
     def __post_init__(self) -> None:
         if not 1 <= self.validation_episodes <= CURVE_EPISODE_OFFSET:
@@ -450,73 +455,107 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
     """Choose a checkpoint's target return and inference settings on validation episodes,
     roll the chosen one out on the test episodes and write ``eval.json`` atomically.
 
-    Candidates (:func:`inference_candidates`): for a return-conditioned method (``dt``) the
+    Candidates (:func:`checkpoint_candidates`): for a return-conditioned method (``dt``) the
     targets (``cfg.target_returns``, default the dataset's best episode return and
     ``ref_max_score``), else none (``target_return`` null), crossed with
-    ``Method.inference_candidates``. With more than one, :func:`choose_candidate` picks the
-    best mean return on ``cfg.validation_episodes`` validation episodes; then only that one is
-    evaluated on the ``cfg.episodes`` test episodes. The checkpoint's method builds every
-    policy (``Method.policy(net, normalizer, target, kv_cache=..., **settings)``), acting
-    from the key/value cache where it is exact (band-attention checkpoints, unless
+    ``Method.inference_candidates``, for the checkpoint and each of
+    ``cfg.candidate_checkpoints`` (then each candidate names its ``checkpoint``). With more
+    than one, :func:`choose_candidate` picks the best mean return on
+    ``cfg.validation_episodes`` validation episodes; then only that one is evaluated on the
+    ``cfg.episodes`` test episodes. The candidate's checkpoint builds its policy
+    (``Method.policy(net, normalizer, target, kv_cache=..., **settings)``), acting from the
+    key/value cache where it is exact (band-attention checkpoints, unless
     ``cfg.full_recompute``) or where ``cfg.kv_cache`` asks for it (:func:`use_kv_cache`).
 
     ``eval.json``: the headline (top-level ``mean_return``, ``std_return``, ``ci95``,
-    ``normalized_score``, ``headline_target``, ``headline_settings``) is the chosen
-    candidate's test evaluation, ``targets`` holds that one evaluation with per-episode
-    returns, ``selection`` every candidate's validation results and the rule
-    (:func:`selection_record`), ``headline_rule`` says how the headline was chosen.
+    ``normalized_score``, ``headline_target``, ``headline_settings``, and ``checkpoint`` and
+    ``step`` of the chosen checkpoint) is the chosen candidate's test evaluation, ``targets``
+    holds that one evaluation with per-episode returns, ``selection`` every candidate's
+    validation results and the rule (:func:`selection_record`), ``headline_rule`` says how
+    the headline was chosen.
 
     Returns:
-        The dict written to ``cfg.out`` (default ``<run dir>/eval.json``).
+        The dict written to ``cfg.out`` (default ``<run dir>/eval.json`` of ``cfg.checkpoint``).
 
     Raises:
         ValueError: no checkpoint given; no target return given or known for a
-            return-conditioned method.
+            return-conditioned method; a candidate checkpoint of another env, dataset or
+            method.
     """
     if cfg.checkpoint is None:
         raise ValueError("EvalConfig.checkpoint is required (checkpoint file or run directory)")
     checkpoint = Path(cfg.checkpoint)
-    ckpt = load_checkpoint(checkpoint, resolve_device(cfg.device))
-    facts = checkpoint_facts(ckpt)
+    candidates, loaded, facts = checkpoint_candidates(cfg)
     env_id = cfg.env_id  # the user's explicit choice; an id from the data must be registered
     if not env_id:
         env_id = registered_env_id(facts["env_id"], str(checkpoint), "dataset_info/env_id")
-    method = facts["method"]
-    targets: list[float | None] = [None]
-    if ckpt.method.conditions_on_return:
-        targets = list(cfg.target_returns or default_target_returns(
-            facts["best_return"], facts["ref_max_score"]))
-    candidates = inference_candidates(ckpt.method, ckpt.model, targets)
-    kv_cache = use_kv_cache(ckpt.model, cfg.kv_cache, cfg.full_recompute)
 
     def make_policy(cand: dict[str, Any]) -> Policy:
+        ckpt = loaded[cand.get("checkpoint", str(checkpoint))]
+        kv_cache = use_kv_cache(ckpt.model, cfg.kv_cache, cfg.full_recompute)
         return ckpt.method.policy(ckpt.model, ckpt.normalizer, cand["target_return"],
                                   kv_cache=kv_cache, **cand["settings"])
 
     chosen, validation = choose_candidate(env_id, candidates, make_policy, cfg, facts)
     cand = candidates[chosen]
+    source = cand.get("checkpoint", str(checkpoint))
+    ckpt = loaded[source]
     res = evaluate_policy(env_id, make_policy(cand), cfg.episodes, cfg.seed,
                           max_envs=cfg.max_envs, ref_min_score=facts["ref_min_score"],
                           ref_max_score=facts["ref_max_score"])
     log.info("%s %s target %s settings %s: test mean %.2f, episode-level 95%% CI ± %.2f "
-             "(%d episodes, %.1fs)", checkpoint, method, cand["target_return"],
+             "(%d episodes, %.1fs)", source, facts["method"], cand["target_return"],
              cand["settings"], res.mean, res.ci95, res.episodes, res.wall_seconds)
     why = ("one target return, no inference settings to choose"
            if ckpt.method.conditions_on_return
-           else f"{method} ignores target returns and has no inference settings to choose")
+           else f"{facts['method']} ignores target returns and has no inference settings to "
+                "choose")
     selection = selection_record(candidates, chosen, validation, cfg, why)
     payload = build_eval_payload(
-        method=method, env_id=env_id, results=[{**to_jsonable(cand), **res.to_dict()}],
+        method=facts["method"], env_id=env_id,
+        results=[{**to_jsonable(cand), **res.to_dict()}],
         headline_rule=f"test episodes of the chosen candidate only; chosen by "
                       f"{selection['rule']}",
-        extra={"checkpoint": str(checkpoint), "step": getattr(ckpt, "step", None),
+        extra={"checkpoint": source, "step": getattr(ckpt, "step", None),
                "dataset": facts["dataset"], "config": to_jsonable(cfg),
                "headline_settings": to_jsonable(cand["settings"]), "selection": selection,
-               "kv_cache": kv_cache},
+               "kv_cache": use_kv_cache(ckpt.model, cfg.kv_cache, cfg.full_recompute)},
     )
     save_json(payload, Path(cfg.out) if cfg.out is not None
               else _run_dir(checkpoint) / "eval.json")
     return payload
+
+
+def checkpoint_candidates(cfg: EvalConfig) -> tuple[list[dict[str, Any]], dict[str, Any],
+                                                    dict[str, Any]]:
+    """(candidates, loaded checkpoints by path, facts of ``cfg.checkpoint``) of
+    :func:`evaluate_checkpoint`: :func:`inference_candidates` of ``cfg.checkpoint`` and then
+    of each of ``cfg.candidate_checkpoints``; with candidate checkpoints every candidate
+    carries its ``checkpoint`` path.
+
+    Raises:
+        ValueError: a return-conditioned method with no target known; a candidate checkpoint
+            whose env id, dataset or method differs from ``cfg.checkpoint``'s.
+    """
+    device = resolve_device(cfg.device)
+    paths = [Path(cfg.checkpoint), *map(Path, cfg.candidate_checkpoints)]
+    loaded = {str(p): load_checkpoint(p, device) for p in paths}
+    facts = checkpoint_facts(loaded[str(paths[0])])
+    candidates: list[dict[str, Any]] = []
+    for path, ckpt in loaded.items():
+        other = checkpoint_facts(ckpt)
+        for key in ("env_id", "dataset", "method"):
+            if other[key] != facts[key]:
+                raise ValueError(f"EvalConfig.candidate_checkpoints: {path} has {key} "
+                                 f"{other[key]!r}, expected {facts[key]!r} as "
+                                 f"{paths[0]} (candidates must share env, dataset and method)")
+        targets: list[float | None] = [None]
+        if ckpt.method.conditions_on_return:
+            targets = list(cfg.target_returns or default_target_returns(
+                other["best_return"], other["ref_max_score"]))
+        for cand in inference_candidates(ckpt.method, ckpt.model, targets):
+            candidates.append({**cand, "checkpoint": path} if len(paths) > 1 else cand)
+    return candidates, loaded, facts
 
 
 def build_eval_payload(

@@ -122,6 +122,12 @@ class Preset:
             and qt alike; bc = same network, returns-to-go zeroed).
         method_train: per method, ``TrainConfig`` overrides on top of ``train`` (e.g. a
             method's ``method_options``).
+        method_candidates: per method, named alternatives to its ``method_options`` (e.g.
+            qt's η and β), each trained as a run of its own under
+            ``<run dir>/candidates/<name>``; the method's evaluation chooses among its own
+            checkpoint and these (with their targets and inference settings) on validation
+            episodes (``EvalConfig.candidate_checkpoints``), so a training hyperparameter is
+            tuned per dataset and seed the way a target return is, never on test episodes.
         evaluate: ``EvalConfig`` field overrides (test episodes, validation episodes, ...);
             the reference rows and baselines use its ``episodes``.
         reference_steps: gradient updates of each d3rlpy reference row (iql, mlp-bc,
@@ -137,6 +143,7 @@ class Preset:
     generate: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     method_train: dict[str, dict[str, Any]] = field(default_factory=dict)
+    method_candidates: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
     evaluate: dict[str, Any] = field(default_factory=dict)
     reference_steps: dict[str, int] = field(default_factory=dict)
     seeds: tuple[int, ...] = (0,)
@@ -161,6 +168,14 @@ _SMALL_DT: dict[str, Any] = {
 #: %BC's 20k steps of pendulum-random, where a plain MLP BC has converged.
 _REFERENCE_STEPS = {"iql": 10_000, "mlp-bc": 5_000, "pct-bc": 5_000}
 
+#: qt's η and β, chosen per dataset and seed on validation episodes from its defaults (η 1,
+#: β 10) and both terms off (η 0, β 0: the DT action loss, the critic still trained and its
+#: candidate-return choice still offered at inference). The QT paper (Hu et al. 2024) sets η
+#: per dataset; on our expert data every setting with a term on fell far below dt while
+#: the terms-off run matched it (benchmarks/results/beyond_data.md), and on random data the
+#: terms are what lifts qt above the data, so no single setting serves every level.
+_QT_CANDIDATES = {"qt": {"eta0-beta0": {"eta": "0", "beta": "0"}}}
+
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         name="smoke",
@@ -178,6 +193,7 @@ PRESETS: dict[str, Preset] = {
         reference_steps={"iql": 40, "mlp-bc": 40, "pct-bc": 40},
         seeds=(0,),
         hook_episodes=3,
+        method_candidates=_QT_CANDIDATES,
         data_dir="smoke",
     ),
     "quick": Preset(
@@ -193,6 +209,7 @@ PRESETS: dict[str, Preset] = {
         reference_steps={"iql": 5_000, "mlp-bc": 2_000, "pct-bc": 2_000},
         seeds=(0,),
         hook_episodes=10,
+        method_candidates=_QT_CANDIDATES,
     ),
     "paper": Preset(
         name="paper",
@@ -211,6 +228,7 @@ PRESETS: dict[str, Preset] = {
         reference_steps=dict(_REFERENCE_STEPS),
         seeds=(0, 1, 2),
         hook_episodes=10,
+        method_candidates=_QT_CANDIDATES,
     ),
 }
 PRESETS["paper-long"] = dataclasses.replace(
@@ -357,15 +375,12 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def train_and_evaluate(tcfg: Any, ecfg: EvalConfig, hook: Callable | None
-                       ) -> tuple[dict[str, Any], dict[str, float]]:
-    """Train (or reuse, or resume) one run and evaluate it; return (eval.json, seconds).
+def train_or_reuse(tcfg: Any, hook: Callable | None) -> float:
+    """Train one run, or reuse or resume it; return the seconds spent training (0.0: reused).
 
     Reuse: ``config.json``'s train_config equals ``tcfg`` (up to the trainer's resumable
-    fields), the checkpoint reached ``tcfg.steps``, and ``eval.json`` was written with
-    ``ecfg`` on today's test episodes (:data:`EPISODE_SEEDS`) with its target chosen on
-    validation episodes (:data:`VALIDATION_EPISODE_SEEDS`); else it is evaluated again. A
-    matching but unfinished run is resumed; a mismatching one is replaced.
+    fields) and the checkpoint reached ``tcfg.steps``. A matching but unfinished run is
+    resumed; a mismatching one is replaced. A run trained here loses its ``eval.json``.
     """
     from offline_dt.config import from_dict
     from offline_dt.train import (
@@ -378,7 +393,6 @@ def train_and_evaluate(tcfg: Any, ecfg: EvalConfig, hook: Callable | None
 
     run_dir = Path(tcfg.run_dir)
     ckpt = run_dir / CHECKPOINT_NAME
-    seconds = {"train": 0.0, "evaluate": 0.0}
     saved = _read_json(run_dir / "config.json")
     matches = False
     if saved is not None and ckpt.is_file():
@@ -386,20 +400,41 @@ def train_and_evaluate(tcfg: Any, ecfg: EvalConfig, hook: Callable | None
             matches = not config_differences(from_dict(TrainConfig, saved["train_config"]), tcfg)
         except (KeyError, ValueError, TypeError):
             matches = False
-    finished = False
     if matches:
         try:
-            finished = load_checkpoint(ckpt, "cpu").step >= tcfg.steps
+            if load_checkpoint(ckpt, "cpu").step >= tcfg.steps:
+                return 0.0
         except (ValueError, FileNotFoundError):
             matches = False
-    if not finished:
-        (run_dir / "eval.json").unlink(missing_ok=True)
-        run_cfg = dataclasses.replace(tcfg, resume=matches, overwrite=not matches)
-        t = time.perf_counter()
-        train(run_cfg, eval_hook=hook)
-        seconds["train"] = time.perf_counter() - t
+    (run_dir / "eval.json").unlink(missing_ok=True)
+    run_cfg = dataclasses.replace(tcfg, resume=matches, overwrite=not matches)
+    t = time.perf_counter()
+    train(run_cfg, eval_hook=hook)
+    return time.perf_counter() - t
+
+
+def train_and_evaluate(tcfg: Any, ecfg: EvalConfig, hook: Callable | None,
+                       candidates: Sequence[Any] = ()
+                       ) -> tuple[dict[str, Any], dict[str, float]]:
+    """Train (or reuse, or resume) one run and the runs of its ``candidates`` (TrainConfigs
+    of the same method with other options, :func:`train_or_reuse` each), then evaluate it
+    with the candidates' checkpoints competing on validation episodes; return (eval.json,
+    seconds per stage).
+
+    ``eval.json`` is reused when none of the runs was trained here and it was written with
+    ``ecfg`` (candidate checkpoints included) on today's test episodes (:data:`EPISODE_SEEDS`)
+    with its choice made on validation episodes (:data:`VALIDATION_EPISODE_SEEDS`); else the
+    run is evaluated again.
+    """
+    seconds = {"train": 0.0, "evaluate": 0.0}
+    for cand in candidates:
+        seconds["train"] += train_or_reuse(cand, hook)
+    seconds["train"] += train_or_reuse(tcfg, hook)
+    run_dir = Path(tcfg.run_dir)
+    ecfg = dataclasses.replace(ecfg, candidate_checkpoints=[Path(c.run_dir) for c in candidates])
     ev = _read_json(run_dir / "eval.json")
-    if (ev is not None and _same_eval_config(ev.get("config"), ecfg)
+    if (seconds["train"] == 0.0 and ev is not None
+            and _same_eval_config(ev.get("config"), ecfg)
             and ev.get("episode_seeds") == EPISODE_SEEDS
             and (ev.get("selection") or {}).get("validation_episode_seeds")
             == VALIDATION_EPISODE_SEEDS):
@@ -468,8 +503,16 @@ def _train_job(spec: JobSpec, p: Preset, run_dir: Path) -> dict[str, float]:
                                device=spec.device), p.evaluate, "preset evaluate")
     # The hook's episodes are validation episodes of its own: never a test episode.
     hook = make_eval_hook() if tcfg.eval_every > 0 else None
-    ev, secs = train_and_evaluate(tcfg, ecfg, hook)
+    ev, secs = train_and_evaluate(tcfg, ecfg, hook, candidate_configs(tcfg, p))
     return {"eval": ev, **secs}
+
+
+def candidate_configs(tcfg: Any, p: Preset) -> list[Any]:
+    """TrainConfigs of ``p.method_candidates[tcfg.method]``: ``tcfg`` with each alternative's
+    method options, in ``<run dir>/candidates/<name>`` (deeper than the report reads)."""
+    return [dataclasses.replace(tcfg, run_dir=Path(tcfg.run_dir) / "candidates" / name,
+                                method_options={**tcfg.method_options, **options})
+            for name, options in p.method_candidates.get(tcfg.method, {}).items()]
 
 
 def _reference_job(spec: JobSpec, p: Preset, run_dir: Path) -> dict[str, float]:
@@ -521,6 +564,8 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
     if spec.fresh and spec.method not in BASELINES:
         for name in ("config.json", "eval.json"):  # nothing of the old run is reused
             (run_dir / name).unlink(missing_ok=True)
+            for cand in p.method_candidates.get(spec.method, {}):
+                (run_dir / "candidates" / cand / name).unlink(missing_ok=True)
     if spec.method in BASELINES:
         ev, took, reused = _baseline_job(spec, p, run_dir)
         timings = [("baselines", took, run, reused)]

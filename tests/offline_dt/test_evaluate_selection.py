@@ -193,3 +193,66 @@ def test_a_single_candidate_is_tested_without_validation(monkeypatch, tmp_path):
     assert payload["selection"]["validation"] == [] and payload["mean_return"] == 9.0
     assert payload["selection"]["validation_episodes"] == 0
     assert payload["headline_rule"].startswith("test episodes of the chosen candidate only")
+
+
+# ------------------------------------------------------------------- candidate checkpoints
+class ScaledMethod(FakeMethod):
+    """FakeMethod whose scores are shifted by ``offset``: another checkpoint of the same
+    method (trained with other options) that is better on validation and worse on test."""
+
+    def __init__(self, offset):
+        super().__init__(settings=[{"gain": 1}])
+        self.offset = offset
+
+    def policy(self, net, normalizer, target, *, kv_cache=False, gain=1):
+        on_validation, on_test = self.SCORES[(target, gain)]
+        return SeedPolicy((self.offset, target), on_validation + self.offset,
+                          on_test - self.offset, self.log)
+
+
+def two_checkpoints(monkeypatch, tmp_path, other_dataset="fake.hdf5"):
+    main, alt = tmp_path / "run", tmp_path / "run" / "candidates" / "alt"
+    alt.mkdir(parents=True)
+    methods = {str(main): ScaledMethod(0.0), str(alt): ScaledMethod(10.0)}
+    datasets = {str(main): "fake.hdf5", str(alt): other_dataset}
+
+    def load(path, device):
+        return SimpleNamespace(
+            dataset_info={"env_id": ECHO, "best_return": -1.0, "ref_max_score": -2.0,
+                          "ref_min_score": -10.0},
+            train_config=SimpleNamespace(method="fake", dataset=datasets[str(path)]),
+            method=methods[str(path)], model=None, normalizer=None,
+            step=5 if path == main else 9)
+
+    monkeypatch.setattr(evaluate, "load_checkpoint", load)
+    return main, alt, methods
+
+
+def test_candidate_checkpoints_compete_on_validation_and_the_choice_is_recorded(
+        monkeypatch, tmp_path):
+    main, alt, methods = two_checkpoints(monkeypatch, tmp_path)
+    payload = evaluate_checkpoint(EvalConfig(checkpoint=main, candidate_checkpoints=[alt],
+                                             episodes=3, validation_episodes=2, device="cpu"))
+    sel = payload["selection"]
+    # Two targets for each checkpoint, every candidate naming its checkpoint.
+    assert [(c["checkpoint"], c["target_return"]) for c in sel["candidates"]] == [
+        (str(main), -1.0), (str(main), -2.0), (str(alt), -1.0), (str(alt), -2.0)]
+    assert [v["mean"] for v in sel["validation"]] == [1.0, 2.0, 11.0, 12.0]
+    # The alternative wins on validation although it is worse on the test episodes (9 - 10).
+    assert sel["chosen"] == {"target_return": -2.0, "settings": {"gain": 1},
+                             "checkpoint": str(alt)}
+    assert payload["checkpoint"] == str(alt) and payload["step"] == 9
+    assert payload["mean_return"] == -1.0
+    # Only the chosen one met the test episodes; the headline lands in the main run.
+    assert not any(is_test(s) for _, s in methods[str(main)].log)
+    assert [s for _, s in methods[str(alt)].log if is_test(s)] == [
+        evaluation_seed(0, i) for i in range(3)]
+    assert json.loads((main / "eval.json").read_text())["checkpoint"] == str(alt)
+
+
+def test_a_candidate_checkpoint_of_another_dataset_is_refused(monkeypatch, tmp_path):
+    main, alt, _ = two_checkpoints(monkeypatch, tmp_path, other_dataset="other.hdf5")
+    with pytest.raises(ValueError, match=r"candidate_checkpoints: .*alt has dataset "
+                                         r"'other.hdf5', expected 'fake.hdf5'"):
+        evaluate_checkpoint(EvalConfig(checkpoint=main, candidate_checkpoints=[alt],
+                                       device="cpu"))

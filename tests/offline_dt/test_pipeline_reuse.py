@@ -160,3 +160,41 @@ def test_overwrite_regenerates_the_levels_and_retrains_their_runs(monkeypatch, t
             (run_dir / name).write_text("{}")
         pipeline.run_job(spec)
     assert calls == [["checkpoint.pt"], ["checkpoint.pt", "config.json", "eval.json"]]
+
+
+def test_method_candidates_are_trained_beside_the_run_and_compete_in_its_evaluation(
+        monkeypatch, tmp_path, box_hdf5, tiny_config):
+    """A preset's ``method_candidates`` train as runs of their own under
+    ``<run>/candidates/<name>`` with the alternative options, and the run's evaluation gets
+    their checkpoints; nothing is retrained or re-evaluated on a second call, and a candidate
+    trained again makes the run's evaluation run again."""
+    from offline_dt import pipeline
+    from offline_dt.pipeline import PRESETS, candidate_configs, train_and_evaluate
+
+    tcfg = tiny_config(box_hdf5, method="qt", run_dir=tmp_path / "qt" / "seed0")
+    cands = candidate_configs(tcfg, PRESETS["paper"])
+    assert [Path(c.run_dir) for c in cands] == [tmp_path / "qt/seed0/candidates/eta0-beta0"]
+    assert cands[0].method_options == {"eta": "0", "beta": "0"}
+    assert candidate_configs(tiny_config(box_hdf5, method="dt"), PRESETS["paper"]) == []
+
+    asked: list[EvalConfig] = []
+
+    def fake_evaluate(ecfg):
+        asked.append(ecfg)
+        payload = {"config": _saved(ecfg), "episode_seeds": EPISODE_SEEDS,
+                   "selection": {"validation_episode_seeds": VALIDATION_EPISODE_SEEDS}}
+        (Path(ecfg.checkpoint) / "eval.json").write_text(json.dumps(payload))
+        return payload
+
+    monkeypatch.setattr(pipeline, "evaluate_checkpoint", fake_evaluate)
+    ecfg = EvalConfig(checkpoint=tcfg.run_dir, episodes=2, device="cpu")
+    _, secs = train_and_evaluate(tcfg, ecfg, None, cands)
+    assert secs["train"] > 0 and len(asked) == 1
+    assert asked[0].candidate_checkpoints == [Path(cands[0].run_dir)]
+    saved = json.loads((Path(cands[0].run_dir) / "config.json").read_text())
+    assert saved["train_config"]["method_options"]["eta"] in ("0", "0.0")
+    _, secs = train_and_evaluate(tcfg, ecfg, None, cands)
+    assert secs == {"train": 0.0, "evaluate": 0.0} and len(asked) == 1
+    (Path(cands[0].run_dir) / "config.json").unlink()  # the candidate must train again
+    _, secs = train_and_evaluate(tcfg, ecfg, None, cands)
+    assert secs["train"] > 0 and len(asked) == 2
