@@ -45,6 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from offline_dt.device import resolve_device  # noqa: E402
 from offline_dt.evaluate import CURVE_EPISODE_OFFSET, evaluate_policy  # noqa: E402
 from offline_dt.online import OnlineConfig, train_online  # noqa: E402
 from offline_dt.rollout import CallablePolicy  # noqa: E402
@@ -101,7 +102,7 @@ def run_transformer(job: dict[str, Any]) -> dict[str, Any]:
     online = OnlineConfig(
         method=job["algo"], env_id=job["env"], env_steps=job["env_steps"],
         run_dir=Path(job["dir"]), seed=job["seed"], method_options=opts,
-        learning_rate=cfg["lr"], device="cpu", progress=False, overwrite=True,
+        learning_rate=cfg["lr"], device=job["device"], progress=False, overwrite=True,
         eval_every=max(1, round(job["eval_interval"] / per_update)),
         eval_episodes=job["curve_episodes"], log_every=50, **shape)
     t0 = time.perf_counter()
@@ -111,11 +112,12 @@ def run_transformer(job: dict[str, Any]) -> dict[str, Any]:
     rows = rows.dropna(subset=["eval_return_mean"])
     curve = [(int(s), float(r)) for s, r in zip(rows["env_steps"], rows["eval_return_mean"],
                                                   strict=True)]
-    ckpt = load_checkpoint(job["dir"])
+    device = resolve_device(job["device"])
+    ckpt = load_checkpoint(job["dir"], device)
     policy = ckpt.method.policy(ckpt.model, ckpt.normalizer, None)
     final = evaluate_policy(job["env"], policy, job["episodes"], job["seed"])
     return {"curve": curve, "final_mean": final.mean, "final_ci95": final.ci95,
-            "train_seconds": seconds}
+            "train_seconds": seconds, "device": str(device)}
 
 
 def _sb3_callback(job: dict[str, Any], curve: list[tuple[int, float]]) -> Any:
@@ -169,7 +171,15 @@ def run_sb3(job: dict[str, Any]) -> dict[str, Any]:
     model.learn(job["env_steps"], callback=_sb3_callback(job, curve))
     seconds = time.perf_counter() - t0
     mean, ci95 = _score_sb3(model, job, curve=False)
-    return {"curve": curve, "final_mean": mean, "final_ci95": ci95, "train_seconds": seconds}
+    return {"curve": curve, "final_mean": mean, "final_ci95": ci95, "train_seconds": seconds,
+            "device": "cpu"}
+
+
+def machine(device: str) -> str:
+    """Where a run trained: CPU architecture and cores, and the GPU's name on CUDA (runs
+    reused from another machine keep theirs)."""
+    gpu = f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""
+    return f"{platform.machine()}, {multiprocessing.cpu_count()} cores{gpu}"
 
 
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
@@ -180,16 +190,42 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     Path(job["dir"]).mkdir(parents=True, exist_ok=True)
     result = run_transformer(job) if job["agent"] == "transformer" else run_sb3(job)
-    result = {**{k: job[k] for k in ("agent", "algo", "env", "seed", "env_steps")}, **result}
+    result = {**{k: job[k] for k in ("agent", "algo", "env", "seed", "env_steps")}, **result,
+              "machine": machine(result["device"])}
     out.write_text(json.dumps(result))
     return result
 
 
+def budgets(args: argparse.Namespace) -> dict[tuple[str, str], int]:
+    """Env steps per (algorithm, env): ``--env-steps``, or a ``--budget ALGO:ENV=STEPS``
+    override (the same for both agents of that pair).
+
+    Raises:
+        SystemExit: a malformed ``--budget`` or one naming no algorithm/env pair of
+            :data:`CONFIGS`.
+    """
+    out = {pair: args.env_steps for pair in CONFIGS}
+    for item in args.budget:
+        try:
+            pair, steps = item.split("=")
+            algo, env = pair.split(":")
+            key, n = (algo, env), int(steps)
+        except ValueError:
+            raise SystemExit(f"--budget: expected ALGO:ENV=STEPS (e.g. dqn:CartPole-v1=50000), "
+                             f"found {item!r}") from None
+        if key not in CONFIGS:
+            raise SystemExit(f"--budget {item!r}: no such algorithm/env pair; choose from "
+                             f"{[f'{a}:{e}' for a, e in CONFIGS]}")
+        out[key] = n
+    return out
+
+
 def jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    steps = budgets(args)
     return [{"agent": agent, "algo": algo, "env": env, "seed": seed,
-             "env_steps": args.env_steps, "eval_interval": args.eval_interval,
+             "env_steps": steps[(algo, env)], "eval_interval": args.eval_interval,
              "curve_episodes": args.curve_episodes, "episodes": args.episodes,
-             "smoke": args.smoke,
+             "smoke": args.smoke, "device": args.device,
              "dir": str(Path(args.root) / env / f"{agent}-{algo}" / f"seed{seed}")}
             for agent, algo, env in JOBS for seed in args.seeds
             if f"{agent}-{algo}" in args.agents and env in args.envs]
@@ -232,14 +268,17 @@ def write(results: list[dict[str, Any]], args: argparse.Namespace, command: str,
     if not curves.empty:
         plot(curves, out / "online.png")
     summary = runs.groupby(["env", "name"]).agg(
-        seeds=("seed", "count"), final_return=("final_mean", "mean"),
+        env_steps=("env_steps", "first"), seeds=("seed", "count"),
+        final_return=("final_mean", "mean"),
         seed_std=("final_mean", "std"), train_seconds=("train_seconds", "mean")).reset_index()
     lines = ["# Online RL: a transformer policy (PPO, DQN) beside Stable-Baselines3", "",
              f"Command: `{command}`  ",
              f"Machine: {platform.machine()}, {multiprocessing.cpu_count()} CPU cores, one "
              f"torch thread per run; python {platform.python_version()}, torch "
              f"{torch.__version__}, stable-baselines3 {_sb3_version()}; wall {wall:.0f} s  ",
-             f"Budget: {args.env_steps} env steps per run; final scores on {args.episodes} "
+             f"Budget: env steps per run in the table ({args.env_steps} unless "
+             f"`--budget` says otherwise); the transformer trains on `--device "
+             f"{args.device}`, SB3 on the CPU; final scores on {args.episodes} "
              f"test episodes per seed, curves on {args.curve_episodes} validation episodes "
              f"every {args.eval_interval} env steps (the same episodes for every agent).", "",
              "## Final test return (mean over seeds; seed_std: std of the seed means)", "",
@@ -263,6 +302,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--envs", nargs="+", default=["CartPole-v1", "Pendulum-v1"])
     ap.add_argument("--agents", nargs="+", default=[f"{a}-{b}" for a, b, _ in JOBS])
+    ap.add_argument("--budget", nargs="+", default=[], metavar="ALGO:ENV=STEPS",
+                    help="env steps of one algorithm/env pair instead of --env-steps, e.g. "
+                         "dqn:CartPole-v1=50000")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
+                    help="torch device of the transformer runs (SB3 runs on the CPU)")
     ap.add_argument("--eval-interval", type=int, default=10_000)
     ap.add_argument("--curve-episodes", type=int, default=10)
     ap.add_argument("--episodes", type=int, default=100)

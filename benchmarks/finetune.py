@@ -1,0 +1,239 @@
+"""Online Decision Transformer fine-tuning (``offline-dt finetune``) beside SB3 SAC from scratch.
+
+    python benchmarks/finetune.py            # pendulum-medium-replay, 3 seeds, 20k online steps
+    python benchmarks/finetune.py --smoke    # a minute: tiny budgets, into a temp dir
+
+Per seed ``s`` (the issue's protocol; the same seed trains, collects and evaluates):
+
+1. **pretrain**: ``odt`` (the DT with ODT's stochastic head) trained offline on ``--dataset``
+   with the paper preset's training config (``PRESETS["paper"].train``: the shape, steps and
+   schedule of the ``dt`` row of benchmarks/results/pendulum.md), seed ``s``.
+2. **fine-tune**: ``FinetuneConfig`` defaults (ODT's 300 updates per collected episode, a
+   buffer seeded with the dataset's best trajectories, ``g_online`` = 0 for Pendulum) for
+   ``--online-steps`` env steps. Learning curve: the training loop's evaluation hook on
+   ``--curve-episodes`` validation episodes every ``--curve-updates`` updates.
+3. **test**: ``evaluate_checkpoint`` of the pretrained and of the fine-tuned run (target
+   return chosen on 50 validation episodes, then ``--episodes`` test episodes), the same
+   test episodes as every row of the paper table.
+4. **SAC**: Stable-Baselines3 SAC with rl-zoo's Pendulum-v1 settings (MLP, lr 1e-3, the rest
+   SB3's defaults) from scratch for ``--sac-steps`` env steps, its deterministic policy scored
+   through our rollout engine every ``--sac-interval`` env steps on the same validation
+   episodes as the curves, and at the end on the test episodes.
+
+The page reports each fine-tune's test return and, per SAC seed, the first curve point at
+which SAC's validation mean reaches the fine-tuned ODT's mean test return (over seeds): the
+env steps SAC from scratch needs for the same return. Writes ``finetune.md``, ``finetune.csv``
+(one row per run), ``finetune-curves.csv`` and ``finetune.png`` into ``--out``; runs live
+under ``--root`` and a run with a ``result.json`` is reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from offline_dt.device import resolve_device  # noqa: E402
+from offline_dt.evaluate import (  # noqa: E402
+    CURVE_EPISODE_OFFSET,
+    EvalConfig,
+    evaluate_checkpoint,
+    evaluate_policy,
+)
+from offline_dt.finetune import FinetuneConfig, finetune  # noqa: E402
+from offline_dt.pipeline import PRESETS  # noqa: E402
+from offline_dt.rollout import CallablePolicy  # noqa: E402
+from offline_dt.train import TrainConfig, train  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DATASET = "data/d4rl/pendulum-medium-replay-v0.hdf5"
+ENV = "Pendulum-v1"
+#: rl-zoo's SAC hyperparameters for Pendulum-v1 (the rest are SB3's defaults).
+SAC_KWARGS = {"learning_rate": 1e-3}
+TINY = {"steps": 40, "warmup_steps": 10, "batch_size": 16, "context_length": 5,
+        "embed_dim": 16, "n_layer": 1, "eval_every": 0, "checkpoint_every": 40}
+
+
+def run_odt(job: dict[str, Any]) -> dict[str, Any]:
+    """Pretrain ``odt``, fine-tune it online, test both."""
+    root = Path(job["dir"])
+    overrides = {**PRESETS["paper"].train, **(TINY if job["smoke"] else {}), "eval_every": 0}
+    pre = TrainConfig(dataset=job["dataset"], env_id=ENV, method="odt", seed=job["seed"],
+                      device=job["device"], run_dir=root / "pretrain", progress=False,
+                      overwrite=True, **overrides)
+    t0 = time.perf_counter()
+    train(pre)
+    pretrain_seconds = time.perf_counter() - t0
+    updates = FinetuneConfig.updates_per_round
+    ft = FinetuneConfig(
+        checkpoint=str(root / "pretrain"), run_dir=root / "finetune", seed=job["seed"],
+        online_steps=job["online_steps"], device=job["device"], progress=False,
+        overwrite=True, eval_every=job["curve_updates"], eval_episodes=job["curve_episodes"],
+        updates_per_round=20 if job["smoke"] else updates)
+    t0 = time.perf_counter()
+    finetune(ft)
+    seconds = time.perf_counter() - t0
+    rows = pd.read_csv(root / "finetune" / "metrics.csv")
+    rows = rows.dropna(subset=["eval_return_mean"])
+    curve = [(int(s), float(r)) for s, r in zip(rows["env_steps"], rows["eval_return_mean"],
+                                                  strict=True)]
+    tests = {name: evaluate_checkpoint(EvalConfig(
+        checkpoint=root / name, episodes=job["episodes"], seed=job["seed"],
+        validation_episodes=job["validation_episodes"], device=job["device"]))
+        for name in ("pretrain", "finetune")}
+    return {"curve": curve, "final_mean": tests["finetune"]["mean_return"],
+            "final_ci95": tests["finetune"]["ci95"],
+            "pretrained_mean": tests["pretrain"]["mean_return"],
+            "env_steps": int(rows["env_steps"].max()) if len(rows) else job["online_steps"],
+            "pretrain_seconds": pretrain_seconds, "train_seconds": seconds,
+            "device": str(resolve_device(job["device"]))}
+
+
+def _score(model: Any, job: dict[str, Any], curve: bool) -> Any:
+    policy = CallablePolicy(lambda obs: model.predict(obs, deterministic=True)[0])
+    if curve:
+        return evaluate_policy(ENV, policy, job["curve_episodes"], job["seed"],
+                               split="validation", first=CURVE_EPISODE_OFFSET).mean
+    return evaluate_policy(ENV, policy, job["episodes"], job["seed"])
+
+
+def run_sac(job: dict[str, Any]) -> dict[str, Any]:
+    """SB3 SAC from scratch, scored every ``sac_interval`` env steps."""
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    curve: list[tuple[int, float]] = []
+
+    class Curve(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps % job["sac_interval"] == 0:
+                curve.append((self.num_timesteps, _score(self.model, job, curve=True)))
+            return True
+
+    kw = {**SAC_KWARGS, **({"learning_starts": 50} if job["smoke"] else {})}
+    model = SAC("MlpPolicy", ENV, seed=job["seed"], device="cpu", verbose=0, **kw)
+    t0 = time.perf_counter()
+    model.learn(job["sac_steps"], callback=Curve())
+    seconds = time.perf_counter() - t0
+    final = _score(model, job, curve=False)
+    return {"curve": curve, "final_mean": final.mean, "final_ci95": final.ci95,
+            "env_steps": job["sac_steps"], "train_seconds": seconds, "device": "cpu"}
+
+
+def machine(device: str) -> str:
+    from online import machine as where  # benchmarks/online.py
+
+    return where(device)
+
+
+def run_one(job: dict[str, Any]) -> dict[str, Any]:
+    """One run (reused when its ``result.json`` exists), one torch thread."""
+    out = Path(job["dir"]) / "result.json"
+    if out.is_file():
+        return json.loads(out.read_text())
+    torch.set_num_threads(1)
+    Path(job["dir"]).mkdir(parents=True, exist_ok=True)
+    result = (run_odt if job["agent"] == "odt" else run_sac)(job)
+    result = {"agent": job["agent"], "seed": job["seed"], **result,
+              "machine": machine(str(resolve_device(result["device"])))}
+    out.write_text(json.dumps(result))
+    return result
+
+
+def steps_to_reach(curve: list[tuple[int, float]], level: float) -> int | None:
+    """The first env step whose curve value is at least ``level`` (None: never)."""
+    return next((s for s, v in sorted(curve) if v >= level), None)
+
+
+def write(results: list[dict[str, Any]], args: argparse.Namespace, command: str,
+          wall: float) -> Path:
+    """The page, CSVs and plot in ``args.out``."""
+    from online import plot  # benchmarks/online.py: one plotting rule for both pages
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = pd.DataFrame([{k: v for k, v in r.items() if k != "curve"} for r in results])
+    curves = pd.DataFrame([{"env": ENV, "name": r["agent"], "seed": r["seed"],
+                            "env_steps": s, "return": v} for r in results for s, v in r["curve"]])
+    odt = runs[runs["agent"] == "odt"]
+    level = float(odt["final_mean"].mean()) if len(odt) else float("nan")
+    sac = [r for r in results if r["agent"] == "sac"]
+    runs["sac_steps_to_odt_level"] = [steps_to_reach(r["curve"], level)
+                                      if r["agent"] == "sac" else None for r in results]
+    runs.to_csv(out / "finetune.csv", index=False)
+    curves.to_csv(out / "finetune-curves.csv", index=False)
+    if not curves.empty:
+        plot(curves, out / "finetune.png")
+    reach = [steps_to_reach(r["curve"], level) for r in sac]
+    lines = [
+        "# Online Decision Transformer fine-tuning beside SB3 SAC from scratch", "",
+        f"Command: `{command}`  ",
+        f"Machine: {platform.machine()}, {multiprocessing.cpu_count()} CPU cores, one torch "
+        f"thread per run; ODT on `--device {args.device}`, SAC on the CPU; python "
+        f"{platform.python_version()}, torch {torch.__version__}; wall {wall:.0f} s  ",
+        f"Dataset `{args.dataset}`; ODT pretrained with the paper preset's config, then "
+        f"{args.online_steps} online env steps; SAC {args.sac_steps} env steps. Test: "
+        f"{args.episodes} episodes per seed (target chosen on {args.validation_episodes} "
+        f"validation episodes); curves on {args.curve_episodes} validation episodes.", "",
+        f"ODT after fine-tuning, mean over seeds of the test means: **{level:.1f}** "
+        f"(pretrained: {odt['pretrained_mean'].mean():.1f}). Env steps SAC from scratch "
+        f"needed to reach it on its curve, per seed: {reach} (None: not within its budget).",
+        "", runs.to_markdown(index=False, floatfmt=".1f"), "",
+        "![learning curves](finetune.png)", ""]
+    (out / "finetune.md").write_text("\n".join(lines))
+    return out / "finetune.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dataset", default=DATASET)
+    ap.add_argument("--online-steps", type=int, default=20_000)
+    ap.add_argument("--sac-steps", type=int, default=30_000)
+    ap.add_argument("--sac-interval", type=int, default=1_000)
+    ap.add_argument("--curve-updates", type=int, default=3_000,
+                    help="fine-tune updates between curve points (300 per episode)")
+    ap.add_argument("--curve-episodes", type=int, default=10)
+    ap.add_argument("--episodes", type=int, default=200)
+    ap.add_argument("--validation-episodes", type=int, default=50)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--agents", nargs="+", default=["odt", "sac"], choices=["odt", "sac"])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    ap.add_argument("--workers", type=int, default=multiprocessing.cpu_count())
+    ap.add_argument("--root", default="data/benchmarks/finetune")
+    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--smoke", action="store_true")
+    args = ap.parse_args(argv)
+    command = "python benchmarks/finetune.py " + shlex.join(argv or sys.argv[1:])
+    if args.smoke:
+        tmp = Path(tempfile.mkdtemp(prefix="finetune-smoke-"))
+        args.root, args.out, args.seeds = str(tmp / "runs"), str(tmp / "results"), [0]
+        args.online_steps, args.sac_steps, args.sac_interval = 400, 300, 100
+        args.curve_updates, args.curve_episodes, args.episodes = 40, 2, 3
+        args.validation_episodes = 2
+    todo = [{**vars(args), "agent": agent, "seed": seed,
+             "dir": str(Path(args.root) / agent / f"seed{seed}")}
+            for agent in args.agents for seed in args.seeds]
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=max(1, args.workers),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = list(pool.map(run_one, todo))
+    page = write(results, args, command, time.perf_counter() - t0)
+    print(page.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
