@@ -23,6 +23,7 @@ import os
 import types
 import typing
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -183,3 +184,24 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     hints = typing.get_type_hints(cls)
     kwargs = {k: Path(v) if v is not None and _is_path(hints[k]) else v for k, v in data.items()}
     return cls(**kwargs)
+
+
+@dataclass
+class RunControls:
+    """How an online run (``offline-dt finetune``, ``offline-dt online``) is driven, not what
+    it learns: device, checkpoints, periodic evaluation, resume, progress. Their configs
+    inherit these fields (the CLI lists them first); ``TrainConfig`` has its own, with the
+    offline loop's defaults."""
+
+    device: str = field(default="auto", metadata={
+        "help": "torch device; auto picks CUDA when available", "choices": ["auto", "cpu", "cuda"]})
+    checkpoint_every: int = field(default=1000, metadata={
+        "help": "save checkpoint.pt every this many updates (and at the end)"})
+    eval_every: int = field(default=0, metadata={
+        "help": "evaluate the deterministic policy every this many updates (0: never)"})
+    eval_episodes: int = field(default=20, metadata={"help": "episodes per periodic evaluation"})
+    resume: bool = field(default=False, metadata={
+        "help": "continue exactly from run_dir/checkpoint.pt"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "start afresh even if run_dir already holds a checkpoint"})
+    progress: bool = field(default=True, metadata={"help": "tqdm progress bar (TTY only)"})

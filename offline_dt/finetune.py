@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from offline_dt.checkpoint import checkpoint_path, read_checkpoint
-from offline_dt.config import from_dict, save_json, to_jsonable
+from offline_dt.config import RunControls, from_dict, save_json, to_jsonable
 from offline_dt.data.dataset import OfflineDataset, registered_env_id
 from offline_dt.data.windows import Batch, Normalizer, WindowSampler, returns_to_go
 from offline_dt.rollout import SEED_RANGE, Policy, episode_seed, make_vec_env, step_policy
@@ -65,7 +65,7 @@ RESUMABLE = frozenset({"online_steps", "resume", "overwrite", "progress", "log_e
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(RunControls):
     """Online fine-tuning of an ``odt`` checkpoint (module docstring)."""
 
     checkpoint: str = field(default="", metadata={
@@ -90,20 +90,8 @@ class FinetuneConfig:
                 "returns, 0 for Pendulum's negative ones)"})
     seed: int = field(default=0, metadata={
         "help": "seed (torch, numpy, window sampler, collect noise, collect env resets)"})
-    device: str = field(default="auto", metadata={
-        "help": "torch device; auto picks CUDA when available", "choices": ["auto", "cpu", "cuda"]})
     log_every: int = field(default=100, metadata={
         "help": "metrics.csv row every this many updates"})
-    checkpoint_every: int = field(default=1000, metadata={
-        "help": "save checkpoint.pt every this many updates (and at the end)"})
-    eval_every: int = field(default=0, metadata={
-        "help": "evaluate the deterministic policy every this many updates (0: never)"})
-    eval_episodes: int = field(default=20, metadata={"help": "episodes per periodic evaluation"})
-    resume: bool = field(default=False, metadata={
-        "help": "continue exactly from run_dir/checkpoint.pt"})
-    overwrite: bool = field(default=False, metadata={
-        "help": "start afresh even if run_dir already holds a checkpoint"})
-    progress: bool = field(default=True, metadata={"help": "tqdm progress bar (TTY only)"})
 
     def validate(self) -> None:
         """Raises ValueError naming the argument and the value found."""

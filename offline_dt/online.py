@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from offline_dt.checkpoint import checkpoint_path, read_checkpoint
-from offline_dt.config import from_dict, save_json
+from offline_dt.config import RunControls, from_dict, save_json
 from offline_dt.data.windows import Batch, Normalizer
 from offline_dt.methods.base import parse_options
 from offline_dt.methods.dqn import DQNBatch, DQNOptions, linear_epsilon
@@ -72,7 +72,7 @@ SHAPE_FIELDS = ("embed_dim", "n_layer", "n_head", "activation", "max_timestep")
 
 
 @dataclass
-class OnlineConfig:
+class OnlineConfig(RunControls):
     """Online training of a transformer policy (module docstring). The network and optimizer
     fields are ``TrainConfig``'s, with online defaults (CleanRL's Adam lr 2.5e-4 without
     weight decay or warmup, no dropout, fp32)."""
@@ -94,8 +94,6 @@ class OnlineConfig:
     method_options: dict[str, str] = field(default_factory=dict, metadata={
         "help": "the method's hyperparameters as KEY VALUE pairs (offline_dt.methods.ppo."
                 "PPOOptions, offline_dt.methods.dqn.DQNOptions)"})
-    device: str = field(default="auto", metadata={
-        "help": "torch device; auto picks CUDA when available", "choices": ["auto", "cpu", "cuda"]})
     context_length: int = field(default=20, metadata={"help": "K, timesteps per window"})
     embed_dim: int = field(default=128, metadata={"help": "transformer width d"})
     n_layer: int = field(default=3, metadata={"help": "transformer blocks"})
@@ -114,16 +112,6 @@ class OnlineConfig:
         "help": "dqn: transitions per update (default 128, CleanRL's); ppo: fixed by "
                 "n_envs * n_steps / minibatches"})
     log_every: int = field(default=16, metadata={"help": "metrics.csv row every this many updates"})
-    checkpoint_every: int = field(default=1000, metadata={
-        "help": "save checkpoint.pt every this many updates (and at the end)"})
-    eval_every: int = field(default=0, metadata={
-        "help": "evaluate the deterministic policy every this many updates (0: never)"})
-    eval_episodes: int = field(default=20, metadata={"help": "episodes per periodic evaluation"})
-    resume: bool = field(default=False, metadata={
-        "help": "continue exactly from run_dir/checkpoint.pt"})
-    overwrite: bool = field(default=False, metadata={
-        "help": "start afresh even if run_dir already holds a checkpoint"})
-    progress: bool = field(default=True, metadata={"help": "tqdm progress bar (TTY only)"})
 
     def validate(self) -> None:
         """Raises ValueError naming the argument, what is expected and the value found."""
