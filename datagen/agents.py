@@ -16,7 +16,8 @@ Layout of ``agents_dir/<namespace>/seed<k>/``::
     COMPLETE.json             written last; a directory without it is restarted clean
 
 Hyperparameters follow rl-baselines3-zoo (``hyperparams/sac.yml`` Pendulum-v1: 20k steps,
-lr 1e-3, SB3 defaults otherwise; ``hyperparams/dqn.yml`` CartPole-v1).
+lr 1e-3, SB3 defaults otherwise; Hopper: the MuJoCo defaults, 1M steps, learning_starts 10k;
+``hyperparams/dqn.yml`` CartPole-v1).
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ REPLAY = "replay_buffer.safetensors"
 ZOO: dict[str, dict[str, dict[str, Any]]] = {
     "SAC": {
         "Pendulum-v1": {"n_timesteps": 20_000, "learning_rate": 1e-3},
+        # The zoo's MuJoCo defaults (Hopper-v3 and kin): 1M steps, 10k random first steps.
+        "Hopper-v5": {"n_timesteps": 1_000_000, "learning_starts": 10_000},
         "default": {"n_timesteps": 100_000},
     },
     "DQN": {
