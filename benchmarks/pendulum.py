@@ -113,13 +113,13 @@ def reference_table(table: pd.DataFrame) -> pd.DataFrame:
                                        "reference_return", "reference"])
 
 
-def restrict(table: pd.DataFrame, runs_root: Path, levels: list[str] | None
+def restrict(table: pd.DataFrame, runs_root: Path, levels: list[str] | None, env: str = ENV
              ) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
-    """The table's rows of ``levels`` (all when None: the runs root may hold levels of earlier
-    calls), the aggregates over those levels' runs, and the runs."""
+    """The table's rows of ``env`` and ``levels`` (all when None: the runs root may hold levels
+    of earlier calls), the aggregates over those levels' runs, and the runs."""
     keep = (lambda ds: True) if levels is None else (lambda ds: dataset_level(ds) in levels)
-    runs = [r for r in find_runs(runs_root) if r["env"] == ENV and keep(r["dataset"])]
-    table = table[(table["env"] == ENV) & table["dataset"].map(keep)].reset_index(drop=True)
+    runs = [r for r in find_runs(runs_root) if r["env"] == env and keep(r["dataset"])]
+    table = table[(table["env"] == env) & table["dataset"].map(keep)].reset_index(drop=True)
     return table, aggregate_table(run_scores(runs)), runs
 
 
