@@ -551,10 +551,14 @@ def selection_rule(ev: dict[str, Any]) -> str:
     or, in an older file with several targets, on the test episodes themselves."""
     sel = ev.get("selection")
     if isinstance(sel, dict):
-        n = len(sel.get("candidates") or [])
+        cands = sel.get("candidates") or []
+        what = "target return × inference setting"
+        if any("checkpoint" in c for c in cands):
+            what = ("checkpoint (the run's or a `candidates/` run's, trained with other "
+                    "options) × " + what)
         if sel.get("validation"):
-            return (f"the best mean return of {n} candidates (target return × inference "
-                    f"setting) on {sel.get('validation_episodes')} validation episodes "
+            return (f"the best mean return of {len(cands)} candidates ({what}) on "
+                    f"{sel.get('validation_episodes')} validation episodes "
                     f"(reset seeds {sel.get('validation_episode_seeds')}, never a test "
                     "episode), then that candidate alone on the test episodes")
         return "one candidate, nothing chosen"
@@ -579,7 +583,38 @@ def selection_note(runs: list[dict[str, Any]], env: str) -> str:
     head = "How targets were chosen" + (
         " (no choice is made on the test episodes the cells report)" if honest else "")
     return head + ": " + "; ".join(f"{', '.join(ms)}: {rule}"
-                                   for rule, ms in by_rule.items()) + "."
+                                   for rule, ms in by_rule.items()) + "." + \
+        checkpoint_choices(runs, env)
+
+
+def chosen_checkpoint(ev: dict[str, Any]) -> str | None:
+    """Which checkpoint an ``eval.json`` chose when its candidates named several: ``own``
+    (the run's own checkpoint) or the name of its ``candidates/<name>`` run; None when there
+    was no choice of checkpoint."""
+    chosen = (ev.get("selection") or {}).get("chosen") or {}
+    if "checkpoint" not in chosen:
+        return None
+    parts = Path(chosen["checkpoint"]).parts
+    return parts[-1] if len(parts) > 1 and parts[-2] == "candidates" else "own"
+
+
+def checkpoint_choices(runs: list[dict[str, Any]], env: str) -> str:
+    """A sentence per method of ``env`` whose runs chose among checkpoints: how many runs per
+    dataset level chose each (e.g. qt's terms-off run); empty when none did."""
+    counts: dict[str, dict[str, dict[str, int]]] = {}
+    for r in runs:
+        name = chosen_checkpoint(r["eval"]) if r["env"] == env else None
+        if name is not None:
+            level = dataset_level(r["dataset"]) or r["dataset"]
+            per = counts.setdefault(r["method"], {}).setdefault(level, {})
+            per[name] = per.get(name, 0) + 1
+    lines = []
+    for method, levels in sorted(counts.items(), key=lambda kv: _method_key(kv[0])):
+        parts = [f"{level} " + ", ".join(f"{k} {v}" for k, v in sorted(c.items()))
+                 for level, c in levels.items()]
+        lines.append(f" `{method}`'s chosen checkpoint per level (runs): " + "; ".join(parts)
+                     + ".")
+    return "".join(lines)
 
 
 def methods_note(methods: Sequence[str]) -> str:

@@ -527,3 +527,29 @@ def test_selection_note_of_runs_chosen_on_validation_episodes():
     assert "`dt`: the best mean return of 2 candidates" in note
     assert "`bc`: one candidate, nothing chosen" in note
     assert "themselves" in selection_note(runs, "F")
+
+
+def test_the_note_counts_which_checkpoint_each_run_chose():
+    """A method whose runs chose among checkpoints (a preset's method_candidates) gets a
+    sentence saying, per level, how many runs chose their own checkpoint or which
+    ``candidates/<name>`` run; methods without such a choice get none."""
+    from offline_dt.report import checkpoint_choices, chosen_checkpoint, selection_rule
+
+    def ev(chosen):
+        cands = [{"target_return": -1.0, "settings": {}, "checkpoint": "r/qt/seed0"},
+                 {"target_return": -1.0, "settings": {},
+                  "checkpoint": "r/qt/seed0/candidates/off"}]
+        return {"selection": {"candidates": cands, "chosen": cands[chosen],
+                              "validation": [{}], "validation_episodes": 5}}
+
+    runs = [{"env": "E", "method": "qt", "dataset": f"pendulum-{lv}-v0", "eval": ev(c)}
+            for lv, c in (("expert", 1), ("expert", 1), ("random", 0))]
+    runs.append({"env": "E", "method": "dt", "dataset": "pendulum-random-v0",
+                 "eval": {"selection": {"candidates": [{"target_return": -1.0}],
+                                        "chosen": {"target_return": -1.0}}}})
+    assert [chosen_checkpoint(r["eval"]) for r in runs] == ["off", "off", "own", None]
+    assert checkpoint_choices(runs, "E") == (
+        " `qt`'s chosen checkpoint per level (runs): expert off 2; random own 1.")
+    assert checkpoint_choices(runs, "other env") == ""
+    assert "checkpoint (the run's or a `candidates/` run's" in selection_rule(runs[0]["eval"])
+    assert "checkpoint" not in selection_rule(runs[3]["eval"])
