@@ -123,6 +123,14 @@ def restrict(table: pd.DataFrame, runs_root: Path, levels: list[str] | None, env
     return table, aggregate_table(run_scores(runs)), runs
 
 
+def reused_note(timings: dict) -> str:
+    """How many of the call's run stages were reused from earlier calls (``timings.json``):
+    a wall time of a call that reused runs is not the cost of the table."""
+    runs = timings.get("runs", [])
+    reused = sum(bool(r.get("reused")) for r in runs)
+    return f"{reused} of {len(runs)} run stages reused from earlier calls under the same root"
+
+
 def stage_rows(timings: dict) -> str:
     order = ["generate", "train", "evaluate", "reference_train", "reference_evaluate",
              "baselines", "report"]
@@ -140,7 +148,8 @@ def markdown(args: argparse.Namespace, command: str, wall: float, table: pd.Data
     profile = report_dir / f"performance_profile_{ENV}.png"
     return f"""# Pendulum-v1: Decision Transformer vs baselines (preset `{args.preset}`)
 
-Command: `{command}` (wall time {wall / 60:.1f} min, {args.workers} worker process(es))
+Command: `{command}` (wall time {wall / 60:.1f} min, {args.workers} worker process(es);
+{reused_note(timings)})
 
 Machine: {machine()}. Versions: {', '.join(f'{k} {v}' for k, v in versions().items())}.
 
