@@ -2,15 +2,16 @@
 four generated levels.
 
     pip install -e ".[mujoco]"
-    python benchmarks/hopper.py                 # preset hopper (about an hour on 2 cores)
+    python benchmarks/hopper.py                 # preset hopper (about 35 minutes on 2 cores)
 
 Runs ``offline_dt.pipeline.reproduce(env_id="Hopper-v5", preset="hopper",
 levels=random medium medium-replay expert, methods=dt bc random behaviour)`` and writes
-``benchmarks/results/hopper.{md,csv}``: the wide table (datasets × methods, intervals over
-training runs, D4RL normalized scores against our reference scores: the random agent and the
-trained SAC agent), the aggregates, the reference scores, the behaviour agent's training
-budget, wall seconds per stage, machine, versions and the command. Hopper episodes end when
-the hopper falls (``terminals``) or at 1000 steps (``timeouts``); the evaluator stops each
+``benchmarks/results/hopper.{md,csv}`` (plots in ``hopper/``): the wide table (datasets ×
+methods, intervals over training runs, D4RL normalized scores against our reference scores:
+the random agent and the trained SAC agent), the aggregates, the reference scores, the
+behaviour agent's training budget, wall seconds per stage, machine, versions and the
+command. Hopper episodes end when the hopper falls (``terminals``) or at 1000 steps
+(``timeouts``); the evaluator stops each
 episode at its fall.
 """
 
@@ -20,6 +21,7 @@ import argparse
 import json
 import logging
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -44,6 +46,19 @@ def references(root: Path) -> str:
     keys = ("ref_min_score", "ref_max_score", "agent", "agent_steps", "expert_step",
             "medium_step")
     return ", ".join(f"{k} {meta[k]}" for k in keys if k in meta)
+
+
+def plots(report_dir: Path, out: Path) -> str:
+    """Copy the report's plots (learning curves, dataset returns, performance profile) into
+    ``out/hopper/`` and return the page's section linking them."""
+    (out / "hopper").mkdir(parents=True, exist_ok=True)
+    lines = ["", "## Plots", ""]
+    for stem in ("learning_curves", "dataset_returns", "performance_profile"):
+        src = report_dir / f"{stem}_{ENV}.png"
+        if src.is_file():
+            shutil.copyfile(src, out / "hopper" / src.name)
+            lines.append(f"![{stem.replace('_', ' ')}](hopper/{src.name})")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +111,7 @@ for medium-replay).
 Report, plots (learning curves, dataset returns, performance profile) and per-run timings:
 `{report_dir}`.
 """
-    (args.out / "hopper.md").write_text(md)
+    (args.out / "hopper.md").write_text(md + plots(report_dir, args.out))
     print(md)
     return 0
 
