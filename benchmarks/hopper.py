@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pendulum import machine, restrict, stage_rows, versions  # noqa: E402
+from pendulum import machine, restrict, reused_note, stage_rows, versions  # noqa: E402
 
 from offline_dt.data.d4rl import read_hdf5  # noqa: E402
 from offline_dt.pipeline import PRESETS, reproduce  # noqa: E402
@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     profile = report_dir / f"performance_profile_{ENV}.png"
     md = f"""# Hopper-v5: Decision Transformer vs baselines (preset `{args.preset}`)
 
-Command: `{command}` (wall time {wall / 60:.1f} min, {args.workers} worker process(es))
+Command: `{command}` (wall time {wall / 60:.1f} min, {args.workers} worker process(es);
+{reused_note(timings)})
 
 Machine: {machine()}. Versions: {', '.join(f'{k} {v}' for k, v in versions().items())}.
 
