@@ -82,7 +82,8 @@ def run_odt(job: dict[str, Any]) -> dict[str, Any]:
         checkpoint=str(root / "pretrain"), run_dir=root / "finetune", seed=job["seed"],
         online_steps=job["online_steps"], device=job["device"], progress=False,
         overwrite=True, eval_every=job["curve_updates"], eval_episodes=job["curve_episodes"],
-        updates_per_round=20 if job["smoke"] else updates)
+        updates_per_round=20 if job["smoke"] else (job["updates_per_round"] or updates),
+        target_return=job["target_return"])
     t0 = time.perf_counter()
     finetune(ft)
     seconds = time.perf_counter() - t0
@@ -185,7 +186,9 @@ def write(results: list[dict[str, Any]], args: argparse.Namespace, command: str,
         f"thread per run; ODT on `--device {args.device}`, SAC on the CPU; python "
         f"{platform.python_version()}, torch {torch.__version__}; wall {wall:.0f} s  ",
         f"Dataset `{args.dataset}`; ODT pretrained with the paper preset's config, then "
-        f"{args.online_steps} online env steps; SAC {args.sac_steps} env steps. Test: "
+        f"{args.online_steps} online env steps (g_online {args.target_return or 'default'}, "
+        f"updates per episode {args.updates_per_round or 'default'}); SAC {args.sac_steps} "
+        "env steps. Test: "
         f"{args.episodes} episodes per seed (target chosen on {args.validation_episodes} "
         f"validation episodes); curves on {args.curve_episodes} validation episodes.", "",
         f"ODT after fine-tuning, mean over seeds of the test means: **{level:.1f}** "
@@ -206,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--curve-updates", type=int, default=3_000,
                     help="fine-tune updates between curve points (300 per episode)")
     ap.add_argument("--curve-episodes", type=int, default=10)
+    ap.add_argument("--target-return", type=float, default=None,
+                    help="g_online (default: FinetuneConfig's, 0 for Pendulum)")
+    ap.add_argument("--updates-per-round", type=int, default=None,
+                    help="updates per collected episode (default: FinetuneConfig's, ODT's 300)")
     ap.add_argument("--episodes", type=int, default=200)
     ap.add_argument("--validation-episodes", type=int, default=50)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
