@@ -186,8 +186,9 @@ def write(results: list[dict[str, Any]], args: argparse.Namespace, command: str,
         f"thread per run; ODT on `--device {args.device}`, SAC on the CPU; python "
         f"{platform.python_version()}, torch {torch.__version__}; wall {wall:.0f} s  ",
         f"Dataset `{args.dataset}`; ODT pretrained with the paper preset's config, then "
-        f"{args.online_steps} online env steps (g_online {args.target_return or 'default'}, "
-        f"updates per episode {args.updates_per_round or 'default'}); SAC {args.sac_steps} "
+        f"{args.online_steps} online env steps (g_online "
+        f"{'default' if args.target_return is None else args.target_return}, updates per "
+        f"episode {args.updates_per_round or 'default'}); SAC {args.sac_steps} "
         "env steps. Test: "
         f"{args.episodes} episodes per seed (target chosen on {args.validation_episodes} "
         f"validation episodes); curves on {args.curve_episodes} validation episodes.", "",
