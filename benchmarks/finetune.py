@@ -30,7 +30,6 @@ under ``--root`` and a run with a ``result.json`` is reused.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import platform
 import shlex
@@ -45,6 +44,8 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from online import cached_run, plot  # noqa: E402  benchmarks/online.py: one run cache and plot
 
 from offline_dt.device import resolve_device  # noqa: E402
 from offline_dt.evaluate import (  # noqa: E402
@@ -134,24 +135,9 @@ def run_sac(job: dict[str, Any]) -> dict[str, Any]:
             "env_steps": job["sac_steps"], "train_seconds": seconds, "device": "cpu"}
 
 
-def machine(device: str) -> str:
-    from online import machine as where  # benchmarks/online.py
-
-    return where(device)
-
-
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """One run (reused when its ``result.json`` exists), one torch thread."""
-    out = Path(job["dir"]) / "result.json"
-    if out.is_file():
-        return json.loads(out.read_text())
-    torch.set_num_threads(1)
-    Path(job["dir"]).mkdir(parents=True, exist_ok=True)
-    result = (run_odt if job["agent"] == "odt" else run_sac)(job)
-    result = {"agent": job["agent"], "seed": job["seed"], **result,
-              "machine": machine(str(resolve_device(result["device"])))}
-    out.write_text(json.dumps(result))
-    return result
+    return cached_run(job, run_odt if job["agent"] == "odt" else run_sac, ("agent", "seed"))
 
 
 def steps_to_reach(curve: list[tuple[int, float]], level: float) -> int | None:
@@ -162,8 +148,6 @@ def steps_to_reach(curve: list[tuple[int, float]], level: float) -> int | None:
 def write(results: list[dict[str, Any]], args: argparse.Namespace, command: str,
           wall: float) -> Path:
     """The page, CSVs and plot in ``args.out``."""
-    from online import plot  # benchmarks/online.py: one plotting rule for both pages
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = pd.DataFrame([{k: v for k, v in r.items() if k != "curve"} for r in results])

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pendulum import machine, restrict, reused_note, stage_rows, versions  # noqa: E402
+from pendulum import machine, restrict, reused_note, stages_section, versions  # noqa: E402
 
 from offline_dt.data.d4rl import read_hdf5  # noqa: E402
 from offline_dt.pipeline import PRESETS, reproduce  # noqa: E402
@@ -102,16 +102,7 @@ same network with returns-to-go zeroed; `behaviour` is the policy that wrote the
 for medium-replay).
 
 {env_markdown(table, aggregates, ENV, profile=str(profile), runs=runs)}
-## Seconds per stage
-
-| stage | seconds |
-|---|---:|
-{stage_rows(timings)}
-| total | {timings['total']:.1f} |
-
-Report, plots (learning curves, dataset returns, performance profile) and per-run timings:
-`{report_dir}`.
-"""
+{stages_section(timings, report_dir, note=False)}"""
     (args.out / "hopper.md").write_text(md + plots(report_dir, args.out))
     print(md)
     return 0

@@ -182,18 +182,25 @@ def machine(device: str) -> str:
     return f"{platform.machine()}, {multiprocessing.cpu_count()} cores{gpu}"
 
 
-def run_one(job: dict[str, Any]) -> dict[str, Any]:
-    """One run (reused when its ``result.json`` exists), one torch thread."""
+def cached_run(job: dict[str, Any], run: Any, keys: tuple[str, ...]) -> dict[str, Any]:
+    """``run(job)`` on one torch thread, its result (with ``job``'s ``keys`` first and the
+    machine last) written to ``<job dir>/result.json``; reused when that file exists."""
     out = Path(job["dir"]) / "result.json"
     if out.is_file():
         return json.loads(out.read_text())
     torch.set_num_threads(1)
     Path(job["dir"]).mkdir(parents=True, exist_ok=True)
-    result = run_transformer(job) if job["agent"] == "transformer" else run_sb3(job)
-    result = {**{k: job[k] for k in ("agent", "algo", "env", "seed", "env_steps")}, **result,
-              "machine": machine(result["device"])}
+    result = run(job)
+    result = {**{k: job[k] for k in keys}, **result,
+              "machine": machine(str(resolve_device(result["device"])))}
     out.write_text(json.dumps(result))
     return result
+
+
+def run_one(job: dict[str, Any]) -> dict[str, Any]:
+    """One run (reused when its ``result.json`` exists), one torch thread."""
+    run = run_transformer if job["agent"] == "transformer" else run_sb3
+    return cached_run(job, run, ("agent", "algo", "env", "seed", "env_steps"))
 
 
 def budgets(args: argparse.Namespace) -> dict[tuple[str, str], int]:

@@ -131,6 +131,23 @@ def reused_note(timings: dict) -> str:
     return f"{reused} of {len(runs)} run stages reused from earlier calls under the same root"
 
 
+def stages_section(timings: dict, report_dir: Path, note: bool = True) -> str:
+    """The page's "Seconds per stage" section (``timings.json``) and where the report is;
+    ``note``: say that stage seconds are summed over workers."""
+    summed = ("With several workers, stage seconds are summed over the worker processes (so "
+              "they can exceed\nthe wall time); `total` is wall time.\n\n") if note else ""
+    return f"""## Seconds per stage
+
+{summed}| stage | seconds |
+|---|---:|
+{stage_rows(timings)}
+| total | {timings['total']:.1f} |
+
+Report, plots (learning curves, dataset returns, performance profile) and per-run timings:
+`{report_dir}`.
+"""
+
+
 def stage_rows(timings: dict) -> str:
     order = ["generate", "train", "evaluate", "reference_train", "reference_evaluate",
              "baselines", "report"]
@@ -176,19 +193,7 @@ its fully trained SAC agent, which is our `expert` level, so that number sits be
 expert row:
 
 {to_markdown(reference_table(table))}
-## Seconds per stage
-
-With several workers, stage seconds are summed over the worker processes (so they can exceed
-the wall time); `total` is wall time.
-
-| stage | seconds |
-|---|---:|
-{stage_rows(timings)}
-| total | {timings['total']:.1f} |
-
-Report, plots (learning curves, dataset returns, performance profile) and per-run timings:
-`{report_dir}`.
-"""
+{stages_section(timings, report_dir)}"""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -231,8 +231,8 @@ PRESETS: dict[str, Preset] = {
         method_candidates=_QT_CANDIDATES,
     ),
 }
-PRESETS["hopper"] = Preset(
-    name="hopper",
+PRESETS["hopper"] = dataclasses.replace(
+    PRESETS["paper"], name="hopper",
     description="Hopper-v5 (MuJoCo; pip install -e '.[mujoco]'): the behaviour agent is SAC "
                 "with rl-zoo's MuJoCo settings (learning_starts 10k, SB3 defaults otherwise) "
                 "for 100k env steps instead of the zoo's 1M, which does not fit a 2-core CPU "
@@ -246,12 +246,8 @@ PRESETS["hopper"] = Preset(
                 "validation episodes, 100 test episodes (up to 1000 steps each).",
     generate={"agent_steps": 100_000, "checkpoint_every": 5_000, "random_steps": 200_000,
               "medium_target_score": 30.0},
-    train=dict(_SMALL_DT, steps=2500, eval_every=500, checkpoint_every=500),
     evaluate={"episodes": 100},
-    reference_steps=dict(_REFERENCE_STEPS),
-    seeds=(0, 1, 2),
     hook_episodes=5,
-    method_candidates=_QT_CANDIDATES,
 )
 PRESETS["paper-long"] = dataclasses.replace(
     PRESETS["paper"], name="paper-long",
