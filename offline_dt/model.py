@@ -111,6 +111,73 @@ def band_mask(n: int, total: int, band: int | None, device: torch.device) -> tor
     return m
 
 
+def keep_scale(shape: tuple[int, ...], p: float, like: torch.Tensor) -> torch.Tensor:
+    """An inverted-dropout multiplier of ``shape``: 0 with probability ``p`` (rounded to a
+    multiple of 2^-16), else ``1 / (1 - p)``, in ``like``'s dtype and device.
+
+    The draw takes four 16-bit uniform integers from each 64-bit draw of torch's default
+    generator, where ``torch.bernoulli_`` (``nn.Dropout``) draws once per element; on a CPU
+    that draw cost as much as a training step's attention (``benchmarks/speed.py``)."""
+    n = math.prod(shape)
+    drop = round(p * 65536)  # dropped values among the 2^16
+    if drop >= 65536:
+        return torch.zeros(shape, dtype=like.dtype, device=like.device)
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=like.device)
+    bits = bits.random_(-(2 ** 63), 2 ** 63 - 1).view(torch.int16)[:n].view(shape)
+    return torch.where(bits >= drop - 32768, 65536 / (65536 - drop), 0.0).to(like.dtype)
+
+
+class Dropout(nn.Module):
+    """Inverted dropout (Srivastava et al. 2014, "Dropout: A Simple Way to Prevent Neural
+    Networks from Overfitting", JMLR 15): in training each element is zeroed with probability
+    ``p`` and the rest scaled by ``1 / (1 - p)``; the identity in eval mode. On a CPU the mask
+    comes from :func:`keep_scale` (``p`` rounded to a multiple of 2^-16: 0.1 becomes
+    0.1000061, and the scale uses the rounded value, so the expectation is exact); elsewhere,
+    and under ``torch.compile``, ``F.dropout`` (fused on CUDA; compiled code draws its own)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1], found {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu" or torch.compiler.is_compiling():
+            return F.dropout(x, self.p, True)
+        return x * keep_scale(tuple(x.shape), self.p, x)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+           causal: bool, dropout: float) -> torch.Tensor:
+    """``F.scaled_dot_product_attention(q, k, v, mask, dropout, causal)`` (Vaswani et al. 2017,
+    Eq. 1), except that attention-weight dropout on a CPU (eager) draws its mask with
+    :func:`keep_scale` (SDPA's CPU path draws it with ``bernoulli_``).
+
+    Args:
+        q: ``(B, h, Q, d_head)``; k, v: ``(B, h, T, d_head)``.
+        mask: bool (True = may attend) or additive float, broadcastable to ``(B, h, Q, T)``.
+        causal: query ``j`` sees keys ``<= j`` (``mask`` must then be None).
+        dropout: attention-weight dropout probability.
+
+    Returns:
+        ``(B, h, Q, d_head)``.
+    """
+    if dropout == 0.0 or q.device.type != "cpu" or torch.compiler.is_compiling():
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                              is_causal=causal)
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+    if causal:
+        mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
+    if mask is not None and mask.dtype == torch.bool:
+        att = att.masked_fill(~mask, float("-inf"))
+    elif mask is not None:
+        att = att + mask
+    att = torch.softmax(att, dim=-1)
+    return (att * keep_scale(tuple(att.shape), dropout, att)) @ v
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention: the one place ``F.scaled_dot_product_attention`` is
     called, for training windows, state-token-only queries and key/value-cache acting alike."""
@@ -127,7 +194,7 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim)
         self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
         self.attn_dropout = cfg.dropout
-        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.resid_dropout = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
                 queries: slice | None = None, cache: KVCache | None = None) -> torch.Tensor:
@@ -171,8 +238,7 @@ class CausalSelfAttention(nn.Module):
                 k, v = cache.append(self.layer, k, v)  # (B, h, held + T, d_head)
             mask, causal = self._mask(attn_mask, queries, cache, n, k.shape[2], x.device,
                                       self.band)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                               is_causal=causal)
+            y = attend(q, k, v, mask, causal, dropout)
         y = y.transpose(1, 2).contiguous().view(b, wanted, d)
         return self.resid_dropout(self.proj(y))
 
@@ -204,9 +270,8 @@ class CausalSelfAttention(nn.Module):
         # additive (0 / -inf) rather than bool, and 4-D: SDPA's fused CPU kernel takes these
         mask = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(
             ~allowed, float("-inf")).view(1, h * nb, w, 2 * w)
-        y = F.scaled_dot_product_attention(
-            F.pad(q, (0, 0, 0, pad)).reshape(b, h * nb, w, dh), pairs(k), pairs(v),
-            attn_mask=mask, dropout_p=dropout)
+        y = attend(F.pad(q, (0, 0, 0, pad)).reshape(b, h * nb, w, dh), pairs(k), pairs(v),
+                   mask, False, dropout)
         return y.reshape(b, h, nb * w, dh)[:, :, :t]
 
     @staticmethod
@@ -246,7 +311,7 @@ class Block(nn.Module):
             nn.Linear(cfg.embed_dim, 4 * cfg.embed_dim),
             act[cfg.activation],
             nn.Linear(4 * cfg.embed_dim, cfg.embed_dim),
-            nn.Dropout(cfg.dropout),
+            Dropout(cfg.dropout),
         )
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
@@ -322,7 +387,7 @@ class DecisionTransformer(nn.Module):
         else:
             self.embed_action = nn.Linear(cfg.act_dim, d)
         self.embed_ln = nn.LayerNorm(d)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(d)
         self.predict_action = nn.Linear(d, cfg.act_dim)
@@ -403,13 +468,17 @@ class DecisionTransformer(nn.Module):
         # (B, K, 3, d) -> (B, 3K, d): R̂_1, s_1, a_1, R̂_2, ...
         x = torch.stack((r, s, a), dim=2).reshape(b, 3 * k, self.cfg.embed_dim)
         x = self.drop(self.embed_ln(x))
-        padded = mask is not None and not bool(mask.all())
+        # Under torch.compile a given mask is always applied (no data-dependent branch; the
+        # mask of a window without padding is plain causal attention, the same result).
+        compiling = torch.compiler.is_compiling()
+        padded = mask is not None and (compiling or not bool(mask.all()))
         band = self.cfg.band
         if band is None:
             return x, self._attention_mask(mask) if padded else None
         # Band mode: None means the band alone (blocks in CausalSelfAttention). Right padding
-        # needs no more: by causality no real token sees a later (padded) one.
-        if padded and bool((mask[:, 1:] & ~mask[:, :-1]).any()):  # a real step after padding
+        # needs no more: by causality no real token sees a later (padded) one. A real step
+        # after padding needs the full mask.
+        if padded and (compiling or bool((mask[:, 1:] & ~mask[:, :-1]).any())):
             return x, self._band_attention_mask(mask, 3 * k, band, x.device)
         return x, None
 

@@ -34,10 +34,20 @@ def action_loss(net: nn.Module, batch: Batch, returns_to_go: torch.Tensor) -> to
     """
     pred = net(returns_to_go, batch.observations, batch.actions, batch.timesteps,
                batch.mask).float()
-    mask = batch.mask
-    if net.cfg.discrete:
-        return F.cross_entropy(pred[mask], batch.actions[mask])
-    return F.mse_loss(pred[mask], batch.actions[mask])
+    return masked_action_loss(pred, batch.actions, batch.mask, net.cfg.discrete)
+
+
+def masked_action_loss(pred: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor,
+                       discrete: bool) -> torch.Tensor:
+    """Mean MSE (Box) or cross-entropy (Discrete) of ``pred`` ``(B, K, act_dim)`` against
+    ``actions`` over the ``mask`` ``(B, K) bool`` positions: a masked mean of fixed-shape
+    tensors (no boolean indexing, so ``torch.compile`` traces it whole); equal to the loss over
+    ``pred[mask]`` up to float summation order."""
+    m = mask.to(pred.dtype)
+    if discrete:
+        ce = F.cross_entropy(pred.flatten(0, 1), actions.flatten(), reduction="none")
+        return (ce * m.flatten()).sum() / m.sum()
+    return ((pred - actions).square() * m[..., None]).sum() / (m.sum() * pred.shape[-1])
 
 
 @register

@@ -180,3 +180,76 @@ def test_state_only_last_block_equals_full_computation(discrete, padded):
     assert fast.shape == full.shape == (b, k, 2) and last.shape == (b, 1, 2)
     torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(last, full[:, -1:], rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ dropout path
+def test_dropout_keeps_1_minus_p_and_scales_to_keep_the_mean():
+    from offline_dt.model import Dropout
+
+    drop = Dropout(0.1).train()
+    torch.manual_seed(0)
+    y = drop(torch.ones(1_000_000))
+    kept = y > 0
+    p = round(0.1 * 65536) / 65536  # the rounded probability
+    assert abs(kept.float().mean().item() - (1 - p)) < 2e-3  # 4 std of 1M draws is 1.2e-3
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / (1 - p)))
+    assert abs(y.mean().item() - 1.0) < 3e-3
+    torch.manual_seed(0)
+    assert torch.equal(drop(torch.ones(1_000_000)), y)  # the seeded generator draws it
+    x = torch.randn(50)
+    assert torch.equal(drop.eval()(x), x)
+    assert torch.equal(Dropout(1.0).train()(x), torch.zeros(50))
+    with pytest.raises(ValueError, match="dropout probability"):
+        Dropout(1.5)
+
+
+def test_attention_dropout_drops_attention_weights_as_sdpa_would():
+    from offline_dt.model import attend, keep_scale
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 2, 7, 4, generator=g) for _ in range(3))
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert torch.allclose(attend(q, k, v, None, True, 0.0), ref, atol=1e-6)
+    torch.manual_seed(5)
+    got = attend(q, k, v, None, True, 0.3)
+    torch.manual_seed(5)
+    att = torch.softmax((q @ k.transpose(-2, -1) / 2.0).masked_fill(
+        ~torch.ones(7, 7, dtype=torch.bool).tril(), float("-inf")), dim=-1)
+    want = (att * keep_scale((2, 2, 7, 7), 0.3, att)) @ v
+    assert torch.allclose(got, want, atol=1e-6)
+    assert not torch.allclose(got, ref, atol=1e-3)  # weights were dropped
+
+
+def test_masked_action_loss_equals_the_loss_over_real_steps():
+    from offline_dt.methods.dt import masked_action_loss
+
+    g = torch.Generator().manual_seed(0)
+    mask = torch.ones(4, 6, dtype=torch.bool)
+    mask[0, :3] = False
+    mask[2, :1] = False
+    pred = torch.randn(4, 6, 2, generator=g)
+    act = torch.rand(4, 6, 2, generator=g) * 2 - 1
+    want = torch.nn.functional.mse_loss(pred[mask], act[mask])
+    assert torch.allclose(masked_action_loss(pred, act, mask, False), want, atol=1e-6)
+    logits = torch.randn(4, 6, 5, generator=g)
+    labels = torch.randint(0, 5, (4, 6), generator=g)
+    want = torch.nn.functional.cross_entropy(logits[mask], labels[mask])
+    assert torch.allclose(masked_action_loss(logits, labels, mask, True), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("attention", ["window", "band"])
+def test_the_dt_loss_traces_as_one_graph(attention):
+    """torch.compile sees the whole loss (no data-dependent branch, no boolean indexing)."""
+    from offline_dt.data.windows import Batch
+    from offline_dt.methods.dt import action_loss
+
+    torch.manual_seed(0)
+    net = DecisionTransformer(DTConfig(OBS, ACT, context_length=K, max_timestep=50,
+                                       embed_dim=16, n_layer=2, attention=attention))
+    rtg, obs, act, ts = _inputs()
+    mask = torch.ones(B, K, dtype=torch.bool)
+    mask[0, :2] = False
+    batch = Batch(returns_to_go=rtg, observations=obs, actions=act, timesteps=ts, mask=mask)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(lambda b: action_loss(net, b, b.returns_to_go))(batch)
+    assert explained.graph_break_count == 0, explained.break_reasons
