@@ -8,10 +8,10 @@ reports whole-block medians):
 
 * ``train``: one training step (sample a batch of windows + forward + loss + backward +
   gradient-norm clip 0.25 + AdamW) at the paper's gym config (batch 64, K=20, embed 128,
-  3 layers, 1 head, dropout 0.1, ReLU) on a Pendulum-shaped dataset: ours as shipped (fp32),
-  ours with ``precision="bf16"``, ours at its fastest setting (bf16 and dropout 0, the
-  setting of the reproduce presets; ``benchmarks/train_quality.py`` checks that it reaches the
-  same return as the paper config and HF in the same steps), HF transformers
+  3 layers, 1 head, dropout 0.1, ReLU) on a Pendulum-shaped dataset: ours as shipped
+  (``precision="auto"``: bf16 autocast where the CPU computes bf16 natively, else fp32;
+  dropout 0.1), ours with dropout 0 (the reproduce presets' setting), ours with
+  ``--compile true``, ours at the precision ``auto`` did not pick, HF transformers
   ``DecisionTransformerModel`` (GPT-2 encoder, SDPA attention, fed by our window sampler, loss on
   its action head), and d3rlpy ``DecisionTransformer.update`` on a batch from its own
   ``ReplayBuffer.sample_trajectory_batch`` (state encoder: one linear layer of 128, as the
@@ -19,8 +19,11 @@ reports whole-block medians):
 * ``eval``: 200 Pendulum episodes of a paper-config DT conditioned on a target return: our
   batched vector-env evaluator against the reference implementation's one-episode-at-a-time
   loop (``offline_dt.evaluate.evaluate_sequential``), on the same seeds (the returns must
-  agree), and d3rlpy's stateful wrapper (``as_stateful_wrapper``, one ``predict`` per env
-  step; timed on fewer episodes and compared per episode).
+  agree); the same weights as a band network (``--attention band``) acting from its key/value
+  cache, with the largest |return difference| to its full recomputation on the same 200
+  episodes (``benchmarks/exact_cache.py``'s check); and d3rlpy's stateful wrapper
+  (``as_stateful_wrapper``, one ``predict`` per env step; timed on fewer episodes and
+  compared per episode).
 * ``generate``: random 1M Pendulum steps and a 200k-step rollout of the trained SAC agent
   (``data/agents/pendulum/seed0``), each written to HDF5 and Minari.
 * ``memory``: peak resident memory of ``offline-dt train`` on the 1M-step pendulum-random
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -59,8 +63,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from offline_dt.data.dataset import OfflineDataset  # noqa: E402
 from offline_dt.data.windows import Normalizer, WindowSampler  # noqa: E402
+from offline_dt.device import resolve_precision  # noqa: E402
+from offline_dt.methods import get_method  # noqa: E402
 from offline_dt.model import DecisionTransformer  # noqa: E402
-from offline_dt.train import TrainConfig, make_optimizer, train_step  # noqa: E402
+from offline_dt.train import MethodLoss, TrainConfig, make_optimizer, train_step  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PAPER = {"batch_size": 64, "context_length": 20, "embed_dim": 128, "n_layer": 3, "n_head": 1,
@@ -117,7 +123,11 @@ def interleave(contenders: dict[str, Callable[[], None]], rounds: int, block: in
 
 
 # ---------------------------------------------------------------------------------- train
-def ours_step(precision: str, dropout: float = PAPER["dropout"]) -> Callable[[], None]:
+def ours_step(precision: str, dropout: float = PAPER["dropout"], compile: bool = False
+              ) -> Callable[[], None]:
+    """One training step of ours (``train_step``: the loop's own update) at the paper config;
+    ``compile``: the loss under ``torch.compile`` as ``--compile true`` runs it (compiled
+    here, before the timing)."""
     ds = pendulum_like()
     cfg = TrainConfig(dataset="pendulum-like", precision=precision,
                       **{**PAPER, "dropout": dropout})
@@ -125,10 +135,14 @@ def ours_step(precision: str, dropout: float = PAPER["dropout"]) -> Callable[[],
     torch.manual_seed(0)
     model = DecisionTransformer(cfg.model_config(ds.obs_dim, ds.act_dim, ds.discrete)).train()
     optimizer, scheduler = make_optimizer(model, cfg)
+    method = get_method(cfg.method)
+    loss_fn = torch.compile(MethodLoss(method, model)) if compile else None
 
     def step() -> None:
-        train_step(model, optimizer, scheduler, sampler.sample(cfg.batch_size), cfg)
+        train_step(model, optimizer, scheduler, sampler.sample(cfg.batch_size), cfg, method,
+                   loss_fn=loss_fn)
 
+    step()
     return step
 
 
@@ -199,11 +213,14 @@ def d3rlpy_step() -> Callable[[], None]:
 
 
 def section_train(args: argparse.Namespace, rows: list[dict], notes: list[str]) -> None:
+    auto = resolve_precision("auto", torch.device("cpu"))
     contenders: dict[str, Callable[[], None]] = {
-        "ours (fp32, as shipped)": ours_step("fp32"),
-        "ours (bf16 autocast)": ours_step("bf16"),
-        "ours (fastest: bf16, dropout 0)": ours_step("bf16", dropout=0.0),
+        f"ours (as shipped: precision auto = {auto} here, dropout 0.1)": ours_step("auto"),
+        f"ours (dropout 0, {auto})": ours_step("auto", dropout=0.0),
+        f"ours (--compile true, {auto})": ours_step("auto", compile=True),
     }
+    for prec in {"fp32", "bf16"} - {auto}:
+        contenders[f"ours ({prec}, not the default here)"] = ours_step(prec)
     for name, make in (("HF transformers DecisionTransformerModel", hf_step),
                        ("d3rlpy DecisionTransformer", d3rlpy_step)):
         try:
@@ -228,6 +245,7 @@ def section_train(args: argparse.Namespace, rows: list[dict], notes: list[str]) 
 
 # ---------------------------------------------------------------------------------- eval
 def section_eval(args: argparse.Namespace, rows: list[dict], notes: list[str]) -> None:
+    from benchmarks.exact_cache import exactness  # it imports this module
     from offline_dt.evaluate import evaluate_policy, evaluate_sequential
     from offline_dt.methods.dt import DTPolicy
 
@@ -236,32 +254,44 @@ def section_eval(args: argparse.Namespace, rows: list[dict], notes: list[str]) -
     torch.manual_seed(0)
     model = DecisionTransformer(cfg.model_config(ds.obs_dim, ds.act_dim, ds.discrete)).eval()
     norm = Normalizer.fit(ds)
+    band = DecisionTransformer(dataclasses.replace(model.cfg, attention="band")).eval()
+    band.load_state_dict(model.state_dict())
     policy = DTPolicy(model, norm, target_return=-150.0)
     cached = DTPolicy(model, norm, target_return=-150.0, kv_cache=True)
+    band_cached = DTPolicy(band, norm, target_return=-150.0, kv_cache=True)
     n = args.eval_episodes
-    batched_s, cache_s, seq_s, diffs = [], [], [], []
+    batched_s, cache_s, band_s, seq_s, diffs = [], [], [], [], []
     for _ in range(args.eval_rounds):
         b = evaluate_policy("Pendulum-v1", policy, n, seed=0)
         c = evaluate_policy("Pendulum-v1", cached, n, seed=0)
+        bc = evaluate_policy("Pendulum-v1", band_cached, n, seed=0)
         s = evaluate_sequential("Pendulum-v1", policy, n, seed=0)
         batched_s.append(b.wall_seconds)
         cache_s.append(c.wall_seconds)
+        band_s.append(bc.wall_seconds)
         seq_s.append(s.wall_seconds)
         diffs.append(float(np.abs(np.asarray(b.returns) - np.asarray(s.returns)).max()))
-    mb, mc, ms = (statistics.median(x) for x in (batched_s, cache_s, seq_s))
+    mb, mc, mband, ms = (statistics.median(x) for x in (batched_s, cache_s, band_s, seq_s))
+    band_diff, band_full_s, _ = exactness(band, norm, -150.0, n, np.asarray(bc.returns))
     loop = "one-episode-at-a-time loop (reference implementation)"
-    rows.append({"benchmark": f"eval_{n}_episodes", "ours": "batched vector-env evaluator",
-                 "peer": loop, "ours_seconds": mb, "peer_seconds": ms, "ratio": mb / ms})
-    rows.append({"benchmark": f"eval_{n}_episodes",
-                 "ours": "batched, kv_cache=True (approximate after K steps)",
-                 "peer": loop, "ours_seconds": mc, "peer_seconds": ms, "ratio": mc / ms})
+    for ours, sec in (("batched vector-env evaluator (window DT, recomputed: exact)", mb),
+                      ("band DT, key/value cache (exact by construction)", mband),
+                      ("window DT, kv_cache=True (approximate after K steps)", mc)):
+        rows.append({"benchmark": f"eval_{n}_episodes", "ours": ours, "peer": loop,
+                     "ours_seconds": sec, "peer_seconds": ms, "ratio": sec / ms})
     text = (f"### Evaluation ({n} Pendulum episodes, untrained paper-config DT, target -150)"
-            f"\n\nBatched (exact, the default): {', '.join(f'{x:.1f}' for x in batched_s)} s; "
-            f"batched with the key/value cache: {', '.join(f'{x:.1f}' for x in cache_s)} s; "
-            f"one episode at a time: {', '.join(f'{x:.1f}' for x in seq_s)} s. Median ratios to "
-            f"the loop: exact {mb / ms:.3f} ({ms / mb:.1f}x faster), cached {mc / ms:.3f} "
-            f"({ms / mc:.1f}x faster). Largest |return difference| between exact batched and "
-            f"the loop on the same seeds: {max(diffs):.2e}.")
+            f"\n\nWindow DT recomputed (exact; the default for window checkpoints): "
+            f"{', '.join(f'{x:.1f}' for x in batched_s)} s; the same weights as a band DT "
+            f"acting from its key/value cache (exact; the default for band checkpoints): "
+            f"{', '.join(f'{x:.1f}' for x in band_s)} s; window DT with the key/value cache "
+            f"(approximate): {', '.join(f'{x:.1f}' for x in cache_s)} s; one episode at a "
+            f"time: {', '.join(f'{x:.1f}' for x in seq_s)} s. Median ratios to the loop: window "
+            f"recomputed {mb / ms:.3f} ({ms / mb:.1f}x faster), band cached {mband / ms:.3f} "
+            f"({ms / mband:.1f}x faster), window cached {mc / ms:.3f}. Largest |return "
+            f"difference| between exact batched and the loop on the same seeds: "
+            f"{max(diffs):.2e}. **Largest |return difference| between the band DT's cache and "
+            f"its full recomputation** (the banded forward over the whole episode so far at "
+            f"every step, {band_full_s:.0f} s) on the same {n} episodes: **{band_diff:.2e}**.")
     try:
         import d3rlpy  # noqa: F401
 
