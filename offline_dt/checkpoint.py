@@ -38,6 +38,19 @@ from offline_dt.data.atomic import atomic_path
 from offline_dt.data.windows import Normalizer, WindowSampler
 
 CHECKPOINT_NAME = "checkpoint.pt"
+#: Sub-directory of a run holding its intermediate checkpoints (``TrainConfig.keep_checkpoints``).
+KEPT_DIR = "checkpoints"
+
+
+def kept_checkpoint_path(run_dir: Path, step: int) -> Path:
+    """``<run_dir>/checkpoints/step-<step, 7 digits>.pt``: the checkpoint kept at ``step``."""
+    return Path(run_dir) / KEPT_DIR / f"step-{step:07d}.pt"
+
+
+def kept_checkpoints(run_dir: Path) -> list[Path]:
+    """The intermediate checkpoints kept in ``run_dir`` (:func:`kept_checkpoint_path`), in
+    step order; empty when there are none."""
+    return sorted((Path(run_dir) / KEPT_DIR).glob("step-*.pt"))
 CHECKPOINT_FORMAT = "offline-dt-checkpoint"
 CHECKPOINT_VERSION = 2
 REQUIRED_KEYS = ("format", "model", "optimizer", "scheduler", "rng", "step", "normalizer",

@@ -67,6 +67,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from offline_dt.checkpoint import kept_checkpoints
 from offline_dt.config import save_json, to_jsonable
 from offline_dt.data.d4rl import LEVELS
 from offline_dt.device import resolve_device
@@ -444,7 +445,8 @@ def train_and_evaluate(tcfg: Any, ecfg: EvalConfig, hook: Callable | None,
                        ) -> tuple[dict[str, Any], dict[str, float]]:
     """Train (or reuse, or resume) one run and the runs of its ``candidates`` (TrainConfigs
     of the same method with other options, :func:`train_or_reuse` each), then evaluate it
-    with the candidates' checkpoints competing on validation episodes; return (eval.json,
+    with the candidates' checkpoints and every intermediate checkpoint these runs kept
+    (``TrainConfig.keep_checkpoints``) competing on validation episodes; return (eval.json,
     seconds per stage).
 
     ``eval.json`` is reused when none of the runs was trained here and it was written with
@@ -457,7 +459,9 @@ def train_and_evaluate(tcfg: Any, ecfg: EvalConfig, hook: Callable | None,
         seconds["train"] += train_or_reuse(cand, hook)
     seconds["train"] += train_or_reuse(tcfg, hook)
     run_dir = Path(tcfg.run_dir)
-    ecfg = dataclasses.replace(ecfg, candidate_checkpoints=[Path(c.run_dir) for c in candidates])
+    ecfg = dataclasses.replace(ecfg, candidate_checkpoints=[
+        *[Path(c.run_dir) for c in candidates],
+        *[kept for c in (tcfg, *candidates) for kept in kept_checkpoints(Path(c.run_dir))]])
     ev = _read_json(run_dir / "eval.json")
     if (seconds["train"] == 0.0 and ev is not None
             and _same_eval_config(ev.get("config"), ecfg)

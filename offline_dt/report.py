@@ -74,6 +74,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import bootstrap, trim_mean
 
+from offline_dt.checkpoint import KEPT_DIR
 from offline_dt.data.atomic import atomic_path
 
 # LEVELS is re-exported: pipeline and cli import it from here.
@@ -553,9 +554,14 @@ def selection_rule(ev: dict[str, Any]) -> str:
     if isinstance(sel, dict):
         cands = sel.get("candidates") or []
         what = "target return × inference setting"
-        if any("checkpoint" in c for c in cands):
-            what = ("checkpoint (the run's or a `candidates/` run's, trained with other "
-                    "options) × " + what)
+        paths = [str(c["checkpoint"]) for c in cands if "checkpoint" in c]
+        if paths:
+            kept = any(Path(p).parent.name == KEPT_DIR for p in paths)
+            other = any("candidates" in Path(p).parts for p in paths)
+            whose = " or ".join(x for x, on in (("the run's", True), ("a `candidates/` run's, "
+                                "trained with other options", other)) if on)
+            when = ", its last or one kept along the way" if kept else ""
+            what = f"checkpoint ({whose}{when}) × {what}"
         if sel.get("validation"):
             return (f"the best mean return of {len(cands)} candidates ({what}) on "
                     f"{sel.get('validation_episodes')} validation episodes "
@@ -589,13 +595,19 @@ def selection_note(runs: list[dict[str, Any]], env: str) -> str:
 
 def chosen_checkpoint(ev: dict[str, Any]) -> str | None:
     """Which checkpoint an ``eval.json`` chose when its candidates named several: ``own``
-    (the run's own checkpoint) or the name of its ``candidates/<name>`` run; None when there
-    was no choice of checkpoint."""
+    (the run's own last checkpoint) or the name of its ``candidates/<name>`` run, followed by
+    ``step N`` for an intermediate checkpoint that run kept (``checkpoints/step-N.pt``); None
+    when there was no choice of checkpoint."""
     chosen = (ev.get("selection") or {}).get("chosen") or {}
     if "checkpoint" not in chosen:
         return None
     parts = Path(chosen["checkpoint"]).parts
-    return parts[-1] if len(parts) > 1 and parts[-2] == "candidates" else "own"
+    step = ""
+    if len(parts) > 1 and parts[-2] == KEPT_DIR:  # <run>/checkpoints/step-0000500.pt
+        step = f" step {int(Path(parts[-1]).stem.split('-')[-1])}"
+        parts = parts[:-2]
+    name = parts[-1] if len(parts) > 1 and parts[-2] == "candidates" else "own"
+    return name + step
 
 
 def checkpoint_choices(runs: list[dict[str, Any]], env: str) -> str:

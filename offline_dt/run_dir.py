@@ -13,13 +13,13 @@ import os
 import shutil
 from pathlib import Path
 
-from offline_dt.checkpoint import CHECKPOINT_NAME
+from offline_dt.checkpoint import CHECKPOINT_NAME, KEPT_DIR
 from offline_dt.data.atomic import remove_path
 
 log = logging.getLogger(__name__)
 
 #: What a run writes into its directory (checkpoint first: see :class:`PreviousRun`).
-RUN_FILES = (CHECKPOINT_NAME, "metrics.csv", "loss.png", "config.json", "tb")
+RUN_FILES = (CHECKPOINT_NAME, "metrics.csv", "loss.png", "config.json", "tb", KEPT_DIR)
 
 
 def recover_run_dir(run_dir: Path) -> None:
@@ -27,7 +27,7 @@ def recover_run_dir(run_dir: Path) -> None:
     atomic writes (``.*.tmp``), and a previous run set aside by an overwrite that never
     reached its first checkpoint (restored) or did (deleted)."""
     if run_dir.is_dir():
-        for tmp in run_dir.glob(".*.tmp"):
+        for tmp in [*run_dir.glob(".*.tmp"), *(run_dir / KEPT_DIR).glob(".*.tmp")]:
             log.info("%s: removing %s left by a killed run", run_dir, tmp.name)
             remove_path(tmp)
     previous = PreviousRun(run_dir)

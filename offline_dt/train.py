@@ -50,6 +50,7 @@ from offline_dt.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_NAME,
     CHECKPOINT_VERSION,
+    kept_checkpoint_path,
     normalizer_from_tensors,
     normalizer_to_tensors,
     read_checkpoint,
@@ -86,7 +87,6 @@ RESUMABLE_FIELDS = frozenset({
 AUTO_FIELDS = {"warmup_steps": None, "max_timestep": 1000, "precision": "auto",
                "band_tokens": None, "segment_length": None}
 DEFAULT_MAX_TIMESTEP = 1000
-#: Files of a run that ``overwrite`` replaces (anything else in run_dir is left alone).
 
 
 # ---------------------------------------------------------------------------------- config
@@ -163,6 +163,10 @@ class TrainConfig:
         "help": "output directory (checkpoint.pt, config.json, metrics.csv, tb/, loss.png)"})
     checkpoint_every: int = field(default=1000, metadata={
         "help": "save checkpoint.pt every this many steps (and at the end)"})
+    keep_checkpoints: bool = field(default=False, metadata={
+        "help": "also keep each checkpoint before the last as checkpoints/step-NNNNNNN.pt, so "
+                "that evaluation can choose a checkpoint on validation episodes (evaluate "
+                "--candidate-checkpoints; the reproduce presets do)"})
     log_every: int = field(default=100, metadata={"help": "metrics.csv row every this many steps"})
     eval_every: int = field(default=0, metadata={
         "help": "call the evaluation hook every this many steps and at the end (0: never)"})
@@ -888,7 +892,7 @@ def _save(cfg: TrainConfig, state: _State, info: dict[str, Any],
         return
     source = state.sampler.state_dict() if hasattr(state.sampler, "state_dict") else None
     runlog.save()
-    save_checkpoint(Path(cfg.run_dir) / CHECKPOINT_NAME, {
+    payload = {
         **({} if source is None else {"source": source}),
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -901,7 +905,11 @@ def _save(cfg: TrainConfig, state: _State, info: dict[str, Any],
         "train_config": json.dumps(to_jsonable(cfg), sort_keys=True),
         "model_config": json.dumps(to_jsonable(state.net.cfg), sort_keys=True),
         "dataset_info": json.dumps(to_jsonable(info), sort_keys=True),
-    })
+    }
+    if cfg.keep_checkpoints and state.step < cfg.steps:
+        # before checkpoint.pt: a kill in between resumes earlier and writes this one again
+        save_checkpoint(kept_checkpoint_path(Path(cfg.run_dir), state.step), payload)
+    save_checkpoint(Path(cfg.run_dir) / CHECKPOINT_NAME, payload)
     if state.after_save is not None:
         state.after_save()
         state.after_save = None

@@ -198,3 +198,19 @@ def test_method_candidates_are_trained_beside_the_run_and_compete_in_its_evaluat
     (Path(cands[0].run_dir) / "config.json").unlink()  # the candidate must train again
     _, secs = train_and_evaluate(tcfg, ecfg, None, cands)
     assert secs["train"] > 0 and len(asked) == 2
+
+
+def test_kept_checkpoints_of_the_run_and_its_candidates_compete_in_its_evaluation(
+        monkeypatch, tmp_path, box_hdf5, tiny_config):
+    from offline_dt import pipeline
+    from offline_dt.pipeline import PRESETS, candidate_configs, train_and_evaluate
+
+    tcfg = tiny_config(box_hdf5, method="qt", run_dir=tmp_path / "qt" / "seed0", steps=8,
+                       checkpoint_every=4, keep_checkpoints=True)
+    cands = candidate_configs(tcfg, PRESETS["paper"])
+    asked: list[EvalConfig] = []
+    monkeypatch.setattr(pipeline, "evaluate_checkpoint", lambda e: asked.append(e) or {})
+    train_and_evaluate(tcfg, EvalConfig(checkpoint=tcfg.run_dir, device="cpu"), None, cands)
+    run, alt = Path(tcfg.run_dir), Path(cands[0].run_dir)
+    assert asked[0].candidate_checkpoints == [
+        alt, run / "checkpoints/step-0000004.pt", alt / "checkpoints/step-0000004.pt"]

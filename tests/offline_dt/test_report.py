@@ -553,3 +553,22 @@ def test_the_note_counts_which_checkpoint_each_run_chose():
     assert checkpoint_choices(runs, "other env") == ""
     assert "checkpoint (the run's or a `candidates/` run's" in selection_rule(runs[0]["eval"])
     assert "checkpoint" not in selection_rule(runs[3]["eval"])
+
+
+def test_a_kept_intermediate_checkpoint_is_named_by_its_run_and_step():
+    from offline_dt.report import chosen_checkpoint, selection_rule
+
+    def ev(*paths):
+        cands = [{"checkpoint": p, "target_return": -1.0, "settings": {}} for p in paths]
+        return {"selection": {"candidates": cands, "chosen": cands[-1], "validation": [{}],
+                              "validation_episodes": 50, "validation_episode_seeds": "s"}}
+
+    run = "runs/Pendulum-v1/x/qt/seed0"
+    own = ev(run, f"{run}/checkpoints/step-0000500.pt")
+    assert chosen_checkpoint(own) == "own step 500"
+    alt = ev(run, f"{run}/candidates/eta0-beta0/checkpoints/step-0001000.pt")
+    assert chosen_checkpoint(alt) == "eta0-beta0 step 1000"
+    assert chosen_checkpoint(ev(run, f"{run}/candidates/eta0-beta0")) == "eta0-beta0"
+    assert "checkpoint (the run's, its last or one kept along the way)" in selection_rule(own)
+    assert ("checkpoint (the run's or a `candidates/` run's, trained with other options, its "
+            "last or one kept along the way)") in selection_rule(alt)

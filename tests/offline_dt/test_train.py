@@ -380,3 +380,24 @@ def test_compiled_loss_trains_like_eager(method, box_hdf5, tiny_config, tmp_path
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+def test_kept_checkpoints_are_the_run_at_each_checkpoint_step(box_hdf5, tiny_config, tmp_path):
+    from offline_dt.checkpoint import kept_checkpoints
+
+    full = tiny_config(box_hdf5, steps=12, run_dir=tmp_path / "full", checkpoint_every=4,
+                       keep_checkpoints=True)
+    train(full)
+    kept = kept_checkpoints(full.run_dir)
+    # every checkpoint before the last (the last is checkpoint.pt itself)
+    assert [p.name for p in kept] == ["step-0000004.pt", "step-0000008.pt"]
+    assert [load_checkpoint(p).step for p in kept] == [4, 8]
+    # step 8's file is exactly a run stopped at step 8
+    train(dataclasses.replace(full, steps=8, run_dir=tmp_path / "eight",
+                              keep_checkpoints=False))
+    a, b = _params(kept[1]), _params(tmp_path / "eight")
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert not kept_checkpoints(tmp_path / "eight")
+    # an overwrite takes the old run's kept checkpoints with it
+    train(dataclasses.replace(full, steps=4, overwrite=True))
+    assert not kept_checkpoints(full.run_dir)
