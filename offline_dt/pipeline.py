@@ -265,9 +265,11 @@ PRESETS["paper-band"] = dataclasses.replace(
     description="the paper preset with a band-attention DT (--attention band: every token sees "
                 "the last 60 tokens at every layer; the key/value cache it acts from is exact) "
                 "trained on whole 200-step episodes, 8 per update (1600 predicted actions per "
-                "update against the window DT's 1280), 2500 steps; the rest as in paper.",
+                "update against the window DT's 1280), 2500 steps, its last checkpoint "
+                "evaluated; the rest as in paper.",
     train=dict(_SMALL_DT, steps=2500, eval_every=500, checkpoint_every=500, attention="band",
-               batch_size=8))
+               batch_size=8),
+    method_train={})
 PRESETS["paper-long"] = dataclasses.replace(
     PRESETS["paper"], name="paper-long",
     description="the paper preset with twice the training (5000 DT steps): the learning curves "
