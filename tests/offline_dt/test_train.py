@@ -401,3 +401,25 @@ def test_kept_checkpoints_are_the_run_at_each_checkpoint_step(box_hdf5, tiny_con
     # an overwrite takes the old run's kept checkpoints with it
     train(dataclasses.replace(full, steps=4, overwrite=True))
     assert not kept_checkpoints(full.run_dir)
+
+
+def test_adamw_is_fused_on_the_cpu_and_steps_as_the_loop_version(box_hdf5, tiny_config):
+    from offline_dt.model import DecisionTransformer, DTConfig
+    from offline_dt.train import make_optimizer
+
+    torch.manual_seed(0)
+    net = DecisionTransformer(DTConfig(3, 1, embed_dim=16, n_layer=1))
+    ref = DecisionTransformer(DTConfig(3, 1, embed_dim=16, n_layer=1))
+    ref.load_state_dict(net.state_dict())
+    opt, _ = make_optimizer(net, tiny_config(box_hdf5))
+    assert opt.defaults["fused"] is True
+    loop = torch.optim.AdamW(ref.parameters(), lr=opt.param_groups[0]["lr"],  # warmup
+                             weight_decay=opt.defaults["weight_decay"], foreach=False)
+    for _ in range(3):
+        for a, b in zip(net.parameters(), ref.parameters(), strict=True):
+            a.grad = torch.full_like(a, 0.5)
+            b.grad = torch.full_like(b, 0.5)
+        opt.step()
+        loop.step()
+    for a, b in zip(net.parameters(), ref.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
