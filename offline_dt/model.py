@@ -149,11 +149,17 @@ class Dropout(nn.Module):
         return x * keep_scale(tuple(x.shape), self.p, x)
 
 
+#: Queries up to which :func:`attend` uses plain matrix products on a CPU.
+FEW_QUERIES = 8
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
            causal: bool, dropout: float) -> torch.Tensor:
     """``F.scaled_dot_product_attention(q, k, v, mask, dropout, causal)`` (Vaswani et al. 2017,
-    Eq. 1), except that attention-weight dropout on a CPU (eager) draws its mask with
-    :func:`keep_scale` (SDPA's CPU path draws it with ``bernoulli_``).
+    Eq. 1). On a CPU (eager) it is computed with plain matrix products when attention-weight
+    dropout is on (its mask drawn by :func:`keep_scale`; SDPA's CPU path draws it with
+    ``bernoulli_``) or when there are at most :data:`FEW_QUERIES` queries (acting from a
+    key/value cache: SDPA's CPU kernel has a fixed cost per batch row that dwarfs 1-3 queries).
 
     Args:
         q: ``(B, h, Q, d_head)``; k, v: ``(B, h, T, d_head)``.
@@ -164,7 +170,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     Returns:
         ``(B, h, Q, d_head)``.
     """
-    if dropout == 0.0 or q.device.type != "cpu" or torch.compiler.is_compiling():
+    plain = dropout > 0.0 or q.shape[-2] <= FEW_QUERIES
+    if not plain or q.device.type != "cpu" or torch.compiler.is_compiling():
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
                                               is_causal=causal)
     att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
@@ -175,7 +182,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     elif mask is not None:
         att = att + mask
     att = torch.softmax(att, dim=-1)
-    return (att * keep_scale(tuple(att.shape), dropout, att)) @ v
+    if dropout > 0.0:
+        att = att * keep_scale(tuple(att.shape), dropout, att)
+    return att @ v
 
 
 class CausalSelfAttention(nn.Module):
