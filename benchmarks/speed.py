@@ -28,7 +28,8 @@ reports whole-block medians):
   (``data/agents/pendulum/seed0``), each written to HDF5 and Minari.
 * ``memory``: peak resident memory of ``offline-dt train`` on the 1M-step pendulum-random
   dataset (needs ``data/d4rl/pendulum-random-v0.hdf5``: ``offline-dt generate``).
-* ``pipeline``: stage wall times of the last ``benchmarks/pendulum.py --preset quick`` run.
+* ``pipeline``: stage wall times of the last ``benchmarks/pendulum.py`` run of a preset
+  (``--pipeline-timings``: its ``timings.json``; default the paper preset's).
 
 Writes ``benchmarks/results/speed.md`` and ``speed.csv`` (columns ``benchmark, ours, peer,
 ours_seconds, peer_seconds, ratio``; ratio = ours / peer, below 1 means ours is faster). A
@@ -395,19 +396,20 @@ def section_generate(args: argparse.Namespace, rows: list[dict], notes: list[str
 
 # ---------------------------------------------------------------------------------- pipeline
 def section_pipeline(args: argparse.Namespace, rows: list[dict], notes: list[str]) -> None:
-    """Stage wall times of the last ``reproduce --preset quick`` (from its timings.json)."""
-    path = Path(args.quick_timings)
+    """Stage wall times of the last ``reproduce`` of a preset (from its timings.json)."""
+    path = Path(args.pipeline_timings)
     if not path.is_file():
         notes.append(f"pipeline: skipped, {path} missing (python benchmarks/pendulum.py "
-                     "--preset quick)")
+                     "--preset PRESET)")
         return
     t = json.loads(path.read_text())
     gen = t.get("generate_stages", {})
     lines = ["| stage | seconds |", "|---|---:|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in t["stages"].items()]
     lines.append(f"| total (wall) | {t['total']:.1f} |")
-    notes.append(f"### Pipeline: `reproduce --preset quick` ({t.get('workers', 1)} "
-                 f"worker(s); from `{path}`)\n\nStage seconds are summed over workers; "
+    notes.append(f"### Pipeline: `reproduce --preset {path.parent.name}` "
+                 f"({t.get('workers', 1)} worker(s); from `{path}`)\n\nStage seconds are "
+                 "summed over workers; "
                  "`generate` covers only what was not reused (its own stages: "
                  f"{json.dumps({k: round(v, 1) for k, v in gen.items()})}).\n\n"
                  + "\n".join(lines))
@@ -463,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gen-rounds", type=int, default=3)
     p.add_argument("--agent", default="data/agents/pendulum/seed0",
                    help="trained SAC agent directory (offline-dt generate)")
-    p.add_argument("--quick-timings", default="data/reports/Pendulum-v1/quick/timings.json")
+    p.add_argument("--pipeline-timings",
+                   default="data/reports/Pendulum-v1/paper/timings.json")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
