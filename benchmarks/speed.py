@@ -44,7 +44,6 @@ import dataclasses
 import json
 import os
 import platform
-import resource
 import shlex
 import statistics
 import subprocess
@@ -426,10 +425,16 @@ def section_memory(args: argparse.Namespace, rows: list[dict], notes: list[str])
                "--steps", str(args.memory_steps), "--device", "cpu", "--run-dir", tmp,
                "--overwrite", "true", "--progress", "false", "--checkpoint-every",
                str(args.memory_steps)]
+        # A fresh parent whose only child is the run: RUSAGE_CHILDREN of this process would
+        # report the largest child of any earlier section (generate's rollout workers).
+        probe = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
+                 "capture_output=True); print(resource.getrusage("
+                 "resource.RUSAGE_CHILDREN).ru_maxrss)")
         t = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True)
+        out = subprocess.run([sys.executable, "-c", probe, *cmd], check=True,
+                             capture_output=True, text=True).stdout
         secs = time.perf_counter() - t
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: KiB
+    peak_mb = int(out.split()[-1]) / 1024  # Linux: KiB
     notes.append(f"### Memory\n\nPeak RSS of `{' '.join(shlex.quote(c) for c in cmd[1:])}` "
                  f"(paper config, {args.memory_steps} steps, whole process including the "
                  f"dataset load): **{peak_mb:.0f} MiB** ({secs:.0f} s).")
