@@ -28,6 +28,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +41,6 @@ from offline_dt.data.windows import Normalizer, WindowSampler
 CHECKPOINT_NAME = "checkpoint.pt"
 #: Sub-directory of a run holding its intermediate checkpoints (``TrainConfig.keep_checkpoints``).
 KEPT_DIR = "checkpoints"
-
-
-def kept_checkpoint_path(run_dir: Path, step: int) -> Path:
-    """``<run_dir>/checkpoints/step-<step, 7 digits>.pt``: the checkpoint kept at ``step``."""
-    return Path(run_dir) / KEPT_DIR / f"step-{step:07d}.pt"
-
-
-def kept_checkpoints(run_dir: Path) -> list[Path]:
-    """The intermediate checkpoints kept in ``run_dir`` (:func:`kept_checkpoint_path`), in
-    step order; empty when there are none."""
-    return sorted((Path(run_dir) / KEPT_DIR).glob("step-*.pt"))
 CHECKPOINT_FORMAT = "offline-dt-checkpoint"
 CHECKPOINT_VERSION = 2
 REQUIRED_KEYS = ("format", "model", "optimizer", "scheduler", "rng", "step", "normalizer",
@@ -71,12 +61,28 @@ def checkpoint_path(path: str | os.PathLike) -> Path:
     return p / CHECKPOINT_NAME if p.is_dir() else p
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, payload: dict[str, Any], keep: Path | None = None) -> None:
     """Add ``digest`` (:func:`payload_digest`) to ``payload`` and ``torch.save`` it to a
-    temporary sibling, then rename: never a half-written file."""
+    temporary sibling, then rename: never a half-written file. With ``keep``, the file is
+    written there first and then copied (atomically) to ``path``: a kill in between leaves
+    ``path`` at the previous checkpoint, whose resume writes ``keep`` again."""
     payload = {**payload, "digest": payload_digest(payload)}
-    with atomic_path(path, overwrite=True) as tmp:
+    with atomic_path(keep or path, overwrite=True) as tmp:
         torch.save(payload, tmp)
+    if keep is not None:
+        with atomic_path(path, overwrite=True) as tmp:
+            shutil.copyfile(keep, tmp)
+
+
+def kept_checkpoint_path(run_dir: Path, step: int) -> Path:
+    """``<run_dir>/checkpoints/step-<step, 7 digits>.pt``: the checkpoint kept at ``step``."""
+    return Path(run_dir) / KEPT_DIR / f"step-{step:07d}.pt"
+
+
+def kept_checkpoints(run_dir: Path) -> list[Path]:
+    """The intermediate checkpoints kept in ``run_dir`` (:func:`kept_checkpoint_path`), in
+    step order; empty when there are none."""
+    return sorted((Path(run_dir) / KEPT_DIR).glob("step-*.pt"))
 
 
 def payload_digest(payload: dict[str, Any]) -> str:

@@ -116,8 +116,8 @@ def keep_scale(shape: tuple[int, ...], p: float, like: torch.Tensor) -> torch.Te
     multiple of 2^-16), else ``1 / (1 - p)``, in ``like``'s dtype and device.
 
     The draw takes four 16-bit uniform integers from each 64-bit draw of torch's default
-    generator, where ``torch.bernoulli_`` (``nn.Dropout``) draws once per element; on a CPU
-    that draw cost as much as a training step's attention (``benchmarks/speed.py``)."""
+    generator, where ``torch.bernoulli_`` (``nn.Dropout``) draws once per element, a large
+    share of a CPU training step (``benchmarks/speed.py`` times dropout 0.1 beside 0)."""
     n = math.prod(shape)
     drop = round(p * 65536)  # dropped values among the 2^16
     if drop >= 65536:
@@ -125,6 +125,12 @@ def keep_scale(shape: tuple[int, ...], p: float, like: torch.Tensor) -> torch.Te
     bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=like.device)
     bits = bits.random_(-(2 ** 63), 2 ** 63 - 1).view(torch.int16)[:n].view(shape)
     return torch.where(bits >= drop - 32768, 65536 / (65536 - drop), 0.0).to(like.dtype)
+
+
+def _cpu_eager(t: torch.Tensor) -> bool:
+    """``t`` is on the CPU and not being traced by ``torch.compile``: where :class:`Dropout`
+    and :func:`attend` use their own paths instead of torch's fused kernels."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 class Dropout(nn.Module):
@@ -144,7 +150,7 @@ class Dropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        if x.device.type != "cpu" or torch.compiler.is_compiling():
+        if not _cpu_eager(x):
             return F.dropout(x, self.p, True)
         return x * keep_scale(tuple(x.shape), self.p, x)
 
@@ -164,19 +170,19 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     Args:
         q: ``(B, h, Q, d_head)``; k, v: ``(B, h, T, d_head)``.
         mask: bool (True = may attend) or additive float, broadcastable to ``(B, h, Q, T)``.
-        causal: query ``j`` sees keys ``<= j`` (``mask`` must then be None).
+        causal: query ``j`` sees keys ``<= j``, with ``Q == T`` (``mask`` must then be None).
         dropout: attention-weight dropout probability.
 
     Returns:
         ``(B, h, Q, d_head)``.
     """
     plain = dropout > 0.0 or q.shape[-2] <= FEW_QUERIES
-    if not plain or q.device.type != "cpu" or torch.compiler.is_compiling():
+    if not (plain and _cpu_eager(q)):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
                                               is_causal=causal)
     att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
     if causal:
-        mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
+        mask = band_mask(q.shape[2], k.shape[2], None, q.device)
     if mask is not None and mask.dtype == torch.bool:
         att = att.masked_fill(~mask, float("-inf"))
     elif mask is not None:
@@ -188,8 +194,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention: the one place ``F.scaled_dot_product_attention`` is
-    called, for training windows, state-token-only queries and key/value-cache acting alike."""
+    """Multi-head causal self-attention: the one attention module (through :func:`attend`),
+    for training windows, state-token-only queries and key/value-cache acting alike."""
 
     def __init__(self, cfg: DTConfig, layer: int = 0) -> None:
         super().__init__()

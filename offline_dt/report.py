@@ -558,8 +558,8 @@ def selection_rule(ev: dict[str, Any]) -> str:
         if paths:
             kept = any(Path(p).parent.name == KEPT_DIR for p in paths)
             other = any("candidates" in Path(p).parts for p in paths)
-            whose = " or ".join(x for x, on in (("the run's", True), ("a `candidates/` run's, "
-                                "trained with other options", other)) if on)
+            whose = "the run's" + (" or a `candidates/` run's, trained with other options"
+                                   if other else "")
             when = ", its last or one kept along the way" if kept else ""
             what = f"checkpoint ({whose}{when}) × {what}"
         if sel.get("validation"):

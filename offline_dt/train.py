@@ -908,10 +908,9 @@ def _save(cfg: TrainConfig, state: _State, info: dict[str, Any],
         "model_config": json.dumps(to_jsonable(state.net.cfg), sort_keys=True),
         "dataset_info": json.dumps(to_jsonable(info), sort_keys=True),
     }
-    if cfg.keep_checkpoints and state.step < cfg.steps:
-        # before checkpoint.pt: a kill in between resumes earlier and writes this one again
-        save_checkpoint(kept_checkpoint_path(Path(cfg.run_dir), state.step), payload)
-    save_checkpoint(Path(cfg.run_dir) / CHECKPOINT_NAME, payload)
+    keep = cfg.keep_checkpoints and state.step < cfg.steps
+    save_checkpoint(Path(cfg.run_dir) / CHECKPOINT_NAME, payload,
+                    keep=kept_checkpoint_path(Path(cfg.run_dir), state.step) if keep else None)
     if state.after_save is not None:
         state.after_save()
         state.after_save = None
