@@ -6,10 +6,12 @@
 Runs (:data:`JOBS`): transformer PPO (``--method ppo``) and SB3's PPO (MLP policy) on
 CartPole-v1 and Pendulum-v1, transformer DQN (``--method dqn``) and SB3's DQN on CartPole-v1,
 each for ``--env-steps`` env steps and every seed of ``--seeds``, with matched
-hyperparameters (:data:`CONFIGS`: CleanRL's defaults for CartPole; for Pendulum the rl-zoo
-shape of PPO, 4 envs x 1024 steps, γ 0.9, 10 epochs, lr 1e-3, rewards x 0.1 on both sides).
-Our transformer is ``OnlineConfig``'s default network (the paper's DT: K 20, d 128, 3
-layers); SB3 uses its default MLPs.
+hyperparameters (:data:`CONFIGS`: CleanRL's defaults for CartPole, PPO's learning rate
+annealed linearly to 0 on both sides; for Pendulum the rl-zoo shape of PPO, 4 envs x 1024
+steps, γ 0.9, 10 epochs, constant lr 1e-3, rewards x 0.1 on both sides). Our transformer is
+:data:`NETWORK`, a small DT trunk (K 8, width 64, one block: at the paper's K 20 / d 128 / 3
+blocks a CartPole run of 200k steps takes about an hour of one CPU core, 17x longer); SB3
+uses its default MLPs.
 
 Every policy is scored by the one rollout engine (``offline_dt.evaluate.evaluate_policy``)
 on the same episodes: learning-curve points every ``--eval-interval`` env steps on
@@ -53,22 +55,34 @@ from offline_dt.train import load_checkpoint  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-#: (algorithm, env) -> our method options and learning rate, SB3's keyword arguments (with
-#: ``n_envs`` and ``reward_scale`` taken out before the constructor).
+#: Our transformer's shape (``OnlineConfig`` fields) in every run but ``--smoke``'s.
+NETWORK = {"context_length": 8, "embed_dim": 64, "n_layer": 1}
+
+
+def linear_schedule(peak: float) -> Any:
+    """SB3's learning-rate schedule from ``peak`` linearly to 0 (its argument is the
+    remaining progress, 1 → 0): CleanRL's ``anneal_lr``, as our ``lr_decay linear``."""
+    return lambda remaining: peak * remaining
+
+
+#: (algorithm, env) -> our method options, learning rate and its decay (``OnlineConfig``'s
+#: ``lr_decay``), SB3's keyword arguments (with ``n_envs`` and ``reward_scale`` taken out
+#: before the constructor).
 CONFIGS: dict[tuple[str, str], dict[str, Any]] = {
     ("ppo", "CartPole-v1"): {
-        "ours": {}, "lr": 2.5e-4,
-        "sb3": dict(n_envs=8, n_steps=128, batch_size=256, n_epochs=4, learning_rate=2.5e-4,
+        "ours": {}, "lr": 2.5e-4, "lr_decay": "linear",
+        "sb3": dict(n_envs=8, n_steps=128, batch_size=256, n_epochs=4,
+                    learning_rate=linear_schedule(2.5e-4),
                     gamma=0.99, gae_lambda=0.95, clip_range=0.2, ent_coef=0.01, vf_coef=0.5,
                     max_grad_norm=0.5)},
     ("ppo", "Pendulum-v1"): {
         "ours": {"n_envs": "4", "n_steps": "1024", "gamma": "0.9", "epochs": "10",
-                 "minibatches": "32", "reward_scale": "0.1"}, "lr": 1e-3,
+                 "minibatches": "32", "reward_scale": "0.1"}, "lr": 1e-3, "lr_decay": "none",
         "sb3": dict(n_envs=4, n_steps=1024, batch_size=128, n_epochs=10, learning_rate=1e-3,
                     gamma=0.9, gae_lambda=0.95, clip_range=0.2, ent_coef=0.0, vf_coef=0.5,
                     max_grad_norm=0.5, reward_scale=0.1)},
     ("dqn", "CartPole-v1"): {
-        "ours": {}, "lr": 2.5e-4,
+        "ours": {}, "lr": 2.5e-4, "lr_decay": "none",
         "sb3": dict(n_envs=1, learning_rate=2.5e-4, buffer_size=10_000, learning_starts=10_000,
                     batch_size=128, tau=1.0, gamma=0.99, train_freq=10, gradient_steps=1,
                     target_update_interval=500, exploration_fraction=0.5,
@@ -98,11 +112,12 @@ def run_transformer(job: dict[str, Any]) -> dict[str, Any]:
         per_update = envs * steps / (int(opts.get("epochs", 4)) * int(opts.get("minibatches", 4)))
     else:
         per_update = 10
-    shape = dict(context_length=4, embed_dim=16, n_layer=1) if job["smoke"] else {}
+    shape = dict(context_length=4, embed_dim=16, n_layer=1) if job["smoke"] else NETWORK
     online = OnlineConfig(
         method=job["algo"], env_id=job["env"], env_steps=job["env_steps"],
         run_dir=Path(job["dir"]), seed=job["seed"], method_options=opts,
-        learning_rate=cfg["lr"], device=job["device"], progress=False, overwrite=True,
+        learning_rate=cfg["lr"], lr_decay=cfg["lr_decay"], device=job["device"],
+        progress=False, overwrite=True,
         eval_every=max(1, round(job["eval_interval"] / per_update)),
         eval_episodes=job["curve_episodes"], log_every=50, **shape)
     t0 = time.perf_counter()
@@ -285,9 +300,10 @@ def write(results: list[dict[str, Any]], args: argparse.Namespace, command: str,
              f"{torch.__version__}, stable-baselines3 {_sb3_version()}; wall {wall:.0f} s  ",
              f"Budget: env steps per run in the table ({args.env_steps} unless "
              f"`--budget` says otherwise); the transformer trains on `--device "
-             f"{args.device}`, SB3 on the CPU; final scores on {args.episodes} "
-             f"test episodes per seed, curves on {args.curve_episodes} validation episodes "
-             f"every {args.eval_interval} env steps (the same episodes for every agent).", "",
+             f"{args.device}` with the network {NETWORK}, SB3 on the CPU; final scores on "
+             f"{args.episodes} test episodes per seed, curves on {args.curve_episodes} "
+             f"validation episodes every {args.eval_interval} env steps (the same episodes "
+             "for every agent).", "",
              "## Final test return (mean over seeds; seed_std: std of the seed means)", "",
              summary.to_markdown(index=False, floatfmt=".1f"), "",
              "## Every run", "",

@@ -105,6 +105,10 @@ class OnlineConfig(RunControls):
     max_timestep: int = field(default=1000, metadata={
         "help": "timestep embedding table size (grows to the env's time limit)"})
     learning_rate: float = field(default=2.5e-4, metadata={"help": "Adam(W) learning rate"})
+    lr_decay: str = field(default="auto", metadata={
+        "help": "learning-rate schedule (TrainConfig.lr_decay): auto is linear to 0 over the "
+                "budget for ppo (CleanRL's anneal_lr) and none for dqn (CleanRL's)",
+        "choices": ["auto", "none", "linear"]})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     grad_clip: float | None = field(default=None, metadata={
         "help": "gradient-norm clip (default: ppo 0.5, CleanRL's; dqn 10, SB3's)"})
@@ -122,6 +126,9 @@ class OnlineConfig(RunControls):
             raise ValueError(f"OnlineConfig.env_steps must be >= 1, found {self.env_steps}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"OnlineConfig.grad_clip must be > 0, found {self.grad_clip}")
+        if self.lr_decay not in ("auto", "none", "linear"):
+            raise ValueError(f"OnlineConfig.lr_decay must be 'auto', 'none' or 'linear', "
+                             f"found {self.lr_decay!r}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"OnlineConfig.batch_size must be >= 1, found {self.batch_size}")
 
@@ -421,6 +428,8 @@ class WindowReplaySource(EnvSource):
 
 #: The batch source of each online method.
 SOURCES: dict[str, type[EnvSource]] = {"ppo": RolloutSource, "dqn": WindowReplaySource}
+#: Each method's ``lr_decay`` under ``auto`` (CleanRL: PPO anneals, DQN does not).
+LR_DECAY: dict[str, str] = {"ppo": "linear", "dqn": "none"}
 #: Each method's options class and default ``grad_clip``.
 OPTIONS: dict[str, tuple[type, float]] = {"ppo": (PPOOptions, 0.5), "dqn": (DQNOptions, 10.0)}
 
@@ -451,7 +460,8 @@ def _shape_from(cfg: OnlineConfig) -> dict[str, Any]:
 def online_train_config(cfg: OnlineConfig) -> TrainConfig:
     """The loop's config: no dataset, ``cfg.env_id``, the method and its options, the update
     cap (``SOURCES[method].update_cap``), fp32, no warmup, the network shape (``init``'s or
-    the resumed run's when there is one: :data:`SHAPE_FIELDS`)."""
+    the resumed run's when there is one: :data:`SHAPE_FIELDS`), the learning-rate schedule
+    (``lr_decay``; :data:`LR_DECAY` under ``auto``)."""
     options_cls, clip = OPTIONS[cfg.method]
     opts = parse_options(options_cls, cfg.method, cfg.method_options)
     batch = opts.batch_size if cfg.method == "ppo" else (cfg.batch_size or 128)
@@ -467,6 +477,7 @@ def online_train_config(cfg: OnlineConfig) -> TrainConfig:
         seed=cfg.seed, device=cfg.device, steps=SOURCES[cfg.method].update_cap(cfg, opts),
         batch_size=batch, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
         warmup_steps=0, grad_clip=cfg.grad_clip or clip, precision="fp32",
+        lr_decay=LR_DECAY[cfg.method] if cfg.lr_decay == "auto" else cfg.lr_decay,
         context_length=cfg.context_length, dropout=cfg.dropout, **{**shape, **chosen},
         run_dir=cfg.resolved_run_dir(), checkpoint_every=cfg.checkpoint_every,
         log_every=cfg.log_every, eval_every=cfg.eval_every, eval_episodes=cfg.eval_episodes,

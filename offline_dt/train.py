@@ -29,6 +29,7 @@ dataset summary), ``metrics.csv``, ``tb/`` (TensorBoard scalars) and ``loss.png`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -119,6 +120,10 @@ class TrainConfig:
     warmup_steps: int | None = field(default=None, metadata={
         "help": "linear learning-rate warmup steps (LambdaLR); default min(10000, steps // 10): "
                 "the paper's 10k for its 100k steps, a tenth of a shorter budget"})
+    lr_decay: str = field(default="none", metadata={
+        "help": "after the warmup: none keeps the peak learning rate (the DT paper); linear "
+                "takes it linearly to 0 at the last update (CleanRL's PPO anneal_lr)",
+        "choices": ["none", "linear"]})
     grad_clip: float = field(default=0.25, metadata={"help": "gradient-norm clip"})
     precision: str = field(default="auto", metadata={
         "help": "auto: bf16 on a CUDA device with bf16 support or a CPU with AMX/AVX512-BF16, "
@@ -219,6 +224,9 @@ class TrainConfig:
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"TrainConfig.precision must be 'auto', 'fp32' or 'bf16', found "
                              f"{self.precision!r}")
+        if self.lr_decay not in ("none", "linear"):
+            raise ValueError(f"TrainConfig.lr_decay must be 'none' or 'linear', found "
+                             f"{self.lr_decay!r}")
         if self.device not in ("auto", "cpu") and not str(self.device).startswith("cuda"):
             raise ValueError(
                 f"TrainConfig.device must be auto, cpu or cuda, found {self.device!r}")
@@ -519,8 +527,8 @@ def available_memory(device: torch.device) -> int | None:
 # ---------------------------------------------------------------------------------- one update
 def make_optimizer(net: nn.Module, cfg: TrainConfig
                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW on all parameters and a linear warmup (reference ``gym/experiment.py``) over
-    ``cfg.warmup_steps`` updates (:func:`default_warmup` when None). On CUDA and on the CPU
+    """AdamW on all parameters and the learning-rate schedule :func:`lr_factor` (a linear
+    warmup, reference ``gym/experiment.py``, then ``cfg.lr_decay``). On CUDA and on the CPU
     the fused AdamW kernel (one call for every parameter; on the CPU torch's default is a
     Python loop over parameters, several times slower at the paper config); elsewhere torch's
     default implementation."""
@@ -528,10 +536,25 @@ def make_optimizer(net: nn.Module, cfg: TrainConfig
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate,
                                   weight_decay=cfg.weight_decay, fused=True if fused else None)
     chosen = cfg.warmup_steps
-    warmup = max(default_warmup(cfg.steps) if chosen is None else chosen, 1)
+    warmup = default_warmup(cfg.steps) if chosen is None else chosen
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, 1.0))
+        optimizer, functools.partial(lr_factor, warmup=warmup, steps=cfg.steps,
+                                     decay=cfg.lr_decay))
     return optimizer, scheduler
+
+
+def lr_factor(step: int, warmup: int, steps: int, decay: str) -> float:
+    """The learning rate of update ``step`` (0-based) as a fraction of the peak: a linear
+    warmup ``(step + 1) / w`` over ``w = max(warmup, 1)`` updates, then 1 (``decay``
+    ``"none"``, the DT paper) or ``1 - (step + 1 - w) / (steps + 1 - w)`` (``"linear"``: from
+    1 at the warmup's last update down to ``1 / (steps + 1 - w)`` at the last, CleanRL's PPO
+    ``anneal_lr``, ``1 - (i - 1) / N`` for update ``i`` of ``N`` without warmup)."""
+    w = max(warmup, 1)
+    if step + 1 < w:
+        return (step + 1) / w
+    if decay == "none":
+        return 1.0
+    return max(1.0 - (step + 1 - w) / (steps + 1 - w), 0.0)
 
 
 class MethodLoss(nn.Module):

@@ -19,8 +19,9 @@ Sources:
   ε = 0.2, λ = 0.95, γ = 0.99, ``c_2`` = 0.01 for Discrete and 0 for Box, ``c_1`` = 0.5,
   128 steps per env, 4 epochs of 4 minibatches, clipped value loss, gradient-norm clip 0.5
   (``TrainConfig.grad_clip``, set by ``offline_dt.online``), Adam lr 2.5e-4. Here 8 envs
-  (CleanRL's ``ppo_atari.py``; its ``ppo.py`` has 4), and the learning rate is constant
-  (the loop's schedule; CleanRL anneals it linearly to 0).
+  (CleanRL's ``ppo_atari.py``; its ``ppo.py`` has 4). The learning rate decays linearly to 0
+  over the budget as CleanRL's ``anneal_lr`` (``offline-dt online``'s ``lr_decay`` auto; the
+  loop's schedule steps it per update, CleanRL per rollout).
 
 Network: the Decision Transformer trunk over the episode's last K ``(r_{t-1}, s_t, a_t)``
 (``offline_dt.methods.history``), a policy head and a value head ``V`` (a linear layer) on the

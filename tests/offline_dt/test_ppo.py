@@ -145,6 +145,10 @@ def test_cli_run_writes_a_run_that_evaluate_reads(tmp_path, env_id):
                 "episodes", "episode_return_mean"):
         assert col in rows[-1], col
     assert float(rows[-1]["env_steps"]) == 64 and rows[-1]["step"] == "8"
+    # lr_decay auto is linear for ppo (CleanRL's anneal_lr): 8 updates, no warmup, the lr
+    # logged after update s is the one update s + 1 takes, 2.5e-4 * (1 - s / 8)
+    assert [float(r["lr"]) for r in rows] == pytest.approx(
+        [2.5e-4 * (1 - s / 8) for s in (2, 4, 6, 8)])
     ckpt = load_checkpoint(run)
     assert ckpt.train_config.method == "ppo" and ckpt.train_config.dataset == ""
     assert ckpt.dataset_info["env_id"] == env_id

@@ -22,6 +22,7 @@ from offline_dt.train import (
     CHECKPOINT_NAME,
     TrainConfig,
     load_checkpoint,
+    lr_factor,
     train,
 )
 
@@ -423,3 +424,14 @@ def test_adamw_is_fused_on_the_cpu_and_steps_as_the_loop_version(box_hdf5, tiny_
         loop.step()
     for a, b in zip(net.parameters(), ref.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_lr_factor_warmup_then_constant_or_linear_decay():
+    """Warmup 4 of 12 updates: (s + 1) / 4, then 1 ("none") or 1 - (s - 3) / 9 ("linear")."""
+    none = [lr_factor(s, 4, 12, "none") for s in range(12)]
+    linear = [lr_factor(s, 4, 12, "linear") for s in range(12)]
+    assert none == pytest.approx([0.25, 0.5, 0.75] + [1.0] * 9)
+    assert linear == pytest.approx([0.25, 0.5, 0.75] + [1 - k / 9 for k in range(9)])
+    assert lr_factor(5, 0, 10, "linear") == pytest.approx(0.5)  # CleanRL: 1 - 5 / 10
+    with pytest.raises(ValueError, match="lr_decay must be 'none' or 'linear', found 'cos'"):
+        TrainConfig(dataset="x.hdf5", lr_decay="cos").validate()
