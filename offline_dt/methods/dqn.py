@@ -43,15 +43,18 @@ from offline_dt.data.windows import Batch, Normalizer
 from offline_dt.methods.base import Method, option_strings, parse_options, register
 from offline_dt.methods.history import (
     Decide,
+    HistoryOptions,
     HistoryPolicy,
     load_trunk,
+    trunk_timesteps,
 )
 from offline_dt.model import DecisionTransformer, DTConfig
 
 
 @dataclass(frozen=True)
-class DQNOptions:
-    """DQN's own hyperparameters (``TrainConfig.method_options`` keys; module docstring).
+class DQNOptions(HistoryOptions):
+    """DQN's own hyperparameters (``TrainConfig.method_options`` keys; module docstring),
+    and ``timesteps`` (:class:`~offline_dt.methods.history.HistoryOptions`).
 
     Attributes:
         buffer_size: transitions (windows) held; the oldest leave first.
@@ -81,6 +84,7 @@ class DQNOptions:
     reward_scale: float = 1.0
 
     def validate(self) -> None:
+        self.validate_history("dqn")
         for name in ("buffer_size", "target_every", "train_frequency", "n_envs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"method_options: dqn {name} must be >= 1, found "
@@ -148,8 +152,9 @@ class DQNNetwork(nn.Module):
         """``(B, n_actions) float32`` Q at the last step of ``(B, K)`` windows, from the
         online network or (``target``) the target network."""
         trunk = self.target if target else self.trunk
+        ts = trunk_timesteps(window.timesteps, self.options.timesteps)
         h = trunk.token_states(window.returns_to_go, window.observations, window.actions,
-                               window.timesteps, window.mask)[:, -1, 1].float()
+                               ts, window.mask)[:, -1, 1].float()
         with torch.autocast(h.device.type, enabled=False):
             return trunk.predict_action(h)
 
@@ -158,8 +163,9 @@ class DQNNetwork(nn.Module):
                 mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
         """Q-values at every step of the windows (``(B, K, n)``; the last only with
         ``last_only``)."""
+        ts = trunk_timesteps(timesteps, self.options.timesteps)
         out = self.trunk.predict_action(self.trunk.token_states(
-            returns_to_go, observations, actions, timesteps, mask)[:, :, 1])
+            returns_to_go, observations, actions, ts, mask)[:, :, 1])
         return out[:, -1:] if last_only else out
 
 

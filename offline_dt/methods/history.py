@@ -5,7 +5,9 @@ The trunk (``offline_dt.model.DecisionTransformer``) reads per timestep the toke
 ``(R̂_t, s_t, a_t)``. An online method has no return to condition on; in the return slot of
 step ``t`` it is fed the previous reward instead, ``reward_scale · r_{t-1}`` (0 at ``t = 0``),
 so the tokens are ``(r_{t-1}, s_t, a_t)``: the last K (observation, action, reward) of the
-episode, in the order they happened. The state token ``s_t`` sees every earlier token and
+episode, in the order they happened. Their order reaches the trunk through its timestep
+embedding, fed by default each slot's position in the window rather than its episode
+timestep (:class:`HistoryOptions`). The state token ``s_t`` sees every earlier token and
 ``r_{t-1}`` (causal attention, the model's mask), never ``a_t``: the policy, value and Q
 heads read its hidden state.
 
@@ -27,6 +29,43 @@ from torch import nn
 
 from offline_dt.data.windows import Batch, Normalizer
 from offline_dt.model import DecisionTransformer
+
+#: What the trunk's timestep embedding reads (:class:`HistoryOptions`).
+TIMESTEPS = ("window", "episode")
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryOptions:
+    """The option every history-acting method (``ppo``, ``dqn``) has.
+
+    Attributes:
+        timesteps: what the trunk's timestep embedding (its only position signal) is fed:
+            ``window``, each slot's position in its window, ``0 .. K - 1`` with the newest step
+            at ``K - 1`` (:func:`trunk_timesteps`), so the policy never sees how long its
+            episode has run; or ``episode``, the step's timestep in its episode, as the
+            Decision Transformer reads it. With ``episode`` a policy that starts to last
+            longer meets timestep embeddings it has hardly trained: on CartPole-v1
+            (rl-zoo's PPO settings, 100k env steps, seed 0) transformer PPO's evaluation
+            swung between 115 and 500 and ended at 208; with ``window`` it held 500 over
+            the last 20k steps. A pretrained DT (``--init``) learnt episode timesteps.
+    """
+
+    timesteps: str = "window"
+
+    def validate_history(self, method: str) -> None:
+        if self.timesteps not in TIMESTEPS:
+            raise ValueError(f"method_options: {method} timesteps must be one of {TIMESTEPS}, "
+                             f"found {self.timesteps!r}")
+
+
+def trunk_timesteps(timesteps: torch.Tensor, mode: str) -> torch.Tensor:
+    """The ``(B, K)`` timesteps the trunk embeds for windows whose slots hold their episode
+    timesteps ``timesteps``: those (``mode`` ``"episode"``) or the slot positions
+    ``0 .. K - 1`` (``"window"``; left padding is masked anyway)."""
+    if mode == "episode":
+        return timesteps
+    return torch.arange(timesteps.shape[1], device=timesteps.device).expand_as(timesteps)
+
 
 #: ``decide(window) -> (model_actions, extras)``: the actions to take at the last step of
 #: every window of the ``(N, K)`` :class:`Batch` (Discrete ``(N,) int64``; Box ``(N, act_dim)``

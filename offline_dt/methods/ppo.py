@@ -49,15 +49,18 @@ from offline_dt.data.windows import Batch, Normalizer
 from offline_dt.methods.base import Method, option_strings, parse_options, register
 from offline_dt.methods.history import (
     Decide,
+    HistoryOptions,
     HistoryPolicy,
     load_trunk,
+    trunk_timesteps,
 )
 from offline_dt.model import DecisionTransformer, DTConfig
 
 
 @dataclass(frozen=True)
-class PPOOptions:
-    """PPO's own hyperparameters (``TrainConfig.method_options`` keys; module docstring).
+class PPOOptions(HistoryOptions):
+    """PPO's own hyperparameters (``TrainConfig.method_options`` keys; module docstring),
+    and ``timesteps`` (:class:`~offline_dt.methods.history.HistoryOptions`).
 
     Attributes:
         clip: ε of the clipped surrogate (and of the value clip).
@@ -92,6 +95,7 @@ class PPOOptions:
     init_log_std: float = 0.0
 
     def validate(self) -> None:
+        self.validate_history("ppo")
         if not 0.0 < self.clip < 1.0:
             raise ValueError(f"method_options: ppo clip must be in (0, 1), found {self.clip}")
         if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
@@ -174,16 +178,18 @@ class PPONetwork(nn.Module):
         Returns:
             ``(B, act_dim)`` logits (Discrete) or Gaussian means (Box), and ``(B,)`` values.
         """
+        ts = trunk_timesteps(window.timesteps, self.options.timesteps)
         h = self.trunk.token_states(window.returns_to_go, window.observations, window.actions,
-                                    window.timesteps, window.mask)[:, -1, 1].float()
+                                    ts, window.mask)[:, -1, 1].float()
         with torch.autocast(h.device.type, enabled=False):
             return self.trunk.predict_action(h), self.value(h).squeeze(-1)
 
     def forward(self, returns_to_go: torch.Tensor, observations: torch.Tensor,
                 actions: torch.Tensor, timesteps: torch.Tensor,
                 mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+        ts = trunk_timesteps(timesteps, self.options.timesteps)
         out = self.trunk.predict_action(self.trunk.token_states(
-            returns_to_go, observations, actions, timesteps, mask)[:, :, 1])
+            returns_to_go, observations, actions, ts, mask)[:, :, 1])
         out = out if self.cfg.discrete else out.clamp(-1.0, 1.0)
         return out[:, -1:] if last_only else out
 

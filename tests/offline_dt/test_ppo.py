@@ -16,6 +16,7 @@ import offline_dt.evaluate
 from offline_dt.checkpoint import read_checkpoint
 from offline_dt.cli import main
 from offline_dt.data import write_hdf5
+from offline_dt.methods.history import trunk_timesteps
 from offline_dt.methods.ppo import clipped_surrogate, gae, value_loss
 from offline_dt.online import OnlineConfig, RolloutSource, online_train_config, train_online
 from offline_dt.train import TrainConfig, TrainingRun, load_checkpoint, train
@@ -67,6 +68,31 @@ def test_clipped_surrogate_and_value_loss_by_hand():
     # clipped values 0.7, 0.3: max((1-2)², (0.7-2)²) = 1.69, max(0, 0.09) = 0.09
     assert value_loss(v, v_old, ret, clip=0.2).item() == pytest.approx(0.445, abs=1e-6)
     assert value_loss(v, v_old, ret, clip=None).item() == pytest.approx(0.25, abs=1e-6)
+
+
+def test_window_timesteps_hide_the_episode_timestep():
+    """``timesteps window`` (the default) embeds slot positions 0..K-1: windows that differ
+    only in their episode timesteps act alike; ``episode`` embeds the timesteps themselves."""
+    ts = torch.tensor([[0, 0, 7, 8], [3, 4, 5, 6]])
+    assert trunk_timesteps(ts, "window").tolist() == [[0, 1, 2, 3]] * 2
+    assert trunk_timesteps(ts, "episode") is ts
+    from offline_dt.data.windows import Batch
+    from offline_dt.methods import get_method
+
+    cfg = online_train_config(OnlineConfig(method="ppo", env_id="CartPole-v1", env_steps=32,
+                                           **TINY_CFG)).model_config(4, 2, True)
+    torch.manual_seed(0)
+    obs = torch.randn(1, 4, 4).expand(2, 4, 4)
+    window = Batch(returns_to_go=torch.zeros(2, 4, 1), observations=obs,
+                   actions=torch.zeros(2, 4, dtype=torch.long), timesteps=ts,
+                   mask=torch.ones(2, 4, dtype=torch.bool))
+    for mode, same in (("window", True), ("episode", False)):
+        net = get_method("ppo").build(cfg, {**TINY_CFG["method_options"], "timesteps": mode})
+        logits, values = net.heads(window)
+        assert torch.allclose(logits[0], logits[1]) is same
+        assert torch.allclose(values[0], values[1]) is same
+    with pytest.raises(ValueError, match="ppo timesteps must be one of"):
+        get_method("ppo").build(cfg, {"timesteps": "absolute"})
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
