@@ -45,7 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from online import cached_run, plot  # noqa: E402  benchmarks/online.py: one run cache and plot
+from online import cached_run, plot, run_table  # noqa: E402  benchmarks/online.py: run cache, plot
 
 from offline_dt.device import resolve_device  # noqa: E402
 from offline_dt.evaluate import (  # noqa: E402
@@ -150,7 +150,7 @@ def write(results: list[dict[str, Any]], args: argparse.Namespace, command: str,
     """The page, CSVs and plot in ``args.out``."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = pd.DataFrame([{k: v for k, v in r.items() if k != "curve"} for r in results])
+    runs, reused = run_table(results)
     curves = pd.DataFrame([{"env": ENV, "name": r["agent"], "seed": r["seed"],
                             "env_steps": s, "return": v} for r in results for s, v in r["curve"]])
     odt = runs[runs["agent"] == "odt"]
@@ -168,7 +168,9 @@ def write(results: list[dict[str, Any]], args: argparse.Namespace, command: str,
         f"Command: `{command}`  ",
         f"Machine: {platform.machine()}, {multiprocessing.cpu_count()} CPU cores, one torch "
         f"thread per run; ODT on `--device {args.device}`, SAC on the CPU; python "
-        f"{platform.python_version()}, torch {torch.__version__}; wall {wall:.0f} s  ",
+        f"{platform.python_version()}, torch {torch.__version__}; wall {wall:.0f} s, "
+        f"{reused} of {len(runs)} runs reused from earlier calls (`train_seconds` is each "
+        "run's own)  ",
         f"Dataset `{args.dataset}`; ODT pretrained with the paper preset's config, then "
         f"{args.online_steps} online env steps (g_online "
         f"{'default' if args.target_return is None else args.target_return}, updates per "

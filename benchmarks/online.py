@@ -205,7 +205,7 @@ def cached_run(job: dict[str, Any], run: Any, keys: tuple[str, ...]) -> dict[str
     machine last) written to ``<job dir>/result.json``; reused when that file exists."""
     out = Path(job["dir"]) / "result.json"
     if out.is_file():
-        return json.loads(out.read_text())
+        return {**json.loads(out.read_text()), "reused": True}
     torch.set_num_threads(1)
     Path(job["dir"]).mkdir(parents=True, exist_ok=True)
     result = run(job)
@@ -213,6 +213,13 @@ def cached_run(job: dict[str, Any], run: Any, keys: tuple[str, ...]) -> dict[str
               "machine": machine(str(resolve_device(result["device"])))}
     out.write_text(json.dumps(result))
     return result
+
+
+def run_table(results: list[dict[str, Any]]) -> tuple[pd.DataFrame, int]:
+    """One row per run (curves left out) and how many of them :func:`cached_run` reused."""
+    runs = pd.DataFrame([{k: v for k, v in r.items() if k not in ("curve", "reused")}
+                         for r in results])
+    return runs, sum(bool(r.get("reused")) for r in results)
 
 
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
@@ -283,7 +290,7 @@ def write(results: list[dict[str, Any]], args: argparse.Namespace, command: str,
     """The results page, the CSVs and the plot in ``args.out``."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = pd.DataFrame([{k: v for k, v in r.items() if k != "curve"} for r in results])
+    runs, reused = run_table(results)
     runs["name"] = runs["agent"] + " " + runs["algo"]
     curves = pd.DataFrame([{"env": r["env"], "name": f"{r['agent']} {r['algo']}",
                             "seed": r["seed"], "env_steps": s, "return": v}
@@ -294,13 +301,15 @@ def write(results: list[dict[str, Any]], args: argparse.Namespace, command: str,
         plot(curves, out / "online.png")
     summary = runs.groupby(["env", "name"]).agg(
         env_steps=("env_steps", "first"), seeds=("seed", "count"),
-        final_return=("final_mean", "mean"),
-        seed_std=("final_mean", "std"), train_seconds=("train_seconds", "mean")).reset_index()
+        final_return=("final_mean", "mean"), seed_std=("final_mean", "std"),
+        worst_seed=("final_mean", "min"), train_seconds=("train_seconds", "mean")).reset_index()
     lines = ["# Online RL: a transformer policy (PPO, DQN) beside Stable-Baselines3", "",
              f"Command: `{command}`  ",
              f"Machine: {platform.machine()}, {multiprocessing.cpu_count()} CPU cores, one "
              f"torch thread per run; python {platform.python_version()}, torch "
-             f"{torch.__version__}, stable-baselines3 {_sb3_version()}; wall {wall:.0f} s  ",
+             f"{torch.__version__}, stable-baselines3 {_sb3_version()}; wall {wall:.0f} s, "
+             f"{reused} of {len(runs)} runs reused from earlier calls (`train_seconds` is each "
+             "run's own)  ",
              f"Budget: env steps per run in the table ({args.env_steps} unless "
              f"`--budget` says otherwise); the transformer trains on `--device "
              f"{args.device}` with the network {NETWORK}, SB3 on the CPU; final scores on "
