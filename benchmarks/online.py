@@ -7,10 +7,10 @@ Runs (:data:`JOBS`): transformer PPO (``--method ppo``) and SB3's PPO (MLP polic
 CartPole-v1 and Pendulum-v1, transformer DQN (``--method dqn``) and SB3's DQN on CartPole-v1,
 each for ``--env-steps`` env steps and every seed of ``--seeds``, with matched
 hyperparameters (:data:`CONFIGS`): rl-zoo's PPO for CartPole (8 envs x 32 steps, one
-minibatch of 256, 20 epochs, γ 0.98, λ 0.8, no entropy bonus, lr 1e-3 annealed linearly to 0;
-the clip range stays 0.2 where rl-zoo anneals it, on both sides); for Pendulum the rl-zoo
+minibatch of 256, 20 epochs, γ 0.98, λ 0.8, no entropy bonus, lr 1e-3 and clip range 0.2
+both annealed linearly to 0, value loss unclipped as SB3's default); for Pendulum the rl-zoo
 shape of PPO (4 envs x 1024 steps, γ 0.9, 10 epochs, constant lr 1e-3, rewards x 0.1 on both
-sides; no gSDE); CleanRL's DQN for CartPole. Our transformer is
+sides; no gSDE; our value loss clipped as CleanRL's, SB3's not); CleanRL's DQN for CartPole. Our transformer is
 :data:`NETWORK`, a small DT trunk (K 8, width 64, one block: at the paper's K 20 / d 128 / 3
 blocks a CartPole run of 200k steps takes about an hour of one CPU core, 17x longer); SB3
 uses its default MLPs.
@@ -62,8 +62,9 @@ NETWORK = {"context_length": 8, "embed_dim": 64, "n_layer": 1}
 
 
 def linear_schedule(peak: float) -> Any:
-    """SB3's learning-rate schedule from ``peak`` linearly to 0 (its argument is the
-    remaining progress, 1 → 0): CleanRL's ``anneal_lr``, as our ``lr_decay linear``."""
+    """An SB3 schedule from ``peak`` linearly to 0 (its argument is the remaining progress,
+    1 → 0; rl-zoo's ``lin_``): for the learning rate as our ``lr_decay linear``, for the
+    clip range as our ``clip_decay linear``."""
     return lambda remaining: peak * remaining
 
 
@@ -73,11 +74,13 @@ def linear_schedule(peak: float) -> Any:
 CONFIGS: dict[tuple[str, str], dict[str, Any]] = {
     ("ppo", "CartPole-v1"): {
         "ours": {"n_envs": "8", "n_steps": "32", "minibatches": "1", "epochs": "20",
-                 "gamma": "0.98", "gae_lambda": "0.8", "ent_coef": "0"},
+                 "gamma": "0.98", "gae_lambda": "0.8", "ent_coef": "0",
+                 "clip_decay": "linear", "clip_vloss": "false"},
         "lr": 1e-3, "lr_decay": "linear",
         "sb3": dict(n_envs=8, n_steps=32, batch_size=256, n_epochs=20,
                     learning_rate=linear_schedule(1e-3), gamma=0.98, gae_lambda=0.8,
-                    clip_range=0.2, ent_coef=0.0, vf_coef=0.5, max_grad_norm=0.5)},
+                    clip_range=linear_schedule(0.2), ent_coef=0.0, vf_coef=0.5,
+                    max_grad_norm=0.5)},
     ("ppo", "Pendulum-v1"): {
         "ours": {"n_envs": "4", "n_steps": "1024", "gamma": "0.9", "epochs": "10",
                  "minibatches": "32", "reward_scale": "0.1"}, "lr": 1e-3, "lr_decay": "none",

@@ -325,7 +325,8 @@ class RolloutSource(EnvSource):
         size = self.opts.batch_size
         idx = self.perms[epoch, part * size:(part + 1) * size].to(self.device)
         self.served += 1
-        return PPOBatch(**{k: v[idx] for k, v in self.rollout.items()}), 1.0
+        clip = torch.tensor(self.opts.clip_at(self.env_steps, self.online.env_steps))
+        return PPOBatch(**{k: v[idx] for k, v in self.rollout.items()}, clip=clip), 1.0
 
     def finished(self, step: int) -> bool:
         return step % self.opts.updates_per_rollout == 0 and super().finished(step)

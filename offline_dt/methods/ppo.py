@@ -64,6 +64,10 @@ class PPOOptions(HistoryOptions):
 
     Attributes:
         clip: ε of the clipped surrogate (and of the value clip).
+        clip_decay: ``none`` keeps ε; ``linear`` takes it to ``ε · (1 - n / N)`` for the
+            updates on a rollout after which ``n`` of the budget's ``N`` env steps are
+            collected (rl-zoo's ``clip_range: lin_0.2``, SB3's schedule of progress
+            remaining), :meth:`clip_at`.
         gamma: discount γ.
         gae_lambda: λ of GAE.
         ent_coef: ``c_2``; ``auto`` is 0.01 for Discrete actions, 0.0 for Box (CleanRL).
@@ -81,6 +85,7 @@ class PPOOptions(HistoryOptions):
     """
 
     clip: float = 0.2
+    clip_decay: str = "none"
     gamma: float = 0.99
     gae_lambda: float = 0.95
     ent_coef: str = "auto"
@@ -98,6 +103,9 @@ class PPOOptions(HistoryOptions):
         self.validate_history("ppo")
         if not 0.0 < self.clip < 1.0:
             raise ValueError(f"method_options: ppo clip must be in (0, 1), found {self.clip}")
+        if self.clip_decay not in ("none", "linear"):
+            raise ValueError(f"method_options: ppo clip_decay must be 'none' or 'linear', "
+                             f"found {self.clip_decay!r}")
         if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
             raise ValueError(f"method_options: ppo gamma and gae_lambda must be in [0, 1], "
                              f"found {self.gamma} and {self.gae_lambda}")
@@ -119,6 +127,13 @@ class PPOOptions(HistoryOptions):
         if self.vf_coef < 0 or not self.reward_scale > 0:
             raise ValueError(f"method_options: ppo vf_coef must be >= 0 and reward_scale > 0, "
                              f"found {self.vf_coef} and {self.reward_scale}")
+
+    def clip_at(self, collected: int, budget: int) -> float:
+        """ε for the updates on a rollout after which ``collected`` of ``budget`` env steps
+        are collected (``clip_decay``)."""
+        if self.clip_decay == "none":
+            return self.clip
+        return self.clip * max(1.0 - collected / budget, 0.0)
 
     def entropy_coef(self, discrete: bool) -> float:
         """``c_2``: the option, or for ``auto`` 0.01 (Discrete) / 0.0 (Box)."""
@@ -145,6 +160,8 @@ class PPOBatch(Batch):
         raw_actions: ``(B,) int64`` (Discrete) or ``(B, act_dim) float32`` the unclipped
             Gaussian sample ``u`` (Box): what ``old_log_probs`` is of.
         old_log_probs, old_values, advantages, returns: ``(B,) float32`` from the collect.
+        clip: ``()`` float32 ε for this rollout (``PPOOptions.clip_at``); None: the
+            option's ``clip``.
     """
 
     raw_actions: torch.Tensor | None = None
@@ -152,6 +169,7 @@ class PPOBatch(Batch):
     old_values: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
+    clip: torch.Tensor | None = None
 
 
 # ---------------------------------------------------------------------------------- network
@@ -267,15 +285,15 @@ def ppo_loss(net: PPONetwork, batch: PPOBatch) -> tuple[torch.Tensor, dict[str, 
     adv = batch.advantages
     if opts.norm_adv and adv.numel() > 1:
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-    pg = clipped_surrogate(log_probs, batch.old_log_probs, adv, opts.clip)
-    v = value_loss(values, batch.old_values, batch.returns,
-                   opts.clip if opts.clip_vloss else None)
+    clip = opts.clip if batch.clip is None else float(batch.clip)
+    pg = clipped_surrogate(log_probs, batch.old_log_probs, adv, clip)
+    v = value_loss(values, batch.old_values, batch.returns, clip if opts.clip_vloss else None)
     entropy = dist.entropy().mean()
     loss = pg + opts.vf_coef * v - opts.entropy_coef(net.cfg.discrete) * entropy
     with torch.no_grad():
         log_ratio = log_probs - batch.old_log_probs
         kl = ((log_ratio.exp() - 1) - log_ratio).mean()
-        frac = ((log_ratio.exp() - 1.0).abs() > opts.clip).float().mean()
+        frac = ((log_ratio.exp() - 1.0).abs() > clip).float().mean()
     return loss, {"pg_loss": pg.detach(), "v_loss": v.detach(), "entropy": entropy.detach(),
                   "approx_kl": kl, "clip_frac": frac}
 

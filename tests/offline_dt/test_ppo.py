@@ -70,6 +70,24 @@ def test_clipped_surrogate_and_value_loss_by_hand():
     assert value_loss(v, v_old, ret, clip=None).item() == pytest.approx(0.25, abs=1e-6)
 
 
+def test_clip_decay_and_the_rollout_clip_reaching_the_loss(tmp_path):
+    """clip_decay linear: ε (1 - n / N) after n of N env steps (rl-zoo's lin_0.2); the
+    source hands the rollout's ε to the loss, whose clip fraction then counts against it."""
+    from offline_dt.methods.ppo import PPOOptions
+
+    assert PPOOptions(clip=0.2).clip_at(50, 200) == 0.2
+    assert PPOOptions(clip=0.2, clip_decay="linear").clip_at(50, 200) == pytest.approx(0.15)
+    assert PPOOptions(clip=0.2, clip_decay="linear").clip_at(250, 200) == 0.0
+    opts = {**TINY_CFG["method_options"], "clip_decay": "linear"}
+    run = train_online(OnlineConfig(method="ppo", env_id="CartPole-v1", env_steps=64,
+                                    run_dir=tmp_path / "run", **{**TINY_CFG,
+                                                                "method_options": opts}))
+    rows = _rows(run.run_dir)
+    # the second rollout (all 64 steps collected) trains with ε = 0: every moved ratio clips
+    assert float(rows[-1]["clip_frac"]) == pytest.approx(1.0)
+    assert float(rows[0]["clip_frac"]) < 1.0
+
+
 def test_window_timesteps_hide_the_episode_timestep():
     """``timesteps window`` (the default) embeds slot positions 0..K-1: windows that differ
     only in their episode timesteps act alike; ``episode`` embeds the timesteps themselves."""
