@@ -10,10 +10,11 @@ hyperparameters (:data:`CONFIGS`): rl-zoo's PPO for CartPole (8 envs x 32 steps,
 minibatch of 256, 20 epochs, γ 0.98, λ 0.8, no entropy bonus, lr 1e-3 and clip range 0.2
 both annealed linearly to 0, value loss unclipped as SB3's default); for Pendulum the rl-zoo
 shape of PPO (4 envs x 1024 steps, γ 0.9, 10 epochs, constant lr 1e-3, rewards x 0.1 on both
-sides; no gSDE; our value loss clipped as CleanRL's, SB3's not); CleanRL's DQN for CartPole. Our transformer is
-:data:`NETWORK`, a small DT trunk (K 8, width 64, one block: at the paper's K 20 / d 128 / 3
-blocks a CartPole run of 200k steps takes about an hour of one CPU core, 17x longer); SB3
-uses its default MLPs.
+sides; no gSDE; our value loss clipped as CleanRL's, SB3's not); CleanRL's DQN for CartPole.
+Our transformer is :data:`NETWORK`, a small DT trunk (K 8, width 64, one block: at the
+paper's K 20 / d 128 / 3 blocks a CartPole run of 200k steps takes about an hour of one CPU
+core, 17x longer), with PPO's critic a second trunk of that shape (``critic separate``); SB3
+uses its default MLPs (separate actor and critic).
 
 Every policy is scored by the one rollout engine (``offline_dt.evaluate.evaluate_policy``)
 on the same episodes: learning-curve points every ``--eval-interval`` env steps on

@@ -25,12 +25,18 @@ Sources:
 
 Network: the Decision Transformer trunk over the episode's last K ``(r_{t-1}, s_t, a_t)``
 (``offline_dt.methods.history``), a policy head and a value head ``V`` (a linear layer) on the
-hidden state of the newest state token. Discrete actions: a categorical over the trunk's
-action logits. Box actions: a plain diagonal Gaussian in model units ``[-1, 1]`` (CleanRL's
-``ppo_continuous_action``: mean from the trunk's action head, no tanh; a state-independent
-learned ``log σ``); the sample ``u`` is what the log-probability is of, and the env gets
-``clip(u, -1, 1)`` scaled to its bounds (the window holds the clipped action). Acting for
-evaluation is deterministic: the argmax, or ``clip(μ, -1, 1)``.
+hidden state of the newest state token. With ``critic separate`` (the default) the value head
+reads a second trunk of the same shape (the critic), so the value loss never moves the
+policy's features, as CleanRL's ``ppo.py`` and SB3's ``MlpPolicy`` keep actor and critic
+apart; ``critic shared`` puts both heads on one trunk (seed 000's single transformer with a
+value head; on CartPole-v1 with rl-zoo's settings and the value loss unclipped, one seed's
+shared trunk fell to a deterministic policy of return 9.6 at 30k env steps). Discrete
+actions: a categorical over the trunk's action logits. Box actions: a plain diagonal
+Gaussian in model units ``[-1, 1]`` (CleanRL's ``ppo_continuous_action``: mean from the
+trunk's action head, no tanh; a state-independent learned ``log σ``); the sample ``u`` is
+what the log-probability is of, and the env gets ``clip(u, -1, 1)`` scaled to its bounds
+(the window holds the clipped action). Acting for evaluation is deterministic: the argmax,
+or ``clip(μ, -1, 1)``.
 
 Hyperparameters: :class:`PPOOptions`, set with ``--method-options KEY VALUE ...``.
 """
@@ -82,6 +88,8 @@ class PPOOptions(HistoryOptions):
         reward_scale: rewards are multiplied by this, in the reward tokens and the returns
             (1: as they come; e.g. 0.1 for Pendulum's -16..0 per step).
         init_log_std: the Box Gaussian's initial ``log σ`` (CleanRL: 0).
+        critic: ``separate`` (the value head on a trunk of its own) or ``shared`` (on the
+            policy's trunk); module docstring.
     """
 
     clip: float = 0.2
@@ -98,11 +106,15 @@ class PPOOptions(HistoryOptions):
     minibatches: int = 4
     reward_scale: float = 1.0
     init_log_std: float = 0.0
+    critic: str = "separate"
 
     def validate(self) -> None:
         self.validate_history("ppo")
         if not 0.0 < self.clip < 1.0:
             raise ValueError(f"method_options: ppo clip must be in (0, 1), found {self.clip}")
+        if self.critic not in ("separate", "shared"):
+            raise ValueError(f"method_options: ppo critic must be 'separate' or 'shared', "
+                             f"found {self.critic!r}")
         if self.clip_decay not in ("none", "linear"):
             raise ValueError(f"method_options: ppo clip_decay must be 'none' or 'linear', "
                              f"found {self.clip_decay!r}")
@@ -174,7 +186,8 @@ class PPOBatch(Batch):
 
 # ---------------------------------------------------------------------------------- network
 class PPONetwork(nn.Module):
-    """The DT trunk, a value head and (Box) a state-independent ``log σ``.
+    """The DT trunk, a value head (on the critic trunk with ``critic separate``) and (Box) a
+    state-independent ``log σ``.
 
     ``forward`` is the deterministic action at every step of a window (the argmax logits or
     ``clip(μ, -1, 1)``), as :meth:`DecisionTransformer.forward` is shaped."""
@@ -183,6 +196,7 @@ class PPONetwork(nn.Module):
         super().__init__()
         self.cfg, self.options = cfg, options
         self.trunk = DecisionTransformer(cfg)
+        self.critic = DecisionTransformer(cfg) if options.critic == "separate" else None
         self.value = nn.Linear(cfg.embed_dim, 1)
         self.log_std = None if cfg.discrete else nn.Parameter(
             torch.full((cfg.act_dim,), float(options.init_log_std)))
@@ -197,10 +211,11 @@ class PPONetwork(nn.Module):
             ``(B, act_dim)`` logits (Discrete) or Gaussian means (Box), and ``(B,)`` values.
         """
         ts = trunk_timesteps(window.timesteps, self.options.timesteps)
-        h = self.trunk.token_states(window.returns_to_go, window.observations, window.actions,
-                                    ts, window.mask)[:, -1, 1].float()
+        tokens = (window.returns_to_go, window.observations, window.actions, ts, window.mask)
+        h = self.trunk.token_states(*tokens)[:, -1, 1].float()
+        hv = h if self.critic is None else self.critic.token_states(*tokens)[:, -1, 1].float()
         with torch.autocast(h.device.type, enabled=False):
-            return self.trunk.predict_action(h), self.value(h).squeeze(-1)
+            return self.trunk.predict_action(h), self.value(hv).squeeze(-1)
 
     def forward(self, returns_to_go: torch.Tensor, observations: torch.Tensor,
                 actions: torch.Tensor, timesteps: torch.Tensor,
@@ -348,8 +363,8 @@ class PPO(Method):
 
     def warm_start(self, net: nn.Module, payload: dict[str, Any]) -> bool:
         """The pretrained trunk, its action head included (the policy's logits or Gaussian
-        mean: a pretrained policy to start from); the value head and ``log σ`` are fresh, and
-        so are the optimizer and schedule (returns False)."""
+        mean: a pretrained policy to start from); the value head, the critic trunk and
+        ``log σ`` are fresh, and so are the optimizer and schedule (returns False)."""
         load_trunk(net.trunk, payload["model"])
         return False
 

@@ -70,6 +70,24 @@ def test_clipped_surrogate_and_value_loss_by_hand():
     assert value_loss(v, v_old, ret, clip=None).item() == pytest.approx(0.25, abs=1e-6)
 
 
+def test_a_separate_critic_keeps_the_value_loss_off_the_policy_trunk():
+    from offline_dt.data.windows import Batch
+    from offline_dt.methods import get_method
+
+    cfg = online_train_config(OnlineConfig(method="ppo", env_id="CartPole-v1", env_steps=32,
+                                           **TINY_CFG)).model_config(4, 2, True)
+    window = Batch(returns_to_go=torch.zeros(2, 4, 1), observations=torch.randn(2, 4, 4),
+                   actions=torch.zeros(2, 4, dtype=torch.long),
+                   timesteps=torch.zeros(2, 4, dtype=torch.long),
+                   mask=torch.ones(2, 4, dtype=torch.bool))
+    for critic, reaches in (("separate", False), ("shared", True)):
+        net = get_method("ppo").build(cfg, {"critic": critic})
+        assert (net.critic is None) is reaches
+        net.heads(window)[1].sum().backward()
+        grads = [p.grad for p in net.trunk.blocks.parameters()]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads) is reaches
+
+
 def test_clip_decay_and_the_rollout_clip_reaching_the_loss(tmp_path):
     """clip_decay linear: ε (1 - n / N) after n of N env steps (rl-zoo's lin_0.2); the
     source hands the rollout's ε to the loss, whose clip fraction then counts against it."""
