@@ -11,7 +11,10 @@ Per seed ``s`` (the issue's protocol; the same seed trains, collects and evaluat
 2. **fine-tune**: ``FinetuneConfig`` defaults (ODT's 300 updates per collected episode, a
    buffer seeded with the dataset's best trajectories, ``g_online`` = 0 for Pendulum) for
    ``--online-steps`` env steps. Learning curve: the training loop's evaluation hook on
-   ``--curve-episodes`` validation episodes every ``--curve-updates`` updates.
+   ``--curve-episodes`` validation episodes every ``--curve-updates`` updates. The committed
+   page ran ``--updates-per-round 60``: ODT's 300 updates per 1000-step D4RL episode, per env
+   step, on Pendulum's 200-step episodes (300 per episode is 5x ODT's rate and 5x the time;
+   the one-seed probes in ``results/finetune-probe`` ran it and stayed flat too).
 3. **test**: ``evaluate_checkpoint`` of the pretrained and of the fine-tuned run (target
    return chosen on 50 validation episodes, then ``--episodes`` test episodes), the same
    test episodes as every row of the paper table.

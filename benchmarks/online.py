@@ -10,7 +10,9 @@ hyperparameters (:data:`CONFIGS`): rl-zoo's PPO for CartPole (8 envs x 32 steps,
 minibatch of 256, 20 epochs, γ 0.98, λ 0.8, no entropy bonus, lr 1e-3 and clip range 0.2
 both annealed linearly to 0, value loss unclipped as SB3's default); for Pendulum the rl-zoo
 shape of PPO (4 envs x 1024 steps, γ 0.9, 10 epochs, constant lr 1e-3, rewards x 0.1 on both
-sides; no gSDE; our value loss clipped as CleanRL's, SB3's not); CleanRL's DQN for CartPole.
+sides; no gSDE; our value loss clipped as CleanRL's, SB3's not); rl-zoo's DQN for CartPole
+(lr 2.3e-3, batch 64, learning starts at 1000, ε to 0.04 over 16% of the budget, target
+copied every 10 env steps; SB3 takes 128 updates per 256 env steps, ours one per 2).
 Our transformer is :data:`NETWORK`, a small DT trunk (K 8, width 64, one block: at the
 paper's K 20 / d 128 / 3 blocks a CartPole run of 200k steps takes about an hour of one CPU
 core, 17x longer), with PPO's critic a second trunk of that shape (``critic separate``); SB3
@@ -89,11 +91,15 @@ CONFIGS: dict[tuple[str, str], dict[str, Any]] = {
                     gamma=0.9, gae_lambda=0.95, clip_range=0.2, ent_coef=0.0, vf_coef=0.5,
                     max_grad_norm=0.5, reward_scale=0.1)},
     ("dqn", "CartPole-v1"): {
-        "ours": {}, "lr": 2.5e-4, "lr_decay": "none",
-        "sb3": dict(n_envs=1, learning_rate=2.5e-4, buffer_size=10_000, learning_starts=10_000,
-                    batch_size=128, tau=1.0, gamma=0.99, train_freq=10, gradient_steps=1,
-                    target_update_interval=500, exploration_fraction=0.5,
-                    exploration_final_eps=0.05, max_grad_norm=10.0)},
+        # rl-zoo's: 128 updates per 256 env steps on SB3's side, one per 2 on ours; target
+        # copy every 10 env steps (5 of our updates); SB3's Q-network 2 x 256 wide
+        "ours": {"buffer_size": "100000", "learning_starts": "1000", "train_frequency": "2",
+                 "target_every": "5", "exploration_fraction": "0.16", "end_e": "0.04"},
+        "lr": 2.3e-3, "lr_decay": "none", "batch": 64,
+        "sb3": dict(n_envs=1, learning_rate=2.3e-3, buffer_size=100_000, learning_starts=1000,
+                    batch_size=64, tau=1.0, gamma=0.99, train_freq=256, gradient_steps=128,
+                    target_update_interval=10, exploration_fraction=0.16,
+                    exploration_final_eps=0.04, policy_kwargs={"net_arch": [256, 256]})},
 }
 #: (agent, algorithm, env): every run of a seed.
 JOBS = [(agent, algo, env) for algo, env in CONFIGS for agent in ("transformer", "sb3")]
@@ -118,13 +124,13 @@ def run_transformer(job: dict[str, Any]) -> dict[str, Any]:
         envs, steps = int(opts.get("n_envs", 8)), int(opts.get("n_steps", 128))
         per_update = envs * steps / (int(opts.get("epochs", 4)) * int(opts.get("minibatches", 4)))
     else:
-        per_update = 10
+        per_update = int(opts.get("train_frequency", 10))
     shape = dict(context_length=4, embed_dim=16, n_layer=1) if job["smoke"] else NETWORK
     online = OnlineConfig(
         method=job["algo"], env_id=job["env"], env_steps=job["env_steps"],
         run_dir=Path(job["dir"]), seed=job["seed"], method_options=opts,
         learning_rate=cfg["lr"], lr_decay=cfg["lr_decay"], device=job["device"],
-        progress=False, overwrite=True,
+        progress=False, overwrite=True, batch_size=cfg.get("batch"),
         eval_every=max(1, round(job["eval_interval"] / per_update)),
         eval_episodes=job["curve_episodes"], log_every=50, **shape)
     t0 = time.perf_counter()
