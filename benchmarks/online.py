@@ -54,7 +54,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from offline_dt.device import resolve_device  # noqa: E402
 from offline_dt.evaluate import CURVE_EPISODE_OFFSET, evaluate_policy  # noqa: E402
-from offline_dt.online import OnlineConfig, train_online  # noqa: E402
+from offline_dt.methods.base import parse_options  # noqa: E402
+from offline_dt.online import OPTIONS, OnlineConfig, train_online  # noqa: E402
 from offline_dt.rollout import CallablePolicy  # noqa: E402
 from offline_dt.train import load_checkpoint  # noqa: E402
 
@@ -120,11 +121,9 @@ def run_transformer(job: dict[str, Any]) -> dict[str, Any]:
     then score the final checkpoint on the test episodes."""
     cfg = CONFIGS[(job["algo"], job["env"])]
     opts = {**cfg["ours"], **(SMOKE_OURS[job["algo"]] if job["smoke"] else {})}
-    if job["algo"] == "ppo":
-        envs, steps = int(opts.get("n_envs", 8)), int(opts.get("n_steps", 128))
-        per_update = envs * steps / (int(opts.get("epochs", 4)) * int(opts.get("minibatches", 4)))
-    else:
-        per_update = int(opts.get("train_frequency", 10))
+    o = parse_options(OPTIONS[job["algo"]][0], job["algo"], opts)
+    per_update = (o.n_envs * o.n_steps / o.updates_per_rollout if job["algo"] == "ppo"
+                  else o.train_frequency)  # env steps per update
     shape = dict(context_length=4, embed_dim=16, n_layer=1) if job["smoke"] else NETWORK
     online = OnlineConfig(
         method=job["algo"], env_id=job["env"], env_steps=job["env_steps"],

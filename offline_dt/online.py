@@ -57,7 +57,7 @@ from offline_dt.methods.dqn import DQNBatch, DQNOptions, linear_epsilon
 from offline_dt.methods.history import HistoryPolicy
 from offline_dt.methods.ppo import PPOBatch, PPOOptions, gae
 from offline_dt.rollout import SEED_RANGE, SEED_STRIDE, EpisodeStream
-from offline_dt.train import TrainConfig, TrainingRun, TrainResult, train
+from offline_dt.train import LR_DECAYS, TrainConfig, TrainingRun, TrainResult, train
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class OnlineConfig(RunControls):
     lr_decay: str = field(default="auto", metadata={
         "help": "learning-rate schedule (TrainConfig.lr_decay): auto is linear to 0 over the "
                 "budget for ppo (CleanRL's anneal_lr) and none for dqn (CleanRL's)",
-        "choices": ["auto", "none", "linear"]})
+        "choices": ["auto", *LR_DECAYS]})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     grad_clip: float | None = field(default=None, metadata={
         "help": "gradient-norm clip (default: ppo 0.5, CleanRL's; dqn 10, SB3's)"})
@@ -126,7 +126,7 @@ class OnlineConfig(RunControls):
             raise ValueError(f"OnlineConfig.env_steps must be >= 1, found {self.env_steps}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"OnlineConfig.grad_clip must be > 0, found {self.grad_clip}")
-        if self.lr_decay not in ("auto", "none", "linear"):
+        if self.lr_decay not in ("auto", *LR_DECAYS):
             raise ValueError(f"OnlineConfig.lr_decay must be 'auto', 'none' or 'linear', "
                              f"found {self.lr_decay!r}")
         if self.batch_size is not None and self.batch_size < 1:
@@ -325,7 +325,7 @@ class RolloutSource(EnvSource):
         size = self.opts.batch_size
         idx = self.perms[epoch, part * size:(part + 1) * size].to(self.device)
         self.served += 1
-        clip = torch.tensor(self.opts.clip_at(self.env_steps, self.online.env_steps))
+        clip = self.opts.clip_at(self.env_steps, self.online.env_steps)
         return PPOBatch(**{k: v[idx] for k, v in self.rollout.items()}, clip=clip), 1.0
 
     def finished(self, step: int) -> bool:

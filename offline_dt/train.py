@@ -88,6 +88,8 @@ RESUMABLE_FIELDS = frozenset({
 AUTO_FIELDS = {"warmup_steps": None, "max_timestep": 1000, "precision": "auto",
                "band_tokens": None, "segment_length": None}
 DEFAULT_MAX_TIMESTEP = 1000
+#: The learning-rate schedules after the warmup (``TrainConfig.lr_decay``, :func:`lr_factor`).
+LR_DECAYS = ("none", "linear")
 
 
 # ---------------------------------------------------------------------------------- config
@@ -123,7 +125,7 @@ class TrainConfig:
     lr_decay: str = field(default="none", metadata={
         "help": "after the warmup: none keeps the peak learning rate (the DT paper); linear "
                 "takes it linearly to 0 at the last update (CleanRL's PPO anneal_lr)",
-        "choices": ["none", "linear"]})
+        "choices": list(LR_DECAYS)})
     grad_clip: float = field(default=0.25, metadata={"help": "gradient-norm clip"})
     precision: str = field(default="auto", metadata={
         "help": "auto: bf16 on a CUDA device with bf16 support or a CPU with AMX/AVX512-BF16, "
@@ -224,7 +226,7 @@ class TrainConfig:
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"TrainConfig.precision must be 'auto', 'fp32' or 'bf16', found "
                              f"{self.precision!r}")
-        if self.lr_decay not in ("none", "linear"):
+        if self.lr_decay not in LR_DECAYS:
             raise ValueError(f"TrainConfig.lr_decay must be 'none' or 'linear', found "
                              f"{self.lr_decay!r}")
         if self.device not in ("auto", "cpu") and not str(self.device).startswith("cuda"):

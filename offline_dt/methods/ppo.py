@@ -172,8 +172,7 @@ class PPOBatch(Batch):
         raw_actions: ``(B,) int64`` (Discrete) or ``(B, act_dim) float32`` the unclipped
             Gaussian sample ``u`` (Box): what ``old_log_probs`` is of.
         old_log_probs, old_values, advantages, returns: ``(B,) float32`` from the collect.
-        clip: ``()`` float32 ε for this rollout (``PPOOptions.clip_at``); None: the
-            option's ``clip``.
+        clip: ε for this rollout (``PPOOptions.clip_at``); None: the option's ``clip``.
     """
 
     raw_actions: torch.Tensor | None = None
@@ -181,7 +180,7 @@ class PPOBatch(Batch):
     old_values: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
-    clip: torch.Tensor | None = None
+    clip: float | None = None
 
 
 # ---------------------------------------------------------------------------------- network
@@ -300,7 +299,7 @@ def ppo_loss(net: PPONetwork, batch: PPOBatch) -> tuple[torch.Tensor, dict[str, 
     adv = batch.advantages
     if opts.norm_adv and adv.numel() > 1:
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-    clip = opts.clip if batch.clip is None else float(batch.clip)
+    clip = opts.clip if batch.clip is None else batch.clip
     pg = clipped_surrogate(log_probs, batch.old_log_probs, adv, clip)
     v = value_loss(values, batch.old_values, batch.returns, clip if opts.clip_vloss else None)
     entropy = dist.entropy().mean()
