@@ -1,4 +1,5 @@
-"""Online Decision Transformer fine-tuning (``offline-dt finetune``) beside SB3 SAC from scratch.
+"""Online Decision Transformer fine-tuning (``offline-dt finetune``), with and without TD3
+gradients, beside SB3 SAC from scratch.
 
     python benchmarks/finetune.py            # pendulum-medium-replay, 3 seeds, 20k online steps
     python benchmarks/finetune.py --smoke    # a minute: tiny budgets, into a temp dir
@@ -15,6 +16,10 @@ Per seed ``s`` (the issue's protocol; the same seed trains, collects and evaluat
    page ran ``--updates-per-round 60``: ODT's 300 updates per 1000-step D4RL episode, per env
    step, on Pendulum's 200-step episodes (300 per episode is 5x ODT's rate and 5x the time;
    the one-seed probes in ``results/finetune-probe`` ran it and stayed flat too).
+   Agent ``odt-td3`` fine-tunes the same way with TD3 gradients (``--method-options
+   critic_weight`` ``--critic-weight``; Yan, Schwing & Wang, NeurIPS 2024; the critic starts
+   fresh at the fine-tune) and ``--td3-updates-per-round`` updates per episode (200: one
+   update per env step, as SAC makes).
 3. **test**: ``evaluate_checkpoint`` of the pretrained and of the fine-tuned run (target
    return chosen on 50 validation episodes, then ``--episodes`` test episodes), the same
    test episodes as every row of the paper table.
@@ -81,13 +86,11 @@ def run_odt(job: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     train(pre)
     pretrain_seconds = time.perf_counter() - t0
-    updates = FinetuneConfig.updates_per_round
     ft = FinetuneConfig(
         checkpoint=str(root / "pretrain"), run_dir=root / "finetune", seed=job["seed"],
         online_steps=job["online_steps"], device=job["device"], progress=False,
-        overwrite=True, eval_every=job["curve_updates"], eval_episodes=job["curve_episodes"],
-        updates_per_round=20 if job["smoke"] else (job["updates_per_round"] or updates),
-        target_return=job["target_return"])
+        overwrite=True, eval_episodes=job["curve_episodes"],
+        target_return=job["target_return"], **finetune_settings(job))
     t0 = time.perf_counter()
     finetune(ft)
     seconds = time.perf_counter() - t0
@@ -105,6 +108,20 @@ def run_odt(job: dict[str, Any]) -> dict[str, Any]:
             "env_steps": int(rows["env_steps"].max()) if len(rows) else job["online_steps"],
             "pretrain_seconds": pretrain_seconds, "train_seconds": seconds,
             "device": str(resolve_device(job["device"]))}
+
+
+def finetune_settings(job: dict[str, Any]) -> dict[str, Any]:
+    """The ``FinetuneConfig`` fields that differ between the ``odt`` and ``odt-td3`` agents:
+    updates per episode, the curve's interval in updates (``--curve-updates`` at the odt
+    agent's rate, so both curves have points at the same env steps) and the method options."""
+    default = FinetuneConfig.updates_per_round
+    plain = 20 if job["smoke"] else (job["updates_per_round"] or default)
+    if job["agent"] != "odt-td3":
+        return {"updates_per_round": plain, "eval_every": job["curve_updates"]}
+    updates = 20 if job["smoke"] else job["td3_updates_per_round"]
+    return {"updates_per_round": updates,
+            "eval_every": max(1, job["curve_updates"] * updates // plain),
+            "method_options": {"critic_weight": str(job["critic_weight"])}}
 
 
 def _score(model: Any, job: dict[str, Any], curve: bool) -> Any:
@@ -140,12 +157,27 @@ def run_sac(job: dict[str, Any]) -> dict[str, Any]:
 
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """One run (reused when its ``result.json`` exists), one torch thread."""
-    return cached_run(job, run_odt if job["agent"] == "odt" else run_sac, ("agent", "seed"))
+    return cached_run(job, run_sac if job["agent"] == "sac" else run_odt, ("agent", "seed"))
 
 
 def steps_to_reach(curve: list[tuple[int, float]], level: float) -> int | None:
     """The first env step whose curve value is at least ``level`` (None: never)."""
     return next((s for s, v in sorted(curve) if v >= level), None)
+
+
+def summary(results: list[dict[str, Any]], runs: pd.DataFrame) -> pd.DataFrame:
+    """Per ODT agent: the mean over seeds of the test means, each seed's, the pretrained mean,
+    and per SAC seed the first curve point at which SAC reaches that mean (None: never)."""
+    sac = [r for r in results if r["agent"] == "sac"]
+    rows = []
+    for agent, group in runs[runs["agent"] != "sac"].groupby("agent", sort=False):
+        level = float(group["final_mean"].mean())
+        rows.append({"agent": agent, "final_mean": level,
+                     "seeds": " / ".join(f"{v:.1f}" for v in group["final_mean"]),
+                     "pretrained_mean": float(group["pretrained_mean"].mean()),
+                     "sac_steps_to_reach": str([steps_to_reach(r["curve"], level)
+                                                for r in sac])})
+    return pd.DataFrame(rows)
 
 
 def write(results: list[dict[str, Any]], args: argparse.Namespace, command: str,
@@ -156,18 +188,13 @@ def write(results: list[dict[str, Any]], args: argparse.Namespace, command: str,
     runs, reused = run_table(results)
     curves = pd.DataFrame([{"env": ENV, "name": r["agent"], "seed": r["seed"],
                             "env_steps": s, "return": v} for r in results for s, v in r["curve"]])
-    odt = runs[runs["agent"] == "odt"]
-    level = float(odt["final_mean"].mean()) if len(odt) else float("nan")
-    sac = [r for r in results if r["agent"] == "sac"]
-    runs["sac_steps_to_odt_level"] = [steps_to_reach(r["curve"], level)
-                                      if r["agent"] == "sac" else None for r in results]
     runs.to_csv(out / "finetune.csv", index=False)
     curves.to_csv(out / "finetune-curves.csv", index=False)
     if not curves.empty:
         plot(curves, out / "finetune.png")
-    reach = [steps_to_reach(r["curve"], level) for r in sac]
     lines = [
-        "# Online Decision Transformer fine-tuning beside SB3 SAC from scratch", "",
+        "# Online Decision Transformer fine-tuning, with and without TD3 gradients, beside "
+        "SB3 SAC from scratch", "",
         f"Command: `{command}`  ",
         f"Machine: {platform.machine()}, {multiprocessing.cpu_count()} CPU cores, one torch "
         f"thread per run; ODT on `--device {args.device}`, SAC on the CPU; python "
@@ -176,15 +203,16 @@ def write(results: list[dict[str, Any]], args: argparse.Namespace, command: str,
         "run's own)  ",
         f"Dataset `{args.dataset}`; ODT pretrained with the paper preset's config, then "
         f"{args.online_steps} online env steps (g_online "
-        f"{'default' if args.target_return is None else args.target_return}, updates per "
-        f"episode {args.updates_per_round or 'default'}); SAC {args.sac_steps} "
-        "env steps. Test: "
-        f"{args.episodes} episodes per seed (target chosen on {args.validation_episodes} "
-        f"validation episodes); curves on {args.curve_episodes} validation episodes.", "",
-        f"ODT after fine-tuning, mean over seeds of the test means: **{level:.1f}** "
-        f"(pretrained: {odt['pretrained_mean'].mean():.1f}). Env steps SAC from scratch "
-        f"needed to reach it on its curve, per seed: {reach} (None: not within its budget).",
-        "", runs.to_markdown(index=False, floatfmt=".1f"), "",
+        f"{'default' if args.target_return is None else args.target_return}; updates per "
+        f"episode: odt {args.updates_per_round or 'default'}, odt-td3 "
+        f"{args.td3_updates_per_round} with critic_weight {args.critic_weight}); SAC "
+        f"{args.sac_steps} env steps. Test: {args.episodes} episodes per seed (target chosen "
+        f"on {args.validation_episodes} validation episodes); curves on "
+        f"{args.curve_episodes} validation episodes.", "",
+        "Per fine-tuned agent, the mean over seeds of the test means, and the env steps SAC "
+        "from scratch needed to reach it on its curve, per seed (None: not within its "
+        "budget):", "", summary(results, runs).to_markdown(index=False, floatfmt=".1f"), "",
+        runs.to_markdown(index=False, floatfmt=".1f"), "",
         "![learning curves](finetune.png)", ""]
     (out / "finetune.md").write_text("\n".join(lines))
     return out / "finetune.md"
@@ -203,10 +231,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="g_online (default: FinetuneConfig's, 0 for Pendulum)")
     ap.add_argument("--updates-per-round", type=int, default=None,
                     help="updates per collected episode (default: FinetuneConfig's, ODT's 300)")
+    ap.add_argument("--critic-weight", type=float, default=300.0,
+                    help="odt-td3: η of the TD3 term (method option critic_weight)")
+    ap.add_argument("--td3-updates-per-round", type=int, default=200,
+                    help="odt-td3: updates per collected episode (200: one per env step)")
     ap.add_argument("--episodes", type=int, default=200)
     ap.add_argument("--validation-episodes", type=int, default=50)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--agents", nargs="+", default=["odt", "sac"], choices=["odt", "sac"])
+    ap.add_argument("--agents", nargs="+", default=["odt", "odt-td3", "sac"],
+                    choices=["odt", "odt-td3", "sac"])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ap.add_argument("--workers", type=int, default=multiprocessing.cpu_count())
     ap.add_argument("--root", default="data/benchmarks/finetune")

@@ -22,9 +22,15 @@ Algorithm 1, as run here:
 4. Rounds repeat until ``online_steps`` env steps have been collected (the last round's
    episodes are played to their end, so the total may pass it by less than one round).
 
+With ``method_options`` ``critic_weight`` > 0 the fine-tune adds TD3 gradients (a twin Q
+critic learned by TD on the buffer's windows, and its normalised Q term in the actor's loss:
+Yan, Schwing & Wang, NeurIPS 2024; ``offline_dt.methods.odt``), the answer to ODT's failure
+on low-return data, whose episodes hindsight relabelling can only imitate.
+
 The loop is ``offline_dt.train.train``: this module passes it the pretrained checkpoint
 (``init``: networks, optimizer and schedule continue from pretraining, as ODT continues its
-optimizer online) and a :class:`ReplaySource` as its batch source, whose ``collect`` hook
+optimizer online; a critic the pretrained run lacks starts fresh, and then so do the
+optimizer and schedule) and a :class:`ReplaySource` as its batch source, whose ``collect`` hook
 acts before each round's updates. Optimizer, precision, logs (``metrics.csv`` gains
 ``env_steps``, ``online_episodes``, ``collect_return_mean``, ``buffer_episodes``),
 checkpoints and exact resume are the loop's; the buffer (arrays, as tensors), the collect RNG
@@ -88,6 +94,10 @@ class FinetuneConfig(RunControls):
         "help": "g_online, the exploration target return (default: r + |r| for r the larger "
                 "of the dataset's best return and its expert score: ODT's 2x for positive "
                 "returns, 0 for Pendulum's negative ones)"})
+    method_options: dict[str, str] = field(default_factory=dict, metadata={
+        "help": "odt options to change for the fine-tune, as KEY VALUE pairs over the "
+                "pretrained run's (e.g. critic_weight 1: TD3 gradients, Yan et al. 2024; "
+                "offline_dt.methods.odt lists the keys)"})
     seed: int = field(default=0, metadata={
         "help": "seed (torch, numpy, window sampler, collect noise, collect env resets)"})
     log_every: int = field(default=100, metadata={
@@ -336,12 +346,14 @@ def _base_checkpoint(path: str | Path) -> tuple[TrainConfig, dict[str, Any]]:
 
 def finetune_train_config(cfg: FinetuneConfig, base: TrainConfig) -> TrainConfig:
     """The loop's config: the pretrained run's (same networks, optimizer, batch) with this
-    fine-tune's run directory, seed, device and logging, and ``steps`` the update cap
+    fine-tune's run directory, seed, device and logging, ``cfg.method_options`` over the
+    pretrained run's, and ``steps`` the update cap
     ``updates_per_round * ceil(online_steps / episodes_per_round)`` (every round collects at
     least one step per episode; the source ends the run when the env steps are spent)."""
     rounds = -(-cfg.online_steps // cfg.episodes_per_round)
     return dataclasses.replace(
         base, run_dir=cfg.resolved_run_dir(), seed=cfg.seed, device=cfg.device,
+        method_options={**base.method_options, **cfg.method_options},
         steps=cfg.updates_per_round * rounds, log_every=cfg.log_every,
         checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every,
         eval_episodes=cfg.eval_episodes, resume=cfg.resume, overwrite=cfg.overwrite,

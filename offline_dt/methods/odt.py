@@ -30,6 +30,25 @@ the whole method in one file. Online fine-tuning (the replay buffer and the coll
   moments are in the network's ``state_dict``, so they checkpoint and resume with it.
   Under DDP the gap is the global batch's (``offline_dt.distributed.global_mean``), so every
   rank takes the same step.
+- TD3 gradients (option ``critic_weight`` η > 0; Yan, Schwing & Wang, "Reinforcement
+  Learning Gradients as Vitamin for Online Finetuning Decision Transformers", NeurIPS 2024,
+  arXiv 2410.24108): ODT's loss cannot lift a policy above the returns its buffer holds
+  (hindsight relabelling only teaches returns it has seen); a critic can. A twin ``Q(s, a)``
+  MLP (TD3, Fujimoto, van Hoof & Meger 2018: clipped double Q, a Polyak target, target
+  policy smoothing) learns by TD on the window's transitions, and the actor's loss gains
+  TD3+BC's normalised Q term (Fujimoto & Gu 2021) on its mean action::
+
+      L(θ) = -E[log π_θ(a_t | ...)] - λ·H[π_θ] - η · E[Q(s_t, tanh μ_t)] / E|Q(s_t, tanh μ_t)|
+      L(φ) = Σ_i E[(Q_φi(s_t, a_t) - y_t)²],
+      y_t = r_t·c + γ (1 - terminal_t) · min_i Q_target_i(s_{t+1}, ã_{t+1}),
+      ã_{t+1} = clip(tanh μ_{t+1} + clip(N(0, σ̃²), -ĉ, ĉ), -1, 1)
+
+  ``μ_{t+1}`` is the actor's own mean at the window's next state token (detached), so the
+  target costs no second transformer pass; the window's last step has no next action and
+  trains ``Q`` only when it is terminal. The Q term's gradient reaches the actor only (the
+  critic's parameters are detached in it). Rewards reach the critic as
+  ``r / rtg_scale · reward_scale`` (``offline_dt.methods.qt``'s convention). Box actions only.
+  With η = 0 (the default) no critic is built: the published ODT.
 - Acting: evaluation acts with the mean action ``tanh(μ)`` (Box) or the most likely action
   (Discrete), deterministically, as ODT evaluates; ``policy(..., sample=True, generator=g)``
   samples from the policy (the online collect step, ``offline_dt.finetune``).
@@ -39,6 +58,7 @@ Hyperparameters: :class:`ODTOptions`, set with ``--method-options KEY VALUE ...`
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -46,11 +66,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from offline_dt.data.windows import Batch, Normalizer
 from offline_dt.distributed import global_mean
 from offline_dt.methods.base import Method, option_strings, parse_options, register
 from offline_dt.methods.dt import DTPolicy
+from offline_dt.methods.qt import mlp
 from offline_dt.model import DecisionTransformer, DTConfig
 
 #: Data actions at the bounds are clamped to ``±(1 - ACTION_EPS)`` before ``atanh``.
@@ -73,6 +95,13 @@ class ODTOptions:
         temperature_lr: Adam learning rate of ``log λ`` (ODT: 1e-4).
         log_std_min, log_std_max: bounds of the Gaussian's log standard deviation (ODT:
             -5, 2).
+        critic_weight: η of the TD3 term (module docstring); 0 builds no critic (ODT).
+        discount: γ of the critic's TD target.
+        target_rate: Polyak rate of the target critic per update (TD3: 0.005).
+        policy_noise, noise_clip: σ̃ and ĉ of TD3's target policy smoothing, in the
+            ``[-1, 1]`` action scale (TD3: 0.2 and 0.5 for actions in ``[-1, 1]``).
+        critic_hidden: width of the critic's two hidden layers (TD3: 256).
+        reward_scale: critic rewards are ``r / rtg_scale * reward_scale``.
     """
 
     init_temperature: float = 0.1
@@ -81,6 +110,13 @@ class ODTOptions:
     temperature_lr: float = 1e-4
     log_std_min: float = -5.0
     log_std_max: float = 2.0
+    critic_weight: float = 0.0
+    discount: float = 0.99
+    target_rate: float = 0.005
+    policy_noise: float = 0.2
+    noise_clip: float = 0.5
+    critic_hidden: int = 256
+    reward_scale: float = 1000.0
 
     @classmethod
     def parse(cls, options: dict[str, Any] | None) -> ODTOptions:
@@ -108,6 +144,19 @@ class ODTOptions:
         if not self.log_std_min < self.log_std_max:
             raise ValueError(f"method_options: odt log_std_min must be < log_std_max, found "
                              f"{self.log_std_min} and {self.log_std_max}")
+        self._validate_critic()
+
+    def _validate_critic(self) -> None:
+        for name in ("critic_weight", "policy_noise", "noise_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"method_options: odt {name} must be >= 0, found "
+                                 f"{getattr(self, name)}")
+        if not 0.0 <= self.discount < 1.0 or not 0.0 < self.target_rate <= 1.0:
+            raise ValueError(f"method_options: odt discount must be in [0, 1) and target_rate "
+                             f"in (0, 1], found {self.discount} and {self.target_rate}")
+        if self.critic_hidden < 1 or not self.reward_scale > 0:
+            raise ValueError(f"method_options: odt critic_hidden and reward_scale must be > 0, "
+                             f"found {self.critic_hidden} and {self.reward_scale}")
 
     def target(self, cfg: DTConfig) -> float:
         """β for a network of shape ``cfg`` (module docstring)."""
@@ -119,6 +168,19 @@ class ODTOptions:
 
 
 # ---------------------------------------------------------------------------------- network
+class TwinQ(nn.Module):
+    """TD3's clipped double Q: two ``Q(s, a)`` MLPs (2 x ``hidden`` ReLU) as one, on
+    normalised observations and ``[-1, 1]`` actions; ``(..., obs_dim)``, ``(..., act_dim)``
+    → ``(..., 2)`` float32."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.q = mlp(obs_dim + act_dim, hidden, 2)
+
+    def forward(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return self.q(torch.cat((observations, actions), -1))
+
+
 class ODTNetwork(nn.Module):
     """The DT trunk, the log-std head (Box), the temperature and its Adam state.
 
@@ -133,6 +195,11 @@ class ODTNetwork(nn.Module):
         self.target_entropy = options.target(cfg)
         self.trunk = DecisionTransformer(cfg)
         self.log_std = None if cfg.discrete else nn.Linear(cfg.embed_dim, cfg.act_dim)
+        self.critic: TwinQ | None = None
+        self.critic_target: TwinQ | None = None
+        if options.critic_weight > 0:
+            self.critic = TwinQ(cfg.obs_dim, cfg.act_dim, options.critic_hidden)
+            self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_temperature = nn.Parameter(
             torch.tensor(math.log(options.init_temperature)), requires_grad=False)
         for name in ("temperature_adam_m", "temperature_adam_v", "temperature_adam_t",
@@ -184,11 +251,18 @@ def log_likelihood_and_entropy(net: ODTNetwork, batch: Batch
     exact for the categorical)."""
     mean, log_std = net.heads(batch.returns_to_go, batch.observations, batch.actions,
                               batch.timesteps, batch.mask)
+    return likelihood_and_entropy(mean, log_std, batch.actions)
+
+
+def likelihood_and_entropy(mean: torch.Tensor, log_std: torch.Tensor | None,
+                           actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`log_likelihood_and_entropy` from the policy's parameters
+    (:meth:`ODTNetwork.heads`) and the data ``actions``."""
     if log_std is None:
         logp = F.log_softmax(mean, -1)
-        data = logp.gather(-1, batch.actions[..., None]).squeeze(-1)
+        data = logp.gather(-1, actions[..., None]).squeeze(-1)
         return data, -(logp.exp() * logp).sum(-1)
-    a = batch.actions.float().clamp(-1.0 + ACTION_EPS, 1.0 - ACTION_EPS)
+    a = actions.float().clamp(-1.0 + ACTION_EPS, 1.0 - ACTION_EPS)
     data = squashed_log_prob(torch.atanh(a), mean, log_std)
     u = mean + log_std.exp() * torch.randn_like(mean)  # reparameterised sample
     return data, -squashed_log_prob(u, mean, log_std)
@@ -197,15 +271,63 @@ def log_likelihood_and_entropy(net: ODTNetwork, batch: Batch
 def odt_loss(net: ODTNetwork, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``-E[log π(a)] - λ H`` over the real steps (λ detached), and the logged scalars
     ``nll``, ``entropy``, ``temperature``. Records ``H - β`` in ``net.entropy_gap`` for the
-    temperature step (:func:`temperature_step`)."""
-    data, entropy = log_likelihood_and_entropy(net, batch)
+    temperature step (:func:`temperature_step`). With a critic (``critic_weight`` > 0) the
+    loss adds the critic's TD loss and the actor's Q term (:func:`td3_terms`)."""
+    mean, log_std = net.heads(batch.returns_to_go, batch.observations, batch.actions,
+                              batch.timesteps, batch.mask)
+    data, entropy = likelihood_and_entropy(mean, log_std, batch.actions)
     m = batch.mask
     nll, h = -data[m].mean(), entropy[m].mean()
     temperature = net.log_temperature.detach().exp()
     with torch.no_grad():
         net.entropy_gap.copy_(global_mean(h.detach()) - net.target_entropy)
     loss = nll - temperature * h
-    return loss, {"nll": nll.detach(), "entropy": h.detach(), "temperature": temperature}
+    extras = {"nll": nll.detach(), "entropy": h.detach(), "temperature": temperature}
+    if net.critic is not None:
+        q_loss, q_term, critic_extras = td3_terms(net, batch, mean)
+        loss = loss + q_loss + q_term
+        extras.update(critic_extras)
+    return loss, extras
+
+
+def td3_terms(net: ODTNetwork, batch: Batch, mean: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """The critic's TD loss and the actor's normalised Q term (module docstring).
+
+    Args:
+        net: an :class:`ODTNetwork` with a critic.
+        batch: windows with ``rewards`` and ``terminals``.
+        mean: ``(B, K, act_dim)`` the actor's pre-tanh means ``μ`` on ``batch``.
+
+    Returns:
+        (TD loss over the steps with a target, ``-η E[Q(s, tanh μ)] / E|Q|``, logged scalars
+        ``q_loss`` and ``q_mean``).
+
+    Raises:
+        ValueError: the batch has no rewards or terminals.
+    """
+    if batch.rewards is None or batch.terminals is None:
+        raise ValueError("odt's critic needs rewards and terminals in the batch "
+                         "(offline_dt.data.windows.WindowSampler provides them)")
+    o, m = net.options, batch.mask
+    q = net.critic(batch.observations, batch.actions.float()).float()
+    with torch.no_grad():
+        a_next = torch.tanh(mean[:, 1:])
+        noise = (torch.randn_like(a_next) * o.policy_noise).clamp(-o.noise_clip, o.noise_clip)
+        a_next = (a_next + noise).clamp(-1.0, 1.0)
+        q_next = net.critic_target(batch.observations[:, 1:], a_next).float().min(-1).values
+        q_next = torch.cat((q_next, torch.zeros_like(q_next[:, :1])), 1)
+        valid = torch.cat((m[:, 1:], batch.terminals[:, -1:]), 1) & m
+        bootstrap = (~batch.terminals).float() * o.discount
+        y = batch.rewards * o.reward_scale + bootstrap * q_next
+    td = (q - y[..., None]).square().sum(-1)
+    q_loss = td[valid].mean() if bool(valid.any()) else td.sum() * 0.0
+    params = {k: p.detach() for k, p in net.critic.named_parameters()}
+    q_pi = functional_call(net.critic, params, (batch.observations, torch.tanh(mean)))
+    q_pi = q_pi.float().min(-1).values[m]
+    scale = global_mean(q_pi.abs().detach()).clamp(min=1e-6)  # over the global batch (DDP)
+    q_term = -o.critic_weight * q_pi.mean() / scale
+    return q_loss, q_term, {"q_loss": q_loss.detach(), "q_mean": q_pi.mean().detach()}
 
 
 @torch.no_grad()
@@ -234,18 +356,54 @@ class ODT(Method):
         return option_strings(ODTOptions.parse(options))
 
     def build(self, cfg: DTConfig, options: dict[str, Any] | None = None) -> ODTNetwork:
-        return ODTNetwork(cfg, ODTOptions.parse(options))
+        """Raises ValueError: a critic (``critic_weight`` > 0) for Discrete actions."""
+        opts = ODTOptions.parse(options)
+        if cfg.discrete and opts.critic_weight > 0:
+            raise ValueError(
+                f"odt's TD3 term (critic_weight={opts.critic_weight}) differentiates Q through "
+                f"the mean action and needs Box actions; this env has Discrete({cfg.act_dim}) "
+                "actions: pass --method-options critic_weight 0")
+        return ODTNetwork(cfg, opts)
 
     def loss(self, net: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return odt_loss(net, batch)
 
     def clip_gradients(self, net: nn.Module, max_norm: float) -> None:
-        """The trunk and log-std head only (ODT clips the model, not the temperature)."""
-        torch.nn.utils.clip_grad_norm_(
-            [p for p in net.parameters() if p.requires_grad], max_norm)
+        """The trunk and log-std head only (ODT clips the model, not the temperature; TD3
+        does not clip its critic)."""
+        actor = [p for n, p in net.named_parameters()
+                 if p.requires_grad and not n.startswith("critic.")]
+        torch.nn.utils.clip_grad_norm_(actor, max_norm)
 
+    @torch.no_grad()
     def after_step(self, net: nn.Module) -> None:
+        """The temperature's Adam step; the target critic's Polyak update."""
         temperature_step(net)
+        if net.critic is not None:
+            for target, source in zip(net.critic_target.parameters(), net.critic.parameters(),
+                                      strict=True):
+                target.lerp_(source, net.options.target_rate)
+
+    def warm_start(self, net: nn.Module, payload: dict[str, Any]) -> bool:
+        """All of a checkpoint's networks, or, for a run with a critic from an ``odt``
+        checkpoint without one (fine-tuning with TD3 gradients from a plain ODT), the actor
+        and temperature under a fresh critic; then False, so the optimizer and schedule start
+        fresh (their state has no critic parameters).
+
+        Raises:
+            ValueError: the checkpoint's networks do not fit ``net`` otherwise.
+        """
+        model, own = payload["model"], net.state_dict()
+        fresh = [k for k in own if k not in model]
+        if (net.critic is None or not fresh or any(k not in own for k in model)
+                or any(not k.startswith("critic") for k in fresh)):
+            return super().warm_start(net, payload)
+        try:
+            net.load_state_dict(model, strict=False)
+        except RuntimeError as e:
+            raise ValueError(f"init checkpoint: its networks do not fit this run's config "
+                             f"({e})") from e
+        return False
 
     def policy(self, net: nn.Module, normalizer: Normalizer, target_return: float | None,
                *, kv_cache: bool = False, sample: bool = False,

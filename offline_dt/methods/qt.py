@@ -118,7 +118,8 @@ class QTOptions:
 
 
 # ---------------------------------------------------------------------------------- critics
-def _mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
+def mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
+    """Two ``hidden``-wide ReLU layers and a linear output (IQL's and TD3's critic MLP)."""
     return nn.Sequential(nn.Linear(inp, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
                          nn.ReLU(), nn.Linear(hidden, out))
 
@@ -129,8 +130,8 @@ class MLPCritic(nn.Module):
     def __init__(self, cfg: DTConfig, hidden: int) -> None:
         super().__init__()
         self.cfg = cfg
-        self.q = _mlp(cfg.obs_dim + cfg.act_dim, hidden, 2)
-        self.v = _mlp(cfg.obs_dim, hidden, 1)
+        self.q = mlp(cfg.obs_dim + cfg.act_dim, hidden, 2)
+        self.v = mlp(cfg.obs_dim, hidden, 1)
 
     def _actions(self, actions: torch.Tensor) -> torch.Tensor:
         if self.cfg.discrete:

@@ -1,6 +1,8 @@
 """odt and online fine-tuning: the policy's likelihood against torch.distributions, the
-temperature's direction, hindsight relabelling by hand, a fine-tune through the CLI that
-``evaluate`` reads, exact resume after an interruption, and the error for a dt checkpoint."""
+temperature's direction, the TD3 critic's target and gradients by hand, hindsight relabelling
+by hand, a fine-tune through the CLI that ``evaluate`` reads (also with TD3 gradients from a
+plain odt checkpoint), exact resume after an interruption, and the error for a dt
+checkpoint."""
 
 from __future__ import annotations
 
@@ -27,7 +29,12 @@ from offline_dt.finetune import (
     hindsight_returns_to_go,
 )
 from offline_dt.methods import get_method
-from offline_dt.methods.odt import log_likelihood_and_entropy, odt_loss, temperature_step
+from offline_dt.methods.odt import (
+    log_likelihood_and_entropy,
+    odt_loss,
+    td3_terms,
+    temperature_step,
+)
 from offline_dt.model import DTConfig
 from offline_dt.rollout import CallablePolicy
 from offline_dt.train import TrainConfig, TrainingRun, load_checkpoint, train
@@ -53,6 +60,16 @@ def _batch(discrete: bool = False) -> Batch:
                  observations=torch.randn(2, 4, 3, generator=g), actions=actions,
                  timesteps=torch.arange(4).repeat(2, 1),
                  mask=torch.tensor([[False, True, True, True], [True] * 4]))
+
+
+def _critic_batch() -> Batch:
+    """:func:`_batch` with rewards and a terminal at the second window's last step."""
+    g = torch.Generator().manual_seed(2)
+    terminals = torch.zeros(2, 4, dtype=torch.bool)
+    terminals[1, 3] = True
+    return dataclasses.replace(_batch(), rewards=-torch.rand(2, 4, generator=g),
+                               next_observations=torch.randn(2, 4, 3, generator=g),
+                               terminals=terminals)
 
 
 def _rows(run_dir: Path) -> list[dict[str, str]]:
@@ -107,6 +124,73 @@ def test_categorical_nll_and_entropy_match_torch_distributions():
     torch.testing.assert_close(data, dist.log_prob(batch.actions))
     torch.testing.assert_close(entropy, dist.entropy())
     assert net.target_entropy == pytest.approx(0.5 * math.log(2))
+
+
+def test_td3_target_and_loss_by_hand():
+    """TD target ``r·c + γ(1 - terminal) min Q_target(s_{t+1}, tanh μ_{t+1})`` (no smoothing
+    noise), on the steps whose next step is in the window or that are terminal."""
+    net = _net(critic_weight="2", policy_noise="0", reward_scale="10", discount="0.9")
+    batch = _critic_batch()
+    with torch.no_grad():  # a target unlike the critic, so the test sees which one is used
+        for p in net.critic_target.parameters():
+            p.add_(0.1)
+    mean, _ = net.heads(batch.returns_to_go, batch.observations, batch.actions,
+                        batch.timesteps, batch.mask)
+    q_loss, q_term, extras = td3_terms(net, batch, mean)
+    expected, count = 0.0, 0
+    for b in range(2):
+        for t in range(4):
+            terminal = bool(batch.terminals[b, t])
+            if not batch.mask[b, t] or (t == 3 and not terminal):
+                continue  # padding, or no next action in the window
+            y = float(batch.rewards[b, t]) * 10
+            if not terminal:
+                a_next = torch.tanh(mean[b, t + 1])
+                y += 0.9 * float(net.critic_target(batch.observations[b, t + 1],
+                                                  a_next.detach()).min())
+            q = net.critic(batch.observations[b, t], batch.actions[b, t])
+            expected += float(((q - y) ** 2).sum())
+            count += 1
+    assert count == 6  # 3 + 3 steps: two last steps lack a next action, one is terminal
+    assert float(q_loss) == pytest.approx(expected / count, rel=1e-5)
+    q_pi = net.critic(batch.observations, torch.tanh(mean)).min(-1).values[batch.mask]
+    assert float(q_term) == pytest.approx(float(-2 * q_pi.mean() / q_pi.abs().mean()), rel=1e-5)
+    assert float(extras["q_mean"]) == pytest.approx(float(q_pi.mean()), rel=1e-5)
+
+
+def test_td3_gradients_reach_the_right_networks():
+    """The Q term moves the actor, not the critic; the TD loss moves the critic, not the
+    actor; the target only moves by the Polyak step."""
+    net, batch = _net(critic_weight="1"), _critic_batch()
+    mean, _ = net.heads(batch.returns_to_go, batch.observations, batch.actions,
+                        batch.timesteps, batch.mask)
+    q_loss, q_term, _ = td3_terms(net, batch, mean)
+    q_term.backward(retain_graph=True)
+    assert all(p.grad is None for p in net.critic.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.trunk.parameters())
+    net.zero_grad(set_to_none=True)
+    q_loss.backward()
+    assert all(p.grad is None for p in net.trunk.parameters())
+    assert all(p.grad is not None for p in net.critic.parameters())
+    assert not any(p.requires_grad for p in net.critic_target.parameters())
+    target = [p.clone() for p in net.critic_target.parameters()]
+    with torch.no_grad():
+        for p in net.critic.parameters():
+            p.add_(1.0)
+    get_method("odt").after_step(net)
+    for before, after, source in zip(target, net.critic_target.parameters(),
+                                     net.critic.parameters(), strict=True):
+        torch.testing.assert_close(after, before + 0.005 * (source - before))
+
+
+def test_td3_options_are_checked():
+    assert _net().critic is None  # the published ODT: no critic
+    with pytest.raises(ValueError, match="Discrete.*critic_weight 0"):
+        _net(discrete=True, critic_weight="1")
+    with pytest.raises(ValueError, match="odt discount"):
+        _net(critic_weight="1", discount="1")
+    with pytest.raises(ValueError, match="odt critic_weight must be >= 0"):
+        _net(critic_weight="-1")
 
 
 @pytest.mark.parametrize(("target", "grows"), [("100", True), ("-100", False)])
@@ -189,6 +273,30 @@ def test_finetune_through_the_cli_then_evaluate(pretrained, tmp_path, capsys):
                  "--validation-episodes", "1", "--device", "cpu"]) == 0
     ev = json.loads((out / "eval.json").read_text())
     assert ev["method"] == "odt" and ev["episodes"] == 2 and math.isfinite(ev["mean_return"])
+
+
+def test_finetune_with_td3_gradients_from_a_plain_odt(pretrained, tmp_path):
+    """``--method-options critic_weight 1`` over an odt checkpoint without a critic: the actor
+    starts from the checkpoint, the critic fresh, the optimizer and schedule anew."""
+    out = tmp_path / "td3"
+    assert main(["finetune", "--checkpoint", str(pretrained["odt"]), "--online-steps", "200",
+                 "--updates-per-round", "4", "--run-dir", str(out), "--log-every", "2",
+                 "--method-options", "critic_weight", "1", "--progress", "false",
+                 "--device", "cpu"]) == 0
+    ckpt = load_checkpoint(out)
+    assert ckpt.train_config.method_options["critic_weight"] == "1.0"
+    assert ckpt.train_config.method_options["init_temperature"] == "0.1"  # the rest kept
+    _, payload = read_checkpoint(out, "cpu")
+    assert payload["scheduler"]["last_epoch"] == 4  # a fresh schedule
+    assert any(k.startswith("critic_target.") for k in payload["model"])
+    rows = _rows(out)
+    assert {"q_loss", "q_mean", "nll"} <= set(rows[0])
+    assert all(math.isfinite(float(r["q_loss"])) for r in rows)
+    _, base = read_checkpoint(pretrained["odt"], "cpu")
+    net = get_method("odt").build(ckpt.model_config, {"critic_weight": "1"})
+    assert not get_method("odt").warm_start(net, base)
+    for name, value in base["model"].items():
+        assert torch.equal(net.state_dict()[name], value), name
 
 
 def _finetune_cfg(pretrained, run_dir: Path, **kw) -> FinetuneConfig:
