@@ -3,8 +3,10 @@
 ``metrics.csv`` has one row every ``log_every`` steps (and at evaluations and the end):
 ``step`` (int), ``loss`` (mean over the interval), ``lr``, ``steps_per_second``,
 ``wall_seconds``, any extra scalars the method's loss returns, and the eval hook's columns.
-It is rewritten atomically at every checkpoint; on resume the rows after the checkpoint's
-step are dropped, so a resumed run's log equals an uninterrupted one's.
+It is rewritten atomically at every checkpoint, and at a log row when ``SAVE_INTERVAL_S``
+have passed since it was last written (so a running job shows its progress between
+checkpoints); on resume the rows after the checkpoint's step are dropped, so a resumed run's
+log equals an uninterrupted one's.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from typing import Any
 import torch
 
 from offline_dt.data.atomic import atomic_path
+
+#: Seconds of wall time after which a log row also rewrites ``metrics.csv``.
+SAVE_INTERVAL_S = 10.0
 
 
 class RunLog:
@@ -47,6 +52,7 @@ class RunLog:
         self.sums: dict[str, torch.Tensor] = {}
         self.count = 0
         self.interval_start, self.interval_step = time.perf_counter(), step
+        self.saved_at = time.perf_counter()
 
     def add(self, loss: torch.Tensor, extras: dict[str, torch.Tensor]) -> None:
         """Accumulate one update's loss (and extra scalars) on their device, no sync."""
@@ -75,8 +81,11 @@ class RunLog:
         self.interval_start, self.interval_step = time.perf_counter(), step
 
     def append(self, row: dict[str, float]) -> None:
-        """Keep ``row`` for ``metrics.csv`` and send its scalars to TensorBoard."""
+        """Keep ``row`` for ``metrics.csv`` (rewritten when ``SAVE_INTERVAL_S`` have passed
+        since its last write) and send its scalars to TensorBoard."""
         self.rows.append(row)
+        if time.perf_counter() - self.saved_at >= SAVE_INTERVAL_S:
+            self.save()
         step = int(row["step"])
         for k, v in row.items():
             if k != "step" and math.isfinite(v):
@@ -89,6 +98,7 @@ class RunLog:
 
     def save(self) -> None:
         write_metrics(self.path, self.rows)
+        self.saved_at = time.perf_counter()
 
     def close(self, title: str) -> None:
         """Flush TensorBoard, write ``metrics.csv`` and ``loss.png``."""
