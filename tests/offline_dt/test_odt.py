@@ -305,9 +305,10 @@ def _finetune_cfg(pretrained, run_dir: Path, **kw) -> FinetuneConfig:
                           log_every=2, progress=False, device="cpu", **kw)
 
 
+@pytest.mark.parametrize("options", [{}, {"critic_weight": "1"}], ids=["odt", "td3"])
 def test_resume_after_an_interruption_equals_an_uninterrupted_run(pretrained, tmp_path,
-                                                                  monkeypatch):
-    full = finetune(_finetune_cfg(pretrained, tmp_path / "full"))
+                                                                  monkeypatch, options):
+    full = finetune(_finetune_cfg(pretrained, tmp_path / "full", method_options=options))
     assert full.steps == 18
     collect = ReplaySource.collect
 
@@ -318,10 +319,10 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(pretrained, tm
 
     monkeypatch.setattr(ReplaySource, "collect", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        finetune(_finetune_cfg(pretrained, tmp_path / "part"))
+        finetune(_finetune_cfg(pretrained, tmp_path / "part", method_options=options))
     monkeypatch.setattr(ReplaySource, "collect", collect)
     assert read_checkpoint(tmp_path / "part", "cpu")[1]["step"] == 8
-    finetune(_finetune_cfg(pretrained, tmp_path / "part", resume=True))
+    finetune(_finetune_cfg(pretrained, tmp_path / "part", resume=True, method_options=options))
     (_, a), (_, b) = read_checkpoint(tmp_path / "full"), read_checkpoint(tmp_path / "part")
     assert a["step"] == b["step"] == 18
     for name in a["model"]:
@@ -334,7 +335,8 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(pretrained, tm
     assert strip == [{k: v for k, v in r.items() if k not in drop}
                      for r in _rows(tmp_path / "part")]
     with pytest.raises(ValueError, match="buffer_size"):
-        finetune(_finetune_cfg(pretrained, tmp_path / "part", resume=True, buffer_size=2))
+        finetune(_finetune_cfg(pretrained, tmp_path / "part", resume=True, buffer_size=2,
+                               method_options=options))
 
 
 def test_dt_checkpoint_and_bad_input_are_refused(pretrained, tmp_path, capsys, monkeypatch):
@@ -358,6 +360,8 @@ def test_cli_flags_mirror_the_config():
     assert inv.config == FinetuneConfig(checkpoint="runs/odt", online_steps=500,
                                         target_return=-100.0, buffer_size=7)
     assert parse(["finetune", "--checkpoint", "c"]).config == FinetuneConfig(checkpoint="c")
+    inv = parse(["finetune", "--checkpoint", "c", "--method-options", "critic_weight", "300"])
+    assert inv.config.method_options == {"critic_weight": "300"}
     assert FinetuneConfig(checkpoint="runs/odt/checkpoint.pt").resolved_run_dir() == Path(
         "runs/odt-online")
 
