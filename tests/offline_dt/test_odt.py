@@ -134,9 +134,10 @@ def test_td3_target_and_loss_by_hand():
     with torch.no_grad():  # a target unlike the critic, so the test sees which one is used
         for p in net.critic_target.parameters():
             p.add_(0.1)
-    mean, _ = net.heads(batch.returns_to_go, batch.observations, batch.actions,
-                        batch.timesteps, batch.mask)
-    q_loss, q_term, extras = td3_terms(net, batch, mean)
+    with torch.no_grad():  # values only (the gradients have their own test)
+        mean, _ = net.heads(batch.returns_to_go, batch.observations, batch.actions,
+                            batch.timesteps, batch.mask)
+        q_loss, q_term, extras = td3_terms(net, batch, mean)
     expected, count = 0.0, 0
     for b in range(2):
         for t in range(4):
@@ -147,13 +148,13 @@ def test_td3_target_and_loss_by_hand():
             if not terminal:
                 a_next = torch.tanh(mean[b, t + 1])
                 y += 0.9 * float(net.critic_target(batch.observations[b, t + 1],
-                                                  a_next.detach()).min())
-            q = net.critic(batch.observations[b, t], batch.actions[b, t])
+                                                  a_next).detach().min())
+            q = net.critic(batch.observations[b, t], batch.actions[b, t]).detach()
             expected += float(((q - y) ** 2).sum())
             count += 1
     assert count == 6  # 3 + 3 steps: two last steps lack a next action, one is terminal
     assert float(q_loss) == pytest.approx(expected / count, rel=1e-5)
-    q_pi = net.critic(batch.observations, torch.tanh(mean)).min(-1).values[batch.mask]
+    q_pi = net.critic(batch.observations, torch.tanh(mean)).detach().min(-1).values[batch.mask]
     assert float(q_term) == pytest.approx(float(-2 * q_pi.mean() / q_pi.abs().mean()), rel=1e-5)
     assert float(extras["q_mean"]) == pytest.approx(float(q_pi.mean()), rel=1e-5)
 
