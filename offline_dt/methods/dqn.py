@@ -41,6 +41,7 @@ from torch import nn
 
 from offline_dt.data.windows import Batch, Normalizer
 from offline_dt.methods.base import Method, option_strings, parse_options, register
+from offline_dt.methods.critic import polyak_update
 from offline_dt.methods.history import (
     Decide,
     HistoryOptions,
@@ -202,11 +203,7 @@ def update_target(net: DQNNetwork) -> None:
     net.updates += 1
     if int(net.updates) % net.options.target_every:
         return
-    tau = net.options.tau
-    for p_t, p in zip(net.target.parameters(), net.trunk.parameters(), strict=True):
-        p_t.lerp_(p, tau)
-    for b_t, b in zip(net.target.buffers(), net.trunk.buffers(), strict=True):
-        b_t.copy_(b)
+    polyak_update(net.target, net.trunk, net.options.tau)
 
 
 def linear_epsilon(env_steps: int, start: float, end: float, duration: float) -> float:

@@ -71,8 +71,8 @@ from torch.func import functional_call
 from offline_dt.data.windows import Batch, Normalizer
 from offline_dt.distributed import global_mean
 from offline_dt.methods.base import Method, option_strings, parse_options, register
+from offline_dt.methods.critic import mlp, polyak_update, require_box_actions
 from offline_dt.methods.dt import DTPolicy
-from offline_dt.methods.qt import mlp
 from offline_dt.model import DecisionTransformer, DTConfig
 
 #: Data actions at the bounds are clamped to ``±(1 - ACTION_EPS)`` before ``atanh``.
@@ -358,11 +358,9 @@ class ODT(Method):
     def build(self, cfg: DTConfig, options: dict[str, Any] | None = None) -> ODTNetwork:
         """Raises ValueError: a critic (``critic_weight`` > 0) for Discrete actions."""
         opts = ODTOptions.parse(options)
-        if cfg.discrete and opts.critic_weight > 0:
-            raise ValueError(
-                f"odt's TD3 term (critic_weight={opts.critic_weight}) differentiates Q through "
-                f"the mean action and needs Box actions; this env has Discrete({cfg.act_dim}) "
-                "actions: pass --method-options critic_weight 0")
+        if opts.critic_weight > 0:
+            require_box_actions(cfg, f"odt's TD3 term (critic_weight={opts.critic_weight})",
+                                "critic_weight 0")
         return ODTNetwork(cfg, opts)
 
     def loss(self, net: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -380,9 +378,7 @@ class ODT(Method):
         """The temperature's Adam step; the target critic's Polyak update."""
         temperature_step(net)
         if net.critic is not None:
-            for target, source in zip(net.critic_target.parameters(), net.critic.parameters(),
-                                      strict=True):
-                target.lerp_(source, net.options.target_rate)
+            polyak_update(net.critic_target, net.critic, net.options.target_rate)
 
     def warm_start(self, net: nn.Module, payload: dict[str, Any]) -> bool:
         """All of a checkpoint's networks, or, for a run with a critic from an ``odt``

@@ -51,6 +51,7 @@ from torch.func import functional_call
 from offline_dt.data.windows import Batch, Normalizer
 from offline_dt.distributed import global_mean
 from offline_dt.methods.base import Method, option_strings, parse_options, register
+from offline_dt.methods.critic import mlp, polyak_update, require_box_actions
 from offline_dt.methods.dt import DTPolicy
 from offline_dt.model import DecisionTransformer, DTConfig
 
@@ -118,12 +119,6 @@ class QTOptions:
 
 
 # ---------------------------------------------------------------------------------- critics
-def mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
-    """Two ``hidden``-wide ReLU layers and a linear output (IQL's and TD3's critic MLP)."""
-    return nn.Sequential(nn.Linear(inp, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
-                         nn.ReLU(), nn.Linear(hidden, out))
-
-
 class MLPCritic(nn.Module):
     """IQL's critic on single transitions: twin ``Q(s, a)`` and ``V(s)``, 2 x ``hidden`` ReLU."""
 
@@ -283,11 +278,9 @@ class QT(Method):
 
     def build(self, cfg: DTConfig, options: dict[str, Any] | None = None) -> QTNetwork:
         opts = QTOptions.parse(options)
-        if cfg.discrete and opts.eta > 0:
-            raise ValueError(
-                f"qt's Q term (eta={opts.eta}) differentiates Q through the predicted action "
-                f"and needs Box actions; this dataset has Discrete({cfg.act_dim}) actions: pass "
-                "--method-options eta 0 (advantage weighting only)")
+        if opts.eta > 0:
+            require_box_actions(cfg, f"qt's Q term (eta={opts.eta})",
+                                "eta 0 (advantage weighting only)")
         return QTNetwork(cfg, opts)
 
     def loss(self, net: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -306,10 +299,7 @@ class QT(Method):
     @torch.no_grad()
     def after_step(self, net: nn.Module) -> None:
         """Polyak update of the target critic."""
-        rate = net.options.target_rate
-        for target, source in zip(net.target.parameters(), net.critic.parameters(),
-                                  strict=True):
-            target.lerp_(source, rate)
+        polyak_update(net.target, net.critic, net.options.target_rate)
 
     def inference_candidates(self, net: nn.Module) -> list[dict[str, Any]]:
         """Act as the DT does, or pick among 5 candidate returns-to-go by Q (QT's

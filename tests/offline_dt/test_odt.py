@@ -186,7 +186,7 @@ def test_td3_gradients_reach_the_right_networks():
 
 def test_td3_options_are_checked():
     assert _net().critic is None  # the published ODT: no critic
-    with pytest.raises(ValueError, match="Discrete.*critic_weight 0"):
+    with pytest.raises(ValueError, match="Discrete.*--method-options critic_weight 0"):
         _net(discrete=True, critic_weight="1")
     with pytest.raises(ValueError, match="odt discount"):
         _net(critic_weight="1", discount="1")
