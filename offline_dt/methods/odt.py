@@ -244,20 +244,11 @@ def squashed_log_prob(u: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor
     return (normal - log_det).sum(-1)
 
 
-def log_likelihood_and_entropy(net: ODTNetwork, batch: Batch
-                               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-step ``log π(a_t)`` of the batch's actions and the entropy estimate, ``(B, K)``
-    float32 each (module docstring: one reparameterised sample for the squashed Gaussian,
-    exact for the categorical)."""
-    mean, log_std = net.heads(batch.returns_to_go, batch.observations, batch.actions,
-                              batch.timesteps, batch.mask)
-    return likelihood_and_entropy(mean, log_std, batch.actions)
-
-
-def likelihood_and_entropy(mean: torch.Tensor, log_std: torch.Tensor | None,
-                           actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`log_likelihood_and_entropy` from the policy's parameters
-    (:meth:`ODTNetwork.heads`) and the data ``actions``."""
+def log_likelihood_and_entropy(mean: torch.Tensor, log_std: torch.Tensor | None,
+                               actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-step ``log π(a_t)`` of the data ``actions`` and the entropy estimate, ``(B, K)``
+    float32 each, from the policy's parameters (:meth:`ODTNetwork.heads`; module docstring:
+    one reparameterised sample for the squashed Gaussian, exact for the categorical)."""
     if log_std is None:
         logp = F.log_softmax(mean, -1)
         data = logp.gather(-1, actions[..., None]).squeeze(-1)
@@ -275,7 +266,7 @@ def odt_loss(net: ODTNetwork, batch: Batch) -> tuple[torch.Tensor, dict[str, tor
     loss adds the critic's TD loss and the actor's Q term (:func:`td3_terms`)."""
     mean, log_std = net.heads(batch.returns_to_go, batch.observations, batch.actions,
                               batch.timesteps, batch.mask)
-    data, entropy = likelihood_and_entropy(mean, log_std, batch.actions)
+    data, entropy = log_likelihood_and_entropy(mean, log_std, batch.actions)
     m = batch.mask
     nll, h = -data[m].mean(), entropy[m].mean()
     temperature = net.log_temperature.detach().exp()
@@ -320,14 +311,17 @@ def td3_terms(net: ODTNetwork, batch: Batch, mean: torch.Tensor
         valid = torch.cat((m[:, 1:], batch.terminals[:, -1:]), 1) & m
         bootstrap = (~batch.terminals).float() * o.discount
         y = batch.rewards * o.reward_scale + bootstrap * q_next
+    # masked means of fixed-shape tensors: no boolean indexing, no host sync (0 if none)
     td = (q - y[..., None]).square().sum(-1)
-    q_loss = td[valid].mean() if bool(valid.any()) else td.sum() * 0.0
+    q_loss = (td * valid).sum() / valid.sum().clamp(min=1)
     params = {k: p.detach() for k, p in net.critic.named_parameters()}
     q_pi = functional_call(net.critic, params, (batch.observations, torch.tanh(mean)))
-    q_pi = q_pi.float().min(-1).values[m]
-    scale = global_mean(q_pi.abs().detach()).clamp(min=1e-6)  # over the global batch (DDP)
-    q_term = -o.critic_weight * q_pi.mean() / scale
-    return q_loss, q_term, {"q_loss": q_loss.detach(), "q_mean": q_pi.mean().detach()}
+    q_pi = q_pi.float().min(-1).values * m
+    count = m.sum().clamp(min=1)
+    q_mean = q_pi.sum() / count
+    scale = global_mean(q_pi.abs().sum().detach() / count).clamp(min=1e-6)  # DDP: global
+    q_term = -o.critic_weight * q_mean / scale
+    return q_loss, q_term, {"q_loss": q_loss.detach(), "q_mean": q_mean.detach()}
 
 
 @torch.no_grad()

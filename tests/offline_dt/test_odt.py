@@ -95,9 +95,9 @@ def pretrained(tmp_path_factory) -> dict[str, Path]:
 # ---------------------------------------------------------------------------------- the math
 def test_gaussian_nll_matches_torch_distributions():
     net, batch = _net(), _batch()
-    data, _ = log_likelihood_and_entropy(net, batch)
     mean, log_std = net.heads(batch.returns_to_go, batch.observations, batch.actions,
                               batch.timesteps, batch.mask)
+    data, _ = log_likelihood_and_entropy(mean, log_std, batch.actions)
     dist = TransformedDistribution(Normal(mean, log_std.exp()), [TanhTransform()])
     expected = dist.log_prob(batch.actions).sum(-1)
     torch.testing.assert_close(data, expected, rtol=1e-5, atol=1e-5)
@@ -116,9 +116,9 @@ def test_gaussian_nll_matches_torch_distributions():
 
 def test_categorical_nll_and_entropy_match_torch_distributions():
     net, batch = _net(discrete=True), _batch(discrete=True)
-    data, entropy = log_likelihood_and_entropy(net, batch)
     logits, none = net.heads(batch.returns_to_go, batch.observations, batch.actions,
                              batch.timesteps, batch.mask)
+    data, entropy = log_likelihood_and_entropy(logits, none, batch.actions)
     assert none is None
     dist = Categorical(logits=logits)
     torch.testing.assert_close(data, dist.log_prob(batch.actions))
