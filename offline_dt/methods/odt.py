@@ -311,17 +311,14 @@ def td3_terms(net: ODTNetwork, batch: Batch, mean: torch.Tensor
         valid = torch.cat((m[:, 1:], batch.terminals[:, -1:]), 1) & m
         bootstrap = (~batch.terminals).float() * o.discount
         y = batch.rewards * o.reward_scale + bootstrap * q_next
-    # masked means of fixed-shape tensors: no boolean indexing, no host sync (0 if none)
     td = (q - y[..., None]).square().sum(-1)
-    q_loss = (td * valid).sum() / valid.sum().clamp(min=1)
+    q_loss = td[valid].mean() if bool(valid.any()) else td.sum() * 0.0
     params = {k: p.detach() for k, p in net.critic.named_parameters()}
     q_pi = functional_call(net.critic, params, (batch.observations, torch.tanh(mean)))
-    q_pi = q_pi.float().min(-1).values * m
-    count = m.sum().clamp(min=1)
-    q_mean = q_pi.sum() / count
-    scale = global_mean(q_pi.abs().sum().detach() / count).clamp(min=1e-6)  # DDP: global
-    q_term = -o.critic_weight * q_mean / scale
-    return q_loss, q_term, {"q_loss": q_loss.detach(), "q_mean": q_mean.detach()}
+    q_pi = q_pi.float().min(-1).values[m]
+    scale = global_mean(q_pi.abs().detach()).clamp(min=1e-6)  # over the global batch (DDP)
+    q_term = -o.critic_weight * q_pi.mean() / scale
+    return q_loss, q_term, {"q_loss": q_loss.detach(), "q_mean": q_pi.mean().detach()}
 
 
 @torch.no_grad()
