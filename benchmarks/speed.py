@@ -2,6 +2,7 @@
 
     pip install -e ".[bench]"      # HF transformers; d3rlpy: see README (it pins gymnasium 1.0)
     python benchmarks/speed.py [--sections train eval memory] [--threads N]
+    python benchmarks/speed.py --sections train --device cuda --out-name speed-cuda
 
 Sections (each interleaves the contenders round by round, so machine noise hits all alike, and
 reports whole-block medians):
@@ -15,7 +16,9 @@ reports whole-block medians):
   ``DecisionTransformerModel`` (GPT-2 encoder, SDPA attention, fed by our window sampler, loss on
   its action head), and d3rlpy ``DecisionTransformer.update`` on a batch from its own
   ``ReplayBuffer.sample_trajectory_batch`` (state encoder: one linear layer of 128, as the
-  paper's; AdamW, weight decay 1e-4, clip 0.25).
+  paper's; AdamW, weight decay 1e-4, clip 0.25). All on ``--device``: on CUDA ours as shipped
+  captures its loss as CUDA graphs (``--cuda-graph auto``), and ours with ``--cuda-graph
+  false`` (eager) is timed beside it.
 * ``eval``: 200 Pendulum episodes of a paper-config DT conditioned on a target return: our
   batched vector-env evaluator against the reference implementation's one-episode-at-a-time
   loop (``offline_dt.evaluate.evaluate_sequential``), on the same seeds (the returns must
@@ -61,12 +64,18 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from offline_dt.cuda_graph import wants_graph  # noqa: E402
 from offline_dt.data.dataset import OfflineDataset  # noqa: E402
 from offline_dt.data.windows import Normalizer, WindowSampler  # noqa: E402
-from offline_dt.device import resolve_precision  # noqa: E402
+from offline_dt.distributed import Ranks  # noqa: E402
 from offline_dt.methods import get_method  # noqa: E402
 from offline_dt.model import DecisionTransformer  # noqa: E402
-from offline_dt.train import MethodLoss, TrainConfig, make_optimizer, train_step  # noqa: E402
+from offline_dt.train import (  # noqa: E402
+    TrainConfig,
+    loss_function,
+    make_optimizer,
+    train_step,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PAPER = {"batch_size": 64, "context_length": 20, "embed_dim": 128, "n_layer": 3, "n_head": 1,
@@ -105,38 +114,55 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def gpu_model() -> str:
+    """`` GPU: <name> (CUDA <version>)`` where CUDA is available, else empty."""
+    if not torch.cuda.is_available():
+        return ""
+    return f" GPU: {torch.cuda.get_device_name()} (CUDA {torch.version.cuda}),"
+
+
 def interleave(contenders: dict[str, Callable[[], None]], rounds: int, block: int,
-               warmup: int) -> dict[str, list[float]]:
+               warmup: int, sync: Callable[[], None] = lambda: None
+               ) -> dict[str, list[float]]:
     """Seconds per call of each contender: ``rounds`` rounds, each timing a block of ``block``
-    calls of every contender in turn (after ``warmup`` untimed calls each)."""
+    calls of every contender in turn (after ``warmup`` untimed calls each); ``sync`` waits for
+    queued device work (``torch.cuda.synchronize``) before each clock read."""
     for fn in contenders.values():
         for _ in range(warmup):
             fn()
     out: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(rounds):
         for name, fn in contenders.items():
+            sync()
             t = time.perf_counter()
             for _ in range(block):
                 fn()
+            sync()
             out[name].append((time.perf_counter() - t) / block)
     return out
 
 
 # ---------------------------------------------------------------------------------- train
-def ours_step(precision: str, dropout: float = PAPER["dropout"], compile: bool = False
-              ) -> Callable[[], None]:
-    """One training step of ours (``train_step``: the loop's own update) at the paper config;
-    ``compile``: the loss under ``torch.compile`` as ``--compile true`` runs it (compiled
-    here, before the timing)."""
+def ours_step(precision: str, dropout: float = PAPER["dropout"], compile: bool = False,
+              cuda_graph: str = "auto", device: str = "cpu") -> Callable[[], None]:
+    """One training step of ours (``train_step``: the loop's own update, with the loss the
+    loop builds, ``loss_function``) at the paper config; ``compile``: the loss under
+    ``torch.compile`` as ``--compile true`` runs it; ``cuda_graph``: as ``--cuda-graph``
+    (``auto`` captures the loss as CUDA graphs on a GPU). Compiled or captured here, before
+    the timing."""
     ds = pendulum_like()
-    cfg = TrainConfig(dataset="pendulum-like", precision=precision,
-                      **{**PAPER, "dropout": dropout})
-    sampler = WindowSampler(ds, Normalizer.fit(ds), cfg.context_length, cfg.max_timestep, 0)
+    dev = torch.device(device)
+    cfg = TrainConfig(dataset="pendulum-like", precision=precision, compile=compile,
+                      cuda_graph=cuda_graph, **{**PAPER, "dropout": dropout}
+                      ).resolved(int(ds.episode_lengths.max()), dev)
+    sampler = WindowSampler(ds, Normalizer.fit(ds), cfg.context_length, cfg.max_timestep, 0,
+                            device=dev)
     torch.manual_seed(0)
-    model = DecisionTransformer(cfg.model_config(ds.obs_dim, ds.act_dim, ds.discrete)).train()
+    model = DecisionTransformer(cfg.model_config(ds.obs_dim, ds.act_dim, ds.discrete))
+    model = model.to(dev).train()
     optimizer, scheduler = make_optimizer(model, cfg)
     method = get_method(cfg.method)
-    loss_fn = torch.compile(MethodLoss(method, model)) if compile else None
+    loss_fn = loss_function(cfg, method, model, Ranks(device=dev))
 
     def step() -> None:
         train_step(model, optimizer, scheduler, sampler.sample(cfg.batch_size), cfg, method,
@@ -150,18 +176,25 @@ def hf_model(obs_dim: int, act_dim: int) -> torch.nn.Module:
     """HF transformers ``DecisionTransformerModel`` at the paper config (GPT-2, SDPA)."""
     from transformers import DecisionTransformerConfig, DecisionTransformerModel
 
-    return DecisionTransformerModel(DecisionTransformerConfig(
-        state_dim=obs_dim, act_dim=act_dim, hidden_size=PAPER["embed_dim"],
-        n_layer=PAPER["n_layer"], n_head=PAPER["n_head"], n_inner=4 * PAPER["embed_dim"],
-        activation_function="relu", resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1,
-        max_ep_len=1000, n_positions=1024, action_tanh=True, attn_implementation="sdpa"))
+    def config(attn: str) -> DecisionTransformerConfig:
+        return DecisionTransformerConfig(
+            state_dim=obs_dim, act_dim=act_dim, hidden_size=PAPER["embed_dim"],
+            n_layer=PAPER["n_layer"], n_head=PAPER["n_head"], n_inner=4 * PAPER["embed_dim"],
+            activation_function="relu", resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1,
+            max_ep_len=1000, n_positions=1024, action_tanh=True, attn_implementation=attn)
+
+    try:
+        return DecisionTransformerModel(config("sdpa"))
+    except ValueError:  # transformers releases before SDPA support for this model
+        return DecisionTransformerModel(config("eager"))
 
 
-def hf_step() -> Callable[[], None]:
+def hf_step(device: str = "cpu") -> Callable[[], None]:
     ds = pendulum_like()
-    sampler = WindowSampler(ds, Normalizer.fit(ds), PAPER["context_length"], 1000, 0)
+    sampler = WindowSampler(ds, Normalizer.fit(ds), PAPER["context_length"], 1000, 0,
+                            device=device)
     torch.manual_seed(0)
-    model = hf_model(ds.obs_dim, ds.act_dim).train()
+    model = hf_model(ds.obs_dim, ds.act_dim).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=PAPER["learning_rate"],
                                   weight_decay=PAPER["weight_decay"])
 
@@ -179,7 +212,7 @@ def hf_step() -> Callable[[], None]:
     return step
 
 
-def d3rlpy_algo(ds: Any) -> tuple[Any, Any]:
+def d3rlpy_algo(ds: Any, device: str = "cpu") -> tuple[Any, Any]:
     """A d3rlpy DecisionTransformer at the paper config and the ReplayBuffer it samples."""
     import d3rlpy
 
@@ -196,14 +229,14 @@ def d3rlpy_algo(ds: Any) -> tuple[Any, Any]:
             hidden_units=[PAPER["embed_dim"]], exclude_last_activation=True),
         optim_factory=d3rlpy.optimizers.AdamWFactory(
             weight_decay=PAPER["weight_decay"], clip_grad_norm=PAPER["grad_clip"]),
-    ).create(device="cpu:0")
+    ).create(device="cuda:0" if device.startswith("cuda") else "cpu:0")
     algo.build_with_dataset(buffer)
     return algo, buffer
 
 
-def d3rlpy_step() -> Callable[[], None]:
+def d3rlpy_step(device: str = "cpu") -> Callable[[], None]:
     torch.manual_seed(0)
-    algo, buffer = d3rlpy_algo(pendulum_like())
+    algo, buffer = d3rlpy_algo(pendulum_like(), device)
 
     def step() -> None:
         algo.update(buffer.sample_trajectory_batch(PAPER["batch_size"],
@@ -213,27 +246,40 @@ def d3rlpy_step() -> Callable[[], None]:
 
 
 def section_train(args: argparse.Namespace, rows: list[dict], notes: list[str]) -> None:
-    auto = resolve_precision("auto", torch.device("cpu"))
+    dev = args.device
+    auto = TrainConfig(dataset="x", **PAPER).resolved(200, dev).precision
+    def graphs(precision: str) -> str:
+        on = wants_graph("auto", torch.device(dev), get_method("dt"), distributed=False,
+                         compile=False, precision=precision)
+        return ", CUDA graphs" if on else ""
+
+    graph = bool(graphs(auto))
+    shipped = f"precision auto = {auto}{graphs(auto)}"
     contenders: dict[str, Callable[[], None]] = {
-        f"ours (as shipped: precision auto = {auto} here, dropout 0.1)": ours_step("auto"),
-        f"ours (dropout 0, {auto})": ours_step("auto", dropout=0.0),
-        f"ours (--compile true, {auto})": ours_step("auto", compile=True),
+        f"ours (as shipped: {shipped} here, dropout 0.1)": ours_step("auto", device=dev),
+        f"ours (dropout 0, {shipped})": ours_step("auto", dropout=0.0, device=dev),
+        f"ours (--compile true, {auto})": ours_step("auto", compile=True, device=dev),
     }
+    if graph:
+        contenders[f"ours (--cuda-graph false: eager, {auto})"] = ours_step(
+            "auto", cuda_graph="false", device=dev)
     for prec in {"fp32", "bf16"} - {auto}:
-        contenders[f"ours ({prec}, not the default here)"] = ours_step(prec)
+        contenders[f"ours ({prec}{graphs(prec)}, not the default here)"] = ours_step(
+            prec, device=dev)
     for name, make in (("HF transformers DecisionTransformerModel", hf_step),
                        ("d3rlpy DecisionTransformer", d3rlpy_step)):
         try:
-            contenders[name] = make()
+            contenders[name] = make(dev)
         except ImportError as e:
             notes.append(f"train: {name} skipped ({e}); install the bench extra")
-    times = interleave(contenders, args.rounds, args.block, warmup=3)
+    sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
+    times = interleave(contenders, args.rounds, args.block, warmup=3, sync=sync)
     med = {k: statistics.median(v) for k, v in times.items()}
     lines = ["| implementation | ms / step (median) | per-round ms |", "|---|---:|---|"]
     for k, v in times.items():
         lines.append(f"| {k} | {med[k] * 1e3:.1f} | "
                      f"{', '.join(f'{x * 1e3:.0f}' for x in v)} |")
-    notes.append("### Train step (paper gym config)\n\n" + "\n".join(lines))
+    notes.append(f"### Train step (paper gym config, on {dev})\n\n" + "\n".join(lines))
     for ours in [k for k in contenders if k.startswith("ours")]:
         for peer in contenders:
             if peer.startswith("ours"):
@@ -472,7 +518,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="trained SAC agent directory (offline-dt generate)")
     p.add_argument("--pipeline-timings",
                    default="data/reports/Pendulum-v1/paper/timings.json")
+    p.add_argument("--device", default="cpu",
+                   help="train: the device every contender trains on (cpu, cuda)")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--out-name", default="speed",
+                   help="the page's name: OUT/NAME.md and OUT/NAME.csv")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows: list[dict] = []
@@ -488,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     cols = ["benchmark", "ours", "peer", "ours_seconds", "peer_seconds", "ratio"]
     table = pd.DataFrame(rows, columns=cols)
     args.out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out / "speed.csv", index=False, float_format="%.6g")
+    table.to_csv(args.out / f"{args.out_name}.csv", index=False, float_format="%.6g")
     command = "python " + " ".join(shlex.quote(a) for a in
                                    ["benchmarks/speed.py", *(argv or sys.argv[1:])])
     md_rows = "\n".join(
@@ -498,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
 
 Command: `{command}` ({wall / 60:.1f} min)
 
-Machine: {cpu_model()}, {os.cpu_count()} cores, torch threads {args.threads},
+Machine: {cpu_model()}, {os.cpu_count()} cores, torch threads {args.threads},{gpu_model()}
 {platform.platform()}; 1-min load average at the end {os.getloadavg()[0]:.2f}.
 Versions: {json.dumps(versions())}.
 
@@ -510,7 +560,7 @@ Ratio = ours / peer (below 1: ours is faster). Medians of interleaved rounds; se
 {md_rows}
 
 {chr(10).join(n + chr(10) for n in notes)}"""
-    (args.out / "speed.md").write_text(md)
+    (args.out / f"{args.out_name}.md").write_text(md)
     print(md)
     return 0
 

@@ -38,11 +38,30 @@ def cpu_has_bf16() -> bool:
     return any(f in flags for f in CPU_BF16_FLAGS)
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` → ``bf16`` on a CUDA device with bf16 support or a CPU with AMX/AVX512-BF16
+#: Matmul FLOPs of one training step (:func:`step_flops`) under which a CUDA step is bound by
+#: kernel launches rather than arithmetic. There ``auto`` keeps fp32, whose loss the loop
+#: captures as CUDA graphs (``offline_dt.cuda_graph``; the bf16 backward pass does not
+#: capture): on an H200 the paper config (1.4e10) took 2.3 ms per step in fp32 with graphs
+#: against 7.5 ms in bf16 eager, while a d512, 6-layer, batch-512 config (3.5e12) took 20.9 ms
+#: in bf16 against 83 ms in fp32 (benchmarks/results/speed-cuda.md, gpu.md).
+LAUNCH_BOUND_FLOPS = 1e11
+
+
+def step_flops(embed_dim: int, n_layer: int, tokens: int) -> float:
+    """Approximate matmul FLOPs of one training step of a transformer with ``n_layer`` blocks
+    of width ``embed_dim`` over ``tokens`` tokens: 6 x (12 d^2 L parameters) x tokens
+    (forward 2, backward 4; Kaplan et al. 2020, Eq. 2.1)."""
+    return 6.0 * 12 * n_layer * embed_dim ** 2 * tokens
+
+
+def resolve_precision(precision: str, device: torch.device, flops: float | None = None) -> str:
+    """``auto`` → ``bf16`` on a CUDA device with bf16 support (``fp32`` there when the step's
+    ``flops`` are under :data:`LAUNCH_BOUND_FLOPS`) or a CPU with AMX/AVX512-BF16
     (:func:`cpu_has_bf16`), else ``fp32``; ``fp32``/``bf16`` as given."""
     if precision != "auto":
         return precision
     if device.type == "cuda":
+        if flops is not None and flops < LAUNCH_BOUND_FLOPS:
+            return "fp32"
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"

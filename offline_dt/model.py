@@ -483,9 +483,11 @@ class DecisionTransformer(nn.Module):
         # (B, K, 3, d) -> (B, 3K, d): R̂_1, s_1, a_1, R̂_2, ...
         x = torch.stack((r, s, a), dim=2).reshape(b, 3 * k, self.cfg.embed_dim)
         x = self.drop(self.embed_ln(x))
-        # Under torch.compile a given mask is always applied (no data-dependent branch; the
-        # mask of a window without padding is plain causal attention, the same result).
-        compiling = torch.compiler.is_compiling()
+        # Under torch.compile and CUDA graph capture (offline_dt.cuda_graph) a given mask is
+        # always applied: no data-dependent branch, no read back to the host (the mask of a
+        # window without padding is plain causal attention, the same result).
+        compiling = torch.compiler.is_compiling() or (
+            x.is_cuda and torch.cuda.is_current_stream_capturing())
         padded = mask is not None and (compiling or not bool(mask.all()))
         band = self.cfg.band
         if band is None:

@@ -60,11 +60,13 @@ from offline_dt.checkpoint import (
     set_rng_state,
 )
 from offline_dt.config import from_dict, save_json, to_jsonable
+from offline_dt.cuda_graph import SETTINGS as CUDA_GRAPH_SETTINGS
+from offline_dt.cuda_graph import graphed_loss
 from offline_dt.data import load_dataset
 from offline_dt.data.d4rl import space_to_json
 from offline_dt.data.dataset import DatasetError, OfflineDataset
 from offline_dt.data.windows import Batch, Normalizer, SegmentSampler, WindowSampler
-from offline_dt.device import resolve_device, resolve_precision
+from offline_dt.device import resolve_device, resolve_precision, step_flops
 from offline_dt.distributed import Ranks, loss_scale, process_group, rank_seed
 from offline_dt.lock import exclusive_lock
 from offline_dt.methods import METHODS, Method, get_method
@@ -80,7 +82,7 @@ __all__ = ["CHECKPOINT_NAME", "BatchSource", "EvalHook", "LoadedCheckpoint", "Tr
 # Fields that may change between a run and its resumption: they do not affect the parameters.
 RESUMABLE_FIELDS = frozenset({
     "steps", "progress", "log_every", "checkpoint_every", "eval_every", "eval_episodes",
-    "resume", "overwrite", "run_dir", "compile", "dist_timeout",
+    "resume", "overwrite", "run_dir", "compile", "cuda_graph", "dist_timeout",
 })
 #: Fields whose default is resolved once when a run starts (``TrainConfig.resolved``) and
 #: their defaults: a run's saved config holds the resolved values, which the default ("not
@@ -136,6 +138,11 @@ class TrainConfig:
     compile: bool = field(default=False, metadata={
         "help": "torch.compile the loss (the method's forward passes); opt-in: compiling "
                 "takes a while, and on small models may not pay back (README 'GPU')"})
+    cuda_graph: str = field(default="auto", metadata={
+        "help": "capture the loss's forward and backward passes as CUDA graphs and replay "
+                "them (offline_dt.cuda_graph): auto where it is safe (one process on CUDA, no "
+                "--compile, methods dt and bc), true (an error where it is not safe), false",
+        "choices": list(CUDA_GRAPH_SETTINGS)})
     dist_timeout: float = field(default=600.0, metadata={
         "help": "seconds a rank of a torchrun job waits for the others in a collective before "
                 "it fails (a rank that died or hangs); must exceed one eval-hook call, which "
@@ -193,7 +200,9 @@ class TrainConfig:
         ``device`` (:func:`offline_dt.device.resolve_precision`)."""
         changes: dict[str, Any] = {}
         if self.precision == "auto":
-            changes["precision"] = resolve_precision("auto", torch.device(device))
+            tokens = 3 * self.batch_size * (self.segment_length or self.context_length)
+            changes["precision"] = resolve_precision(
+                "auto", torch.device(device), step_flops(self.embed_dim, self.n_layer, tokens))
         if self.warmup_steps is None:
             changes["warmup_steps"] = default_warmup(self.steps)
         if self.max_timestep == DEFAULT_MAX_TIMESTEP:
@@ -226,6 +235,9 @@ class TrainConfig:
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"TrainConfig.precision must be 'auto', 'fp32' or 'bf16', found "
                              f"{self.precision!r}")
+        if self.cuda_graph not in CUDA_GRAPH_SETTINGS:
+            raise ValueError(f"TrainConfig.cuda_graph must be 'auto', 'true' or 'false', found "
+                             f"{self.cuda_graph!r}")
         if self.lr_decay not in LR_DECAYS:
             raise ValueError(f"TrainConfig.lr_decay must be 'none' or 'linear', found "
                              f"{self.lr_decay!r}")
@@ -613,8 +625,8 @@ class _State:
     normalizer: Normalizer
     ranks: Ranks = field(default_factory=Ranks)
     #: the loss as train_step computes it: None (``method.loss(net, batch)``), or a
-    #: DDP-wrapped and/or compiled :class:`MethodLoss` over ``net``
-    loss_fn: nn.Module | None = None
+    #: DDP-wrapped and/or compiled :class:`MethodLoss` over ``net``, or CUDA graphs of it
+    loss_fn: Callable[[Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None
     step: int = 0
     #: called once after the next checkpoint is written (an overwrite discards the old run)
     after_save: Callable[[], None] | None = None
@@ -794,7 +806,7 @@ def _build(cfg: TrainConfig, method: Method, dataset: OfflineDataset | None,
     on the device), networks, optimizer and schedule (seeded identically on resume, then
     overwritten by the checkpoint's states; a new run from ``start`` takes that checkpoint's
     networks, optimizer and schedule), then the loss as the loop computes it
-    (:func:`_loss_fn`). The network's sizes are ``shape``'s (:func:`_shape`).
+    (:func:`loss_function`). The network's sizes are ``shape``'s (:func:`_shape`).
 
     Raises:
         ValueError: no dataset and no ``batch_source``; a collecting source under torchrun;
@@ -839,15 +851,22 @@ def _build(cfg: TrainConfig, method: Method, dataset: OfflineDataset | None,
     elif start is not None and method.warm_start(net, start):
         optimizer.load_state_dict(start["optimizer"])
         scheduler.load_state_dict(start["scheduler"])
-    state.loss_fn = _loss_fn(cfg, method, net, ranks)
+    state.loss_fn = loss_function(cfg, method, net, ranks)
     return state
 
 
-def _loss_fn(cfg: TrainConfig, method: Method, net: nn.Module, ranks: Ranks
-             ) -> nn.Module | None:
-    """None (the loop calls ``method.loss`` itself) in one process without ``compile``; else
-    a :class:`MethodLoss` wrapped in DistributedDataParallel (several ranks: its backward
-    averages gradients over ranks) and/or ``torch.compile`` (``cfg.compile``)."""
+def loss_function(cfg: TrainConfig, method: Method, net: nn.Module, ranks: Ranks
+                  ) -> Callable[[Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]] | None:
+    """The loss as the loop computes it: a :class:`~offline_dt.cuda_graph.GraphedLoss`
+    where ``cfg.cuda_graph`` asks for it (on CUDA, by default); None (the loop calls
+    ``method.loss`` itself) in one process without ``compile``; else a :class:`MethodLoss`
+    wrapped in DistributedDataParallel (several ranks: its backward averages gradients over
+    ranks) and/or ``torch.compile`` (``cfg.compile``)."""
+    graphed = graphed_loss(cfg.cuda_graph, ranks.device, method, net,
+                           resolve_precision(cfg.precision, ranks.device),
+                           distributed=ranks.distributed, compile=cfg.compile)
+    if graphed is not None:
+        return graphed
     if not ranks.distributed and not cfg.compile:
         return None
     loss_fn: nn.Module = MethodLoss(method, net)

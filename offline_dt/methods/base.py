@@ -29,10 +29,13 @@ class Method:
         name: the ``--method`` value and the method's name in results tables.
         conditions_on_return: the policy takes a target return; evaluation then tries the
             default targets (the dataset's best return, the expert score) or the user's.
+        graph_safe: the loss has fixed shapes and never reads a value back to the host, so
+            the loop may capture it as CUDA graphs (``offline_dt.cuda_graph``).
     """
 
     name: ClassVar[str] = ""
     conditions_on_return: ClassVar[bool] = True
+    graph_safe: ClassVar[bool] = False
 
     def build(self, cfg: DTConfig, options: dict[str, Any] | None = None) -> nn.Module:
         """The networks to train, as one module (its ``state_dict`` is the checkpoint's

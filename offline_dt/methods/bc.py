@@ -21,6 +21,7 @@ class BC(Method):
     """``dt`` with the returns-to-go zeroed: plain behaviour cloning of the action."""
 
     name = "bc"
+    graph_safe = True
     conditions_on_return = False
 
     def loss(self, net: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -55,6 +55,7 @@ class DT(Method):
     """Return-conditioned behaviour cloning of the action (Chen et al. 2021)."""
 
     name = "dt"
+    graph_safe = True
     conditions_on_return = True
 
     def loss(self, net: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
