@@ -173,7 +173,8 @@ def ours_step(precision: str, dropout: float = PAPER["dropout"], compile: bool =
 
 
 def hf_model(obs_dim: int, act_dim: int) -> torch.nn.Module:
-    """HF transformers ``DecisionTransformerModel`` at the paper config (GPT-2, SDPA)."""
+    """HF transformers ``DecisionTransformerModel`` at the paper config (GPT-2, SDPA; eager
+    attention on transformers releases without SDPA for this model, e.g. 5.17)."""
     from transformers import DecisionTransformerConfig, DecisionTransformerModel
 
     def config(attn: str) -> DecisionTransformerConfig:
@@ -209,6 +210,7 @@ def hf_step(device: str = "cpu") -> Callable[[], None]:
         torch.nn.utils.clip_grad_norm_(model.parameters(), PAPER["grad_clip"])
         optimizer.step()
 
+    step.attention = model.config._attn_implementation  # type: ignore[attr-defined]
     return step
 
 
@@ -272,6 +274,9 @@ def section_train(args: argparse.Namespace, rows: list[dict], notes: list[str]) 
             contenders[name] = make(dev)
         except ImportError as e:
             notes.append(f"train: {name} skipped ({e}); install the bench extra")
+        if hasattr(contenders.get(name), "attention"):
+            notes.append(f"{name}: attention implementation "
+                         f"{contenders[name].attention!r} (this transformers release)")
     sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
     times = interleave(contenders, args.rounds, args.block, warmup=3, sync=sync)
     med = {k: statistics.median(v) for k, v in times.items()}

@@ -21,18 +21,17 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from offline_dt.data.windows import Batch
 from offline_dt.methods.base import Method
 
 #: ``TrainConfig.cuda_graph`` values.
 SETTINGS = ("auto", "true", "false")
-#: The attention kernels a captured loss may use: the memory-efficient kernel (masks, dropout)
-#: and the reference one. Both capture; the backward pass of the others did not under bf16
-#: autocast (torch 2.11, H200).
-CAPTURE_SDPA = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-#: Whether a loss under bf16 autocast is captured (``auto``).
+#: Whether a loss under bf16 autocast is captured. Its backward pass invalidated the capture
+#: on torch 2.11 with an H200 (cudaErrorStreamCaptureInvalidated, with dropout and without,
+#: also with attention limited to the memory-efficient and math kernels), so bf16 runs eagerly
+#: and ``TrainConfig.precision`` ``auto`` keeps fp32 where the graphs pay
+#: (``offline_dt.device.LAUNCH_BOUND_FLOPS``).
 BF16_CAPTURES = False
 
 
@@ -56,8 +55,8 @@ def graph_blockers(device: torch.device, method: Method, *, distributed: bool,
 
 def wants_graph(setting: str, device: torch.device, method: Method, *, distributed: bool,
                 compile: bool, precision: str = "fp32") -> bool:
-    """Whether the loop captures the loss: ``auto`` where :func:`graph_blockers` finds
-    nothing, ``true`` always, ``false`` never.
+    """Whether the loop captures the loss: ``auto`` and ``true`` where :func:`graph_blockers`
+    finds nothing (``true`` raises where it finds something), ``false`` never.
 
     Raises:
         ValueError: ``setting`` is not one of :data:`SETTINGS`, or ``true`` where a blocker
@@ -90,7 +89,7 @@ class TensorLoss(nn.Module):
         batch = Batch(**dict(zip(self.names, tensors, strict=True)))
         device_type = tensors[0].device.type
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16,
-                            cache_enabled=False), sdpa_kernel(CAPTURE_SDPA):
+                            cache_enabled=False):
             loss, extras = self.method.loss(self.net, batch)
         return (loss, *(extras[k] for k in self.extra_keys))
 

@@ -130,8 +130,10 @@ class TrainConfig:
         "choices": list(LR_DECAYS)})
     grad_clip: float = field(default=0.25, metadata={"help": "gradient-norm clip"})
     precision: str = field(default="auto", metadata={
-        "help": "auto: bf16 on a CUDA device with bf16 support or a CPU with AMX/AVX512-BF16, "
-                "else fp32; fp32; or bf16: forward and loss under torch.autocast(bfloat16), "
+        "help": "auto: bf16 on a CPU with AMX/AVX512-BF16, and on a CUDA device with bf16 "
+                "support unless the step is launch-bound (under 1e11 matmul FLOPs, e.g. the "
+                "paper config: fp32, captured as CUDA graphs), else fp32; fp32; or bf16: "
+                "forward and loss under torch.autocast(bfloat16), "
                 "weights and optimizer in fp32 (faster on CPUs with AMX/AVX512-BF16 at the "
                 "paper config, see benchmarks/results/speed.md; can be slower on small models)",
         "choices": ["auto", "fp32", "bf16"]})
