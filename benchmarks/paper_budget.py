@@ -62,7 +62,9 @@ def one_run(level: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
                       validation_episodes=args.validation_episodes, device=args.device)
     ev, seconds = train_and_evaluate(tcfg, ecfg, None)
     metrics = pd.read_csv(run_dir / "metrics.csv")
-    return {"level": level, "seed": seed, "steps": args.steps, "chosen_step": ev["step"],
+    saved = json.loads((run_dir / "config.json").read_text())
+    return {"level": level, "seed": seed, "steps": args.steps,
+            "precision": saved["train_config"]["precision"], "chosen_step": ev["step"],
             "target": ev["headline_target"], "test_return": ev["mean_return"],
             "episodes": ev["episodes"], "normalized_score": ev["normalized_score"],
             "train_seconds": seconds["train"],
