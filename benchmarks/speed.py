@@ -10,8 +10,9 @@ reports whole-block medians):
 * ``train``: one training step (sample a batch of windows + forward + loss + backward +
   gradient-norm clip 0.25 + AdamW) at the paper's gym config (batch 64, K=20, embed 128,
   3 layers, 1 head, dropout 0.1, ReLU) on a Pendulum-shaped dataset: ours as shipped
-  (``precision="auto"``: bf16 autocast where the CPU computes bf16 natively, else fp32;
-  dropout 0.1), ours with dropout 0 (the reproduce presets' setting), ours with
+  (``precision="auto"``: bf16 autocast where the CPU computes bf16 natively, else fp32; on
+  CUDA fp32, this step being launch-bound, with the loss captured as CUDA graphs; dropout 0.1),
+  ours with dropout 0 (the reproduce presets' setting), ours with
   ``--compile true``, ours at the precision ``auto`` did not pick, HF transformers
   ``DecisionTransformerModel`` (GPT-2 encoder, SDPA attention, fed by our window sampler, loss on
   its action head), and d3rlpy ``DecisionTransformer.update`` on a batch from its own
