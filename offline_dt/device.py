@@ -41,9 +41,9 @@ def cpu_has_bf16() -> bool:
 #: Matmul FLOPs of one training step (:func:`step_flops`) under which a CUDA step is bound by
 #: kernel launches rather than arithmetic. There ``auto`` keeps fp32, whose loss the loop
 #: captures as CUDA graphs (``offline_dt.cuda_graph``; the bf16 backward pass does not
-#: capture): on an H200 the paper config (1.4e10) took 2.3 ms per step in fp32 with graphs
-#: against 7.5 ms in bf16 eager, while a d512, 6-layer, batch-512 config (3.5e12) took 20.9 ms
-#: in bf16 against 83 ms in fp32 (benchmarks/results/speed-cuda.md, gpu.md).
+#: capture). On an H200 the paper config (1.4e10) stepped about 3x faster in fp32 with graphs
+#: than in bf16 eager (benchmarks/results/speed-cuda.md), while at embed 512, 6 layers, batch
+#: 512 (3.5e12) bf16 was about 4x fp32 (benchmarks/results/gpu.md).
 LAUNCH_BOUND_FLOPS = 1e11
 
 
