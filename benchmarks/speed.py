@@ -65,7 +65,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from offline_dt.cuda_graph import wants_graph  # noqa: E402
+from offline_dt.cuda_graph import GraphedLoss  # noqa: E402
 from offline_dt.data.dataset import OfflineDataset  # noqa: E402
 from offline_dt.data.windows import Normalizer, WindowSampler  # noqa: E402
 from offline_dt.distributed import Ranks  # noqa: E402
@@ -170,6 +170,10 @@ def ours_step(precision: str, dropout: float = PAPER["dropout"], compile: bool =
                    loss_fn=loss_fn)
 
     step()
+    # what the loop resolved to, for the row labels
+    step.precision = cfg.precision  # type: ignore[attr-defined]
+    step.graphed = isinstance(loss_fn, GraphedLoss)  # type: ignore[attr-defined]
+    step.setting = cfg.precision + (", CUDA graphs" if step.graphed else "")  # type: ignore
     return step
 
 
@@ -250,25 +254,20 @@ def d3rlpy_step(device: str = "cpu") -> Callable[[], None]:
 
 def section_train(args: argparse.Namespace, rows: list[dict], notes: list[str]) -> None:
     dev = args.device
-    auto = TrainConfig(dataset="x", **PAPER).resolved(200, dev).precision
-    def graphs(precision: str) -> str:
-        on = wants_graph("auto", torch.device(dev), get_method("dt"), distributed=False,
-                         compile=False, precision=precision)
-        return ", CUDA graphs" if on else ""
-
-    graph = bool(graphs(auto))
-    shipped = f"precision auto = {auto}{graphs(auto)}"
+    shipped = ours_step("auto", device=dev)
+    dropout0 = ours_step("auto", dropout=0.0, device=dev)
+    auto = shipped.precision
     contenders: dict[str, Callable[[], None]] = {
-        f"ours (as shipped: {shipped} here, dropout 0.1)": ours_step("auto", device=dev),
-        f"ours (dropout 0, {shipped})": ours_step("auto", dropout=0.0, device=dev),
+        f"ours (as shipped: precision auto = {shipped.setting} here, dropout 0.1)": shipped,
+        f"ours (dropout 0, precision auto = {dropout0.setting})": dropout0,
         f"ours (--compile true, {auto})": ours_step("auto", compile=True, device=dev),
     }
-    if graph:
+    if shipped.graphed:
         contenders[f"ours (--cuda-graph false: eager, {auto})"] = ours_step(
             "auto", cuda_graph="false", device=dev)
     for prec in {"fp32", "bf16"} - {auto}:
-        contenders[f"ours ({prec}{graphs(prec)}, not the default here)"] = ours_step(
-            prec, device=dev)
+        other = ours_step(prec, device=dev)
+        contenders[f"ours ({other.setting}, not the default here)"] = other
     for name, make in (("HF transformers DecisionTransformerModel", hf_step),
                        ("d3rlpy DecisionTransformer", d3rlpy_step)):
         try:
