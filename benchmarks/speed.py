@@ -1,7 +1,7 @@
 """Ours against the implementations a user would pick instead, side by side in one process.
 
     pip install -e ".[bench]"      # HF transformers; d3rlpy: see README (it pins gymnasium 1.0)
-    python benchmarks/speed.py [--sections train eval memory] [--threads N]
+    python benchmarks/speed.py [--sections train floor eval memory] [--threads N]
     python benchmarks/speed.py --sections train --device cuda --out-name speed-cuda
 
 Sections (each interleaves the contenders round by round, so machine noise hits all alike, and
@@ -19,7 +19,14 @@ reports whole-block medians):
   ``ReplayBuffer.sample_trajectory_batch`` (state encoder: one linear layer of 128, as the
   paper's; AdamW, weight decay 1e-4, clip 0.25). All on ``--device``: on CUDA ours as shipped
   captures its loss as CUDA graphs (``--cuda-graph auto``), and ours with ``--cuda-graph
-  false`` (eager) is timed beside it.
+  false`` (eager) is timed beside it. Beside them, the floor (``gemm_floor``): the shipped
+  step's own matrix products (every mm/addmm/bmm of its forward and backward, recorded under a
+  ``TorchDispatchMode``) replayed alone on operands of the same shapes. No step at that
+  precision goes under it on that device, so its ratio to a peer bounds what any change
+  short of fewer FLOPs or a faster number format can reach.
+* ``floor``: the ``paper`` reproduce preset's small DT step on one torch thread (as each of
+  its 2 workers runs it on 2 cores) beside its own floor: the share of the preset's training
+  that is matrix products.
 * ``eval``: 200 Pendulum episodes of a paper-config DT conditioned on a target return: our
   batched vector-env evaluator against the reference implementation's one-episode-at-a-time
   loop (``offline_dt.evaluate.evaluate_sequential``), on the same seeds (the returns must
@@ -62,6 +69,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -145,16 +154,18 @@ def interleave(contenders: dict[str, Callable[[], None]], rounds: int, block: in
 
 # ---------------------------------------------------------------------------------- train
 def ours_step(precision: str, dropout: float = PAPER["dropout"], compile: bool = False,
-              cuda_graph: str = "auto", device: str = "cpu") -> Callable[[], None]:
+              cuda_graph: str = "auto", device: str = "cpu",
+              config: dict[str, Any] | None = None) -> Callable[[], None]:
     """One training step of ours (``train_step``: the loop's own update, with the loss the
-    loop builds, ``loss_function``) at the paper config; ``compile``: the loss under
-    ``torch.compile`` as ``--compile true`` runs it; ``cuda_graph``: as ``--cuda-graph``
-    (``auto`` captures the loss as CUDA graphs on a GPU). Compiled or captured here, before
-    the timing."""
+    loop builds, ``loss_function``) at the paper config (``config``: other ``TrainConfig``
+    fields, e.g. a preset's); ``compile``: the loss under ``torch.compile`` as
+    ``--compile true`` runs it; ``cuda_graph``: as ``--cuda-graph`` (``auto`` captures the
+    loss as CUDA graphs on a GPU). Compiled or captured here, before the timing."""
     ds = pendulum_like()
     dev = torch.device(device)
+    fields = {**PAPER, "dropout": dropout} if config is None else dict(config)
     cfg = TrainConfig(dataset="pendulum-like", precision=precision, compile=compile,
-                      cuda_graph=cuda_graph, **{**PAPER, "dropout": dropout}
+                      cuda_graph=cuda_graph, **fields
                       ).resolved(int(ds.episode_lengths.max()), dev)
     sampler = WindowSampler(ds, Normalizer.fit(ds), cfg.context_length, cfg.max_timestep, 0,
                             device=dev)
@@ -175,6 +186,62 @@ def ours_step(precision: str, dropout: float = PAPER["dropout"], compile: bool =
     step.graphed = isinstance(loss_fn, GraphedLoss)  # type: ignore[attr-defined]
     step.setting = cfg.precision + (", CUDA graphs" if step.graphed else "")  # type: ignore
     return step
+
+
+#: The matrix-product ops that :func:`gemm_floor` replays.
+GEMM_OPS = frozenset((torch.ops.aten.mm.default, torch.ops.aten.addmm.default,
+                      torch.ops.aten.bmm.default, torch.ops.aten.baddbmm.default))
+
+
+class _GemmRecorder(TorchDispatchMode):
+    """Records the matrix products run under it (forward and autograd's backward alike):
+    the op, and per tensor operand its shape, strides, dtype and device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[Any, list[Any], dict[str, Any]]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if func in GEMM_OPS:
+            spec = [("tensor", a.shape, a.stride(), a.dtype, a.device)
+                    if isinstance(a, torch.Tensor) else a for a in args]
+            self.calls.append((func, spec, kwargs))
+        return func(*args, **kwargs)
+
+
+def _operand(spec: Any) -> Any:
+    """A fresh tensor with the recorded shape, strides, dtype and device (else the value)."""
+    if not (isinstance(spec, tuple) and spec and spec[0] == "tensor"):
+        return spec
+    _, shape, stride, dtype, device = spec
+    size = 1 + sum((n - 1) * st for n, st in zip(shape, stride, strict=True)) if all(shape) else 0
+    base = torch.empty(size, dtype=dtype, device=device).normal_()
+    return base.as_strided(shape, stride)
+
+
+def gemm_floor(step: Callable[[], None]) -> Callable[[], None]:
+    """The matrix products of one call of ``step`` alone: every ``mm``, ``addmm``, ``bmm``
+    and ``baddbmm`` it runs, forward and backward (recorded under a ``TorchDispatchMode``),
+    replayed on fresh operands of the same shapes, strides and dtypes. No training step can
+    take less time at that precision on that device: it is the floor under the step. Its
+    ``gflop`` attribute is those products' work (10^9 multiply-adds x 2)."""
+    rec = _GemmRecorder()
+    with rec:
+        step()
+    calls = [(f, [_operand(a) for a in spec], kw) for f, spec, kw in rec.calls]
+    counter = FlopCounterMode(display=False)
+    with counter:
+        for f, args, kw in calls:
+            f(*args, **kw)
+
+    def replay() -> None:
+        for f, args, kw in calls:
+            f(*args, **kw)
+
+    replay.gflop = counter.get_total_flops() / 1e9  # type: ignore[attr-defined]
+    replay.calls = len(calls)  # type: ignore[attr-defined]
+    return replay
 
 
 def hf_model(obs_dim: int, act_dim: int) -> torch.nn.Module:
@@ -268,6 +335,13 @@ def section_train(args: argparse.Namespace, rows: list[dict], notes: list[str]) 
     for prec in {"fp32", "bf16"} - {auto}:
         other = ours_step(prec, device=dev)
         contenders[f"ours ({other.setting}, not the default here)"] = other
+    # a CUDA-graph replay hides its products from the recorder: take them from the eager step
+    floor = gemm_floor(contenders[f"ours (--cuda-graph false: eager, {auto})"]
+                       if shipped.graphed else shipped)
+    contenders[FLOOR_LABEL] = floor
+    notes.append(f"Floor: the shipped step runs {floor.calls} matrix products "
+                 f"({floor.gflop:.2f} GFLOP); replayed alone on the same shapes they are the "
+                 "time no step at this precision can go under on this device.")
     for name, make in (("HF transformers DecisionTransformerModel", hf_step),
                        ("d3rlpy DecisionTransformer", d3rlpy_step)):
         try:
@@ -285,13 +359,54 @@ def section_train(args: argparse.Namespace, rows: list[dict], notes: list[str]) 
         lines.append(f"| {k} | {med[k] * 1e3:.1f} | "
                      f"{', '.join(f'{x * 1e3:.0f}' for x in v)} |")
     notes.append(f"### Train step (paper gym config, on {dev})\n\n" + "\n".join(lines))
-    for ours in [k for k in contenders if k.startswith("ours")]:
+    notes.append(f"Matrix products of the shipped step: {floor.gflop / med[FLOOR_LABEL]:.0f} "
+                 "GFLOP/s in the floor's replay.")
+    ours_rows = [k for k in contenders if k.startswith("ours") or k == FLOOR_LABEL]
+    for ours in ours_rows:
         for peer in contenders:
-            if peer.startswith("ours"):
+            if peer in ours_rows:
                 continue
             rows.append({"benchmark": "train_step", "ours": ours, "peer": peer,
                          "ours_seconds": med[ours], "peer_seconds": med[peer],
                          "ratio": med[ours] / med[peer]})
+
+
+#: The train section's row for :func:`gemm_floor` of the shipped step.
+FLOOR_LABEL = "floor: the shipped step's matrix products alone (not a training step)"
+
+
+def section_floor(args: argparse.Namespace, rows: list[dict], notes: list[str]) -> None:
+    """The ``paper`` reproduce preset's DT step as a preset worker runs it (one torch thread,
+    ``reproduce`` giving each of 2 workers one of 2 cores) beside :func:`gemm_floor` of it:
+    how much of the preset's training is matrix products."""
+    from offline_dt.pipeline import PRESETS
+
+    shape = ("embed_dim", "n_layer", "n_head", "context_length", "dropout", "learning_rate",
+             "warmup_steps", "batch_size")
+    config = {**PAPER, **{k: v for k, v in PRESETS["paper"].train.items() if k in shape}}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        step = ours_step("auto", device=args.device, config=config)
+        floor = gemm_floor(step)
+        times = interleave({"step": step, "floor": floor}, args.rounds, args.block, warmup=3)
+    finally:
+        torch.set_num_threads(threads)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    rows.append({"benchmark": "preset_step_floor",
+                 "ours": "floor: the paper preset's DT step, matrix products alone",
+                 "peer": "ours: the paper preset's DT step (1 thread)",
+                 "ours_seconds": med["floor"], "peer_seconds": med["step"],
+                 "ratio": med["floor"] / med["step"]})
+    notes.append(
+        f"### Floor of the `paper` preset's DT step (1 torch thread, as each of its workers)\n\n"
+        f"Config {json.dumps(config)}. Step {med['step'] * 1e3:.1f} ms (rounds: "
+        f"{', '.join(f'{x * 1e3:.0f}' for x in times['step'])}); its {floor.calls} matrix "
+        f"products ({floor.gflop:.2f} GFLOP) alone {med['floor'] * 1e3:.1f} ms (rounds: "
+        f"{', '.join(f'{x * 1e3:.0f}' for x in times['floor'])}), "
+        f"{floor.gflop / med['floor']:.0f} GFLOP/s: {med['floor'] / med['step']:.0%} of the "
+        f"step. A step that ran nothing but its matrix products would be "
+        f"{med['step'] / med['floor']:.2f}x faster.")
 
 
 # ---------------------------------------------------------------------------------- eval
@@ -504,7 +619,7 @@ def versions() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sections = ["train", "eval", "generate", "memory", "pipeline"]
+    sections = ["train", "floor", "eval", "generate", "memory", "pipeline"]
     p.add_argument("--sections", nargs="+", default=sections, choices=sections)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="torch intra-op threads (default: all cores)")
@@ -534,7 +649,8 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     t0 = time.perf_counter()
     for name in args.sections:
-        {"train": section_train, "eval": section_eval, "generate": section_generate,
+        {"train": section_train, "floor": section_floor, "eval": section_eval,
+         "generate": section_generate,
          "memory": section_memory, "pipeline": section_pipeline}[name](args, rows, notes)
     wall = time.perf_counter() - t0
 
