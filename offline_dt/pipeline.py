@@ -277,6 +277,19 @@ PRESETS["paper-long"] = dataclasses.replace(
                 "paper.",
     train=dict(_SMALL_DT, steps=5000, eval_every=1000, checkpoint_every=1000))
 
+#: The DT paper's gym config: ``TrainConfig``'s own defaults (Chen et al. 2021, Table 8), only
+#: the step budget and what is kept along the way set here.
+PRESETS["paper-gpu"] = dataclasses.replace(
+    PRESETS["paper"], name="paper-gpu",
+    description="the paper preset with the DT paper's own gym config (offline-dt train's "
+                "defaults: embed 128, 3 layers, 1 head, K=20, dropout 0.1, lr 1e-4, batch 64, "
+                "warmup min(10k, steps/10)) at 15000 steps instead of its 100k, a checkpoint "
+                "kept every 3000; for a GPU (--device cuda: fp32 with the loss captured as "
+                "CUDA graphs; benchmarks/results/speed-cuda.md), where a run takes minutes. "
+                "On 2 CPU cores a run takes hours (benchmarks/results/paper-budget-15k-cpu.md "
+                "trained this config for pendulum-full-replay). Reference rows as in paper.",
+    train={"steps": 15_000, "eval_every": 3_000, "checkpoint_every": 3_000, "log_every": 500})
+
 
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
@@ -762,7 +775,7 @@ def reproduce(
 
     Args:
         env_id: Gymnasium id (the datagen levels need a trainable behaviour agent).
-        preset: ``smoke``, ``quick`` or ``paper`` (see :data:`PRESETS`).
+        preset: a name in :data:`PRESETS` (``smoke``, ``quick``, ``paper``, ...).
         root: output root (datasets, runs, reports; see the module docstring).
         device: torch device for training, evaluation and the behaviour agent.
         levels: dataset levels (default: all six).
