@@ -330,8 +330,10 @@ def d3rlpy_step(device: str = "cpu") -> Callable[[], None]:
     return step
 
 
-def section_train(args: argparse.Namespace, rows: list[dict], notes: list[str]) -> None:
-    dev = args.device
+def train_contenders(dev: str, notes: list[str]) -> dict[str, Callable[[], None]]:
+    """The train section's contenders on ``dev``: ours as shipped and its variants, the floor
+    under the shipped step (:func:`gemm_floor`, labelled :data:`FLOOR_LABEL`) and the peers
+    that are installed (``notes`` says which are not)."""
     shipped = ours_step("auto", device=dev)
     dropout0 = ours_step("auto", dropout=0.0, device=dev)
     auto = shipped.precision
@@ -347,12 +349,8 @@ def section_train(args: argparse.Namespace, rows: list[dict], notes: list[str]) 
         other = ours_step(prec, device=dev)
         contenders[f"ours ({other.setting}, not the default here)"] = other
     # a CUDA-graph replay hides its products from the recorder: take them from the eager step
-    floor = gemm_floor(contenders[f"ours (--cuda-graph false: eager, {auto})"]
-                       if shipped.graphed else shipped)
-    contenders[FLOOR_LABEL] = floor
-    notes.append(f"Floor: the shipped step runs {floor.calls} matrix products "
-                 f"({floor.gflop:.2f} GFLOP); replayed alone on the same shapes they are the "
-                 "time no step running them through the same kernels can go under.")
+    contenders[FLOOR_LABEL] = gemm_floor(
+        contenders[f"ours (--cuda-graph false: eager, {auto})"] if shipped.graphed else shipped)
     for name, make in (("HF transformers DecisionTransformerModel", hf_step),
                        ("d3rlpy DecisionTransformer", d3rlpy_step)):
         try:
@@ -362,6 +360,29 @@ def section_train(args: argparse.Namespace, rows: list[dict], notes: list[str]) 
         if hasattr(contenders.get(name), "attention"):
             notes.append(f"{name}: attention implementation "
                          f"{contenders[name].attention!r} (this transformers release)")
+    return contenders
+
+
+def floor_note(floor: Callable[[], None], med: dict[str, float], dev: str) -> str:
+    """What the floor says: its products' work and rate, and beside it the rate of one large
+    fp32 product on ``dev`` (:func:`big_product_rate`) as a fraction of the faster peer's
+    step (``med``: median seconds per contender)."""
+    rate = big_product_rate(dev)
+    fastest_peer = min((v for k, v in med.items() if not k.startswith("ours")
+                        and k != FLOOR_LABEL), default=float("nan"))
+    ideal = floor.gflop / rate  # type: ignore[attr-defined]
+    return (f"Floor: the shipped step runs {floor.calls} matrix products "  # type: ignore
+            f"({floor.gflop:.2f} GFLOP); replayed alone on the same shapes they are the "
+            "time no step running them through the same kernels can go under: "
+            f"{floor.gflop / med[FLOOR_LABEL]:.0f} GFLOP/s. For scale, one 2048 x 2048 x "
+            f"2048 fp32 product runs at {rate:.0f} GFLOP/s on this device (median of 5); at "
+            f"that rate the step's products would take {ideal * 1e3:.1f} ms, "
+            f"{ideal / fastest_peer:.3f} of the faster peer's whole step.")
+
+
+def section_train(args: argparse.Namespace, rows: list[dict], notes: list[str]) -> None:
+    dev = args.device
+    contenders = train_contenders(dev, notes)
     sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
     times = interleave(contenders, args.rounds, args.block, warmup=3, sync=sync)
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -370,15 +391,7 @@ def section_train(args: argparse.Namespace, rows: list[dict], notes: list[str]) 
         lines.append(f"| {k} | {med[k] * 1e3:.1f} | "
                      f"{', '.join(f'{x * 1e3:.0f}' for x in v)} |")
     notes.append(f"### Train step (paper gym config, on {dev})\n\n" + "\n".join(lines))
-    rate = big_product_rate(dev)
-    fastest_peer = min((v for k, v in med.items() if not k.startswith("ours")
-                        and k != FLOOR_LABEL), default=float("nan"))
-    ideal = floor.gflop / rate
-    notes.append(f"Matrix products of the shipped step: {floor.gflop / med[FLOOR_LABEL]:.0f} "
-                 f"GFLOP/s in the floor's replay. For scale, one 2048 x 2048 x 2048 fp32 "
-                 f"product runs at {rate:.0f} GFLOP/s on this device (median of 5); at that "
-                 f"rate the step's {floor.gflop:.2f} GFLOP would take {ideal * 1e3:.1f} ms, "
-                 f"{ideal / fastest_peer:.3f} of the faster peer's whole step.")
+    notes.append(floor_note(contenders[FLOOR_LABEL], med, dev))
     ours_rows = [k for k in contenders if k.startswith("ours") or k == FLOOR_LABEL]
     for ours in ours_rows:
         for peer in contenders:
