@@ -10,8 +10,11 @@ min(10k, steps/10)), for ``--steps`` updates (the paper: 100k), keeping a checkp
 ``--checkpoint-every`` steps. Evaluation is the reproduce pipeline's
 (``offline_dt.pipeline.train_and_evaluate``): the target return (the dataset's best return or
 its expert score) and the checkpoint are chosen on 50 validation episodes, and 200 test
-episodes are reported. Runs go to ``--root`` (a run with its ``eval.json`` is reused); the
-datasets are ``data/d4rl/pendulum-<level>-v0.hdf5`` (``offline-dt generate``).
+episodes are reported. Unlike the presets, which give training seed k the validation and
+test episodes of evaluation seed k, every run here meets evaluation seed 0's episodes (the
+``EvalConfig`` default); the committed pages were made so. Runs go to ``--root`` (a run
+with its ``eval.json`` is reused); the datasets are
+``data/d4rl/pendulum-<level>-v0.hdf5`` (``offline-dt generate``).
 
 Writes ``--out``/``paper-budget.{md,csv}``: per level, the mean test return over the seeds
 with a 95% interval over the seeds (t distribution), each seed's return, chosen step and
