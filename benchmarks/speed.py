@@ -21,9 +21,9 @@ reports whole-block medians):
   captures its loss as CUDA graphs (``--cuda-graph auto``), and ours with ``--cuda-graph
   false`` (eager) is timed beside it. Beside them, the floor (``gemm_floor``): the shipped
   step's own matrix products (every mm/addmm/bmm of its forward and backward, recorded under a
-  ``TorchDispatchMode``) replayed alone on operands of the same shapes. No step at that
-  precision goes under it on that device, so its ratio to a peer bounds what any change
-  short of fewer FLOPs or a faster number format can reach.
+  ``TorchDispatchMode``) replayed alone on operands of the same shapes. No step running them
+  through the same kernels goes under it; the rate of one large product on the device says
+  how far faster kernels could lower it.
 * ``floor``: the ``paper`` reproduce preset's small DT step on one torch thread (as each of
   its 2 workers runs it on 2 cores) beside its own floor: the share of the preset's training
   that is matrix products.
@@ -368,8 +368,7 @@ def floor_note(floor: Callable[[], None], med: dict[str, float], dev: str) -> st
     fp32 product on ``dev`` (:func:`big_product_rate`) as a fraction of the faster peer's
     step (``med``: median seconds per contender)."""
     rate = big_product_rate(dev)
-    fastest_peer = min((v for k, v in med.items() if not k.startswith("ours")
-                        and k != FLOOR_LABEL), default=float("nan"))
+    fastest_peer = min((v for k, v in med.items() if not is_ours(k)), default=float("nan"))
     ideal = floor.gflop / rate  # type: ignore[attr-defined]
     return (f"Floor: the shipped step runs {floor.calls} matrix products "  # type: ignore
             f"({floor.gflop:.2f} GFLOP); replayed alone on the same shapes they are the "
@@ -392,7 +391,7 @@ def section_train(args: argparse.Namespace, rows: list[dict], notes: list[str]) 
                      f"{', '.join(f'{x * 1e3:.0f}' for x in v)} |")
     notes.append(f"### Train step (paper gym config, on {dev})\n\n" + "\n".join(lines))
     notes.append(floor_note(contenders[FLOOR_LABEL], med, dev))
-    ours_rows = [k for k in contenders if k.startswith("ours") or k == FLOOR_LABEL]
+    ours_rows = [k for k in contenders if is_ours(k)]
     for ours in ours_rows:
         for peer in contenders:
             if peer in ours_rows:
@@ -404,6 +403,11 @@ def section_train(args: argparse.Namespace, rows: list[dict], notes: list[str]) 
 
 #: The train section's row for :func:`gemm_floor` of the shipped step.
 FLOOR_LABEL = "floor: the shipped step's matrix products alone (not a training step)"
+
+
+def is_ours(label: str) -> bool:
+    """A train-section contender of ours (a step or the floor under one), not a peer."""
+    return label.startswith("ours") or label == FLOOR_LABEL
 
 
 def section_floor(args: argparse.Namespace, rows: list[dict], notes: list[str]) -> None:
