@@ -56,6 +56,38 @@ def fingerprint(root: Path, preset: str, env_id: str = "Pendulum-v1") -> dict[st
     return out
 
 
+def machine_signature() -> str:
+    """What a bit-exact fingerprint depends on beyond the code: the CPU's vendor and the
+    kernels torch picks for it (``torch.backends.cpu.get_cpu_capability``: AVX2, AVX512, ...),
+    the precision ``--precision auto`` resolves to on it (bf16 on a CPU with AMX/AVX512-BF16)
+    and torch's minor version. The behaviour agent's SAC training (fp32) already differs
+    between an AMD AVX2 and an Intel AVX512 machine, so a fingerprint holds only for one
+    signature (``tests/fixtures/smoke_fingerprint.json`` keeps one per signature)."""
+    import torch
+
+    from offline_dt.device import resolve_precision
+
+    vendor = "unknown"
+    if Path("/proc/cpuinfo").is_file():
+        vendor = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text()
+                       .splitlines() if ln.startswith("vendor_id")), vendor)
+    precision = resolve_precision("auto", torch.device("cpu"))
+    minor = ".".join(torch.__version__.split("+")[0].split(".")[:2])
+    return f"{vendor}/{torch.backends.cpu.get_cpu_capability()}/{precision}/torch-{minor}"
+
+
+def add_to_fixture(fixture: Path, fp: dict[str, Any]) -> str:
+    """Record ``fp`` (without HDF5 byte hashes, which hold h5py's version) in ``fixture``
+    under this machine's :func:`machine_signature`; returns the signature."""
+    data = json.loads(fixture.read_text()) if fixture.is_file() else {"fingerprints": {}}
+    entry = {"datasets": {k: {f: v for f, v in d.items() if f != "hdf5_sha256"}
+                          for k, d in fp["datasets"].items()}, "runs": fp["runs"]}
+    sig = machine_signature()
+    data.setdefault("fingerprints", {})[sig] = entry
+    fixture.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    return sig
+
+
 def compare(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """Human-readable differences between two fingerprints (empty: identical)."""
     diffs = []
@@ -112,6 +144,8 @@ def main() -> int:
     ap.add_argument("--compare", nargs=2, type=Path, metavar=("A", "B"))
     ap.add_argument("--md", type=Path, help="with --compare: write the comparison here")
     ap.add_argument("--names", nargs=2, default=["A", "B"], help="labels of A and B")
+    ap.add_argument("--fixture", type=Path, help="record the fingerprint in this test fixture "
+                    "under this machine's signature (tests/fixtures/smoke_fingerprint.json)")
     args = ap.parse_args()
     if args.compare:
         a, b = (json.loads(p.read_text()) for p in args.compare)
@@ -129,6 +163,8 @@ def main() -> int:
         reproduce(preset=args.preset, root=args.root, workers=args.workers, progress=False)
     fp = fingerprint(args.root, args.preset)
     text = json.dumps(fp, indent=1, sort_keys=True) + "\n"
+    if args.fixture:
+        print(f"recorded as {add_to_fixture(args.fixture, fp)} in {args.fixture}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
