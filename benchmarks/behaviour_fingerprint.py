@@ -65,7 +65,7 @@ def machine_signature() -> str:
     signature (``tests/fixtures/smoke_fingerprint.json`` keeps one per signature)."""
     import torch
 
-    from offline_dt.device import resolve_precision
+    from offline_dt.training.device import resolve_precision
 
     vendor = "unknown"
     if Path("/proc/cpuinfo").is_file():
@@ -158,7 +158,7 @@ def main() -> int:
               f"identical: {len(a['datasets'])} datasets, {len(a['runs'])} runs")
         return 1 if diffs else 0
     if args.run:
-        from offline_dt.pipeline import reproduce
+        from offline_dt.study.pipeline import reproduce
 
         reproduce(preset=args.preset, root=args.root, workers=args.workers, progress=False)
     fp = fingerprint(args.root, args.preset)

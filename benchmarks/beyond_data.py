@@ -4,13 +4,14 @@
     python benchmarks/beyond_data.py --seeds 0 1 2 --variants dt qt
 
 Trains every variant of :data:`VARIANTS` on each level (the paper preset's network and
-budget: ``offline_dt.pipeline.PRESETS["paper"].train``) with ``offline_dt.train.train``,
-evaluates each with ``offline_dt.evaluate.evaluate_checkpoint`` (targets chosen as the
-evaluator chooses them; see the eval.json ``headline_rule`` quoted in the output), and writes
+budget: ``offline_dt.study.pipeline.PRESETS["paper"].train``) with
+``offline_dt.training.loop.train``, evaluates each with
+``offline_dt.evaluation.evaluate.evaluate_checkpoint`` (targets chosen as the evaluator chooses
+them; see the eval.json ``headline_rule`` quoted in the output), and writes
 ``benchmarks/results/beyond_data.{md,csv}``: mean test return per variant, level and seed, the
 training seconds per update (the critic's cost) and the command. Runs live under
-``data/runs/beyond_data/<level>/<variant>/seed<k>``; a run with an ``eval.json`` is reused.
-Needs the Pendulum datasets (``offline-dt generate``).
+``data/runs/beyond_data/<level>/<variant>/seed<k>``; a run with an ``eval.json`` is reused. Needs
+the Pendulum datasets (``offline-dt generate``).
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from offline_dt.evaluate import EvalConfig  # noqa: E402
+from offline_dt.evaluation.evaluate import EvalConfig  # noqa: E402
 from offline_dt.methods import get_method  # noqa: E402
-from offline_dt.pipeline import PRESETS, train_and_evaluate  # noqa: E402
-from offline_dt.report import to_markdown  # noqa: E402
-from offline_dt.train import TrainConfig  # noqa: E402
+from offline_dt.study.pipeline import PRESETS, train_and_evaluate  # noqa: E402
+from offline_dt.study.report import to_markdown  # noqa: E402
+from offline_dt.training.loop import TrainConfig  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -77,7 +78,7 @@ RELABELLED: dict[str, str] = {"qdt-iql": "iql"}
 
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """Train (or reuse, or resume) and evaluate one variant × level × seed with the pipeline's
-    own rules (``offline_dt.pipeline.train_and_evaluate``: a run is reused when its config,
+    own rules (``offline_dt.study.pipeline.train_and_evaluate``: a run is reused when its config,
     method options included, matches and its eval.json chose on validation episodes); its
     result row. A fresh training records its wall seconds per update in ``timing.json``."""
     torch.set_num_threads(job["threads"])
@@ -105,7 +106,7 @@ def relabelled_dataset(job: dict[str, Any]) -> str:
     (``benchmarks/pendulum.py --preset paper`` trains it)."""
     from offline_dt.data import load_dataset, write_hdf5
     from offline_dt.data.relabel import qdt_relabel
-    from offline_dt.reference import load_reference, policy_values
+    from offline_dt.study.reference import load_reference, policy_values
 
     critic = (Path(job["critic_root"]) / Path(job["dataset"]).stem
               / RELABELLED[job["variant"]] / f"seed{job['seed']}")
@@ -242,7 +243,7 @@ def update_cost(dataset: str, variants: list[str], rounds: int = 5, steps: int =
     in interleaved blocks (the same machine state for all), and the ratio to ``dt``'s."""
     from offline_dt.data import load_dataset
     from offline_dt.data.windows import Normalizer, WindowSampler
-    from offline_dt.train import make_optimizer, train_step
+    from offline_dt.training.loop import make_optimizer, train_step
 
     torch.set_num_threads(1)
     data = load_dataset(dataset)

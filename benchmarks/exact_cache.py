@@ -48,9 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.speed import cpu_model, pendulum_like, versions  # noqa: E402
 from offline_dt.data.windows import Normalizer  # noqa: E402
-from offline_dt.evaluate import evaluate_policy, evaluate_sequential  # noqa: E402
+from offline_dt.evaluation.evaluate import evaluate_policy, evaluate_sequential  # noqa: E402
 from offline_dt.methods.dt import DTPolicy  # noqa: E402
-from offline_dt.model import DecisionTransformer, DTConfig  # noqa: E402
+from offline_dt.nn.transformer import DecisionTransformer, DTConfig  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUICK = {"context_length": 20, "embed_dim": 64, "n_layer": 2, "n_head": 1, "dropout": 0.0,
@@ -95,7 +95,7 @@ def exactness(model: DecisionTransformer, normalizer: Normalizer, target: float,
 
 def checkpoint_rows(paths: list[str], episodes: int) -> list[str]:
     """Markdown rows: cache vs full recomputation of trained band checkpoints."""
-    from offline_dt.train import load_checkpoint
+    from offline_dt.training.loop import load_checkpoint
 
     rows = []
     for path in paths:

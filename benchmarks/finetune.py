@@ -55,17 +55,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from online import cached_run, plot, run_table  # noqa: E402  benchmarks/online.py: run cache, plot
 
-from offline_dt.device import resolve_device  # noqa: E402
-from offline_dt.evaluate import (  # noqa: E402
+from offline_dt.envs.rollout import CallablePolicy  # noqa: E402
+from offline_dt.evaluation.evaluate import (  # noqa: E402
     CURVE_EPISODE_OFFSET,
     EvalConfig,
     evaluate_checkpoint,
     evaluate_policy,
+    make_eval_hook,
 )
-from offline_dt.finetune import FinetuneConfig, finetune  # noqa: E402
-from offline_dt.pipeline import PRESETS  # noqa: E402
-from offline_dt.rollout import CallablePolicy  # noqa: E402
-from offline_dt.train import TrainConfig, train  # noqa: E402
+from offline_dt.study.pipeline import PRESETS  # noqa: E402
+from offline_dt.training.device import resolve_device  # noqa: E402
+from offline_dt.training.finetune import FinetuneConfig, finetune  # noqa: E402
+from offline_dt.training.loop import TrainConfig, train  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATASET = "data/d4rl/pendulum-medium-replay-v0.hdf5"
@@ -92,7 +93,7 @@ def run_odt(job: dict[str, Any]) -> dict[str, Any]:
         overwrite=True, eval_episodes=job["curve_episodes"],
         target_return=job["target_return"], **finetune_settings(job))
     t0 = time.perf_counter()
-    finetune(ft)
+    finetune(ft, make_eval_hook())
     seconds = time.perf_counter() - t0
     rows = pd.read_csv(root / "finetune" / "metrics.csv")
     rows = rows.dropna(subset=["eval_return_mean"])

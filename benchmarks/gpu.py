@@ -22,7 +22,7 @@ Sections:
   (one vector env, one batched model call per step on the device; ``evaluate_policy``),
   with the full window and with the key/value cache, beside the random policy (the envs'
   own cost).
-* ``ddp``: ``offline_dt.train.train`` under ``torchrun --nproc-per-node n`` for n = 1, 2, 4,
+* ``ddp``: ``offline_dt.training.loop.train`` under ``torchrun --nproc-per-node n`` for n = 1, 2, 4,
   ... up to the GPUs present, at the larger config with batch 512 per GPU (the global batch
   grows with n: weak scaling); steps/s of rank 0 and samples/s.
 """
@@ -52,9 +52,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from offline_dt.data import write_hdf5  # noqa: E402
 from offline_dt.data.dataset import OfflineDataset  # noqa: E402
 from offline_dt.data.windows import Normalizer, WindowSampler  # noqa: E402
-from offline_dt.device import resolve_precision  # noqa: E402
 from offline_dt.methods import get_method  # noqa: E402
-from offline_dt.train import MethodLoss, TrainConfig, make_optimizer, train_step  # noqa: E402
+from offline_dt.training.device import resolve_precision  # noqa: E402
+from offline_dt.training.loop import MethodLoss, TrainConfig, make_optimizer, train_step  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets, matched
@@ -193,8 +193,8 @@ def train_section(shapes: list[Shape], device: torch.device, args: argparse.Name
 
 def eval_section(device: torch.device, envs: int, shape: Shape) -> list[dict[str, Any]]:
     """Env steps/s of ``envs`` Pendulum-v1 envs: random policy, DT (full window, KV cache)."""
-    from offline_dt.evaluate import evaluate_policy
-    from offline_dt.rollout import RandomPolicy
+    from offline_dt.envs.rollout import RandomPolicy
+    from offline_dt.evaluation.evaluate import evaluate_policy
 
     ds = pendulum_like()
     cfg = config(shape)

@@ -4,7 +4,7 @@ four generated levels.
     pip install -e ".[mujoco]"
     python benchmarks/hopper.py                 # preset hopper (about 35 minutes on 2 cores)
 
-Runs ``offline_dt.pipeline.reproduce(env_id="Hopper-v5", preset="hopper",
+Runs ``offline_dt.study.pipeline.reproduce(env_id="Hopper-v5", preset="hopper",
 levels=random medium medium-replay expert, methods=dt bc random behaviour)`` and writes
 ``benchmarks/results/hopper.{md,csv}`` (plots in ``hopper/``): the wide table (datasets ×
 methods, intervals over training runs, D4RL normalized scores against our reference scores:
@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pendulum import machine, restrict, reused_note, stages_section, versions  # noqa: E402
 
 from offline_dt.data.d4rl import read_hdf5  # noqa: E402
-from offline_dt.pipeline import PRESETS, reproduce  # noqa: E402
-from offline_dt.report import env_markdown  # noqa: E402
+from offline_dt.study.pipeline import PRESETS, reproduce  # noqa: E402
+from offline_dt.study.report import env_markdown  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ENV = "Hopper-v5"

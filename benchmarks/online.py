@@ -18,11 +18,11 @@ paper's K 20 / d 128 / 3 blocks a CartPole run of 200k steps takes about an hour
 core, 17x longer), with PPO's critic a second trunk of that shape (``critic separate``); SB3
 uses its default MLPs (separate actor and critic).
 
-Every policy is scored by the one rollout engine (``offline_dt.evaluate.evaluate_policy``)
-on the same episodes: learning-curve points every ``--eval-interval`` env steps on
-``--curve-episodes`` validation episodes of the training seed (reset seeds ``2·10^12 +
-seed·10^5 + 50000 + i``, the training loop's curve episodes), and the final policy on
-``--episodes`` test episodes (``10^12 + seed·10^5 + i``). Both act deterministically (the
+Every policy is scored by the one rollout engine
+(``offline_dt.evaluation.evaluate.evaluate_policy``) on the same episodes: learning-curve points
+every ``--eval-interval`` env steps on ``--curve-episodes`` validation episodes of the training seed
+(reset seeds ``2·10^12 + seed·10^5 + 50000 + i``, the training loop's curve episodes), and the final
+policy on ``--episodes`` test episodes (``10^12 + seed·10^5 + i``). Both act deterministically (the
 argmax or the Gaussian mean; SB3's ``predict(deterministic=True)``).
 
 Writes ``<out>/online.md``, ``online.csv`` (one row per run: final test return, training
@@ -52,12 +52,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from offline_dt.device import resolve_device  # noqa: E402
-from offline_dt.evaluate import CURVE_EPISODE_OFFSET, evaluate_policy  # noqa: E402
+from offline_dt.envs.rollout import CallablePolicy  # noqa: E402
+from offline_dt.evaluation.evaluate import (  # noqa: E402
+    CURVE_EPISODE_OFFSET,
+    evaluate_policy,
+    make_eval_hook,
+)
 from offline_dt.methods.base import parse_options  # noqa: E402
-from offline_dt.online import OPTIONS, OnlineConfig, train_online  # noqa: E402
-from offline_dt.rollout import CallablePolicy  # noqa: E402
-from offline_dt.train import load_checkpoint  # noqa: E402
+from offline_dt.training.device import resolve_device  # noqa: E402
+from offline_dt.training.loop import load_checkpoint  # noqa: E402
+from offline_dt.training.online import OPTIONS, OnlineConfig, train_online  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -133,7 +137,7 @@ def run_transformer(job: dict[str, Any]) -> dict[str, Any]:
         eval_every=max(1, round(job["eval_interval"] / per_update)),
         eval_episodes=job["curve_episodes"], log_every=50, **shape)
     t0 = time.perf_counter()
-    train_online(online)
+    train_online(online, make_eval_hook())
     seconds = time.perf_counter() - t0
     rows = pd.read_csv(Path(job["dir"]) / "metrics.csv")
     rows = rows.dropna(subset=["eval_return_mean"])

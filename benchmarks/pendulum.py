@@ -3,10 +3,10 @@
     python benchmarks/pendulum.py                    # preset paper (about 45 minutes here)
     python benchmarks/pendulum.py --preset smoke     # plumbing check, ~2 minutes
 
-Runs ``offline_dt.pipeline.reproduce(env_id="Pendulum-v1", preset=...)`` and writes
+Runs ``offline_dt.study.pipeline.reproduce(env_id="Pendulum-v1", preset=...)`` and writes
 ``benchmarks/results/pendulum.{md,csv}`` (``pendulum-<preset>.{md,csv}`` for presets other
 than ``paper``): the CSV is the report's long table (one row per dataset × method, see
-``offline_dt.report``) plus the published reference numbers; the Markdown holds the wide table
+``offline_dt.study.report``) plus the published reference numbers; the Markdown holds the wide table
 (datasets × methods, intervals over training runs), the aggregates over datasets (IQM,
 probability of improvement over dt), the reference numbers beside ours, wall seconds per
 stage, machine, versions and the command.
@@ -33,8 +33,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from offline_dt.pipeline import PRESETS, reproduce  # noqa: E402
-from offline_dt.report import (  # noqa: E402
+from offline_dt.study.pipeline import PRESETS, reproduce  # noqa: E402
+from offline_dt.study.report import (  # noqa: E402
     aggregate_table,
     dataset_level,
     env_markdown,

@@ -29,7 +29,7 @@ reports whole-block medians):
   that is matrix products.
 * ``eval``: 200 Pendulum episodes of a paper-config DT conditioned on a target return: our
   batched vector-env evaluator against the reference implementation's one-episode-at-a-time
-  loop (``offline_dt.evaluate.evaluate_sequential``), on the same seeds (the returns must
+  loop (``offline_dt.evaluation.evaluate.evaluate_sequential``), on the same seeds (the returns must
   agree); the same weights as a band network (``--attention band``) acting from its key/value
   cache, with the largest |return difference| to its full recomputation on the same 200
   episodes (``benchmarks/exact_cache.py``'s check); and d3rlpy's stateful wrapper
@@ -74,13 +74,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from offline_dt.cuda_graph import GraphedLoss  # noqa: E402
 from offline_dt.data.dataset import OfflineDataset  # noqa: E402
 from offline_dt.data.windows import Normalizer, WindowSampler  # noqa: E402
-from offline_dt.distributed import Ranks  # noqa: E402
 from offline_dt.methods import get_method  # noqa: E402
-from offline_dt.model import DecisionTransformer  # noqa: E402
-from offline_dt.train import (  # noqa: E402
+from offline_dt.nn.transformer import DecisionTransformer  # noqa: E402
+from offline_dt.training.cuda_graph import GraphedLoss  # noqa: E402
+from offline_dt.training.distributed import Ranks  # noqa: E402
+from offline_dt.training.loop import (  # noqa: E402
     TrainConfig,
     loss_function,
     make_optimizer,
@@ -414,7 +414,7 @@ def section_floor(args: argparse.Namespace, rows: list[dict], notes: list[str]) 
     """The ``paper`` reproduce preset's DT step as a preset worker runs it (one torch thread,
     ``reproduce`` giving each of 2 workers one of 2 cores) beside :func:`gemm_floor` of it:
     how much of the preset's training is matrix products."""
-    from offline_dt.pipeline import PRESETS
+    from offline_dt.study.pipeline import PRESETS
 
     shape = ("embed_dim", "n_layer", "n_head", "context_length", "dropout", "learning_rate",
              "warmup_steps", "batch_size")
@@ -447,7 +447,7 @@ def section_floor(args: argparse.Namespace, rows: list[dict], notes: list[str]) 
 # ---------------------------------------------------------------------------------- eval
 def section_eval(args: argparse.Namespace, rows: list[dict], notes: list[str]) -> None:
     from benchmarks.exact_cache import exactness  # it imports this module
-    from offline_dt.evaluate import evaluate_policy, evaluate_sequential
+    from offline_dt.evaluation.evaluate import evaluate_policy, evaluate_sequential
     from offline_dt.methods.dt import DTPolicy
 
     ds = pendulum_like()
@@ -524,9 +524,9 @@ def section_eval(args: argparse.Namespace, rows: list[dict], notes: list[str]) -
 def kv_cache_drift(args: argparse.Namespace) -> str:
     """Returns of trained checkpoints with exact recomputation vs the key/value cache, same
     episodes (the cache is exact for the first K steps only)."""
-    from offline_dt.evaluate import evaluate_policy
+    from offline_dt.evaluation.evaluate import evaluate_policy
     from offline_dt.methods.dt import DTPolicy
-    from offline_dt.train import load_checkpoint
+    from offline_dt.training.loop import load_checkpoint
 
     lines = ["Drift of the key/value cache on trained checkpoints (same "
              f"{args.eval_episodes} episodes, seed 0, conditioned on the expert reference "

@@ -36,11 +36,11 @@ from speed import PAPER, cpu_model, hf_model, versions  # noqa: E402
 
 from offline_dt.data import load_dataset  # noqa: E402
 from offline_dt.data.windows import Normalizer, WindowSampler  # noqa: E402
-from offline_dt.evaluate import evaluate_policy  # noqa: E402
+from offline_dt.evaluation.evaluate import evaluate_policy  # noqa: E402
 from offline_dt.methods.dt import DTPolicy  # noqa: E402
-from offline_dt.model import DecisionTransformer, DTConfig  # noqa: E402
-from offline_dt.report import to_markdown  # noqa: E402
-from offline_dt.train import TrainConfig, make_optimizer, train_step  # noqa: E402
+from offline_dt.nn.transformer import DecisionTransformer, DTConfig  # noqa: E402
+from offline_dt.study.report import to_markdown  # noqa: E402
+from offline_dt.training.loop import TrainConfig, make_optimizer, train_step  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCHEDULE = {"learning_rate": 3e-4, "warmup_steps": 500}

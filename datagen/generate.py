@@ -21,7 +21,7 @@ Sanity of the behaviour agent (``behaviour_check``): when the expert is not clea
 than the random agent, or falls short of the env's ``reward_threshold``, a warning is logged
 and recorded in every dataset's metadata (``behaviour_learned``, ``behaviour_warnings``).
 
-Concurrency: ``generate`` holds an exclusive lock (``offline_dt.lock``) on every output it
+Concurrency: ``generate`` holds an exclusive lock (``offline_dt.data.lock``) on every output it
 may write (each level's HDF5 file and Minari directory, the agent directory), so a second
 ``generate`` on the same outputs fails at once and the first one's work is untouched.
 """
@@ -59,8 +59,8 @@ from datagen.rollout import policy_returns, rollout
 from offline_dt.data.atomic import remove_stale_temporaries
 from offline_dt.data.d4rl import LEVELS, d4rl_filename, normalized_score, read_hdf5, write_hdf5
 from offline_dt.data.dataset import DatasetError, OfflineDataset, concatenate
+from offline_dt.data.lock import exclusive_lock
 from offline_dt.data.minari_io import minari_dataset_id, minari_root, write_minari
-from offline_dt.lock import exclusive_lock
 
 __all__ = ["LEVELS", "LEVEL_BUILDERS", "ExpertChoice", "GenerateConfig", "GenerateResult",
            "LevelContext", "behaviour_check", "config_dict", "generate", "package_versions",
@@ -527,7 +527,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
             levels, non-positive step/episode counts.
         FileExistsError: an output (or agent directory) exists with a different config and
             ``overwrite`` does not cover it; the message names the path and ``--overwrite``.
-        offline_dt.lock.LockedError: another live process is writing one of the outputs.
+        offline_dt.data.lock.LockedError: another live process is writing one of the outputs.
     """
     t_start = time.perf_counter()
     _validate(cfg)
@@ -570,7 +570,7 @@ def _locked_outputs(cfg: GenerateConfig, levels: list[str], ns: str) -> Iterator
     killed runs left beside them (``remove_stale_temporaries``).
 
     Raises:
-        offline_dt.lock.LockedError: another live process holds one of the locks; nothing
+        offline_dt.data.lock.LockedError: another live process holds one of the locks; nothing
             has been read or written yet.
     """
     with ExitStack() as stack:

@@ -1,9 +1,9 @@
-"""Fixed-size datasets from rollouts, and policy returns, via ``offline_dt.rollout``.
+"""Fixed-size datasets from rollouts, and policy returns, via ``offline_dt.envs.rollout``.
 
 A behaviour policy here is a batched callable ``policy(obs) -> actions`` taking ``obs
 (num_envs, obs_dim) float32`` and returning ``(num_envs, act_dim) float32`` (Box) or
 ``(num_envs,) int64`` (Discrete); ``policy=None`` means uniform random actions. The stepping
-itself is the project's one rollout engine (``offline_dt.rollout``).
+itself is the project's one rollout engine (``offline_dt.envs.rollout``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from datagen.envs import check_env_id, check_spaces
 from offline_dt.data.dataset import OfflineDataset
-from offline_dt.rollout import (
+from offline_dt.envs.rollout import (
     ActionReplayPolicy,
     CallablePolicy,
     CollectedSteps,
@@ -231,7 +231,7 @@ def policy_returns(
 ) -> np.ndarray:
     """Undiscounted returns of ``n_episodes`` complete episodes of ``policy``.
 
-    Runs ``offline_dt.rollout.run_episodes`` with the evaluation seeds ``episode_seed(seed,
+    Runs ``offline_dt.envs.rollout.run_episodes`` with the evaluation seeds ``episode_seed(seed,
     i) = seed * 100_000 + i``, at most ``num_envs`` envs at once. ``policy=None`` is the
     uniform random policy (``RandomPolicy``, D4RL's ``ref_min_score`` agent).
 

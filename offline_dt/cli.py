@@ -12,7 +12,7 @@
 
 Every subcommand is a dataclass (``GenerateConfig``, ``TrainConfig``, ``EvalConfig`` next to
 their stage, :class:`DatasetsConfig`, :class:`ReportConfig`, :class:`ReproduceConfig` here)
-turned into flags by tyro with the conventions of :mod:`offline_dt.config`, so the CLI
+turned into flags by tyro with the conventions of :mod:`offline_dt.training.configs`, so the CLI
 mirrors the Python API: ``--batch-size`` is ``TrainConfig.batch_size``.
 """
 
@@ -30,17 +30,17 @@ from typing import Annotated, Any, Union
 import tyro
 
 from datagen.generate import GenerateConfig
-from offline_dt.checkpoint import checkpoint_path
-from offline_dt.config import CLI_MARKERS, REGISTRY
 from offline_dt.data.d4rl import LEVELS
-from offline_dt.distributed import DistributedError
-from offline_dt.evaluate import EvalConfig
-from offline_dt.finetune import FinetuneConfig
-from offline_dt.lock import LockedError
-from offline_dt.online import OnlineConfig
-from offline_dt.pipeline import PRESETS, all_methods
-from offline_dt.reference import MissingDependencyError, ReferenceConfig
-from offline_dt.train import TrainConfig
+from offline_dt.data.lock import LockedError
+from offline_dt.evaluation.evaluate import EvalConfig
+from offline_dt.study.pipeline import PRESETS, all_methods
+from offline_dt.study.reference import MissingDependencyError, ReferenceConfig
+from offline_dt.training.checkpoint import checkpoint_path
+from offline_dt.training.configs import CLI_MARKERS, REGISTRY
+from offline_dt.training.distributed import DistributedError
+from offline_dt.training.finetune import FinetuneConfig
+from offline_dt.training.loop import TrainConfig
+from offline_dt.training.online import OnlineConfig
 
 DEVICES = ["auto", "cpu", "cuda"]
 
@@ -76,11 +76,11 @@ class ReportConfig:
 
 @dataclass
 class ReproduceConfig:
-    """``offline-dt reproduce``: the arguments of :func:`offline_dt.pipeline.reproduce`."""
+    """``offline-dt reproduce``: the arguments of :func:`offline_dt.study.pipeline.reproduce`."""
 
     env_id: str = field(default="Pendulum-v1", metadata={"help": "Gymnasium env id"})
     preset: str = field(default="quick", metadata={
-        "help": "budget preset (offline_dt.pipeline.PRESETS)", "choices": list(PRESETS)})
+        "help": "budget preset (offline_dt.study.pipeline.PRESETS)", "choices": list(PRESETS)})
     levels: list[str] | None = field(default=None, metadata={
         "help": "dataset levels (None: all six)", "choices": list(LEVELS)})
     root: Path = field(default=Path("data"), metadata={
@@ -124,12 +124,12 @@ def _datasets(cfg: DatasetsConfig) -> int:
 
 
 def _train(cfg: TrainConfig) -> int:
-    from offline_dt.train import train
+    from offline_dt.training.loop import train
 
     if not cfg.dataset:
         raise ValueError("--dataset ID_OR_PATH is required (a .hdf5 file, a Minari dataset "
                          "directory or a Minari id such as pendulum/expert-v0)")
-    from offline_dt.evaluate import make_eval_hook
+    from offline_dt.evaluation.evaluate import make_eval_hook
 
     result = train(cfg, eval_hook=make_eval_hook() if cfg.eval_every > 0 else None)
     if os.environ.get("RANK", "0") == "0":  # under torchrun: rank 0 speaks for the job
@@ -150,9 +150,10 @@ def train_summary(cfg: TrainConfig, result: Any) -> str:
 
 
 def _finetune(cfg: FinetuneConfig) -> int:
-    from offline_dt.finetune import finetune
+    from offline_dt.evaluation.evaluate import make_eval_hook
+    from offline_dt.training.finetune import finetune
 
-    result = finetune(cfg)
+    result = finetune(cfg, make_eval_hook() if cfg.eval_every > 0 else None)
     print("\n".join([
         f"finetuned {cfg.checkpoint} online: {result.steps} updates in total",
         f"  run dir      {result.run_dir}",
@@ -165,9 +166,10 @@ def _finetune(cfg: FinetuneConfig) -> int:
 
 
 def _online(cfg: OnlineConfig) -> int:
-    from offline_dt.online import train_online
+    from offline_dt.evaluation.evaluate import make_eval_hook
+    from offline_dt.training.online import train_online
 
-    result = train_online(cfg)
+    result = train_online(cfg, make_eval_hook() if cfg.eval_every > 0 else None)
     print("\n".join([
         f"trained {cfg.method} online in {cfg.env_id}: {result.steps} updates in total",
         f"  run dir      {result.run_dir}",
@@ -180,7 +182,7 @@ def _online(cfg: OnlineConfig) -> int:
 
 
 def _evaluate(cfg: EvalConfig) -> int:
-    from offline_dt.evaluate import evaluate_checkpoint
+    from offline_dt.evaluation.evaluate import evaluate_checkpoint
 
     if not cfg.checkpoint:
         raise ValueError("--checkpoint PATH is required (a checkpoint file or run directory)")
@@ -224,14 +226,14 @@ def eval_summary(payload: dict[str, Any], out: Path) -> str:
 
 
 def _report(cfg: ReportConfig) -> int:
-    from offline_dt.report import report
+    from offline_dt.study.report import report
 
     print(report(cfg.runs, cfg.out).to_string(index=False))
     return 0
 
 
 def _reproduce(cfg: ReproduceConfig) -> int:
-    from offline_dt.pipeline import reproduce
+    from offline_dt.study.pipeline import reproduce
 
     reproduce(env_id=cfg.env_id, preset=cfg.preset, root=cfg.root, device=cfg.device,
               workers=cfg.workers, levels=cfg.levels, methods=cfg.methods,
@@ -240,7 +242,7 @@ def _reproduce(cfg: ReproduceConfig) -> int:
 
 
 def _reference(cfg: ReferenceConfig) -> int:
-    from offline_dt.reference import run_reference
+    from offline_dt.study.reference import run_reference
 
     if not cfg.dataset:
         raise ValueError("--dataset ID_OR_PATH is required (a .hdf5 file, a Minari dataset "

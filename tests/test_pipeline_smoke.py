@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 
 from benchmarks.behaviour_fingerprint import compare, fingerprint, machine_signature
-from offline_dt.pipeline import PRESETS, all_methods, reproduce
-from offline_dt.reference import INSTALL_HINT, REFERENCE_METHODS
-from offline_dt.report import COLUMNS, LEVELS, REPLAY_LEVELS
-from offline_dt.rollout import SEED_RULES
+from offline_dt.envs.rollout import SEED_RULES
+from offline_dt.study.pipeline import PRESETS, all_methods, reproduce
+from offline_dt.study.reference import INSTALL_HINT, REFERENCE_METHODS
+from offline_dt.study.report import COLUMNS, LEVELS, REPLAY_LEVELS
 
 pytestmark = pytest.mark.slow
 

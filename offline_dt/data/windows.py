@@ -221,7 +221,7 @@ class WindowSampler:
         """Rank ``rank``'s shard of the global batch :meth:`sample` would draw, and its share.
 
         The whole global batch is drawn (so the generator advances as in one process) but
-        only the rows ``offline_dt.distributed.shard_bounds`` gives this rank are gathered:
+        only the rows ``offline_dt.training.distributed.shard_bounds`` gives this rank are gathered:
         the shards of ``world_size`` ranks concatenated are ``sample(batch_size)``.
 
         Returns:

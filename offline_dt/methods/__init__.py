@@ -8,7 +8,7 @@
   ``offline-dt finetune`` (``offline_dt.methods.odt``).
 - ``ppo``, ``dqn``: PPO and DQN on a causal-transformer policy acting from its recent
   history, trained online by ``offline-dt online`` (``offline_dt.methods.ppo``,
-  ``offline_dt.methods.dqn``, ``offline_dt.online``).
+  ``offline_dt.methods.dqn``, ``offline_dt.training.online``).
 
 See ``offline_dt.methods.base.Method`` for what a method provides, and README "Adding a
 method".

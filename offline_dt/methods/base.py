@@ -2,8 +2,8 @@
 
 A method is one small unit: the networks it trains (``build``), its loss on a batch of
 windows (``loss``) and how it acts in an environment (``policy``). The one training loop
-(``offline_dt.train``) and the one evaluator (``offline_dt.evaluate``) call these three and
-know nothing else about a method, the way d3rlpy keeps its algorithms apart and CORL keeps
+(``offline_dt.training.loop``) and the one evaluator (``offline_dt.evaluation.evaluate``) call these
+three and know nothing else about a method, the way d3rlpy keeps its algorithms apart and CORL keeps
 each algorithm's math in one file. README "Adding a method" walks through ``bc``.
 """
 
@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from offline_dt.data.windows import Batch, Normalizer
-from offline_dt.model import DecisionTransformer, DTConfig
+from offline_dt.nn.transformer import DecisionTransformer, DTConfig
 
 if TYPE_CHECKING:
-    from offline_dt.rollout import Policy
+    from offline_dt.envs.rollout import Policy
 
 
 class Method:
@@ -30,7 +30,7 @@ class Method:
         conditions_on_return: the policy takes a target return; evaluation then tries the
             default targets (the dataset's best return, the expert score) or the user's.
         graph_safe: the loss has fixed shapes and never reads a value back to the host, so
-            the loop may capture it as CUDA graphs (``offline_dt.cuda_graph``).
+            the loop may capture it as CUDA graphs (``offline_dt.training.cuda_graph``).
     """
 
     name: ClassVar[str] = ""
@@ -49,7 +49,7 @@ class Method:
 
     def policy(self, net: nn.Module, normalizer: Normalizer, target_return: float | None,
                *, kv_cache: bool = False, **settings: Any) -> Policy:
-        """A batched :class:`~offline_dt.rollout.Policy` acting with ``net`` in env units.
+        """A batched :class:`~offline_dt.envs.rollout.Policy` acting with ``net`` in env units.
         ``settings`` is one entry of :meth:`inference_candidates`."""
         raise NotImplementedError
 

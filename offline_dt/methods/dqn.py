@@ -1,6 +1,6 @@
 """DQN on a causal-transformer Q-network: the whole method in one file. The online driver (the
 window replay buffer and the ε-greedy collect on the one training loop) is
-``offline_dt.online``; this file is the network, the TD loss, the target network, the
+``offline_dt.training.online``; this file is the network, the TD loss, the target network, the
 exploration schedule and how it acts.
 
 Sources:
@@ -21,7 +21,7 @@ Sources:
 Network: the Decision Transformer trunk over the episode's last K ``(r_{t-1}, s_t, a_t)``
 (``offline_dt.methods.history``); ``Q(h_t, ·)`` is the trunk's action head (one output per
 Discrete action) on the newest state token. The history ``h_{t+1}`` of the next state is the
-window shifted by one step, so the replay buffer (``offline_dt.online.WindowReplaySource``)
+window shifted by one step, so the replay buffer (``offline_dt.training.online.WindowReplaySource``)
 stores each transition as one window of K + 1 steps: ``[:K]`` ends at ``s_t``, ``[1:]`` at
 ``s_{t+1}`` (the true last observation where the episode ended). Box actions are refused.
 
@@ -49,7 +49,7 @@ from offline_dt.methods.history import (
     load_trunk,
     trunk_timesteps,
 )
-from offline_dt.model import DecisionTransformer, DTConfig
+from offline_dt.nn.transformer import DecisionTransformer, DTConfig
 
 
 @dataclass(frozen=True)
@@ -245,8 +245,9 @@ class DQN(Method):
 
     def loss(self, net: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if not isinstance(batch, DQNBatch):
-            raise ValueError("method 'dqn' trains on its replay buffer (offline_dt.online), "
-                             "not on dataset windows; run `offline-dt online --method dqn`")
+            raise ValueError("method 'dqn' trains on its replay buffer "
+                             "(offline_dt.training.online), not on dataset windows; run "
+                             "`offline-dt online --method dqn`")
         return dqn_loss(net, batch)
 
     def after_step(self, net: nn.Module) -> None:

@@ -1,7 +1,7 @@
 """Decision Transformer (Chen et al. 2021, "Decision Transformer: Reinforcement Learning via
 Sequence Modeling"): the whole method in one file.
 
-- Network: ``offline_dt.model.DecisionTransformer`` over ``(R̂_t, s_t, a_t)`` tokens.
+- Network: ``offline_dt.nn.transformer.DecisionTransformer`` over ``(R̂_t, s_t, a_t)`` tokens.
 - Loss (Section 3, "Training"): the action predicted from the state token ``s_t`` against the
   dataset's ``a_t``, over the real (non-padding) steps of each window: MSE on Box actions
   scaled to [-1, 1], cross-entropy on Discrete actions.
@@ -22,7 +22,7 @@ from torch import nn
 
 from offline_dt.data.windows import Batch, Normalizer
 from offline_dt.methods.base import Method, register
-from offline_dt.model import KVCache, cache_is_exact
+from offline_dt.nn.transformer import KVCache, cache_is_exact
 
 
 def action_loss(net: nn.Module, batch: Batch, returns_to_go: torch.Tensor) -> torch.Tensor:
@@ -81,7 +81,7 @@ class DTPolicy:
     equals. After the step
     :meth:`observe` subtracts the reward from the return-to-go: ``R̂_{t+1} = R̂_t - r_t``,
     starting from ``target_return`` (Chen et al. 2021, Algorithm 1). All envs start together
-    (``offline_dt.rollout.run_episodes`` runs episodes in waves), so the context holds
+    (``offline_dt.envs.rollout.run_episodes`` runs episodes in waves), so the context holds
     ``min(t + 1, K)`` steps for every env and needs no padding or mask.
 
     Args:
@@ -93,8 +93,8 @@ class DTPolicy:
         device: where the context lives; defaults to the model's device.
         kv_cache: act from a key/value cache (``DecisionTransformer.step_cached``): three
             new tokens per step instead of recomputing the context. Exact for a band network
-            (``offline_dt.model.cache_is_exact``); for a window network exact for the first K
-            steps and an approximation after (see ``benchmarks/results/speed.md`` for the
+            (``offline_dt.nn.transformer.cache_is_exact``); for a window network exact for the first
+            K steps and an approximation after (see ``benchmarks/results/speed.md`` for the
             drift).
     """
 

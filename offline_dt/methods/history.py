@@ -1,7 +1,7 @@
 """What the online methods (``ppo``, ``dqn``) share: acting from the recent history of one's
 own episode with the Decision Transformer's trunk, and their warm start.
 
-The trunk (``offline_dt.model.DecisionTransformer``) reads per timestep the token triple
+The trunk (``offline_dt.nn.transformer.DecisionTransformer``) reads per timestep the token triple
 ``(R̂_t, s_t, a_t)``. An online method has no return to condition on; in the return slot of
 step ``t`` it is fed the previous reward instead, ``reward_scale · r_{t-1}`` (0 at ``t = 0``),
 so the tokens are ``(r_{t-1}, s_t, a_t)``: the last K (observation, action, reward) of the
@@ -13,7 +13,7 @@ heads read its hidden state.
 
 :class:`HistoryPolicy` keeps that window for every sub-env of a vector env. The sub-envs of an
 online collect are out of step (each resets when its own episode ends,
-``offline_dt.rollout.EpisodeStream``), so windows are right-aligned and left-padded with a
+``offline_dt.envs.rollout.EpisodeStream``), so windows are right-aligned and left-padded with a
 mask, as ``offline_dt.data.windows.WindowSampler``'s; every env adds one step per ``act``, so
 all windows shift together.
 """
@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from offline_dt.data.windows import Batch, Normalizer
-from offline_dt.model import DecisionTransformer
+from offline_dt.nn.transformer import DecisionTransformer
 
 #: What the trunk's timestep embedding reads (:class:`HistoryOptions`).
 TIMESTEPS = ("window", "episode")
@@ -111,8 +111,8 @@ def load_trunk(trunk: DecisionTransformer, model: dict[str, torch.Tensor],
 
 class HistoryPolicy:
     """A trunk-based network acting in ``N`` envs from per-env windows of its own episodes
-    (module docstring): the :class:`offline_dt.rollout.Policy` protocol, with the optional
-    ``begin_episodes`` hook of ``offline_dt.rollout.EpisodeStream``.
+    (module docstring): the :class:`offline_dt.envs.rollout.Policy` protocol, with the optional
+    ``begin_episodes`` hook of ``offline_dt.envs.rollout.EpisodeStream``.
 
     Args:
         net: the method's network; ``net.cfg`` its ``DTConfig`` (put in eval mode by

@@ -1,8 +1,8 @@
 """Online Decision Transformer (Zheng, Zhang & Grover, "Online Decision Transformer", ICML 2022):
 the whole method in one file. Online fine-tuning (the replay buffer and the collect step) is
-``offline_dt.finetune``; this file is the network, the loss and how it acts.
+``offline_dt.training.finetune``; this file is the network, the loss and how it acts.
 
-- Network: the DT trunk (``offline_dt.model.DecisionTransformer``) with a stochastic policy
+- Network: the DT trunk (``offline_dt.nn.transformer.DecisionTransformer``) with a stochastic policy
   head on the hidden state of the state token ``s_t`` (the token the DT predicts ``a_t``
   from; the action token embeds ``a_t`` itself). Box actions: a tanh-squashed diagonal
   Gaussian ``a = tanh(u)``, ``u ~ N(μ, σ²)``, with ``μ`` from the trunk's action head and
@@ -28,7 +28,7 @@ the whole method in one file. Online fine-tuning (the replay buffer and the coll
   records the batch's entropy gap ``H - β`` in a buffer, and ``after_step`` takes the Adam
   step on the closed-form gradient ``∂J/∂log λ = λ (H - β)``. The parameter and the Adam
   moments are in the network's ``state_dict``, so they checkpoint and resume with it.
-  Under DDP the gap is the global batch's (``offline_dt.distributed.global_mean``), so every
+  Under DDP the gap is the global batch's (``offline_dt.nn.collectives.global_mean``), so every
   rank takes the same step.
 - TD3 gradients (option ``critic_weight`` η > 0; Yan, Schwing & Wang, "Reinforcement
   Learning Gradients as Vitamin for Online Finetuning Decision Transformers", NeurIPS 2024,
@@ -51,7 +51,7 @@ the whole method in one file. Online fine-tuning (the replay buffer and the coll
   With η = 0 (the default) no critic is built: the published ODT.
 - Acting: evaluation acts with the mean action ``tanh(μ)`` (Box) or the most likely action
   (Discrete), deterministically, as ODT evaluates; ``policy(..., sample=True, generator=g)``
-  samples from the policy (the online collect step, ``offline_dt.finetune``).
+  samples from the policy (the online collect step, ``offline_dt.training.finetune``).
 
 Hyperparameters: :class:`ODTOptions`, set with ``--method-options KEY VALUE ...``.
 """
@@ -69,11 +69,11 @@ from torch import nn
 from torch.func import functional_call
 
 from offline_dt.data.windows import Batch, Normalizer
-from offline_dt.distributed import global_mean
 from offline_dt.methods.base import Method, option_strings, parse_options, register
 from offline_dt.methods.critic import mlp, polyak_update, require_box_actions
 from offline_dt.methods.dt import DTPolicy
-from offline_dt.model import DecisionTransformer, DTConfig
+from offline_dt.nn.collectives import global_mean
+from offline_dt.nn.transformer import DecisionTransformer, DTConfig
 
 #: Data actions at the bounds are clamped to ``±(1 - ACTION_EPS)`` before ``atanh``.
 ACTION_EPS = 1e-6

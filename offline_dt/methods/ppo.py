@@ -1,6 +1,6 @@
 """PPO on a causal-transformer policy: the whole method in one file. The online driver (the
 rollout source that collects and serves minibatches on the one training loop) is
-``offline_dt.online``; this file is the network, GAE, the loss and how it acts.
+``offline_dt.training.online``; this file is the network, GAE, the loss and how it acts.
 
 Sources:
 - PPO (Schulman et al. 2017, "Proximal Policy Optimization Algorithms", eq. 7 and 9): the
@@ -18,7 +18,7 @@ Sources:
 - Defaults: CleanRL's ``ppo.py`` / ``ppo_continuous_action.py`` (Huang et al. 2022, "CleanRL"):
   ε = 0.2, λ = 0.95, γ = 0.99, ``c_2`` = 0.01 for Discrete and 0 for Box, ``c_1`` = 0.5,
   128 steps per env, 4 epochs of 4 minibatches, clipped value loss, gradient-norm clip 0.5
-  (``TrainConfig.grad_clip``, set by ``offline_dt.online``), Adam lr 2.5e-4. Here 8 envs
+  (``TrainConfig.grad_clip``, set by ``offline_dt.training.online``), Adam lr 2.5e-4. Here 8 envs
   (CleanRL's ``ppo_atari.py``; its ``ppo.py`` has 4). The learning rate decays linearly to 0
   over the budget as CleanRL's ``anneal_lr`` (``offline-dt online``'s ``lr_decay`` auto; the
   loop's schedule steps it per update, CleanRL per rollout).
@@ -60,7 +60,7 @@ from offline_dt.methods.history import (
     load_trunk,
     trunk_timesteps,
 )
-from offline_dt.model import DecisionTransformer, DTConfig
+from offline_dt.nn.transformer import DecisionTransformer, DTConfig
 
 
 @dataclass(frozen=True)
@@ -356,7 +356,7 @@ class PPO(Method):
 
     def loss(self, net: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if not isinstance(batch, PPOBatch):
-            raise ValueError("method 'ppo' trains on rollouts (offline_dt.online), not on "
+            raise ValueError("method 'ppo' trains on rollouts (offline_dt.training.online), not on "
                              "dataset windows; run `offline-dt online --method ppo`")
         return ppo_loss(net, batch)
 

@@ -49,11 +49,11 @@ from torch import nn
 from torch.func import functional_call
 
 from offline_dt.data.windows import Batch, Normalizer
-from offline_dt.distributed import global_mean
 from offline_dt.methods.base import Method, option_strings, parse_options, register
 from offline_dt.methods.critic import mlp, polyak_update, require_box_actions
 from offline_dt.methods.dt import DTPolicy
-from offline_dt.model import DecisionTransformer, DTConfig
+from offline_dt.nn.collectives import global_mean
+from offline_dt.nn.transformer import DecisionTransformer, DTConfig
 
 
 @dataclass(frozen=True)

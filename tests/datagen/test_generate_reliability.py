@@ -25,8 +25,8 @@ from datagen.generate import (
     select_expert,
 )
 from offline_dt.data.d4rl import read_hdf5
+from offline_dt.data.lock import LockedError, exclusive_lock
 from offline_dt.data.minari_io import read_minari
-from offline_dt.lock import LockedError, exclusive_lock
 
 
 def _agent(curve: list[tuple[int, float, float]]) -> AgentArtifacts:

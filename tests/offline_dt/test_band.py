@@ -4,8 +4,8 @@ A band network (``DTConfig.attention == "band"``) attends to the last W tokens a
 so streaming an episode through ``step_cached`` equals the banded forward over the whole
 episode at every step (Mistral 7B's rolling cache), not only for the first K steps as the
 classic window network's cache. Also: the band mask (perturbations), the segment sampler,
-training / checkpoint / resume through ``offline_dt.train.train``, and ``evaluate_checkpoint``
-acting from the cache with the same returns as full recomputation.
+training / checkpoint / resume through ``offline_dt.training.loop.train``, and
+``evaluate_checkpoint`` acting from the cache with the same returns as full recomputation.
 """
 
 from __future__ import annotations
@@ -18,10 +18,15 @@ import pytest
 import torch
 
 from offline_dt.data.windows import Normalizer, SegmentSampler
-from offline_dt.evaluate import EvalConfig, evaluate_checkpoint, evaluate_policy, use_kv_cache
+from offline_dt.evaluation.evaluate import (
+    EvalConfig,
+    evaluate_checkpoint,
+    evaluate_policy,
+    use_kv_cache,
+)
 from offline_dt.methods.dt import DTPolicy
-from offline_dt.model import DecisionTransformer, DTConfig, band_mask, cache_is_exact
-from offline_dt.train import TrainConfig, load_checkpoint, train
+from offline_dt.nn.transformer import DecisionTransformer, DTConfig, band_mask, cache_is_exact
+from offline_dt.training.loop import TrainConfig, load_checkpoint, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

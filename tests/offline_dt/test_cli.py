@@ -19,11 +19,11 @@ from offline_dt.cli import (
     main,
     parse,
 )
-from offline_dt.config import parse_bool, parse_config
 from offline_dt.data.d4rl import LEVELS
-from offline_dt.evaluate import EvalConfig
-from offline_dt.pipeline import PRESETS
-from offline_dt.train import TrainConfig
+from offline_dt.evaluation.evaluate import EvalConfig
+from offline_dt.study.pipeline import PRESETS
+from offline_dt.training.configs import parse_bool, parse_config
+from offline_dt.training.loop import TrainConfig
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""CUDA-graph capture of the training loss (offline_dt.cuda_graph): where the loop uses it,
+"""CUDA-graph capture of the training loss (offline_dt.training.cuda_graph): where the loop uses it,
 what it computes, and how it falls back. The capture itself needs a CUDA device."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from offline_dt.cuda_graph import GraphedLoss, TensorLoss, batch_tensors, wants_graph
 from offline_dt.data.windows import Normalizer, WindowSampler
 from offline_dt.methods import get_method
-from offline_dt.model import DecisionTransformer
-from offline_dt.train import TrainConfig, train
+from offline_dt.nn.transformer import DecisionTransformer
+from offline_dt.training.cuda_graph import GraphedLoss, TensorLoss, batch_tensors, wants_graph
+from offline_dt.training.loop import TrainConfig, train
 
 CUDA = torch.device("cuda")
 CPU = torch.device("cpu")
@@ -72,7 +72,7 @@ def test_a_batch_off_cuda_is_refused_by_name(box_dataset):
 
 
 def test_bf16_is_a_blocker_only_where_it_does_not_capture(monkeypatch):
-    import offline_dt.cuda_graph as cg
+    import offline_dt.training.cuda_graph as cg
 
     flags = dict(distributed=False, compile=False, precision="bf16")
     assert cg.wants_graph("auto", CUDA, get_method("dt"), **flags) == cg.BF16_CAPTURES
@@ -86,7 +86,7 @@ def test_bf16_is_a_blocker_only_where_it_does_not_capture(monkeypatch):
 @pytest.mark.parametrize("method_name", ["dt", "bc"])
 def test_graphed_updates_match_eager_updates_on_cuda(box_dataset, method_name):
     """Dropout 0, fp32: ten AdamW updates through the captured loss equal ten eager ones."""
-    from offline_dt.train import make_optimizer, train_step
+    from offline_dt.training.loop import make_optimizer, train_step
 
     method = get_method(method_name)
     cfg = TrainConfig(dataset="x", steps=10, learning_rate=1e-3, precision="fp32")
@@ -117,7 +117,7 @@ def test_the_loop_trains_with_graphs_by_default_on_cuda(box_hdf5, tiny_config, p
 
 def test_auto_precision_keeps_fp32_for_launch_bound_steps_on_cuda():
     """The paper config's step (1.4e10 FLOPs) is launch-bound: fp32, so the loss is captured."""
-    from offline_dt.device import LAUNCH_BOUND_FLOPS, resolve_precision, step_flops
+    from offline_dt.training.device import LAUNCH_BOUND_FLOPS, resolve_precision, step_flops
 
     paper = TrainConfig(dataset="x").resolved(200, "cuda")
     assert paper.precision == "fp32"

@@ -1,6 +1,6 @@
-"""DDP training (offline_dt.distributed): 2 gloo ranks on CPU reproduce the single-process run
-with the same global batch, resume works under DDP, and a rank that dies or hangs ends the job
-with an error in bounded time.
+"""DDP training (offline_dt.training.distributed): 2 gloo ranks on CPU reproduce the
+single-process run with the same global batch, resume works under DDP, and a rank that dies or hangs
+ends the job with an error in bounded time.
 
 Ranks are spawned processes (torch.multiprocessing's spawn context) that open a gloo group
 themselves, so ``train`` joins it; ``test_torchrun_cli`` goes through torchrun and the CLI.
@@ -24,9 +24,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from offline_dt.data.windows import Normalizer, WindowSampler
-from offline_dt.distributed import loss_scale
 from offline_dt.methods import get_method
-from offline_dt.train import TrainConfig, load_checkpoint, train
+from offline_dt.training.distributed import loss_scale
+from offline_dt.training.loop import TrainConfig, load_checkpoint, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -11,13 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import offline_dt.evaluate
-from offline_dt.checkpoint import read_checkpoint
 from offline_dt.cli import main
 from offline_dt.methods import get_method
 from offline_dt.methods.dqn import linear_epsilon, td_target, update_target
-from offline_dt.model import DTConfig
-from offline_dt.online import OnlineConfig, train_online
+from offline_dt.nn.transformer import DTConfig
+from offline_dt.training.checkpoint import read_checkpoint
+from offline_dt.training.online import OnlineConfig, train_online
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -90,21 +89,18 @@ def test_cli_run_on_cartpole_and_evaluate(tmp_path):
     assert json.loads((run / "eval.json").read_text())["method"] == "dqn"
 
 
-def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
     kw = dict(env_steps=88, checkpoint_every=3, **TINY_CFG)
     full = train_online(OnlineConfig(run_dir=tmp_path / "full", **kw))
 
     class Interrupt(Exception):
         pass
 
-    def make_hook(*args, **kwargs):
-        def hook(run, step):
-            raise Interrupt
-        return hook
+    def hook(run, step):
+        raise Interrupt
 
-    monkeypatch.setattr(offline_dt.evaluate, "make_eval_hook", make_hook)
     with pytest.raises(Interrupt):
-        train_online(OnlineConfig(run_dir=tmp_path / "cut", eval_every=8, **kw))
+        train_online(OnlineConfig(run_dir=tmp_path / "cut", eval_every=8, **kw), hook)
     resumed = train_online(OnlineConfig(run_dir=tmp_path / "cut", resume=True, **kw))
     assert resumed.steps == full.steps == 13
     a = read_checkpoint(tmp_path / "full")[1]

@@ -13,7 +13,14 @@ from torch import nn
 
 from offline_dt.data.d4rl import normalized_score
 from offline_dt.data.windows import Normalizer
-from offline_dt.evaluate import (
+from offline_dt.envs.rollout import (
+    CallablePolicy,
+    Policy,
+    RandomPolicy,
+    episode_seed,
+    evaluation_seed,
+)
+from offline_dt.evaluation.evaluate import (
     CURVE_EPISODE_OFFSET,
     EvalResult,
     build_eval_payload,
@@ -24,15 +31,8 @@ from offline_dt.evaluate import (
 )
 from offline_dt.methods import get_method
 from offline_dt.methods.dt import DTPolicy
-from offline_dt.model import DecisionTransformer, DTConfig
-from offline_dt.rollout import (
-    CallablePolicy,
-    Policy,
-    RandomPolicy,
-    episode_seed,
-    evaluation_seed,
-)
-from offline_dt.train import TrainConfig, TrainingRun
+from offline_dt.nn.transformer import DecisionTransformer, DTConfig
+from offline_dt.training.loop import TrainConfig, TrainingRun
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -330,7 +330,7 @@ def test_test_episodes_never_start_where_a_generated_dataset_did():
     assert not overlap
     # The old rule (reset seed = seed * 100_000 + i) reproduced dataset starts exactly.
     old = FirstObservations(gym.make("Pendulum-v1").action_space)
-    from offline_dt.rollout import run_episodes
+    from offline_dt.envs.rollout import run_episodes
 
     run_episodes("Pendulum-v1", old, [episode_seed(0, i) for i in range(2)],
                  env_kwargs={"max_episode_steps": 2})

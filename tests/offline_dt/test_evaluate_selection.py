@@ -13,15 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from offline_dt import evaluate
 from offline_dt.cli import eval_summary
-from offline_dt.evaluate import (
-    CURVE_EPISODE_OFFSET,
-    EvalConfig,
-    episode_seeds,
-    evaluate_checkpoint,
-)
-from offline_dt.rollout import (
+from offline_dt.envs.rollout import (
     EVALUATION_SEED_BASE,
     SEED_LIMIT,
     SEED_RANGE,
@@ -31,6 +24,13 @@ from offline_dt.rollout import (
     episode_seed,
     evaluation_seed,
     validation_seed,
+)
+from offline_dt.evaluation import evaluate
+from offline_dt.evaluation.evaluate import (
+    CURVE_EPISODE_OFFSET,
+    EvalConfig,
+    episode_seeds,
+    evaluate_checkpoint,
 )
 
 seeds = st.integers(0, SEED_LIMIT - 1)

@@ -18,16 +18,10 @@ import torch
 from conftest import TINY_TRAIN, make_box_dataset
 from torch.distributions import Categorical, Normal, TanhTransform, TransformedDistribution
 
-from offline_dt.checkpoint import read_checkpoint
 from offline_dt.cli import main, parse
 from offline_dt.data import write_hdf5
 from offline_dt.data.windows import Batch
-from offline_dt.finetune import (
-    FinetuneConfig,
-    ReplaySource,
-    finetune,
-    hindsight_returns_to_go,
-)
+from offline_dt.envs.rollout import CallablePolicy
 from offline_dt.methods import get_method
 from offline_dt.methods.odt import (
     log_likelihood_and_entropy,
@@ -35,9 +29,15 @@ from offline_dt.methods.odt import (
     td3_terms,
     temperature_step,
 )
-from offline_dt.model import DTConfig
-from offline_dt.rollout import CallablePolicy
-from offline_dt.train import TrainConfig, TrainingRun, load_checkpoint, train
+from offline_dt.nn.transformer import DTConfig
+from offline_dt.training.checkpoint import read_checkpoint
+from offline_dt.training.finetune import (
+    FinetuneConfig,
+    ReplaySource,
+    finetune,
+    hindsight_returns_to_go,
+)
+from offline_dt.training.loop import TrainConfig, TrainingRun, load_checkpoint, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -1,4 +1,4 @@
-"""Reuse rules, the job list and the method choice of ``offline_dt.pipeline`` (end to end:
+"""Reuse rules, the job list and the method choice of ``offline_dt.study.pipeline`` (end to end:
 tests/test_pipeline_smoke.py)."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from offline_dt import reference
-from offline_dt.config import to_jsonable
-from offline_dt.evaluate import EvalConfig, build_eval_payload
-from offline_dt.pipeline import (
+from offline_dt.envs.rollout import SEED_RULES
+from offline_dt.evaluation.evaluate import EvalConfig, build_eval_payload
+from offline_dt.study import reference
+from offline_dt.study.pipeline import (
     BEHAVIOUR_LEVELS,
     EPISODE_SEEDS,
     VALIDATION_EPISODE_SEEDS,
@@ -21,9 +21,9 @@ from offline_dt.pipeline import (
     reproduce_jobs,
     reproduce_methods,
 )
-from offline_dt.reference import INSTALL_HINT, REFERENCE_METHODS, MissingDependencyError
-from offline_dt.report import LEVELS, REPLAY_LEVELS
-from offline_dt.rollout import SEED_RULES
+from offline_dt.study.reference import INSTALL_HINT, REFERENCE_METHODS, MissingDependencyError
+from offline_dt.study.report import LEVELS, REPLAY_LEVELS
+from offline_dt.training.configs import to_jsonable
 
 
 def _saved(cfg: EvalConfig) -> dict:
@@ -123,7 +123,7 @@ def test_overwrite_regenerates_the_levels_and_retrains_their_runs(monkeypatch, t
     """``reproduce(overwrite=["random"])`` asks generate to regenerate random only and marks
     the jobs on random fresh; a fresh job forgets its run's config.json and eval.json (so
     nothing of it is reused), a baseline job keeps them."""
-    from offline_dt import pipeline
+    from offline_dt.study import pipeline
 
     seen: dict = {}
 
@@ -168,8 +168,8 @@ def test_method_candidates_are_trained_beside_the_run_and_compete_in_its_evaluat
     ``<run>/candidates/<name>`` with the alternative options, and the run's evaluation gets
     their checkpoints; nothing is retrained or re-evaluated on a second call, and a candidate
     trained again makes the run's evaluation run again."""
-    from offline_dt import pipeline
-    from offline_dt.pipeline import PRESETS, candidate_configs, train_and_evaluate
+    from offline_dt.study import pipeline
+    from offline_dt.study.pipeline import PRESETS, candidate_configs, train_and_evaluate
 
     tcfg = tiny_config(box_hdf5, method="qt", run_dir=tmp_path / "qt" / "seed0")
     cands = candidate_configs(tcfg, PRESETS["paper"])
@@ -202,8 +202,8 @@ def test_method_candidates_are_trained_beside_the_run_and_compete_in_its_evaluat
 
 def test_kept_checkpoints_of_the_run_and_its_candidates_compete_in_its_evaluation(
         monkeypatch, tmp_path, box_hdf5, tiny_config):
-    from offline_dt import pipeline
-    from offline_dt.pipeline import PRESETS, candidate_configs, train_and_evaluate
+    from offline_dt.study import pipeline
+    from offline_dt.study.pipeline import PRESETS, candidate_configs, train_and_evaluate
 
     tcfg = tiny_config(box_hdf5, method="qt", run_dir=tmp_path / "qt" / "seed0", steps=8,
                        checkpoint_every=4, keep_checkpoints=True)

@@ -12,14 +12,19 @@ import pytest
 import torch
 from conftest import TINY_TRAIN, make_discrete_dataset
 
-import offline_dt.evaluate
-from offline_dt.checkpoint import read_checkpoint
+import offline_dt.evaluation.evaluate
 from offline_dt.cli import main
 from offline_dt.data import write_hdf5
 from offline_dt.methods.history import trunk_timesteps
 from offline_dt.methods.ppo import clipped_surrogate, gae, value_loss
-from offline_dt.online import OnlineConfig, RolloutSource, online_train_config, train_online
-from offline_dt.train import TrainConfig, TrainingRun, load_checkpoint, train
+from offline_dt.training.checkpoint import read_checkpoint
+from offline_dt.training.loop import TrainConfig, TrainingRun, load_checkpoint, train
+from offline_dt.training.online import (
+    OnlineConfig,
+    RolloutSource,
+    online_train_config,
+    train_online,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -140,7 +145,7 @@ def test_collect_log_probs_equal_the_loss_forward(tmp_path, env_id):
                        **{**TINY_CFG, "method_options": options})
     tcfg = online_train_config(cfg)
     from offline_dt.methods import get_method
-    from offline_dt.train import _env_data
+    from offline_dt.training.loop import _env_data
 
     method = get_method("ppo")
     tcfg = tcfg.resolved(500)
@@ -171,15 +176,16 @@ def test_truncation_starts_a_fresh_window_and_bootstraps(tmp_path, monkeypatch):
                        **{**TINY_CFG, "method_options": {"n_envs": "1", "n_steps": "210",
                                                          "minibatches": "2"}})
     from offline_dt.methods import get_method
-    from offline_dt.train import _env_data
+    from offline_dt.training.loop import _env_data
 
     tcfg = online_train_config(cfg).resolved(200)
     normalizer, info = _env_data(tcfg, None, None)
     net = get_method("ppo").build(tcfg.model_config(3, 1, False), tcfg.method_options)
     source = RolloutSource(normalizer, tcfg, torch.device("cpu"), cfg)
     seen, boot = {}, []
-    real_gae, real_values = offline_dt.online.gae, source._values
-    monkeypatch.setattr(offline_dt.online, "gae", lambda *a: seen.update(args=a) or real_gae(*a))
+    real_gae, real_values = offline_dt.training.online.gae, source._values
+    monkeypatch.setattr(offline_dt.training.online, "gae",
+                        lambda *a: seen.update(args=a) or real_gae(*a))
     monkeypatch.setattr(source, "_values", lambda *a: boot.append(real_values(*a)) or boot[-1])
     source.collect(TrainingRun(tcfg, get_method("ppo"), net, normalizer, info), 0)
     d = source.rollout
@@ -224,7 +230,7 @@ def test_cli_run_writes_a_run_that_evaluate_reads(tmp_path, env_id):
     assert ev["method"] == "ppo" and ev["episodes"] == 2 and ev["headline_target"] is None
 
 
-def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
     """Interrupted at update 7 (last checkpoint at update 6, inside the second rollout;
     CartPole episodes span the rollouts), resumed to the end: the same weights."""
     kw = dict(method="ppo", env_id="CartPole-v1", env_steps=96, checkpoint_every=2,
@@ -234,14 +240,11 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, monkeyp
     class Interrupt(Exception):
         pass
 
-    def make_hook(*args, **kwargs):
-        def hook(run, step):
-            raise Interrupt
-        return hook
+    def hook(run, step):
+        raise Interrupt
 
-    monkeypatch.setattr(offline_dt.evaluate, "make_eval_hook", make_hook)
     with pytest.raises(Interrupt):
-        train_online(OnlineConfig(run_dir=tmp_path / "cut", eval_every=7, **kw))
+        train_online(OnlineConfig(run_dir=tmp_path / "cut", eval_every=7, **kw), hook)
     assert read_checkpoint(tmp_path / "cut")[1]["step"] == 6
     resumed = train_online(OnlineConfig(run_dir=tmp_path / "cut", resume=True, **kw))
     assert resumed.steps == full.steps == 12
@@ -294,7 +297,7 @@ def test_episode_stream_seeds_every_episode_and_resumes_by_replay():
     a stream restored from its state steps on exactly as the original."""
     import gymnasium as gym
 
-    from offline_dt.rollout import ActionReplayPolicy, EpisodeStream
+    from offline_dt.envs.rollout import ActionReplayPolicy, EpisodeStream
 
     env = gym.make("CartPole-v1")
     actions = np.random.default_rng(0).integers(0, 2, (90, 3))

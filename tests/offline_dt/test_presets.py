@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from offline_dt.pipeline import PRESETS, _replace
-from offline_dt.train import TrainConfig
+from offline_dt.study.pipeline import PRESETS, _replace
+from offline_dt.training.loop import TrainConfig
 
 #: TrainConfig fields that make the network and its optimisation (the DT paper's Table 8).
 SHAPE = ("embed_dim", "n_layer", "n_head", "context_length", "dropout", "activation",

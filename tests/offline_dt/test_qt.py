@@ -14,8 +14,8 @@ from offline_dt.data import OfflineDataset, write_hdf5
 from offline_dt.data.windows import Batch, Normalizer, WindowSampler
 from offline_dt.methods import get_method
 from offline_dt.methods.qt import QTOptions, critic_loss, expectile_loss
-from offline_dt.model import DTConfig
-from offline_dt.train import TrainConfig, load_checkpoint, train, train_step
+from offline_dt.nn.transformer import DTConfig
+from offline_dt.training.loop import TrainConfig, load_checkpoint, train, train_step
 
 
 def test_expectile_loss_by_hand():
@@ -125,7 +125,7 @@ def _mean_action(method: str, options: dict[str, str], steps: int = 300) -> floa
     net = m.build(cfg.model_config(3, 1, False), options)
     norm = Normalizer.fit(data)
     sampler = WindowSampler(data, norm, 1, 8, seed=0)
-    from offline_dt.train import make_optimizer
+    from offline_dt.training.loop import make_optimizer
 
     opt, sched = make_optimizer(net, cfg)
     for _ in range(steps):

@@ -13,7 +13,8 @@ import pytest
 from conftest import PENDULUM_ACT, PENDULUM_OBS
 
 from offline_dt.data import OfflineDataset
-from offline_dt.reference import (
+from offline_dt.envs.rollout import SEED_RULES, evaluation_seed
+from offline_dt.study.reference import (
     INSTALL_HINT,
     WEIGHTS_NAME,
     MissingDependencyError,
@@ -25,7 +26,6 @@ from offline_dt.reference import (
     top_episodes,
     training_episodes,
 )
-from offline_dt.rollout import SEED_RULES, evaluation_seed
 
 pytest.importorskip("d3rlpy", reason=INSTALL_HINT)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -184,7 +184,7 @@ def test_cli_reference_command(box_hdf5, tmp_path, capsys):
 
 
 def test_policy_values_average_q_over_sampled_actions(box_hdf5, tmp_path):
-    from offline_dt.reference import policy_values
+    from offline_dt.study.reference import policy_values
 
     cfg = tiny(box_hdf5, tmp_path, "iql")
     run_reference(cfg)

@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 import torch
 
-import offline_dt.train as train_module
+import offline_dt.training.loop as train_module
 from offline_dt.data import write_hdf5
-from offline_dt.lock import LockedError, exclusive_lock, lock_file
-from offline_dt.run_dir import PreviousRun
-from offline_dt.train import CHECKPOINT_NAME, load_checkpoint, train
+from offline_dt.data.lock import LockedError, exclusive_lock, lock_file
+from offline_dt.training.loop import CHECKPOINT_NAME, load_checkpoint, train
+from offline_dt.training.run_dir import PreviousRun
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -152,7 +152,7 @@ def test_checkpoint_without_a_digest_loads_with_a_warning(box_hdf5, tiny_config,
     payload["version"] = 1
     old = tmp_path / "v1.pt"
     torch.save(payload, old)
-    with caplog.at_level(logging.WARNING, logger="offline_dt.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="offline_dt.training.checkpoint"):
         ck = load_checkpoint(old)
     assert ck.step == 4
     assert "v1.pt: checkpoint version 1 has no digest" in caplog.text
@@ -284,7 +284,7 @@ def test_the_lock_dies_with_its_holder(tmp_path):
     target = tmp_path / "out"
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time\nfrom offline_dt.lock import exclusive_lock\n"
+         "import sys, time\nfrom offline_dt.data.lock import exclusive_lock\n"
          f"with exclusive_lock({str(target)!r}, 'dataset'):\n"
          "    print('held', flush=True)\n    time.sleep(600)\n"],
         stdout=subprocess.PIPE, text=True)

@@ -19,10 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.pandas import column, data_frames
 
-from offline_dt.config import save_json
 from offline_dt.data import OfflineDataset, write_hdf5
-from offline_dt.evaluate import build_eval_payload, summarize_returns
-from offline_dt.report import (
+from offline_dt.evaluation.evaluate import build_eval_payload, summarize_returns
+from offline_dt.study.report import (
     AGGREGATE_COLUMNS,
     COLUMNS,
     LEVELS,
@@ -40,6 +39,7 @@ from offline_dt.report import (
     selection_note,
     to_markdown,
 )
+from offline_dt.training.configs import save_json
 
 REF_MIN, REF_MAX = -1200.0, -150.0
 
@@ -405,8 +405,8 @@ def test_levels_are_the_d4rl_ones_and_report_does_not_import_evaluate():
     from offline_dt.data import d4rl
 
     assert LEVELS is d4rl.LEVELS
-    code = ("import sys, offline_dt.report; "
-            "print('offline_dt.evaluate' in sys.modules)")
+    code = ("import sys, offline_dt.study.report; "
+            "print('offline_dt.evaluation.evaluate' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
@@ -533,7 +533,7 @@ def test_the_note_counts_which_checkpoint_each_run_chose():
     """A method whose runs chose among checkpoints (a preset's method_candidates) gets a
     sentence saying, per level, how many runs chose their own checkpoint or which
     ``candidates/<name>`` run; methods without such a choice get none."""
-    from offline_dt.report import checkpoint_choices, chosen_checkpoint, selection_rule
+    from offline_dt.study.report import checkpoint_choices, chosen_checkpoint, selection_rule
 
     def ev(chosen):
         cands = [{"target_return": -1.0, "settings": {}, "checkpoint": "r/qt/seed0"},
@@ -556,7 +556,7 @@ def test_the_note_counts_which_checkpoint_each_run_chose():
 
 
 def test_a_kept_intermediate_checkpoint_is_named_by_its_run_and_step():
-    from offline_dt.report import chosen_checkpoint, selection_rule
+    from offline_dt.study.report import chosen_checkpoint, selection_rule
 
     def ev(*paths):
         cands = [{"checkpoint": p, "target_return": -1.0, "settings": {}} for p in paths]

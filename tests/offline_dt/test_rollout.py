@@ -7,7 +7,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from offline_dt.rollout import (
+from offline_dt.envs.rollout import (
     ActionReplayPolicy,
     CallablePolicy,
     Policy,

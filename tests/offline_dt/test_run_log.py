@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 
-from offline_dt import run_log
-from offline_dt.run_log import RunLog, read_metrics
+from offline_dt.training import run_log
+from offline_dt.training.run_log import RunLog, read_metrics
 
 
 def test_log_rows_reach_metrics_csv_between_checkpoints(tmp_path, monkeypatch):

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from offline_dt.config import parse_config
 from offline_dt.data import DatasetError, write_hdf5
 from offline_dt.data.windows import Normalizer, WindowSampler
-from offline_dt.device import cpu_has_bf16, resolve_precision
 from offline_dt.methods import get_method
-from offline_dt.train import (
+from offline_dt.training.configs import parse_config
+from offline_dt.training.device import cpu_has_bf16, resolve_precision
+from offline_dt.training.loop import (
     CHECKPOINT_NAME,
     TrainConfig,
     load_checkpoint,
@@ -57,7 +57,7 @@ def test_tiny_model_overfits_tiny_dataset(which, precision, box_hdf5, discrete_h
 
 
 def test_bc_ignores_returns_to_go(box_dataset):
-    from offline_dt.model import DecisionTransformer, DTConfig
+    from offline_dt.nn.transformer import DecisionTransformer, DTConfig
 
     torch.manual_seed(0)
     model = DecisionTransformer(DTConfig(3, 1, context_length=5, max_timestep=64,
@@ -145,7 +145,7 @@ def test_eval_hook_uses_the_trainers_normalizer_and_env_bounds(tiny_config, tmp_
     """A foreign D4RL file (no spaces stored: action bounds inferred from the data) trained
     with --env-id: the trainer takes the env's bounds, and the learning-curve evaluation must
     act with exactly that normaliser, not one refitted from the file."""
-    import offline_dt.evaluate as evaluate
+    import offline_dt.evaluation.evaluate as evaluate
 
     rng = np.random.default_rng(0)
     n = 60
@@ -349,7 +349,7 @@ def test_cli_flags_build_the_config():
 
 # ---------------------------------------------------------------------------------- fast paths
 def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch):
-    from offline_dt import device as dev
+    from offline_dt.training import device as dev
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(dev, "cpu_has_bf16", lambda: True)
@@ -401,7 +401,7 @@ def test_compiled_loss_trains_like_eager(method, box_hdf5, tiny_config, tmp_path
 
 
 def test_kept_checkpoints_are_the_run_at_each_checkpoint_step(box_hdf5, tiny_config, tmp_path):
-    from offline_dt.checkpoint import kept_checkpoints
+    from offline_dt.training.checkpoint import kept_checkpoints
 
     full = tiny_config(box_hdf5, steps=12, run_dir=tmp_path / "full", checkpoint_every=4,
                        keep_checkpoints=True)
@@ -422,8 +422,8 @@ def test_kept_checkpoints_are_the_run_at_each_checkpoint_step(box_hdf5, tiny_con
 
 
 def test_adamw_is_fused_on_the_cpu_and_steps_as_the_loop_version(box_hdf5, tiny_config):
-    from offline_dt.model import DecisionTransformer, DTConfig
-    from offline_dt.train import make_optimizer
+    from offline_dt.nn.transformer import DecisionTransformer, DTConfig
+    from offline_dt.training.loop import make_optimizer
 
     torch.manual_seed(0)
     net = DecisionTransformer(DTConfig(3, 1, embed_dim=16, n_layer=1))

@@ -1,24 +1,24 @@
 """Evaluation on the live env: a checkpoint's method, or a baseline, rolled out on fixed episodes.
 
-Every row of the results table answers the same :class:`~offline_dt.rollout.Policy` protocol
-and is rolled out by the one rollout engine (:mod:`offline_dt.rollout`), on the same episodes
+Every row of the results table answers the same :class:`~offline_dt.envs.rollout.Policy` protocol
+and is rolled out by the one rollout engine (:mod:`offline_dt.envs.rollout`), on the same episodes
 and seeds: a trained checkpoint acts through its method (``Method.policy``: for ``dt`` a
 Decision Transformer conditioned on a target return, Chen et al. 2021 Algorithm 1; for ``bc``
 the same network fed zeros as returns-to-go), the random agent through ``RandomPolicy`` and
-the behaviour agent through ``CallablePolicy`` (built by ``offline_dt.pipeline``; this module
+the behaviour agent through ``CallablePolicy`` (built by ``offline_dt.study.pipeline``; this module
 never imports datagen).
 
 :func:`evaluate_policy` steps all episodes at once through a Gymnasium vector env (one batched
 policy call per env step); :func:`evaluate_sequential` is the one-episode-at-a-time reference
 loop of the original implementation (one model call per step per episode), kept for tests and
 the speed benchmark. Both seed test episode ``i`` of an evaluation with seed ``s`` as
-``10**12 + s * 100_000 + i`` (``offline_dt.rollout.evaluation_seed``), so the same
+``10**12 + s * 100_000 + i`` (``offline_dt.envs.rollout.evaluation_seed``), so the same
 ``(seed, i)`` is the same episode for every policy and both loops, and never the start of an
 episode of a dataset that datagen generated.
 
 Nothing is chosen on test episodes. :func:`evaluate_checkpoint` chooses a checkpoint's target
 return and inference settings on validation episodes (``2 * 10**12 + s * 100_000 + i``,
-``offline_dt.rollout.validation_seed``; a range that never meets the test one) and rolls only
+``offline_dt.envs.rollout.validation_seed``; a range that never meets the test one) and rolls only
 the chosen candidate out on the test episodes. :func:`make_eval_hook` is the training loop's
 periodic evaluation, on the trainer's own network and normaliser, on validation episodes of
 its own (indices from :data:`CURVE_EPISODE_OFFSET`).
@@ -37,12 +37,9 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from offline_dt.config import save_json, to_jsonable
 from offline_dt.data.d4rl import normalized_score
 from offline_dt.data.dataset import registered_env_id
-from offline_dt.device import resolve_device
-from offline_dt.model import cache_is_exact
-from offline_dt.rollout import (
+from offline_dt.envs.rollout import (
     DEFAULT_MAX_ENVS,
     SEED_RULES,
     SEED_STRIDE,
@@ -51,7 +48,10 @@ from offline_dt.rollout import (
     run_episodes,
     validation_seed,
 )
-from offline_dt.train import EvalHook, TrainingRun, load_checkpoint
+from offline_dt.nn.transformer import cache_is_exact
+from offline_dt.training.configs import save_json, to_jsonable
+from offline_dt.training.device import resolve_device
+from offline_dt.training.loop import EvalHook, TrainingRun, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ class EvalResult:
 # ---------------------------------------------------------------------------------- loops
 #: Reset seed of episode ``i`` of each kind of episode (``EvalResult.split``): test episodes
 #: score a policy, validation episodes choose among a method's candidates (and draw learning
-#: curves); the two ranges never meet (``offline_dt.rollout``).
+#: curves); the two ranges never meet (``offline_dt.envs.rollout``).
 SEED_FUNCTIONS = {"test": evaluation_seed, "validation": validation_seed}
 #: The learning-curve hook's episodes are validation episodes from this index on: never a test
 #: episode, and never one of the first ``CURVE_EPISODE_OFFSET`` validation episodes, where
@@ -167,7 +167,7 @@ def episode_seeds(split: str, seed: int, episodes: int, first: int = 0) -> list[
 
     Raises:
         ValueError: unknown ``split``, ``episodes < 1``, or indices/seed outside the rule's
-            range (``offline_dt.rollout.episode_seed``).
+            range (``offline_dt.envs.rollout.episode_seed``).
     """
     if split not in SEED_FUNCTIONS:
         raise ValueError(f"split must be one of {sorted(SEED_FUNCTIONS)}, found {split!r}")
@@ -191,9 +191,9 @@ def evaluate_policy(
 ) -> EvalResult:
     """Roll ``policy`` out for ``episodes`` episodes, all at once, through a vector env.
 
-    A thin wrapper over :func:`offline_dt.rollout.run_episodes`: episodes run in waves of at
+    A thin wrapper over :func:`offline_dt.envs.rollout.run_episodes`: episodes run in waves of at
     most ``max_envs`` envs in one ``SyncVectorEnv`` (same-step autoreset). Test episode ``i``
-    (``split="test"``) is reset with ``offline_dt.rollout.evaluation_seed(seed, i)``
+    (``split="test"``) is reset with ``offline_dt.envs.rollout.evaluation_seed(seed, i)``
     (``10**12 + seed * 100_000 + i``: never a seed a generated dataset was collected from);
     validation episode ``i`` with ``validation_seed(seed, i)`` (``2 * 10**12 + ...``: never a
     test episode). Every wave calls
@@ -330,7 +330,7 @@ class EvalConfig:
 
 def use_kv_cache(net: Any, kv_cache: bool = False, full_recompute: bool = False) -> bool:
     """Whether a policy on ``net`` acts from the key/value cache: where the cache is exact
-    (a band-attention network, ``offline_dt.model.cache_is_exact``) unless
+    (a band-attention network, ``offline_dt.nn.transformer.cache_is_exact``) unless
     ``full_recompute``; for a classic (window) network only when ``kv_cache`` asks for the
     approximation (logged as such)."""
     if cache_is_exact(getattr(net, "cfg", None)):
@@ -614,7 +614,7 @@ def write_baseline_eval(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a policy that has nothing to choose (``random``, ``behaviour``, the reference
-    rows of ``offline_dt.reference``) on the test episodes of evaluation seed ``seed`` and
+    rows of ``offline_dt.study.reference``) on the test episodes of evaluation seed ``seed`` and
     write its ``eval.json`` atomically (:func:`build_eval_payload`, ``target_return`` null)."""
     res = evaluate_policy(env_id, policy, episodes, seed, max_envs=max_envs,
                           ref_min_score=ref_min_score, ref_max_score=ref_max_score)
@@ -627,7 +627,7 @@ def write_baseline_eval(
 # ---------------------------------------------------------------------------------- training hook
 def make_eval_hook(target_return: float | None = None, seed: int | None = None,
                    max_envs: int = DEFAULT_MAX_ENVS) -> EvalHook:
-    """A periodic-evaluation hook for ``offline_dt.train.train``: ``hook(run, step)``.
+    """A periodic-evaluation hook for ``offline_dt.training.loop.train``: ``hook(run, step)``.
 
     Each call rolls the trainer's own network out with the trainer's own normaliser and
     dataset facts (``TrainingRun``; nothing is reloaded or refitted) on the same

@@ -2,7 +2,7 @@
 
 Rows: the methods of the one training loop (``dt``, ``bc``, and ``qt`` once registered), the
 field's reference rows trained by d3rlpy (``iql``, ``mlp-bc``, ``pct-bc``;
-``offline_dt.reference``) and the baselines (``random``, ``behaviour``); ``methods`` picks
+``offline_dt.study.reference``) and the baselines (``random``, ``behaviour``); ``methods`` picks
 among them (:func:`reproduce_methods`).
 
 A preset is a named set of overrides of the stage dataclasses (``GenerateConfig``,
@@ -28,16 +28,16 @@ Every run directory holds its resolved config (``config.json``); a run whose ``e
 exists, whose config matches and whose test episodes are today's (:data:`EPISODE_SEEDS`) is
 reused on rerun. Every method is evaluated on the same test episodes: for training seed ``k``
 evaluation seed ``k`` (episode ``i`` resets with ``10**12 + k * 100_000 + i``,
-``offline_dt.rollout.evaluation_seed``). Nothing is chosen on them: a checkpoint's target
+``offline_dt.envs.rollout.evaluation_seed``). Nothing is chosen on them: a checkpoint's target
 return and inference settings are chosen on validation episodes
-(``2 * 10**12 + k * 100_000 + i``, ``offline_dt.evaluate.evaluate_checkpoint``), and the
+(``2 * 10**12 + k * 100_000 + i``, ``offline_dt.evaluation.evaluate.evaluate_checkpoint``), and the
 learning-curve hook rolls out on validation episodes of its own (indices from 50000).
 
 Behaviour baseline per level (the policy that produced the data, acting as it did when
 collecting — stochastic for SAC): ``random`` → uniform random; ``medium``/``expert`` → the
 checkpoint named in the dataset metadata; ``medium-expert`` → its fixed mixture, half the
 episodes medium, half expert. ``medium-replay``/``full-replay``
-(``offline_dt.report.REPLAY_LEVELS``) get no behaviour job: a sequence of policies during
+(``offline_dt.study.report.REPLAY_LEVELS``) get no behaviour job: a sequence of policies during
 SAC training wrote them, not one agent, so the report compares them with the dataset's own
 episode returns (its ``data`` row) instead.
 
@@ -67,23 +67,23 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from offline_dt.checkpoint import kept_checkpoints
-from offline_dt.config import save_json, to_jsonable
 from offline_dt.data.d4rl import LEVELS
-from offline_dt.device import resolve_device
-from offline_dt.evaluate import (
+from offline_dt.envs.rollout import SEED_RULES, CallablePolicy, RandomPolicy
+from offline_dt.evaluation.evaluate import (
     EvalConfig,
     evaluate_checkpoint,
     make_eval_hook,
     write_baseline_eval,
 )
-from offline_dt.reference import REFERENCE_METHODS
-from offline_dt.report import REPLAY_LEVELS, report
-from offline_dt.rollout import SEED_RULES, CallablePolicy, RandomPolicy
+from offline_dt.study.reference import REFERENCE_METHODS
+from offline_dt.study.report import REPLAY_LEVELS, report
+from offline_dt.training.checkpoint import kept_checkpoints
+from offline_dt.training.configs import save_json, to_jsonable
+from offline_dt.training.device import resolve_device
 
 log = logging.getLogger(__name__)
 
-#: Methods trained by the one training loop (``offline_dt.train``) with the preset's budget;
+#: Methods trained by the one training loop (``offline_dt.training.loop``) with the preset's budget;
 #: ``qt`` joins when its module is registered (:func:`trained_methods`).
 TRAINED_METHODS = ("dt", "bc", "qt")
 #: Evaluated only: the uniform random agent and the policy that wrote the data.
@@ -132,7 +132,7 @@ class Preset:
         evaluate: ``EvalConfig`` field overrides (test episodes, validation episodes, ...);
             the reference rows and baselines use its ``episodes``.
         reference_steps: gradient updates of each d3rlpy reference row (iql, mlp-bc,
-            pct-bc; ``offline_dt.reference``).
+            pct-bc; ``offline_dt.study.reference``).
         seeds: training seeds; seed k is also the evaluation seed of every method.
         hook_episodes: episodes per learning-curve evaluation (TrainConfig.eval_every).
         data_dir: sub-directory of ``root`` for datasets and agents (None: ``root`` itself,
@@ -434,8 +434,8 @@ def train_or_reuse(tcfg: Any, hook: Callable | None) -> float:
     fields) and the checkpoint reached ``tcfg.steps``. A matching but unfinished run is
     resumed; a mismatching one is replaced. A run trained here loses its ``eval.json``.
     """
-    from offline_dt.config import from_dict
-    from offline_dt.train import (
+    from offline_dt.training.configs import from_dict
+    from offline_dt.training.loop import (
         CHECKPOINT_NAME,
         TrainConfig,
         config_differences,
@@ -548,7 +548,7 @@ class JobSpec:
 
 def _train_job(spec: JobSpec, p: Preset, run_dir: Path) -> dict[str, float]:
     """Train (or reuse) a method of the one training loop and evaluate it: seconds per stage."""
-    from offline_dt.train import TrainConfig
+    from offline_dt.training.loop import TrainConfig
 
     tcfg = _replace(TrainConfig(
         dataset=spec.dataset, env_id=spec.env_id, method=spec.method, seed=spec.seed,
@@ -572,7 +572,7 @@ def candidate_configs(tcfg: Any, p: Preset) -> list[Any]:
 
 def _reference_job(spec: JobSpec, p: Preset, run_dir: Path) -> dict[str, float]:
     """Train (or reuse) a d3rlpy reference row and evaluate it: seconds per stage."""
-    from offline_dt.reference import ReferenceConfig, run_reference
+    from offline_dt.study.reference import ReferenceConfig, run_reference
 
     if spec.method not in p.reference_steps:
         raise ValueError(f"preset {p.name}: reference_steps has no budget for "
@@ -728,10 +728,10 @@ def reproduce_methods(methods: Sequence[str] | None, env_id: str) -> list[str]:
 
     Raises:
         ValueError: an unknown method, or ``iql`` named for an env without Box actions.
-        offline_dt.reference.MissingDependencyError: a reference row named without d3rlpy;
+        offline_dt.study.reference.MissingDependencyError: a reference row named without d3rlpy;
             the message gives the install command.
     """
-    from offline_dt.reference import MissingDependencyError, import_d3rlpy
+    from offline_dt.study.reference import MissingDependencyError, import_d3rlpy
 
     known = all_methods()
     if methods is not None:
@@ -802,7 +802,7 @@ def reproduce(
     Raises:
         ValueError: unknown preset, level or method, ``workers < 1``, an ``overwrite``
             level not in ``levels``.
-        offline_dt.reference.MissingDependencyError: a reference row named without d3rlpy.
+        offline_dt.study.reference.MissingDependencyError: a reference row named without d3rlpy.
     """
     p = get_preset(preset)
     root = Path(root)

@@ -1,9 +1,9 @@
 """Online RL with a transformer policy (``ppo``, ``dqn``) on the one training loop.
 
-``train_online(OnlineConfig)`` calls ``offline_dt.train.train`` with no dataset (the networks
-are sized by the env's spaces and observations are not normalised, ``train._env_data``) and
-a batch source (``offline_dt.train.BatchSource``) that collects its own data through the one
-rollout engine: an ``offline_dt.rollout.EpisodeStream`` (a vector env stepped on across
+``train_online(OnlineConfig)`` calls ``offline_dt.training.loop.train`` with no dataset (the
+networks are sized by the env's spaces and observations are not normalised, ``train._env_data``) and
+a batch source (``offline_dt.training.loop.BatchSource``) that collects its own data through the one
+rollout engine: an ``offline_dt.envs.rollout.EpisodeStream`` (a vector env stepped on across
 collects, every episode reset with its own seed) driven by the method's
 ``offline_dt.methods.history.HistoryPolicy`` (per-env windows of the last K
 ``(r_{t-1}, s_t, a_t)``). Optimizer, schedule, gradient clipping, logs, periodic evaluation,
@@ -26,7 +26,7 @@ so a resumed run equals an uninterrupted one (for envs deterministic given the s
 
 Collect episode ``k`` of a run with seed ``s`` resets with ``ONLINE_SEED_BASE + s * 100000 +
 k``: a block of its own (``[4 * 10**12, 5 * 10**12)`` for ``k`` below ``10**12``), apart
-from the test and validation episodes of ``offline_dt.evaluate`` and the datasets'.
+from the test and validation episodes of ``offline_dt.evaluation.evaluate`` and the datasets'.
 
 ``init`` warm-starts from a pretrained checkpoint (e.g. ``offline-dt train --method dt``; seed
 002, section 5.1.3): its trunk (``Method.warm_start``: embeddings, blocks, final LayerNorm;
@@ -49,15 +49,22 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from offline_dt.checkpoint import checkpoint_path, read_checkpoint
-from offline_dt.config import RunControls, from_dict, save_json
 from offline_dt.data.windows import Batch, Normalizer
+from offline_dt.envs.rollout import SEED_RANGE, SEED_STRIDE, EpisodeStream
 from offline_dt.methods.base import parse_options
 from offline_dt.methods.dqn import DQNBatch, DQNOptions, linear_epsilon
 from offline_dt.methods.history import HistoryPolicy
 from offline_dt.methods.ppo import PPOBatch, PPOOptions, gae
-from offline_dt.rollout import SEED_RANGE, SEED_STRIDE, EpisodeStream
-from offline_dt.train import LR_DECAYS, TrainConfig, TrainingRun, TrainResult, train
+from offline_dt.training.checkpoint import checkpoint_path, read_checkpoint
+from offline_dt.training.configs import RunControls, from_dict, save_json
+from offline_dt.training.loop import (
+    LR_DECAYS,
+    EvalHook,
+    TrainConfig,
+    TrainingRun,
+    TrainResult,
+    train,
+)
 
 log = logging.getLogger(__name__)
 
@@ -485,10 +492,11 @@ def online_train_config(cfg: OnlineConfig) -> TrainConfig:
         resume=cfg.resume, overwrite=cfg.overwrite, progress=cfg.progress)
 
 
-def train_online(cfg: OnlineConfig) -> TrainResult:
+def train_online(cfg: OnlineConfig, eval_hook: EvalHook | None = None) -> TrainResult:
     """Train ``cfg.method`` online in ``cfg.env_id`` for ``cfg.env_steps`` env steps on the
     one training loop (module docstring); write ``online.json`` (the settings) beside the
-    run's usual files.
+    run's usual files. ``eval_hook`` draws the learning curve every ``cfg.eval_every``
+    updates, as for ``train`` (``offline_dt.evaluation.evaluate.make_eval_hook()``).
 
     Raises:
         FileNotFoundError: ``init`` (or, with ``resume``, the run's checkpoint) missing.
@@ -507,13 +515,8 @@ def train_online(cfg: OnlineConfig) -> TrainResult:
                device: torch.device) -> EnvSource:
         return SOURCES[cfg.method](normalizer, tcfg, device, cfg)
 
-    hook = None
-    if cfg.eval_every > 0:
-        from offline_dt.evaluate import make_eval_hook
-
-        hook = make_eval_hook()
     init = checkpoint_path(cfg.init) if cfg.init and not cfg.resume else None
-    result = train(train_cfg, hook, init=init, batch_source=source)
+    result = train(train_cfg, eval_hook, init=init, batch_source=source)
     save_json({"online_config": cfg, "train_config": train_cfg,
                "init_checkpoint": None if init is None else str(init)},
               result.run_dir / "online.json")

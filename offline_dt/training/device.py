@@ -40,7 +40,7 @@ def cpu_has_bf16() -> bool:
 
 #: Matmul FLOPs of one training step (:func:`step_flops`) under which a CUDA step is bound by
 #: kernel launches rather than arithmetic. There ``auto`` keeps fp32, whose loss the loop
-#: captures as CUDA graphs (``offline_dt.cuda_graph``; the bf16 backward pass does not
+#: captures as CUDA graphs (``offline_dt.training.cuda_graph``; the bf16 backward pass does not
 #: capture). On an H200 the paper config (1.4e10) stepped about 3x faster in fp32 with graphs
 #: than in bf16 eager (benchmarks/results/speed-cuda.md), while at embed 512, 6 layers, batch
 #: 512 (3.5e12) bf16 was about 4x fp32 (benchmarks/results/gpu.md).

@@ -31,7 +31,7 @@ SETTINGS = ("auto", "true", "false")
 #: on torch 2.11 with an H200 (cudaErrorStreamCaptureInvalidated, with dropout and without,
 #: also with attention limited to the memory-efficient and math kernels), so bf16 runs eagerly
 #: and ``TrainConfig.precision`` ``auto`` keeps fp32 where the graphs pay
-#: (``offline_dt.device.LAUNCH_BOUND_FLOPS``).
+#: (``offline_dt.training.device.LAUNCH_BOUND_FLOPS``).
 BF16_CAPTURES = False
 
 

@@ -3,9 +3,9 @@
 Three rows of the comparison table that are not Decision Transformers, each trained by
 `d3rlpy <https://github.com/takuseno/d3rlpy>`_ 2.8.1 (a well-kept implementation; nothing of
 the algorithms is rewritten here) on the same dataset file as ``dt`` and ``bc``, and rolled out
-by the one rollout engine (:func:`offline_dt.rollout.run_episodes`, through
-:func:`offline_dt.evaluate.write_baseline_eval`) on the same test episodes: for training seed
-``k``, evaluation seed ``k`` (test episode ``i`` resets with ``10**12 + k * 100000 + i``).
+by the one rollout engine (:func:`offline_dt.envs.rollout.run_episodes`, through
+:func:`offline_dt.evaluation.evaluate.write_baseline_eval`) on the same test episodes: for training
+seed ``k``, evaluation seed ``k`` (test episode ``i`` resets with ``10**12 + k * 100000 + i``).
 
 * ``iql``: Implicit Q-Learning (Kostrikov et al. 2021), ``d3rlpy.algos.IQLConfig`` defaults
   (expectile 0.7, inverse temperature ``weight_temp`` 3, ``max_weight`` 100, two critics,
@@ -57,12 +57,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from offline_dt.config import save_json, to_jsonable
 from offline_dt.data import OfflineDataset, load_dataset, registered_env_id
 from offline_dt.data.atomic import atomic_path
-from offline_dt.device import resolve_device
-from offline_dt.evaluate import write_baseline_eval
-from offline_dt.rollout import DEFAULT_MAX_ENVS, SEED_RULES, CallablePolicy
+from offline_dt.envs.rollout import DEFAULT_MAX_ENVS, SEED_RULES, CallablePolicy
+from offline_dt.evaluation.evaluate import write_baseline_eval
+from offline_dt.training.configs import save_json, to_jsonable
+from offline_dt.training.device import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -3,19 +3,20 @@
 Everything that rolls a policy out goes through :func:`step_policy`, one stepping core:
 
 * :func:`run_episodes` plays given episodes (one reset seed each) to their end, in waves of at
-  most ``max_envs`` envs, and returns per-episode returns and lengths. ``offline_dt.evaluate``
-  scores policies with it, and ``datagen`` its reference scores and learning curves.
+  most ``max_envs`` envs, and returns per-episode returns and lengths.
+  ``offline_dt.evaluation.evaluate`` scores policies with it, and ``datagen`` its reference scores
+  and learning curves.
 * :func:`collect_transitions` steps every sub-env a fixed number of steps with autoreset and
   returns the transitions, time-major, with the returns ``RecordEpisodeStatistics`` recorded.
   ``datagen.rollout`` builds its datasets from it.
 * :class:`EpisodeStream` steps a vector env on across calls, every episode reset with its own
   seed and a policy with per-env state told when an env starts a new episode; its state is
-  restored by replaying actions. ``offline_dt.online`` collects with it.
+  restored by replaying actions. ``offline_dt.training.online`` collects with it.
 
 A policy answers the :class:`Policy` protocol: :class:`RandomPolicy` (seeded per episode),
 :class:`CallablePolicy` (any batched ``fn(observations) -> actions``, e.g. a Stable-Baselines3
 agent), :class:`ActionReplayPolicy` (pre-drawn actions, e.g. datagen's random level), or a
-Decision Transformer (``offline_dt.evaluate.DTPolicy``).
+Decision Transformer (``offline_dt.evaluation.evaluate.DTPolicy``).
 
 Vector envs are synchronous with ``AutoresetMode.SAME_STEP`` (:func:`make_vec_env`): a sub-env
 that ends is reset inside the same ``step``, so the step returns the next episode's first

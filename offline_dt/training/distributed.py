@@ -1,7 +1,7 @@
 """Data-parallel training on torch DistributedDataParallel: the process group and its helpers.
 
 ``torchrun --nproc-per-node N -m offline_dt.cli train ...`` starts N processes (ranks) that
-train ONE model: :func:`offline_dt.train.train` opens the process group here (backend
+train ONE model: :func:`offline_dt.training.loop.train` opens the process group here (backend
 ``gloo`` on CPU, ``nccl`` on CUDA, one GPU per local rank) when ``WORLD_SIZE > 1``, or joins a
 group the caller opened. What makes N ranks reproduce the single-process run:
 
@@ -21,8 +21,8 @@ group the caller opened. What makes N ranks reproduce the single-process run:
 Exact up to float summation order, with two limits: dropout masks are drawn per rank
 (:func:`rank_seed`), so with ``dropout > 0`` a run equals the single-process one in
 distribution only; and a detached batch statistic inside a loss (e.g. a normaliser
-``E|Q|``) is per shard unless the method computes it with :func:`global_mean`, the way
-SyncBatchNorm does for BatchNorm.
+``E|Q|``) is per shard unless the method computes it with
+:func:`offline_dt.nn.collectives.global_mean`, the way SyncBatchNorm does for BatchNorm.
 
 Only rank 0 touches the run directory (lock, logs, checkpoints, ``config.json``, the eval
 hook); the others wait for it in the next collective. A rank that dies ends the job: torchrun
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-__all__ = ["DistributedError", "Ranks", "global_mean", "loss_scale", "process_group",
+__all__ = ["DistributedError", "Ranks", "loss_scale", "process_group",
            "rank_seed"]
 
 
@@ -210,15 +210,3 @@ def rank_seed(seed: int, rank: int) -> int:
     """The torch seed of rank ``rank > 0`` (dropout masks differ per rank; rank 0 keeps the
     single-process stream)."""
     return int(np.random.SeedSequence([seed, rank]).generate_state(1, np.uint32)[0])
-
-
-def global_mean(values: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` over every rank's elements (all-reduced sum and count), for a
-    detached batch statistic a method's loss uses (like SyncBatchNorm's); ``values.mean()``
-    in a single process. Call it on detached values: the reduction carries no gradient."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return values.mean()
-    both = torch.stack((values.detach().sum(dtype=torch.float32),
-                        torch.tensor(float(values.numel()), device=values.device)))
-    dist.all_reduce(both)
-    return (both[0] / both[1]).to(values.dtype)

@@ -8,17 +8,17 @@ Readable top to bottom (in the spirit of CleanRL / CORL):
    steps (``LambdaLR``), gradient-norm clip 0.25, 100k updates.
 2. ``train(cfg, eval_hook=None)``: validate, load the data, build the method's networks,
    then the loop: sample windows, ``method.loss``, AdamW step, warmup schedule, logs
-   (``offline_dt.run_log``), periodic evaluation, checkpoints (``offline_dt.checkpoint``) with
-   exact resume (parameters after N + M steps equal an uninterrupted run on CPU: model,
-   optimizer, scheduler, torch, numpy, sampler and CUDA RNGs are all restored). The batches
-   come from a window sampler, or from any ``BatchSource`` the caller passes (its optional
-   hooks: ``collect`` before updates, ``finished``, ``log_values``, a checkpointed state; e.g.
-   the online replay buffer of ``offline_dt.finetune``), and ``init`` warm-starts a new run
-   from a checkpoint.
+   (``offline_dt.training.run_log``), periodic evaluation, checkpoints
+   (``offline_dt.training.checkpoint``) with exact resume (parameters after N + M steps equal an
+   uninterrupted run on CPU: model, optimizer, scheduler, torch, numpy, sampler and CUDA RNGs are
+   all restored). The batches come from a window sampler, or from any ``BatchSource`` the caller
+   passes (its optional hooks: ``collect`` before updates, ``finished``, ``log_values``, a
+   checkpointed state; e.g. the online replay buffer of ``offline_dt.training.finetune``), and
+   ``init`` warm-starts a new run from a checkpoint.
 3. ``load_checkpoint(path)``: the networks, configs, normaliser and dataset facts.
 
 What a method is (its networks, loss and acting) lives in ``offline_dt.methods``; the loop
-knows nothing else about it. The periodic evaluation is a hook (``offline_dt.evaluate.
+knows nothing else about it. The periodic evaluation is a hook (``offline_dt.evaluation.evaluate.
 make_eval_hook``) called with the trainer's own :class:`TrainingRun`: its networks,
 normaliser (observation statistics, action bounds) and dataset facts.
 
@@ -47,7 +47,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from offline_dt.checkpoint import (
+from offline_dt.data import load_dataset
+from offline_dt.data.d4rl import space_to_json
+from offline_dt.data.dataset import DatasetError, OfflineDataset
+from offline_dt.data.lock import exclusive_lock
+from offline_dt.data.windows import Batch, Normalizer, SegmentSampler, WindowSampler
+from offline_dt.methods import METHODS, Method, get_method
+from offline_dt.nn.transformer import DTConfig
+from offline_dt.training.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_NAME,
     CHECKPOINT_VERSION,
@@ -59,20 +66,13 @@ from offline_dt.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from offline_dt.config import from_dict, save_json, to_jsonable
-from offline_dt.cuda_graph import SETTINGS as CUDA_GRAPH_SETTINGS
-from offline_dt.cuda_graph import graphed_loss
-from offline_dt.data import load_dataset
-from offline_dt.data.d4rl import space_to_json
-from offline_dt.data.dataset import DatasetError, OfflineDataset
-from offline_dt.data.windows import Batch, Normalizer, SegmentSampler, WindowSampler
-from offline_dt.device import resolve_device, resolve_precision, step_flops
-from offline_dt.distributed import Ranks, loss_scale, process_group, rank_seed
-from offline_dt.lock import exclusive_lock
-from offline_dt.methods import METHODS, Method, get_method
-from offline_dt.model import DTConfig
-from offline_dt.run_dir import PreviousRun, recover_run_dir
-from offline_dt.run_log import RunLog
+from offline_dt.training.configs import from_dict, save_json, to_jsonable
+from offline_dt.training.cuda_graph import SETTINGS as CUDA_GRAPH_SETTINGS
+from offline_dt.training.cuda_graph import graphed_loss
+from offline_dt.training.device import resolve_device, resolve_precision, step_flops
+from offline_dt.training.distributed import Ranks, loss_scale, process_group, rank_seed
+from offline_dt.training.run_dir import PreviousRun, recover_run_dir
+from offline_dt.training.run_log import RunLog
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +142,9 @@ class TrainConfig:
                 "takes a while, and on small models may not pay back (README 'GPU')"})
     cuda_graph: str = field(default="auto", metadata={
         "help": "capture the loss's forward and backward passes as CUDA graphs and replay "
-                "them (offline_dt.cuda_graph): auto where it is safe (one process on CUDA, no "
-                "--compile, methods dt and bc), true (an error where it is not safe), false",
+                "them (offline_dt.training.cuda_graph): auto where it is safe (one process on "
+                "CUDA, no --compile, methods dt and bc), true (an error where it is not safe), "
+                "false",
         "choices": list(CUDA_GRAPH_SETTINGS)})
     dist_timeout: float = field(default=600.0, metadata={
         "help": "seconds a rank of a torchrun job waits for the others in a collective before "
@@ -199,7 +200,7 @@ class TrainConfig:
         """This config with the defaults of ``AUTO_FIELDS`` filled in (chosen values kept):
         ``warmup_steps = min(10000, steps // 10)``; ``max_timestep = max(1000,
         longest_episode)`` (the paper's table, grown to fit the data); ``precision`` for
-        ``device`` (:func:`offline_dt.device.resolve_precision`)."""
+        ``device`` (:func:`offline_dt.training.device.resolve_precision`)."""
         changes: dict[str, Any] = {}
         if self.precision == "auto":
             tokens = 3 * self.batch_size * (self.segment_length or self.context_length)
@@ -599,7 +600,7 @@ def train_step(net: nn.Module, optimizer: torch.optim.Optimizer,
     forward pass and loss run under bfloat16 autocast. ``loss_fn`` computes the loss in place
     of ``method.loss(net, batch)`` (a DDP-wrapped or compiled :class:`MethodLoss`); the loss
     is multiplied by ``scale`` before backward (a DDP rank's share,
-    ``offline_dt.distributed.loss_scale``). Returns the detached (unscaled) loss and the
+    ``offline_dt.training.distributed.loss_scale``). Returns the detached (unscaled) loss and the
     method's extra scalars."""
     method = method or get_method(cfg.method)
     device = batch.observations.device
@@ -680,11 +681,11 @@ def config_differences(saved: TrainConfig, current: TrainConfig) -> dict[str, tu
 
 def _claim_run_dir(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
     """Before any slow work, holding the run directory's lock: finish what a killed run left
-    (``offline_dt.run_dir.recover_run_dir``), then (config, checkpoint payload) to resume from
-    (``cfg.resume``; defaults of ``AUTO_FIELDS`` take the checkpoint's values), or (config,
+    (``offline_dt.training.run_dir.recover_run_dir``), then (config, checkpoint payload) to resume
+    from (``cfg.resume``; defaults of ``AUTO_FIELDS`` take the checkpoint's values), or (config,
     None) after refusing an existing run without ``overwrite``. Nothing is deleted here: an
     overwritten run is set aside only once the new one is ready
-    (``offline_dt.run_dir.PreviousRun``).
+    (``offline_dt.training.run_dir.PreviousRun``).
 
     Raises:
         FileNotFoundError: ``resume`` and no checkpoint.
@@ -827,7 +828,7 @@ def _build(cfg: TrainConfig, method: Method, dataset: OfflineDataset | None,
     elif dataset is None:
         raise ValueError("TrainConfig.dataset is empty: a run without a dataset needs a "
                          "batch source that collects its own data (train(batch_source=...), "
-                         "e.g. offline_dt.online)")
+                         "e.g. offline_dt.training.online)")
     elif cfg.attention == "band":
         sampler = SegmentSampler(dataset, normalizer, cfg.segment_length, cfg.max_timestep,
                                  seed=cfg.seed, device=device)
@@ -859,7 +860,7 @@ def _build(cfg: TrainConfig, method: Method, dataset: OfflineDataset | None,
 
 def loss_function(cfg: TrainConfig, method: Method, net: nn.Module, ranks: Ranks
                   ) -> Callable[[Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]] | None:
-    """The loss as the loop computes it: a :class:`~offline_dt.cuda_graph.GraphedLoss`
+    """The loss as the loop computes it: a :class:`~offline_dt.training.cuda_graph.GraphedLoss`
     where ``cfg.cuda_graph`` asks for it (on CUDA, by default); None (the loop calls
     ``method.loss`` itself) in one process without ``compile``; else a :class:`MethodLoss`
     wrapped in DistributedDataParallel (several ranks: its backward averages gradients over
@@ -1044,14 +1045,15 @@ def train(cfg: TrainConfig, eval_hook: EvalHook | None = None, *,
           ) -> TrainResult:
     """Train ``cfg.method`` on ``cfg.dataset`` and write the run to ``cfg.run_dir``.
 
-    ``eval_hook(run, step) -> dict[str, float]`` (e.g. ``offline_dt.evaluate.make_eval_hook()``)
-    runs every ``cfg.eval_every`` steps and at the end (when ``eval_every > 0``) with the
-    trainer's own :class:`TrainingRun`; its values become ``metrics.csv`` columns. It runs
-    under ``torch.random.fork_rng`` so it cannot disturb the training RNG (resume stays exact).
+    ``eval_hook(run, step) -> dict[str, float]`` (e.g.
+    ``offline_dt.evaluation.evaluate.make_eval_hook()``) runs every ``cfg.eval_every`` steps and at
+    the end (when ``eval_every > 0``) with the trainer's own :class:`TrainingRun`; its values become
+    ``metrics.csv`` columns. It runs under ``torch.random.fork_rng`` so it cannot disturb the
+    training RNG (resume stays exact).
 
     Under torchrun (``WORLD_SIZE > 1``), or inside a process group the caller opened, every
     rank calls this and they train one model with DistributedDataParallel
-    (``offline_dt.distributed``): ``batch_size`` is the global batch, split across ranks;
+    (``offline_dt.training.distributed``): ``batch_size`` is the global batch, split across ranks;
     rank 0 alone holds the lock, writes the run directory and calls ``eval_hook``.
 
     ``init`` (a checkpoint file or run directory) warm-starts a new run: its networks
@@ -1061,14 +1063,14 @@ def train(cfg: TrainConfig, eval_hook: EvalHook | None = None, *,
     own ``cfg.steps`` from 0; on ``resume`` the run's own checkpoint is used instead.
     ``batch_source(dataset, normalizer, cfg, device)`` replaces the window sampler with any
     object that samples batches the same way (:class:`BatchSource`; e.g. an online replay
-    buffer that collects before updates, ``offline_dt.finetune``).
+    buffer that collects before updates, ``offline_dt.training.finetune``).
 
     Without a dataset (``cfg.dataset`` empty; a ``batch_source`` that collects its own data
-    is then required, e.g. ``offline_dt.online``) the networks are sized by the spaces of
+    is then required, e.g. ``offline_dt.training.online``) the networks are sized by the spaces of
     ``cfg.env_id`` and the normaliser leaves observations unchanged (:func:`_env_data`;
     warm-started, the ``init`` checkpoint's observation statistics).
 
-    The whole call holds an exclusive lock on ``run_dir`` (:func:`offline_dt.lock.
+    The whole call holds an exclusive lock on ``run_dir`` (:func:`offline_dt.data.lock.
     exclusive_lock`). Everything is checked (config, dataset, env, sizes, memory) before the
     run directory is touched; with ``overwrite`` the existing run is set aside and deleted at
     the new run's first checkpoint, or put back if the new run fails (or is killed) before it.
@@ -1082,7 +1084,7 @@ def train(cfg: TrainConfig, eval_hook: EvalHook | None = None, *,
             longer than ``max_timestep``.
         ValueError: bad arguments, sizes beyond the data or the available memory, or
             ``resume`` with a config that differs from the checkpoint's (names the fields).
-        offline_dt.distributed.DistributedError: (torchrun) another rank died or hung.
+        offline_dt.training.distributed.DistributedError: (torchrun) another rank died or hung.
     """
     t_start = time.perf_counter()
     cfg.validate()

@@ -13,8 +13,8 @@ import os
 import shutil
 from pathlib import Path
 
-from offline_dt.checkpoint import CHECKPOINT_NAME, KEPT_DIR
 from offline_dt.data.atomic import remove_path
+from offline_dt.training.checkpoint import CHECKPOINT_NAME, KEPT_DIR
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ Attention comes in two kinds (``DTConfig.attention``):
   Cache") and the sliding-window attention of Longformer (Beltagy et al. 2020, "Longformer:
   The Long-Document Transformer", Section 3.1).
 
-The loss lives in ``offline_dt.train``; this module is the network alone.
+The loss lives in ``offline_dt.training.loop``; this module is the network alone.
 """
 
 from __future__ import annotations
@@ -483,8 +483,8 @@ class DecisionTransformer(nn.Module):
         # (B, K, 3, d) -> (B, 3K, d): R̂_1, s_1, a_1, R̂_2, ...
         x = torch.stack((r, s, a), dim=2).reshape(b, 3 * k, self.cfg.embed_dim)
         x = self.drop(self.embed_ln(x))
-        # Under torch.compile and CUDA graph capture (offline_dt.cuda_graph) a given mask is
-        # always applied: no data-dependent branch, no read back to the host (the mask of a
+        # Under torch.compile and CUDA graph capture (offline_dt.training.cuda_graph) a given mask
+        # is always applied: no data-dependent branch, no read back to the host (the mask of a
         # window without padding is plain causal attention, the same result).
         compiling = torch.compiler.is_compiling() or (
             x.is_cuda and torch.cuda.is_current_stream_capturing())
@@ -567,15 +567,15 @@ class DecisionTransformer(nn.Module):
         and values held for older tokens were computed with exactly that band when those
         tokens were new, so the output equals :meth:`forward` over the whole episode so far
         (up to float rounding) at every step: exact by construction (Mistral 7B's rolling
-        buffer cache, Jiang et al. 2023). ``offline_dt.evaluate`` acts this way by default
-        for band checkpoints.
+        buffer cache, Jiang et al. 2023). ``offline_dt.evaluation.evaluate`` acts this way by
+        default for band checkpoints.
 
         Window mode (the classic DT): attends over the last ``3K - 1`` tokens (what ``s_t``
         sees in a recomputed window). This is exact while the episode is shorter than K
         steps. Afterwards it is an approximation: the cached keys of older tokens were
         computed when those tokens were newest, with attention reaching further back than
         the window that recomputation would give them (block 1 is still exact: its keys
-        depend on the token alone). ``offline_dt.evaluate`` keeps recomputation as the
+        depend on the token alone). ``offline_dt.evaluation.evaluate`` keeps recomputation as the
         default for these and ``benchmarks/speed.py`` measures the drift.
 
         Args:

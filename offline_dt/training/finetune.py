@@ -1,5 +1,5 @@
 """Online fine-tuning of an ``odt`` checkpoint (Zheng, Zhang & Grover 2022, "Online Decision
-Transformer", Algorithm 1), on the one training loop of ``offline_dt.train``.
+Transformer", Algorithm 1), on the one training loop of ``offline_dt.training.loop``.
 
 Algorithm 1, as run here:
 
@@ -10,7 +10,7 @@ Algorithm 1, as run here:
 2. Each round collects ``episodes_per_round`` episodes with the *stochastic* policy
    (``Method.policy(..., sample=True)``) conditioned on the exploration target ``g_online``
    (:func:`default_online_target`), through the one rollout engine
-   (``offline_dt.rollout.make_vec_env`` and ``step_policy``). Hindsight return relabelling:
+   (``offline_dt.envs.rollout.make_vec_env`` and ``step_policy``). Hindsight return relabelling:
    a collected episode enters the buffer with its own rewards, so the returns-to-go it is
    trained on are the returns it actually achieved,
    ``R̂_t = Σ_{t' >= t} r_t'`` (:func:`hindsight_returns_to_go`), not ``g_online`` minus
@@ -27,7 +27,7 @@ critic learned by TD on the buffer's windows, and its normalised Q term in the a
 Yan, Schwing & Wang, NeurIPS 2024; ``offline_dt.methods.odt``), the answer to ODT's failure
 on low-return data, whose episodes hindsight relabelling can only imitate.
 
-The loop is ``offline_dt.train.train``: this module passes it the pretrained checkpoint
+The loop is ``offline_dt.training.loop.train``: this module passes it the pretrained checkpoint
 (``init``: networks, optimizer and schedule continue from pretraining, as ODT continues its
 optimizer online; a critic the pretrained run lacks starts fresh, and then so do the
 optimizer and schedule) and a :class:`ReplaySource` as its batch source, whose ``collect`` hook
@@ -52,17 +52,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from offline_dt.checkpoint import checkpoint_path, read_checkpoint
-from offline_dt.config import RunControls, from_dict, save_json, to_jsonable
 from offline_dt.data.dataset import OfflineDataset, registered_env_id
 from offline_dt.data.windows import Batch, Normalizer, WindowSampler, returns_to_go
-from offline_dt.rollout import SEED_RANGE, Policy, episode_seed, make_vec_env, step_policy
-from offline_dt.train import TrainConfig, TrainingRun, TrainResult, check_env_spaces, train
+from offline_dt.envs.rollout import SEED_RANGE, Policy, episode_seed, make_vec_env, step_policy
+from offline_dt.training.checkpoint import checkpoint_path, read_checkpoint
+from offline_dt.training.configs import RunControls, from_dict, save_json, to_jsonable
+from offline_dt.training.loop import (
+    EvalHook,
+    TrainConfig,
+    TrainingRun,
+    TrainResult,
+    check_env_spaces,
+    train,
+)
 
 #: Collected episode ``i`` of a fine-tune with seed ``s`` resets its env with
 #: ``COLLECT_SEED_BASE + s * 100000 + i``: a block of its own, apart from datagen's (below
 #: ``10**12``), the test episodes' (``[10**12, 2 * 10**12)``) and validation's
-#: (``[2 * 10**12, 3 * 10**12)``), see ``offline_dt.rollout``.
+#: (``[2 * 10**12, 3 * 10**12)``), see ``offline_dt.envs.rollout``.
 COLLECT_SEED_BASE = 3 * SEED_RANGE
 #: FinetuneConfig fields that may change when a fine-tune is resumed.
 RESUMABLE = frozenset({"online_steps", "resume", "overwrite", "progress", "log_every",
@@ -222,7 +229,7 @@ def default_online_target(best_return: float | None, ref_max_score: float | None
 
 # ---------------------------------------------------------------------------------- source
 class ReplaySource:
-    """The training loop's batch source for a fine-tune (``offline_dt.train.BatchSource``):
+    """The training loop's batch source for a fine-tune (``offline_dt.training.loop.BatchSource``):
     a FIFO trajectory buffer, ODT's collect step and its state.
 
     Args:
@@ -360,10 +367,11 @@ def finetune_train_config(cfg: FinetuneConfig, base: TrainConfig) -> TrainConfig
         progress=cfg.progress)
 
 
-def finetune(cfg: FinetuneConfig) -> TrainResult:
+def finetune(cfg: FinetuneConfig, eval_hook: EvalHook | None = None) -> TrainResult:
     """Fine-tune an ``odt`` checkpoint online (module docstring) into ``cfg.run_dir``; write
     ``finetune.json`` (the settings, ``g_online``, the pretrained checkpoint) beside the
-    run's usual files.
+    run's usual files. ``eval_hook`` draws the learning curve every ``cfg.eval_every``
+    updates, as for ``train`` (``offline_dt.evaluation.evaluate.make_eval_hook()``).
 
     Raises:
         FileNotFoundError: no pretrained checkpoint (or, with ``resume``, no run to resume).
@@ -387,12 +395,7 @@ def finetune(cfg: FinetuneConfig) -> TrainResult:
                device: torch.device) -> ReplaySource:
         return ReplaySource(dataset, normalizer, tcfg, device, cfg, env_id, target)
 
-    hook = None
-    if cfg.eval_every > 0:
-        from offline_dt.evaluate import make_eval_hook
-
-        hook = make_eval_hook()
-    result = train(train_cfg, hook, init=checkpoint_path(cfg.checkpoint), batch_source=source)
+    result = train(train_cfg, eval_hook, init=checkpoint_path(cfg.checkpoint), batch_source=source)
     save_json({"finetune_config": cfg, "g_online": target, "env_id": env_id,
                "pretrained_checkpoint": str(checkpoint_path(cfg.checkpoint))},
               result.run_dir / "finetune.json")

@@ -5,7 +5,7 @@ Layout read::
     <runs_root>/<env>/<dataset>/<method>/seed<k>/
         config.json    resolved config of the run (TrainConfig, or the baseline's settings)
         metrics.csv    training log with the eval hook's columns (dt and bc only)
-        eval.json      offline_dt.evaluate's schema: headline return statistics and the
+        eval.json      offline_dt.evaluation.evaluate's schema: headline return statistics and the
                        per-episode returns of every evaluated target
 
 The unit of uncertainty is the training run. A *run* is one ``<method>/seed<k>`` directory and
@@ -74,11 +74,11 @@ import numpy as np
 import pandas as pd
 from scipy.stats import bootstrap, trim_mean
 
-from offline_dt.checkpoint import KEPT_DIR
 from offline_dt.data.atomic import atomic_path
 
 # LEVELS is re-exported: pipeline and cli import it from here.
 from offline_dt.data.d4rl import LEVELS, normalized_score
+from offline_dt.training.checkpoint import KEPT_DIR
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,2 @@
+"""The evaluation layer: checkpoints acting on the live env, targets and settings chosen on
+validation episodes, scored on test episodes."""
