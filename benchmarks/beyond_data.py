@@ -30,13 +30,11 @@ from typing import Any
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from offline_dt.evaluation.evaluate import EvalConfig  # noqa: E402
-from offline_dt.methods import get_method  # noqa: E402
-from offline_dt.study.pipeline import PRESETS, train_and_evaluate  # noqa: E402
-from offline_dt.study.report import to_markdown  # noqa: E402
-from offline_dt.training.loop import TrainConfig  # noqa: E402
+from offline_dt.evaluation.evaluate import EvalConfig
+from offline_dt.methods import get_method
+from offline_dt.study.pipeline import PRESETS, train_and_evaluate
+from offline_dt.study.report import to_markdown
+from offline_dt.training.loop import TrainConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -103,7 +101,7 @@ def relabelled_dataset(job: dict[str, Any]) -> str:
     """The QDT-relabelled copy of the job's dataset (written once, atomically, under
     ``<root>/relabelled/``): values ``V(s') = mean Q(s', a ~ pi)`` of the reference run
     ``<critic_root>/pendulum-<level>-v0/<RELABELLED[variant]>/seed<k>``, which must exist
-    (``benchmarks/pendulum.py --preset paper`` trains it)."""
+    (``python benchmarks/pendulum.py --preset paper`` trains it)."""
     from offline_dt.data import load_dataset, write_hdf5
     from offline_dt.data.relabel import qdt_relabel
     from offline_dt.study.reference import load_reference, policy_values

@@ -44,13 +44,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.speed import cpu_model, pendulum_like, versions  # noqa: E402
-from offline_dt.data.windows import Normalizer  # noqa: E402
-from offline_dt.evaluation.evaluate import evaluate_policy, evaluate_sequential  # noqa: E402
-from offline_dt.methods.dt import DTPolicy  # noqa: E402
-from offline_dt.nn.transformer import DecisionTransformer, DTConfig  # noqa: E402
+from benchmarks.machine import cpu_model, versions
+from benchmarks.workload import pendulum_like
+from offline_dt.data.windows import Normalizer
+from offline_dt.evaluation.evaluate import evaluate_policy, evaluate_sequential
+from offline_dt.methods.dt import DTPolicy
+from offline_dt.nn.transformer import DecisionTransformer, DTConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUICK = {"context_length": 20, "embed_dim": 64, "n_layer": 2, "n_head": 1, "dropout": 0.0,

@@ -51,22 +51,19 @@ from typing import Any
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from online import cached_run, plot, run_table  # noqa: E402  benchmarks/online.py: run cache, plot
-
-from offline_dt.envs.rollout import CallablePolicy  # noqa: E402
-from offline_dt.evaluation.evaluate import (  # noqa: E402
+from benchmarks.online import cached_run, plot, run_table
+from offline_dt.envs.rollout import CallablePolicy
+from offline_dt.evaluation.evaluate import (
     CURVE_EPISODE_OFFSET,
     EvalConfig,
     evaluate_checkpoint,
     evaluate_policy,
     make_eval_hook,
 )
-from offline_dt.study.pipeline import PRESETS  # noqa: E402
-from offline_dt.training.device import resolve_device  # noqa: E402
-from offline_dt.training.finetune import FinetuneConfig, finetune  # noqa: E402
-from offline_dt.training.loop import TrainConfig, train  # noqa: E402
+from offline_dt.study.pipeline import PRESETS
+from offline_dt.training.device import resolve_device
+from offline_dt.training.finetune import FinetuneConfig, finetune
+from offline_dt.training.loop import TrainConfig, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATASET = "data/d4rl/pendulum-medium-replay-v0.hdf5"

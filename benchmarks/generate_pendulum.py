@@ -18,9 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datagen.generate import GenerateConfig, config_dict, generate, package_versions  # noqa: E402
+from datagen.generate import GenerateConfig, config_dict, generate, package_versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -47,14 +47,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from offline_dt.data import write_hdf5  # noqa: E402
-from offline_dt.data.dataset import OfflineDataset  # noqa: E402
-from offline_dt.data.windows import Normalizer, WindowSampler  # noqa: E402
-from offline_dt.methods import get_method  # noqa: E402
-from offline_dt.training.device import resolve_precision  # noqa: E402
-from offline_dt.training.loop import MethodLoss, TrainConfig, make_optimizer, train_step  # noqa: E402
+from offline_dt.data import write_hdf5
+from offline_dt.data.dataset import OfflineDataset
+from offline_dt.data.windows import Normalizer, WindowSampler
+from offline_dt.methods import get_method
+from offline_dt.training.device import resolve_precision
+from offline_dt.training.loop import MethodLoss, TrainConfig, make_optimizer, train_step
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets, matched

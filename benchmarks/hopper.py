@@ -26,13 +26,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pendulum import machine, restrict, reused_note, stages_section, versions  # noqa: E402
-
-from offline_dt.data.d4rl import read_hdf5  # noqa: E402
-from offline_dt.study.pipeline import PRESETS, reproduce  # noqa: E402
-from offline_dt.study.report import env_markdown  # noqa: E402
+from benchmarks.pendulum import machine, restrict, reused_note, stages_section, versions
+from offline_dt.data.d4rl import read_hdf5
+from offline_dt.study.pipeline import PRESETS, reproduce
+from offline_dt.study.report import env_markdown
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ENV = "Hopper-v5"

@@ -50,18 +50,16 @@ from typing import Any
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from offline_dt.envs.rollout import CallablePolicy  # noqa: E402
-from offline_dt.evaluation.evaluate import (  # noqa: E402
+from offline_dt.envs.rollout import CallablePolicy
+from offline_dt.evaluation.evaluate import (
     CURVE_EPISODE_OFFSET,
     evaluate_policy,
     make_eval_hook,
 )
-from offline_dt.methods.base import parse_options  # noqa: E402
-from offline_dt.training.device import resolve_device  # noqa: E402
-from offline_dt.training.loop import load_checkpoint  # noqa: E402
-from offline_dt.training.online import OPTIONS, OnlineConfig, train_online  # noqa: E402
+from offline_dt.methods.base import parse_options
+from offline_dt.training.device import resolve_device
+from offline_dt.training.loop import load_checkpoint
+from offline_dt.training.online import OPTIONS, OnlineConfig, train_online
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

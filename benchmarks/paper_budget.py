@@ -39,10 +39,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from speed import cpu_model, gpu_model, versions  # noqa: E402
+from benchmarks.machine import cpu_model, gpu_model, versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

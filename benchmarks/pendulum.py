@@ -31,10 +31,8 @@ from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from offline_dt.study.pipeline import PRESETS, reproduce  # noqa: E402
-from offline_dt.study.report import (  # noqa: E402
+from offline_dt.study.pipeline import PRESETS, reproduce
+from offline_dt.study.report import (
     aggregate_table,
     dataset_level,
     env_markdown,

@@ -72,15 +72,15 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from offline_dt.data.dataset import OfflineDataset  # noqa: E402
-from offline_dt.data.windows import Normalizer, WindowSampler  # noqa: E402
-from offline_dt.methods import get_method  # noqa: E402
-from offline_dt.nn.transformer import DecisionTransformer  # noqa: E402
-from offline_dt.training.cuda_graph import GraphedLoss  # noqa: E402
-from offline_dt.training.distributed import Ranks  # noqa: E402
-from offline_dt.training.loop import (  # noqa: E402
+from benchmarks.exact_cache import exactness
+from benchmarks.machine import cpu_model, gpu_model, versions
+from benchmarks.workload import PAPER, pendulum_like
+from offline_dt.data.windows import Normalizer, WindowSampler
+from offline_dt.methods import get_method
+from offline_dt.nn.transformer import DecisionTransformer
+from offline_dt.training.cuda_graph import GraphedLoss
+from offline_dt.training.distributed import Ranks
+from offline_dt.training.loop import (
     TrainConfig,
     loss_function,
     make_optimizer,
@@ -88,47 +88,6 @@ from offline_dt.training.loop import (  # noqa: E402
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PAPER = {"batch_size": 64, "context_length": 20, "embed_dim": 128, "n_layer": 3, "n_head": 1,
-         "dropout": 0.1, "learning_rate": 1e-4, "weight_decay": 1e-4, "grad_clip": 0.25}
-
-
-def pendulum_like(episodes: int = 200, length: int = 200, seed: int = 0) -> OfflineDataset:
-    """A Pendulum-shaped random dataset (obs 3, Box action 1, 200-step episodes): timing
-    needs no generated data."""
-    rng = np.random.default_rng(seed)
-    n = episodes * length
-    obs = rng.uniform(-1, 1, (n, 3)).astype(np.float32)
-    obs[:, 2] *= 8
-    timeouts = np.zeros(n, bool)
-    timeouts[length - 1 :: length] = True
-    return OfflineDataset.from_flat(
-        observations=obs,
-        actions=rng.uniform(-2, 2, (n, 1)).astype(np.float32),
-        rewards=-rng.uniform(0, 16, n).astype(np.float32),
-        terminals=np.zeros(n, bool),
-        timeouts=timeouts,
-        observation_space=gym.spaces.Box(np.array([-1, -1, -8], np.float32),
-                                         np.array([1, 1, 8], np.float32), (3,), np.float32),
-        action_space=gym.spaces.Box(-2.0, 2.0, (1,), np.float32),
-        metadata={"env_id": "Pendulum-v1"},
-    )
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def gpu_model() -> str:
-    """`` GPU: <name> (CUDA <version>)`` where CUDA is available, else empty."""
-    if not torch.cuda.is_available():
-        return ""
-    return f" GPU: {torch.cuda.get_device_name()} (CUDA {torch.version.cuda}),"
 
 
 def interleave(contenders: dict[str, Callable[[], None]], rounds: int, block: int,
@@ -446,7 +405,6 @@ def section_floor(args: argparse.Namespace, rows: list[dict], notes: list[str]) 
 
 # ---------------------------------------------------------------------------------- eval
 def section_eval(args: argparse.Namespace, rows: list[dict], notes: list[str]) -> None:
-    from benchmarks.exact_cache import exactness  # it imports this module
     from offline_dt.evaluation.evaluate import evaluate_policy, evaluate_sequential
     from offline_dt.methods.dt import DTPolicy
 
@@ -639,17 +597,6 @@ def section_memory(args: argparse.Namespace, rows: list[dict], notes: list[str])
     notes.append(f"### Memory\n\nPeak RSS of `{' '.join(shlex.quote(c) for c in cmd[1:])}` "
                  f"(paper config, {args.memory_steps} steps, whole process including the "
                  f"dataset load): **{peak_mb:.0f} MiB** ({secs:.0f} s).")
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "torch": torch.__version__,
-           "numpy": np.__version__}
-    for name in ("gymnasium", "transformers", "d3rlpy"):
-        try:
-            out[name] = __import__(name).__version__
-        except ImportError:
-            out[name] = "not installed"
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,18 +29,16 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from speed import PAPER, cpu_model, hf_model, versions  # noqa: E402
-
-from offline_dt.data import load_dataset  # noqa: E402
-from offline_dt.data.windows import Normalizer, WindowSampler  # noqa: E402
-from offline_dt.evaluation.evaluate import evaluate_policy  # noqa: E402
-from offline_dt.methods.dt import DTPolicy  # noqa: E402
-from offline_dt.nn.transformer import DecisionTransformer, DTConfig  # noqa: E402
-from offline_dt.study.report import to_markdown  # noqa: E402
-from offline_dt.training.loop import TrainConfig, make_optimizer, train_step  # noqa: E402
+from benchmarks.machine import cpu_model, versions
+from benchmarks.speed import hf_model
+from benchmarks.workload import PAPER
+from offline_dt.data import load_dataset
+from offline_dt.data.windows import Normalizer, WindowSampler
+from offline_dt.evaluation.evaluate import evaluate_policy
+from offline_dt.methods.dt import DTPolicy
+from offline_dt.nn.transformer import DecisionTransformer, DTConfig
+from offline_dt.study.report import to_markdown
+from offline_dt.training.loop import TrainConfig, make_optimizer, train_step
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCHEDULE = {"learning_rate": 3e-4, "warmup_steps": 500}

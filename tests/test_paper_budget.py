@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pandas as pd
 import pytest
 from scipy import stats
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-from paper_budget import summary  # noqa: E402
+from benchmarks.paper_budget import summary
 
 
 def test_summary_is_a_t_interval_over_seeds_per_level():

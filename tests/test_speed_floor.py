@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import speed  # noqa: E402
+from benchmarks import speed
 
 TINY = {"batch_size": 4, "context_length": 5, "embed_dim": 16, "n_layer": 2, "n_head": 2,
         "dropout": 0.1, "learning_rate": 1e-4, "weight_decay": 1e-4, "grad_clip": 0.25}

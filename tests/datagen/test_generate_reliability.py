@@ -21,6 +21,7 @@ from datagen.generate import (
     LEVELS,
     ExpertChoice,
     behaviour_check,
+    config_dict,
     generate,
     select_expert,
 )
@@ -136,12 +137,10 @@ def test_random_rollout_in_processes_leaks_no_semaphore():
 
 # ------------------------------------------------------------------ fault injection
 _CHILD = """
-import sys, time
-sys.path.insert(0, {tests!r})
-import minari
-from conftest import tiny_config
-from datagen.generate import generate
+import json, time
 from pathlib import Path
+import minari
+from datagen.generate import GenerateConfig, generate
 
 real = minari.create_dataset_from_buffers
 
@@ -153,7 +152,10 @@ def slow(*a, **k):  # stands for a long write: the kill lands while temporaries 
     return out
 
 minari.create_dataset_from_buffers = slow
-generate(tiny_config(Path({root!r}), agents_dir=Path({agents!r})))
+fields = json.loads({config!r})
+for key in ("out_dir", "minari_root", "agents_dir"):
+    fields[key] = Path(fields[key])
+generate(GenerateConfig(**fields))
 """
 
 
@@ -164,8 +166,8 @@ def _leftovers(root: Path) -> list[Path]:
 def test_sigkill_during_write_then_rerun_gives_a_clean_run_s_datasets(tiny_run, tmp_path,
                                                                        make_config):
     root = tmp_path / "killed"
-    code = _CHILD.format(tests=str(Path(__file__).parent), root=str(root),
-                         agents=str(tiny_run.cfg.agents_dir))
+    cfg = make_config(root, agents_dir=tiny_run.cfg.agents_dir)
+    code = _CHILD.format(config=json.dumps(config_dict(cfg)))
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
@@ -187,7 +189,6 @@ def test_sigkill_during_write_then_rerun_gives_a_clean_run_s_datasets(tiny_run, 
     assert _leftovers(root), "the kill should have left temporaries to clean up"
     assert not (ns_dir / "expert-v0").exists()
 
-    cfg = make_config(root, agents_dir=tiny_run.cfg.agents_dir)
     rerun = generate(cfg)
     assert rerun.summaries["random"]["reused"]  # finished before the kill: kept
     assert not rerun.summaries["medium"]["reused"]
