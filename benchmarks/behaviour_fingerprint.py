@@ -3,8 +3,8 @@
 Used to show that a refactoring left behaviour unchanged: run the same preset before and after
 the change and compare the two JSON files (``--compare A B``).
 
-    python benchmarks/behaviour_fingerprint.py --root data/fp-before --preset smoke --run
-    python benchmarks/behaviour_fingerprint.py --compare before.json after.json \
+    python -m benchmarks.behaviour_fingerprint --root data/fp-before --preset smoke --run
+    python -m benchmarks.behaviour_fingerprint --compare before.json after.json \
         --md benchmarks/results/behaviour_unchanged.md --names "before (77095f6)" "after"
 
 The fingerprint holds, per dataset level: the SHA-256 of the HDF5 file's bytes, the array
@@ -151,7 +151,7 @@ def main() -> int:
         a, b = (json.loads(p.read_text()) for p in args.compare)
         diffs = compare(a, b)
         if args.md:
-            command = "python benchmarks/behaviour_fingerprint.py " + " ".join(
+            command = "python -m benchmarks.behaviour_fingerprint " + " ".join(
                 shlex.quote(x) for x in sys.argv[1:])
             args.md.write_text(markdown(a, b, args.names, command))
         print("\n".join(diffs) if diffs else

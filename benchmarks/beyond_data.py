@@ -1,7 +1,7 @@
 """Learning above the data: value-guided DT designs against DT on poor Pendulum data.
 
-    python benchmarks/beyond_data.py                           # the sweep below, 1 seed
-    python benchmarks/beyond_data.py --seeds 0 1 2 --variants dt qt
+    python -m benchmarks.beyond_data                           # the sweep below, 1 seed
+    python -m benchmarks.beyond_data --seeds 0 1 2 --variants dt qt
 
 Trains every variant of :data:`VARIANTS` on each level (the paper preset's network and
 budget: ``offline_dt.study.pipeline.PRESETS["paper"].train``) with
@@ -101,7 +101,7 @@ def relabelled_dataset(job: dict[str, Any]) -> str:
     """The QDT-relabelled copy of the job's dataset (written once, atomically, under
     ``<root>/relabelled/``): values ``V(s') = mean Q(s', a ~ pi)`` of the reference run
     ``<critic_root>/pendulum-<level>-v0/<RELABELLED[variant]>/seed<k>``, which must exist
-    (``python benchmarks/pendulum.py --preset paper`` trains it)."""
+    (``python -m benchmarks.pendulum --preset paper`` trains it)."""
     from offline_dt.data import load_dataset, write_hdf5
     from offline_dt.data.relabel import qdt_relabel
     from offline_dt.study.reference import load_reference, policy_values
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="only measure ms per update of --variants on the first level "
                          "(one process, interleaved) into results/beyond_data_cost.md")
     args = ap.parse_args(argv)
-    command = "python benchmarks/beyond_data.py " + shlex.join(argv or sys.argv[1:])
+    command = "python -m benchmarks.beyond_data " + shlex.join(argv or sys.argv[1:])
     if args.cost:
         cost = update_cost(str(args.data_dir / f"pendulum-{args.levels[0]}-v0.hdf5"),
                            args.variants)

@@ -1,7 +1,7 @@
 """Exact cached evaluation (issue 14 part 1): a band-attention DT acting from its rolling
 key/value cache against the classic window DT recomputing its K-step window at every step.
 
-    python benchmarks/exact_cache.py [--episodes 200] [--rounds 5] [--threads N]
+    python -m benchmarks.exact_cache [--episodes 200] [--rounds 5] [--threads N]
         [--checkpoints RUN_DIR ...]
 
 One untrained network of the quick/paper preset size (embed 64, 2 layers, 1 head, K=20,
@@ -158,7 +158,7 @@ def render(args, argv, seconds, med, returns, band_diff, band_full_s, band_mean,
             f"{', '.join(f'{x:.2f}' for x in v)} | {np.mean(returns[k]):.2f} |"
             for k, v in seconds.items()]
     command = "python " + " ".join(shlex.quote(a) for a in
-                                   ["benchmarks/exact_cache.py", *(argv or sys.argv[1:])])
+                                   ["-m", "benchmarks.exact_cache", *(argv or sys.argv[1:])])
     loop_text = "skipped (`--loop-rounds 0`)"
     if loop:
         ml = statistics.median(loop)

@@ -1,8 +1,8 @@
 """Online Decision Transformer fine-tuning (``offline-dt finetune``), with and without TD3
 gradients, beside SB3 SAC from scratch.
 
-    python benchmarks/finetune.py            # pendulum-medium-replay, 3 seeds, 20k online steps
-    python benchmarks/finetune.py --smoke    # a minute: tiny budgets, into a temp dir
+    python -m benchmarks.finetune            # pendulum-medium-replay, 3 seeds, 20k online steps
+    python -m benchmarks.finetune --smoke    # a minute: tiny budgets, into a temp dir
 
 Per seed ``s`` (the issue's protocol; the same seed trains, collects and evaluates):
 
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args(argv)
-    command = "python benchmarks/finetune.py " + shlex.join(argv or sys.argv[1:])
+    command = "python -m benchmarks.finetune " + shlex.join(argv or sys.argv[1:])
     if args.smoke:
         tmp = Path(tempfile.mkdtemp(prefix="finetune-smoke-"))
         args.root, args.out, args.seeds = str(tmp / "runs"), str(tmp / "results"), [0]

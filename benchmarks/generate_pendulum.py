@@ -4,7 +4,7 @@ Writes into a scratch directory (``--root``, default /tmp/offline-dt-gen-bench, 
 overwrite) and reports per-stage wall seconds, machine and package versions to
 ``benchmarks/results/generate.md`` and ``.json``.
 
-    python benchmarks/generate_pendulum.py [--root DIR]
+    python -m benchmarks.generate_pendulum [--root DIR]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def main() -> int:
     res = generate(cfg)
     wall = time.perf_counter() - t0
     out = {
-        "command": "python " + " ".join(sys.argv),
+        "command": "python -m benchmarks.generate_pendulum " + " ".join(sys.argv[1:]),
         "config": config_dict(cfg),
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "cpu_count": os.cpu_count(),

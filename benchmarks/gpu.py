@@ -1,8 +1,8 @@
 """GPU throughput of training and evaluation, and DDP scaling over the GPUs present.
 
-    python benchmarks/gpu.py                      # on a CUDA machine: writes results/gpu.md
-    python benchmarks/gpu.py --device cpu --tiny  # every section at toy size on the CPU
-    python benchmarks/gpu.py --compile-cpu        # torch.compile against eager on this CPU
+    python -m benchmarks.gpu                      # on a CUDA machine: writes results/gpu.md
+    python -m benchmarks.gpu --device cpu --tiny  # every section at toy size on the CPU
+    python -m benchmarks.gpu --compile-cpu        # torch.compile against eager on this CPU
 
 Without a CUDA device (and without ``--device cpu``) it says so and exits 0: nothing here is
 measured on a CPU-only machine except ``--compile-cpu``.
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
                       args.max_ranks)
     out = args.out or (RESULTS / "gpu.md" if device.type == "cuda" and not args.tiny else None)
     if out is not None:
-        write_report(out, device, "python benchmarks/gpu.py " + " ".join(argv or sys.argv[1:]),
+        write_report(out, device, "python -m benchmarks.gpu " + " ".join(argv or sys.argv[1:]),
                      train, evals, ddp)
         print(f"wrote {out}")
     return 0

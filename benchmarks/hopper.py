@@ -2,7 +2,7 @@
 four generated levels.
 
     pip install -e ".[mujoco]"
-    python benchmarks/hopper.py                 # preset hopper (about 35 minutes on 2 cores)
+    python -m benchmarks.hopper                 # preset hopper (about 35 minutes on 2 cores)
 
 Runs ``offline_dt.study.pipeline.reproduce(env_id="Hopper-v5", preset="hopper",
 levels=random medium medium-replay expert, methods=dt bc random behaviour)`` and writes
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     table, aggregates, runs = restrict(table, args.root / "runs" / args.preset, LEVELS, ENV)
     args.out.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out / "hopper.csv", index=False)
-    command = "python " + shlex.join(["benchmarks/hopper.py", *(argv or sys.argv[1:])])
+    command = "python " + shlex.join(["-m", "benchmarks.hopper", *(argv or sys.argv[1:])])
     preset = PRESETS[args.preset]
     profile = report_dir / f"performance_profile_{ENV}.png"
     md = f"""# Hopper-v5: Decision Transformer vs baselines (preset `{args.preset}`)

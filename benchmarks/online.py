@@ -1,7 +1,7 @@
 """Online RL with a transformer policy (``offline-dt online``) beside Stable-Baselines3.
 
-    python benchmarks/online.py                 # 200,000 env steps, seeds 0 1 2, 2 workers
-    python benchmarks/online.py --smoke         # a minute: tiny budgets, into a temp dir
+    python -m benchmarks.online                 # 200,000 env steps, seeds 0 1 2, 2 workers
+    python -m benchmarks.online --smoke         # a minute: tiny budgets, into a temp dir
 
 Runs (:data:`JOBS`): transformer PPO (``--method ppo``) and SB3's PPO (MLP policy) on
 CartPole-v1 and Pendulum-v1, transformer DQN (``--method dqn``) and SB3's DQN on CartPole-v1,
@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true",
                     help="tiny budgets and network, one seed, into a temporary directory")
     args = ap.parse_args(argv)
-    command = "python benchmarks/online.py " + shlex.join(argv or sys.argv[1:])
+    command = "python -m benchmarks.online " + shlex.join(argv or sys.argv[1:])
     if args.smoke:
         tmp = Path(tempfile.mkdtemp(prefix="online-smoke-"))
         args.root, args.out = str(tmp / "runs"), str(tmp / "results")

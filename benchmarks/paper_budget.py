@@ -1,6 +1,6 @@
 """The DT paper's gym config at a larger step budget, on the machine at hand (a GPU's).
 
-    python benchmarks/paper_budget.py --levels full-replay expert --seeds 0 1 2 \\
+    python -m benchmarks.paper_budget --levels full-replay expert --seeds 0 1 2 \\
         --steps 30000 --checkpoint-every 5000 --device cuda --workers 3
 
 The reproduce presets shrink the DT to fit 2 CPU cores (embed 64, 2 layers, 2500 steps). This
@@ -88,7 +88,7 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
 
 def write_page(table: pd.DataFrame, args: argparse.Namespace, argv: list[str], wall: float
                ) -> str:
-    command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/paper_budget.py",
+    command = "python " + " ".join(shlex.quote(a) for a in ["-m", "benchmarks.paper_budget",
                                                             *argv])
     args.out.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out / f"{args.name}.csv", index=False, float_format="%.6g")

@@ -1,7 +1,7 @@
 """The Pendulum-v1 study end to end, with the reference study's numbers beside ours.
 
-    python benchmarks/pendulum.py                    # preset paper (about 45 minutes here)
-    python benchmarks/pendulum.py --preset smoke     # plumbing check, ~2 minutes
+    python -m benchmarks.pendulum                    # preset paper (about 45 minutes here)
+    python -m benchmarks.pendulum --preset smoke     # plumbing check, ~2 minutes
 
 Runs ``offline_dt.study.pipeline.reproduce(env_id="Pendulum-v1", preset=...)`` and writes
 ``benchmarks/results/pendulum.{md,csv}`` (``pendulum-<preset>.{md,csv}`` for presets other
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     out.to_csv(args.out / f"{stem}.csv", index=False)
 
     command = "python " + " ".join(shlex.quote(a) for a in
-                                   ["benchmarks/pendulum.py", *(argv or sys.argv[1:])])
+                                   ["-m", "benchmarks.pendulum", *(argv or sys.argv[1:])])
     md = markdown(args, command, wall, table, aggregates, timings, report_dir, runs)
     (args.out / f"{stem}.md").write_text(md)
     print(md)

@@ -1,8 +1,8 @@
 """Ours against the implementations a user would pick instead, side by side in one process.
 
     pip install -e ".[bench]"      # HF transformers; d3rlpy: see README (it pins gymnasium 1.0)
-    python benchmarks/speed.py [--sections train floor eval memory] [--threads N]
-    python benchmarks/speed.py --sections train --device cuda --out-name speed-cuda
+    python -m benchmarks.speed [--sections train floor eval memory] [--threads N]
+    python -m benchmarks.speed --sections train --device cuda --out-name speed-cuda
 
 Sections (each interleaves the contenders round by round, so machine noise hits all alike, and
 reports whole-block medians):
@@ -557,7 +557,7 @@ def section_pipeline(args: argparse.Namespace, rows: list[dict], notes: list[str
     """Stage wall times of the last ``reproduce`` of a preset (from its timings.json)."""
     path = Path(args.pipeline_timings)
     if not path.is_file():
-        notes.append(f"pipeline: skipped, {path} missing (python benchmarks/pendulum.py "
+        notes.append(f"pipeline: skipped, {path} missing (python -m benchmarks.pendulum "
                      "--preset PRESET)")
         return
     t = json.loads(path.read_text())
@@ -643,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out / f"{args.out_name}.csv", index=False, float_format="%.6g")
     command = "python " + " ".join(shlex.quote(a) for a in
-                                   ["benchmarks/speed.py", *(argv or sys.argv[1:])])
+                                   ["-m", "benchmarks.speed", *(argv or sys.argv[1:])])
     md_rows = "\n".join(
         f"| {r.benchmark} | {r.ours} | {r.peer} | {r.ours_seconds:.4g} | {r.peer_seconds:.4g} "
         f"| {r.ratio:.3f} |" for r in table.itertuples())

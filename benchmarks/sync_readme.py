@@ -1,7 +1,7 @@
 """Copy result tables from ``benchmarks/results/`` into README.md, so no figure there is typed
 by hand.
 
-    python benchmarks/sync_readme.py [--check]
+    python -m benchmarks.sync_readme [--check]
 
 README.md marks each copied table with a pair of comments::
 
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     new = sync(old)
     if args.check:
         if new != old:
-            print("README.md: copied tables are out of date; run python benchmarks/sync_readme.py")
+            print("README.md: copied tables are out of date; run python -m benchmarks.sync_readme")
             return 1
         return 0
     path.write_text(new)

@@ -1,7 +1,7 @@
 """Same steps, same data, same return? Ours (as shipped and at its fastest setting) against HF
 transformers ``DecisionTransformerModel``, trained side by side on a Pendulum dataset.
 
-    python benchmarks/train_quality.py [--dataset data/d4rl/pendulum-medium-v0.hdf5]
+    python -m benchmarks.train_quality [--dataset data/d4rl/pendulum-medium-v0.hdf5]
                                        [--steps 1500 --episodes 100]
 
 Each contender trains for ``--steps`` updates on batches drawn by the same seeded window
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out / "train_quality.csv", index=False)
     command = "python " + " ".join(shlex.quote(a) for a in
-                                   ["benchmarks/train_quality.py", *(argv or sys.argv[1:])])
+                                   ["-m", "benchmarks.train_quality", *(argv or sys.argv[1:])])
     md = f"""# Same steps, same return? Ours vs HF DecisionTransformerModel
 
 Command: `{command}` ({(time.perf_counter() - t_start) / 60:.1f} min)
