@@ -33,7 +33,7 @@ import torch
 from offline_dt.evaluation.evaluate import EvalConfig
 from offline_dt.methods import get_method
 from offline_dt.study.pipeline import PRESETS, train_and_evaluate
-from offline_dt.study.report import to_markdown
+from offline_dt.study.tables import to_markdown
 from offline_dt.training.loop import TrainConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -6,7 +6,7 @@
 Runs ``offline_dt.study.pipeline.reproduce(env_id="Pendulum-v1", preset=...)`` and writes
 ``benchmarks/results/pendulum.{md,csv}`` (``pendulum-<preset>.{md,csv}`` for presets other
 than ``paper``): the CSV is the report's long table (one row per dataset × method, see
-``offline_dt.study.report``) plus the published reference numbers; the Markdown holds the wide table
+``offline_dt.study.tables``) plus the published reference numbers; the Markdown holds the wide table
 (datasets × methods, intervals over training runs), the aggregates over datasets (IQM,
 probability of improvement over dt), the reference numbers beside ours, wall seconds per
 stage, machine, versions and the command.
@@ -32,14 +32,9 @@ from pathlib import Path
 import pandas as pd
 
 from offline_dt.study.pipeline import PRESETS, reproduce
-from offline_dt.study.report import (
-    aggregate_table,
-    dataset_level,
-    env_markdown,
-    find_runs,
-    run_scores,
-    to_markdown,
-)
+from offline_dt.study.runs import dataset_level, find_runs, run_scores
+from offline_dt.study.statistics import aggregate_table
+from offline_dt.study.tables import env_markdown, to_markdown
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ENV = "Pendulum-v1"

@@ -37,7 +37,7 @@ from offline_dt.data.windows import Normalizer, WindowSampler
 from offline_dt.evaluation.evaluate import evaluate_policy
 from offline_dt.methods.dt import DTPolicy
 from offline_dt.nn.transformer import DecisionTransformer, DTConfig
-from offline_dt.study.report import to_markdown
+from offline_dt.study.tables import to_markdown
 from offline_dt.training.loop import TrainConfig, make_optimizer, train_step
 
 RESULTS = Path(__file__).resolve().parent / "results"

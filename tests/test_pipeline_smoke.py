@@ -14,10 +14,12 @@ import pandas as pd
 import pytest
 
 from benchmarks.behaviour_fingerprint import compare, fingerprint, machine_signature
+from offline_dt.data.d4rl import LEVELS
 from offline_dt.envs.rollout import SEED_RULES
 from offline_dt.study.pipeline import PRESETS, all_methods, reproduce
 from offline_dt.study.reference import INSTALL_HINT, REFERENCE_METHODS
-from offline_dt.study.report import COLUMNS, LEVELS, REPLAY_LEVELS
+from offline_dt.study.runs import REPLAY_LEVELS
+from offline_dt.study.tables import COLUMNS
 
 pytestmark = pytest.mark.slow
 

@@ -37,7 +37,7 @@ Behaviour baseline per level (the policy that produced the data, acting as it di
 collecting — stochastic for SAC): ``random`` → uniform random; ``medium``/``expert`` → the
 checkpoint named in the dataset metadata; ``medium-expert`` → its fixed mixture, half the
 episodes medium, half expert. ``medium-replay``/``full-replay``
-(``offline_dt.study.report.REPLAY_LEVELS``) get no behaviour job: a sequence of policies during
+(``offline_dt.study.runs.REPLAY_LEVELS``) get no behaviour job: a sequence of policies during
 SAC training wrote them, not one agent, so the report compares them with the dataset's own
 episode returns (its ``data`` row) instead.
 
@@ -76,7 +76,8 @@ from offline_dt.evaluation.evaluate import (
     write_baseline_eval,
 )
 from offline_dt.study.reference import REFERENCE_METHODS
-from offline_dt.study.report import REPLAY_LEVELS, report
+from offline_dt.study.report import report
+from offline_dt.study.runs import REPLAY_LEVELS
 from offline_dt.training.checkpoint import kept_checkpoints
 from offline_dt.training.configs import save_json, to_jsonable
 from offline_dt.training.device import resolve_device

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from offline_dt.data.d4rl import LEVELS
 from offline_dt.envs.rollout import SEED_RULES
 from offline_dt.evaluation.evaluate import EvalConfig, build_eval_payload
 from offline_dt.study import reference
@@ -22,7 +23,7 @@ from offline_dt.study.pipeline import (
     reproduce_methods,
 )
 from offline_dt.study.reference import INSTALL_HINT, REFERENCE_METHODS, MissingDependencyError
-from offline_dt.study.report import LEVELS, REPLAY_LEVELS
+from offline_dt.study.runs import REPLAY_LEVELS
 from offline_dt.training.configs import to_jsonable
 
 

@@ -21,24 +21,20 @@ from hypothesis.extra.pandas import column, data_frames
 
 from offline_dt.data import OfflineDataset, write_hdf5
 from offline_dt.evaluation.evaluate import build_eval_payload, summarize_returns
-from offline_dt.study.report import (
+from offline_dt.study.notes import selection_note
+from offline_dt.study.report import report
+from offline_dt.study.runs import RUN_COLUMNS, dataset_level
+from offline_dt.study.statistics import (
     AGGREGATE_COLUMNS,
-    COLUMNS,
-    LEVELS,
-    RUN_COLUMNS,
     RUN_STAT_COLUMNS,
     aggregate_table,
-    best_method,
-    dataset_level,
     iqm,
     pool,
     probability_of_improvement,
-    report,
     run_interval,
     run_statistics,
-    selection_note,
-    to_markdown,
 )
+from offline_dt.study.tables import COLUMNS, best_method, to_markdown
 from offline_dt.training.configs import save_json
 
 REF_MIN, REF_MAX = -1200.0, -150.0
@@ -401,15 +397,16 @@ def test_helpers():
     assert dataset_level("pendulum-v0") is None
 
 
-def test_levels_are_the_d4rl_ones_and_report_does_not_import_evaluate():
-    from offline_dt.data import d4rl
-
-    assert LEVELS is d4rl.LEVELS
+def test_report_imports_neither_evaluation_nor_the_pipeline():
+    """The report reads run directories only: importing it loads no evaluation, training
+    loop or pipeline code."""
     code = ("import sys, offline_dt.study.report; "
-            "print('offline_dt.evaluation.evaluate' in sys.modules)")
+            "print(sorted(m for m in ('offline_dt.evaluation.evaluate', "
+            "'offline_dt.training.loop', 'offline_dt.study.pipeline', 'offline_dt.study.jobs') "
+            "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "[]"
 
 
 # ----------------------------------------------------------------------- to_markdown
@@ -533,7 +530,7 @@ def test_the_note_counts_which_checkpoint_each_run_chose():
     """A method whose runs chose among checkpoints (a preset's method_candidates) gets a
     sentence saying, per level, how many runs chose their own checkpoint or which
     ``candidates/<name>`` run; methods without such a choice get none."""
-    from offline_dt.study.report import checkpoint_choices, chosen_checkpoint, selection_rule
+    from offline_dt.study.notes import checkpoint_choices, chosen_checkpoint, selection_rule
 
     def ev(chosen):
         cands = [{"target_return": -1.0, "settings": {}, "checkpoint": "r/qt/seed0"},
@@ -556,7 +553,7 @@ def test_the_note_counts_which_checkpoint_each_run_chose():
 
 
 def test_a_kept_intermediate_checkpoint_is_named_by_its_run_and_step():
-    from offline_dt.study.report import chosen_checkpoint, selection_rule
+    from offline_dt.study.notes import chosen_checkpoint, selection_rule
 
     def ev(*paths):
         cands = [{"checkpoint": p, "target_return": -1.0, "settings": {}} for p in paths]
