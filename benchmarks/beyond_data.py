@@ -4,7 +4,7 @@
     python -m benchmarks.beyond_data --seeds 0 1 2 --variants dt qt
 
 Trains every variant of :data:`VARIANTS` on each level (the paper preset's network and
-budget: ``offline_dt.study.pipeline.PRESETS["paper"].train``) with
+budget: ``offline_dt.study.presets.PRESETS["paper"].train``) with
 ``offline_dt.training.loop.train``, evaluates each with
 ``offline_dt.evaluation.evaluate.evaluate_checkpoint`` (targets chosen as the evaluator chooses
 them; see the eval.json ``headline_rule`` quoted in the output), and writes
@@ -32,7 +32,8 @@ import torch
 
 from offline_dt.evaluation.evaluate import EvalConfig
 from offline_dt.methods import get_method
-from offline_dt.study.pipeline import PRESETS, train_and_evaluate
+from offline_dt.study.presets import PRESETS
+from offline_dt.study.reuse import train_and_evaluate
 from offline_dt.study.tables import to_markdown
 from offline_dt.training.loop import TrainConfig
 
@@ -76,7 +77,7 @@ RELABELLED: dict[str, str] = {"qdt-iql": "iql"}
 
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """Train (or reuse, or resume) and evaluate one variant × level × seed with the pipeline's
-    own rules (``offline_dt.study.pipeline.train_and_evaluate``: a run is reused when its config,
+    own rules (``offline_dt.study.reuse.train_and_evaluate``: a run is reused when its config,
     method options included, matches and its eval.json chose on validation episodes); its
     result row. A fresh training records its wall seconds per update in ``timing.json``."""
     torch.set_num_threads(job["threads"])

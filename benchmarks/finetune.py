@@ -60,7 +60,7 @@ from offline_dt.evaluation.evaluate import (
     evaluate_policy,
     make_eval_hook,
 )
-from offline_dt.study.pipeline import PRESETS
+from offline_dt.study.presets import PRESETS
 from offline_dt.training.device import resolve_device
 from offline_dt.training.finetune import FinetuneConfig, finetune
 from offline_dt.training.loop import TrainConfig, train

@@ -28,7 +28,8 @@ from pathlib import Path
 
 from benchmarks.pendulum import machine, restrict, reused_note, stages_section, versions
 from offline_dt.data.d4rl import read_hdf5
-from offline_dt.study.pipeline import PRESETS, reproduce
+from offline_dt.study.pipeline import reproduce
+from offline_dt.study.presets import PRESETS
 from offline_dt.study.tables import env_markdown
 
 RESULTS = Path(__file__).resolve().parent / "results"

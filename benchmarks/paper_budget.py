@@ -8,7 +8,7 @@ trains ``offline-dt train``'s defaults, which are the paper's gym config (Chen e
 Table 8: embed 128, 3 layers, 1 head, K=20, dropout 0.1, lr 1e-4, batch 64, warmup
 min(10k, steps/10)), for ``--steps`` updates (the paper: 100k), keeping a checkpoint every
 ``--checkpoint-every`` steps. Evaluation is the reproduce pipeline's
-(``offline_dt.study.pipeline.train_and_evaluate``): the target return (the dataset's best return or
+(``offline_dt.study.reuse.train_and_evaluate``): the target return (the dataset's best return or
 its expert score) and the checkpoint are chosen on 50 validation episodes, and 200 test
 episodes are reported. Unlike the presets, which give training seed k the validation and
 test episodes of evaluation seed k, every run here meets evaluation seed 0's episodes (the
@@ -49,7 +49,7 @@ def one_run(level: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from offline_dt.evaluation.evaluate import EvalConfig
-    from offline_dt.study.pipeline import train_and_evaluate
+    from offline_dt.study.reuse import train_and_evaluate
     from offline_dt.training.loop import TrainConfig
 
     torch.set_num_threads(args.threads)

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from offline_dt.study.pipeline import PRESETS, reproduce
+from offline_dt.study.pipeline import reproduce
+from offline_dt.study.presets import PRESETS
 from offline_dt.study.runs import dataset_level, find_runs, run_scores
 from offline_dt.study.statistics import aggregate_table
 from offline_dt.study.tables import env_markdown, to_markdown

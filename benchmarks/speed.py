@@ -373,7 +373,7 @@ def section_floor(args: argparse.Namespace, rows: list[dict], notes: list[str]) 
     """The ``paper`` reproduce preset's DT step as a preset worker runs it (one torch thread,
     ``reproduce`` giving each of 2 workers one of 2 cores) beside :func:`gemm_floor` of it:
     how much of the preset's training is matrix products."""
-    from offline_dt.study.pipeline import PRESETS
+    from offline_dt.study.presets import PRESETS
 
     shape = ("embed_dim", "n_layer", "n_head", "context_length", "dropout", "learning_rate",
              "warmup_steps", "batch_size")

@@ -33,7 +33,8 @@ from datagen.generate import GenerateConfig
 from offline_dt.data.d4rl import LEVELS
 from offline_dt.data.lock import LockedError
 from offline_dt.evaluation.evaluate import EvalConfig
-from offline_dt.study.pipeline import PRESETS, all_methods
+from offline_dt.study.jobs import all_methods
+from offline_dt.study.presets import PRESETS
 from offline_dt.study.reference import MissingDependencyError, ReferenceConfig
 from offline_dt.training.checkpoint import checkpoint_path
 from offline_dt.training.configs import CLI_MARKERS, REGISTRY
@@ -80,7 +81,7 @@ class ReproduceConfig:
 
     env_id: str = field(default="Pendulum-v1", metadata={"help": "Gymnasium env id"})
     preset: str = field(default="quick", metadata={
-        "help": "budget preset (offline_dt.study.pipeline.PRESETS)", "choices": list(PRESETS)})
+        "help": "budget preset (offline_dt.study.presets.PRESETS)", "choices": list(PRESETS)})
     levels: list[str] | None = field(default=None, metadata={
         "help": "dataset levels (None: all six)", "choices": list(LEVELS)})
     root: Path = field(default=Path("data"), metadata={

@@ -1,4 +1,5 @@
-"""Reuse rules, the job list and the method choice of ``offline_dt.study.pipeline`` (end to end:
+"""Reuse rules (``offline_dt.study.reuse``), the job list and the method choice
+(``offline_dt.study.jobs``) and the stages of ``offline_dt.study.pipeline`` (end to end:
 tests/test_pipeline_smoke.py)."""
 
 from __future__ import annotations
@@ -12,17 +13,10 @@ from offline_dt.data.d4rl import LEVELS
 from offline_dt.envs.rollout import SEED_RULES
 from offline_dt.evaluation.evaluate import EvalConfig, build_eval_payload
 from offline_dt.study import reference
-from offline_dt.study.pipeline import (
-    BEHAVIOUR_LEVELS,
-    EPISODE_SEEDS,
-    VALIDATION_EPISODE_SEEDS,
-    _same_eval_config,
-    all_methods,
-    behaviour_policy,
-    reproduce_jobs,
-    reproduce_methods,
-)
+from offline_dt.study.behaviour import BEHAVIOUR_LEVELS, behaviour_policy
+from offline_dt.study.jobs import all_methods, reproduce_jobs, reproduce_methods
 from offline_dt.study.reference import INSTALL_HINT, REFERENCE_METHODS, MissingDependencyError
+from offline_dt.study.reuse import EPISODE_SEEDS, VALIDATION_EPISODE_SEEDS, _same_eval_config
 from offline_dt.study.runs import REPLAY_LEVELS
 from offline_dt.training.configs import to_jsonable
 
@@ -124,14 +118,14 @@ def test_overwrite_regenerates_the_levels_and_retrains_their_runs(monkeypatch, t
     """``reproduce(overwrite=["random"])`` asks generate to regenerate random only and marks
     the jobs on random fresh; a fresh job forgets its run's config.json and eval.json (so
     nothing of it is reused), a baseline job keeps them."""
-    from offline_dt.study import pipeline
+    from offline_dt.study import jobs, pipeline
 
     seen: dict = {}
 
-    def fake_generate(p, env_id, levels, root, device, timer, overwrite=()):
-        seen["overwrite"] = list(overwrite)
-        paths = {lv: tmp_path / f"pendulum-{lv}-v0.hdf5" for lv in levels}
-        return None, type("G", (), {"stage_seconds": {}})(), paths, {lv: {} for lv in levels}
+    def fake_generate(plan, timer):
+        seen["overwrite"] = list(plan.overwrite)
+        paths = {lv: tmp_path / f"pendulum-{lv}-v0.hdf5" for lv in plan.levels}
+        return None, type("G", (), {"stage_seconds": {}})(), paths, {lv: {} for lv in paths}
 
     monkeypatch.setattr(pipeline, "_generate_stage", fake_generate)
     monkeypatch.setattr(pipeline, "_run_jobs",
@@ -147,9 +141,9 @@ def test_overwrite_regenerates_the_levels_and_retrains_their_runs(monkeypatch, t
                            overwrite=["random"], progress=False)
 
     calls = []
-    monkeypatch.setattr(pipeline, "_train_job", lambda spec, p, run_dir: calls.append(
+    monkeypatch.setattr(jobs, "_train_job", lambda spec, p, run_dir: calls.append(
         sorted(x.name for x in run_dir.iterdir())) or {"eval": {}})
-    monkeypatch.setattr(pipeline, "_baseline_job", lambda spec, p, run_dir: calls.append(
+    monkeypatch.setattr(jobs, "_baseline_job", lambda spec, p, run_dir: calls.append(
         sorted(x.name for x in run_dir.iterdir())) or ({}, 0.0, True))
     for spec in seen["specs"]:
         if spec.level != "random":
@@ -159,7 +153,7 @@ def test_overwrite_regenerates_the_levels_and_retrains_their_runs(monkeypatch, t
         run_dir.mkdir(parents=True)
         for name in ("config.json", "eval.json", "checkpoint.pt"):
             (run_dir / name).write_text("{}")
-        pipeline.run_job(spec)
+        jobs.run_job(spec)
     assert calls == [["checkpoint.pt"], ["checkpoint.pt", "config.json", "eval.json"]]
 
 
@@ -169,8 +163,10 @@ def test_method_candidates_are_trained_beside_the_run_and_compete_in_its_evaluat
     ``<run>/candidates/<name>`` with the alternative options, and the run's evaluation gets
     their checkpoints; nothing is retrained or re-evaluated on a second call, and a candidate
     trained again makes the run's evaluation run again."""
-    from offline_dt.study import pipeline
-    from offline_dt.study.pipeline import PRESETS, candidate_configs, train_and_evaluate
+    from offline_dt.study import reuse
+    from offline_dt.study.jobs import candidate_configs
+    from offline_dt.study.presets import PRESETS
+    from offline_dt.study.reuse import train_and_evaluate
 
     tcfg = tiny_config(box_hdf5, method="qt", run_dir=tmp_path / "qt" / "seed0")
     cands = candidate_configs(tcfg, PRESETS["paper"])
@@ -187,7 +183,7 @@ def test_method_candidates_are_trained_beside_the_run_and_compete_in_its_evaluat
         (Path(ecfg.checkpoint) / "eval.json").write_text(json.dumps(payload))
         return payload
 
-    monkeypatch.setattr(pipeline, "evaluate_checkpoint", fake_evaluate)
+    monkeypatch.setattr(reuse, "evaluate_checkpoint", fake_evaluate)
     ecfg = EvalConfig(checkpoint=tcfg.run_dir, episodes=2, device="cpu")
     _, secs = train_and_evaluate(tcfg, ecfg, None, cands)
     assert secs["train"] > 0 and len(asked) == 1
@@ -203,15 +199,30 @@ def test_method_candidates_are_trained_beside_the_run_and_compete_in_its_evaluat
 
 def test_kept_checkpoints_of_the_run_and_its_candidates_compete_in_its_evaluation(
         monkeypatch, tmp_path, box_hdf5, tiny_config):
-    from offline_dt.study import pipeline
-    from offline_dt.study.pipeline import PRESETS, candidate_configs, train_and_evaluate
+    from offline_dt.study import reuse
+    from offline_dt.study.jobs import candidate_configs
+    from offline_dt.study.presets import PRESETS
+    from offline_dt.study.reuse import train_and_evaluate
 
     tcfg = tiny_config(box_hdf5, method="qt", run_dir=tmp_path / "qt" / "seed0", steps=8,
                        checkpoint_every=4, keep_checkpoints=True)
     cands = candidate_configs(tcfg, PRESETS["paper"])
     asked: list[EvalConfig] = []
-    monkeypatch.setattr(pipeline, "evaluate_checkpoint", lambda e: asked.append(e) or {})
+    monkeypatch.setattr(reuse, "evaluate_checkpoint", lambda e: asked.append(e) or {})
     train_and_evaluate(tcfg, EvalConfig(checkpoint=tcfg.run_dir, device="cpu"), None, cands)
     run, alt = Path(tcfg.run_dir), Path(cands[0].run_dir)
     assert asked[0].candidate_checkpoints == [
         alt, run / "checkpoints/step-0000004.pt", alt / "checkpoints/step-0000004.pt"]
+
+
+def test_the_study_package_exports_its_public_names_from_their_owners():
+    import importlib
+
+    import offline_dt.study as study
+
+    assert sorted(study.__all__) == sorted(study._OWNERS)
+    for name in study.__all__:
+        owner = importlib.import_module(f"offline_dt.study.{study._OWNERS[name]}")
+        assert getattr(study, name) is getattr(owner, name), name
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        study.nothing  # noqa: B018

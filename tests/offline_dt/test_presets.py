@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from offline_dt.study.pipeline import PRESETS, _replace
+from offline_dt.study.presets import PRESETS, apply_overrides
 from offline_dt.training.loop import TrainConfig
 
 #: TrainConfig fields that make the network and its optimisation (the DT paper's Table 8).
@@ -13,7 +13,7 @@ SHAPE = ("embed_dim", "n_layer", "n_head", "context_length", "dropout", "activat
 def preset_config(preset: str, method: str = "dt") -> TrainConfig:
     """The TrainConfig a preset's run of ``method`` starts from, as ``reproduce`` builds it."""
     p = PRESETS[preset]
-    return _replace(TrainConfig(dataset="data.hdf5", method=method),
+    return apply_overrides(TrainConfig(dataset="data.hdf5", method=method),
                     {**p.train, **p.method_train.get(method, {})}, "preset train")
 
 
