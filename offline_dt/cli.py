@@ -33,9 +33,10 @@ from datagen.generate import GenerateConfig
 from offline_dt.data.d4rl import LEVELS
 from offline_dt.data.lock import LockedError
 from offline_dt.evaluation.evaluate import EvalConfig
+from offline_dt.study.d3rlpy_io import MissingDependencyError
 from offline_dt.study.jobs import all_methods
 from offline_dt.study.presets import PRESETS
-from offline_dt.study.reference import MissingDependencyError, ReferenceConfig
+from offline_dt.study.reference import ReferenceConfig
 from offline_dt.training.checkpoint import checkpoint_path
 from offline_dt.training.configs import CLI_MARKERS, REGISTRY
 from offline_dt.training.distributed import DistributedError

@@ -16,10 +16,11 @@ import pytest
 from benchmarks.behaviour_fingerprint import compare, fingerprint, machine_signature
 from offline_dt.data.d4rl import LEVELS
 from offline_dt.envs.rollout import SEED_RULES
+from offline_dt.study.d3rlpy_io import INSTALL_HINT
 from offline_dt.study.jobs import all_methods
 from offline_dt.study.pipeline import reproduce
 from offline_dt.study.presets import PRESETS
-from offline_dt.study.reference import INSTALL_HINT, REFERENCE_METHODS
+from offline_dt.study.reference import REFERENCE_METHODS
 from offline_dt.study.runs import REPLAY_LEVELS
 from offline_dt.study.tables import COLUMNS
 

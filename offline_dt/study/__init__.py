@@ -7,7 +7,8 @@ Modules, each the owner of one thing:
 * ``jobs``: which (level, seed, method) runs a study makes, and running one;
 * ``reuse``: training and evaluating one run, or reusing what a previous call finished;
 * ``behaviour``: the behaviour baseline's policy per level;
-* ``reference``: the d3rlpy reference rows (iql, mlp-bc, pct-bc);
+* ``reference``: the d3rlpy reference rows (iql, mlp-bc, pct-bc); ``d3rlpy_io``: d3rlpy's
+  import, our dataset as its replay buffer, its networks' weights;
 * ``runs``: run directories read into records and frames, and their order;
 * ``statistics``: IQM, bootstrap intervals, probability of improvement, aggregates;
 * ``tables``, ``notes``: ``results.csv`` and the Markdown tables, the notes under them;
@@ -35,7 +36,7 @@ _OWNERS = {
     "train_and_evaluate": "reuse",
     "ReferenceConfig": "reference",
     "run_reference": "reference",
-    "MissingDependencyError": "reference",
+    "MissingDependencyError": "d3rlpy_io",
     "find_runs": "runs",
     "run_scores": "runs",
     "results_table": "tables",
@@ -50,10 +51,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from offline_dt.study.d3rlpy_io import MissingDependencyError
     from offline_dt.study.jobs import all_methods
     from offline_dt.study.pipeline import reproduce
     from offline_dt.study.presets import PRESETS, Preset, get_preset
-    from offline_dt.study.reference import MissingDependencyError, ReferenceConfig, run_reference
+    from offline_dt.study.reference import ReferenceConfig, run_reference
     from offline_dt.study.reuse import train_and_evaluate
     from offline_dt.study.runs import find_runs, run_scores
     from offline_dt.study.statistics import aggregate_table

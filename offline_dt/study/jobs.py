@@ -81,10 +81,10 @@ def reproduce_methods(methods: Sequence[str] | None, env_id: str) -> list[str]:
 
     Raises:
         ValueError: an unknown method, or ``iql`` named for an env without Box actions.
-        offline_dt.study.reference.MissingDependencyError: a reference row named without d3rlpy;
+        offline_dt.study.d3rlpy_io.MissingDependencyError: a reference row named without d3rlpy;
             the message gives the install command.
     """
-    from offline_dt.study.reference import MissingDependencyError, import_d3rlpy
+    from offline_dt.study.d3rlpy_io import MissingDependencyError, import_d3rlpy
 
     known = all_methods()
     if methods is not None:

@@ -113,7 +113,7 @@ def plan(env_id: str, preset: str, root: str | Path, device: str, levels: Sequen
     Raises:
         ValueError: unknown preset, level or method, ``workers < 1``, an ``overwrite`` level
             not in ``levels``.
-        offline_dt.study.reference.MissingDependencyError: a reference row named without
+        offline_dt.study.d3rlpy_io.MissingDependencyError: a reference row named without
             d3rlpy.
     """
     p = get_preset(preset)
@@ -243,7 +243,7 @@ def reproduce(
         ``timings.json`` (wall seconds per stage and per run) beside it.
 
     Raises:
-        ValueError, offline_dt.study.reference.MissingDependencyError: see :func:`plan`.
+        ValueError, offline_dt.study.d3rlpy_io.MissingDependencyError: see :func:`plan`.
     """
     pl = plan(env_id, preset, root, device, levels, seeds, workers, methods, overwrite)
     timer = Timer()

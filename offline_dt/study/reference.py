@@ -22,12 +22,8 @@ One setting is added to d3rlpy's defaults, for every row: a ``MinMaxActionScaler
 action space's bounds (the data's where a bound is infinite), because d3rlpy's policies act in
 ``[-1, 1]`` (tanh) and Pendulum's torque is in ``[-2, 2]``.
 
-Data (:func:`to_replay_buffer`): our :class:`~offline_dt.data.dataset.OfflineDataset` becomes a
-d3rlpy replay buffer of episodes (the object ``d3rlpy.dataset.MDPDataset`` builds from flat
-arrays) with terminals and timeouts kept apart: an episode that ends in ``terminals`` is
-terminated (no bootstrap from its last step); one that ends in a timeout, or is cut off, is not,
-and its true last next-observation (``next_observations``) is appended so that its last
-transition is kept with the right ``s'`` (d3rlpy's flat-array constructor would drop it).
+Data and weights cross into d3rlpy through :mod:`offline_dt.study.d3rlpy_io` (the replay
+buffer of episodes, the safetensors weights, the import and its install hint).
 
 A run directory holds ``config.json`` (this module's :class:`ReferenceConfig`, d3rlpy's own
 algorithm config, versions, the dataset and the episodes trained on), ``metrics.csv`` (mean
@@ -35,22 +31,18 @@ losses per logging interval), ``weights.safetensors`` (every network's ``state_d
 optimiser state: enough to act again with :func:`load_reference`; never a pickle, so d3rlpy's
 own ``save_model`` is not used) and ``eval.json`` (the same schema as every row). Training is
 not resumable: an interrupted run trains again from the start. d3rlpy is imported only when a
-reference row is trained (:func:`import_d3rlpy`); without it the error names the install
-command (:data:`INSTALL_HINT`).
+reference row is trained (:func:`offline_dt.study.d3rlpy_io.import_d3rlpy`); without it the
+error (``MissingDependencyError``) names the install command
+(:data:`offline_dt.study.d3rlpy_io.INSTALL_HINT`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import io
 import json
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -61,27 +53,26 @@ from offline_dt.data import OfflineDataset, load_dataset, registered_env_id
 from offline_dt.data.atomic import atomic_path
 from offline_dt.envs.rollout import DEFAULT_MAX_ENVS, SEED_RULES, CallablePolicy
 from offline_dt.evaluation.evaluate import write_baseline_eval
+from offline_dt.study.d3rlpy_io import (
+    D3RLPY_VERSION,
+    action_bounds,
+    import_d3rlpy,
+    load_weights,
+    save_weights,
+    to_replay_buffer,
+)
 from offline_dt.training.configs import save_json, to_jsonable
 from offline_dt.training.device import resolve_device
 
 log = logging.getLogger(__name__)
 
 REFERENCE_METHODS = ("iql", "mlp-bc", "pct-bc")
-#: The d3rlpy release these rows were written and measured with.
-D3RLPY_VERSION = "2.8.1"
-#: d3rlpy 2.8 pins gymnasium==1.0.0 but runs on the newer Gymnasium this project needs, so it
-#: is installed without its dependencies, after the ``reference`` extra installed them.
-INSTALL_HINT = f'pip install -e ".[reference]" && pip install --no-deps d3rlpy=={D3RLPY_VERSION}'
 WEIGHTS_NAME = "weights.safetensors"
 #: The d3rlpy losses summed into metrics.csv's ``loss`` column (IQL's critic and actor are
 #: separate optimisers; ``critic_loss`` is d3rlpy's ``q_loss + v_loss``).
 LOSS_TERMS = {"iql": ("critic_loss", "actor_loss"), "mlp-bc": ("loss",), "pct-bc": ("loss",)}
 #: ReferenceConfig fields that decide what is trained (a run with the same ones is reused).
 TRAIN_FIELDS = ("dataset", "minari_root", "env_id", "method", "seed", "steps", "top_fraction")
-
-
-class MissingDependencyError(ImportError):
-    """d3rlpy (or one of its dependencies) is not installed; the message says how."""
 
 
 @dataclass
@@ -137,26 +128,6 @@ class ReferenceConfig:
         return Path("data/runs/reference") / name / self.method / f"seed{self.seed}"
 
 
-# ---------------------------------------------------------------------------------- d3rlpy
-def import_d3rlpy() -> ModuleType:
-    """``import d3rlpy`` (quietly: gym 0.26 prints a deprecation notice on import).
-
-    Raises:
-        MissingDependencyError: d3rlpy or a dependency is missing; names :data:`INSTALL_HINT`.
-    """
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            import d3rlpy
-    except ImportError as e:
-        raise MissingDependencyError(
-            f"the reference rows (iql, mlp-bc, pct-bc) need d3rlpy {D3RLPY_VERSION} "
-            f"({e}); install it with: {INSTALL_HINT}") from e
-    if d3rlpy.__version__ != D3RLPY_VERSION:
-        log.warning("d3rlpy %s found; the reference rows were written for %s",
-                    d3rlpy.__version__, D3RLPY_VERSION)
-    return d3rlpy
-
-
 def top_episodes(returns: np.ndarray, fraction: float) -> np.ndarray:
     """Indices of the ``max(1, int(fraction * E))`` episodes with the highest return, best
     first (ties: the earlier episode first), as CORL's ``any_percent_bc`` keeps them.
@@ -171,64 +142,6 @@ def top_episodes(returns: np.ndarray, fraction: float) -> np.ndarray:
     r = np.asarray(returns, np.float64)
     keep = max(1, int(fraction * r.size))
     return np.argsort(-r, kind="stable")[:keep].astype(np.int64)
-
-
-def _episode(ds: OfflineDataset, i: int, d3rlpy: ModuleType) -> Any:
-    """Episode ``i`` of ``ds`` as a ``d3rlpy.dataset.Episode`` (see :func:`to_replay_buffer`)."""
-    e = ds.episode(i)
-    terminated = bool(e["terminals"][-1])
-    obs, actions = e["observations"], e["actions"]
-    rewards = e["rewards"].astype(np.float32)
-    if ds.discrete:
-        actions = actions.reshape(-1, 1)
-    if not terminated:  # bootstrap from the true last next-observation: keep it
-        obs = np.concatenate([obs, e["next_observations"][-1:]])
-        actions = np.concatenate([actions, actions[-1:]])
-        rewards = np.concatenate([rewards, np.zeros(1, np.float32)])
-    return d3rlpy.dataset.Episode(observations=obs, actions=actions,
-                                  rewards=rewards.reshape(-1, 1), terminated=terminated)
-
-
-def to_replay_buffer(ds: OfflineDataset, episodes: Sequence[int] | None = None) -> Any:
-    """``ds`` (or its ``episodes``, by index) as a d3rlpy replay buffer of episodes.
-
-    Each episode keeps its ``T`` transitions: a terminated one (``terminals`` on its last step)
-    as ``T`` observations, its last transition terminal (d3rlpy gives it a zero next
-    observation and no bootstrap); any other (timeout, cut off) as ``T + 1`` observations, the
-    last being its true final ``next_observations`` row, with a placeholder action and a zero
-    reward that d3rlpy never samples as a transition (a non-terminated episode of ``T + 1``
-    steps has ``T`` transitions there). Observations ``float32``, rewards ``(T, 1) float32``,
-    Box actions ``(T, act_dim) float32``, Discrete ``(T, 1) int64``.
-
-    Raises:
-        ValueError: ``episodes`` empty or out of range.
-    """
-    d3rlpy = import_d3rlpy()
-    idx = range(ds.num_episodes) if episodes is None else [int(i) for i in episodes]
-    if not idx or min(idx) < 0 or max(idx) >= ds.num_episodes:
-        raise ValueError(f"episodes: expected indices in [0, {ds.num_episodes}) of "
-                         f"{ds.source}, found {list(idx)[:5]}... ({len(idx)})")
-    eps = [_episode(ds, i, d3rlpy) for i in idx]
-    sig = d3rlpy.dataset.Signature
-    act_sig = sig(dtype=[np.dtype(np.int64)], shape=[(1,)]) if ds.discrete else sig(
-        dtype=[np.dtype(np.float32)], shape=[(ds.act_dim,)])
-    space = d3rlpy.constants.ActionSpace
-    return d3rlpy.dataset.ReplayBuffer(
-        d3rlpy.dataset.InfiniteBuffer(), episodes=eps,
-        observation_signature=sig(dtype=[np.dtype(np.float32)], shape=[(ds.obs_dim,)]),
-        action_signature=act_sig, reward_signature=sig(dtype=[np.dtype(np.float32)],
-                                                       shape=[(1,)]),
-        action_space=space.DISCRETE if ds.discrete else space.CONTINUOUS,
-        action_size=ds.act_dim)
-
-
-def action_bounds(ds: OfflineDataset) -> tuple[np.ndarray, np.ndarray]:
-    """``(low, high)`` of the Box action space, the data's min/max where a bound is infinite
-    (and ``low + 1`` where the two would meet), ``(act_dim,) float64``."""
-    space = ds.action_space
-    low = np.where(np.isfinite(space.low), space.low, ds.actions.min(0)).astype(np.float64)
-    high = np.where(np.isfinite(space.high), space.high, ds.actions.max(0)).astype(np.float64)
-    return low, np.where(high > low, high, low + 1.0)
 
 
 def make_algo(method: str, ds: OfflineDataset, device: str = "cpu") -> Any:
@@ -253,34 +166,6 @@ def make_algo(method: str, ds: OfflineDataset, device: str = "cpu") -> Any:
     if method == "iql":
         return d3rlpy.algos.IQLConfig(action_scaler=scaler).create(device=d3_device)
     return d3rlpy.algos.BCConfig(action_scaler=scaler).create(device=d3_device)
-
-
-def _modules(algo: Any) -> dict[str, torch.nn.Module]:
-    """The algorithm's networks by name (``algo.impl.modules``, optimisers left out)."""
-    mods = algo.impl.modules
-    return {f.name: getattr(mods, f.name) for f in dataclasses.fields(mods)
-            if isinstance(getattr(mods, f.name), torch.nn.Module)}
-
-
-def save_weights(algo: Any, path: Path) -> None:
-    """Every network's ``state_dict`` as one safetensors file (keys ``<network>.<param>``),
-    written atomically."""
-    from safetensors.torch import save_file
-
-    tensors = {f"{name}.{k}": v.detach().cpu().contiguous()
-               for name, mod in _modules(algo).items() for k, v in mod.state_dict().items()}
-    with atomic_path(path, overwrite=True) as tmp:
-        save_file(tensors, str(tmp))
-
-
-def _load_weights(algo: Any, path: Path) -> None:
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(path))
-    for name, mod in _modules(algo).items():
-        prefix = f"{name}."
-        mod.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()
-                             if k.startswith(prefix)}, strict=True)
 
 
 # ---------------------------------------------------------------------------------- training
@@ -375,7 +260,7 @@ def load_reference(run_dir: str | Path, device: str = "cpu") -> Any:
     algo = make_algo(cfg.method, ds, device)
     algo.create_impl((ds.obs_dim,), ds.act_dim)
     try:
-        _load_weights(algo, run_dir / WEIGHTS_NAME)
+        load_weights(algo, run_dir / WEIGHTS_NAME)
     except RuntimeError as e:
         raise ValueError(f"{run_dir / WEIGHTS_NAME}: weights do not fit {cfg.method} ({e})") from e
     return algo

@@ -12,10 +12,11 @@ import pytest
 from offline_dt.data.d4rl import LEVELS
 from offline_dt.envs.rollout import SEED_RULES
 from offline_dt.evaluation.evaluate import EvalConfig, build_eval_payload
-from offline_dt.study import reference
+from offline_dt.study import d3rlpy_io
 from offline_dt.study.behaviour import BEHAVIOUR_LEVELS, behaviour_policy
+from offline_dt.study.d3rlpy_io import INSTALL_HINT, MissingDependencyError
 from offline_dt.study.jobs import all_methods, reproduce_jobs, reproduce_methods
-from offline_dt.study.reference import INSTALL_HINT, REFERENCE_METHODS, MissingDependencyError
+from offline_dt.study.reference import REFERENCE_METHODS
 from offline_dt.study.reuse import EPISODE_SEEDS, VALIDATION_EPISODE_SEEDS, _same_eval_config
 from offline_dt.study.runs import REPLAY_LEVELS
 from offline_dt.training.configs import to_jsonable
@@ -90,7 +91,7 @@ def test_reproduce_methods_checks_names_d3rlpy_and_the_action_space(monkeypatch)
     def missing():
         raise MissingDependencyError(f"install it with: {INSTALL_HINT}")
 
-    monkeypatch.setattr(reference, "import_d3rlpy", missing)
+    monkeypatch.setattr(d3rlpy_io, "import_d3rlpy", missing)
     # Asked for by name: refused with the install command; by default: left out.
     with pytest.raises(MissingDependencyError, match="pip install --no-deps d3rlpy"):
         reproduce_methods(["dt", "mlp-bc"], "Pendulum-v1")

@@ -14,15 +14,17 @@ from conftest import PENDULUM_ACT, PENDULUM_OBS
 
 from offline_dt.data import OfflineDataset
 from offline_dt.envs.rollout import SEED_RULES, evaluation_seed
-from offline_dt.study.reference import (
+from offline_dt.study.d3rlpy_io import (
     INSTALL_HINT,
-    WEIGHTS_NAME,
     MissingDependencyError,
-    ReferenceConfig,
     import_d3rlpy,
+    to_replay_buffer,
+)
+from offline_dt.study.reference import (
+    WEIGHTS_NAME,
+    ReferenceConfig,
     load_reference,
     run_reference,
-    to_replay_buffer,
     top_episodes,
     training_episodes,
 )
