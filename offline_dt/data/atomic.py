@@ -93,3 +93,44 @@ def remove_path(p: Path) -> None:
         shutil.rmtree(p)
     elif p.exists() or p.is_symlink():
         p.unlink()
+
+
+def writable_directory(path: str | os.PathLike, what: str = "output directory") -> Path:
+    """Make sure files can be written in directory ``path``, before any slow work: create it
+    (and its parents) when missing, then create and remove a probe file in it.
+
+    Args:
+        path: the directory.
+        what: how the message names it (e.g. ``"reproduce --root"``).
+
+    Returns:
+        ``path`` as a ``Path``, now an existing directory.
+
+    Raises:
+        ValueError: one message naming ``what``, the path and what is wrong: a file where a
+            directory is expected (``path`` or a parent), permission denied, a read-only file
+            system, or any other ``OSError`` of the attempt (its description and errno name).
+    """
+    import errno
+    import tempfile
+
+    path = Path(path)
+    try:
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()),
+                       None)
+        if blocker is not None:
+            raise ValueError(f"{what} {path}: cannot be a directory: {blocker} is a file")
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", suffix=".tmp", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        reason = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                  errno.EPERM: "permission denied", errno.ENOTDIR: "a parent is not a "
+                  "directory"}.get(e.errno, e.strerror or str(e))
+        code = errno.errorcode.get(e.errno, "") if e.errno else ""
+        failed = Path(e.filename) if e.filename else path
+        at = "" if path in (failed, failed.parent) else f" (at {failed})"
+        raise ValueError(f"{what} {path}: not writable: {reason}{at}"
+                         + (f" [{code}]" if code else "")) from e
+    return path

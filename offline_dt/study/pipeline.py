@@ -47,6 +47,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
+from offline_dt.data.atomic import writable_directory
 from offline_dt.data.d4rl import LEVELS
 from offline_dt.study.jobs import JobSpec, map_jobs, reproduce_jobs, reproduce_methods
 from offline_dt.study.presets import Preset, apply_overrides, get_preset
@@ -107,12 +108,12 @@ def _checked_levels(levels: Sequence[str] | None) -> list[str]:
 def plan(env_id: str, preset: str, root: str | Path, device: str, levels: Sequence[str] | None,
          seeds: Sequence[int] | None, workers: int, methods: Sequence[str] | None,
          overwrite: Sequence[str]) -> Plan:
-    """Check :func:`reproduce`'s arguments before any slow work; resolve the defaults
-    (levels, the preset's seeds, the methods, the device).
+    """Check :func:`reproduce`'s arguments, then that ``root`` can be written, before any slow
+    work; resolve the defaults (levels, the preset's seeds, the methods, the device).
 
     Raises:
         ValueError: unknown preset, level or method, ``workers < 1``, an ``overwrite`` level
-            not in ``levels``.
+            not in ``levels``, or a ``root`` that cannot be written (the path and why).
         offline_dt.study.d3rlpy_io.MissingDependencyError: a reference row named without
             d3rlpy.
     """
@@ -124,7 +125,7 @@ def plan(env_id: str, preset: str, root: str | Path, device: str, levels: Sequen
     if stray:
         raise ValueError(f"overwrite: {stray} are not among the levels run ({levels})")
     chosen = reproduce_methods(methods, env_id)
-    root = Path(root)
+    root = writable_directory(root, "reproduce root")
     return Plan(preset=p, env_id=env_id, root=root,
                 device=str(resolve_device(device)) if device == "auto" else device,
                 levels=levels, seeds=list(seeds if seeds is not None else p.seeds),
@@ -225,7 +226,8 @@ def reproduce(
     Args:
         env_id: Gymnasium id (the datagen levels need a trainable behaviour agent).
         preset: a name in :data:`offline_dt.study.presets.PRESETS`.
-        root: output root (datasets, runs, reports; see the module docstring).
+        root: output root (datasets, runs, reports; see the module docstring); checked to be
+            writable before any work.
         device: torch device for training, evaluation and the behaviour agent.
         levels: dataset levels (default: all six). seeds: training seeds (default: the
             preset's).
