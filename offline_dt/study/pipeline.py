@@ -229,8 +229,8 @@ def reproduce(
         root: output root (datasets, runs, reports; see the module docstring); checked to be
             writable before any work.
         device: torch device for training, evaluation and the behaviour agent.
-        levels: dataset levels (default: all six). seeds: training seeds (default: the
-            preset's).
+        levels: dataset levels (default: all six).
+        seeds: training seeds (default: the preset's).
         progress: a tqdm bar over the runs (TTY only) and INFO log lines per run.
         workers: runs trained and evaluated at once, each in its own process (see the module
             docstring; 1: all in this process).
