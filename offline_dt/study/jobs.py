@@ -57,13 +57,12 @@ def all_methods() -> tuple[str, ...]:
     return (*trained_methods(), *REFERENCE_METHODS, *BASELINES)
 
 
-
 def reproduce_jobs(levels: Sequence[str], seeds: Sequence[int],
                    methods: Sequence[str] | None = None) -> list[tuple[str, int, str]]:
-    """(level, seed, method) of every run of :func:`reproduce`: the trained methods and the
-    reference rows everywhere (longest jobs first), then the baselines: random everywhere,
-    behaviour only on :data:`BEHAVIOUR_LEVELS`. ``methods`` (default :func:`all_methods`)
-    picks which; their order is :func:`all_methods`'."""
+    """(level, seed, method) of every run of :func:`~offline_dt.study.pipeline.reproduce`: the
+    trained methods and the reference rows everywhere (longest jobs first), then the
+    baselines: random everywhere, behaviour only on :data:`BEHAVIOUR_LEVELS`. ``methods``
+    (default :func:`all_methods`) picks which; their order is :func:`all_methods`'."""
     chosen = set(all_methods() if methods is None else methods)
     learned = [m for m in all_methods() if m in chosen and m not in BASELINES]
     jobs = [(lv, s, m) for lv in levels for s in seeds for m in learned]
@@ -109,10 +108,10 @@ def reproduce_methods(methods: Sequence[str] | None, env_id: str) -> list[str]:
     return chosen
 
 
-
 @dataclass(frozen=True)
 class JobSpec:
-    """One (level, seed, method) run of :func:`reproduce`, picklable for worker processes."""
+    """One (level, seed, method) run of :func:`~offline_dt.study.pipeline.reproduce`,
+    picklable for worker processes."""
 
     env_id: str
     preset: str
