@@ -57,9 +57,11 @@ from offline_dt.evaluation.evaluate import (
     make_eval_hook,
 )
 from offline_dt.methods.base import parse_options
+from offline_dt.methods.dqn import DQNOptions
+from offline_dt.methods.ppo import PPOOptions
 from offline_dt.training.device import resolve_device
 from offline_dt.training.loop import load_checkpoint
-from offline_dt.training.online import OPTIONS, OnlineConfig, train_online
+from offline_dt.training.online import OnlineConfig, train_online
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -123,7 +125,7 @@ def run_transformer(job: dict[str, Any]) -> dict[str, Any]:
     then score the final checkpoint on the test episodes."""
     cfg = CONFIGS[(job["algo"], job["env"])]
     opts = {**cfg["ours"], **(SMOKE_OURS[job["algo"]] if job["smoke"] else {})}
-    o = parse_options(OPTIONS[job["algo"]][0], job["algo"], opts)
+    o = parse_options({"ppo": PPOOptions, "dqn": DQNOptions}[job["algo"]], job["algo"], opts)
     per_update = (o.n_envs * o.n_steps / o.updates_per_rollout if job["algo"] == "ppo"
                   else o.train_frequency)  # env steps per update
     shape = dict(context_length=4, embed_dim=16, n_layer=1) if job["smoke"] else NETWORK

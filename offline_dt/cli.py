@@ -33,6 +33,7 @@ from datagen.generate import GenerateConfig
 from offline_dt.data.d4rl import LEVELS
 from offline_dt.data.lock import LockedError
 from offline_dt.evaluation.evaluate import EvalConfig
+from offline_dt.methods import METHODS, check_command, methods_for
 from offline_dt.study.d3rlpy_io import MissingDependencyError
 from offline_dt.study.jobs import all_methods
 from offline_dt.study.presets import PRESETS
@@ -128,6 +129,7 @@ def _datasets(cfg: DatasetsConfig) -> int:
 def _train(cfg: TrainConfig) -> int:
     from offline_dt.training.loop import train
 
+    check_command(cfg.method, "train")
     if not cfg.dataset:
         raise ValueError("--dataset ID_OR_PATH is required (a .hdf5 file, a Minari dataset "
                          "directory or a Minari id such as pendulum/expert-v0)")
@@ -272,11 +274,13 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             "roll out agents and write D4RL HDF5 + Minari datasets", _generate),
     Command("datasets", DatasetsConfig,
             "list generated datasets (id, steps, episodes, returns)", _datasets),
-    Command("train", TrainConfig, "train a Decision Transformer (or BC) on a dataset", _train),
+    Command("train", TrainConfig,
+            f"train a method on a dataset ({', '.join(methods_for('train'))})", _train),
     Command("finetune", FinetuneConfig,
-            "fine-tune an odt checkpoint online (Online Decision Transformer)", _finetune),
+            f"fine-tune a checkpoint online ({', '.join(methods_for('finetune'))})", _finetune),
     Command("online", OnlineConfig,
-            "train a transformer policy online with PPO or DQN (no dataset)", _online),
+            f"train a transformer policy online, no dataset "
+            f"({', '.join(methods_for('online'))})", _online),
     Command("evaluate", EvalConfig, "roll out a trained checkpoint on the live env", _evaluate),
     Command("reference", ReferenceConfig,
             "train a d3rlpy reference row (iql, mlp-bc, pct-bc) and evaluate it", _reference),
@@ -306,8 +310,30 @@ def _root_type() -> type:
     ])
 
 
+def refuse_method_of_another_kind(argv: Sequence[str]) -> None:
+    """Before parsing: ``train --method ppo`` (``online --method dt``), a registered method
+    that the subcommand does not train, prints ``offline-dt <cmd>: error:`` naming the command
+    that trains it and exits with status 2 (tyro would only list the subcommand's choices)."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command not in ("train", "online"):
+        return
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if arg == "--method" and i + 1 < len(argv) else \
+            arg.partition("=")[2] if arg.startswith("--method=") else None
+        if value in METHODS:
+            try:
+                check_command(value, command)
+            except ValueError as e:
+                print(f"offline-dt {command}: error: {e}", file=sys.stderr)
+                raise SystemExit(2) from e
+
+
 def parse(argv: Sequence[str] | None = None) -> Invocation:
-    """Parse ``argv`` (``sys.argv[1:]`` when None); ``--help`` and bad flags exit (0 / 2)."""
+    """Parse ``argv`` (``sys.argv[1:]`` when None); ``--help`` and bad flags exit (0 / 2), as
+    does a method of another kind than the subcommand trains
+    (:func:`refuse_method_of_another_kind`)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    refuse_method_of_another_kind(argv)
     root = tyro.cli(_root_type(), args=argv, prog="offline-dt", registry=REGISTRY,
                     config=CLI_MARKERS,
                     description="Offline RL datasets and Decision Transformers, end to end.")

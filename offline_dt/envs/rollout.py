@@ -11,7 +11,7 @@ Everything that rolls a policy out goes through :func:`step_policy`, one steppin
   ``datagen.rollout`` builds its datasets from it.
 * :class:`EpisodeStream` steps a vector env on across calls, every episode reset with its own
   seed and a policy with per-env state told when an env starts a new episode; its state is
-  restored by replaying actions. ``offline_dt.training.online`` collects with it.
+  restored by replaying actions. ``offline_dt.methods.env_source`` collects with it.
 
 A policy answers the :class:`Policy` protocol: :class:`RandomPolicy` (seeded per episode),
 :class:`CallablePolicy` (any batched ``fn(observations) -> actions``, e.g. a Stable-Baselines3

@@ -1,20 +1,39 @@
-"""Training methods, one module each, registered by name (``offline-dt train --method``).
+"""Training methods, one module each (a method may own a second file for how its batches are
+made), registered by name (``--method``), each of a kind that says which command trains it:
 
-- ``dt``: Decision Transformer (``offline_dt.methods.dt``).
-- ``bc``: the same network with returns-to-go zeroed (``offline_dt.methods.bc``).
+- ``dt``: Decision Transformer (``offline_dt.methods.dt``); offline, ``offline-dt train``.
+- ``bc``: the same network with returns-to-go zeroed (``offline_dt.methods.bc``); offline.
 - ``qt``: Q-value regularized DT with an in-sample IQL critic, MLP or transformer
-  (``offline_dt.methods.qt``).
-- ``odt``: Online Decision Transformer, a stochastic policy with an entropy constraint, for
-  ``offline-dt finetune`` (``offline_dt.methods.odt``).
+  (``offline_dt.methods.qt``); offline.
+- ``odt``: Online Decision Transformer, a stochastic policy with an entropy constraint,
+  pretrained by ``offline-dt train`` and fine-tuned by ``offline-dt finetune``
+  (``offline_dt.methods.odt``, its replay buffer ``offline_dt.methods.odt_replay``).
 - ``ppo``, ``dqn``: PPO and DQN on a causal-transformer policy acting from its recent
-  history, trained online by ``offline-dt online`` (``offline_dt.methods.ppo``,
-  ``offline_dt.methods.dqn``, ``offline_dt.training.online``).
+  history, trained online by ``offline-dt online`` (``offline_dt.methods.ppo`` with its
+  rollout source ``offline_dt.methods.ppo_rollout``, ``offline_dt.methods.dqn``; their
+  shared env source ``offline_dt.methods.env_source``).
 
-See ``offline_dt.methods.base.Method`` for what a method provides, and README "Adding a
-method".
+See ``offline_dt.methods.base`` for the contract (``Method``, ``OnlineMethod``,
+``FinetuneMethod``, ``BatchSource``), and README "Adding a method".
 """
 
-from offline_dt.methods import bc, dqn, dt, odt, ppo, qt  # noqa: F401  (each module registers its method)
-from offline_dt.methods.base import METHODS, Method, get_method, register
+# Registration order is the order of `offline-dt reproduce`'s jobs (the offline methods:
+# dt, bc, qt; offline_dt.study.pipeline.trained_methods).
+# isort: off
+from offline_dt.methods import dt, bc, qt, odt, ppo, dqn  # noqa: F401  (each registers its method)
+# isort: on
+from offline_dt.methods.base import (
+    METHODS,
+    BatchSource,
+    FinetuneMethod,
+    Method,
+    OnlineMethod,
+    check_command,
+    get_method,
+    method_names,
+    methods_for,
+    register,
+)
 
-__all__ = ["METHODS", "Method", "get_method", "register"]
+__all__ = ["METHODS", "BatchSource", "FinetuneMethod", "Method", "OnlineMethod",
+           "check_command", "get_method", "method_names", "methods_for", "register"]

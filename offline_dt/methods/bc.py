@@ -21,8 +21,10 @@ class BC(Method):
     """``dt`` with the returns-to-go zeroed: plain behaviour cloning of the action."""
 
     name = "bc"
+    description = "the Decision Transformer network with returns-to-go zeroed"
     graph_safe = True
     conditions_on_return = False
+    attentions = ("window", "band")
 
     def loss(self, net: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return action_loss(net, batch, torch.zeros_like(batch.returns_to_go)), {}

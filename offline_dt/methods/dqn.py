@@ -1,7 +1,7 @@
-"""DQN on a causal-transformer Q-network: the whole method in one file. The online driver (the
-window replay buffer and the ε-greedy collect on the one training loop) is
-``offline_dt.training.online``; this file is the network, the TD loss, the target network, the
-exploration schedule and how it acts.
+"""DQN on a causal-transformer Q-network, trained online by ``offline-dt online``: the whole
+method in one file (the network, the TD loss, the target network, the exploration schedule,
+how it acts, and how its batches are made: :class:`WindowReplaySource`, the replay buffer the
+ε-greedy collect fills and the one training loop samples from).
 
 Sources:
 - DQN (Mnih et al. 2015, "Human-level control through deep reinforcement learning",
@@ -21,9 +21,9 @@ Sources:
 Network: the Decision Transformer trunk over the episode's last K ``(r_{t-1}, s_t, a_t)``
 (``offline_dt.methods.history``); ``Q(h_t, ·)`` is the trunk's action head (one output per
 Discrete action) on the newest state token. The history ``h_{t+1}`` of the next state is the
-window shifted by one step, so the replay buffer (``offline_dt.training.online.WindowReplaySource``)
-stores each transition as one window of K + 1 steps: ``[:K]`` ends at ``s_t``, ``[1:]`` at
-``s_{t+1}`` (the true last observation where the episode ended). Box actions are refused.
+window shifted by one step, so the replay buffer (:class:`WindowReplaySource`) stores each
+transition as one window of K + 1 steps: ``[:K]`` ends at ``s_t``, ``[1:]`` at ``s_{t+1}``
+(the true last observation where the episode ended). Box actions are refused.
 
 Hyperparameters: :class:`DQNOptions`, set with ``--method-options KEY VALUE ...``.
 """
@@ -35,13 +35,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import gymnasium as gym
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from offline_dt.data.windows import Batch, Normalizer
-from offline_dt.methods.base import Method, option_strings, parse_options, register
+from offline_dt.methods.base import (
+    Budget,
+    OnlineMethod,
+    Run,
+    SourceSpec,
+    option_strings,
+    parse_options,
+    register,
+)
 from offline_dt.methods.critic import polyak_update
+from offline_dt.methods.env_source import WINDOW_FIELDS, EnvSource
 from offline_dt.methods.history import (
     Decide,
     HistoryOptions,
@@ -122,9 +133,8 @@ class DQNBatch(Batch):
 
 def split_windows(batch: Batch) -> tuple[Batch, Batch]:
     """The ``(B, K)`` histories of ``s_t`` and ``s_{t+1}`` of a ``(B, K + 1)`` batch."""
-    names = ("returns_to_go", "observations", "actions", "timesteps", "mask")
-    cur = Batch(**{n: getattr(batch, n)[:, :-1] for n in names})
-    nxt = Batch(**{n: getattr(batch, n)[:, 1:] for n in names})
+    cur = Batch(**{n: getattr(batch, n)[:, :-1] for n in WINDOW_FIELDS})
+    nxt = Batch(**{n: getattr(batch, n)[:, 1:] for n in WINDOW_FIELDS})
     return cur, nxt
 
 
@@ -229,13 +239,95 @@ def epsilon_greedy_decide(net: DQNNetwork, generator: torch.Generator,
     return decide
 
 
+# ---------------------------------------------------------------------------------- batches
+class WindowReplaySource(EnvSource):
+    """DQN's batch source: ``collect`` plays ``train_frequency`` env steps with the ε-greedy
+    policy before every update (``learning_starts`` before the first) into a FIFO buffer of
+    ``buffer_size`` transitions, each a window of K + 1 steps (:class:`DQNBatch`); the loop
+    samples batches uniformly from it, with replacement. SB3's ``ReplayBuffer`` stores single
+    transitions, but a transformer Q-network needs each transition's history; a window per
+    transition (both histories in one, ``[:K]`` and ``[1:]``) keeps sampling one gather.
+    Checkpointed: the shared state (``EnvSource``) and the buffer.
+
+    Args:
+        spec: the run's facts (``offline_dt.methods.env_source.EnvSource``).
+        opts: the run's options.
+    """
+
+    def __init__(self, spec: SourceSpec, opts: DQNOptions) -> None:
+        self.opts = opts
+        super().__init__(spec, opts.n_envs)
+        self.buffer: dict[str, torch.Tensor] = {}
+        self.pos = self.size = 0
+
+    def epsilon(self) -> float:
+        """ε now (:func:`linear_epsilon` over the env steps)."""
+        o = self.opts
+        steps = self.env_steps if self.stream is None else self.stream.env_steps
+        return linear_epsilon(steps, o.start_e, o.end_e, o.exploration_fraction * self.budget)
+
+    def make_policy(self, run: Run) -> HistoryPolicy:
+        return run.method.policy(run.net, run.normalizer, None, epsilon=self.epsilon,
+                                 generator=self.collect_rng)
+
+    def collect(self, run: Run, step: int) -> None:
+        """Before every update with budget left: ``train_frequency`` env steps (up to
+        ``learning_starts`` before the first), never past the budget by a vector step."""
+        if self.finished(step):
+            return
+        need = max(self.opts.learning_starts - self.env_steps, self.opts.train_frequency)
+        need = min(need, self.budget - self.env_steps)
+        for tr in self.play(run, -(-need // self.n_envs)):
+            window = self.policy.last[0]
+            nxt = self.policy.peek(tr.next_observations)
+            rows = {n: torch.cat((getattr(window, n)[:, :1], getattr(nxt, n)), dim=1)
+                    for n in WINDOW_FIELDS}
+            rows["reward"] = torch.as_tensor(np.asarray(tr.rewards, np.float32)
+                                             * self.opts.reward_scale)
+            rows["terminal"] = torch.as_tensor(np.asarray(tr.terminated, bool))
+            self._add(rows)
+
+    def _add(self, rows: dict[str, torch.Tensor]) -> None:
+        """Write ``N`` transitions at the FIFO position (allocating the buffer at first)."""
+        cap = self.opts.buffer_size
+        if not self.buffer:
+            self.buffer = {k: torch.zeros((cap, *v.shape[1:]), dtype=v.dtype,
+                                          device=self.device) for k, v in rows.items()}
+        n = len(rows["reward"])
+        idx = (self.pos + torch.arange(n)) % cap
+        for k, v in rows.items():
+            self.buffer[k][idx.to(self.device)] = v.to(self.device)
+        self.pos = int((self.pos + n) % cap)
+        self.size = min(self.size + n, cap)
+
+    def sample_shard(self, batch_size: int, rank: int, world_size: int
+                     ) -> tuple[DQNBatch, float]:
+        idx = torch.randint(self.size, (batch_size,), generator=self.generator).to(self.device)
+        return DQNBatch(**{k: v[idx] for k, v in self.buffer.items()}), 1.0
+
+    def log_values(self) -> dict[str, float]:
+        return {**super().log_values(), "epsilon": self.epsilon(),
+                "buffer_size": float(self.size)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.base_state(), "buffer": dict(self.buffer), "pos": self.pos,
+                "size": self.size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.load_base_state(state)
+        self.buffer = {k: v.to(self.device) for k, v in state["buffer"].items()}
+        self.pos, self.size = int(state["pos"]), int(state["size"])
+
+
 @register
-class DQN(Method):
+class DQN(OnlineMethod):
     """DQN on a causal-transformer Q-network (module docstring); trained online by
     ``offline-dt online --method dqn``."""
 
     name = "dqn"
-    conditions_on_return = False
+    description = "DQN on a causal-transformer Q-network, Discrete actions (Mnih et al. 2015)"
+    lr_decay = "none"  # CleanRL's dqn.py keeps the learning rate
+    grad_clip = 10.0  # SB3's max_grad_norm
 
     def resolve_options(self, options: dict[str, Any] | None) -> dict[str, str]:
         return option_strings(parse_options(DQNOptions, self.name, options))
@@ -243,11 +335,34 @@ class DQN(Method):
     def build(self, cfg: DTConfig, options: dict[str, Any] | None = None) -> DQNNetwork:
         return DQNNetwork(cfg, parse_options(DQNOptions, self.name, options))
 
+    def check_env(self, env_id: str) -> None:
+        """Raises ValueError: ``env_id`` has no Discrete action space (or no env)."""
+        try:
+            env = gym.make(env_id)
+        except Exception as e:  # gymnasium raises several types for unknown ids
+            raise ValueError(f"OnlineConfig.env_id {env_id!r}: gym.make failed ({e})") from e
+        space = env.action_space
+        env.close()
+        if not isinstance(space, gym.spaces.Discrete):
+            raise ValueError(f"method 'dqn' needs a Discrete action space; env {env_id} has "
+                             f"{space} (use --method ppo for Box actions)")
+
+    def budget(self, options: dict[str, Any], env_steps: int, batch_size: int | None
+               ) -> Budget:
+        """At most one update per ``train_frequency`` env steps after ``learning_starts``;
+        batches of ``batch_size`` transitions (default 128, CleanRL's)."""
+        opts = parse_options(DQNOptions, self.name, options)
+        after = max(env_steps - opts.learning_starts, 0)
+        return Budget(steps=-(-after // opts.train_frequency) + 1, batch_size=batch_size or 128)
+
+    def make_source(self, spec: SourceSpec) -> WindowReplaySource:
+        return WindowReplaySource(spec, parse_options(DQNOptions, self.name,
+                                                      spec.config.method_options))
+
     def loss(self, net: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if not isinstance(batch, DQNBatch):
-            raise ValueError("method 'dqn' trains on its replay buffer "
-                             "(offline_dt.training.online), not on dataset windows; run "
-                             "`offline-dt online --method dqn`")
+            raise ValueError("method 'dqn' trains on its replay buffer (WindowReplaySource), "
+                             "not on dataset windows; run `offline-dt online --method dqn`")
         return dqn_loss(net, batch)
 
     def after_step(self, net: nn.Module) -> None:

@@ -55,8 +55,10 @@ class DT(Method):
     """Return-conditioned behaviour cloning of the action (Chen et al. 2021)."""
 
     name = "dt"
+    description = "Decision Transformer (Chen et al. 2021)"
     graph_safe = True
     conditions_on_return = True
+    attentions = ("window", "band")
 
     def loss(self, net: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return action_loss(net, batch, batch.returns_to_go), {}

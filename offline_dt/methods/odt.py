@@ -1,6 +1,8 @@
 """Online Decision Transformer (Zheng, Zhang & Grover, "Online Decision Transformer", ICML 2022):
-the whole method in one file. Online fine-tuning (the replay buffer and the collect step) is
-``offline_dt.training.finetune``; this file is the network, the loss and how it acts.
+pretrained by ``offline-dt train --method odt``, fine-tuned online by ``offline-dt finetune``.
+The whole method in this file and the one it owns, ``offline_dt.methods.odt_replay`` (how its
+fine-tuning batches are made: the trajectory replay buffer, hindsight relabelling and the
+collect step of Algorithm 1); here the network, the loss and how it acts.
 
 - Network: the DT trunk (``offline_dt.nn.transformer.DecisionTransformer``) with a stochastic policy
   head on the hidden state of the state token ``s_t`` (the token the DT predicts ``a_t``
@@ -51,7 +53,7 @@ the whole method in one file. Online fine-tuning (the replay buffer and the coll
   With η = 0 (the default) no critic is built: the published ODT.
 - Acting: evaluation acts with the mean action ``tanh(μ)`` (Box) or the most likely action
   (Discrete), deterministically, as ODT evaluates; ``policy(..., sample=True, generator=g)``
-  samples from the policy (the online collect step, ``offline_dt.training.finetune``).
+  samples from the policy (the online collect step, ``offline_dt.methods.odt_replay``).
 
 Hyperparameters: :class:`ODTOptions`, set with ``--method-options KEY VALUE ...``.
 """
@@ -60,6 +62,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,9 +72,16 @@ from torch import nn
 from torch.func import functional_call
 
 from offline_dt.data.windows import Batch, Normalizer
-from offline_dt.methods.base import Method, option_strings, parse_options, register
+from offline_dt.methods.base import (
+    FinetuneMethod,
+    SourceSpec,
+    option_strings,
+    parse_options,
+    register,
+)
 from offline_dt.methods.critic import mlp, polyak_update, require_box_actions
 from offline_dt.methods.dt import DTPolicy
+from offline_dt.methods.odt_replay import ReplaySource, default_online_target
 from offline_dt.nn.collectives import global_mean
 from offline_dt.nn.transformer import DecisionTransformer, DTConfig
 
@@ -336,12 +346,22 @@ def temperature_step(net: ODTNetwork) -> None:
 
 
 @register
-class ODT(Method):
+class ODT(FinetuneMethod):
     """Online Decision Transformer's stochastic policy and entropy-regularised loss (module
     docstring); ``offline-dt finetune`` fine-tunes its checkpoints online."""
 
     name = "odt"
+    description = ("Online Decision Transformer: a stochastic DT with an entropy constraint, "
+                   "fine-tuned online (Zheng et al. 2022)")
     conditions_on_return = True
+
+    def exploration_target(self, dataset_info: Mapping[str, Any]) -> float:
+        """``g_online`` (:func:`~offline_dt.methods.odt_replay.default_online_target`)."""
+        return default_online_target(dataset_info.get("best_return"),
+                                     dataset_info.get("ref_max_score"))
+
+    def make_source(self, spec: SourceSpec) -> ReplaySource:
+        return ReplaySource(spec)
 
     def resolve_options(self, options: dict[str, Any] | None) -> dict[str, str]:
         return option_strings(ODTOptions.parse(options))

@@ -1,6 +1,7 @@
-"""PPO on a causal-transformer policy: the whole method in one file. The online driver (the
-rollout source that collects and serves minibatches on the one training loop) is
-``offline_dt.training.online``; this file is the network, GAE, the loss and how it acts.
+"""PPO on a causal-transformer policy, trained online by ``offline-dt online``: the whole
+method in this file and the one it owns, ``offline_dt.methods.ppo_rollout`` (how its batches
+are made: the rollout source that collects on-policy rollouts, applies GAE and serves their
+minibatches to the one training loop); here the network, the loss and how it acts.
 
 Sources:
 - PPO (Schulman et al. 2017, "Proximal Policy Optimization Algorithms", eq. 7 and 9): the
@@ -14,14 +15,14 @@ Sources:
   ``Â_t = δ_t + γ λ (1 - done_t) Â_{t+1}``, returns ``Â_t + V(s_t)``. A time-limit
   truncation bootstraps from the value of the episode's true last observation (its own
   window), a termination does not; the rollout's last step bootstraps from the next
-  observation's value (:func:`gae`).
+  observation's value (``offline_dt.methods.ppo_rollout.gae``).
 - Defaults: CleanRL's ``ppo.py`` / ``ppo_continuous_action.py`` (Huang et al. 2022, "CleanRL"):
   ε = 0.2, λ = 0.95, γ = 0.99, ``c_2`` = 0.01 for Discrete and 0 for Box, ``c_1`` = 0.5,
   128 steps per env, 4 epochs of 4 minibatches, clipped value loss, gradient-norm clip 0.5
-  (``TrainConfig.grad_clip``, set by ``offline_dt.training.online``), Adam lr 2.5e-4. Here 8 envs
+  (``PPO.grad_clip``), Adam lr 2.5e-4. Here 8 envs
   (CleanRL's ``ppo_atari.py``; its ``ppo.py`` has 4). The learning rate decays linearly to 0
-  over the budget as CleanRL's ``anneal_lr`` (``offline-dt online``'s ``lr_decay`` auto; the
-  loop's schedule steps it per update, CleanRL per rollout).
+  over the budget as CleanRL's ``anneal_lr`` (``PPO.lr_decay``, ``offline-dt online``'s
+  ``lr_decay`` auto; the loop's schedule steps it per update, CleanRL per rollout).
 
 Network: the Decision Transformer trunk over the episode's last K ``(r_{t-1}, s_t, a_t)``
 (``offline_dt.methods.history``), a policy head and a value head ``V`` (a linear layer) on the
@@ -46,13 +47,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from offline_dt.data.windows import Batch, Normalizer
-from offline_dt.methods.base import Method, option_strings, parse_options, register
+from offline_dt.methods.base import (
+    Budget,
+    OnlineMethod,
+    SourceSpec,
+    option_strings,
+    parse_options,
+    register,
+)
 from offline_dt.methods.history import (
     Decide,
     HistoryOptions,
@@ -60,6 +67,7 @@ from offline_dt.methods.history import (
     load_trunk,
     trunk_timesteps,
 )
+from offline_dt.methods.ppo_rollout import PPOBatch, RolloutSource
 from offline_dt.nn.transformer import DecisionTransformer, DTConfig
 
 
@@ -163,26 +171,6 @@ class PPOOptions(HistoryOptions):
         return self.epochs * self.minibatches
 
 
-@dataclass
-class PPOBatch(Batch):
-    """A minibatch of PPO samples: ``B`` windows ``(B, K)`` (the :class:`Batch` fields, each
-    window ending at the step trained on, left-padded) and per sample:
-
-    Attributes:
-        raw_actions: ``(B,) int64`` (Discrete) or ``(B, act_dim) float32`` the unclipped
-            Gaussian sample ``u`` (Box): what ``old_log_probs`` is of.
-        old_log_probs, old_values, advantages, returns: ``(B,) float32`` from the collect.
-        clip: ε for this rollout (``PPOOptions.clip_at``); None: the option's ``clip``.
-    """
-
-    raw_actions: torch.Tensor | None = None
-    old_log_probs: torch.Tensor | None = None
-    old_values: torch.Tensor | None = None
-    advantages: torch.Tensor | None = None
-    returns: torch.Tensor | None = None
-    clip: float | None = None
-
-
 # ---------------------------------------------------------------------------------- network
 class PPONetwork(nn.Module):
     """The DT trunk, a value head (on the critic trunk with ``critic separate``) and (Box) a
@@ -235,39 +223,6 @@ class PPONetwork(nn.Module):
 
 
 # ---------------------------------------------------------------------------------- the math
-def gae(rewards: np.ndarray, values: np.ndarray, next_values: np.ndarray,
-        terminated: np.ndarray, truncated: np.ndarray, gamma: float, lam: float
-        ) -> tuple[np.ndarray, np.ndarray]:
-    """Generalised advantage estimation (Schulman et al. 2016, eq. 16) over a rollout.
-
-    Args:
-        rewards: ``(T, N)`` r_t (scaled).
-        values: ``(T, N)`` V(s_t) at collect time.
-        next_values: ``(T, N)`` V of the state after step t: ``values[t + 1]`` inside an
-            episode, the value of the true last observation where the step was truncated,
-            the next observation's value at ``t = T - 1``; unused (any finite number) where
-            the step terminated.
-        terminated, truncated: ``(T, N) bool``.
-        gamma, lam: γ and λ.
-
-    Returns:
-        ``(advantages, returns)``, ``(T, N) float32`` each: ``Â_t = δ_t + γ λ (1 - done_t)
-        Â_{t+1}`` with ``δ_t = r_t + γ (1 - terminated_t) next_values_t - V(s_t)`` and
-        ``done_t = terminated_t or truncated_t``; returns ``Â_t + V(s_t)``.
-    """
-    r, v = np.asarray(rewards, np.float64), np.asarray(values, np.float64)
-    term = np.asarray(terminated, bool)
-    done = term | np.asarray(truncated, bool)
-    nv = np.where(term, 0.0, np.asarray(next_values, np.float64))
-    adv = np.zeros_like(r)
-    last = np.zeros(r.shape[1:], np.float64)
-    for t in range(r.shape[0] - 1, -1, -1):
-        delta = r[t] + gamma * nv[t] - v[t]
-        last = delta + gamma * lam * (~done[t]) * last
-        adv[t] = last
-    return adv.astype(np.float32), (adv + v).astype(np.float32)
-
-
 def clipped_surrogate(log_probs: torch.Tensor, old_log_probs: torch.Tensor,
                       advantages: torch.Tensor, clip: float) -> torch.Tensor:
     """PPO's policy loss ``-E[min(ρ Â, clip(ρ, 1 - ε, 1 + ε) Â)]`` (Schulman et al. 2017,
@@ -341,12 +296,14 @@ def greedy_decide(net: PPONetwork) -> Decide:
 
 
 @register
-class PPO(Method):
+class PPO(OnlineMethod):
     """PPO on a causal-transformer policy (module docstring); trained online by
     ``offline-dt online --method ppo``."""
 
     name = "ppo"
-    conditions_on_return = False
+    description = "PPO on a causal-transformer policy (Schulman et al. 2017)"
+    lr_decay = "linear"
+    grad_clip = 0.5
 
     def resolve_options(self, options: dict[str, Any] | None) -> dict[str, str]:
         return option_strings(parse_options(PPOOptions, self.name, options))
@@ -354,9 +311,28 @@ class PPO(Method):
     def build(self, cfg: DTConfig, options: dict[str, Any] | None = None) -> PPONetwork:
         return PPONetwork(cfg, parse_options(PPOOptions, self.name, options))
 
+    def budget(self, options: dict[str, Any], env_steps: int, batch_size: int | None
+               ) -> Budget:
+        """``epochs · minibatches`` updates per rollout of ``n_envs · n_steps`` env steps
+        (whole rollouts, so up to one more than the budget); the minibatch is fixed.
+
+        Raises:
+            ValueError: bad options; a ``batch_size`` other than the minibatch.
+        """
+        opts = parse_options(PPOOptions, self.name, options)
+        if batch_size not in (None, opts.batch_size):
+            raise ValueError(f"OnlineConfig.batch_size: ppo's minibatch is n_envs * n_steps / "
+                             f"minibatches = {opts.batch_size}, found {batch_size}")
+        rollouts = -(-env_steps // (opts.n_envs * opts.n_steps))
+        return Budget(steps=opts.updates_per_rollout * rollouts, batch_size=opts.batch_size)
+
+    def make_source(self, spec: SourceSpec) -> RolloutSource:
+        return RolloutSource(spec, parse_options(PPOOptions, self.name,
+                                                 spec.config.method_options))
+
     def loss(self, net: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if not isinstance(batch, PPOBatch):
-            raise ValueError("method 'ppo' trains on rollouts (offline_dt.training.online), not on "
+            raise ValueError("method 'ppo' trains on its rollouts (RolloutSource), not on "
                              "dataset windows; run `offline-dt online --method ppo`")
         return ppo_loss(net, batch)
 

@@ -271,6 +271,7 @@ class QT(Method):
     """Q-value regularized Decision Transformer with an IQL critic (module docstring)."""
 
     name = "qt"
+    description = "Q-value regularized Decision Transformer (Hu et al. 2024)"
     conditions_on_return = True
 
     def resolve_options(self, options: dict[str, Any] | None) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """The runs of a reproduce call: which (level, seed, method) runs it makes, and running one.
 
-Rows: the methods of the one training loop (:data:`TRAINED_METHODS`: ``dt``, ``bc``, and
-``qt`` once registered), the field's reference rows trained by d3rlpy (``iql``, ``mlp-bc``,
+Rows: the methods of the one training loop (:func:`trained_methods`: the registry's offline
+methods, ``dt``, ``bc``, ``qt``), the field's reference rows trained by d3rlpy (``iql``, ``mlp-bc``,
 ``pct-bc``; :mod:`offline_dt.study.reference`) and the baselines (:data:`BASELINES`:
 ``random``, ``behaviour``); :func:`reproduce_methods` checks a choice among them before any
 work and :func:`reproduce_jobs` lists the runs.
@@ -38,18 +38,17 @@ from offline_dt.study.reuse import EPISODE_SEEDS, evaluate_baseline, train_and_e
 
 log = logging.getLogger(__name__)
 
-#: Methods trained by the one training loop (``offline_dt.training.loop``) with the preset's budget;
-#: ``qt`` joins when its module is registered (:func:`trained_methods`).
-TRAINED_METHODS = ("dt", "bc", "qt")
 #: Evaluated only: the uniform random agent and the policy that wrote the data.
 BASELINES = ("random", "behaviour")
 
 
 def trained_methods() -> tuple[str, ...]:
-    """:data:`TRAINED_METHODS` registered in ``offline_dt.methods`` (``qt`` once it exists)."""
-    from offline_dt.methods import METHODS as REGISTERED
+    """The methods trained by the one training loop (``offline_dt.training.loop``) with the
+    preset's budget: the registry's offline methods (``offline_dt.methods``: dt, bc, qt), in
+    registration order."""
+    from offline_dt.methods import method_names
 
-    return tuple(m for m in TRAINED_METHODS if m in REGISTERED)
+    return tuple(method_names("offline"))
 
 
 def all_methods() -> tuple[str, ...]:

@@ -13,10 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from offline_dt.methods import METHODS as REGISTERED
 from offline_dt.study.runs import dataset_level, method_key
 from offline_dt.training.checkpoint import KEPT_DIR
 
-#: What each row is, for the notes under the wide table (methods present only).
+#: What each row that is no registered method is, for the notes under the wide table (methods
+#: present only); a registered method's note is its ``description`` (:func:`methods_note`).
 METHOD_NOTES = {
     "random": "uniform random actions",
     "behaviour": "the policy that wrote the data, acting as it did when collecting",
@@ -24,9 +26,6 @@ METHOD_NOTES = {
     "pct-bc": "%BC: the same MLP BC on the top 10% of episodes by return (Chen et al. 2021, "
               "Table 3)",
     "iql": "Implicit Q-Learning (Kostrikov et al. 2021; d3rlpy IQL defaults)",
-    "bc": "the Decision Transformer network with returns-to-go zeroed",
-    "dt": "Decision Transformer (Chen et al. 2021)",
-    "qt": "Q-value regularized Decision Transformer (Hu et al. 2024)",
 }
 
 TABLE_NOTES = """\
@@ -137,7 +136,9 @@ def checkpoint_choices(runs: list[dict[str, Any]], env: str) -> str:
 
 
 def methods_note(methods: Sequence[str]) -> str:
-    """The note naming what each row of the wide table is (:data:`METHOD_NOTES`)."""
-    known = [m for m in methods if m in METHOD_NOTES]
-    return "Rows: " + "; ".join(f"`{m}`: {METHOD_NOTES[m]}" for m in known) + "." if known \
+    """The note naming what each row of the wide table is (:data:`METHOD_NOTES`, and the
+    registered methods' descriptions)."""
+    notes = {**METHOD_NOTES, **{m: cls.description for m, cls in REGISTERED.items()}}
+    known = [m for m in methods if m in notes]
+    return "Rows: " + "; ".join(f"`{m}`: {notes[m]}" for m in known) + "." if known \
         else ""

@@ -33,14 +33,15 @@ from typing import Any
 import pandas as pd
 
 from offline_dt.data.d4rl import LEVELS, normalized_score
+from offline_dt.methods import method_names
 
 log = logging.getLogger(__name__)
 
 RUN_COLUMNS = ["env", "dataset", "method", "seed", "episodes", "mean_return",
                "normalized_score"]
-#: The methods in table order: baselines, the field's reference rows (d3rlpy), the
-#: transformers; other methods follow in name order.
-METHODS = ("random", "behaviour", "mlp-bc", "pct-bc", "iql", "bc", "dt", "qt")
+#: The methods in table order: baselines, the field's reference rows (d3rlpy), the offline
+#: methods of the registry (``offline_dt.methods``) in name order; others follow by name.
+METHODS = ("random", "behaviour", "mlp-bc", "pct-bc", "iql", *sorted(method_names("offline")))
 #: Column order of the wide table: the dataset's own returns, then the methods.
 TABLE_METHODS = ("data", *METHODS)
 #: Levels written by a sequence of policies (a SAC run's replay buffer): no behaviour agent.

@@ -49,7 +49,7 @@ REQUIRED_KEYS = ("format", "model", "optimizer", "scheduler", "rng", "step", "no
 DIGEST_KEYS = ("model", "optimizer", "scheduler", "rng", "normalizer", "step",
                "train_config", "model_config", "dataset_info")
 #: Covered by the digest too when present (after ``DIGEST_KEYS``): a batch source's state
-#: (``offline_dt.training.loop.BatchSource``, e.g. an online replay buffer).
+#: (``offline_dt.methods.base.BatchSource``, e.g. an online replay buffer).
 OPTIONAL_DIGEST_KEYS = ("source",)
 
 log = logging.getLogger(__name__)

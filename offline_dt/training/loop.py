@@ -11,10 +11,11 @@ Readable top to bottom (in the spirit of CleanRL / CORL):
    (``offline_dt.training.run_log``), periodic evaluation, checkpoints
    (``offline_dt.training.checkpoint``) with exact resume (parameters after N + M steps equal an
    uninterrupted run on CPU: model, optimizer, scheduler, torch, numpy, sampler and CUDA RNGs are
-   all restored). The batches come from a window sampler, or from any ``BatchSource`` the caller
-   passes (its optional hooks: ``collect`` before updates, ``finished``, ``log_values``, a
-   checkpointed state; e.g. the online replay buffer of ``offline_dt.training.finetune``), and
-   ``init`` warm-starts a new run from a checkpoint.
+   all restored). The batches come from a dataset's windows, or from the
+   ``offline_dt.methods.base.BatchSource`` the caller passes (its hooks: ``collect`` before
+   updates, ``finished``, ``log_values``, a checkpointed state; e.g. the replay buffer an
+   ``odt`` fine-tune makes, ``offline_dt.training.finetune``), and ``init`` warm-starts a new
+   run from a checkpoint.
 3. ``load_checkpoint(path)``: the networks, configs, normaliser and dataset facts.
 
 What a method is (its networks, loss and acting) lives in ``offline_dt.methods``; the loop
@@ -40,7 +41,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -52,7 +53,8 @@ from offline_dt.data.d4rl import space_to_json
 from offline_dt.data.dataset import DatasetError, OfflineDataset
 from offline_dt.data.lock import exclusive_lock
 from offline_dt.data.windows import Batch, Normalizer, SegmentSampler, WindowSampler
-from offline_dt.methods import METHODS, Method, get_method
+from offline_dt.methods import METHODS, BatchSource, Method, check_command, get_method
+from offline_dt.methods.base import WindowSource, method_help, methods_for
 from offline_dt.nn.transformer import DTConfig
 from offline_dt.training.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -76,8 +78,8 @@ from offline_dt.training.run_log import RunLog
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CHECKPOINT_NAME", "BatchSource", "EvalHook", "LoadedCheckpoint", "TrainConfig",
-           "TrainResult", "TrainingRun", "load_checkpoint", "train"]
+__all__ = ["CHECKPOINT_NAME", "EvalHook", "LoadedCheckpoint", "TrainConfig", "TrainResult",
+           "TrainingRun", "load_checkpoint", "train"]
 
 # Fields that may change between a run and its resumption: they do not affect the parameters.
 RESUMABLE_FIELDS = frozenset({
@@ -106,10 +108,8 @@ class TrainConfig:
     env_id: str | None = field(default=None, metadata={
         "help": "Gymnasium env id; when given, the dataset's spaces must match the env's"})
     method: str = field(default="dt", metadata={
-        "help": "training method (offline_dt.methods): dt: Decision Transformer; bc: same "
-                "network with returns-to-go zeroed (behaviour cloning, same architecture and "
-                "budget)",
-        "choices": sorted(METHODS)})
+        "help": "training method (offline_dt.methods): " + method_help("train"),
+        "choices": methods_for("train")})
     method_options: dict[str, str] = field(default_factory=dict, metadata={
         "help": "the method's own hyperparameters as KEY VALUE pairs (e.g. for qt: "
                 "critic transformer expectile 0.8); each method's module lists its keys and "
@@ -156,7 +156,8 @@ class TrainConfig:
                 "recomputed at every env step when acting); band: sliding-window causal "
                 "attention, every token sees the last band_tokens tokens at every layer, "
                 "trained on segments of segment_length steps, so the key/value cache that "
-                "evaluation acts from is exact (Mistral 7B's rolling cache; dt and bc only)",
+                "evaluation acts from is exact (Mistral 7B's rolling cache; methods "
+                f"{', '.join(m for m in methods_for('train') if 'band' in METHODS[m].attentions)})",
         "choices": ["window", "band"]})
     band_tokens: int | None = field(default=None, metadata={
         "help": "band: W, tokens each token attends to (itself and the W - 1 before it); "
@@ -283,9 +284,10 @@ class TrainConfig:
                     raise ValueError(f"TrainConfig.{name}={getattr(self, name)} applies to "
                                      f"attention='band' only (attention is 'window')")
             return
-        if self.method not in ("dt", "bc"):
-            raise ValueError(f"TrainConfig.attention='band' is implemented for methods dt and "
-                             f"bc, found method {self.method!r}")
+        if "band" not in METHODS[self.method].attentions:
+            band = [m for m, cls in METHODS.items() if "band" in cls.attentions]
+            raise ValueError(f"TrainConfig.attention='band' is implemented for methods {band}, "
+                             f"found method {self.method!r}")
         if self.band_tokens is not None and self.band_tokens < 1:
             raise ValueError(f"TrainConfig.band_tokens must be >= 1, found {self.band_tokens}")
         if self.segment_length is not None and self.segment_length < self.context_length:
@@ -326,7 +328,8 @@ class LoadedCheckpoint:
 
 @dataclass
 class TrainingRun:
-    """What the loop hands to an eval hook: the trainer's own objects, never refitted.
+    """What the loop hands to an eval hook and a batch source's ``collect`` (the methods
+    layer's ``offline_dt.methods.base.Run``): the trainer's own objects, never refitted.
 
     Attributes:
         config: the run's config.
@@ -347,29 +350,6 @@ class TrainingRun:
 
 #: ``hook(run, step) -> {column: value}``: periodic evaluation, values become metrics columns.
 EvalHook = Callable[[TrainingRun, int], dict[str, float]]
-
-
-class BatchSource(Protocol):
-    """What the loop samples batches from: :class:`WindowSampler` (the default), or another
-    object passed to :func:`train` by ``batch_source``.
-
-    Required: ``generator`` (a ``torch.Generator``, checkpointed with the RNGs) and
-    ``sample_shard(batch_size, rank, world_size) -> (Batch, share)``, as
-    :class:`WindowSampler`. Optional, each looked up by name and called when present:
-
-    - ``collect(run, step)``: before every update (``step`` updates done), with the
-      trainer's :class:`TrainingRun`; e.g. act in the environment and add to a buffer.
-    - ``finished(step) -> bool``: True ends the run after ``step`` updates (before
-      ``cfg.steps``, which is then a cap), with the final log row and checkpoint.
-    - ``log_values() -> dict[str, float]``: columns added to every ``metrics.csv`` row.
-    - ``state_dict()`` / ``load_state_dict(state)``: tensors and plain values saved as the
-      checkpoint's ``source`` and restored on resume (never pickled objects).
-    """
-
-    generator: torch.Generator
-
-    def sample_shard(self, batch_size: int, rank: int, world_size: int
-                     ) -> tuple[Batch, float]: ...
 
 
 #: ``batch_source(dataset, normalizer, cfg, device) -> BatchSource`` (``dataset`` None for a
@@ -624,7 +604,7 @@ class _State:
     net: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    sampler: WindowSampler
+    sampler: BatchSource
     normalizer: Normalizer
     ranks: Ranks = field(default_factory=Ranks)
     #: the loss as train_step computes it: None (``method.loss(net, batch)``), or a
@@ -821,8 +801,8 @@ def _build(cfg: TrainConfig, method: Method, dataset: OfflineDataset | None,
     if device.type == "cuda":
         torch.cuda.manual_seed_all(cfg.seed)
     if batch_source is not None:
-        sampler: WindowSampler = batch_source(dataset, normalizer, cfg, device)
-        if ranks.distributed and hasattr(sampler, "collect"):
+        sampler = batch_source(dataset, normalizer, cfg, device)
+        if ranks.distributed and sampler.collects:
             raise ValueError("a batch source that collects online data (collect) trains in "
                              "one process only; run it without torchrun (WORLD_SIZE=1)")
     elif dataset is None:
@@ -830,11 +810,11 @@ def _build(cfg: TrainConfig, method: Method, dataset: OfflineDataset | None,
                          "batch source that collects its own data (train(batch_source=...), "
                          "e.g. offline_dt.training.online)")
     elif cfg.attention == "band":
-        sampler = SegmentSampler(dataset, normalizer, cfg.segment_length, cfg.max_timestep,
-                                 seed=cfg.seed, device=device)
+        sampler = WindowSource(SegmentSampler(dataset, normalizer, cfg.segment_length,
+                                              cfg.max_timestep, seed=cfg.seed, device=device))
     else:
-        sampler = WindowSampler(dataset, normalizer, cfg.context_length, cfg.max_timestep,
-                                seed=cfg.seed, device=device)
+        sampler = WindowSource(WindowSampler(dataset, normalizer, cfg.context_length,
+                                             cfg.max_timestep, seed=cfg.seed, device=device))
     net = method.build(cfg.model_config(int(shape["obs_dim"]), int(shape["act_dim"]),
                                         bool(shape["discrete"])), cfg.method_options)
     net = net.to(device)
@@ -847,7 +827,7 @@ def _build(cfg: TrainConfig, method: Method, dataset: OfflineDataset | None,
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
         _restore_rng(resumed["rng"], state, cfg)
-        if "source" in resumed and hasattr(sampler, "load_state_dict"):
+        if "source" in resumed:
             sampler.load_state_dict(resumed["source"])
         state.step = int(resumed["step"])
         log.info("resuming %s at step %d", Path(cfg.run_dir) / CHECKPOINT_NAME, state.step)
@@ -939,7 +919,7 @@ def _save(cfg: TrainConfig, state: _State, info: dict[str, Any],
                                         "gathering RNG states for the checkpoint")
     if not ranks.is_main:
         return
-    source = state.sampler.state_dict() if hasattr(state.sampler, "state_dict") else None
+    source = state.sampler.state_dict()
     runlog.save()
     payload = {
         **({} if source is None else {"source": source}),
@@ -994,18 +974,15 @@ def _update(cfg: TrainConfig, method: Method, state: _State
 
 
 def _source_finished(state: _State) -> bool:
-    """The batch source's ``finished(step)`` (an online source whose budget is spent);
-    False for a source without one."""
-    finished = getattr(state.sampler, "finished", None)
-    return finished is not None and bool(finished(state.step))
+    """The batch source's ``finished(step)`` (an online source whose budget is spent)."""
+    return bool(state.sampler.finished(state.step))
 
 
 def _collect(run: TrainingRun, state: _State) -> None:
     """The batch source's ``collect(run, step)`` before an update (an online source acts in
     its environment when it is time to), then the networks back in train mode."""
-    collect = getattr(state.sampler, "collect", None)
-    if collect is not None:
-        collect(run, state.step)
+    state.sampler.collect(run, state.step)
+    if state.sampler.collects:
         state.net.train()
 
 
@@ -1017,7 +994,6 @@ def _loop(cfg: TrainConfig, method: Method, state: _State, run: TrainingRun,
     state.net.train()
     train_seconds = 0.0
     t_loop = time.perf_counter()
-    log_values = getattr(state.sampler, "log_values", dict)
     while state.step < cfg.steps and not _source_finished(state):
         _collect(run, state)
         loss, extras = _update(cfg, method, state)
@@ -1028,7 +1004,7 @@ def _loop(cfg: TrainConfig, method: Method, state: _State, run: TrainingRun,
             state.step % cfg.eval_every == 0 or last)
         if state.step % cfg.log_every == 0 or last or do_eval:
             row = runlog.interval_row(state.step, state.scheduler.get_last_lr()[0])
-            row.update(log_values())
+            row.update(state.sampler.log_values())
             if do_eval:
                 train_seconds += time.perf_counter() - t_loop
                 row.update(_evaluate_now(hook, run, state))
@@ -1062,8 +1038,8 @@ def train(cfg: TrainConfig, eval_hook: EvalHook | None = None, *,
     checked by checksum; ``cfg`` must build the same networks), and the new run counts its
     own ``cfg.steps`` from 0; on ``resume`` the run's own checkpoint is used instead.
     ``batch_source(dataset, normalizer, cfg, device)`` replaces the window sampler with any
-    object that samples batches the same way (:class:`BatchSource`; e.g. an online replay
-    buffer that collects before updates, ``offline_dt.training.finetune``).
+    ``offline_dt.methods.base.BatchSource`` (e.g. the replay buffer an ``odt`` fine-tune
+    collects into before updates, ``offline_dt.training.finetune``).
 
     Without a dataset (``cfg.dataset`` empty; a ``batch_source`` that collects its own data
     is then required, e.g. ``offline_dt.training.online``) the networks are sized by the spaces of
@@ -1088,6 +1064,8 @@ def train(cfg: TrainConfig, eval_hook: EvalHook | None = None, *,
     """
     t_start = time.perf_counter()
     cfg.validate()
+    if batch_source is None:  # the dataset's windows: no online method
+        check_command(cfg.method, "train")
     method = get_method(cfg.method)
     with process_group(resolve_device(cfg.device), cfg.dist_timeout) as ranks, \
             ExitStack() as held:

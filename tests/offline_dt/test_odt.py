@@ -29,14 +29,10 @@ from offline_dt.methods.odt import (
     td3_terms,
     temperature_step,
 )
+from offline_dt.methods.odt_replay import ReplaySource, hindsight_returns_to_go
 from offline_dt.nn.transformer import DTConfig
 from offline_dt.training.checkpoint import read_checkpoint
-from offline_dt.training.finetune import (
-    FinetuneConfig,
-    ReplaySource,
-    finetune,
-    hindsight_returns_to_go,
-)
+from offline_dt.training.finetune import FinetuneConfig, finetune, source_spec
 from offline_dt.training.loop import TrainConfig, TrainingRun, load_checkpoint, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -230,8 +226,9 @@ def test_hindsight_relabelling_by_hand(pretrained, tmp_path):
     cfg = FinetuneConfig(checkpoint=str(pretrained["odt"]), buffer_size=3,
                          updates_per_round=5, online_steps=1)
     tcfg = dataclasses.replace(ckpt.train_config, context_length=4)
-    source = ReplaySource(dataset, ckpt.normalizer, tcfg, torch.device("cpu"), cfg,
-                          "Pendulum-v1", target_return=1e6)
+    source = get_method("odt").make_source(source_spec(
+        cfg, tcfg, dataset, ckpt.normalizer, torch.device("cpu"), "Pendulum-v1", target=1e6))
+    assert isinstance(source, ReplaySource) and source.target_return == 1e6
     # seeded with the three best episodes, in ascending order of return
     best = np.sort(dataset.episode_returns)[-3:]
     np.testing.assert_allclose(source.buffer.episode_returns, best, rtol=1e-6)

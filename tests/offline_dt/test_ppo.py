@@ -13,16 +13,19 @@ import torch
 from conftest import TINY_TRAIN, make_discrete_dataset
 
 import offline_dt.evaluation.evaluate
+import offline_dt.methods.ppo_rollout
 from offline_dt.cli import main
 from offline_dt.data import write_hdf5
+from offline_dt.methods import get_method
 from offline_dt.methods.history import trunk_timesteps
-from offline_dt.methods.ppo import clipped_surrogate, gae, value_loss
+from offline_dt.methods.ppo import clipped_surrogate, value_loss
+from offline_dt.methods.ppo_rollout import gae
 from offline_dt.training.checkpoint import read_checkpoint
 from offline_dt.training.loop import TrainConfig, TrainingRun, load_checkpoint, train
 from offline_dt.training.online import (
     OnlineConfig,
-    RolloutSource,
     online_train_config,
+    source_spec,
     train_online,
 )
 
@@ -77,7 +80,6 @@ def test_clipped_surrogate_and_value_loss_by_hand():
 
 def test_a_separate_critic_keeps_the_value_loss_off_the_policy_trunk():
     from offline_dt.data.windows import Batch
-    from offline_dt.methods import get_method
 
     cfg = online_train_config(OnlineConfig(method="ppo", env_id="CartPole-v1", env_steps=32,
                                            **TINY_CFG)).model_config(4, 2, True)
@@ -118,7 +120,6 @@ def test_window_timesteps_hide_the_episode_timestep():
     assert trunk_timesteps(ts, "window").tolist() == [[0, 1, 2, 3]] * 2
     assert trunk_timesteps(ts, "episode") is ts
     from offline_dt.data.windows import Batch
-    from offline_dt.methods import get_method
 
     cfg = online_train_config(OnlineConfig(method="ppo", env_id="CartPole-v1", env_steps=32,
                                            **TINY_CFG)).model_config(4, 2, True)
@@ -144,7 +145,6 @@ def test_collect_log_probs_equal_the_loss_forward(tmp_path, env_id):
     cfg = OnlineConfig(method="ppo", env_id=env_id, env_steps=96, run_dir=tmp_path,
                        **{**TINY_CFG, "method_options": options})
     tcfg = online_train_config(cfg)
-    from offline_dt.methods import get_method
     from offline_dt.training.loop import _env_data
 
     method = get_method("ppo")
@@ -153,7 +153,7 @@ def test_collect_log_probs_equal_the_loss_forward(tmp_path, env_id):
     torch.manual_seed(0)
     net = method.build(tcfg.model_config(info["obs_dim"], info["act_dim"], info["discrete"]),
                        tcfg.method_options)
-    source = RolloutSource(normalizer, tcfg, torch.device("cpu"), cfg)
+    source = method.make_source(source_spec(cfg, tcfg, normalizer, torch.device("cpu")))
     source.collect(TrainingRun(tcfg, method, net, normalizer, info), 0)
     data = source.rollout
     assert not data["mask"][:, -1].logical_not().any()  # the trained step is real
@@ -175,16 +175,16 @@ def test_truncation_starts_a_fresh_window_and_bootstraps(tmp_path, monkeypatch):
     cfg = OnlineConfig(method="ppo", env_id="Pendulum-v1", env_steps=210, run_dir=tmp_path,
                        **{**TINY_CFG, "method_options": {"n_envs": "1", "n_steps": "210",
                                                          "minibatches": "2"}})
-    from offline_dt.methods import get_method
     from offline_dt.training.loop import _env_data
 
     tcfg = online_train_config(cfg).resolved(200)
     normalizer, info = _env_data(tcfg, None, None)
     net = get_method("ppo").build(tcfg.model_config(3, 1, False), tcfg.method_options)
-    source = RolloutSource(normalizer, tcfg, torch.device("cpu"), cfg)
+    source = get_method("ppo").make_source(source_spec(cfg, tcfg, normalizer,
+                                                       torch.device("cpu")))
     seen, boot = {}, []
-    real_gae, real_values = offline_dt.training.online.gae, source._values
-    monkeypatch.setattr(offline_dt.training.online, "gae",
+    real_gae, real_values = offline_dt.methods.ppo_rollout.gae, source._values
+    monkeypatch.setattr(offline_dt.methods.ppo_rollout, "gae",
                         lambda *a: seen.update(args=a) or real_gae(*a))
     monkeypatch.setattr(source, "_values", lambda *a: boot.append(real_values(*a)) or boot[-1])
     source.collect(TrainingRun(tcfg, get_method("ppo"), net, normalizer, info), 0)
@@ -268,7 +268,6 @@ def test_init_from_a_dt_checkpoint_loads_the_trunk(tmp_path):
     cfg = online_train_config(OnlineConfig(method="ppo", env_id="CartPole-v1", env_steps=32,
                                            init=str(dt.run_dir), run_dir=run, **TINY_CFG))
     assert cfg.max_timestep == 64 and cfg.embed_dim == 16
-    from offline_dt.methods import get_method
 
     net = get_method("ppo").build(cfg.model_config(4, 2, True), cfg.method_options)
     assert get_method("ppo").warm_start(net, {"model": pre}) is False
@@ -287,9 +286,13 @@ def test_bad_options_and_a_dataset_run_are_refused(tmp_path, discrete_hdf5):
     with pytest.raises(ValueError, match="ppo option 'clip_vloss' must be bool"):
         train_online(OnlineConfig(env_steps=8, run_dir=tmp_path / "b",
                                   method_options={"clip_vloss": "maybe"}))
-    with pytest.raises(ValueError, match="trains on rollouts"):
+    with pytest.raises(ValueError, match="'ppo' is a method of kind 'online': run "
+                                         "`offline-dt online --method ppo`"):
         train(TrainConfig(dataset=str(discrete_hdf5), method="ppo", run_dir=tmp_path / "c",
                           **TINY_TRAIN))
+    assert not (tmp_path / "c").exists()
+    with pytest.raises(ValueError, match="trains on its rollouts"):
+        get_method("ppo").loss(None, None)
 
 
 def test_episode_stream_seeds_every_episode_and_resumes_by_replay():
