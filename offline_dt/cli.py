@@ -129,7 +129,6 @@ def _datasets(cfg: DatasetsConfig) -> int:
 def _train(cfg: TrainConfig) -> int:
     from offline_dt.training.loop import train
 
-    check_command(cfg.method, "train")
     if not cfg.dataset:
         raise ValueError("--dataset ID_OR_PATH is required (a .hdf5 file, a Minari dataset "
                          "directory or a Minari id such as pendulum/expert-v0)")

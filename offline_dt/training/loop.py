@@ -893,7 +893,7 @@ def _restore_rng(rng: dict[str, Any], state: _State, cfg: TrainConfig) -> None:
 
 def _write_config(cfg: TrainConfig, state: _State, info: dict[str, Any]) -> None:
     """``config.json``: the resolved config, network shape, dataset facts and versions."""
-    model_cfg = getattr(state.net, "cfg", None)
+    model_cfg = state.net.cfg
     save_json({
         "train_config": cfg,
         "resolved": {"device": str(state.ranks.device), "rtg_scale": state.normalizer.rtg_scale,
