@@ -30,6 +30,7 @@ from typing import Annotated, Any, Union
 import tyro
 
 from datagen.generate import GenerateConfig
+from offline_dt.data.atomic import DiskFullError
 from offline_dt.data.d4rl import LEVELS
 from offline_dt.data.lock import LockedError
 from offline_dt.evaluation.evaluate import EvalConfig
@@ -344,7 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``offline-dt``; a FileExistsError, FileNotFoundError, ValueError, LockedError
     (another process writes the same output) or MissingDependencyError (d3rlpy) of the stage
     is printed as ``offline-dt <cmd>: error: <message>`` with exit status 2; a
-    DistributedError (a torchrun job lost a rank) likewise with status 1."""
+    DistributedError (a torchrun job lost a rank) or DiskFullError (no space left while
+    writing an output) likewise with status 1."""
     inv = parse(argv)
     logging.basicConfig(
         level=logging.DEBUG if inv.verbose else logging.INFO,
@@ -357,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             MissingDependencyError) as e:
         print(f"offline-dt {inv.command.name}: error: {e}", file=sys.stderr)
         return 2
-    except DistributedError as e:
+    except (DistributedError, DiskFullError) as e:
         print(f"offline-dt {inv.command.name}: error: {e}", file=sys.stderr)
         return 1
 

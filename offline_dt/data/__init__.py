@@ -7,7 +7,6 @@ from pathlib import Path
 
 from offline_dt.data.d4rl import d4rl_filename, read_hdf5, write_hdf5
 from offline_dt.data.dataset import (
-    DatasetError,
     OfflineDataset,
     check_plain_env_id,
     concatenate,
@@ -20,6 +19,7 @@ from offline_dt.data.minari_io import (
     resolve_minari_path,
     write_minari,
 )
+from offline_dt.data.validate import DatasetError
 
 __all__ = [
     "DatasetError",

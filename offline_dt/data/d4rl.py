@@ -14,13 +14,19 @@ Layout (Fu et al. 2020, D4RL; readable by the conventions of ``d4rl``'s ``get_da
 
 Episodes end after every step with ``terminals | timeouts``. A file without ``timeouts``
 (old D4RL releases) gets them recovered by ``read_hdf5``: from breaks in
-``next_observations`` when the file holds them, else at the env's time limit as D4RL's
-``sequence_dataset`` does, else the read fails naming the missing key.
+``next_observations`` when the file holds them, and at the env's time limit as D4RL's
+``sequence_dataset`` does when the env is known (so ``next_observations`` that run on across
+episode boundaries still split); with neither the read fails naming the missing key.
+
+Before anything is read, every array's declared dtype (real numeric or bool) and shape (row
+counts, and the memory it needs) are checked (``offline_dt.data.validate``); h5py's errors on
+a truncated or damaged file are translated into :class:`DatasetError` naming the file and key.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +36,21 @@ import gymnasium as gym
 import h5py
 import numpy as np
 
-from offline_dt.data.atomic import atomic_path
-from offline_dt.data.dataset import DatasetError, OfflineDataset, check_plain_env_id
+from offline_dt.data.atomic import atomic_path, check_free_space
+from offline_dt.data.dataset import OfflineDataset, check_plain_env_id
+from offline_dt.data.validate import (
+    DatasetError,
+    check_fits_in_memory,
+    check_real_dtype,
+    check_row_counts,
+    declared_array,
+    open_hdf5,
+    read_array,
+    time_limit,
+    warn_long_episodes,
+)
+
+log = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
 # Spaces are stored as JSON under these metadata keys so a file round-trips exactly.
@@ -83,23 +102,55 @@ def space_from_json(text: str) -> gym.Space:
 def write_hdf5(dataset: OfflineDataset, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write ``dataset`` as a D4RL-style HDF5 file, atomically.
 
+    Only a file is ever replaced, and only an HDF5 file (``is_hdf5_file``); the previous file
+    stays complete until the new one is. The file is built in memory (:func:`hdf5_image`) and
+    written by one plain write, so a full disk raises a clean error: HDF5 crashes the process
+    (SIGSEGV in ``File.close``) when its own flush to a full disk fails.
+
     Raises:
-        FileExistsError: ``path`` exists and ``overwrite`` is False.
+        FileExistsError: ``path`` exists and ``overwrite`` is False, or it is a directory or a
+            file that is not HDF5 (left untouched).
+        offline_dt.data.atomic.DiskFullError: the filesystem has less free space than the
+            arrays need, or filled up while writing (no half file is left).
     """
     path = Path(path)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        with h5py.File(tmp, "w") as f:
-            for key in ("observations", "next_observations", "actions", "rewards",
-                        "terminals", "timeouts"):
-                f.create_dataset(key, data=getattr(dataset, key))
-            for key, arr in dataset.infos.items():
-                f.create_dataset(f"infos/{key}", data=arr)
-            meta = f.create_group("metadata")
-            for key, value in dataset.metadata.items():
-                meta.create_dataset(key, data=_meta_value(value))
-            meta.create_dataset(_OBS_SPACE_KEY, data=space_to_json(dataset.observation_space))
-            meta.create_dataset(_ACT_SPACE_KEY, data=space_to_json(dataset.action_space))
+    with atomic_path(path, overwrite=overwrite, ours=is_hdf5_file, what="HDF5 dataset") as tmp:
+        check_free_space(path, _data_bytes(dataset), "HDF5 dataset")
+        tmp.write_bytes(hdf5_image(dataset))
     return path
+
+
+def hdf5_image(dataset: OfflineDataset) -> bytes:
+    """The bytes of ``dataset``'s D4RL-style HDF5 file (the module docstring's layout), built
+    with h5py's in-memory ``core`` driver: the same bytes h5py writes to a file on disk."""
+    with h5py.File("in-memory.hdf5", "w", driver="core", backing_store=False) as f:
+        for key in ("observations", "next_observations", "actions", "rewards",
+                    "terminals", "timeouts"):
+            f.create_dataset(key, data=getattr(dataset, key))
+        for key, arr in dataset.infos.items():
+            f.create_dataset(f"infos/{key}", data=arr)
+        meta = f.create_group("metadata")
+        for key, value in dataset.metadata.items():
+            meta.create_dataset(key, data=_meta_value(value))
+        meta.create_dataset(_OBS_SPACE_KEY, data=space_to_json(dataset.observation_space))
+        meta.create_dataset(_ACT_SPACE_KEY, data=space_to_json(dataset.action_space))
+        f.flush()
+        return f.id.get_file_image()
+
+
+def is_hdf5_file(path: Path) -> bool:
+    """An ``ours`` test for HDF5 writers: ``path`` starts with the HDF5 signature."""
+    try:
+        return bool(h5py.is_hdf5(path))
+    except OSError:
+        return False
+
+
+def _data_bytes(dataset: OfflineDataset) -> int:
+    """Bytes of the arrays a dataset's files hold (a lower bound of their size)."""
+    keys = ("observations", "next_observations", "actions", "rewards", "terminals", "timeouts")
+    return (sum(getattr(dataset, k).nbytes for k in keys)
+            + sum(a.nbytes for a in dataset.infos.values()))
 
 
 def _meta_value(value: Any) -> Any:
@@ -134,14 +185,23 @@ def read_hdf5(
     env) or they are inferred: float actions give an unbounded-check Box spanning the data
     (D4RL actions lie in [-1, 1]), integer actions give ``Discrete(max + 1)``.
 
-    Without ``timeouts`` the episode ends are recovered (``_recover_timeouts``; the env is
-    ``env_id``, else the file's). ``metadata/env_id`` must be a plain id (``check_plain_env_id``).
+    ``env_id`` (the caller's env, e.g. ``TrainConfig.env_id``; else the file's
+    ``metadata/env_id``, which must be a plain id, ``check_plain_env_id``) gives the time limit
+    ``gym.spec(env_id).max_episode_steps``: without ``timeouts`` the episode ends are recovered
+    with it (``_recover_timeouts``), and episodes longer than it are warned about. A file
+    with ``timeouts`` is read exactly as stored.
+
+    Before reading, each array's dtype must be real numeric or bool, its rows must match
+    ``rewards`` and all of them must fit in the available memory (``offline_dt.data.validate``).
+    ``infos/*`` arrays of another dtype or length are skipped (with a warning for the dtype).
 
     Raises:
         FileNotFoundError: the file does not exist.
-        DatasetError: a required key is missing, ``timeouts`` is missing and cannot be
-            recovered, arrays disagree in length or shape, values are not finite, or
-            ``metadata/env_id`` is not a plain id. The message names the file and the key.
+        DatasetError: the file is not readable HDF5 (truncated, damaged), a required key is
+            missing or unreadable, an array holds bytes/strings/objects, arrays disagree in
+            length or shape or would not fit in memory, values are not finite, ``timeouts``
+            is missing and cannot be recovered, or ``metadata/env_id`` is not a plain id.
+            The message names the file and the key.
     """
     path = Path(path)
     src = str(path)
@@ -149,8 +209,9 @@ def read_hdf5(
     meta = raw.metadata
     if "env_id" in meta:
         meta["env_id"] = check_plain_env_id(meta["env_id"], src)
+    env_id = env_id or meta.get("env_id")
     if raw.timeouts_missing:
-        raw.arrays["timeouts"] = _recover_timeouts(raw, src, env_id or meta.get("env_id"))
+        raw.arrays["timeouts"] = _recover_timeouts(raw, src, env_id)
     obs_json = meta.pop(_OBS_SPACE_KEY, None)
     act_json = meta.pop(_ACT_SPACE_KEY, None)
     rewards = _flat_rewards(raw.arrays["rewards"], src)
@@ -169,7 +230,7 @@ def read_hdf5(
             action_space = space_from_json(act_json)
         else:
             action_space = _infer_action_space(raw.arrays["actions"], src)
-    return OfflineDataset.from_flat(
+    ds = OfflineDataset.from_flat(
         observations=obs,
         actions=raw.arrays["actions"],
         rewards=rewards,
@@ -182,6 +243,8 @@ def read_hdf5(
         infos=raw.infos,
         source=src,
     )
+    warn_long_episodes(ds.episode_lengths, env_id, src)
+    return ds
 
 
 @dataclass
@@ -195,42 +258,66 @@ class _RawHDF5:
     timeouts_missing: bool = False  # the file has no "timeouts" key
 
 
+#: Keys ``OfflineDataset.from_flat`` casts to float32 (a copy when stored otherwise).
+_FLOAT32_KEYS = ("observations", "next_observations", "actions", "rewards")
+
+
 def _read_raw(path: Path) -> _RawHDF5:
-    """Open ``path`` and read every dataset offline-dt uses.
+    """Open ``path``, check every dataset offline-dt uses (dtype, rows, memory), then read them.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        DatasetError: it is not HDF5, or a required key is missing.
+        DatasetError: it is not readable HDF5, a required key is missing, or a check fails.
     """
     if not path.is_file():
         raise FileNotFoundError(f"dataset file {path} does not exist")
     src = str(path)
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise DatasetError(f"{src}: not a readable HDF5 file ({e})") from e
-    with f:
-        missing = [k for k in REQUIRED_KEYS if k not in f]
-        if missing:
-            raise DatasetError(
-                f"{src}: missing key(s) {missing}; a D4RL file needs {list(REQUIRED_KEYS)} "
-                f"(found {sorted(f.keys())})"
+    with open_hdf5(path, src) as f:
+        try:
+            missing = [k for k in REQUIRED_KEYS if k not in f]
+            if missing:
+                raise DatasetError(
+                    f"{src}: missing key(s) {missing}; a D4RL file needs {list(REQUIRED_KEYS)} "
+                    f"(found {sorted(f.keys())})"
+                )
+            declared = {k: declared_array(f, k, src) for k in
+                        (*REQUIRED_KEYS, "timeouts", "next_observations") if k in f}
+            n = declared["rewards"].shape[0]
+            check_row_counts(src, n, **{k: d for k, d in declared.items() if k != "rewards"})
+            infos = _declared_infos(f, n, src)
+            check_fits_in_memory(
+                src, {k: (d.shape, d.dtype) for k, d in {**declared, **infos}.items()},
+                _FLOAT32_KEYS)
+            arrays = {k: read_array(d, src, k) for k, d in declared.items()}
+            return _RawHDF5(
+                arrays={**{k: arrays[k] for k in REQUIRED_KEYS},
+                        "timeouts": arrays.get("timeouts", np.zeros(n, bool))},
+                next_observations=arrays.get("next_observations"),
+                infos={k[len("infos/"):]: read_array(d, src, k) for k, d in infos.items()},
+                metadata=_read_meta(f["metadata"]) if "metadata" in f else {},
+                timeouts_missing="timeouts" not in declared,
             )
-        arrays = {k: f[k][()] for k in REQUIRED_KEYS}
-        n = len(arrays["rewards"])
-        arrays["timeouts"] = f["timeouts"][()] if "timeouts" in f else np.zeros(n, bool)
-        infos = {}
-        if "infos" in f and isinstance(f["infos"], h5py.Group):
-            for k, ds in f["infos"].items():
-                if isinstance(ds, h5py.Dataset) and ds.shape[:1] == (n,):
-                    infos[k] = ds[()]
-        return _RawHDF5(
-            arrays=arrays,
-            next_observations=f["next_observations"][()] if "next_observations" in f else None,
-            infos=infos,
-            metadata=_read_meta(f["metadata"]) if "metadata" in f else {},
-            timeouts_missing="timeouts" not in f,
-        )
+        except (OSError, RuntimeError, KeyError) as e:  # h5py on a damaged file
+            raise DatasetError(f"{src}: cannot be read; the file may be truncated or damaged "
+                               f"({type(e).__name__}: {e})") from e
+
+
+def _declared_infos(f: h5py.File, n: int, src: str) -> dict[str, h5py.Dataset]:
+    """``infos/<key>`` arrays with ``n`` rows of a real dtype, keyed ``infos/<key>``; others are
+    skipped (a non-real dtype with a warning: offline-dt carries infos but never uses them)."""
+    out: dict[str, h5py.Dataset] = {}
+    if "infos" not in f or not isinstance(f["infos"], h5py.Group):
+        return out
+    for k, ds in f["infos"].items():
+        if not isinstance(ds, h5py.Dataset) or ds.shape is None or ds.shape[:1] != (n,):
+            continue
+        try:
+            check_real_dtype(ds.dtype, src, f"infos/{k}")
+        except DatasetError as e:
+            log.warning("skipping %s", e)
+            continue
+        out[f"infos/{k}"] = ds
+    return out
 
 
 def _recover_timeouts(raw: _RawHDF5, src: str, env_id: str | None) -> np.ndarray:
@@ -239,10 +326,12 @@ def _recover_timeouts(raw: _RawHDF5, src: str, env_id: str | None) -> np.ndarray
 
     1. ``next_observations`` present: an episode ended at row ``t`` (not a terminal) where
        ``next_observations[t] != observations[t + 1]`` (the next row starts a new episode).
-    2. else ``env_id`` registered here with a time limit ``max_episode_steps``: D4RL's rule
-       for files without timeouts, a timeout every ``max_episode_steps`` steps of an episode
-       (counted from the last end). D4RL's own loop counts its step counter one short after
-       the first episode; this splits every episode at the env's actual ``TimeLimit``.
+    2. ``env_id`` registered here with a time limit ``max_episode_steps``: D4RL's rule for
+       files without timeouts, a timeout every ``max_episode_steps`` steps of an episode
+       (counted from the last end found so far). D4RL's own loop counts its step counter one
+       short after the first episode; this splits every episode at the env's actual
+       ``TimeLimit``. With 1 as well, episodes whose ``next_observations`` run on past the
+       limit are split there, with a warning.
 
     Raises:
         DatasetError: neither applies; naming the file and the missing ``timeouts`` key.
@@ -251,12 +340,15 @@ def _recover_timeouts(raw: _RawHDF5, src: str, env_id: str | None) -> np.ndarray
     n = len(terminals)
     obs = raw.arrays["observations"]
     nxt = raw.next_observations
+    breaks = None
     if nxt is not None and nxt.shape == obs.shape and obs.ndim == 2 and len(obs) == n:
-        ends = np.zeros(n, bool)
-        ends[:-1] = (nxt[:-1] != obs[1:]).any(axis=1)
-        return ends & ~terminals
-    limit = _time_limit(env_id)
+        breaks = np.zeros(n, bool)
+        breaks[:-1] = (nxt[:-1] != obs[1:]).any(axis=1)
+        breaks &= ~terminals
+    limit = time_limit(env_id)
     if limit is None:
+        if breaks is not None:
+            return breaks
         why = (f"env {env_id!r} is not registered here or has no time limit" if env_id
                else "no env is named (metadata/env_id)")
         raise DatasetError(
@@ -264,25 +356,23 @@ def _recover_timeouts(raw: _RawHDF5, src: str, env_id: str | None) -> np.ndarray
             f"unknown: the file has no 'next_observations' to find them in and {why}; add a "
             "'timeouts' key (D4RL layout) or name the env (env_id / --env-id)"
         )
-    episode_step = np.empty(n, np.int64)
-    start = 0
-    for end in [*(np.flatnonzero(terminals) + 1).tolist(), n]:
-        episode_step[start:end] = np.arange(end - start)
-        start = end
-    return ((episode_step % limit) == limit - 1) & ~terminals
+    ends = terminals if breaks is None else terminals | breaks
+    at_limit = (_steps_since_end(ends) % limit == limit - 1) & ~terminals
+    if breaks is None:
+        return at_limit
+    bounds = np.concatenate([[0], np.flatnonzero(ends[:-1]) + 1, [n]])
+    warn_long_episodes(np.diff(bounds), env_id, f"{src} (no 'timeouts'; split at the limit "
+                       "as D4RL's sequence_dataset does, since next_observations run on)")
+    return breaks | at_limit
 
 
-def _time_limit(env_id: str | None) -> int | None:
-    """``max_episode_steps`` of ``env_id`` in this process's Gymnasium registry, or None
-    (no id, not registered, no time limit)."""
-    if not env_id:
-        return None
-    try:
-        spec = gym.spec(env_id)
-    except gym.error.Error:
-        return None
-    steps = spec.max_episode_steps
-    return int(steps) if steps else None
+def _steps_since_end(ends: np.ndarray) -> np.ndarray:
+    """``(N,) int64`` position of each row in its episode, episodes ending after ``ends``."""
+    n = len(ends)
+    start = np.zeros(n, np.int64)
+    after = np.flatnonzero(ends[:-1]) + 1
+    start[after] = after
+    return np.arange(n, dtype=np.int64) - np.maximum.accumulate(start)
 
 
 def _flat_rewards(rewards: np.ndarray, src: str) -> np.ndarray:

@@ -16,13 +16,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-
-class DatasetError(ValueError):
-    """A dataset (file, array or argument) is not what offline-dt expects.
-
-    The message names the source (file, key or argument), what was expected and what was found.
-    """
-
+from offline_dt.data.validate import DatasetError, check_dataset, check_row_counts
 
 #: A plain Gymnasium id: optional ``namespace/``, a name, optional ``-v<version>``; no ``:``.
 _PLAIN_ENV_ID = re.compile(r"(?:[A-Za-z0-9_.-]+/)?[A-Za-z0-9_.-]+")
@@ -187,85 +181,12 @@ class OfflineDataset:
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Check spaces, array shapes and dtypes, finiteness, Discrete action range, episode
-        boundaries and ``infos`` lengths, in that order (the first problem found is raised).
+        boundaries and ``infos`` lengths (``offline_dt.data.validate.check_dataset``).
 
         Raises:
             DatasetError: naming ``self.source`` and the offending key.
         """
-        _check_spaces(self.observation_space, self.action_space, self.source)
-        n = self._num_rows_from_rewards()
-        self._check_shapes_and_dtypes(n)
-        self._check_finite(n)
-        self._check_discrete_action_range(n)
-        self._check_episode_starts(n)
-        self._check_infos(n)
-
-    def _num_rows_from_rewards(self) -> int:
-        """``N``, the length of ``rewards``, which every other array must match."""
-        if self.rewards.ndim != 1:
-            raise DatasetError(
-                f"{self.source}: key 'rewards' must be (N,), found shape {self.rewards.shape}"
-            )
-        return self.rewards.shape[0]
-
-    def _check_shapes_and_dtypes(self, n: int) -> None:
-        src = self.source
-        for key, (shape, dtype) in _expected_layout(
-            n, self.observation_space, self.action_space
-        ).items():
-            arr = getattr(self, key)
-            if not isinstance(arr, np.ndarray):
-                raise DatasetError(f"{src}: key '{key}' must be a numpy array, found {type(arr)}")
-            if arr.shape != shape:
-                raise DatasetError(
-                    f"{src}: key '{key}' has shape {arr.shape}, expected {shape} "
-                    f"(N={n} transitions from 'rewards')"
-                )
-            if arr.dtype != dtype:
-                raise DatasetError(
-                    f"{src}: key '{key}' has dtype {arr.dtype}, expected {np.dtype(dtype)}"
-                )
-
-    def _check_finite(self, n: int) -> None:
-        for key in ("observations", "next_observations", "rewards", "actions"):
-            arr = getattr(self, key)
-            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-                bad = int(np.argwhere(~np.isfinite(arr.reshape(n, -1)).all(axis=1))[0, 0])
-                raise DatasetError(
-                    f"{self.source}: key '{key}' holds NaN or inf (first at row {bad})"
-                )
-
-    def _check_discrete_action_range(self, n: int) -> None:
-        if not isinstance(self.action_space, gym.spaces.Discrete) or not n:
-            return
-        lo, hi = int(self.actions.min()), int(self.actions.max())
-        if lo < 0 or hi >= self.action_space.n:
-            raise DatasetError(
-                f"{self.source}: key 'actions' holds values in [{lo}, {hi}], expected "
-                f"[0, {self.action_space.n - 1}] for Discrete({self.action_space.n})"
-            )
-
-    def _check_episode_starts(self, n: int) -> None:
-        starts = self.episode_starts
-        if (
-            starts.ndim != 1
-            or starts.shape[0] < 1
-            or starts[0] != 0
-            or starts[-1] != n
-            or (np.diff(starts) <= 0).any()
-        ):
-            raise DatasetError(
-                f"{self.source}: episode_starts must rise strictly from 0 to N={n}, found "
-                f"{starts[:5]}...{starts[-3:]} (length {starts.shape[0]})"
-            )
-
-    def _check_infos(self, n: int) -> None:
-        for key, arr in self.infos.items():
-            if arr.shape[:1] != (n,):
-                raise DatasetError(
-                    f"{self.source}: key 'infos/{key}' has leading length {arr.shape[:1]}, "
-                    f"expected ({n},)"
-                )
+        check_dataset(self)
 
     # ------------------------------------------------------------------ builders
     @classmethod
@@ -294,7 +215,7 @@ class OfflineDataset:
         observation at an episode's end.
         """
         n = len(rewards)
-        _check_row_counts(source, n, observations=observations, actions=actions,
+        check_row_counts(source, n, observations=observations, actions=actions,
                           terminals=terminals, timeouts=timeouts)
         obs = np.asarray(observations, dtype=np.float32).reshape(n, -1)
         term = np.asarray(terminals).astype(bool).reshape(n)
@@ -305,7 +226,7 @@ class OfflineDataset:
         if next_observations is None:
             next_obs = _shifted_next_observations(obs, episode_starts)
         else:
-            _check_row_counts(source, n, next_observations=next_observations)
+            check_row_counts(source, n, next_observations=next_observations)
             next_obs = np.asarray(next_observations, dtype=np.float32).reshape(n, -1)
         return cls(
             observations=obs,
@@ -409,54 +330,7 @@ def concatenate(datasets: Sequence[OfflineDataset], metadata: dict[str, Any]) ->
     )
 
 
-# ---------------------------------------------------------------------- validation helpers
-def _check_spaces(observation_space: Any, action_space: Any, src: str) -> None:
-    """A flat Box observation space and a Box or Discrete action space."""
-    if not isinstance(observation_space, gym.spaces.Box):
-        raise DatasetError(
-            f"{src}: observation space must be a gymnasium Box, "
-            f"found {type(observation_space).__name__}"
-        )
-    if len(observation_space.shape) != 1:
-        raise DatasetError(
-            f"{src}: observation space must be flat (obs_dim,), found shape "
-            f"{observation_space.shape} (image or nested observations are unsupported)"
-        )
-    if not isinstance(action_space, gym.spaces.Box | gym.spaces.Discrete):
-        raise DatasetError(
-            f"{src}: action space must be a Box or Discrete, "
-            f"found {type(action_space).__name__}"
-        )
-
-
-def _expected_layout(
-    n: int, observation_space: gym.spaces.Box, action_space: gym.spaces.Box | gym.spaces.Discrete
-) -> dict[str, tuple[tuple[int, ...], type]]:
-    """Key → (shape, dtype) every array of an ``n``-transition dataset must have, in the order
-    they are checked."""
-    obs_dim = observation_space.shape[0]
-    expect: dict[str, tuple[tuple[int, ...], type]] = {
-        "observations": ((n, obs_dim), np.float32),
-        "next_observations": ((n, obs_dim), np.float32),
-        "rewards": ((n,), np.float32),
-        "terminals": ((n,), np.bool_),
-        "timeouts": ((n,), np.bool_),
-    }
-    if isinstance(action_space, gym.spaces.Discrete):
-        expect["actions"] = ((n,), np.int64)
-    else:
-        expect["actions"] = ((n, *action_space.shape), np.float32)
-    return expect
-
-
 # ---------------------------------------------------------------------- from_flat helpers
-def _check_row_counts(source: str, n: int, **arrays: Any) -> None:
-    """Every array in ``arrays`` has ``n`` rows, the length of ``rewards``."""
-    for key, arr in arrays.items():
-        if len(arr) != n:
-            raise DatasetError(f"{source}: key '{key}' has {len(arr)} rows but 'rewards' has {n}")
-
-
 def _d4rl_episode_starts(terminals: np.ndarray, timeouts: np.ndarray) -> np.ndarray:
     """CSR offsets splitting after every ``terminals | timeouts`` step; trailing unflagged steps
     form a last episode."""

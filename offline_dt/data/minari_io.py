@@ -4,6 +4,13 @@ Minari layout (minari 0.5): an episode holds ``observations (T+1, obs_dim)``,
 ``actions (T, ...)``, ``rewards (T,)``, ``terminations (T,)``, ``truncations (T,)``. Datasets
 live under a root directory (default ``data/minari``; the ``MINARI_DATASETS_PATH``
 environment variable overrides it) at ``<root>/<namespace>/<name>-v<version>/data``.
+
+Reading checks ``data/metadata.json`` and, for the ``hdf5`` data format, every episode's
+arrays in ``main_data.hdf5`` (dtype real numeric or bool, row counts, memory needed) before
+Minari reads anything; errors of h5py and Minari on a truncated or damaged dataset are
+translated into :class:`DatasetError` naming the file. Writing replaces only a dataset
+directory offline-dt wrote (:func:`written_by_offline_dt`), and refuses up front when the
+filesystem lacks the space (h5py can crash the process when the disk fills mid-write).
 """
 
 from __future__ import annotations
@@ -17,12 +24,27 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
-from offline_dt.data.atomic import atomic_path, remove_stale_temporaries
-from offline_dt.data.dataset import DatasetError, OfflineDataset, check_plain_env_id
+from offline_dt.data.atomic import (
+    atomic_path,
+    check_free_space,
+    is_json_file,
+    remove_stale_temporaries,
+)
+from offline_dt.data.dataset import OfflineDataset, check_plain_env_id
+from offline_dt.data.validate import (
+    DatasetError,
+    check_fits_in_memory,
+    declared_array,
+    open_hdf5,
+    warn_long_episodes,
+)
 
 DEFAULT_MINARI_ROOT = Path("data") / "minari"
+#: The ``author`` of every Minari dataset :func:`write_minari` writes.
+_AUTHOR = "offline-dt"
 
 
 def minari_root(root: str | os.PathLike | None = None) -> Path:
@@ -65,11 +87,17 @@ def write_minari(
     ``minari.get_normalized_score`` works. The dataset is built under a temporary root and
     moved into place when complete.
 
+    Only a dataset directory offline-dt wrote (:func:`written_by_offline_dt`) is replaced, and
+    only once the new one is complete.
+
     Returns:
         The dataset's directory ``<root>/<dataset_id>``.
 
     Raises:
-        FileExistsError: the dataset exists and ``overwrite`` is False.
+        FileExistsError: the dataset exists and ``overwrite`` is False, or the path holds a
+            file or a directory offline-dt did not write (left untouched).
+        offline_dt.data.atomic.DiskFullError: the filesystem has less free space than the
+            dataset needs (checked before Minari writes), or filled up while writing.
     """
     import minari
 
@@ -77,7 +105,9 @@ def write_minari(
     remove_stale_temporaries(final.parent / "namespace_metadata.json")
     buffers = _episode_buffers(dataset)
     arguments = _minari_arguments(dataset, dataset_id, description)
-    with atomic_path(final, overwrite=overwrite) as tmp_dir:
+    with atomic_path(final, overwrite=overwrite, kind="dir", ours=written_by_offline_dt,
+                     what="Minari dataset") as tmp_dir:
+        check_free_space(final, _minari_bytes(dataset), "Minari dataset")
         tmp_root = tmp_dir.with_name(tmp_dir.name + "-root")
         shutil.rmtree(tmp_root, ignore_errors=True)
         try:
@@ -88,11 +118,40 @@ def write_minari(
             ns_meta = (tmp_root / dataset_id).parent / "namespace_metadata.json"
             ns_final = final.parent / ns_meta.name
             if ns_meta.exists() and not ns_final.exists():
-                with atomic_path(ns_final) as ns_tmp:
+                with atomic_path(ns_final, ours=is_json_file) as ns_tmp:
                     shutil.copy(ns_meta, ns_tmp)
         finally:
             shutil.rmtree(tmp_root, ignore_errors=True)
     return final
+
+
+def written_by_offline_dt(ds_dir: Path) -> bool:
+    """Whether the directory ``ds_dir`` is a Minari dataset :func:`write_minari` wrote: it
+    holds only ``data/`` with ``main_data.hdf5`` and ``metadata.json``, whose ``author`` is
+    offline-dt. Anything else (a downloaded dataset, files a user added) is not ours to
+    delete."""
+    data = ds_dir / "data"
+    try:
+        if {p.name for p in ds_dir.iterdir()} != {"data"} or not data.is_dir():
+            return False
+        if not {p.name for p in data.iterdir()} <= {"main_data.hdf5", "metadata.json"}:
+            return False
+        author = json.loads((data / "metadata.json").read_text()).get("author")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return author == _AUTHOR or (isinstance(author, list) and _AUTHOR in author)
+
+
+#: Minari's HDF5 layout costs about 15 KiB per episode beyond the arrays (minari 0.5.4).
+_EPISODE_OVERHEAD = 16 * 1024
+
+
+def _minari_bytes(dataset: OfflineDataset) -> int:
+    """An upper estimate of the bytes a Minari dataset of ``dataset`` takes on disk."""
+    arrays = sum(getattr(dataset, k).nbytes for k in
+                 ("observations", "actions", "rewards", "terminals", "timeouts"))
+    last_obs = dataset.num_episodes * dataset.observations[:1].nbytes
+    return int(1.1 * (arrays + last_obs)) + _EPISODE_OVERHEAD * dataset.num_episodes + 2**16
 
 
 def _episode_buffers(dataset: OfflineDataset) -> list[Any]:
@@ -131,7 +190,7 @@ def _minari_arguments(dataset: OfflineDataset, dataset_id: str, description: str
         "observation_space": dataset.observation_space,
         "action_space": dataset.action_space,
         "algorithm_name": str(meta.get("agent", "unknown")),
-        "author": "offline-dt",
+        "author": _AUTHOR,
         "author_email": "offline-dt@users.noreply.invalid",
         "code_permalink": "offline-dt datagen",
         "description": description or f"{dataset_id} generated by offline-dt",
@@ -149,8 +208,8 @@ def resolve_minari_path(id_or_path: str | os.PathLike, root: str | os.PathLike |
     return None
 
 
-def read_minari(id_or_path: str | os.PathLike, root: str | os.PathLike | None = None
-                ) -> OfflineDataset:
+def read_minari(id_or_path: str | os.PathLike, root: str | os.PathLike | None = None,
+                env_id: str | None = None) -> OfflineDataset:
     """Read a Minari dataset (by id under ``root`` or by directory) into an OfflineDataset.
 
     Each episode's T+1 observations become ``observations`` (first T) and
@@ -159,14 +218,17 @@ def read_minari(id_or_path: str | os.PathLike, root: str | os.PathLike | None = 
     The metadata is checked before Minari opens the dataset: it must store both spaces
     (without them Minari calls ``gym.make`` on the file's env spec, importing whatever module
     it names) and its ``env_spec`` id must be a plain Gymnasium id (``check_plain_env_id``).
+    For the ``hdf5`` data format every episode's arrays are then checked in
+    ``main_data.hdf5`` without reading them (:func:`_check_minari_arrays`). Episodes longer
+    than the time limit of ``env_id`` (default the file's env) are warned about.
 
     Raises:
         FileNotFoundError: no Minari dataset with that id or path.
-        DatasetError: unsupported spaces, malformed episodes, metadata without spaces, or an
-            env id with a ``module:`` part.
+        DatasetError: unsupported spaces, malformed episodes, metadata without spaces, an
+            env id with a ``module:`` part, arrays of bytes/strings/objects or too large for
+            the memory, or a truncated or damaged ``main_data.hdf5`` (h5py's and Minari's
+            errors translated); naming the dataset and the file.
     """
-    import minari
-
     data_path = resolve_minari_path(id_or_path, root)
     if data_path is None:
         raise FileNotFoundError(
@@ -174,19 +236,10 @@ def read_minari(id_or_path: str | os.PathLike, root: str | os.PathLike | None = 
             f"{minari_root(root)})"
         )
     src = f"minari:{id_or_path}"
-    _check_minari_metadata(data_path, src)
-    ds = minari.MinariDataset(data_path)
-    episodes = []
-    for ep in ds.iterate_episodes():
-        if not isinstance(ep.observations, np.ndarray):
-            raise DatasetError(f"{src}: nested (Dict/Tuple) observations are unsupported")
-        episodes.append({
-            "observations": ep.observations,
-            "actions": ep.actions,
-            "rewards": ep.rewards,
-            "terminations": ep.terminations,
-            "truncations": ep.truncations,
-        })
+    meta_json = _check_minari_metadata(data_path, src)
+    if meta_json.get("data_format", "hdf5") == "hdf5":
+        _check_minari_arrays(data_path / "main_data.hdf5", src, meta_json)
+    episodes, ds = _minari_episodes(data_path, src)
     md = dict(ds.storage.metadata)
     meta = {
         "dataset_id": md.get("dataset_id", str(id_or_path)),
@@ -197,13 +250,91 @@ def read_minari(id_or_path: str | os.PathLike, root: str | os.PathLike | None = 
     for key in ("ref_min_score", "ref_max_score"):
         if md.get(key) is not None:
             meta[key] = float(md[key])
-    return OfflineDataset.from_episodes(
+    out = OfflineDataset.from_episodes(
         episodes, ds.observation_space, ds.action_space, metadata=meta, source=src
     )
+    warn_long_episodes(out.episode_lengths, env_id or meta["env_id"], src)
+    return out
 
 
-def _check_minari_metadata(data_path: Path, src: str) -> None:
-    """The dataset's ``metadata.json`` stores both spaces and a plain env id (if any).
+def _minari_episodes(data_path: Path, src: str) -> tuple[list[dict[str, np.ndarray]], Any]:
+    """Every episode's arrays in the Minari layout, and the ``minari.MinariDataset``.
+
+    Raises:
+        DatasetError: nested observations, a package the data format needs is missing, or
+            Minari or h5py failed to read (translated).
+    """
+    import minari
+
+    try:
+        ds = minari.MinariDataset(data_path)
+        episodes = []
+        for ep in ds.iterate_episodes():
+            if not isinstance(ep.observations, np.ndarray):
+                raise DatasetError(f"{src}: nested (Dict/Tuple) observations are unsupported")
+            episodes.append({
+                "observations": ep.observations,
+                "actions": ep.actions,
+                "rewards": ep.rewards,
+                "terminations": ep.terminations,
+                "truncations": ep.truncations,
+            })
+    except DatasetError:
+        raise
+    except ImportError as e:  # e.g. the arrow data format without pyarrow
+        raise DatasetError(f"{src}: reading {data_path} needs a package missing here "
+                           f"({e})") from e
+    except (OSError, KeyError, ValueError, RuntimeError) as e:
+        raise DatasetError(f"{src}: Minari could not read {data_path}; the dataset may be "
+                           f"truncated or damaged ({type(e).__name__}: {e})") from e
+    return episodes, ds
+
+
+#: Arrays of every Minari episode group, and how many rows each has beyond the T actions.
+_EPISODE_KEYS = {"observations": 1, "actions": 0, "rewards": 0, "terminations": 0,
+                 "truncations": 0}
+
+
+def _check_minari_arrays(main: Path, src: str, meta: dict[str, Any]) -> None:
+    """Check ``main_data.hdf5`` before Minari reads it: it opens, holds the
+    ``episode_<i>`` groups ``metadata.json``'s ``total_episodes`` names, each with the
+    arrays of ``_EPISODE_KEYS`` of a real dtype and consistent rows (T+1 observations, T of
+    the rest), all fitting in the available memory.
+
+    Raises:
+        DatasetError: naming ``src``, the file and the key (``episode_<i>/<array>``).
+    """
+    where = f"{src} ({main})"
+    if not main.is_file():
+        raise DatasetError(f"{where}: the file is missing (metadata.json's data_format is hdf5)")
+    declared: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    with open_hdf5(main, where) as f:
+        try:
+            for i in range(int(meta.get("total_episodes", 0))):
+                name = f"episode_{i}"
+                if name not in f or not isinstance(f[name], h5py.Group):
+                    raise DatasetError(f"{where}: group '{name}' is missing (metadata.json's "
+                                       f"total_episodes is {meta.get('total_episodes')})")
+                arrays = {k: declared_array(f[name], k, where, f"{name}/")
+                          for k in _EPISODE_KEYS}
+                t = arrays["actions"].shape[0]
+                for k, extra in _EPISODE_KEYS.items():
+                    if arrays[k].shape[0] != t + extra:
+                        raise DatasetError(
+                            f"{where}: key '{name}/{k}' has {arrays[k].shape[0]} rows, "
+                            f"expected {t + extra} ({'T+1' if extra else 'T'} for T={t} "
+                            "actions)")
+                    declared[f"{name}/{k}"] = (arrays[k].shape, arrays[k].dtype)
+        except (OSError, RuntimeError, KeyError, TypeError) as e:
+            raise DatasetError(f"{where}: cannot be read; the file may be truncated or "
+                               f"damaged ({type(e).__name__}: {e})") from e
+    if declared:
+        check_fits_in_memory(where, declared, ("observations", "actions", "rewards"))
+
+
+def _check_minari_metadata(data_path: Path, src: str) -> dict[str, Any]:
+    """The dataset's ``metadata.json`` (returned) stores both spaces and a plain env id (if
+    any).
 
     Raises:
         DatasetError: naming ``src``, the metadata file and the key.
@@ -213,6 +344,9 @@ def _check_minari_metadata(data_path: Path, src: str) -> None:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as e:
         raise DatasetError(f"{src}: {meta_path} is not readable JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{src}: {meta_path} must hold a JSON object, found "
+                           f"{type(meta).__name__}")
     missing = [k for k in ("observation_space", "action_space") if k not in meta]
     if missing:
         raise DatasetError(
@@ -221,9 +355,10 @@ def _check_minari_metadata(data_path: Path, src: str) -> None:
         )
     spec = meta.get("env_spec")
     if spec is None:
-        return
+        return meta
     try:
         env_id = json.loads(spec).get("id", "")
     except (TypeError, ValueError, AttributeError) as e:
         raise DatasetError(f"{src}: {meta_path} key 'env_spec' is not JSON ({e})") from e
     check_plain_env_id(env_id, f"{src} ({meta_path})", "env_spec.id")
+    return meta

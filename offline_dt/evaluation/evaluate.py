@@ -37,6 +37,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from offline_dt.data.atomic import check_writable, is_json_file
 from offline_dt.data.d4rl import normalized_score
 from offline_dt.data.dataset import registered_env_id
 from offline_dt.envs.rollout import (
@@ -481,10 +482,14 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
         ValueError: no checkpoint given; no target return given or known for a
             return-conditioned method; a candidate checkpoint of another env, dataset or
             method.
+        FileExistsError: the output path is a directory or a file that is not JSON (checked
+            before any rollout; nothing is replaced).
     """
     if cfg.checkpoint is None:
         raise ValueError("EvalConfig.checkpoint is required (checkpoint file or run directory)")
     checkpoint = Path(cfg.checkpoint)
+    out = Path(cfg.out) if cfg.out is not None else _run_dir(checkpoint) / "eval.json"
+    check_writable(out, True, "JSON file", ours=is_json_file)  # refused before any rollout
     candidates, loaded, facts = checkpoint_candidates(cfg)
     env_id = cfg.env_id  # the user's explicit choice; an id from the data must be registered
     if not env_id:
@@ -521,8 +526,7 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
                "headline_settings": to_jsonable(cand["settings"]), "selection": selection,
                "kv_cache": use_kv_cache(ckpt.model, cfg.kv_cache, cfg.full_recompute)},
     )
-    save_json(payload, Path(cfg.out) if cfg.out is not None
-              else _run_dir(checkpoint) / "eval.json")
+    save_json(payload, out)
     return payload
 
 

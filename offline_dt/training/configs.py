@@ -38,7 +38,7 @@ from tyro.constructors import (
     StructTypeInfo,
 )
 
-from offline_dt.data.atomic import atomic_path
+from offline_dt.data.atomic import atomic_path, is_json_file
 
 T = TypeVar("T")
 
@@ -162,9 +162,15 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def save_json(obj: Any, path: str | os.PathLike) -> None:
-    """Write ``obj`` as indented JSON atomically (replacing ``path`` if it exists)."""
+    """Write ``obj`` as indented JSON atomically, replacing ``path`` only if it is a JSON
+    file (or empty).
+
+    Raises:
+        FileExistsError: ``path`` is a directory or a file that is not JSON (left untouched).
+        offline_dt.data.atomic.DiskFullError: the disk filled up (the old file stays).
+    """
     text = json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n"
-    with atomic_path(path, overwrite=True) as tmp:
+    with atomic_path(path, overwrite=True, ours=is_json_file, what="JSON file") as tmp:
         tmp.write_text(text)
 
 
