@@ -57,10 +57,22 @@ from datagen.envs import check_env, env_namespace
 from datagen.replay import replay_to_dataset
 from datagen.rollout import policy_returns, rollout
 from offline_dt.data.atomic import remove_stale_temporaries
-from offline_dt.data.d4rl import LEVELS, d4rl_filename, normalized_score, read_hdf5, write_hdf5
+from offline_dt.data.d4rl import (
+    LEVELS,
+    check_hdf5_target,
+    d4rl_filename,
+    normalized_score,
+    read_hdf5,
+    write_hdf5,
+)
 from offline_dt.data.dataset import DatasetError, OfflineDataset, concatenate
 from offline_dt.data.lock import exclusive_lock
-from offline_dt.data.minari_io import minari_dataset_id, minari_root, write_minari
+from offline_dt.data.minari_io import (
+    check_minari_target,
+    minari_dataset_id,
+    minari_root,
+    write_minari,
+)
 
 __all__ = ["LEVELS", "LEVEL_BUILDERS", "ExpertChoice", "GenerateConfig", "GenerateResult",
            "LevelContext", "behaviour_check", "config_dict", "generate", "package_versions",
@@ -395,7 +407,8 @@ def _preflight(cfg: GenerateConfig, levels: list[str], ns: str, agent_steps: int
 
     Raises:
         FileExistsError: an output exists with another config and ``overwrite`` does not
-            name its level.
+            name its level, or an output path to be written holds something offline-dt did
+            not write (a directory, a foreign file or Minari dataset).
     """
     mroot = minari_root(cfg.minari_root)
     todo: dict[str, tuple[bool, bool]] = {}
@@ -416,6 +429,11 @@ def _preflight(cfg: GenerateConfig, levels: list[str], ns: str, agent_steps: int
                     f"pass --overwrite {level} (overwrite=[{level!r}]) to regenerate it"
                 )
         todo[level] = (h != "match", m != "match")
+    for level, (write_h, write_m) in todo.items():  # nothing to be replaced but our own
+        if write_h:
+            check_hdf5_target(result.paths[level]["hdf5"])
+        if write_m:
+            check_minari_target(result.paths[level]["minari"])
     return todo
 
 

@@ -36,7 +36,7 @@ import gymnasium as gym
 import h5py
 import numpy as np
 
-from offline_dt.data.atomic import atomic_path, check_free_space
+from offline_dt.data.atomic import atomic_path, check_free_space, check_writable
 from offline_dt.data.dataset import OfflineDataset, check_plain_env_id
 from offline_dt.data.validate import (
     DatasetError,
@@ -56,6 +56,8 @@ REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
 # Spaces are stored as JSON under these metadata keys so a file round-trips exactly.
 _OBS_SPACE_KEY = "observation_space"
 _ACT_SPACE_KEY = "action_space"
+#: What ``write_hdf5`` writes, in messages.
+_WHAT = "HDF5 dataset"
 #: Dataset levels, named as D4RL names them (Fu et al. 2020, section 5).
 LEVELS = ("random", "medium", "medium-replay", "full-replay", "expert", "medium-expert")
 
@@ -114,10 +116,19 @@ def write_hdf5(dataset: OfflineDataset, path: str | os.PathLike, overwrite: bool
             arrays need, or filled up while writing (no half file is left).
     """
     path = Path(path)
-    with atomic_path(path, overwrite=overwrite, ours=is_hdf5_file, what="HDF5 dataset") as tmp:
-        check_free_space(path, _data_bytes(dataset), "HDF5 dataset")
+    with atomic_path(path, overwrite=overwrite, ours=is_hdf5_file, what=_WHAT) as tmp:
+        check_free_space(path, _data_bytes(dataset), _WHAT)
         tmp.write_bytes(hdf5_image(dataset))
     return path
+
+
+def check_hdf5_target(path: str | os.PathLike, overwrite: bool = True) -> None:
+    """Check, before long work, that ``write_hdf5(..., path, overwrite)`` may write ``path``.
+
+    Raises:
+        FileExistsError: as :func:`write_hdf5` would, naming the path.
+    """
+    check_writable(Path(path), overwrite, _WHAT, ours=is_hdf5_file)
 
 
 def hdf5_image(dataset: OfflineDataset) -> bytes:

@@ -46,8 +46,11 @@ def exclusive_lock(path: str | os.PathLike, what: str = "output") -> Iterator[Pa
     lock.parent.mkdir(parents=True, exist_ok=True)
     fd = _acquire(path, lock, what)
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:  # e.g. a full disk: the pid only names the holder in messages
+            pass
         yield lock
     finally:
         try:

@@ -30,6 +30,7 @@ import numpy as np
 from offline_dt.data.atomic import (
     atomic_path,
     check_free_space,
+    check_writable,
     is_json_file,
     remove_stale_temporaries,
 )
@@ -45,6 +46,8 @@ from offline_dt.data.validate import (
 DEFAULT_MINARI_ROOT = Path("data") / "minari"
 #: The ``author`` of every Minari dataset :func:`write_minari` writes.
 _AUTHOR = "offline-dt"
+#: What ``write_minari`` writes, in messages.
+_WHAT = "Minari dataset"
 
 
 def minari_root(root: str | os.PathLike | None = None) -> Path:
@@ -106,8 +109,8 @@ def write_minari(
     buffers = _episode_buffers(dataset)
     arguments = _minari_arguments(dataset, dataset_id, description)
     with atomic_path(final, overwrite=overwrite, kind="dir", ours=written_by_offline_dt,
-                     what="Minari dataset") as tmp_dir:
-        check_free_space(final, _minari_bytes(dataset), "Minari dataset")
+                     what=_WHAT) as tmp_dir:
+        check_free_space(final, _minari_bytes(dataset), _WHAT)
         tmp_root = tmp_dir.with_name(tmp_dir.name + "-root")
         shutil.rmtree(tmp_root, ignore_errors=True)
         try:
@@ -123,6 +126,16 @@ def write_minari(
         finally:
             shutil.rmtree(tmp_root, ignore_errors=True)
     return final
+
+
+def check_minari_target(ds_dir: str | os.PathLike, overwrite: bool = True) -> None:
+    """Check, before long work, that :func:`write_minari` may write the dataset directory
+    ``ds_dir`` (``<root>/<dataset_id>``) with ``overwrite``.
+
+    Raises:
+        FileExistsError: as :func:`write_minari` would, naming the path.
+    """
+    check_writable(Path(ds_dir), overwrite, _WHAT, kind="dir", ours=written_by_offline_dt)
 
 
 def written_by_offline_dt(ds_dir: Path) -> bool:

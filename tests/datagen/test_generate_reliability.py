@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from datagen.generate import (
     generate,
     select_expert,
 )
+from offline_dt.data.atomic import DiskFullError
 from offline_dt.data.d4rl import read_hdf5
 from offline_dt.data.lock import LockedError, exclusive_lock
 from offline_dt.data.minari_io import read_minari
@@ -196,4 +198,53 @@ def test_sigkill_during_write_then_rerun_gives_a_clean_run_s_datasets(tiny_run, 
         clean = read_hdf5(tiny_run.result.paths[level]["hdf5"]).checksum()
         assert read_hdf5(rerun.paths[level]["hdf5"]).checksum() == clean, level
         assert read_minari(rerun.paths[level]["minari"]).checksum() == clean, level
+    assert _leftovers(root) == []
+
+
+# ------------------------------------------------------------------ issue 30: safe writes
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in root.rglob("*") if p.is_file()}
+
+
+def test_overwrite_never_replaces_what_generate_did_not_write(tiny_run, tmp_path, make_config):
+    """``--overwrite`` over a Minari dataset holding a user's file, or over a directory where
+    the HDF5 file goes, is refused before any work: nothing in the tree changes."""
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_run.root, root)
+    medium = root / "minari" / "pendulum" / "medium-v0"
+    (medium / "notes.txt").write_text("my analysis")
+    before = _snapshot(root)
+    cfg = make_config(root, agents_dir=root / "agents", overwrite=["medium"])
+    with pytest.raises(FileExistsError, match=rf"{medium} is a directory offline-dt did not "
+                                              r"write as a Minari dataset \(it holds 2 entries\)"):
+        generate(cfg)
+    assert _snapshot(root) == before
+
+    (medium / "notes.txt").unlink()
+    hdf5 = root / "d4rl" / "pendulum-expert-v0.hdf5"
+    hdf5.unlink()
+    (hdf5 / "results").mkdir(parents=True)
+    before = _snapshot(root)
+    with pytest.raises(FileExistsError, match=rf"{hdf5} is a directory"):
+        generate(make_config(root, agents_dir=root / "agents", overwrite=["expert"]))
+    assert _snapshot(root) == before and (hdf5 / "results").is_dir()
+
+
+def test_a_full_disk_during_generate_keeps_the_previous_datasets(tiny_run, tmp_path,
+                                                                  make_config, monkeypatch):
+    import offline_dt.data.atomic as atomic
+
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_run.root, root)
+    paths = {lv: {k: root / p.relative_to(tiny_run.root) for k, p in fmt.items()}
+             for lv, fmt in tiny_run.result.paths.items()}
+    before = read_hdf5(paths["random"]["hdf5"]).checksum()
+    monkeypatch.setattr(atomic, "free_bytes", lambda path: 4096)
+    cfg = make_config(root, agents_dir=root / "agents", overwrite=["random"])
+    with pytest.raises(DiskFullError, match=r"disk full: writing the HDF5 dataset .*"
+                                            r"pendulum-random-v0\.hdf5 needs about"):
+        generate(cfg)
+    assert read_hdf5(paths["random"]["hdf5"]).checksum() == before
+    assert read_minari(paths["random"]["minari"]).checksum() == before
     assert _leftovers(root) == []
