@@ -72,10 +72,12 @@ def check_free_space(path: str | os.PathLike, need: int, what: str = "output") -
 
 
 def is_json_file(path: Path) -> bool:
-    """An ``ours`` test for JSON writers: ``path`` holds JSON (at most 16 MiB of it)."""
+    """An ``ours`` test for JSON writers: ``path`` parses as JSON (a file over 16 MiB only has
+    to start like a JSON object or array)."""
     try:
         if path.stat().st_size > 16 * 2**20:
-            return False
+            with path.open("rb") as f:
+                return f.read(4096).lstrip()[:1] in (b"{", b"[")
         json.loads(path.read_bytes())
     except (OSError, ValueError):
         return False
@@ -112,14 +114,15 @@ def _not_replaceable(path: Path, what: str, kind: str,
                      ours: Callable[[Path], bool] | None) -> str | None:
     """Why the existing ``path`` may not be replaced by a ``kind`` (None: it may)."""
     if path.is_dir():
-        entries = sum(1 for _ in path.iterdir())
+        n = sum(1 for _ in path.iterdir())
+        holding = f"holding {n} {'entry' if n == 1 else 'entries'}"
         if kind == "file":
-            return (f"{path} is a directory (holding {entries} entries), and the {what} is a "
-                    f"file, never written over a directory: pass the path of a file, e.g. "
+            return (f"{path} is a directory ({holding}); the {what} to be written is a file "
+                    f"and is never written over a directory: pass the path of a file, e.g. "
                     f"{path / ('<name>' + (path.suffix or '.json'))}")
-        if entries and (ours is None or not ours(path)):
-            return (f"{path} is a directory offline-dt did not write as a {what} (it holds "
-                    f"{entries} entries); move it away or choose another path")
+        if n and (ours is None or not ours(path)):
+            return (f"{path} is a directory offline-dt did not write as a {what} ({holding}); "
+                    "move it away or choose another path")
         return None
     if not path.exists():
         return None  # a dangling symlink: replacing the link touches nothing else
@@ -127,8 +130,8 @@ def _not_replaceable(path: Path, what: str, kind: str,
         return (f"{path} is not a regular file (a device, pipe or socket); the {what} is never "
                 "written over one: choose another path")
     if kind == "dir":
-        return (f"{path} is a file, and the {what} is a directory, never written over a file: "
-                "move the file away or choose another path")
+        return (f"{path} is a file; the {what} to be written is a directory and is never "
+                "written over a file: move the file away or choose another path")
     if path.stat().st_size and ours is not None and not ours(path):
         return (f"{path} is a file that is not a {what} offline-dt wrote; move it away or "
                 "choose another path")

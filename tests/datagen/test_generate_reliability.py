@@ -217,7 +217,7 @@ def test_overwrite_never_replaces_what_generate_did_not_write(tiny_run, tmp_path
     before = _snapshot(root)
     cfg = make_config(root, agents_dir=root / "agents", overwrite=["medium"])
     with pytest.raises(FileExistsError, match=rf"{medium} is a directory offline-dt did not "
-                                              r"write as a Minari dataset \(it holds 2 entries\)"):
+                                              r"write as a Minari dataset \(holding 2 entries\)"):
         generate(cfg)
     assert _snapshot(root) == before
 

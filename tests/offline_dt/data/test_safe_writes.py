@@ -35,7 +35,8 @@ def _leftovers(directory: Path) -> list[str]:
 def test_a_file_is_never_written_over_a_directory(tmp_path):
     target = _precious_dir(tmp_path / "results dir")
     with pytest.raises(FileExistsError, match=r"results dir is a directory \(holding 1 "
-                                              r"entries\).*never written over a directory"):
+                                              r"entry\); the output to be written is a file "
+                                              "and is never written over a directory"):
         with atomic_path(target, overwrite=True) as tmp:
             tmp.write_text("{}")
     assert (target / "precious.txt").read_text() == "months of results"
@@ -103,7 +104,7 @@ def test_minari_replaces_only_a_dataset_offline_dt_wrote(box_dataset, discrete_d
     ds_dir = write_minari(box_dataset, "tiny/box-v0", root=root)
     (ds_dir / "my-notes.txt").write_text("analysis")  # a user's file inside our dataset
     with pytest.raises(FileExistsError, match=r"box-v0 is a directory offline-dt did not write "
-                                              r"as a Minari dataset \(it holds 2 entries\)"):
+                                              r"as a Minari dataset \(holding 2 entries\)"):
         write_minari(discrete_dataset, "tiny/box-v0", root=root, overwrite=True)
     assert (ds_dir / "my-notes.txt").read_text() == "analysis"
     assert read_minari(ds_dir).checksum() == box_dataset.checksum()
@@ -128,8 +129,9 @@ def test_minari_never_replaces_a_file_and_fills_an_empty_directory(box_dataset, 
     root = tmp_path / "minari"
     (root / "tiny").mkdir(parents=True)
     (root / "tiny" / "file-v0").write_text("a file")
-    with pytest.raises(FileExistsError, match=r"file-v0 is a file, and the Minari dataset is a "
-                                              "directory, never written over a file"):
+    with pytest.raises(FileExistsError, match=r"file-v0 is a file; the Minari dataset to be "
+                                              "written is a directory and is never written "
+                                              "over a file"):
         write_minari(box_dataset, "tiny/file-v0", root=root, overwrite=True)
     assert (root / "tiny" / "file-v0").read_text() == "a file"
     (root / "tiny" / "empty-v0").mkdir()
@@ -300,3 +302,10 @@ def test_a_real_full_tmpfs(tmp_path):
                                f"{mnt / name} while writing the {what}"), line
     assert "previous one is unchanged" in lines[2] and "nothing was written" in lines[3]
     assert lines[4] == "left: ['ds.hdf5', 'm']"
+
+
+def test_a_large_json_file_of_ours_is_still_replaceable(tmp_path):
+    big = tmp_path / "big.json"
+    big.write_text("[" + ",".join(["1"] * (9 * 2**20)) + "]")  # 18 MiB
+    save_json({"small": True}, big)
+    assert json.loads(big.read_text()) == {"small": True}
