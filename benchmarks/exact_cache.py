@@ -47,9 +47,10 @@ import torch
 from benchmarks.machine import cpu_model, versions
 from benchmarks.workload import pendulum_like
 from offline_dt.data.windows import Normalizer
-from offline_dt.evaluation.evaluate import evaluate_policy, evaluate_sequential
+from offline_dt.evaluation.episodes import evaluate_policy, evaluate_sequential
 from offline_dt.methods.dt import DTPolicy
-from offline_dt.nn.transformer import DecisionTransformer, DTConfig
+from offline_dt.nn.config import DTConfig
+from offline_dt.nn.transformer import DecisionTransformer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUICK = {"context_length": 20, "embed_dim": 64, "n_layer": 2, "n_head": 1, "dropout": 0.0,

@@ -52,14 +52,10 @@ import pandas as pd
 import torch
 
 from benchmarks.online import cached_run, plot, run_table
-from offline_dt.envs.rollout import CallablePolicy
-from offline_dt.evaluation.evaluate import (
-    CURVE_EPISODE_OFFSET,
-    EvalConfig,
-    evaluate_checkpoint,
-    evaluate_policy,
-    make_eval_hook,
-)
+from offline_dt.envs.policies import CallablePolicy
+from offline_dt.evaluation.curves import make_eval_hook
+from offline_dt.evaluation.episodes import CURVE_EPISODE_OFFSET, evaluate_policy
+from offline_dt.evaluation.evaluate import EvalConfig, evaluate_checkpoint
 from offline_dt.study.presets import PRESETS
 from offline_dt.training.device import resolve_device
 from offline_dt.training.finetune import FinetuneConfig, finetune

@@ -191,8 +191,8 @@ def train_section(shapes: list[Shape], device: torch.device, args: argparse.Name
 
 def eval_section(device: torch.device, envs: int, shape: Shape) -> list[dict[str, Any]]:
     """Env steps/s of ``envs`` Pendulum-v1 envs: random policy, DT (full window, KV cache)."""
-    from offline_dt.envs.rollout import RandomPolicy
-    from offline_dt.evaluation.evaluate import evaluate_policy
+    from offline_dt.envs.policies import RandomPolicy
+    from offline_dt.evaluation.episodes import evaluate_policy
 
     ds = pendulum_like()
     cfg = config(shape)

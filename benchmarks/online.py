@@ -19,7 +19,7 @@ core, 17x longer), with PPO's critic a second trunk of that shape (``critic sepa
 uses its default MLPs (separate actor and critic).
 
 Every policy is scored by the one rollout engine
-(``offline_dt.evaluation.evaluate.evaluate_policy``) on the same episodes: learning-curve points
+(``offline_dt.evaluation.episodes.evaluate_policy``) on the same episodes: learning-curve points
 every ``--eval-interval`` env steps on ``--curve-episodes`` validation episodes of the training seed
 (reset seeds ``2·10^12 + seed·10^5 + 50000 + i``, the training loop's curve episodes), and the final
 policy on ``--episodes`` test episodes (``10^12 + seed·10^5 + i``). Both act deterministically (the
@@ -50,12 +50,9 @@ from typing import Any
 import pandas as pd
 import torch
 
-from offline_dt.envs.rollout import CallablePolicy
-from offline_dt.evaluation.evaluate import (
-    CURVE_EPISODE_OFFSET,
-    evaluate_policy,
-    make_eval_hook,
-)
+from offline_dt.envs.policies import CallablePolicy
+from offline_dt.evaluation.curves import make_eval_hook
+from offline_dt.evaluation.episodes import CURVE_EPISODE_OFFSET, evaluate_policy
 from offline_dt.methods.base import parse_options
 from offline_dt.methods.dqn import DQNOptions
 from offline_dt.methods.ppo import PPOOptions

@@ -29,7 +29,7 @@ reports whole-block medians):
   that is matrix products.
 * ``eval``: 200 Pendulum episodes of a paper-config DT conditioned on a target return: our
   batched vector-env evaluator against the reference implementation's one-episode-at-a-time
-  loop (``offline_dt.evaluation.evaluate.evaluate_sequential``), on the same seeds (the returns must
+  loop (``offline_dt.evaluation.episodes.evaluate_sequential``), on the same seeds (the returns must
   agree); the same weights as a band network (``--attention band``) acting from its key/value
   cache, with the largest |return difference| to its full recomputation on the same 200
   episodes (``benchmarks/exact_cache.py``'s check); and d3rlpy's stateful wrapper
@@ -405,7 +405,7 @@ def section_floor(args: argparse.Namespace, rows: list[dict], notes: list[str]) 
 
 # ---------------------------------------------------------------------------------- eval
 def section_eval(args: argparse.Namespace, rows: list[dict], notes: list[str]) -> None:
-    from offline_dt.evaluation.evaluate import evaluate_policy, evaluate_sequential
+    from offline_dt.evaluation.episodes import evaluate_policy, evaluate_sequential
     from offline_dt.methods.dt import DTPolicy
 
     ds = pendulum_like()
@@ -482,7 +482,7 @@ def section_eval(args: argparse.Namespace, rows: list[dict], notes: list[str]) -
 def kv_cache_drift(args: argparse.Namespace) -> str:
     """Returns of trained checkpoints with exact recomputation vs the key/value cache, same
     episodes (the cache is exact for the first K steps only)."""
-    from offline_dt.evaluation.evaluate import evaluate_policy
+    from offline_dt.evaluation.episodes import evaluate_policy
     from offline_dt.methods.dt import DTPolicy
     from offline_dt.training.loop import load_checkpoint
 

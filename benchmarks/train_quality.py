@@ -34,9 +34,10 @@ from benchmarks.speed import hf_model
 from benchmarks.workload import PAPER
 from offline_dt.data import load_dataset
 from offline_dt.data.windows import Normalizer, WindowSampler
-from offline_dt.evaluation.evaluate import evaluate_policy
+from offline_dt.evaluation.episodes import evaluate_policy
 from offline_dt.methods.dt import DTPolicy
-from offline_dt.nn.transformer import DecisionTransformer, DTConfig
+from offline_dt.nn.config import DTConfig
+from offline_dt.nn.transformer import DecisionTransformer
 from offline_dt.study.tables import to_markdown
 from offline_dt.training.loop import TrainConfig, make_optimizer, train_step
 

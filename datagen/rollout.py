@@ -23,15 +23,9 @@ from tqdm.auto import tqdm
 
 from datagen.envs import check_env_id, check_spaces
 from offline_dt.data.dataset import OfflineDataset
-from offline_dt.envs.rollout import (
-    ActionReplayPolicy,
-    CallablePolicy,
-    CollectedSteps,
-    RandomPolicy,
-    collect_transitions,
-    episode_seed,
-    run_episodes,
-)
+from offline_dt.envs.policies import ActionReplayPolicy, CallablePolicy, RandomPolicy
+from offline_dt.envs.rollout import CollectedSteps, collect_transitions, run_episodes
+from offline_dt.envs.seeds import episode_seed
 
 log = logging.getLogger(__name__)
 

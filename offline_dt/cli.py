@@ -133,7 +133,7 @@ def _train(cfg: TrainConfig) -> int:
     if not cfg.dataset:
         raise ValueError("--dataset ID_OR_PATH is required (a .hdf5 file, a Minari dataset "
                          "directory or a Minari id such as pendulum/expert-v0)")
-    from offline_dt.evaluation.evaluate import make_eval_hook
+    from offline_dt.evaluation.curves import make_eval_hook
 
     result = train(cfg, eval_hook=make_eval_hook() if cfg.eval_every > 0 else None)
     if os.environ.get("RANK", "0") == "0":  # under torchrun: rank 0 speaks for the job
@@ -154,7 +154,7 @@ def train_summary(cfg: TrainConfig, result: Any) -> str:
 
 
 def _finetune(cfg: FinetuneConfig) -> int:
-    from offline_dt.evaluation.evaluate import make_eval_hook
+    from offline_dt.evaluation.curves import make_eval_hook
     from offline_dt.training.finetune import finetune
 
     result = finetune(cfg, make_eval_hook() if cfg.eval_every > 0 else None)
@@ -170,7 +170,7 @@ def _finetune(cfg: FinetuneConfig) -> int:
 
 
 def _online(cfg: OnlineConfig) -> int:
-    from offline_dt.evaluation.evaluate import make_eval_hook
+    from offline_dt.evaluation.curves import make_eval_hook
     from offline_dt.training.online import train_online
 
     result = train_online(cfg, make_eval_hook() if cfg.eval_every > 0 else None)

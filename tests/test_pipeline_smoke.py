@@ -15,7 +15,7 @@ import pytest
 
 from benchmarks.behaviour_fingerprint import compare, fingerprint, machine_signature
 from offline_dt.data.d4rl import LEVELS
-from offline_dt.envs.rollout import SEED_RULES
+from offline_dt.envs.seeds import SEED_RULES
 from offline_dt.study.d3rlpy_io import INSTALL_HINT
 from offline_dt.study.jobs import all_methods
 from offline_dt.study.pipeline import reproduce

@@ -28,10 +28,11 @@ from torch import nn
 
 from offline_dt.data.dataset import OfflineDataset
 from offline_dt.data.windows import Batch, Normalizer, WindowSampler
-from offline_dt.nn.transformer import DecisionTransformer, DTConfig
+from offline_dt.nn.config import DTConfig
+from offline_dt.nn.transformer import DecisionTransformer
 
 if TYPE_CHECKING:
-    from offline_dt.envs.rollout import Policy
+    from offline_dt.envs.policies import Policy
 
 #: How a method is trained: ``offline`` on a dataset's windows (``offline-dt train``);
 #: ``online`` on the data its own batch source collects in an env, no dataset (``offline-dt
@@ -241,7 +242,7 @@ class Method(abc.ABC):
     @abc.abstractmethod
     def policy(self, net: nn.Module, normalizer: Normalizer, target_return: float | None,
                *, kv_cache: bool = False, **settings: Any) -> Policy:
-        """A batched :class:`~offline_dt.envs.rollout.Policy` acting with ``net`` in env units.
+        """A batched :class:`~offline_dt.envs.policies.Policy` acting with ``net`` in env units.
         ``settings`` is one entry of :meth:`inference_candidates`."""
 
     def resolve_options(self, options: dict[str, Any] | None) -> dict[str, str]:

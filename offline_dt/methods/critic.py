@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from offline_dt.nn.transformer import DTConfig
+from offline_dt.nn.config import DTConfig
 
 
 def mlp(inp: int, hidden: int, out: int) -> nn.Sequential:

@@ -60,7 +60,8 @@ from offline_dt.methods.history import (
     load_trunk,
     trunk_timesteps,
 )
-from offline_dt.nn.transformer import DecisionTransformer, DTConfig
+from offline_dt.nn.config import DTConfig
+from offline_dt.nn.transformer import DecisionTransformer
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from torch import nn
 
 from offline_dt.data.windows import Batch, Normalizer
 from offline_dt.methods.base import Method, register
-from offline_dt.nn.transformer import KVCache, cache_is_exact
+from offline_dt.nn.cache import KVCache, cache_is_exact
 
 
 def action_loss(net: nn.Module, batch: Batch, returns_to_go: torch.Tensor) -> torch.Tensor:
@@ -95,7 +95,7 @@ class DTPolicy:
         device: where the context lives; defaults to the model's device.
         kv_cache: act from a key/value cache (``DecisionTransformer.step_cached``): three
             new tokens per step instead of recomputing the context. Exact for a band network
-            (``offline_dt.nn.transformer.cache_is_exact``); for a window network exact for the first
+            (``offline_dt.nn.cache.cache_is_exact``); for a window network exact for the first
             K steps and an approximation after (see ``benchmarks/results/speed.md`` for the
             drift).
     """

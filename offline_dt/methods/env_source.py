@@ -1,7 +1,7 @@
 """The batch source of an online method that collects in a live env (``ppo``'s rollouts,
 ``dqn``'s replay buffer): what they share.
 
-:class:`EnvSource` holds an ``offline_dt.envs.rollout.EpisodeStream`` (a vector env stepped
+:class:`EnvSource` holds an ``offline_dt.envs.stream.EpisodeStream`` (a vector env stepped
 on across collects, every episode reset with its own seed) driven by the method's collect
 policy (an ``offline_dt.methods.history.HistoryPolicy``, made at the first collect, when the
 trainer's network is known), the env-step budget (``finished``), the episode statistics it
@@ -12,7 +12,7 @@ run equals an uninterrupted one (for envs deterministic given the seed).
 
 Collect episode ``k`` of a run with seed ``s`` resets with ``ONLINE_SEED_BASE + s * 100000 +
 k``: a block of its own (``[4 * 10**12, 5 * 10**12)`` for ``k`` below ``10**12``), apart
-from the test and validation episodes of ``offline_dt.evaluation.evaluate`` and the datasets'.
+from the test and validation episodes of ``offline_dt.envs.seeds`` and the datasets'.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ import numpy as np
 import torch
 
 from offline_dt.data.windows import Batch
-from offline_dt.envs.rollout import SEED_RANGE, SEED_STRIDE, EpisodeStream, Transition
+from offline_dt.envs.rollout import Transition
+from offline_dt.envs.seeds import SEED_RANGE, SEED_STRIDE
+from offline_dt.envs.stream import EpisodeStream
 from offline_dt.methods.base import BatchSource, Run, SourceSpec
 from offline_dt.methods.history import HistoryPolicy
 

@@ -13,7 +13,7 @@ heads read its hidden state.
 
 :class:`HistoryPolicy` keeps that window for every sub-env of a vector env. The sub-envs of an
 online collect are out of step (each resets when its own episode ends,
-``offline_dt.envs.rollout.EpisodeStream``), so windows are right-aligned and left-padded with a
+``offline_dt.envs.stream.EpisodeStream``), so windows are right-aligned and left-padded with a
 mask, as ``offline_dt.data.windows.WindowSampler``'s; every env adds one step per ``act``, so
 all windows shift together.
 """
@@ -111,8 +111,8 @@ def load_trunk(trunk: DecisionTransformer, model: dict[str, torch.Tensor],
 
 class HistoryPolicy:
     """A trunk-based network acting in ``N`` envs from per-env windows of its own episodes
-    (module docstring): the :class:`offline_dt.envs.rollout.Policy` protocol, with the optional
-    ``begin_episodes`` hook of ``offline_dt.envs.rollout.EpisodeStream``.
+    (module docstring): the :class:`offline_dt.envs.policies.Policy` protocol, with the optional
+    ``begin_episodes`` hook of ``offline_dt.envs.stream.EpisodeStream``.
 
     Args:
         net: the method's network; ``net.cfg`` its ``DTConfig`` (put in eval mode by

@@ -83,7 +83,8 @@ from offline_dt.methods.critic import mlp, polyak_update, require_box_actions
 from offline_dt.methods.dt import DTPolicy
 from offline_dt.methods.odt_replay import ReplaySource, default_online_target
 from offline_dt.nn.collectives import global_mean
-from offline_dt.nn.transformer import DecisionTransformer, DTConfig
+from offline_dt.nn.config import DTConfig
+from offline_dt.nn.transformer import DecisionTransformer
 
 #: Data actions at the bounds are clamped to ``±(1 - ACTION_EPS)`` before ``atanh``.
 ACTION_EPS = 1e-6

@@ -12,7 +12,7 @@ Algorithm 1, as run here:
 2. Each round collects ``episodes_per_round`` episodes with the *stochastic* policy
    (``Method.policy(..., sample=True)``) conditioned on the exploration target ``g_online``
    (:func:`default_online_target`), through the one rollout engine
-   (``offline_dt.envs.rollout.make_vec_env`` and ``step_policy``). Hindsight return relabelling:
+   (``offline_dt.envs.make.make_vec_env`` and ``step_policy``). Hindsight return relabelling:
    a collected episode enters the buffer with its own rewards, so the returns-to-go it is
    trained on are the returns it actually achieved,
    ``R̂_t = Σ_{t' >= t} r_t'`` (:func:`hindsight_returns_to_go`), not ``g_online`` minus
@@ -39,13 +39,16 @@ import torch
 
 from offline_dt.data.dataset import OfflineDataset
 from offline_dt.data.windows import Batch, WindowSampler, returns_to_go
-from offline_dt.envs.rollout import SEED_RANGE, Policy, episode_seed, make_vec_env, step_policy
+from offline_dt.envs.make import make_vec_env
+from offline_dt.envs.policies import Policy
+from offline_dt.envs.rollout import step_policy
+from offline_dt.envs.seeds import SEED_RANGE, episode_seed
 from offline_dt.methods.base import BatchSource, Run, SourceSpec
 
 #: Collected episode ``i`` of a fine-tune with seed ``s`` resets its env with
 #: ``COLLECT_SEED_BASE + s * 100000 + i``: a block of its own, apart from datagen's (below
 #: ``10**12``), the test episodes' (``[10**12, 2 * 10**12)``) and validation's
-#: (``[2 * 10**12, 3 * 10**12)``), see ``offline_dt.envs.rollout``.
+#: (``[2 * 10**12, 3 * 10**12)``), see ``offline_dt.envs.seeds``.
 COLLECT_SEED_BASE = 3 * SEED_RANGE
 
 

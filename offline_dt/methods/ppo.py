@@ -68,7 +68,8 @@ from offline_dt.methods.history import (
     trunk_timesteps,
 )
 from offline_dt.methods.ppo_rollout import PPOBatch, RolloutSource
-from offline_dt.nn.transformer import DecisionTransformer, DTConfig
+from offline_dt.nn.config import DTConfig
+from offline_dt.nn.transformer import DecisionTransformer
 
 
 @dataclass(frozen=True)

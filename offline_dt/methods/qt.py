@@ -53,7 +53,8 @@ from offline_dt.methods.base import Method, option_strings, parse_options, regis
 from offline_dt.methods.critic import mlp, polyak_update, require_box_actions
 from offline_dt.methods.dt import DTPolicy
 from offline_dt.nn.collectives import global_mean
-from offline_dt.nn.transformer import DecisionTransformer, DTConfig
+from offline_dt.nn.config import DTConfig
+from offline_dt.nn.transformer import DecisionTransformer
 
 
 @dataclass(frozen=True)

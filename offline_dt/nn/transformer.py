@@ -1,5 +1,5 @@
 """The Decision Transformer (Chen et al. 2021, "Decision Transformer: Reinforcement Learning via
-Sequence Modeling", Section 3 and Figure 1), in one readable file.
+Sequence Modeling", Section 3 and Figure 1).
 
 A trajectory of the last K timesteps is fed as 3K interleaved tokens
 ``(R̂_1, s_1, a_1, R̂_2, s_2, a_2, ...)``. Each modality has its own linear embedding; a learned
@@ -23,292 +23,23 @@ Attention comes in two kinds (``DTConfig.attention``):
   Cache") and the sliding-window attention of Longformer (Beltagy et al. 2020, "Longformer:
   The Long-Document Transformer", Section 3.1).
 
-The loss lives in ``offline_dt.training.loop``; this module is the network alone.
+The network's parts have their own modules: its shape ``offline_dt.nn.config.DTConfig``, the
+attention ``offline_dt.nn.attention``, the key/value cache ``offline_dt.nn.cache`` and
+dropout ``offline_dt.nn.dropout``. The losses live with the methods (``offline_dt.methods``);
+this package is the network alone.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass
-class DTConfig:
-    """Network shape. Defaults are the paper's OpenAI-gym settings (Chen et al. 2021, Table 8).
-
-    Attributes:
-        obs_dim: observation width.
-        act_dim: action width for Box actions; number of actions for Discrete.
-        discrete: True for a Discrete action space (logits + cross-entropy).
-        context_length: K, timesteps per window (3K tokens).
-        max_timestep: size of the timestep embedding table; episodes must be shorter.
-        embed_dim: token width d.
-        n_layer: transformer blocks.
-        n_head: attention heads.
-        dropout: dropout on embeddings, attention weights and residual branches.
-        activation: MLP nonlinearity, ``relu`` as in the reference implementation or ``gelu``.
-        action_tanh: squash Box action predictions with tanh.
-        attention: ``"window"`` (classic DT: causal attention over a window of K steps) or
-            ``"band"`` (causal attention to the last ``band_tokens`` tokens at every layer,
-            for sequences of any length; the key/value cache is then exact).
-        band_tokens: W, tokens each token sees in ``band`` mode (itself and the W - 1 before
-            it); None: ``3 * context_length``. Must be None in ``window`` mode.
-    """
-
-    obs_dim: int
-    act_dim: int
-    discrete: bool = False
-    context_length: int = 20
-    max_timestep: int = 1000
-    embed_dim: int = 128
-    n_layer: int = 3
-    n_head: int = 1
-    dropout: float = 0.1
-    activation: str = "relu"
-    action_tanh: bool = True
-    attention: str = "window"
-    band_tokens: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.attention not in ATTENTION_KINDS:
-            raise ValueError(f"DTConfig.attention must be one of {ATTENTION_KINDS}, found "
-                             f"{self.attention!r}")
-        if self.attention == "window" and self.band_tokens is not None:
-            raise ValueError(f"DTConfig.band_tokens={self.band_tokens} needs attention='band'")
-        if self.band_tokens is not None and self.band_tokens < 1:
-            raise ValueError(f"DTConfig.band_tokens must be >= 1, found {self.band_tokens}")
-
-    @property
-    def band(self) -> int | None:
-        """W, the tokens each token attends to, in ``band`` mode (None in ``window`` mode)."""
-        if self.attention != "band":
-            return None
-        return self.band_tokens if self.band_tokens is not None else 3 * self.context_length
-
-
-#: ``DTConfig.attention`` values: the classic window, the sliding band.
-ATTENTION_KINDS = ("window", "band")
-
-
-def cache_is_exact(cfg: DTConfig | None) -> bool:
-    """True when :meth:`DecisionTransformer.step_cached` equals full recomputation for the
-    whole episode: a band-attention network (``cfg.attention == "band"``). A network without
-    a ``DTConfig`` (None) is not."""
-    return cfg is not None and getattr(cfg, "attention", "window") == "band"
-
-
-def band_mask(n: int, total: int, band: int | None, device: torch.device) -> torch.Tensor:
-    """``(n, total)`` bool: query ``j`` (key position ``total - n + j``, the last ``n``
-    positions) may attend to key ``i`` iff ``i <= total - n + j`` (causal) and, with a
-    ``band`` W, ``i > total - n + j - W`` (the last W tokens, itself included)."""
-    m = torch.ones(n, total, dtype=torch.bool, device=device).tril(total - n)
-    if band is not None:
-        m = m.triu(total - n - band + 1)
-    return m
-
-
-def keep_scale(shape: tuple[int, ...], p: float, like: torch.Tensor) -> torch.Tensor:
-    """An inverted-dropout multiplier of ``shape``: 0 with probability ``p`` (rounded to a
-    multiple of 2^-16), else ``1 / (1 - p)``, in ``like``'s dtype and device.
-
-    The draw takes four 16-bit uniform integers from each 64-bit draw of torch's default
-    generator, where ``torch.bernoulli_`` (``nn.Dropout``) draws once per element, a large
-    share of a CPU training step (``benchmarks/speed.py`` times dropout 0.1 beside 0)."""
-    n = math.prod(shape)
-    drop = round(p * 65536)  # dropped values among the 2^16
-    if drop >= 65536:
-        return torch.zeros(shape, dtype=like.dtype, device=like.device)
-    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=like.device)
-    bits = bits.random_(-(2 ** 63), 2 ** 63 - 1).view(torch.int16)[:n].view(shape)
-    return torch.where(bits >= drop - 32768, 65536 / (65536 - drop), 0.0).to(like.dtype)
-
-
-def _cpu_eager(t: torch.Tensor) -> bool:
-    """``t`` is on the CPU and not being traced by ``torch.compile``: where :class:`Dropout`
-    and :func:`attend` use their own paths instead of torch's fused kernels."""
-    return t.device.type == "cpu" and not torch.compiler.is_compiling()
-
-
-class Dropout(nn.Module):
-    """Inverted dropout (Srivastava et al. 2014, "Dropout: A Simple Way to Prevent Neural
-    Networks from Overfitting", JMLR 15): in training each element is zeroed with probability
-    ``p`` and the rest scaled by ``1 / (1 - p)``; the identity in eval mode. On a CPU the mask
-    comes from :func:`keep_scale` (``p`` rounded to a multiple of 2^-16: 0.1 becomes
-    0.1000061, and the scale uses the rounded value, so the expectation is exact); elsewhere,
-    and under ``torch.compile``, ``F.dropout`` (fused on CUDA; compiled code draws its own)."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1], found {p}")
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        if not _cpu_eager(x):
-            return F.dropout(x, self.p, True)
-        return x * keep_scale(tuple(x.shape), self.p, x)
-
-
-#: Queries up to which :func:`attend` uses plain matrix products on a CPU.
-FEW_QUERIES = 8
-
-
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-           causal: bool, dropout: float) -> torch.Tensor:
-    """``F.scaled_dot_product_attention(q, k, v, mask, dropout, causal)`` (Vaswani et al. 2017,
-    Eq. 1). On a CPU (eager) it is computed with plain matrix products when attention-weight
-    dropout is on (its mask drawn by :func:`keep_scale`; SDPA's CPU path draws it with
-    ``bernoulli_``) or when there are at most :data:`FEW_QUERIES` queries (acting from a
-    key/value cache: SDPA's CPU kernel has a fixed cost per batch row that dwarfs 1-3 queries).
-
-    Args:
-        q: ``(B, h, Q, d_head)``; k, v: ``(B, h, T, d_head)``.
-        mask: bool (True = may attend) or additive float, broadcastable to ``(B, h, Q, T)``.
-        causal: query ``j`` sees keys ``<= j``, with ``Q == T`` (``mask`` must then be None).
-        dropout: attention-weight dropout probability.
-
-    Returns:
-        ``(B, h, Q, d_head)``.
-    """
-    plain = dropout > 0.0 or q.shape[-2] <= FEW_QUERIES
-    if not (plain and _cpu_eager(q)):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                              is_causal=causal)
-    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
-    if causal:
-        mask = band_mask(q.shape[2], k.shape[2], None, q.device)
-    if mask is not None and mask.dtype == torch.bool:
-        att = att.masked_fill(~mask, float("-inf"))
-    elif mask is not None:
-        att = att + mask
-    att = torch.softmax(att, dim=-1)
-    if dropout > 0.0:
-        att = att * keep_scale(tuple(att.shape), dropout, att)
-    return att @ v
-
-
-class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention: the one attention module (through :func:`attend`),
-    for training windows, state-token-only queries and key/value-cache acting alike."""
-
-    def __init__(self, cfg: DTConfig, layer: int = 0) -> None:
-        super().__init__()
-        if cfg.embed_dim % cfg.n_head:
-            raise ValueError(
-                f"embed_dim={cfg.embed_dim} must be divisible by n_head={cfg.n_head}"
-            )
-        self.n_head = cfg.n_head
-        self.band = cfg.band  # W in band mode, None in window mode
-        self.layer = layer  # index of this block's keys/values in a KVCache
-        self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim)
-        self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
-        self.attn_dropout = cfg.dropout
-        self.resid_dropout = Dropout(cfg.dropout)
-
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                queries: slice | None = None, cache: KVCache | None = None) -> torch.Tensor:
-        """Attend over ``x`` (and, with ``cache``, over the tokens held before it).
-
-        Args:
-            x: ``(B, T, d)`` token inputs (with ``cache``: the T new tokens only).
-            attn_mask: ``(B, 1, T, T)`` bool (True = may attend), or None for plain causal
-                attention (band mode: causal within the band, see :func:`band_mask`).
-                Ignored with ``cache``: new tokens see every held token (window mode) or the
-                held tokens within the band (band mode).
-            queries: token positions whose outputs are wanted (None: all T). Keys and values
-                still come from every token.
-            cache: keys/values of earlier tokens; this call appends the new ones to it (the
-                caller commits them with :meth:`KVCache.commit` after the last block).
-
-        Returns:
-            ``(B, Q, d)`` for the Q positions of ``queries`` (all T when None).
-        """
-        b, t, d = x.shape
-        h = self.n_head
-        wanted = t if queries is None else len(range(t)[queries])
-        # band mode, no mask: blocks of W queries over 2W keys beat T x T when Q > 2W
-        blocked = (cache is None and attn_mask is None and self.band is not None
-                   and wanted > 2 * self.band)
-        if queries is None or blocked:
-            q, k, v = self.qkv(x).split(d, dim=2)
-        else:
-            q = F.linear(x[:, queries], self.qkv.weight[:d], self.qkv.bias[:d])
-            k, v = F.linear(x, self.qkv.weight[d:], self.qkv.bias[d:]).split(d, dim=2)
-        n = q.shape[1]
-        q = q.view(b, n, h, d // h).transpose(1, 2)  # (B, h, Q, d_head)
-        k = k.view(b, t, h, d // h).transpose(1, 2)  # (B, h, T, d_head)
-        v = v.view(b, t, h, d // h).transpose(1, 2)
-        dropout = self.attn_dropout if self.training else 0.0
-        if blocked:
-            y = self._band_blocks(q, k, v, dropout)
-            y = y if queries is None else y[:, :, queries]
-        else:
-            if cache is not None:
-                k, v = cache.append(self.layer, k, v)  # (B, h, held + T, d_head)
-            mask, causal = self._mask(attn_mask, queries, cache, n, k.shape[2], x.device,
-                                      self.band)
-            y = attend(q, k, v, mask, causal, dropout)
-        y = y.transpose(1, 2).contiguous().view(b, wanted, d)
-        return self.resid_dropout(self.proj(y))
-
-    def _band_blocks(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     dropout: float) -> torch.Tensor:
-        """Band attention in blocks (Longformer's sliding window, Beltagy et al. 2020,
-        Section 3.1): the T queries are cut into blocks of W; block j attends to the keys of
-        blocks j - 1 and j under :func:`band_mask`, so the cost is T x 2W, not T x T, with
-        the same result as the dense band mask.
-
-        Args:
-            q, k, v: ``(B, h, T, d_head)``.
-            dropout: attention-weight dropout probability.
-
-        Returns:
-            ``(B, h, T, d_head)``.
-        """
-        b, h, t, dh = q.shape
-        w = self.band
-        nb = -(-t // w)  # blocks
-        pad = nb * w - t  # queries and keys past T: zeros, never seen by a real query
-
-        def pairs(z: torch.Tensor) -> torch.Tensor:  # (B, h nb, 2W, dh): blocks j-1, j
-            z = F.pad(z, (0, 0, w, pad)).view(b, h, nb + 1, w, dh)
-            return torch.cat((z[:, :, :-1], z[:, :, 1:]), dim=3).view(b, h * nb, 2 * w, dh)
-
-        allowed = band_mask(w, 2 * w, w, q.device).expand(h, nb, w, 2 * w).clone()
-        allowed[:, 0, :, :w] = False  # block 0 has no block before it
-        # additive (0 / -inf) rather than bool, and 4-D: SDPA's fused CPU kernel takes these
-        mask = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(
-            ~allowed, float("-inf")).view(1, h * nb, w, 2 * w)
-        y = attend(F.pad(q, (0, 0, 0, pad)).reshape(b, h * nb, w, dh), pairs(k), pairs(v),
-                   mask, False, dropout)
-        return y.reshape(b, h, nb * w, dh)[:, :, :t]
-
-    @staticmethod
-    def _mask(attn_mask: torch.Tensor | None, queries: slice | None, cache: KVCache | None,
-              n: int, total: int, device: torch.device, band: int | None = None
-              ) -> tuple[torch.Tensor | None, bool]:
-        """(SDPA ``attn_mask``, ``is_causal``) for ``n`` queries over ``total`` keys; without
-        ``attn_mask`` causal attention, within the last ``band`` tokens when given."""
-        if cache is not None:
-            # New token j (key position total - n + j) sees the held tokens (within the band
-            # in band mode) and the new ones <= j.
-            return band_mask(n, total, band, device), False
-        if attn_mask is None and (band is None or total <= band):
-            band = None  # the band spans the whole sequence: plain causal attention
-            if queries is None:
-                return None, True
-        if attn_mask is None:
-            full = band_mask(total, total, band, device)
-            return (full, False) if queries is None else (full[queries], False)
-        if queries is None:
-            return attn_mask, False
-        return attn_mask[:, :, queries], False
+from offline_dt.nn.attention import CausalSelfAttention, band_mask
+from offline_dt.nn.cache import KVCache
+from offline_dt.nn.config import DTConfig
+from offline_dt.nn.dropout import Dropout
 
 
 class Block(nn.Module):
@@ -336,55 +67,6 @@ class Block(nn.Module):
         h = self.attn(self.ln_1(x), attn_mask, queries, cache)
         x = (x if queries is None else x[:, queries]) + h
         return x + self.mlp(self.ln_2(x))
-
-
-class KVCache:
-    """Keys and values of the last ``keep`` tokens of every block, for
-    :meth:`DecisionTransformer.step_cached` (window mode: ``keep = 3K - 1``; band mode:
-    ``keep = W + 2``, so that the first of three new tokens still finds the W - 1 before it;
-    the band mask hides what is older).
-
-    Tokens are appended into a buffer of twice the window; when it fills, the last ``keep``
-    tokens move to its front (one copy every ``keep / 3`` steps instead of one per step).
-    Buffers: ``(n_layer, B, n_head, 2 * keep + 3, d_head)``, the dtype and device of ``like``.
-    """
-
-    def __init__(self, n_layer: int, b: int, n_head: int, d_head: int, keep: int,
-                 like: torch.Tensor) -> None:
-        shape = (n_layer, b, n_head, 2 * keep + 3, d_head)
-        self.k = torch.empty(shape, dtype=like.dtype, device=like.device)
-        self.v = torch.empty_like(self.k)
-        self.keep = keep
-        self.start = self.end = 0
-
-    @property
-    def length(self) -> int:
-        """Tokens held (at most ``keep``)."""
-        return self.end - self.start
-
-    def reserve(self, n: int) -> None:
-        """Make room for ``n`` new tokens, keeping the last ``keep - n``."""
-        if self.end + n > self.k.shape[3]:
-            lo = max(self.start, self.end - (self.keep - n))
-            size = self.end - lo
-            self.k[:, :, :, :size] = self.k[:, :, :, lo:self.end].clone()
-            self.v[:, :, :, :size] = self.v[:, :, :, lo:self.end].clone()
-            self.start, self.end = 0, size
-
-    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write ``(B, n_head, n, d_head)`` keys/values after the held tokens; return views of
-        the last ``keep`` tokens including them."""
-        n = k.shape[2]
-        self.k[layer, :, :, self.end:self.end + n] = k
-        self.v[layer, :, :, self.end:self.end + n] = v
-        lo = max(self.start, self.end + n - self.keep)
-        return self.k[layer, :, :, lo:self.end + n], self.v[layer, :, :, lo:self.end + n]
-
-    def commit(self, n: int) -> None:
-        """The ``n`` tokens written by :meth:`append` (every layer) are now held."""
-        self.end += n
-        self.start = max(self.start, self.end - self.keep)
 
 
 class DecisionTransformer(nn.Module):
@@ -592,25 +274,29 @@ class DecisionTransformer(nn.Module):
         Returns:
             ``(B, act_dim)`` the prediction for a_t (as :meth:`forward`), and the new cache.
         """
-        cfg = self.cfg
+        x = self._step_tokens(returns_to_go, observations, timesteps, prev_actions,
+                              prev_timesteps)  # (B, n, d)
+        n = x.shape[1]
+        if cache is None:
+            cache = KVCache.for_config(self.cfg, x)
+        cache.reserve(n)
+        for block in self.blocks:
+            x = block(x, cache=cache)
+        cache.commit(n)
+        out = self.predict_action(self.ln_f(x[:, -1]))
+        if not self.cfg.discrete and self.cfg.action_tanh:
+            out = torch.tanh(out)
+        return out, cache
+
+    def _step_tokens(self, returns_to_go: torch.Tensor, observations: torch.Tensor,
+                     timesteps: torch.Tensor, prev_actions: torch.Tensor | None,
+                     prev_timesteps: torch.Tensor | None) -> torch.Tensor:
+        """The embedded new tokens of :meth:`step_cached`, ``(B, n, d)``: ``a_{t-1}`` (when
+        ``prev_actions`` is given), ``R̂_t`` and ``s_t``, after the embedding LayerNorm."""
         tokens = []
         if prev_actions is not None:
             prev_ts = timesteps - 1 if prev_timesteps is None else prev_timesteps
             tokens.append(self.embed_action(prev_actions) + self.embed_timestep(prev_ts))
         t_emb = self.embed_timestep(timesteps)
         tokens += [self.embed_return(returns_to_go) + t_emb, self.embed_state(observations) + t_emb]
-        x = self.embed_ln(torch.stack(tokens, dim=1))  # (B, n, d)
-        b, n, d = x.shape
-        h = cfg.n_head
-        if cache is None:
-            # band: the W - 1 tokens before the oldest of up to 3 new ones, and those 3
-            keep = 3 * cfg.context_length - 1 if cfg.band is None else cfg.band + 2
-            cache = KVCache(cfg.n_layer, b, h, d // h, keep, x)
-        cache.reserve(n)
-        for block in self.blocks:
-            x = block(x, cache=cache)
-        cache.commit(n)
-        out = self.predict_action(self.ln_f(x[:, -1]))
-        if not cfg.discrete and cfg.action_tanh:
-            out = torch.tanh(out)
-        return out, cache
+        return self.embed_ln(torch.stack(tokens, dim=1))

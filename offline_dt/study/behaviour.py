@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from offline_dt.data.d4rl import LEVELS
-from offline_dt.envs.rollout import CallablePolicy, RandomPolicy
+from offline_dt.envs.policies import CallablePolicy, RandomPolicy
 from offline_dt.study.runs import REPLAY_LEVELS
 
 #: Levels with a behaviour job: those written by one policy (or medium-expert's fixed mixture).

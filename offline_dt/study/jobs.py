@@ -29,8 +29,9 @@ from typing import Any
 import gymnasium as gym
 import torch
 
-from offline_dt.envs.rollout import RandomPolicy
-from offline_dt.evaluation.evaluate import EvalConfig, make_eval_hook
+from offline_dt.envs.policies import RandomPolicy
+from offline_dt.evaluation.curves import make_eval_hook
+from offline_dt.evaluation.evaluate import EvalConfig
 from offline_dt.study.behaviour import BEHAVIOUR_LEVELS, behaviour_policy
 from offline_dt.study.presets import Preset, apply_overrides, get_preset
 from offline_dt.study.reference import REFERENCE_METHODS

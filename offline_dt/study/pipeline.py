@@ -14,7 +14,7 @@ Every run directory holds its resolved config (``config.json``); a run whose ``e
 exists, whose config matches and whose test episodes are today's
 (:data:`offline_dt.study.reuse.EPISODE_SEEDS`) is reused on rerun. Every method is evaluated
 on the same test episodes: for training seed ``k`` evaluation seed ``k`` (episode ``i``
-resets with ``10**12 + k * 100_000 + i``, ``offline_dt.envs.rollout.evaluation_seed``).
+resets with ``10**12 + k * 100_000 + i``, ``offline_dt.envs.seeds.evaluation_seed``).
 Nothing is chosen on them: a checkpoint's target return and inference settings are chosen on
 validation episodes (``2 * 10**12 + k * 100_000 + i``,
 ``offline_dt.evaluation.evaluate.evaluate_checkpoint``), and the learning-curve hook rolls out

@@ -51,7 +51,9 @@ import torch
 
 from offline_dt.data import OfflineDataset, load_dataset, registered_env_id
 from offline_dt.data.atomic import atomic_path
-from offline_dt.envs.rollout import DEFAULT_MAX_ENVS, SEED_RULES, CallablePolicy
+from offline_dt.envs.policies import CallablePolicy
+from offline_dt.envs.rollout import DEFAULT_MAX_ENVS
+from offline_dt.envs.seeds import SEED_RULES
 from offline_dt.evaluation.evaluate import write_baseline_eval
 from offline_dt.study.d3rlpy_io import (
     D3RLPY_VERSION,

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from offline_dt.envs.rollout import SEED_RULES
+from offline_dt.envs.seeds import SEED_RULES
 from offline_dt.evaluation.evaluate import EvalConfig, evaluate_checkpoint, write_baseline_eval
 from offline_dt.training.checkpoint import kept_checkpoints
 from offline_dt.training.configs import save_json, to_jsonable

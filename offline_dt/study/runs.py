@@ -5,7 +5,7 @@ Layout read::
     <runs_root>/<env>/<dataset>/<method>/seed<k>/
         config.json    resolved config of the run (TrainConfig, or the baseline's settings)
         metrics.csv    training log with the eval hook's columns (dt and bc only)
-        eval.json      offline_dt.evaluation.evaluate's schema: headline return statistics and
+        eval.json      offline_dt.evaluation.results' schema: headline return statistics and
                        the per-episode returns of every evaluated target
 
 A *run* is one ``<method>/seed<k>`` directory (:func:`find_runs` gives one record per run:

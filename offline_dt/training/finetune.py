@@ -176,7 +176,7 @@ def finetune(cfg: FinetuneConfig, eval_hook: EvalHook | None = None) -> TrainRes
     """Fine-tune a pretrained checkpoint online (module docstring) into ``cfg.run_dir``; write
     ``finetune.json`` (the settings, ``g_online``, the pretrained checkpoint) beside the
     run's usual files. ``eval_hook`` draws the learning curve every ``cfg.eval_every``
-    updates, as for ``train`` (``offline_dt.evaluation.evaluate.make_eval_hook()``).
+    updates, as for ``train`` (``offline_dt.evaluation.curves.make_eval_hook()``).
 
     Raises:
         FileNotFoundError: no pretrained checkpoint (or, with ``resume``, no run to resume).

@@ -19,7 +19,7 @@ Readable top to bottom (in the spirit of CleanRL / CORL):
 3. ``load_checkpoint(path)``: the networks, configs, normaliser and dataset facts.
 
 What a method is (its networks, loss and acting) lives in ``offline_dt.methods``; the loop
-knows nothing else about it. The periodic evaluation is a hook (``offline_dt.evaluation.evaluate.
+knows nothing else about it. The periodic evaluation is a hook (``offline_dt.evaluation.curves.
 make_eval_hook``) called with the trainer's own :class:`TrainingRun`: its networks,
 normaliser (observation statistics, action bounds) and dataset facts.
 
@@ -55,7 +55,7 @@ from offline_dt.data.lock import exclusive_lock
 from offline_dt.data.windows import Batch, Normalizer, SegmentSampler, WindowSampler
 from offline_dt.methods import METHODS, BatchSource, Method, check_command, get_method
 from offline_dt.methods.base import WindowSource, method_help, methods_for
-from offline_dt.nn.transformer import DTConfig
+from offline_dt.nn.config import DTConfig
 from offline_dt.training.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_NAME,
@@ -1022,7 +1022,7 @@ def train(cfg: TrainConfig, eval_hook: EvalHook | None = None, *,
     """Train ``cfg.method`` on ``cfg.dataset`` and write the run to ``cfg.run_dir``.
 
     ``eval_hook(run, step) -> dict[str, float]`` (e.g.
-    ``offline_dt.evaluation.evaluate.make_eval_hook()``) runs every ``cfg.eval_every`` steps and at
+    ``offline_dt.evaluation.curves.make_eval_hook()``) runs every ``cfg.eval_every`` steps and at
     the end (when ``eval_every > 0``) with the trainer's own :class:`TrainingRun`; its values become
     ``metrics.csv`` columns. It runs under ``torch.random.fork_rng`` so it cannot disturb the
     training RNG (resume stays exact).

@@ -194,7 +194,7 @@ def train_online(cfg: OnlineConfig, eval_hook: EvalHook | None = None) -> TrainR
     """Train ``cfg.method`` online in ``cfg.env_id`` for ``cfg.env_steps`` env steps on the
     one training loop (module docstring); write ``online.json`` (the settings) beside the
     run's usual files. ``eval_hook`` draws the learning curve every ``cfg.eval_every``
-    updates, as for ``train`` (``offline_dt.evaluation.evaluate.make_eval_hook()``).
+    updates, as for ``train`` (``offline_dt.evaluation.curves.make_eval_hook()``).
 
     Raises:
         FileNotFoundError: ``init`` (or, with ``resume``, the run's checkpoint) missing.

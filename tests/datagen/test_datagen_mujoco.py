@@ -12,8 +12,9 @@ pytest.importorskip("mujoco")
 from datagen.rollout import rollout  # noqa: E402
 from offline_dt.data.d4rl import read_hdf5, write_hdf5  # noqa: E402
 from offline_dt.data.minari_io import read_minari, write_minari  # noqa: E402
-from offline_dt.envs.rollout import RandomPolicy, evaluation_seed  # noqa: E402
-from offline_dt.evaluation.evaluate import evaluate_policy  # noqa: E402
+from offline_dt.envs.policies import RandomPolicy
+from offline_dt.envs.seeds import evaluation_seed
+from offline_dt.evaluation.episodes import evaluate_policy
 
 
 def healthy(obs: np.ndarray) -> np.ndarray:

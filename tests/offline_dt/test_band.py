@@ -18,14 +18,14 @@ import pytest
 import torch
 
 from offline_dt.data.windows import Normalizer, SegmentSampler
-from offline_dt.evaluation.evaluate import (
-    EvalConfig,
-    evaluate_checkpoint,
-    evaluate_policy,
-    use_kv_cache,
-)
+from offline_dt.evaluation.episodes import evaluate_policy
+from offline_dt.evaluation.evaluate import EvalConfig, evaluate_checkpoint
+from offline_dt.evaluation.selection import use_kv_cache
 from offline_dt.methods.dt import DTPolicy
-from offline_dt.nn.transformer import DecisionTransformer, DTConfig, band_mask, cache_is_exact
+from offline_dt.nn.attention import band_mask
+from offline_dt.nn.cache import cache_is_exact
+from offline_dt.nn.config import DTConfig
+from offline_dt.nn.transformer import DecisionTransformer
 from offline_dt.training.loop import TrainConfig, load_checkpoint, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -14,7 +14,7 @@ import torch
 from offline_dt.cli import main
 from offline_dt.methods import get_method
 from offline_dt.methods.dqn import linear_epsilon, td_target, update_target
-from offline_dt.nn.transformer import DTConfig
+from offline_dt.nn.config import DTConfig
 from offline_dt.training.checkpoint import read_checkpoint
 from offline_dt.training.online import OnlineConfig, train_online
 

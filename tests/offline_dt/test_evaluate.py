@@ -13,25 +13,20 @@ from torch import nn
 
 from offline_dt.data.d4rl import normalized_score
 from offline_dt.data.windows import Normalizer
-from offline_dt.envs.rollout import (
-    CallablePolicy,
-    Policy,
-    RandomPolicy,
-    episode_seed,
-    evaluation_seed,
-)
-from offline_dt.evaluation.evaluate import (
+from offline_dt.envs.policies import CallablePolicy, Policy, RandomPolicy
+from offline_dt.envs.seeds import episode_seed, evaluation_seed
+from offline_dt.evaluation.curves import make_eval_hook
+from offline_dt.evaluation.episodes import (
     CURVE_EPISODE_OFFSET,
-    EvalResult,
-    build_eval_payload,
-    default_target_returns,
     evaluate_policy,
     evaluate_sequential,
-    make_eval_hook,
 )
+from offline_dt.evaluation.results import EvalResult, build_eval_payload
+from offline_dt.evaluation.selection import default_target_returns
 from offline_dt.methods import get_method
 from offline_dt.methods.dt import DTPolicy
-from offline_dt.nn.transformer import DecisionTransformer, DTConfig
+from offline_dt.nn.config import DTConfig
+from offline_dt.nn.transformer import DecisionTransformer
 from offline_dt.training.loop import TrainConfig, TrainingRun
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

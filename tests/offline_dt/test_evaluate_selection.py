@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from offline_dt.cli import eval_summary
-from offline_dt.envs.rollout import (
+from offline_dt.envs.seeds import (
     EVALUATION_SEED_BASE,
     SEED_LIMIT,
     SEED_RANGE,
@@ -25,13 +25,9 @@ from offline_dt.envs.rollout import (
     evaluation_seed,
     validation_seed,
 )
-from offline_dt.evaluation import evaluate
-from offline_dt.evaluation.evaluate import (
-    CURVE_EPISODE_OFFSET,
-    EvalConfig,
-    episode_seeds,
-    evaluate_checkpoint,
-)
+from offline_dt.evaluation import selection
+from offline_dt.evaluation.episodes import CURVE_EPISODE_OFFSET, episode_seeds
+from offline_dt.evaluation.evaluate import EvalConfig, evaluate_checkpoint
 
 seeds = st.integers(0, SEED_LIMIT - 1)
 indices = st.integers(0, SEED_STRIDE - 1)
@@ -146,7 +142,7 @@ def fake_checkpoint(monkeypatch, method):
                       "ref_min_score": -10.0},
         train_config=SimpleNamespace(method="fake", dataset="fake.hdf5"),
         method=method, model=None, normalizer=None, step=7)
-    monkeypatch.setattr(evaluate, "load_checkpoint", lambda path, device: ckpt)
+    monkeypatch.setattr(selection, "load_checkpoint", lambda path, device: ckpt)
     return ckpt
 
 
@@ -224,7 +220,7 @@ def two_checkpoints(monkeypatch, tmp_path, other_dataset="fake.hdf5"):
             method=methods[str(path)], model=None, normalizer=None,
             step=5 if path == main else 9)
 
-    monkeypatch.setattr(evaluate, "load_checkpoint", load)
+    monkeypatch.setattr(selection, "load_checkpoint", load)
     return main, alt, methods
 
 

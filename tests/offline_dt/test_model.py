@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from offline_dt.nn.transformer import DecisionTransformer, DTConfig
+from offline_dt.nn.config import DTConfig
+from offline_dt.nn.transformer import DecisionTransformer
 
 B, K, OBS, ACT = 3, 6, 4, 2
 
@@ -184,7 +185,7 @@ def test_state_only_last_block_equals_full_computation(discrete, padded):
 
 # ------------------------------------------------------------------------------ dropout path
 def test_dropout_keeps_1_minus_p_and_scales_to_keep_the_mean():
-    from offline_dt.nn.transformer import Dropout
+    from offline_dt.nn.dropout import Dropout
 
     drop = Dropout(0.1).train()
     torch.manual_seed(0)
@@ -204,7 +205,8 @@ def test_dropout_keeps_1_minus_p_and_scales_to_keep_the_mean():
 
 
 def test_attention_dropout_drops_attention_weights_as_sdpa_would():
-    from offline_dt.nn.transformer import attend, keep_scale
+    from offline_dt.nn.attention import attend
+    from offline_dt.nn.dropout import keep_scale
 
     g = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(2, 2, 7, 4, generator=g) for _ in range(3))

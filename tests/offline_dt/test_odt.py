@@ -21,7 +21,7 @@ from torch.distributions import Categorical, Normal, TanhTransform, TransformedD
 from offline_dt.cli import main, parse
 from offline_dt.data import write_hdf5
 from offline_dt.data.windows import Batch
-from offline_dt.envs.rollout import CallablePolicy
+from offline_dt.envs.policies import CallablePolicy
 from offline_dt.methods import get_method
 from offline_dt.methods.odt import (
     log_likelihood_and_entropy,
@@ -30,7 +30,7 @@ from offline_dt.methods.odt import (
     temperature_step,
 )
 from offline_dt.methods.odt_replay import ReplaySource, hindsight_returns_to_go
-from offline_dt.nn.transformer import DTConfig
+from offline_dt.nn.config import DTConfig
 from offline_dt.training.checkpoint import read_checkpoint
 from offline_dt.training.finetune import FinetuneConfig, finetune, source_spec
 from offline_dt.training.loop import TrainConfig, TrainingRun, load_checkpoint, train

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from offline_dt.data.d4rl import LEVELS
-from offline_dt.envs.rollout import SEED_RULES
-from offline_dt.evaluation.evaluate import EvalConfig, build_eval_payload
+from offline_dt.envs.seeds import SEED_RULES
+from offline_dt.evaluation.evaluate import EvalConfig
+from offline_dt.evaluation.results import build_eval_payload
 from offline_dt.study import d3rlpy_io
 from offline_dt.study.behaviour import BEHAVIOUR_LEVELS, behaviour_policy
 from offline_dt.study.d3rlpy_io import INSTALL_HINT, MissingDependencyError

@@ -300,7 +300,8 @@ def test_episode_stream_seeds_every_episode_and_resumes_by_replay():
     a stream restored from its state steps on exactly as the original."""
     import gymnasium as gym
 
-    from offline_dt.envs.rollout import ActionReplayPolicy, EpisodeStream
+    from offline_dt.envs.policies import ActionReplayPolicy
+    from offline_dt.envs.stream import EpisodeStream
 
     env = gym.make("CartPole-v1")
     actions = np.random.default_rng(0).integers(0, 2, (90, 3))

@@ -14,7 +14,7 @@ from offline_dt.data import OfflineDataset, write_hdf5
 from offline_dt.data.windows import Batch, Normalizer, WindowSampler
 from offline_dt.methods import get_method
 from offline_dt.methods.qt import QTOptions, critic_loss, expectile_loss
-from offline_dt.nn.transformer import DTConfig
+from offline_dt.nn.config import DTConfig
 from offline_dt.training.loop import TrainConfig, load_checkpoint, train, train_step
 
 

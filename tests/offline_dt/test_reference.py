@@ -13,7 +13,7 @@ import pytest
 from conftest import PENDULUM_ACT, PENDULUM_OBS
 
 from offline_dt.data import OfflineDataset
-from offline_dt.envs.rollout import SEED_RULES, evaluation_seed
+from offline_dt.envs.seeds import SEED_RULES, evaluation_seed
 from offline_dt.study.d3rlpy_io import (
     INSTALL_HINT,
     MissingDependencyError,

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.pandas import column, data_frames
 
 from offline_dt.data import OfflineDataset, write_hdf5
-from offline_dt.evaluation.evaluate import build_eval_payload, summarize_returns
+from offline_dt.evaluation.results import build_eval_payload, summarize_returns
 from offline_dt.study.notes import selection_note
 from offline_dt.study.report import report
 from offline_dt.study.runs import RUN_COLUMNS, dataset_level

@@ -7,16 +7,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from offline_dt.envs.rollout import (
-    ActionReplayPolicy,
-    CallablePolicy,
-    Policy,
-    RandomPolicy,
-    collect_transitions,
-    make_vec_env,
-    run_episodes,
-    step_policy,
-)
+from offline_dt.envs.make import make_vec_env
+from offline_dt.envs.policies import ActionReplayPolicy, CallablePolicy, Policy, RandomPolicy
+from offline_dt.envs.rollout import collect_transitions, run_episodes, step_policy
 
 
 def pd_controller(obs: np.ndarray) -> np.ndarray:

@@ -57,7 +57,8 @@ def test_tiny_model_overfits_tiny_dataset(which, precision, box_hdf5, discrete_h
 
 
 def test_bc_ignores_returns_to_go(box_dataset):
-    from offline_dt.nn.transformer import DecisionTransformer, DTConfig
+    from offline_dt.nn.config import DTConfig
+    from offline_dt.nn.transformer import DecisionTransformer
 
     torch.manual_seed(0)
     model = DecisionTransformer(DTConfig(3, 1, context_length=5, max_timestep=64,
@@ -145,7 +146,7 @@ def test_eval_hook_uses_the_trainers_normalizer_and_env_bounds(tiny_config, tmp_
     """A foreign D4RL file (no spaces stored: action bounds inferred from the data) trained
     with --env-id: the trainer takes the env's bounds, and the learning-curve evaluation must
     act with exactly that normaliser, not one refitted from the file."""
-    import offline_dt.evaluation.evaluate as evaluate
+    import offline_dt.evaluation.curves as curves
 
     rng = np.random.default_rng(0)
     n = 60
@@ -157,16 +158,16 @@ def test_eval_hook_uses_the_trainers_normalizer_and_env_bounds(tiny_config, tmp_
         f["terminals"] = np.zeros(n, bool)
         f["timeouts"] = (np.arange(n) % 20 == 19)
     seen = []
-    real = evaluate.evaluate_policy
+    real = curves.evaluate_policy
 
     def spy(env_id, policy, *args, **kwargs):
         seen.append((env_id, policy.normalizer))
         return real(env_id, policy, *args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "evaluate_policy", spy)
+    monkeypatch.setattr(curves, "evaluate_policy", spy)
     cfg = tiny_config(path, steps=4, eval_every=4, eval_episodes=1, env_id="Pendulum-v1",
                       max_timestep=200)
-    train(cfg, eval_hook=evaluate.make_eval_hook())
+    train(cfg, eval_hook=curves.make_eval_hook())
     ck = load_checkpoint(cfg.run_dir)
     assert [env for env, _ in seen] == ["Pendulum-v1"]
     used = seen[0][1].state_dict()
@@ -422,7 +423,8 @@ def test_kept_checkpoints_are_the_run_at_each_checkpoint_step(box_hdf5, tiny_con
 
 
 def test_adamw_is_fused_on_the_cpu_and_steps_as_the_loop_version(box_hdf5, tiny_config):
-    from offline_dt.nn.transformer import DecisionTransformer, DTConfig
+    from offline_dt.nn.config import DTConfig
+    from offline_dt.nn.transformer import DecisionTransformer
     from offline_dt.training.loop import make_optimizer
 
     torch.manual_seed(0)
