@@ -18,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from datagen.generate import GenerateConfig, config_dict, generate, package_versions
+from datagen.config import GenerateConfig, config_dict, package_versions
+from datagen.generate import generate
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -513,7 +513,7 @@ def kv_cache_drift(args: argparse.Namespace) -> str:
 # ---------------------------------------------------------------------------------- generate
 def section_generate(args: argparse.Namespace, rows: list[dict], notes: list[str]) -> None:
     """Random 1M steps and a 200k-step SAC rollout, each written to both formats."""
-    from datagen.agents import load_behaviour_policy
+    from datagen.behaviour import load_behaviour_policy
     from datagen.rollout import rollout
     from offline_dt.data.d4rl import write_hdf5
     from offline_dt.data.minari_io import write_minari

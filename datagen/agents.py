@@ -1,9 +1,11 @@
-"""Behaviour agents: train (Stable-Baselines3 SAC / DQN), checkpoint, reload, act.
+"""Behaviour agents: train (Stable-Baselines3 SAC / DQN) and checkpoint; reloading and acting
+are ``datagen.behaviour``'s.
 
 Nothing here is pickled. Weights are ``safetensors`` files of ``policy.state_dict()``; the
 hyperparameters are JSON; a policy is reloaded by rebuilding the SB3 model with the same
-hyperparameters and calling ``policy.load_state_dict``. The replay buffer is saved as plain
-arrays (``replay_buffer.safetensors``), never with SB3's ``save_replay_buffer``.
+hyperparameters and calling ``policy.load_state_dict`` (``datagen.behaviour``). The replay
+buffer is saved as plain arrays (``replay_buffer.safetensors``), never with SB3's
+``save_replay_buffer``.
 
 Layout of ``agents_dir/<namespace>/seed<k>/``::
 
@@ -35,12 +37,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from safetensors.numpy import load_file as load_np
 from safetensors.numpy import save_file as save_np
-from safetensors.torch import load_file as load_torch
 from safetensors.torch import save_file as save_torch
 from tqdm.auto import tqdm
 
+from datagen.behaviour import HYPERPARAMS, POLICY, REPLAY, build_model, inference_keys
 from datagen.envs import check_env
 from datagen.rollout import policy_returns
 from offline_dt.data.atomic import atomic_path
@@ -48,9 +49,6 @@ from offline_dt.data.atomic import atomic_path
 log = logging.getLogger(__name__)
 
 COMPLETE = "COMPLETE.json"
-HYPERPARAMS = "hyperparams.json"
-POLICY = "policy.safetensors"
-REPLAY = "replay_buffer.safetensors"
 
 # rl-baselines3-zoo hyperparameters (hyperparams/sac.yml, hyperparams/dqn.yml).
 ZOO: dict[str, dict[str, dict[str, Any]]] = {
@@ -97,17 +95,6 @@ def zoo_hyperparams(algo: str, env_id: str) -> tuple[int, dict[str, Any]]:
     table = ZOO[algo].get(env_id, ZOO[algo]["default"])
     kwargs = {k: v for k, v in table.items() if k != "n_timesteps"}
     return int(table["n_timesteps"]), json.loads(json.dumps(kwargs))
-
-
-def _sb3_class(algo: str):
-    from stable_baselines3 import DQN, SAC
-
-    return {"SAC": SAC, "DQN": DQN}[algo]
-
-
-def _inference_keys(algo: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    prefix = "actor." if algo == "SAC" else "q_net."
-    return {k: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def _save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
@@ -158,16 +145,6 @@ def _agent_config(env_id: str, seed: int, total_steps: int, checkpoint_every: in
     return {"env_id": env_id, "seed": int(seed), "total_steps": int(total_steps),
             "checkpoint_every": int(checkpoint_every), "eval_episodes": int(eval_episodes),
             "algo": algo, "kwargs": kwargs}
-
-
-def _build_model(algo: str, env_id: str, kwargs: dict[str, Any], seed: int, device: str,
-                 for_inference: bool = False):
-    cls = _sb3_class(algo)
-    kw = dict(kwargs)
-    if for_inference:
-        kw["buffer_size"] = 1
-    env = gym.make(env_id)
-    return cls("MlpPolicy", env, seed=seed, device=device, verbose=0, **kw)
 
 
 def _write_json(obj: Any, path: Path) -> None:
@@ -231,7 +208,7 @@ def _checkpoint_callback(model, config: dict[str, Any], agent_dir: Path, num_env
                 rets = policy_returns(env_id, policy_fn, config["eval_episodes"],
                                       seed=seed + 10_000, num_envs=num_envs)
                 path = agent_dir / "checkpoints" / f"step_{step:07d}.safetensors"
-                _save_weights(_inference_keys(algo, model.policy.state_dict()), path)
+                _save_weights(inference_keys(algo, model.policy.state_dict()), path)
                 checkpoints.append(Checkpoint(step, float(rets.mean()), float(rets.std()),
                                               path))
                 if step % report_every == 0 or step == total_steps:
@@ -253,7 +230,7 @@ def _learn(config: dict[str, Any], agent_dir: Path, num_envs: int, device: str
              "set); a deterministic %d-episode evaluation and a checkpoint every %d steps",
              algo, config["env_id"], total_steps, config["eval_episodes"],
              config["checkpoint_every"])
-    model = _build_model(algo, config["env_id"], config["kwargs"], config["seed"], device)
+    model = build_model(algo, config["env_id"], config["kwargs"], config["seed"], device)
     checkpoints: list[Checkpoint] = []
     bar = tqdm(total=total_steps, desc=f"train {algo}", unit="step",
                disable=not sys.stderr.isatty(), leave=False, mininterval=1.0)
@@ -394,116 +371,3 @@ def _save_replay(model, path: Path, total_steps: int) -> None:
     with atomic_path(path, overwrite=True) as tmp:
         save_np(arrays, str(tmp), metadata={"first_step": str(first_step),
                                              "n_envs": str(n_envs)})
-
-
-def load_replay(path: str | Path) -> tuple[dict[str, np.ndarray], int]:
-    """Arrays saved by ``train_agent`` (oldest first) and the env step of row 0."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    with safe_open(str(path), framework="numpy") as f:
-        meta = f.metadata() or {}
-    return load_np(str(path)), int(meta.get("first_step", 0))
-
-
-# --------------------------------------------------------------------------- policies
-class BehaviourPolicy:
-    """A reloaded SB3 policy as a batched callable ``obs (N, obs_dim) float32 → actions``.
-
-    Returns ``(N, act_dim) float32`` within the Box bounds (SB3 ``policy.predict``: the tanh
-    output unscaled from [-1, 1]) or ``(N,) int64`` for Discrete. ``deterministic=False``
-    samples SAC's Gaussian (torch global RNG; seed it with ``torch.manual_seed``) or acts
-    epsilon-greedily for DQN with the zoo ``exploration_final_eps`` (``rng``).
-    """
-
-    def __init__(self, model, algo: str, deterministic: bool, eps: float = 0.0,
-                 seed: int | None = None, path: Path | None = None) -> None:
-        self.model = model
-        self.algo = algo
-        self.deterministic = deterministic
-        self.eps = eps
-        self.rng = np.random.default_rng(seed)
-        self.path = path
-        self.discrete = isinstance(model.action_space, gym.spaces.Discrete)
-
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        obs = np.asarray(obs, dtype=np.float32)
-        act, _ = self.model.policy.predict(obs, deterministic=self.deterministic)
-        if self.discrete:
-            act = np.asarray(act, dtype=np.int64).reshape(len(obs))
-            if not self.deterministic and self.eps > 0:
-                explore = self.rng.random(len(obs)) < self.eps
-                act[explore] = self.rng.integers(0, self.model.action_space.n, explore.sum())
-            return act
-        return np.asarray(act, dtype=np.float32).reshape(len(obs), -1)
-
-
-def load_behaviour_policy(
-    path: str | Path,
-    env_id: str,
-    device: str = "cpu",
-    deterministic: bool = True,
-    seed: int | None = None,
-) -> BehaviourPolicy:
-    """Rebuild a behaviour policy from a ``.safetensors`` weights file (no pickle).
-
-    Args:
-        path: a checkpoint (``checkpoints/step_*.safetensors``), the final
-            ``policy.safetensors``, or the agent directory (→ its ``policy.safetensors``).
-            ``hyperparams.json`` is read from the agent directory.
-        env_id: the Gymnasium id the agent was trained on (must match hyperparams.json).
-        device: torch device for inference ("cpu", "cuda", "auto").
-        deterministic: SAC mean action / DQN greedy action (True, the evaluation baseline);
-            False for the behaviour distribution used to collect data.
-
-    Returns:
-        callable ``obs (N, obs_dim) float32 → (N, act_dim) float32 | (N,) int64``.
-
-    Raises:
-        FileNotFoundError: weights or hyperparams.json missing.
-        ValueError: ``env_id`` differs from the one the agent was trained on, or the weights
-            lack the policy's inference keys.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / POLICY
-    if not path.is_file():
-        raise FileNotFoundError(f"path: behaviour policy weights {path} do not exist")
-    agent_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    hp_path = agent_dir / HYPERPARAMS
-    if not hp_path.is_file():
-        raise FileNotFoundError(f"path: {hp_path} (hyperparameters of {path}) does not exist")
-    hp = json.loads(hp_path.read_text())
-    if hp["env_id"] != env_id:
-        raise ValueError(f"env_id: {path} was trained on {hp['env_id']!r}, not {env_id!r}")
-    algo = hp["algo"]
-    model = _build_model(algo, env_id, hp["kwargs"], hp.get("seed", 0), device,
-                         for_inference=True)
-    state = load_torch(str(path), device=str(model.device))
-    need = _inference_keys(algo, model.policy.state_dict())
-    missing = sorted(set(need) - set(state))
-    if missing:
-        raise ValueError(f"path: {path} lacks policy weights {missing[:5]}")
-    unexpected = sorted(set(state) - set(model.policy.state_dict()))
-    if unexpected:
-        raise ValueError(f"path: {path} holds unexpected weights {unexpected[:5]}")
-    model.policy.load_state_dict(state, strict=False)
-    model.policy.set_training_mode(False)
-    eps = float(hp["kwargs"].get("exploration_final_eps", 0.05)) if algo == "DQN" else 0.0
-    return BehaviourPolicy(model, algo, deterministic, eps=eps, seed=seed, path=path)
-
-
-# --------------------------------------------------------------------------- replay → dataset
-def unscale_actions(actions: np.ndarray, space: gym.spaces.Box) -> np.ndarray:
-    """SB3's ``policy.unscale_action``: ``low + (a + 1) / 2 * (high - low)``, clipped.
-
-    Args:
-        actions: ``(N, act_dim)`` in [-1, 1] (SAC replay-buffer actions).
-
-    Returns:
-        ``(N, act_dim) float32`` in ``[space.low, space.high]``.
-    """
-    low = space.low.astype(np.float64)
-    high = space.high.astype(np.float64)
-    out = low + 0.5 * (actions.astype(np.float64) + 1.0) * (high - low)
-    return np.clip(out, low, high).astype(np.float32)

@@ -8,6 +8,8 @@ import re
 import gymnasium as gym
 import numpy as np
 
+from offline_dt.envs.make import env_spaces
+
 
 def env_namespace(env_id: str) -> str:
     """Dataset namespace of a Gymnasium id: ``Pendulum-v1`` → ``pendulum``,
@@ -82,12 +84,9 @@ def check_env(env_id: str) -> tuple[gym.spaces.Box, gym.spaces.Box | gym.spaces.
 
     Raises:
         ValueError: unknown id or unsupported spaces (see ``check_env_id``/``check_spaces``).
+        offline_dt.envs.make.EnvDependencyError: the env needs a package not installed.
     """
     check_env_id(env_id)
-    env = gym.make(env_id)
-    try:
-        obs_space, act_space = env.observation_space, env.action_space
-    finally:
-        env.close()
+    obs_space, act_space = env_spaces(env_id)  # a missing extra: EnvDependencyError
     check_spaces(obs_space, act_space, env_id)
     return obs_space, act_space

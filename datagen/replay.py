@@ -11,7 +11,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from datagen.agents import unscale_actions
+from datagen.behaviour import unscale_actions
 from offline_dt.data.dataset import DatasetError, OfflineDataset
 
 

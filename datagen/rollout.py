@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from datagen.envs import check_env_id, check_spaces
 from offline_dt.data.dataset import OfflineDataset
+from offline_dt.envs.make import env_spaces
 from offline_dt.envs.policies import ActionReplayPolicy, CallablePolicy, RandomPolicy
 from offline_dt.envs.rollout import CollectedSteps, collect_transitions, run_episodes
 from offline_dt.envs.seeds import episode_seed
@@ -73,7 +74,7 @@ def _collect(env_id: str, steps: int, env_offset: int, num_envs: int, seed: int,
     """Step sub-envs ``env_offset .. env_offset + num_envs - 1`` (reset seeds ``seed +
     index``; random actions from ``default_rng([seed, index])``) for ``steps`` steps each."""
     if policy is None:
-        space = gym.make(env_id).action_space
+        space = env_spaces(env_id)[1]
         runner: Any = ActionReplayPolicy(np.stack(
             [_random_actions(space, seed, env_offset + j, steps) for j in range(num_envs)],
             axis=1))
@@ -199,11 +200,7 @@ def rollout(
     t0 = time.perf_counter()
     num_envs = min(int(num_envs), int(n_steps))
     check_env_id(env_id)
-    probe = gym.make(env_id)
-    try:
-        check_spaces(probe.observation_space, probe.action_space, env_id)
-    finally:
-        probe.close()
+    check_spaces(*env_spaces(env_id), env_id)
     nproc = 1 if policy is not None else min(int(processes), num_envs)
     parts = _collect_parts(env_id, math.ceil(n_steps / num_envs), num_envs, seed, policy, desc,
                            nproc)
@@ -240,9 +237,7 @@ def policy_returns(
     if int(num_envs) <= 0:
         raise ValueError(f"num_envs: must be positive, found {num_envs}")
     if policy is None:
-        env = gym.make(env_id)
-        runner: Any = RandomPolicy(env.action_space, seed=seed)
-        env.close()
+        runner: Any = RandomPolicy(env_spaces(env_id)[1], seed=seed)
     else:
         runner = CallablePolicy(policy)
     seeds = [episode_seed(seed, i) for i in range(int(n_episodes))]

@@ -29,7 +29,7 @@ from typing import Annotated, Any, Union
 
 import tyro
 
-from datagen.generate import GenerateConfig
+from datagen.config import GenerateConfig
 from offline_dt.data.atomic import DiskFullError
 from offline_dt.data.d4rl import LEVELS
 from offline_dt.data.lock import LockedError

@@ -77,7 +77,7 @@ class RandomPolicy:
 
 class CallablePolicy:
     """Wraps a batched, stateless ``fn(observations (N, obs_dim) float32) -> actions``, e.g. the
-    behaviour agent from ``datagen.agents.load_behaviour_policy``. Integer actions come back
+    behaviour agent from ``datagen.behaviour.load_behaviour_policy``. Integer actions come back
     as ``int64``, others as ``float32`` (torch tensors are moved to NumPy)."""
 
     def __init__(self, fn: Callable[[np.ndarray], Any]) -> None:

@@ -68,7 +68,7 @@ def behaviour_policy(level: str, metas: dict[str, dict[str, Any]], env_id: str, 
     if level not in BEHAVIOUR_LEVELS:
         raise ValueError(f"{level}: no behaviour policy (a sequence of policies during SAC "
                          f"training wrote it); behaviour levels are {list(BEHAVIOUR_LEVELS)}")
-    from datagen.agents import load_behaviour_policy
+    from datagen.behaviour import load_behaviour_policy
 
     if level == "random":
         space = gym.make(env_id).action_space

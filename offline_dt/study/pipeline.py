@@ -135,7 +135,8 @@ def plan(env_id: str, preset: str, root: str | Path, device: str, levels: Sequen
 def _generate_stage(plan: Plan, timer: Timer) -> tuple[Any, Any, dict[str, Path], dict[str, dict]]:
     """Generate (or reuse) the levels' datasets, regenerating those of ``plan.overwrite``;
     return (GenerateConfig, GenerateResult, level → HDF5 path, level → dataset metadata)."""
-    from datagen.generate import GenerateConfig, generate
+    from datagen.config import GenerateConfig
+    from datagen.generate import generate
     from offline_dt.data import read_hdf5
 
     p = plan.preset

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from datagen.generate import GenerateConfig, GenerateResult, generate
+from datagen.config import GenerateConfig
+from datagen.generate import GenerateResult, generate
 
 TINY = dict(
     env_id="Pendulum-v1",

@@ -6,9 +6,9 @@ import minari
 import numpy as np
 import pytest
 
-from datagen.agents import load_behaviour_policy
-from datagen.generate import LEVELS, generate
-from offline_dt.data.d4rl import read_hdf5
+from datagen.behaviour import load_behaviour_policy
+from datagen.generate import generate
+from offline_dt.data.d4rl import LEVELS, read_hdf5
 
 
 @pytest.fixture(scope="module")

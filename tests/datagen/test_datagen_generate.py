@@ -10,10 +10,10 @@ import minari
 import numpy as np
 import pytest
 
-from datagen.agents import load_behaviour_policy
-from datagen.generate import LEVELS, generate
+from datagen.behaviour import load_behaviour_policy
+from datagen.generate import generate
 from datagen.rollout import policy_returns, rollout
-from offline_dt.data.d4rl import read_hdf5, write_hdf5
+from offline_dt.data.d4rl import LEVELS, read_hdf5, write_hdf5
 from offline_dt.data.minari_io import read_minari
 
 
@@ -201,7 +201,7 @@ def test_random_rollout_actions_in_bounds():
 
 
 def test_every_level_has_a_builder_and_d4rl_levels_are_the_same():
-    from datagen.generate import LEVEL_BUILDERS
+    from datagen.levels import LEVEL_BUILDERS
     from offline_dt.data import d4rl
 
     assert LEVELS is d4rl.LEVELS

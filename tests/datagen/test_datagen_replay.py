@@ -6,7 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from datagen.agents import load_replay
+from datagen.behaviour import load_replay
 from datagen.replay import replay_to_dataset
 from offline_dt.data.d4rl import read_hdf5
 from offline_dt.data.dataset import DatasetError

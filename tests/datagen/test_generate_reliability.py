@@ -18,16 +18,11 @@ import numpy as np
 import pytest
 
 from datagen.agents import AgentArtifacts, Checkpoint
-from datagen.generate import (
-    LEVELS,
-    ExpertChoice,
-    behaviour_check,
-    config_dict,
-    generate,
-    select_expert,
-)
+from datagen.config import config_dict
+from datagen.generate import generate
+from datagen.selection import ExpertChoice, behaviour_check, select_expert
 from offline_dt.data.atomic import DiskFullError
-from offline_dt.data.d4rl import read_hdf5
+from offline_dt.data.d4rl import LEVELS, read_hdf5
 from offline_dt.data.lock import LockedError, exclusive_lock
 from offline_dt.data.minari_io import read_minari
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from datagen.generate import GenerateConfig
+from datagen.config import GenerateConfig
 from offline_dt.cli import (
     DatasetsConfig,
     GenerateCommand,
