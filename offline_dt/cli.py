@@ -33,6 +33,7 @@ from datagen.config import GenerateConfig
 from offline_dt.data.atomic import DiskFullError
 from offline_dt.data.d4rl import LEVELS
 from offline_dt.data.lock import LockedError
+from offline_dt.envs.make import EnvDependencyError
 from offline_dt.evaluation.evaluate import EvalConfig
 from offline_dt.methods import METHODS, check_command, methods_for
 from offline_dt.study.d3rlpy_io import MissingDependencyError
@@ -342,11 +343,13 @@ def parse(argv: Sequence[str] | None = None) -> Invocation:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``offline-dt``; a FileExistsError, FileNotFoundError, ValueError, LockedError
-    (another process writes the same output) or MissingDependencyError (d3rlpy) of the stage
-    is printed as ``offline-dt <cmd>: error: <message>`` with exit status 2; a
-    DistributedError (a torchrun job lost a rank) or DiskFullError (no space left while
-    writing an output) likewise with status 1."""
+    """Run ``offline-dt``; a FileExistsError, FileNotFoundError, ValueError (among them an env
+    whose spaces do not fit the checkpoint, or an unknown env id), LockedError (another
+    process writes the same output), MissingDependencyError (d3rlpy) or EnvDependencyError
+    (an env's optional package, e.g. Box2D) of the stage is printed as
+    ``offline-dt <cmd>: error: <message>`` with exit status 2; a DistributedError (a torchrun
+    job lost a rank) or DiskFullError (no space left while writing an output) likewise with
+    status 1."""
     inv = parse(argv)
     logging.basicConfig(
         level=logging.DEBUG if inv.verbose else logging.INFO,
@@ -356,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(inv.command.run(inv.config) or 0)
     except (FileExistsError, FileNotFoundError, ValueError, LockedError,
-            MissingDependencyError) as e:
+            MissingDependencyError, EnvDependencyError) as e:
         print(f"offline-dt {inv.command.name}: error: {e}", file=sys.stderr)
         return 2
     except (DistributedError, DiskFullError) as e:

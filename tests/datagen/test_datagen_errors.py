@@ -112,3 +112,31 @@ def test_interrupted_minari_write_leaves_no_dataset(tiny_run, tmp_path, monkeypa
     ns_dir = tmp_path / "minari" / "pendulum"
     assert not (ns_dir / "random-v0").exists()
     assert not [p for p in ns_dir.iterdir() if "random" in p.name] if ns_dir.exists() else True
+
+
+def _needs_box2d(**kwargs):
+    raise gym.error.DependencyNotInstalled(
+        "Box2D is not installed, you can install it by run `pip install swig` followed by "
+        '`pip install "gymnasium[box2d]"`')
+
+
+if "DatagenTestNeedsBox2D-v0" not in gym.registry:
+    gym.register("DatagenTestNeedsBox2D-v0", entry_point=_needs_box2d)
+
+
+def test_generate_with_a_missing_extra_is_one_line_with_the_install_command(tmp_path, capsys):
+    """``generate`` makes its env through ``offline_dt.envs.make``: a missing Box2D ends in
+    ``offline-dt generate: error: ...`` naming the install command, exit 2, before any work."""
+    from offline_dt.cli import main
+
+    code = main(["generate", "--env-id", "DatagenTestNeedsBox2D-v0", "--out-dir",
+                 str(tmp_path / "d4rl"), "--agents-dir", str(tmp_path / "agents"),
+                 "--minari-root", str(tmp_path / "minari")])
+    captured = capsys.readouterr()
+    assert code == 2
+    errors = [ln for ln in captured.err.splitlines() if "error:" in ln]
+    assert len(errors) == 1 and errors[0].startswith(
+        "offline-dt generate: error: env_id 'DatagenTestNeedsBox2D-v0'")
+    assert 'pip install swig && pip install "gymnasium[box2d]"' in errors[0]
+    assert "Traceback" not in captured.err + captured.out
+    assert not (tmp_path / "agents").exists() and not (tmp_path / "d4rl").exists()
