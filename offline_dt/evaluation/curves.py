@@ -11,6 +11,7 @@ from __future__ import annotations
 from offline_dt.data.dataset import registered_env_id
 from offline_dt.envs.rollout import DEFAULT_MAX_ENVS
 from offline_dt.evaluation.episodes import CURVE_EPISODE_OFFSET, evaluate_policy
+from offline_dt.evaluation.results import EvalResult
 from offline_dt.evaluation.selection import check_env_fits, opt_float, use_kv_cache
 from offline_dt.training.loop import EvalHook, TrainingRun
 
@@ -67,15 +68,21 @@ def make_eval_hook(target_return: float | None = None, seed: int | None = None,
                                   ref_max_score=ref_max)
         finally:
             run.net.train(was_training)
-        norm = res.normalized_score
-        return {
-            "eval_return_mean": res.mean,
-            "eval_return_std": res.std,
-            "eval_return_ci95": res.ci95,
-            "eval_normalized_score": float("nan") if norm is None else norm,
-            "eval_episodes": float(res.episodes),
-            "eval_target_return": float("nan") if target is None else target,
-            "eval_seconds": res.wall_seconds,
-        }
+        return curve_metrics(res, target)
 
     return hook
+
+
+def curve_metrics(res: EvalResult, target: float | None) -> dict[str, float]:
+    """The metrics columns of one learning-curve point (:func:`make_eval_hook`): ``res``'s
+    statistics, NaN for an unknown normalized score or no ``target``."""
+    norm = res.normalized_score
+    return {
+        "eval_return_mean": res.mean,
+        "eval_return_std": res.std,
+        "eval_return_ci95": res.ci95,
+        "eval_normalized_score": float("nan") if norm is None else norm,
+        "eval_episodes": float(res.episodes),
+        "eval_target_return": float("nan") if target is None else target,
+        "eval_seconds": res.wall_seconds,
+    }
