@@ -137,7 +137,8 @@ _CHILD = """
 import json, time
 from pathlib import Path
 import minari
-from datagen.generate import GenerateConfig, generate
+from datagen.config import GenerateConfig
+from datagen.generate import generate
 
 real = minari.create_dataset_from_buffers
 
