@@ -86,8 +86,8 @@ class EvalConfig:
         "help": "band-attention checkpoint: recompute the whole episode's banded forward at "
                 "every step instead of acting from the key/value cache (the same actions, "
                 "slower; a check of the cache)"})
-    out: Path | None = field(default=None, metadata={
-        "help": "output JSON; unset: <run dir>/eval.json"})
+    out: str | Path | None = field(default=None, metadata={
+        "help": "output JSON file (not a directory); unset: <run dir>/eval.json"})
     candidate_checkpoints: list[Path] = field(default_factory=list, metadata={
         "help": "more checkpoints (files or run directories) of the same dataset, e.g. the "
                 "method trained with other hyperparameters: their candidates compete with "
@@ -139,6 +139,9 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.checkpoint is None:
         raise ValueError("EvalConfig.checkpoint is required (checkpoint file or run directory)")
     checkpoint = Path(cfg.checkpoint)
+    if isinstance(cfg.out, str) and cfg.out.endswith(("/", os.sep)):
+        raise ValueError(f"--out {cfg.out}: names a directory (it ends in a slash); give the "
+                         f"JSON file to write, e.g. --out {cfg.out}eval.json")
     out = Path(cfg.out) if cfg.out is not None else _run_dir(checkpoint) / "eval.json"
     check_writable(out, True, "JSON file", ours=is_json_file)  # refused before any rollout
     candidates, loaded, facts = checkpoint_candidates(

@@ -55,6 +55,17 @@ def test_evaluate_out_naming_a_directory_is_refused_and_the_directory_kept(tmp_p
     assert (target / "precious.txt").read_text() == "months of results"
 
 
+def test_evaluate_out_with_a_trailing_slash_is_refused_before_any_write(tmp_path, capsys):
+    """``--out results/`` where ``results`` does not exist yet: refused (a file named
+    ``results`` would surprise), nothing written, one line naming a file to pass instead."""
+    out = f"{tmp_path}/results/"
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run"), "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"--out {out}: names a directory" in err and f"--out {out}eval.json" in err
+    assert not (tmp_path / "results").exists()
+
+
 def test_a_path_ending_in_a_slash_is_refused_for_a_file(tmp_path):
     with pytest.raises(ValueError, match=r"results/ ends with '/', a directory.*path of a file"):
         with atomic_path(f"{tmp_path}/results/", overwrite=True):
