@@ -157,11 +157,13 @@ def _restored_imports() -> Iterator[None]:
 
 
 def parse_benchmark(argv: list[str]) -> argparse.Namespace:
-    """``python benchmarks/X.py args`` up to and including its argparse parse, run as
-    ``__main__``; nothing after the parse runs. A flag the script does not define, or a bad
-    value, fails the calling test."""
-    script = ROOT / argv[0]
-    assert script.is_file(), f"{argv[0]} does not exist"
+    """``python benchmarks/X.py args`` (or ``python -m benchmarks.X args``) up to and
+    including its argparse parse, run as ``__main__``; nothing after the parse runs. A flag
+    the script does not define, or a bad value, fails the calling test."""
+    module = argv[1] if argv[0] == "-m" else None
+    script = ROOT / (module.replace(".", "/") + ".py" if module else argv[0])
+    args = argv[2:] if module else argv[1:]
+    assert script.is_file(), f"{script.relative_to(ROOT)} does not exist"
     real = argparse.ArgumentParser.parse_args
 
     def parse_then_stop(self, args=None, namespace=None):
@@ -169,10 +171,14 @@ def parse_benchmark(argv: list[str]) -> argparse.Namespace:
 
     with pytest.MonkeyPatch.context() as patch, _restored_imports():
         patch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
-        patch.setattr(sys, "argv", [str(script), *argv[1:]])
-        sys.path.insert(0, str(script.parent))  # as `python script` does
+        patch.setattr(sys, "argv", [str(script), *args])
+        # as `python script` (its folder first) or `python -m` (the working directory) does
+        sys.path.insert(0, str(ROOT if module else script.parent))
         try:
-            runpy.run_path(str(script), run_name="__main__")
+            if module:
+                runpy.run_module(module, run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(str(script), run_name="__main__")
         except _Parsed as parsed:
             return parsed.args[0]
         except SystemExit as e:
@@ -226,7 +232,8 @@ def check_command(cmd: list[str], monkeypatch, tmp_path: Path, run: bool = True)
         last = ci[len(ci) - 1 - ci[::-1].index("&&") + 1:] if "&&" in ci else ci
         assert cmd == last, f"`{shlex.join(cmd)}` is not .ci/run's test command {last}"
         return "ci"
-    if cmd[0] == "python" and cmd[1].startswith("benchmarks/"):
+    if cmd[0] == "python" and (cmd[1].startswith("benchmarks/")
+                               or cmd[1:2] == ["-m"] and cmd[2].startswith("benchmarks.")):
         parse_benchmark(cmd[1:])
         return "parsed"
     if cmd[0] == "pip":
@@ -299,9 +306,10 @@ def test_a_removed_flag_fails_the_parse(monkeypatch, tmp_path):
     with pytest.raises(pytest.fail.Exception, match="does not parse"):
         check_command(["offline-dt", "train", "--dataset", "x", "--no-such-flag", "1"],
                       monkeypatch, tmp_path)
-    with pytest.raises(pytest.fail.Exception, match="does not parse"):
-        check_command(["python", "benchmarks/sync_readme.py", "--no-such-flag"],
-                      monkeypatch, tmp_path)
+    for script in (["benchmarks/sync_readme.py"], ["-m", "benchmarks.sync_readme"]):
+        assert check_command(["python", *script, "--check"], monkeypatch, tmp_path) == "parsed"
+        with pytest.raises(pytest.fail.Exception, match="does not parse"):
+            check_command(["python", *script, "--no-such-flag"], monkeypatch, tmp_path)
     with pytest.raises(AssertionError, match="extras"):
         check_pip(["pip", "install", "-e", ".[no-such-extra]"])
     with pytest.raises(AssertionError, match="d3rlpy"):
