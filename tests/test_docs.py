@@ -178,7 +178,7 @@ def subcommand_flags(name: str) -> frozenset[str]:
 def test_every_docs_command_parses(monkeypatch, tmp_path):
     cmds = [(p, c) for p in DOCS for block in R.fenced(p.read_text(), "bash")
             for c in R.shell_commands(block)]
-    cmds += [(p, c) for p in DOCS for c in R.inline_commands(p.read_text(), "python benchmarks/")]
+    cmds += [(p, c) for p in DOCS for c in R.inline_commands(p.read_text(), R.BENCH)]
     cmds += [(p, c) for p in DOCS for c in R.inline_commands(p.read_text(), "pip install")]
     assert len(cmds) > 30, len(cmds)
     for page, cmd in cmds:
@@ -215,7 +215,7 @@ def _sync():
 
 def test_copied_tables_are_current_and_results_page_holds_all():
     sync = _sync()
-    assert sync.stale_pages(ROOT) == [], "run python benchmarks/sync_readme.py"
+    assert sync.stale_pages(ROOT) == [], "run python -m benchmarks.sync_readme"
     copies = {p: set(re.findall(r"<!-- copy: (\S+ table \d+) -->", p.read_text())) for p in PAGES}
     results = copies[ROOT / "docs" / "results.md"]
     assert len(results) >= 15 and copies[ROOT / "README.md"]

@@ -1,7 +1,7 @@
 """README.md: short, and every command in it works.
 
 Every command of README.md's fenced ``bash`` blocks, its commands table and its inline
-``python benchmarks/...`` mentions is checked: short ones (``--help``, ``offline-dt datasets``)
+``python -m benchmarks...`` mentions is checked: short ones (``--help``, ``offline-dt datasets``)
 run through the CLI's entry point, long ones are parsed with all their flags by the real
 parsers (``offline_dt.cli.parse``; torchrun's own parser for a torchrun line; a benchmark's
 argparse parser), so a flag that no longer exists fails here. ``pip`` lines are checked
@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 CI_RUN = ROOT / ".ci" / "run"
 MAX_README_LINES = 250
+#: How a benchmark command starts (the file form is caught and refused with the module form).
+BENCH = ("python -m benchmarks.", "python benchmarks/")
 
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.M | re.S)
 INLINE = re.compile(r"`([^`]+)`")
@@ -82,16 +84,17 @@ def table_commands(text: str) -> list[list[str]]:
 
 def inline_commands(text: str, prefix: str) -> list[list[str]]:
     """The commands of the prose's inline code spans that start with ``prefix`` (a span may
-    wrap lines and hold ``a && b``)."""
+    wrap lines and hold ``a && b``), less those with a ``<placeholder>``."""
     spans = (" ".join(m.group(1).split()) for m in INLINE.finditer(without_fences(text)))
-    return [c for s in spans if s.startswith(prefix) for c in shell_commands(s)]
+    cmds = [c for s in spans if s.startswith(prefix) for c in shell_commands(s)]
+    return [c for c in cmds if not any(re.search(r"<\w+>", tok) for tok in c)]  # <placeholder>
 
 
 def readme_commands() -> list[list[str]]:
     text = README.read_text()
     cmds = [c for block in fenced(text, "bash") for c in shell_commands(block)]
     cmds += table_commands(section(text, "Commands"))
-    cmds += inline_commands(text, "python benchmarks/")
+    cmds += inline_commands(text, BENCH)
     cmds += inline_commands(text, "pip install")
     return cmds
 
@@ -157,13 +160,13 @@ def _restored_imports() -> Iterator[None]:
 
 
 def parse_benchmark(argv: list[str]) -> argparse.Namespace:
-    """``python benchmarks/X.py args`` (or ``python -m benchmarks.X args``) up to and
-    including its argparse parse, run as ``__main__``; nothing after the parse runs. A flag
-    the script does not define, or a bad value, fails the calling test."""
-    module = argv[1] if argv[0] == "-m" else None
-    script = ROOT / (module.replace(".", "/") + ".py" if module else argv[0])
-    args = argv[2:] if module else argv[1:]
-    assert script.is_file(), f"{script.relative_to(ROOT)} does not exist"
+    """``python -m benchmarks.X args`` (``argv`` from ``-m`` on) up to and including its
+    argparse parse, run as ``__main__`` from the repo root; nothing after the parse runs. A
+    flag the script does not define, or a bad value, fails the calling test."""
+    assert argv[0] == "-m", argv
+    module, args = argv[1], argv[2:]
+    script = ROOT / (module.replace(".", "/") + ".py")
+    assert script.is_file(), f"{module}: {script.relative_to(ROOT)} does not exist"
     real = argparse.ArgumentParser.parse_args
 
     def parse_then_stop(self, args=None, namespace=None):
@@ -172,13 +175,9 @@ def parse_benchmark(argv: list[str]) -> argparse.Namespace:
     with pytest.MonkeyPatch.context() as patch, _restored_imports():
         patch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
         patch.setattr(sys, "argv", [str(script), *args])
-        # as `python script` (its folder first) or `python -m` (the working directory) does
-        sys.path.insert(0, str(ROOT if module else script.parent))
+        sys.path.insert(0, str(ROOT))  # `python -m` from the repo root
         try:
-            if module:
-                runpy.run_module(module, run_name="__main__", alter_sys=True)
-            else:
-                runpy.run_path(str(script), run_name="__main__")
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
         except _Parsed as parsed:
             return parsed.args[0]
         except SystemExit as e:
@@ -232,10 +231,12 @@ def check_command(cmd: list[str], monkeypatch, tmp_path: Path, run: bool = True)
         last = ci[len(ci) - 1 - ci[::-1].index("&&") + 1:] if "&&" in ci else ci
         assert cmd == last, f"`{shlex.join(cmd)}` is not .ci/run's test command {last}"
         return "ci"
-    if cmd[0] == "python" and (cmd[1].startswith("benchmarks/")
-                               or cmd[1:2] == ["-m"] and cmd[2].startswith("benchmarks.")):
+    if cmd[:2] == ["python", "-m"] and cmd[2].startswith("benchmarks."):
         parse_benchmark(cmd[1:])
         return "parsed"
+    if cmd[0] == "python" and cmd[1].startswith("benchmarks/"):
+        pytest.fail(f"`{shlex.join(cmd)}`: benchmarks are a package run from the repo root, "
+                    f"`python -m benchmarks.{Path(cmd[1]).stem}`")
     if cmd[0] == "pip":
         check_pip(cmd)
         return "ci"
@@ -306,10 +307,12 @@ def test_a_removed_flag_fails_the_parse(monkeypatch, tmp_path):
     with pytest.raises(pytest.fail.Exception, match="does not parse"):
         check_command(["offline-dt", "train", "--dataset", "x", "--no-such-flag", "1"],
                       monkeypatch, tmp_path)
-    for script in (["benchmarks/sync_readme.py"], ["-m", "benchmarks.sync_readme"]):
-        assert check_command(["python", *script, "--check"], monkeypatch, tmp_path) == "parsed"
-        with pytest.raises(pytest.fail.Exception, match="does not parse"):
-            check_command(["python", *script, "--no-such-flag"], monkeypatch, tmp_path)
+    bench = ["python", "-m", "benchmarks.sync_readme"]
+    assert check_command([*bench, "--check"], monkeypatch, tmp_path) == "parsed"
+    with pytest.raises(pytest.fail.Exception, match="does not parse"):
+        check_command([*bench, "--no-such-flag"], monkeypatch, tmp_path)
+    with pytest.raises(pytest.fail.Exception, match="python -m benchmarks.pendulum"):
+        check_command(["python", "benchmarks/pendulum.py"], monkeypatch, tmp_path)
     with pytest.raises(AssertionError, match="extras"):
         check_pip(["pip", "install", "-e", ".[no-such-extra]"])
     with pytest.raises(AssertionError, match="d3rlpy"):
