@@ -258,21 +258,26 @@ def test_sync_finds_and_fixes_a_stale_copy_in_any_page(tmp_path):
 # --- pages that mirror the code --------------------------------------------------------------
 
 def test_adding_a_method_shows_bc_as_it_is_and_names_the_whole_contract():
-    from offline_dt.methods.base import Method
+    """Every public attribute and method of the contract's bases is named on the page."""
+    from offline_dt.methods import base
 
     page = (ROOT / "docs" / "adding-a-method.md").read_text()
     (code,) = R.fenced(page, "python")
     assert code.strip() in (ROOT / "offline_dt" / "methods" / "bc.py").read_text(), (
         "docs/adding-a-method.md: the bc excerpt is no longer offline_dt/methods/bc.py's class")
-    contract = [n for n in vars(Method) if not n.startswith("_")]
-    assert {"build", "loss", "policy", "name"} <= set(contract)
-    unnamed = [n for n in contract if not re.search(rf"`{n}\b", page)]
+    bases = [getattr(base, n) for n in ("Method", "OnlineMethod", "FinetuneMethod",
+                                        "BatchSource") if hasattr(base, n)]
+    contract = {n for cls in bases for n in (*vars(cls), *getattr(cls, "__annotations__", {}))
+                if not n.startswith("_")}
+    assert {"build", "loss", "policy", "name"} <= contract
+    unnamed = sorted(n for n in contract if not re.search(rf"`{n}\b", page))
     assert not unnamed, f"docs/adding-a-method.md does not say what {unnamed} are"
 
 
 def test_presets_and_methods_pages_list_every_one():
     from offline_dt.methods.base import METHODS
-    from offline_dt.study.pipeline import PRESETS, REFERENCE_METHODS
+    from offline_dt.study.presets import PRESETS
+    from offline_dt.study.reference import REFERENCE_METHODS
 
     presets = (ROOT / "docs" / "presets.md").read_text()
     assert not [p for p in PRESETS if f"`{p}`" not in presets], "docs/presets.md misses presets"
