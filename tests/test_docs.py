@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import functools
 import importlib
+import inspect
 import io
 import os
 import re
@@ -58,7 +59,9 @@ def _rel(p: Path) -> str:
 
 def resolve(dotted: str) -> None:
     """Import the longest module prefix of ``dotted``, then walk the rest as attributes (a
-    dataclass field without a class attribute counts, and must come last).
+    dataclass field without a class attribute counts, and must come last). A class or function
+    named through a plain module (not a package's ``__init__``) must be defined there, so a
+    name that moved but is still imported by its old module is caught too.
 
     Raises:
         LookupError: nothing by that name, saying which part is missing.
@@ -74,9 +77,15 @@ def resolve(dotted: str) -> None:
                 raise  # the module exists but a dependency of it is missing
     else:
         raise LookupError(f"{dotted}: no module {parts[0]}")
+    module = obj
     for j, attr in enumerate(parts[i:], start=i):
         if hasattr(obj, attr):
             obj = getattr(obj, attr)
+            owner = getattr(obj, "__module__", None)
+            if (j == i and not hasattr(module, "__path__") and owner != module.__name__
+                    and (inspect.isclass(obj) or inspect.isfunction(obj))):
+                raise LookupError(f"{dotted}: {attr} is only imported by {module.__name__}; "
+                                  f"it is defined in {owner}")
         elif (dataclasses.is_dataclass(obj) and j == len(parts) - 1
               and attr in {f.name for f in dataclasses.fields(obj)}):
             return
@@ -102,9 +111,11 @@ def test_every_dotted_name_exists():
 
 def test_a_moved_name_is_caught():
     resolve("offline_dt.training.loop.TrainConfig.run_dir")
-    resolve("offline_dt.study.pipeline.Preset.method_candidates")  # a default_factory field
+    resolve("offline_dt.study.presets.Preset.method_candidates")  # a default_factory field
+    resolve("offline_dt.data.load_dataset")  # a package's export
     for gone in ("offline_dt.train", "offline_dt.training.loop.NoSuchThing",
-                 "offline_dt.training.distributed.global_mean", "datagen.nowhere.x"):
+                 "offline_dt.training.distributed.global_mean", "datagen.nowhere.x",
+                 "offline_dt.training.loop.Method"):  # imported there, defined in methods
         with pytest.raises((LookupError, ModuleNotFoundError)):
             resolve(gone)
 
