@@ -35,7 +35,7 @@ from offline_dt.methods import get_method
 from offline_dt.study.presets import PRESETS
 from offline_dt.study.reuse import train_and_evaluate
 from offline_dt.study.tables import to_markdown
-from offline_dt.training.loop import TrainConfig
+from offline_dt.training import TrainConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -242,7 +242,7 @@ def update_cost(dataset: str, variants: list[str], rounds: int = 5, steps: int =
     in interleaved blocks (the same machine state for all), and the ratio to ``dt``'s."""
     from offline_dt.data import load_dataset
     from offline_dt.data.windows import Normalizer, WindowSampler
-    from offline_dt.training.loop import make_optimizer, train_step
+    from offline_dt.training.step import make_optimizer, train_step
 
     torch.set_num_threads(1)
     data = load_dataset(dataset)

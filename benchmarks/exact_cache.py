@@ -95,7 +95,7 @@ def exactness(model: DecisionTransformer, normalizer: Normalizer, target: float,
 
 def checkpoint_rows(paths: list[str], episodes: int) -> list[str]:
     """Markdown rows: cache vs full recomputation of trained band checkpoints."""
-    from offline_dt.training.loop import load_checkpoint
+    from offline_dt.training.checkpoint import load_checkpoint
 
     rows = []
     for path in paths:

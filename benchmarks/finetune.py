@@ -57,9 +57,9 @@ from offline_dt.evaluation.curves import make_eval_hook
 from offline_dt.evaluation.episodes import CURVE_EPISODE_OFFSET, evaluate_policy
 from offline_dt.evaluation.evaluate import EvalConfig, evaluate_checkpoint
 from offline_dt.study.presets import PRESETS
+from offline_dt.training import TrainConfig, train
 from offline_dt.training.device import resolve_device
 from offline_dt.training.finetune import FinetuneConfig, finetune
-from offline_dt.training.loop import TrainConfig, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATASET = "data/d4rl/pendulum-medium-replay-v0.hdf5"

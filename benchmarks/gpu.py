@@ -52,7 +52,8 @@ from offline_dt.data.dataset import OfflineDataset
 from offline_dt.data.windows import Normalizer, WindowSampler
 from offline_dt.methods import get_method
 from offline_dt.training.device import resolve_precision
-from offline_dt.training.loop import MethodLoss, TrainConfig, make_optimizer, train_step
+from offline_dt.training.step import MethodLoss, make_optimizer, train_step
+from offline_dt.training.train_config import TrainConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets, matched

@@ -56,8 +56,8 @@ from offline_dt.evaluation.episodes import CURVE_EPISODE_OFFSET, evaluate_policy
 from offline_dt.methods.base import parse_options
 from offline_dt.methods.dqn import DQNOptions
 from offline_dt.methods.ppo import PPOOptions
+from offline_dt.training.checkpoint import load_checkpoint
 from offline_dt.training.device import resolve_device
-from offline_dt.training.loop import load_checkpoint
 from offline_dt.training.online import OnlineConfig, train_online
 
 RESULTS = Path(__file__).resolve().parent / "results"

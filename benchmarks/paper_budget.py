@@ -50,7 +50,7 @@ def one_run(level: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
 
     from offline_dt.evaluation.evaluate import EvalConfig
     from offline_dt.study.reuse import train_and_evaluate
-    from offline_dt.training.loop import TrainConfig
+    from offline_dt.training import TrainConfig
 
     torch.set_num_threads(args.threads)
     run_dir = args.root / f"pendulum-{level}" / f"seed{seed}"

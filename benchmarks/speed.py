@@ -80,12 +80,8 @@ from offline_dt.methods import get_method
 from offline_dt.nn.transformer import DecisionTransformer
 from offline_dt.training.cuda_graph import GraphedLoss
 from offline_dt.training.distributed import Ranks
-from offline_dt.training.loop import (
-    TrainConfig,
-    loss_function,
-    make_optimizer,
-    train_step,
-)
+from offline_dt.training.step import loss_function, make_optimizer, train_step
+from offline_dt.training.train_config import TrainConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -484,7 +480,7 @@ def kv_cache_drift(args: argparse.Namespace) -> str:
     episodes (the cache is exact for the first K steps only)."""
     from offline_dt.evaluation.episodes import evaluate_policy
     from offline_dt.methods.dt import DTPolicy
-    from offline_dt.training.loop import load_checkpoint
+    from offline_dt.training.checkpoint import load_checkpoint
 
     lines = ["Drift of the key/value cache on trained checkpoints (same "
              f"{args.eval_episodes} episodes, seed 0, conditioned on the expert reference "

@@ -39,7 +39,8 @@ from offline_dt.methods.dt import DTPolicy
 from offline_dt.nn.config import DTConfig
 from offline_dt.nn.transformer import DecisionTransformer
 from offline_dt.study.tables import to_markdown
-from offline_dt.training.loop import TrainConfig, make_optimizer, train_step
+from offline_dt.training.step import make_optimizer, train_step
+from offline_dt.training.train_config import TrainConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCHEDULE = {"learning_rate": 3e-4, "warmup_steps": 500}

@@ -44,8 +44,8 @@ from offline_dt.training.checkpoint import checkpoint_path
 from offline_dt.training.configs import CLI_MARKERS, REGISTRY
 from offline_dt.training.distributed import DistributedError
 from offline_dt.training.finetune import FinetuneConfig
-from offline_dt.training.loop import TrainConfig
 from offline_dt.training.online import OnlineConfig
+from offline_dt.training.train_config import TrainConfig
 
 DEVICES = ["auto", "cpu", "cuda"]
 

@@ -27,9 +27,9 @@ from offline_dt.envs.seeds import SEED_RULES
 from offline_dt.envs.spaces import require_spaces
 from offline_dt.evaluation.episodes import evaluate_policy
 from offline_dt.nn.cache import cache_is_exact
+from offline_dt.training.checkpoint import load_checkpoint
 from offline_dt.training.configs import to_jsonable
 from offline_dt.training.device import resolve_device
-from offline_dt.training.loop import load_checkpoint
 
 log = logging.getLogger(__name__)
 

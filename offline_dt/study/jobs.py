@@ -129,7 +129,7 @@ class JobSpec:
 
 def _train_job(spec: JobSpec, p: Preset, run_dir: Path) -> dict[str, float]:
     """Train (or reuse) a method of the one training loop and evaluate it: seconds per stage."""
-    from offline_dt.training.loop import TrainConfig
+    from offline_dt.training import TrainConfig
 
     tcfg = apply_overrides(TrainConfig(
         dataset=spec.dataset, env_id=spec.env_id, method=spec.method, seed=spec.seed,

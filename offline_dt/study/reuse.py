@@ -69,14 +69,9 @@ def train_or_reuse(tcfg: Any, hook: Callable | None) -> float:
     fields) and the checkpoint reached ``tcfg.steps``. A matching but unfinished run is
     resumed; a mismatching one is replaced. A run trained here loses its ``eval.json``.
     """
+    from offline_dt.training import CHECKPOINT_NAME, TrainConfig, load_checkpoint, train
     from offline_dt.training.configs import from_dict
-    from offline_dt.training.loop import (
-        CHECKPOINT_NAME,
-        TrainConfig,
-        config_differences,
-        load_checkpoint,
-        train,
-    )
+    from offline_dt.training.train_config import config_differences
 
     run_dir = Path(tcfg.run_dir)
     ckpt = run_dir / CHECKPOINT_NAME

@@ -20,23 +20,33 @@ order (dict keys sorted): each tensor's dtype, shape and raw bytes, and the ``re
 other leaf, each prefixed by its key path. :func:`read_checkpoint` recomputes it and refuses a
 file whose tensors changed after writing (flipped bytes, a truncated or edited tensor). Version
 1 files (no digest) still load, with a warning that they cannot be verified.
+
+Reading for evaluation: :func:`load_checkpoint` gives a :class:`LoadedCheckpoint` (the
+method's networks built and loaded, the configs, the normaliser, the dataset facts).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from offline_dt.data.atomic import atomic_path
 from offline_dt.data.windows import Normalizer, WindowSampler
+from offline_dt.methods import Method, get_method
+from offline_dt.nn.config import DTConfig
+from offline_dt.training.configs import from_dict, to_jsonable
+from offline_dt.training.train_config import TrainConfig
 
 CHECKPOINT_NAME = "checkpoint.pt"
 #: Sub-directory of a run holding its intermediate checkpoints (``TrainConfig.keep_checkpoints``).
@@ -236,3 +246,73 @@ def normalizer_to_tensors(norm: Normalizer) -> dict[str, torch.Tensor]:
 def normalizer_from_tensors(d: dict[str, torch.Tensor]) -> Normalizer:
     """Inverse of :func:`normalizer_to_tensors`."""
     return Normalizer.from_state_dict({k: v.cpu().numpy() for k, v in d.items()})
+
+
+def checkpoint_payload(*, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                       scheduler: torch.optim.lr_scheduler.LRScheduler, rng: dict[str, Any],
+                       normalizer: Normalizer, train_config: TrainConfig, model_config: Any,
+                       dataset_info: dict[str, Any], source: dict[str, Any] | None = None
+                       ) -> dict[str, Any]:
+    """The checkpoint dict of the module docstring (what :func:`save_checkpoint` writes):
+    ``model`` the networks (their ``state_dict``), ``rng`` from :func:`rng_state`, ``source``
+    a batch source's state (left out when None), the configs and facts as JSON strings."""
+    return {
+        **({} if source is None else {"source": source}),
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng,
+        "normalizer": normalizer_to_tensors(normalizer),
+        "train_config": json.dumps(to_jsonable(train_config), sort_keys=True),
+        "model_config": json.dumps(to_jsonable(model_config), sort_keys=True),
+        "dataset_info": json.dumps(to_jsonable(dataset_info), sort_keys=True),
+    }
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A checkpoint ready for evaluation (``model`` is in eval mode on the requested device).
+
+    ``model`` is the method's network module (a ``DecisionTransformer`` for dt and bc);
+    ``method`` acts with it (``method.policy(model, normalizer, target_return)``).
+    """
+
+    model: nn.Module
+    model_config: DTConfig
+    train_config: TrainConfig
+    normalizer: Normalizer
+    dataset_info: dict[str, Any]
+    step: int
+    method: Method
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """Load a checkpoint file (or ``run_dir/checkpoint.pt``) for evaluation.
+
+    Only tensors and primitive containers are unpickled (``weights_only=True``).
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path``.
+        ValueError: the file is not an offline-dt checkpoint or its contents do not fit.
+    """
+    p, payload = read_checkpoint(path, device)
+    try:
+        model_cfg = from_dict(DTConfig, json.loads(payload["model_config"]))
+        train_cfg = from_dict(TrainConfig, json.loads(payload["train_config"]))
+        info = json.loads(payload["dataset_info"])
+        normalizer = normalizer_from_tensors(payload["normalizer"])
+        method = get_method(train_cfg.method)
+    except (TypeError, ValueError, KeyError) as e:
+        raise ValueError(f"{p}: malformed checkpoint contents ({e})") from e
+    net = method.build(model_cfg, train_cfg.method_options)
+    try:
+        net.load_state_dict(payload["model"])
+    except RuntimeError as e:
+        raise ValueError(f"{p}: key 'model' does not fit its model_config ({e})") from e
+    net.to(device).eval()
+    return LoadedCheckpoint(model=net, model_config=model_cfg, train_config=train_cfg,
+                            normalizer=normalizer, dataset_info=info,
+                            step=int(payload["step"]), method=method)

@@ -40,13 +40,9 @@ from offline_dt.methods import BatchSource, FinetuneMethod, get_method, methods_
 from offline_dt.methods.base import METHODS, ResumeSettings, Rounds, SourceSpec
 from offline_dt.training.checkpoint import checkpoint_path, read_checkpoint
 from offline_dt.training.configs import RunControls, from_dict, save_json, to_jsonable
-from offline_dt.training.loop import (
-    EvalHook,
-    TrainConfig,
-    TrainResult,
-    check_env_spaces,
-    train,
-)
+from offline_dt.training.loop import EvalHook, TrainResult, train
+from offline_dt.training.run_data import check_env_spaces
+from offline_dt.training.train_config import TrainConfig
 
 #: FinetuneConfig fields that may change when a fine-tune is resumed.
 RESUMABLE = frozenset({"online_steps", "resume", "overwrite", "progress", "log_every",

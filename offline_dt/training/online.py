@@ -41,13 +41,8 @@ from offline_dt.methods import (
 from offline_dt.methods.base import ResumeSettings, SourceSpec, method_help
 from offline_dt.training.checkpoint import checkpoint_path, read_checkpoint
 from offline_dt.training.configs import RunControls, from_dict, save_json
-from offline_dt.training.loop import (
-    LR_DECAYS,
-    EvalHook,
-    TrainConfig,
-    TrainResult,
-    train,
-)
+from offline_dt.training.loop import EvalHook, TrainResult, train
+from offline_dt.training.train_config import LR_DECAYS, TrainConfig
 
 log = logging.getLogger(__name__)
 

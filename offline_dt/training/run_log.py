@@ -150,3 +150,28 @@ def plot_loss(path: Path, rows: list[dict[str, Any]], title: str) -> None:
     with atomic_path(path, overwrite=True) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
+
+
+class QuietLog:
+    """The log of a rank other than 0 under DDP: the same calls as :class:`RunLog`, nothing
+    written (rank 0 writes the run's logs)."""
+
+    last_loss = math.nan
+
+    def add(self, loss: torch.Tensor, extras: dict[str, torch.Tensor]) -> None:
+        pass
+
+    def interval_row(self, step: int, lr: float) -> dict[str, float]:
+        return {"step": step}
+
+    def append(self, row: dict[str, float]) -> None:
+        pass
+
+    def restart_interval(self, step: int) -> None:
+        pass
+
+    def save(self) -> None:
+        pass
+
+    def close(self, title: str) -> None:
+        pass

@@ -122,7 +122,7 @@ TINY_TRAIN = dict(
 @pytest.fixture
 def tiny_config(tmp_path) -> Callable[..., object]:
     """``tiny_config(dataset, **overrides)`` → a small ``TrainConfig`` writing under tmp_path."""
-    from offline_dt.training.loop import TrainConfig
+    from offline_dt.training import TrainConfig
 
     def make(dataset: str | Path, **overrides) -> TrainConfig:
         kw = {**TINY_TRAIN, "run_dir": tmp_path / "run", **overrides}

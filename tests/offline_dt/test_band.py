@@ -26,7 +26,7 @@ from offline_dt.nn.attention import band_mask
 from offline_dt.nn.cache import cache_is_exact
 from offline_dt.nn.config import DTConfig
 from offline_dt.nn.transformer import DecisionTransformer
-from offline_dt.training.loop import TrainConfig, load_checkpoint, train
+from offline_dt.training import TrainConfig, load_checkpoint, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -22,8 +22,8 @@ from offline_dt.cli import (
 from offline_dt.data.d4rl import LEVELS
 from offline_dt.evaluation.evaluate import EvalConfig
 from offline_dt.study.presets import PRESETS
+from offline_dt.training import TrainConfig
 from offline_dt.training.configs import parse_bool, parse_config
-from offline_dt.training.loop import TrainConfig
 
 
 @pytest.fixture(autouse=True)

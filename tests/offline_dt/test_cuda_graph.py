@@ -10,8 +10,8 @@ import torch
 from offline_dt.data.windows import Normalizer, WindowSampler
 from offline_dt.methods import get_method
 from offline_dt.nn.transformer import DecisionTransformer
+from offline_dt.training import TrainConfig, train
 from offline_dt.training.cuda_graph import GraphedLoss, TensorLoss, batch_tensors, wants_graph
-from offline_dt.training.loop import TrainConfig, train
 
 CUDA = torch.device("cuda")
 CPU = torch.device("cpu")
@@ -86,7 +86,7 @@ def test_bf16_is_a_blocker_only_where_it_does_not_capture(monkeypatch):
 @pytest.mark.parametrize("method_name", ["dt", "bc"])
 def test_graphed_updates_match_eager_updates_on_cuda(box_dataset, method_name):
     """Dropout 0, fp32: ten AdamW updates through the captured loss equal ten eager ones."""
-    from offline_dt.training.loop import make_optimizer, train_step
+    from offline_dt.training.step import make_optimizer, train_step
 
     method = get_method(method_name)
     cfg = TrainConfig(dataset="x", steps=10, learning_rate=1e-3, precision="fp32")

@@ -25,8 +25,8 @@ import torch.multiprocessing as mp
 
 from offline_dt.data.windows import Normalizer, WindowSampler
 from offline_dt.methods import get_method
+from offline_dt.training import TrainConfig, load_checkpoint, train
 from offline_dt.training.distributed import loss_scale
-from offline_dt.training.loop import TrainConfig, load_checkpoint, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -27,7 +27,7 @@ from offline_dt.methods import get_method
 from offline_dt.methods.dt import DTPolicy
 from offline_dt.nn.config import DTConfig
 from offline_dt.nn.transformer import DecisionTransformer
-from offline_dt.training.loop import TrainConfig, TrainingRun
+from offline_dt.training import TrainConfig, TrainingRun
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -30,7 +30,7 @@ from offline_dt.evaluation.evaluate import EvalConfig, evaluate_checkpoint
 from offline_dt.methods import get_method
 from offline_dt.nn.config import DTConfig
 from offline_dt.nn.transformer import DecisionTransformer
-from offline_dt.training.loop import TrainConfig, TrainingRun, load_checkpoint, train
+from offline_dt.training import TrainConfig, TrainingRun, load_checkpoint, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

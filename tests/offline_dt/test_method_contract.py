@@ -26,8 +26,8 @@ from offline_dt.methods.dt import DTPolicy
 from offline_dt.methods.env_source import EnvSource, stack_windows
 from offline_dt.methods.history import HistoryPolicy
 from offline_dt.study.report import report
+from offline_dt.training import TrainConfig, load_checkpoint, train
 from offline_dt.training.checkpoint import read_checkpoint
-from offline_dt.training.loop import TrainConfig, load_checkpoint, train
 from offline_dt.training.online import OnlineConfig, train_online
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

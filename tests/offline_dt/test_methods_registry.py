@@ -25,8 +25,8 @@ from offline_dt.methods import (
     register,
 )
 from offline_dt.methods.dt import DT
+from offline_dt.training import TrainConfig, train
 from offline_dt.training.checkpoint import read_checkpoint
-from offline_dt.training.loop import TrainConfig, train
 from offline_dt.training.online import OnlineConfig, train_online
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -31,9 +31,9 @@ from offline_dt.methods.odt import (
 )
 from offline_dt.methods.odt_replay import ReplaySource, hindsight_returns_to_go
 from offline_dt.nn.config import DTConfig
+from offline_dt.training import TrainConfig, TrainingRun, load_checkpoint, train
 from offline_dt.training.checkpoint import read_checkpoint
 from offline_dt.training.finetune import FinetuneConfig, finetune, source_spec
-from offline_dt.training.loop import TrainConfig, TrainingRun, load_checkpoint, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

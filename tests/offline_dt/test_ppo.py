@@ -20,8 +20,8 @@ from offline_dt.methods import get_method
 from offline_dt.methods.history import trunk_timesteps
 from offline_dt.methods.ppo import clipped_surrogate, value_loss
 from offline_dt.methods.ppo_rollout import gae
+from offline_dt.training import TrainConfig, TrainingRun, load_checkpoint, train
 from offline_dt.training.checkpoint import read_checkpoint
-from offline_dt.training.loop import TrainConfig, TrainingRun, load_checkpoint, train
 from offline_dt.training.online import (
     OnlineConfig,
     online_train_config,
@@ -145,11 +145,11 @@ def test_collect_log_probs_equal_the_loss_forward(tmp_path, env_id):
     cfg = OnlineConfig(method="ppo", env_id=env_id, env_steps=96, run_dir=tmp_path,
                        **{**TINY_CFG, "method_options": options})
     tcfg = online_train_config(cfg)
-    from offline_dt.training.loop import _env_data
+    from offline_dt.training.run_data import env_data
 
     method = get_method("ppo")
     tcfg = tcfg.resolved(500)
-    normalizer, info = _env_data(tcfg, None, None)
+    normalizer, info = env_data(tcfg, None, None)
     torch.manual_seed(0)
     net = method.build(tcfg.model_config(info["obs_dim"], info["act_dim"], info["discrete"]),
                        tcfg.method_options)
@@ -175,10 +175,10 @@ def test_truncation_starts_a_fresh_window_and_bootstraps(tmp_path, monkeypatch):
     cfg = OnlineConfig(method="ppo", env_id="Pendulum-v1", env_steps=210, run_dir=tmp_path,
                        **{**TINY_CFG, "method_options": {"n_envs": "1", "n_steps": "210",
                                                          "minibatches": "2"}})
-    from offline_dt.training.loop import _env_data
+    from offline_dt.training.run_data import env_data
 
     tcfg = online_train_config(cfg).resolved(200)
-    normalizer, info = _env_data(tcfg, None, None)
+    normalizer, info = env_data(tcfg, None, None)
     net = get_method("ppo").build(tcfg.model_config(3, 1, False), tcfg.method_options)
     source = get_method("ppo").make_source(source_spec(cfg, tcfg, normalizer,
                                                        torch.device("cpu")))

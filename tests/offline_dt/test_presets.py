@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from offline_dt.study.presets import PRESETS, apply_overrides
-from offline_dt.training.loop import TrainConfig
+from offline_dt.training import TrainConfig
 
 #: TrainConfig fields that make the network and its optimisation (the DT paper's Table 8).
 SHAPE = ("embed_dim", "n_layer", "n_head", "context_length", "dropout", "activation",

@@ -15,7 +15,8 @@ from offline_dt.data.windows import Batch, Normalizer, WindowSampler
 from offline_dt.methods import get_method
 from offline_dt.methods.qt import QTOptions, critic_loss, expectile_loss
 from offline_dt.nn.config import DTConfig
-from offline_dt.training.loop import TrainConfig, load_checkpoint, train, train_step
+from offline_dt.training import TrainConfig, load_checkpoint, train
+from offline_dt.training.step import train_step
 
 
 def test_expectile_loss_by_hand():
@@ -125,7 +126,7 @@ def _mean_action(method: str, options: dict[str, str], steps: int = 300) -> floa
     net = m.build(cfg.model_config(3, 1, False), options)
     norm = Normalizer.fit(data)
     sampler = WindowSampler(data, norm, 1, 8, seed=0)
-    from offline_dt.training.loop import make_optimizer
+    from offline_dt.training.step import make_optimizer
 
     opt, sched = make_optimizer(net, cfg)
     for _ in range(steps):

@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import torch
 
-import offline_dt.training.loop as train_module
+import offline_dt.training.memory as memory
 from offline_dt.data import write_hdf5
 from offline_dt.data.lock import LockedError, exclusive_lock, lock_file
-from offline_dt.training.loop import CHECKPOINT_NAME, load_checkpoint, train
+from offline_dt.training import CHECKPOINT_NAME, TrainConfig, load_checkpoint, train
 from offline_dt.training.run_dir import PreviousRun
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -183,7 +183,7 @@ def test_huge_context_length_fails_fast_leaving_nothing(box_hdf5, tiny_config):
 def test_step_memory_beyond_what_is_available_names_the_arguments(box_hdf5, tiny_config,
                                                                   monkeypatch):
     cfg = tiny_config(box_hdf5)
-    monkeypatch.setattr(train_module, "available_memory", lambda device: 2**16)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 2**16)
     with pytest.raises(ValueError, match=r"needs about 0.\d MiB \(batch_size=8, context_length="
                                          r"5.*embed_dim=16.* but 0.1 MiB is available on cpu"):
         train(cfg)
@@ -195,12 +195,12 @@ def test_step_memory_beyond_what_is_available_names_the_arguments(box_hdf5, tiny
 
 
 def test_estimate_grows_with_every_size_argument():
-    base = train_module.TrainConfig(batch_size=8, context_length=5, embed_dim=16, n_layer=1)
-    est = train_module.estimate_step_bytes(base, 3, 1)
+    base = TrainConfig(batch_size=8, context_length=5, embed_dim=16, n_layer=1)
+    est = memory.estimate_step_bytes(base, 3, 1)
     for change in ({"batch_size": 16}, {"context_length": 10}, {"embed_dim": 32},
                    {"n_layer": 2}, {"n_head": 2}, {"max_timestep": 5000}):
-        assert train_module.estimate_step_bytes(dataclasses.replace(base, **change), 3, 1) > est
-    assert train_module.available_memory(torch.device("cpu")) > 0
+        assert memory.estimate_step_bytes(dataclasses.replace(base, **change), 3, 1) > est
+    assert memory.available_memory(torch.device("cpu")) > 0
 
 
 def test_default_timestep_table_grows_to_the_longest_episode(tiny_config, tmp_path):
@@ -213,7 +213,7 @@ def test_default_timestep_table_grows_to_the_longest_episode(tiny_config, tmp_pa
 
 # ---------------------------------------------------------------------------------- warmup
 def test_default_warmup_reaches_the_peak_learning_rate(box_hdf5, tiny_config, tmp_path):
-    default = train_module.TrainConfig().warmup_steps  # what a user who sets none gets
+    default = TrainConfig().warmup_steps  # what a user who sets none gets
     cfg = tiny_config(box_hdf5, steps=40, warmup_steps=default, log_every=10)
     train(cfg)
     ck = load_checkpoint(cfg.run_dir)

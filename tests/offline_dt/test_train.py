@@ -17,15 +17,10 @@ import torch
 from offline_dt.data import DatasetError, write_hdf5
 from offline_dt.data.windows import Normalizer, WindowSampler
 from offline_dt.methods import get_method
+from offline_dt.training import CHECKPOINT_NAME, TrainConfig, load_checkpoint, train
 from offline_dt.training.configs import parse_config
 from offline_dt.training.device import cpu_has_bf16, resolve_precision
-from offline_dt.training.loop import (
-    CHECKPOINT_NAME,
-    TrainConfig,
-    load_checkpoint,
-    lr_factor,
-    train,
-)
+from offline_dt.training.step import lr_factor
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -425,7 +420,7 @@ def test_kept_checkpoints_are_the_run_at_each_checkpoint_step(box_hdf5, tiny_con
 def test_adamw_is_fused_on_the_cpu_and_steps_as_the_loop_version(box_hdf5, tiny_config):
     from offline_dt.nn.config import DTConfig
     from offline_dt.nn.transformer import DecisionTransformer
-    from offline_dt.training.loop import make_optimizer
+    from offline_dt.training.step import make_optimizer
 
     torch.manual_seed(0)
     net = DecisionTransformer(DTConfig(3, 1, embed_dim=16, n_layer=1))
@@ -454,3 +449,16 @@ def test_lr_factor_warmup_then_constant_or_linear_decay():
     assert lr_factor(5, 0, 10, "linear") == pytest.approx(0.5)  # CleanRL: 1 - 5 / 10
     with pytest.raises(ValueError, match="lr_decay must be 'none' or 'linear', found 'cos'"):
         TrainConfig(dataset="x.hdf5", lr_decay="cos").validate()
+
+
+def test_the_training_layer_exports_its_public_names():
+    import importlib
+
+    import offline_dt.training as training
+
+    assert sorted(training.__all__) == sorted(training._OWNERS)
+    for name in training.__all__:
+        owner = importlib.import_module(f"offline_dt.training.{training._OWNERS[name]}")
+        assert getattr(training, name) is getattr(owner, name), name
+    with pytest.raises(AttributeError, match="has no attribute 'make_optimizer'"):
+        training.make_optimizer  # noqa: B018 (not public: offline_dt.training.step's)

@@ -1,0 +1,178 @@
+"""What a run trains on: the dataset checked against the env, its normaliser and the dataset
+facts saved with the run (:func:`load_data`), or, for a run without a dataset, the env's
+spaces (:func:`env_data`); :func:`data_shape` is what sizes the networks."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from offline_dt.data import load_dataset
+from offline_dt.data.d4rl import space_to_json
+from offline_dt.data.dataset import DatasetError, OfflineDataset
+from offline_dt.data.windows import Normalizer
+from offline_dt.training.checkpoint import CHECKPOINT_NAME, normalizer_from_tensors
+from offline_dt.training.train_config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def check_env_spaces(dataset: OfflineDataset, env_id: str) -> OfflineDataset:
+    """Make sure ``dataset`` fits ``gym.make(env_id)``.
+
+    Observation shape, action space type and shape (or ``n``) must match. Box bounds that
+    differ (e.g. a D4RL file whose bounds were inferred from the data) are replaced by the
+    env's when every action lies inside them, else rejected.
+
+    Raises:
+        DatasetError: naming the dataset, the env and expected vs found.
+    """
+    try:
+        env = gym.make(env_id)
+    except Exception as e:  # gymnasium raises several types for unknown ids
+        raise ValueError(f"env_id {env_id!r}: gym.make failed ({e})") from e
+    try:
+        obs_space, act_space = env.observation_space, env.action_space
+    finally:
+        env.close()
+    src = dataset.source
+    if getattr(obs_space, "shape", None) != dataset.observation_space.shape:
+        raise DatasetError(
+            f"{src}: observation space {dataset.observation_space} does not match env "
+            f"{env_id}'s {obs_space} (expected shape {getattr(obs_space, 'shape', None)}, "
+            f"found {dataset.observation_space.shape})")
+    mismatch = DatasetError(
+        f"{src}: action space {dataset.action_space} does not match env {env_id}'s {act_space}")
+    if isinstance(act_space, gym.spaces.Discrete):
+        if not dataset.discrete or int(dataset.action_space.n) != int(act_space.n):
+            raise mismatch
+        return dataset
+    if not isinstance(act_space, gym.spaces.Box) or dataset.discrete \
+            or dataset.action_space.shape != act_space.shape:
+        raise mismatch
+    if (np.allclose(dataset.action_space.low, act_space.low)
+            and np.allclose(dataset.action_space.high, act_space.high)):
+        return dataset
+    low, high = act_space.low.astype(np.float32), act_space.high.astype(np.float32)
+    if (dataset.actions < low - 1e-6).any() or (dataset.actions > high + 1e-6).any():
+        raise DatasetError(f"{mismatch} and the actions leave the env's bounds")
+    log.info("%s: using %s's action bounds %s", src, env_id, act_space)
+    return dataclasses.replace(dataset, action_space=act_space)
+
+
+def dataset_info(dataset: OfflineDataset, cfg: TrainConfig, rtg_scale: float) -> dict[str, Any]:
+    """Dataset facts saved with the run (what the evaluator and the report need)."""
+    meta = dataset.metadata
+    s = dataset.summary()
+    return {
+        **s,
+        "env_id": cfg.env_id or meta.get("env_id") or "",
+        "dataset": cfg.dataset,
+        "dataset_id": meta.get("dataset_id", ""),
+        "source": dataset.source,
+        "checksum": dataset.checksum(),
+        "best_return": s["return_max"],
+        "ref_min_score": meta.get("ref_min_score"),
+        "ref_max_score": meta.get("ref_max_score"),
+        "obs_dim": dataset.obs_dim,
+        "act_dim": dataset.act_dim,
+        "discrete": dataset.discrete,
+        "observation_space": json.loads(space_to_json(dataset.observation_space)),
+        "action_space": json.loads(space_to_json(dataset.action_space)),
+        "longest_episode": int(dataset.episode_lengths.max()),
+        "rtg_scale": rtg_scale,
+    }
+
+
+def load_data(cfg: TrainConfig, resumed: dict[str, Any] | None, origin: Path | None = None
+              ) -> tuple[OfflineDataset | None, Normalizer, dict[str, Any]]:
+    """The dataset (checked against ``env_id``), its normaliser and facts: refitted for a
+    new run, the checkpoint's own on resume or a warm start from the checkpoint ``origin``
+    (after checking the data did not change). Without ``cfg.dataset``, no dataset and the
+    env's facts (:func:`env_data`)."""
+    if not cfg.dataset:
+        return None, *env_data(cfg, resumed, origin)
+    dataset = load_dataset(cfg.dataset, cfg.minari_root, env_id=cfg.env_id)
+    if cfg.env_id:
+        dataset = check_env_spaces(dataset, cfg.env_id)
+    if resumed is None:
+        normalizer = Normalizer.fit(dataset, cfg.rtg_scale)
+        return dataset, normalizer, dataset_info(dataset, cfg, normalizer.rtg_scale)
+    info = json.loads(resumed["dataset_info"])
+    if info.get("checksum") != dataset.checksum():
+        raise ValueError(
+            f"{origin or Path(cfg.run_dir) / CHECKPOINT_NAME}: dataset {cfg.dataset} has checksum "
+            f"{dataset.checksum()[:12]}…, the checkpoint was trained on "
+            f"{str(info.get('checksum'))[:12]}…")
+    return dataset, normalizer_from_tensors(resumed["normalizer"]), info
+
+
+def data_shape(dataset: OfflineDataset | None, info: dict[str, Any]) -> dict[str, Any]:
+    """What sizes the networks and checks the budget: ``obs_dim``, ``act_dim``, ``discrete``,
+    ``longest_episode`` and ``source``, the dataset's (when there is one) else ``info``'s."""
+    if dataset is None:
+        return {k: info[k] for k in ("obs_dim", "act_dim", "discrete", "longest_episode",
+                                     "source")}
+    return {"obs_dim": dataset.obs_dim, "act_dim": dataset.act_dim,
+            "discrete": dataset.discrete, "source": dataset.source,
+            "longest_episode": int(dataset.episode_lengths.max())}
+
+
+def env_data(cfg: TrainConfig, resumed: dict[str, Any] | None, origin: Path | None
+             ) -> tuple[Normalizer, dict[str, Any]]:
+    """A run without a dataset (its batch source collects from ``cfg.env_id``): the
+    normaliser and facts of the env's spaces. A new run's normaliser leaves observations as
+    they are (mean 0, std 1) with the env's action bounds and ``rtg_scale`` (default 1);
+    resumed, the checkpoint's; warm-started from ``origin``, that checkpoint's observation
+    statistics (what its networks were trained on) with the env's action bounds.
+
+    Raises:
+        ValueError: no ``env_id``; ``gym.make`` fails; an unbounded Box action space; the
+            ``origin`` checkpoint's observations have another width than the env's.
+    """
+    if not cfg.env_id:
+        raise ValueError("TrainConfig.dataset or TrainConfig.env_id is required: a run "
+                         "without a dataset takes its spaces from env_id")
+    if resumed is not None and origin is None:
+        return normalizer_from_tensors(resumed["normalizer"]), json.loads(
+            resumed["dataset_info"])
+    try:
+        env = gym.make(cfg.env_id)
+    except Exception as e:  # gymnasium raises several types for unknown ids
+        raise ValueError(f"TrainConfig.env_id {cfg.env_id!r}: gym.make failed ({e})") from e
+    obs_space, act_space, spec = env.observation_space, env.action_space, env.spec
+    env.close()
+    discrete = isinstance(act_space, gym.spaces.Discrete)
+    low = np.zeros(0, np.float32) if discrete else act_space.low.astype(np.float32).ravel()
+    high = np.zeros(0, np.float32) if discrete else act_space.high.astype(np.float32).ravel()
+    if not (np.isfinite(low).all() and np.isfinite(high).all()):
+        raise ValueError(f"TrainConfig.env_id {cfg.env_id!r}: Box action space must be "
+                         f"bounded, found {act_space}")
+    obs_dim = int(np.prod(obs_space.shape))
+    normalizer = Normalizer(np.zeros(obs_dim, np.float32), np.ones(obs_dim, np.float32),
+                            float(cfg.rtg_scale or 1.0), low, high)
+    if resumed is not None:
+        saved = normalizer_from_tensors(resumed["normalizer"])
+        if saved.state_mean.shape != (obs_dim,):
+            raise ValueError(f"{origin}: its observations have {saved.state_mean.shape[0]} "
+                             f"dimensions, env {cfg.env_id}'s {obs_dim}")
+        normalizer = dataclasses.replace(normalizer, state_mean=saved.state_mean,
+                                         state_std=saved.state_std)
+    longest = (spec.max_episode_steps if spec is not None else None) or cfg.max_timestep
+    info = {"env_id": cfg.env_id, "dataset": "", "dataset_id": "",
+            "source": f"env {cfg.env_id}", "checksum": None, "best_return": None,
+            "ref_min_score": None, "ref_max_score": None, "obs_dim": obs_dim,
+            "act_dim": int(act_space.n) if discrete else int(np.prod(act_space.shape)),
+            "discrete": discrete,
+            "observation_space": json.loads(space_to_json(obs_space)),
+            "action_space": json.loads(space_to_json(act_space)),
+            "longest_episode": int(longest), "rtg_scale": normalizer.rtg_scale,
+            "init_checkpoint": None if origin is None else str(origin)}
+    return normalizer, info
+
