@@ -43,6 +43,7 @@ from offline_dt.study.reference import ReferenceConfig
 from offline_dt.training.checkpoint import checkpoint_path
 from offline_dt.training.configs import CLI_MARKERS, REGISTRY
 from offline_dt.training.distributed import DistributedError
+from offline_dt.training.divergence import DivergenceError
 from offline_dt.training.finetune import FinetuneConfig
 from offline_dt.training.online import OnlineConfig
 from offline_dt.training.train_config import TrainConfig
@@ -342,6 +343,11 @@ def parse(argv: Sequence[str] | None = None) -> Invocation:
     return Invocation(command, root.command, root.verbose)
 
 
+#: Exit statuses of ``offline-dt`` besides 0: bad input (as tyro for a bad command line), a
+#: failure of the machine or job, a diverged training run.
+EXIT_BAD_INPUT, EXIT_FAILED, EXIT_DIVERGED = 2, 1, 3
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``offline-dt``; a FileExistsError, FileNotFoundError, ValueError (among them an env
     whose spaces do not fit the checkpoint, or an unknown env id), LockedError (another
@@ -349,7 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     (an env's optional package, e.g. Box2D) of the stage is printed as
     ``offline-dt <cmd>: error: <message>`` with exit status 2; a DistributedError (a torchrun
     job lost a rank) or DiskFullError (no space left while writing an output) likewise with
-    status 1."""
+    status 1; a DivergenceError (the training loss or weights became non-finite; the
+    checkpoint on disk is the last finite one) with status 3."""
     inv = parse(argv)
     logging.basicConfig(
         level=logging.DEBUG if inv.verbose else logging.INFO,
@@ -358,13 +365,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(inv.command.run(inv.config) or 0)
+    except DivergenceError as e:
+        print(f"offline-dt {inv.command.name}: error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
     except (FileExistsError, FileNotFoundError, ValueError, LockedError,
             MissingDependencyError, EnvDependencyError) as e:
         print(f"offline-dt {inv.command.name}: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except (DistributedError, DiskFullError) as e:
         print(f"offline-dt {inv.command.name}: error: {e}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

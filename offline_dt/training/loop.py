@@ -15,6 +15,10 @@ the caller passes (its hooks: ``collect`` before updates, ``finished``, ``log_va
 checkpointed state; e.g. the replay buffer an ``odt`` fine-tune makes,
 ``offline_dt.training.finetune``), and ``init`` warm-starts a new run from a checkpoint.
 
+A non-finite loss or weight stops the run
+(:class:`~offline_dt.training.divergence.DivergenceError`) before it reaches a checkpoint, so
+the checkpoint on disk is always the last finite one.
+
 What a method is (its networks, loss and acting) lives in ``offline_dt.methods``; the loop
 knows nothing else about it. The periodic evaluation is a hook (``offline_dt.evaluation.curves.
 make_eval_hook``) called with the trainer's own :class:`TrainingRun`: its networks,
@@ -55,6 +59,7 @@ from offline_dt.training.checkpoint import (
 from offline_dt.training.configs import save_json
 from offline_dt.training.device import resolve_device
 from offline_dt.training.distributed import Ranks, loss_scale, process_group
+from offline_dt.training.divergence import DivergenceError, FiniteGuard, state_tensors
 from offline_dt.training.memory import check_sizes
 from offline_dt.training.resume import claim_run_dir, rank_rng
 from offline_dt.training.run_data import data_shape, load_data
@@ -152,6 +157,8 @@ def train(cfg: TrainConfig, eval_hook: EvalHook | None = None, *,
             longer than ``max_timestep``.
         ValueError: bad arguments, sizes beyond the data or the available memory, or
             ``resume`` with a config that differs from the checkpoint's (names the fields).
+        DivergenceError: (a ValueError) a loss or weight became non-finite; the checkpoint on
+            disk is the last finite one.
         offline_dt.training.distributed.DistributedError: (torchrun) another rank died or hung.
     """
     t_start = time.perf_counter()
@@ -239,7 +246,7 @@ def _run(cfg: TrainConfig, method: Method, state: TrainState, info: dict[str, An
     seconds = _loop(cfg, method, state, run, eval_hook if main else None, runlog)
     if state.step == start_step and state.ranks.from_main(
             lambda: not (run_dir / CHECKPOINT_NAME).exists()):
-        _save(cfg, state, info, runlog)  # resumed a finished run: refresh outputs
+        _save(cfg, state, info, runlog, None)  # resumed a finished run: refresh outputs
     runlog.close(f"{cfg.method} on "
                  f"{info.get('dataset_id') or cfg.dataset or info.get('source', '')}")
     done = state.step - start_step
@@ -256,20 +263,31 @@ def _run(cfg: TrainConfig, method: Method, state: TrainState, info: dict[str, An
 def _loop(cfg: TrainConfig, method: Method, state: TrainState, run: TrainingRun,
           hook: EvalHook | None, runlog: RunLog | QuietLog) -> float:
     """Update until ``cfg.steps`` (or the batch source is finished); log, evaluate and
-    checkpoint on their schedules. Returns the seconds spent training (eval hook excluded;
-    a batch source's collect steps included)."""
+    checkpoint on their schedules, the losses checked for divergence at each (no sync per
+    update: ``offline_dt.training.divergence``). Returns the seconds spent training (eval
+    hook excluded; a batch source's collect steps included)."""
     state.net.train()
+    guard = FiniteGuard(cfg.learning_rate, Path(cfg.run_dir) / CHECKPOINT_NAME)
     train_seconds = 0.0
     t_loop = time.perf_counter()
     while state.step < cfg.steps and not _source_finished(state):
-        _collect(run, state)
-        loss, extras = _update(cfg, method, state)
+        try:
+            _collect(run, state, guard)
+            loss, extras = _update(cfg, method, state)
+        except DivergenceError:
+            raise
+        except (ValueError, RuntimeError) as e:  # a loss refusing NaN inputs, say
+            guard.explain(e, state_tensors(state.net, state.optimizer), state.step,
+                          state.saved_step)
+            raise
         state.step += 1
         runlog.add(loss, extras)
+        guard.add(loss, state.step, state.saved_step)
         last = state.step == cfg.steps or _source_finished(state)
         do_eval = hook is not None and cfg.eval_every > 0 and (
             state.step % cfg.eval_every == 0 or last)
         if state.step % cfg.log_every == 0 or last or do_eval:
+            guard.check(state.step, state.saved_step)
             row = runlog.interval_row(state.step, state.scheduler.get_last_lr()[0])
             row.update(state.sampler.log_values())
             if do_eval:
@@ -279,7 +297,7 @@ def _loop(cfg: TrainConfig, method: Method, state: TrainState, run: TrainingRun,
             runlog.append(row)
             runlog.restart_interval(state.step)
         if state.step % cfg.checkpoint_every == 0 or last:
-            _save(cfg, state, run.dataset_info, runlog)
+            _save(cfg, state, run.dataset_info, runlog, guard)
     return train_seconds + time.perf_counter() - t_loop
 
 
@@ -307,9 +325,13 @@ def _source_finished(state: TrainState) -> bool:
     return bool(state.sampler.finished(state.step))
 
 
-def _collect(run: TrainingRun, state: TrainState) -> None:
+def _collect(run: TrainingRun, state: TrainState, guard: FiniteGuard) -> None:
     """The batch source's ``collect(run, step)`` before an update (an online source acts in
-    its environment when it is time to), then the networks back in train mode."""
+    its environment when it is time to; for such a source the losses so far are checked
+    first, so it never acts with networks whose loss diverged), then the networks back in
+    train mode."""
+    if state.sampler.collects:
+        guard.check(state.step, state.saved_step)
     state.sampler.collect(run, state.step)
     if state.sampler.collects:
         state.net.train()
@@ -342,17 +364,27 @@ def _write_config(cfg: TrainConfig, state: TrainState, info: dict[str, Any]) -> 
 
 
 def _save(cfg: TrainConfig, state: TrainState, info: dict[str, Any],
-          runlog: RunLog | QuietLog) -> None:
-    """Write ``metrics.csv`` then ``checkpoint.pt`` (both atomically; rank 0; every rank
-    hands it its own RNG states first). In that order, a kill between the two leaves a log
-    that runs ahead of the checkpoint, which resume cuts back (``read_metrics``), never a
-    checkpoint whose log rows are missing."""
+          runlog: RunLog | QuietLog, guard: FiniteGuard | None) -> None:
+    """Check that the losses and weights are finite (``guard``; every rank), then write
+    ``metrics.csv`` and ``checkpoint.pt`` (both atomically; rank 0; every rank hands it its
+    own RNG states first). In that order, a kill between the two leaves a log that runs ahead
+    of the checkpoint, which resume cuts back (``read_metrics``), never a checkpoint whose log
+    rows are missing.
+
+    Raises:
+        DivergenceError: a loss since the last check, or a weight, is not finite.
+    """
     ranks = state.ranks
+    if guard is not None:
+        guard.check(state.step, state.saved_step)
+        guard.check_weights(state_tensors(state.net, state.optimizer), state.step,
+                            state.saved_step)
     rng = rng_state(state.sampler, ranks.device)
     if ranks.distributed:
         rng["ranks"] = ranks.all_gather(rank_rng(ranks.device),
                                         "gathering RNG states for the checkpoint")
     if not ranks.is_main:
+        state.saved_step = state.step
         return
     source = state.sampler.state_dict()
     runlog.save()
@@ -363,6 +395,7 @@ def _save(cfg: TrainConfig, state: TrainState, info: dict[str, Any],
     keep = cfg.keep_checkpoints and state.step < cfg.steps
     save_checkpoint(Path(cfg.run_dir) / CHECKPOINT_NAME, payload,
                     keep=kept_checkpoint_path(Path(cfg.run_dir), state.step) if keep else None)
+    state.saved_step = state.step
     if state.after_save is not None:
         state.after_save()
         state.after_save = None

@@ -41,6 +41,9 @@ class TrainState:
     #: or CUDA graphs of it
     loss_fn: Callable[[Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None
     step: int = 0
+    #: the step of the checkpoint this run has on disk (resumed from or last written); None
+    #: before its first
+    saved_step: int | None = None
     #: called once after the next checkpoint is written (an overwrite discards the old run)
     after_save: Callable[[], None] | None = None
 
@@ -87,7 +90,7 @@ def build_state(cfg: TrainConfig, method: Method, make_sampler: Callable[[], Bat
         restore_rng(resumed["rng"], sampler, ranks, cfg, step=state.step)
         if "source" in resumed:
             sampler.load_state_dict(resumed["source"])
-        state.step = int(resumed["step"])
+        state.step = state.saved_step = int(resumed["step"])
         log.info("resuming %s at step %d", Path(cfg.run_dir) / CHECKPOINT_NAME, state.step)
     elif start is not None and method.warm_start(net, start):
         optimizer.load_state_dict(start["optimizer"])
