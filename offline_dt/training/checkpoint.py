@@ -21,12 +21,18 @@ other leaf, each prefixed by its key path. :func:`read_checkpoint` recomputes it
 file whose tensors changed after writing (flipped bytes, a truncated or edited tensor). Version
 1 files (no digest) still load, with a warning that they cannot be verified.
 
+A full disk: a write that fails for want of space raises
+:class:`offline_dt.data.atomic.DiskFullError` naming the file (the temporary is removed, the
+file that was there before is left as it was); torch's own writer reports a full disk only as
+``unexpected pos``, so the free space is checked when it fails.
+
 Reading for evaluation: :func:`load_checkpoint` gives a :class:`LoadedCheckpoint` (the
 method's networks built and loaded, the configs, the normaliser, the dataset facts).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -75,13 +81,45 @@ def save_checkpoint(path: Path, payload: dict[str, Any], keep: Path | None = Non
     """Add ``digest`` (:func:`payload_digest`) to ``payload`` and ``torch.save`` it to a
     temporary sibling, then rename: never a half-written file. With ``keep``, the file is
     written there first and then copied (atomically) to ``path``: a kill in between leaves
-    ``path`` at the previous checkpoint, whose resume writes ``keep`` again."""
+    ``path`` at the previous checkpoint, whose resume writes ``keep`` again.
+
+    Raises:
+        offline_dt.data.atomic.DiskFullError: the filesystem has no room for the file
+            (``path`` and the file that was there before are left as they were; the
+            temporary is removed).
+    """
     payload = {**payload, "digest": payload_digest(payload)}
-    with atomic_path(keep or path, overwrite=True) as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(keep or path, overwrite=True, what="checkpoint") as tmp:
+        _torch_save(payload, tmp)
     if keep is not None:
-        with atomic_path(path, overwrite=True) as tmp:
+        with atomic_path(path, overwrite=True, what="checkpoint") as tmp:
             shutil.copyfile(keep, tmp)
+
+
+def _torch_save(payload: dict[str, Any], tmp: Path) -> None:
+    """``torch.save(payload, tmp)``; its writer's failure for want of space (a RuntimeError
+    such as ``unexpected pos``, while less room is free than the tensors need) as an OSError
+    with ``errno.ENOSPC`` (which ``atomic_path`` reports as a full disk)."""
+    try:
+        torch.save(payload, tmp)
+    except RuntimeError as e:
+        need, free = _tensor_bytes(payload), shutil.disk_usage(tmp.parent).free
+        if free >= need:
+            raise
+        raise OSError(errno.ENOSPC, f"it needs about {need / 2**20:.1f} MiB, "
+                                    f"{free / 2**20:.1f} MiB are free; torch: "
+                                    f"{str(e).splitlines()[0]}") from e
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of every tensor in ``obj`` (dicts, lists and tuples walked)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def kept_checkpoint_path(run_dir: Path, step: int) -> Path:
@@ -93,6 +131,18 @@ def kept_checkpoints(run_dir: Path) -> list[Path]:
     """The intermediate checkpoints kept in ``run_dir`` (:func:`kept_checkpoint_path`), in
     step order; empty when there are none."""
     return sorted((Path(run_dir) / KEPT_DIR).glob("step-*.pt"))
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The ``step`` of the checkpoint file ``path``, its tensors left unread (memory-mapped,
+    ``weights_only``, digest not checked); None when there is no readable file."""
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(payload["step"])
+    except Exception:  # a damaged or foreign file: no step to report
+        return None
 
 
 def payload_digest(payload: dict[str, Any]) -> str:

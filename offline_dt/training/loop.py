@@ -15,9 +15,11 @@ the caller passes (its hooks: ``collect`` before updates, ``finished``, ``log_va
 checkpointed state; e.g. the replay buffer an ``odt`` fine-tune makes,
 ``offline_dt.training.finetune``), and ``init`` warm-starts a new run from a checkpoint.
 
-A non-finite loss or weight stops the run
+Nothing is lost, whatever happens: a non-finite loss or weight stops the run
 (:class:`~offline_dt.training.divergence.DivergenceError`) before it reaches a checkpoint, so
-the checkpoint on disk is always the last finite one.
+the checkpoint on disk is always the last finite one; a checkpoint write that finds the disk
+full (:class:`~offline_dt.data.atomic.DiskFullError`) leaves the previous checkpoint;
+after any failure ``metrics.csv`` is cut back to the checkpoint on disk.
 
 What a method is (its networks, loss and acting) lives in ``offline_dt.methods``; the loop
 knows nothing else about it. The periodic evaluation is a hook (``offline_dt.evaluation.curves.
@@ -51,6 +53,7 @@ from offline_dt.methods.base import WindowSource
 from offline_dt.training.checkpoint import (
     CHECKPOINT_NAME,
     checkpoint_payload,
+    checkpoint_step,
     kept_checkpoint_path,
     read_checkpoint,
     rng_state,
@@ -63,7 +66,7 @@ from offline_dt.training.divergence import DivergenceError, FiniteGuard, state_t
 from offline_dt.training.memory import check_sizes
 from offline_dt.training.resume import claim_run_dir, rank_rng
 from offline_dt.training.run_data import data_shape, load_data
-from offline_dt.training.run_dir import PreviousRun
+from offline_dt.training.run_dir import PreviousRun, room_for
 from offline_dt.training.run_log import QuietLog, RunLog
 from offline_dt.training.state import TrainState, build_state
 from offline_dt.training.step import train_step
@@ -159,6 +162,8 @@ def train(cfg: TrainConfig, eval_hook: EvalHook | None = None, *,
             ``resume`` with a config that differs from the checkpoint's (names the fields).
         DivergenceError: (a ValueError) a loss or weight became non-finite; the checkpoint on
             disk is the last finite one.
+        offline_dt.data.atomic.DiskFullError: (an OSError, ``ENOSPC``) no room for a
+            checkpoint; the previous one is intact.
         offline_dt.training.distributed.DistributedError: (torchrun) another rank died or hung.
     """
     t_start = time.perf_counter()
@@ -234,7 +239,8 @@ def _sampler(cfg: TrainConfig, dataset: OfflineDataset | None, normalizer: Norma
 def _run(cfg: TrainConfig, method: Method, state: TrainState, info: dict[str, Any],
          eval_hook: EvalHook | None, t_start: float) -> TrainResult:
     """Write ``config.json``, run the loop, close the logs (rank 0); the
-    :class:`TrainResult`."""
+    :class:`TrainResult`. On any failure the log is cut back to the checkpoint on disk
+    (``RunLog.abort``)."""
     run_dir, main = Path(cfg.run_dir), state.ranks.is_main
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -243,12 +249,18 @@ def _run(cfg: TrainConfig, method: Method, state: TrainState, info: dict[str, An
         RunLog(run_dir, state.step, cfg.steps, cfg.progress, t_start) if main else QuietLog())
     run = TrainingRun(cfg, method, state.net, state.normalizer, info)
     start_step = state.step
-    seconds = _loop(cfg, method, state, run, eval_hook if main else None, runlog)
-    if state.step == start_step and state.ranks.from_main(
-            lambda: not (run_dir / CHECKPOINT_NAME).exists()):
-        _save(cfg, state, info, runlog, None)  # resumed a finished run: refresh outputs
-    runlog.close(f"{cfg.method} on "
-                 f"{info.get('dataset_id') or cfg.dataset or info.get('source', '')}")
+    try:
+        seconds = _loop(cfg, method, state, run, eval_hook if main else None, runlog)
+        if state.step == start_step and state.ranks.from_main(
+                lambda: not (run_dir / CHECKPOINT_NAME).exists()):
+            _save(cfg, state, info, runlog, None)  # resumed a finished run: refresh outputs
+    except BaseException:
+        # the checkpoint file's own step: a failure right after its rename counts it
+        runlog.abort(checkpoint_step(run_dir / CHECKPOINT_NAME) if main else state.saved_step)
+        raise
+    with room_for(run_dir / "loss.png", state.step, state.saved_step):
+        runlog.close(f"{cfg.method} on "
+                     f"{info.get('dataset_id') or cfg.dataset or info.get('source', '')}")
     done = state.step - start_step
     return TrainResult(
         run_dir=run_dir,
@@ -294,7 +306,8 @@ def _loop(cfg: TrainConfig, method: Method, state: TrainState, run: TrainingRun,
                 train_seconds += time.perf_counter() - t_loop
                 row.update(_evaluate_now(hook, run, state))
                 t_loop = time.perf_counter()
-            runlog.append(row)
+            with room_for(Path(cfg.run_dir) / "metrics.csv", state.step, state.saved_step):
+                runlog.append(row)
             runlog.restart_interval(state.step)
         if state.step % cfg.checkpoint_every == 0 or last:
             _save(cfg, state, run.dataset_info, runlog, guard)
@@ -373,6 +386,8 @@ def _save(cfg: TrainConfig, state: TrainState, info: dict[str, Any],
 
     Raises:
         DivergenceError: a loss since the last check, or a weight, is not finite.
+        offline_dt.data.atomic.DiskFullError: no room for the log or the checkpoint (the
+            previous one is intact).
     """
     ranks = state.ranks
     if guard is not None:
@@ -387,14 +402,17 @@ def _save(cfg: TrainConfig, state: TrainState, info: dict[str, Any],
         state.saved_step = state.step
         return
     source = state.sampler.state_dict()
-    runlog.save()
     payload = checkpoint_payload(
         step=state.step, model=state.net, optimizer=state.optimizer,
         scheduler=state.scheduler, rng=rng, normalizer=state.normalizer, train_config=cfg,
         model_config=state.net.cfg, dataset_info=info, source=source)
     keep = cfg.keep_checkpoints and state.step < cfg.steps
-    save_checkpoint(Path(cfg.run_dir) / CHECKPOINT_NAME, payload,
-                    keep=kept_checkpoint_path(Path(cfg.run_dir), state.step) if keep else None)
+    run_dir = Path(cfg.run_dir)
+    with room_for(run_dir / "metrics.csv", state.step, state.saved_step):
+        runlog.save()
+    with room_for(run_dir / CHECKPOINT_NAME, state.step, state.saved_step):
+        save_checkpoint(run_dir / CHECKPOINT_NAME, payload,
+                        keep=kept_checkpoint_path(run_dir, state.step) if keep else None)
     state.saved_step = state.step
     if state.after_save is not None:
         state.after_save()

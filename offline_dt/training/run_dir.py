@@ -3,7 +3,9 @@
 An overwritten run is not deleted up front: its files wait in the hidden sibling
 ``.<run_dir name>.previous`` (:class:`PreviousRun`) until the new run's first checkpoint, and
 go back if the new run fails before it. :func:`recover_run_dir`, called under the run
-directory's lock before anything else, finishes what a killed writer left.
+directory's lock before anything else, finishes what a killed writer left. A write into the run
+directory that finds the disk full ends in one :class:`~offline_dt.data.atomic.DiskFullError`
+saying which checkpoint is intact (:func:`room_for`).
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from offline_dt.data.atomic import remove_path
+from offline_dt.data.atomic import DiskFullError, free_bytes, is_disk_full, remove_path
+from offline_dt.data.validate import format_bytes
 from offline_dt.training.checkpoint import CHECKPOINT_NAME, KEPT_DIR
 
 log = logging.getLogger(__name__)
@@ -76,3 +81,27 @@ class PreviousRun:
             if (self.path / name).exists():
                 os.replace(self.path / name, self.run_dir / name)
         shutil.rmtree(self.path)
+
+
+@contextmanager
+def room_for(written: Path, step: int, saved_step: int | None) -> Iterator[None]:
+    """Around a write of a run's file ``written`` at update ``step``, the run's checkpoint on
+    disk being of update ``saved_step`` (None: none yet): a full disk (``ENOSPC``,
+    ``EDQUOT``) raises one :class:`DiskFullError` saying what could not be written, when,
+    that the previous checkpoint is intact, and how to go on (its cause chained)."""
+    try:
+        yield
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        free = free_bytes(written)
+        what = (f"disk full: no space left on the filesystem holding {written} while writing "
+                f"it at update {step} ({'unknown' if free is None else format_bytes(free)} "
+                f"free); the half-written temporary was removed")
+        if saved_step is None:
+            after = "no checkpoint had been written yet: free some space and run it again"
+        else:
+            after = (f"the previous checkpoint {written.with_name(CHECKPOINT_NAME)} (update "
+                     f"{saved_step}) is intact: free some space, then run the same command "
+                     f"with --resume true")
+        raise DiskFullError(written, f"{what}; {after}") from e

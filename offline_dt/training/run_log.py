@@ -6,13 +6,18 @@
 It is rewritten atomically at every checkpoint, and at a log row when ``SAVE_INTERVAL_S``
 have passed since it was last written (so a running job shows its progress between
 checkpoints); on resume the rows after the checkpoint's step are dropped, so a resumed run's
-log equals an uninterrupted one's.
+log equals an uninterrupted one's. A run that fails (or is interrupted) cuts ``metrics.csv``
+back to its last checkpoint's step (:meth:`RunLog.abort`), so the log on disk never runs ahead
+of the checkpoint it belongs to.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +26,8 @@ from typing import Any
 import torch
 
 from offline_dt.data.atomic import atomic_path
+
+log = logging.getLogger(__name__)
 
 #: Seconds of wall time after which a log row also rewrites ``metrics.csv``.
 SAVE_INTERVAL_S = 10.0
@@ -108,16 +115,58 @@ class RunLog:
         self.save()
         plot_loss(self.run_dir / "loss.png", self.rows, title)
 
+    def abort(self, saved_step: int | None) -> None:
+        """The run failed or was interrupted: close the bar and TensorBoard, and cut
+        ``metrics.csv`` back to the rows up to ``saved_step`` (the step of the checkpoint on
+        disk; None: no checkpoint, no rows), which is what a resume reads back."""
+        try:
+            self.bar.close()
+            self.writer.close()
+        except Exception as e:  # a full disk, say: the run's own error is the one to report
+            log.warning("%s: closing the TensorBoard log failed (%s)", self.run_dir, e)
+        self.rows = [r for r in self.rows if r.get("step", math.inf) <= (saved_step or 0)]
+        cut_metrics(self.path, self.rows)
 
-def write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
-    """``rows`` as CSV (columns in first-seen order), atomically."""
+
+def metrics_text(rows: list[dict[str, float]]) -> str:
+    """``rows`` as CSV text (columns in first-seen order), as :func:`write_metrics` writes
+    it."""
     columns: list[str] = []
     for row in rows:
         columns.extend(c for c in row if c not in columns)
+    f = io.StringIO(newline="")
+    writer = csv.DictWriter(f, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return f.getvalue()
+
+
+def write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
+    """``rows`` as CSV (columns in first-seen order), atomically."""
     with atomic_path(path, overwrite=True) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+        f.write(metrics_text(rows))
+
+
+def cut_metrics(path: Path, rows: list[dict[str, float]]) -> None:
+    """Make ``metrics.csv`` hold exactly ``rows`` (a prefix of its rows; none: the file is
+    removed). Rewritten atomically; where that fails (a full disk) and the wanted text is a
+    prefix of the file's, the file is truncated in place, which needs no free space."""
+    if not path.is_file():
+        return
+    if not rows:
+        path.unlink()
+        return
+    try:
+        write_metrics(path, rows)
+        return
+    except OSError as e:
+        error = e
+    text = metrics_text(rows).encode()
+    if path.read_bytes().startswith(text):
+        os.truncate(path, len(text))
+        return
+    log.warning("%s: could not cut the log back to step %s (%s); a resume drops the rows "
+                "after its checkpoint", path, rows[-1].get("step"), error)
 
 
 def read_metrics(path: Path, up_to_step: int) -> list[dict[str, float]]:
@@ -174,4 +223,7 @@ class QuietLog:
         pass
 
     def close(self, title: str) -> None:
+        pass
+
+    def abort(self, saved_step: int | None) -> None:
         pass

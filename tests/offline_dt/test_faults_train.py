@@ -1,14 +1,20 @@
 """Fault injection on training (issue 30): a diverging run stops with one clear error and the
 checkpoint on disk stays the last finite one, whatever the check found (a NaN loss, or weights
-a non-finite gradient broke while the loss was finite)."""
+a non-finite gradient broke while the loss was finite); a full disk during a checkpoint write
+is reported as such, leaves the previous checkpoint, and ``metrics.csv`` never runs ahead of
+it."""
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import importlib.util
+import json
 import math
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +22,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import offline_dt.training.checkpoint as checkpoint
 import offline_dt.training.loop as loop
-from offline_dt.training import CHECKPOINT_NAME, DivergenceError, train
+import offline_dt.training.run_log as run_log
+from offline_dt.data.atomic import DiskFullError
+from offline_dt.training import CHECKPOINT_NAME, DivergenceError, load_checkpoint, train
 from offline_dt.training.checkpoint import read_checkpoint
 from offline_dt.training.divergence import FLUSH_EVERY, FiniteGuard
 
@@ -193,3 +202,179 @@ def test_the_guard_names_the_first_nonfinite_loss_and_flushes_on_its_own(tmp_pat
     guard.check_weights([torch.ones(3), torch.arange(3)], 5, None)
     with pytest.raises(DivergenceError, match="the weights after update 5 are not finite"):
         guard.check_weights([torch.ones(3), torch.tensor([0.0, float("nan")])], 5, None)
+
+
+# ---------------------------------------------------------------------------------- full disk
+def _full_disk_at(call: int, error: BaseException, monkeypatch) -> None:
+    """``torch.save`` fails with ``error`` at its ``call``-th call (1-based), after writing
+    a part of the file as a real full disk does."""
+    real, calls = torch.save, []
+
+    def save(obj, f, *args, **kw):
+        calls.append(f)
+        if len(calls) == call:
+            Path(f).write_bytes(b"PK\x03\x04 the first records")
+            raise error
+        return real(obj, f, *args, **kw)
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+def _leftovers(run_dir: Path) -> list[str]:
+    return [p.name for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_cuts_the_log(box_hdf5, tiny_config,
+                                                                   monkeypatch, tmp_path):
+    monkeypatch.setattr(run_log, "SAVE_INTERVAL_S", 0.0)  # every log row rewrites the log
+    cfg = tiny_config(box_hdf5, steps=30, checkpoint_every=10, log_every=5)
+    _full_disk_at(2, OSError(errno.ENOSPC, "No space left on device"), monkeypatch)
+    ckpt = cfg.run_dir / CHECKPOINT_NAME
+    with pytest.raises(DiskFullError) as e:
+        train(cfg)
+    assert re.fullmatch(
+        rf"disk full: no space left on the filesystem holding {re.escape(str(ckpt))} while "
+        rf"writing it at update 20 \([^)]+ free\); the half-written temporary was removed; "
+        rf"the previous checkpoint {re.escape(str(ckpt))} \(update 10\) is intact: free some "
+        rf"space, then run the same command with --resume true", str(e.value)), str(e.value)
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(ckpt)
+    assert read_checkpoint(ckpt)[1]["step"] == 10
+    assert _metric_steps(cfg.run_dir) == [5, 10]  # rows 15 and 20 were on disk: cut back
+    assert _leftovers(cfg.run_dir) == []
+    monkeypatch.undo()
+    # Space freed: the resumed run equals an uninterrupted one.
+    assert train(dataclasses.replace(cfg, resume=True)).steps == 30
+    reference = dataclasses.replace(cfg, run_dir=tmp_path / "uninterrupted")
+    train(reference)
+    a, b = (load_checkpoint(d).model.state_dict() for d in (reference.run_dir, cfg.run_dir))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lines = [[r.split(",")[:2] for r in (d / "metrics.csv").read_text().splitlines()]
+             for d in (reference.run_dir, cfg.run_dir)]
+    assert lines[0] == lines[1] and len(lines[0]) == 7
+
+
+def test_torch_s_unexpected_pos_on_a_full_disk_is_reported_as_such(box_hdf5, tiny_config,
+                                                                   monkeypatch):
+    """torch's zip writer reports a failed write as ``unexpected pos``: with less room free
+    than the tensors need, that is a full disk."""
+    torch_error = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos "
+                               "78912 vs 78800")
+    cfg = tiny_config(box_hdf5, steps=20, checkpoint_every=10)
+    _full_disk_at(1, torch_error, monkeypatch)
+    usage = shutil.disk_usage(cfg.run_dir.parent)
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: usage._replace(free=4096))
+    with pytest.raises(DiskFullError, match=r"disk full: no space left on the filesystem "
+                                            r"holding .*checkpoint\.pt while writing it at "
+                                            r"update 10 .*; no checkpoint had been written yet"
+                                            ) as e:
+        train(cfg)
+    causes = [e.value]
+    while causes[-1].__cause__ is not None:
+        causes.append(causes[-1].__cause__)
+    assert causes[-1] is torch_error  # torch's own error, at the end of the chain
+    assert any(re.match(r"it needs about 0\.\d MiB, 0\.0 MiB are free; torch: .*unexpected "
+                        r"pos 78912 vs 78800", str(getattr(c, "strerror", ""))) for c in causes)
+    assert not (cfg.run_dir / CHECKPOINT_NAME).exists() and _metric_steps(cfg.run_dir) == []
+    # With room enough, the same error is torch's own, not a full disk.
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: usage._replace(free=2**40))
+    _full_disk_at(1, torch_error, monkeypatch)
+    with pytest.raises(RuntimeError, match="unexpected pos") as e:
+        train(dataclasses.replace(cfg, overwrite=True))
+    assert not isinstance(e.value, OSError)
+
+
+def test_offline_dt_train_on_a_full_disk_exits_1_with_one_line(box_hdf5, tmp_path,
+                                                               monkeypatch, capsys):
+    from offline_dt.cli import main
+
+    _full_disk_at(1, OSError(errno.ENOSPC, "No space left on device"), monkeypatch)
+    run_dir = tmp_path / "run"
+    assert main(_cli_args(box_hdf5, run_dir)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"offline-dt train: error: disk full: no space left on the filesystem holding {run_dir}")
+
+
+def test_cutting_the_log_back_needs_no_room_when_it_is_a_prefix(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.csv"
+    rows = [{"step": s, "loss": 1.0 / s} for s in (5, 10, 15, 20)]
+    run_log.write_metrics(path, rows)
+
+    def full(p, r):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(run_log, "write_metrics", full)
+    run_log.cut_metrics(path, rows[:2])
+    assert path.read_bytes() == run_log.metrics_text(rows[:2]).encode()
+    assert run_log.read_metrics(path, 100) == rows[:2]
+    run_log.cut_metrics(path, [])
+    assert not path.exists()
+
+
+_FILL_AND_TRAIN = """
+import csv, errno, json, os, sys
+from pathlib import Path
+import torch
+from offline_dt.data.atomic import DiskFullError
+from offline_dt.training import TrainConfig, train
+from offline_dt.training.checkpoint import read_checkpoint
+torch.set_num_threads(1)
+root, dataset, tiny = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+
+def fill(run, step):  # at update 15, leave 16 KiB: room for the log, not for a checkpoint
+    fd = os.open(root / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, bytes(4096))
+    except OSError as e:
+        assert e.errno == errno.ENOSPC, e
+    os.ftruncate(fd, os.fstat(fd).st_size - 16384)
+    os.close(fd)
+    return {}
+
+cfg = TrainConfig(dataset=dataset, run_dir=root / "run", **{**tiny, "steps": 30,
+                  "checkpoint_every": 10, "log_every": 5, "eval_every": 15})
+out = {"error": None}
+try:
+    train(cfg, eval_hook=fill)
+except DiskFullError as e:
+    out["error"], cause = str(e), e
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    out["torch"] = str(cause)
+with open(root / "run" / "metrics.csv") as f:
+    out["steps"] = [int(r["step"]) for r in csv.DictReader(f)]
+out["checkpoint_step"] = read_checkpoint(root / "run")[1]["step"]
+out["temporaries"] = [p.name for p in (root / "run").rglob("*.tmp")]
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_a_really_full_filesystem_during_a_checkpoint_write(box_hdf5, tmp_path):
+    """A 2 MiB tmpfs in a private mount namespace (``unshare``; skipped where user
+    namespaces are not allowed) filled at update 15: torch's writer fails at checkpoint 20
+    (``unexpected pos``), reported as the full disk it is."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare")
+    mnt, script = tmp_path / "mnt", tmp_path / "fill_and_train.py"
+    mnt.mkdir()
+    script.write_text(_FILL_AND_TRAIN)
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=2m tmpfs "
+                            f"{mnt}"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a user namespace: {probe.stderr.strip()}")
+    child = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=2m tmpfs "$0" && exec "$1" '
+         '"$2" "$0" "$3" "$4"', str(mnt), sys.executable, str(script), str(box_hdf5),
+         json.dumps(TINY_TRAIN)], capture_output=True, text=True, timeout=300,
+        env=_child_env())
+    result = next((json.loads(line[7:]) for line in child.stdout.splitlines()
+                   if line.startswith("RESULT ")), None)
+    assert result is not None, child.stdout + child.stderr
+    ckpt = mnt / "run" / CHECKPOINT_NAME
+    assert result["error"].startswith(f"disk full: no space left on the filesystem holding "
+                                      f"{ckpt} while writing it at update 20 (")
+    assert "unexpected pos" in result["torch"]  # torch's writer's words for it
+    assert f"the previous checkpoint {ckpt} (update 10) is intact" in result["error"]
+    assert result["checkpoint_step"] == 10 and result["steps"] == [5, 10]
+    assert result["temporaries"] == []
