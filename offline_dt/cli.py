@@ -45,6 +45,7 @@ from offline_dt.training.configs import CLI_MARKERS, REGISTRY
 from offline_dt.training.distributed import DistributedError
 from offline_dt.training.divergence import DivergenceError
 from offline_dt.training.finetune import FinetuneConfig
+from offline_dt.training.loop import TrainingInterrupted
 from offline_dt.training.online import OnlineConfig
 from offline_dt.training.train_config import TrainConfig
 
@@ -344,8 +345,25 @@ def parse(argv: Sequence[str] | None = None) -> Invocation:
 
 
 #: Exit statuses of ``offline-dt`` besides 0: bad input (as tyro for a bad command line), a
-#: failure of the machine or job, a diverged training run.
-EXIT_BAD_INPUT, EXIT_FAILED, EXIT_DIVERGED = 2, 1, 3
+#: failure of the machine or job, a diverged training run, Ctrl-C (128 + SIGINT, as a shell).
+EXIT_BAD_INPUT, EXIT_FAILED, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 1, 3, 130
+
+
+def interrupted_message(command: str, e: KeyboardInterrupt) -> str:
+    """The one line of a Ctrl-C: what was saved and how to go on. A training command's
+    :class:`TrainingInterrupted` names its checkpoint, which ``--resume true`` continues;
+    every other write of ``offline-dt`` is replaced only when complete."""
+    if isinstance(e, TrainingInterrupted) and e.checkpoint is not None:
+        return (f"offline-dt {command}: interrupted; {e.checkpoint} (update {e.step}) is "
+                f"saved: run the same command with --resume true to continue from it")
+    if isinstance(e, TrainingInterrupted):
+        return (f"offline-dt {command}: interrupted before the run's first checkpoint; "
+                f"nothing of it was kept: run the same command to start it again")
+    if command == "reproduce":
+        return (f"offline-dt {command}: interrupted; run the same command again: it reuses the "
+                f"finished runs and resumes the others from their checkpoints")
+    return (f"offline-dt {command}: interrupted; its outputs are written only when complete, "
+            f"so nothing partial was left and earlier outputs are intact")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -356,7 +374,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``offline-dt <cmd>: error: <message>`` with exit status 2; a DistributedError (a torchrun
     job lost a rank) or DiskFullError (no space left while writing an output) likewise with
     status 1; a DivergenceError (the training loss or weights became non-finite; the
-    checkpoint on disk is the last finite one) with status 3."""
+    checkpoint on disk is the last finite one) with status 3; Ctrl-C prints one line
+    (:func:`interrupted_message`: what was saved, how to resume) with status 130. None of them
+    prints a traceback."""
     inv = parse(argv)
     logging.basicConfig(
         level=logging.DEBUG if inv.verbose else logging.INFO,
@@ -375,6 +395,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DistributedError, DiskFullError) as e:
         print(f"offline-dt {inv.command.name}: error: {e}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt as e:
+        print(interrupted_message(inv.command.name, e), file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -26,18 +26,25 @@ _OWNERS = {
     "load_checkpoint": "checkpoint",
     "DivergenceError": "divergence",
     "EvalHook": "loop",
+    "TrainingInterrupted": "loop",
     "TrainingRun": "loop",
     "TrainResult": "loop",
     "train": "loop",
     "TrainConfig": "train_config",
 }
 __all__ = ["CHECKPOINT_NAME", "DivergenceError", "EvalHook", "LoadedCheckpoint", "TrainConfig",
-           "TrainResult", "TrainingRun", "load_checkpoint", "train"]
+           "TrainResult", "TrainingInterrupted", "TrainingRun", "load_checkpoint", "train"]
 
 if TYPE_CHECKING:
     from offline_dt.training.checkpoint import CHECKPOINT_NAME, LoadedCheckpoint, load_checkpoint
     from offline_dt.training.divergence import DivergenceError
-    from offline_dt.training.loop import EvalHook, TrainingRun, TrainResult, train
+    from offline_dt.training.loop import (
+        EvalHook,
+        TrainingInterrupted,
+        TrainingRun,
+        TrainResult,
+        train,
+    )
     from offline_dt.training.train_config import TrainConfig
 
 

@@ -19,7 +19,8 @@ Nothing is lost, whatever happens: a non-finite loss or weight stops the run
 (:class:`~offline_dt.training.divergence.DivergenceError`) before it reaches a checkpoint, so
 the checkpoint on disk is always the last finite one; a checkpoint write that finds the disk
 full (:class:`~offline_dt.data.atomic.DiskFullError`) leaves the previous checkpoint;
-after any failure ``metrics.csv`` is cut back to the checkpoint on disk.
+Ctrl-C raises :class:`TrainingInterrupted` naming the checkpoint to resume from; after any
+failure ``metrics.csv`` is cut back to the checkpoint on disk.
 
 What a method is (its networks, loss and acting) lives in ``offline_dt.methods``; the loop
 knows nothing else about it. The periodic evaluation is a hook (``offline_dt.evaluation.curves.
@@ -74,7 +75,7 @@ from offline_dt.training.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EvalHook", "TrainResult", "TrainingRun", "train"]
+__all__ = ["EvalHook", "TrainResult", "TrainingInterrupted", "TrainingRun", "train"]
 
 
 @dataclass
@@ -123,6 +124,17 @@ SourceFactory = Callable[[OfflineDataset | None, Normalizer, "TrainConfig", torc
                          BatchSource]
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped :func:`train`'s loop. ``checkpoint`` is the checkpoint file
+    the run has on disk and ``step`` its update (both None: none was written yet); training
+    again with ``resume=True`` and the same config continues from it exactly."""
+
+    def __init__(self, checkpoint: Path | None, step: int | None) -> None:
+        super().__init__(f"interrupted; {checkpoint} (update {step}) is saved"
+                         if checkpoint is not None else "interrupted before a checkpoint")
+        self.checkpoint, self.step = checkpoint, step
+
+
 def train(cfg: TrainConfig, eval_hook: EvalHook | None = None, *,
           init: str | Path | None = None, batch_source: SourceFactory | None = None
           ) -> TrainResult:
@@ -164,6 +176,7 @@ def train(cfg: TrainConfig, eval_hook: EvalHook | None = None, *,
             disk is the last finite one.
         offline_dt.data.atomic.DiskFullError: (an OSError, ``ENOSPC``) no room for a
             checkpoint; the previous one is intact.
+        TrainingInterrupted: (a KeyboardInterrupt) Ctrl-C; names the checkpoint to resume.
         offline_dt.training.distributed.DistributedError: (torchrun) another rank died or hung.
     """
     t_start = time.perf_counter()
@@ -240,7 +253,7 @@ def _run(cfg: TrainConfig, method: Method, state: TrainState, info: dict[str, An
          eval_hook: EvalHook | None, t_start: float) -> TrainResult:
     """Write ``config.json``, run the loop, close the logs (rank 0); the
     :class:`TrainResult`. On any failure the log is cut back to the checkpoint on disk
-    (``RunLog.abort``)."""
+    (``RunLog.abort``), and Ctrl-C becomes :class:`TrainingInterrupted`."""
     run_dir, main = Path(cfg.run_dir), state.ranks.is_main
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -254,9 +267,13 @@ def _run(cfg: TrainConfig, method: Method, state: TrainState, info: dict[str, An
         if state.step == start_step and state.ranks.from_main(
                 lambda: not (run_dir / CHECKPOINT_NAME).exists()):
             _save(cfg, state, info, runlog, None)  # resumed a finished run: refresh outputs
-    except BaseException:
+    except BaseException as e:
         # the checkpoint file's own step: a failure right after its rename counts it
-        runlog.abort(checkpoint_step(run_dir / CHECKPOINT_NAME) if main else state.saved_step)
+        on_disk = checkpoint_step(run_dir / CHECKPOINT_NAME) if main else state.saved_step
+        runlog.abort(on_disk)
+        if isinstance(e, KeyboardInterrupt) and not isinstance(e, TrainingInterrupted):
+            raise TrainingInterrupted(None if on_disk is None else run_dir / CHECKPOINT_NAME,
+                                      on_disk) from None
         raise
     with room_for(run_dir / "loss.png", state.step, state.saved_step):
         runlog.close(f"{cfg.method} on "

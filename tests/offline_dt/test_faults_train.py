@@ -2,7 +2,7 @@
 checkpoint on disk stays the last finite one, whatever the check found (a NaN loss, or weights
 a non-finite gradient broke while the loss was finite); a full disk during a checkpoint write
 is reported as such, leaves the previous checkpoint, and ``metrics.csv`` never runs ahead of
-it."""
+it; Ctrl-C prints one line naming the checkpoint to resume from and exits 130."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -378,3 +380,89 @@ def test_a_really_full_filesystem_during_a_checkpoint_write(box_hdf5, tmp_path):
     assert f"the previous checkpoint {ckpt} (update 10) is intact" in result["error"]
     assert result["checkpoint_step"] == 10 and result["steps"] == [5, 10]
     assert result["temporaries"] == []
+
+
+# ---------------------------------------------------------------------------------- Ctrl-C
+def _interrupt_after_first_checkpoint(args: list[str], run_dir: Path, log: Path
+                                      ) -> subprocess.CompletedProcess | None:
+    """Start ``offline-dt train``, send it SIGINT once ``checkpoint.pt`` exists; its exit
+    status and stderr, or None when it finished before the signal landed."""
+    with log.open("w") as err:
+        child = subprocess.Popen(  # SIGINT as a terminal's Ctrl-C (not ignored, as under &)
+            [sys.executable, "-m", "offline_dt.cli", *args], stdout=subprocess.DEVNULL,
+            stderr=err, env=_child_env(),
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 300
+    try:
+        while not (run_dir / CHECKPOINT_NAME).exists():
+            assert child.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.01)
+        child.send_signal(signal.SIGINT)
+    finally:
+        rc = child.wait(timeout=120)
+    return None if rc == 0 else subprocess.CompletedProcess(args, rc, "", log.read_text())
+
+
+def test_ctrl_c_prints_one_line_exits_130_and_resume_finishes(box_hdf5, tmp_path):
+    from offline_dt.cli import main
+
+    steps, every = 300, 20
+    for attempt in range(3):  # a busy machine may let the child finish first
+        run_dir = tmp_path / f"run{attempt}"
+        args = _cli_args(box_hdf5, run_dir, steps=steps, checkpoint_every=every,
+                         log_every=10)
+        child = _interrupt_after_first_checkpoint(args, run_dir, tmp_path / f"{attempt}.err")
+        if child is not None:
+            break
+    else:
+        pytest.skip("the training child finished before every SIGINT landed")
+    assert child.returncode == 130, child.stderr
+    lines = child.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in child.stderr, child.stderr
+    saved = load_checkpoint(run_dir).step
+    assert saved % every == 0 and 0 < saved < steps
+    assert lines[0] == (f"offline-dt train: interrupted; {run_dir / CHECKPOINT_NAME} (update "
+                        f"{saved}) is saved: run the same command with --resume true to "
+                        f"continue from it")
+    assert _metric_steps(run_dir) == list(range(10, saved + 1, 10))
+    assert main([*args, "--resume", "true"]) == 0
+    assert load_checkpoint(run_dir).step == steps
+    reference = tmp_path / "uninterrupted"
+    assert main(_cli_args(box_hdf5, reference, steps=steps, checkpoint_every=every,
+                          log_every=10)) == 0
+    rows = [[r.split(",")[:2] for r in (d / "metrics.csv").read_text().splitlines()]
+            for d in (reference, run_dir)]
+    assert rows[0] == rows[1]
+
+
+def test_ctrl_c_before_the_first_checkpoint_and_outside_training(box_hdf5, tmp_path,
+                                                                monkeypatch, capsys):
+    from offline_dt.cli import main
+
+    real = loop.train_step
+
+    def interrupted(net, optimizer, *args, **kw):
+        if optimizer.state and int(optimizer.state_dict()["state"][0]["step"]) == 3:
+            raise KeyboardInterrupt
+        return real(net, optimizer, *args, **kw)
+
+    monkeypatch.setattr(loop, "train_step", interrupted)
+    run_dir = tmp_path / "run"
+    assert main(_cli_args(box_hdf5, run_dir, log_every=1)) == 130
+    assert capsys.readouterr().err.strip() == (
+        "offline-dt train: interrupted before the run's first checkpoint; nothing of it was "
+        "kept: run the same command to start it again")
+    assert not (run_dir / CHECKPOINT_NAME).exists() and _metric_steps(run_dir) == []
+
+    from offline_dt.cli import COMMANDS
+
+    def evaluating(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(COMMANDS, "evaluate", dataclasses.replace(COMMANDS["evaluate"],
+                                                                  run=evaluating))
+    assert main(["evaluate", "--checkpoint", str(run_dir)]) == 130
+    assert capsys.readouterr().err.strip() == (
+        "offline-dt evaluate: interrupted; its outputs are written only when complete, so "
+        "nothing partial was left and earlier outputs are intact")
