@@ -1,36 +1,28 @@
 """Train a method (``dt``, ``bc``, ...) on an offline dataset: the one training loop.
 
-Readable top to bottom (in the spirit of CleanRL / CORL): :func:`train` validates the
-config (``offline_dt.training.train_config``), claims the run directory
-(``offline_dt.training.resume``), loads the data (``offline_dt.training.run_data``), checks the
-memory budget (``offline_dt.training.memory``), builds the method's networks, optimizer and
-schedule (``offline_dt.training.state``), then :func:`_loop`: sample a batch, one update
-(``offline_dt.training.step.train_step``), logs (``offline_dt.training.run_log``), periodic
-evaluation, checkpoints (``offline_dt.training.checkpoint``) with exact resume (parameters after
-N + M steps equal an uninterrupted run on CPU: model, optimizer, scheduler, torch, numpy,
-sampler and CUDA RNGs are all restored).
-
-The batches come from a dataset's windows, or from the ``offline_dt.methods.base.BatchSource``
-the caller passes (its hooks: ``collect`` before updates, ``finished``, ``log_values``, a
-checkpointed state; e.g. the replay buffer an ``odt`` fine-tune makes,
-``offline_dt.training.finetune``), and ``init`` warm-starts a new run from a checkpoint.
+Readable top to bottom (in the spirit of CleanRL / CORL): :func:`train` validates the config
+(``training.train_config``), claims the run directory (``training.resume``), loads the data
+(``training.run_data``), checks the memory budget (``training.memory``), builds the networks,
+optimizer and schedule (``training.state``), then :func:`_loop`: sample a batch, one update
+(``training.step.train_step``), logs (``training.run_log``), periodic evaluation, checkpoints
+(``training.checkpoint``) with exact resume (parameters after N + M steps equal an
+uninterrupted run on CPU: model, optimizer, scheduler, torch, numpy, sampler and CUDA RNGs are
+all restored). The batches come from a dataset's windows or the
+``offline_dt.methods.base.BatchSource`` the caller passes (e.g. the replay buffer an ``odt``
+fine-tune makes, ``training.finetune``); ``init`` warm-starts a run from a checkpoint.
 
 Nothing is lost, whatever happens: a non-finite loss or weight stops the run
-(:class:`~offline_dt.training.divergence.DivergenceError`) before it reaches a checkpoint, so
-the checkpoint on disk is always the last finite one; a checkpoint write that finds the disk
-full (:class:`~offline_dt.data.atomic.DiskFullError`) leaves the previous checkpoint;
-Ctrl-C raises :class:`TrainingInterrupted` naming the checkpoint to resume from; after any
-failure ``metrics.csv`` is cut back to the checkpoint on disk.
+(:class:`~offline_dt.training.divergence.DivergenceError`) before it reaches a checkpoint; a
+write that finds the disk full (:class:`~offline_dt.data.atomic.DiskFullError`) leaves the
+previous checkpoint; Ctrl-C raises :class:`TrainingInterrupted` naming the checkpoint to
+resume from; after any failure ``metrics.csv`` is cut back to the checkpoint on disk.
 
 What a method is (its networks, loss and acting) lives in ``offline_dt.methods``; the loop
-knows nothing else about it. The periodic evaluation is a hook (``offline_dt.evaluation.curves.
-make_eval_hook``) called with the trainer's own :class:`TrainingRun`: its networks,
-normaliser (observation statistics, action bounds) and dataset facts.
-
-Outputs in ``run_dir``: ``checkpoint.pt``, ``config.json`` (resolved config, DTConfig,
-dataset summary), ``metrics.csv``, ``tb/`` (TensorBoard scalars) and ``loss.png``.
+knows nothing else about it. The periodic evaluation is a hook (``offline_dt.evaluation.
+curves.make_eval_hook``) called with the trainer's own :class:`TrainingRun`. Outputs in
+``run_dir``: ``checkpoint.pt``, ``config.json`` (resolved config, DTConfig, dataset summary),
+``metrics.csv``, ``tb/`` (TensorBoard scalars) and ``loss.png``.
 """
-
 from __future__ import annotations
 
 import logging
@@ -172,10 +164,9 @@ def train(cfg: TrainConfig, eval_hook: EvalHook | None = None, *,
             longer than ``max_timestep``.
         ValueError: bad arguments, sizes beyond the data or the available memory, or
             ``resume`` with a config that differs from the checkpoint's (names the fields).
-        DivergenceError: (a ValueError) a loss or weight became non-finite; the checkpoint on
-            disk is the last finite one.
-        offline_dt.data.atomic.DiskFullError: (an OSError, ``ENOSPC``) no room for a
-            checkpoint; the previous one is intact.
+        DivergenceError: (a ValueError) a non-finite loss or weight; the checkpoint on disk
+            is the last finite one.
+        offline_dt.data.atomic.DiskFullError: no room to write; the checkpoint is intact.
         TrainingInterrupted: (a KeyboardInterrupt) Ctrl-C; names the checkpoint to resume.
         offline_dt.training.distributed.DistributedError: (torchrun) another rank died or hung.
     """
@@ -187,17 +178,25 @@ def train(cfg: TrainConfig, eval_hook: EvalHook | None = None, *,
     with process_group(resolve_device(cfg.device), cfg.dist_timeout) as ranks, \
             ExitStack() as held:
         cfg, state, info = _prepare(cfg, method, ranks, held, init, batch_source)
-        previous = None
-        if ranks.is_main and not cfg.resume and (Path(cfg.run_dir) / CHECKPOINT_NAME).exists():
-            previous = PreviousRun(Path(cfg.run_dir))
-            previous.set_aside()
-            state.after_save = previous.discard
+        previous = _set_aside(cfg, state)
         try:
             return _run(cfg, method, state, info, eval_hook, t_start)
         except BaseException:
             if previous is not None and state.after_save is not None:
                 previous.restore()  # failed before its first checkpoint: the old run is back
             raise
+
+
+def _set_aside(cfg: TrainConfig, state: TrainState) -> PreviousRun | None:
+    """A new run over an existing one (``overwrite``; rank 0): the old run set aside until
+    the new one's first checkpoint (``state.after_save`` discards it then); None if none."""
+    run_dir = Path(cfg.run_dir)
+    if not state.ranks.is_main or cfg.resume or not (run_dir / CHECKPOINT_NAME).exists():
+        return None
+    previous = PreviousRun(run_dir)
+    previous.set_aside()
+    state.after_save = previous.discard
+    return previous
 
 
 def _prepare(cfg: TrainConfig, method: Method, ranks: Ranks, held: ExitStack,
