@@ -113,7 +113,7 @@ def test_a_moved_name_is_caught():
     resolve("offline_dt.training.train_config.TrainConfig.run_dir")
     resolve("offline_dt.study.presets.Preset.method_candidates")  # a default_factory field
     resolve("offline_dt.data.load_dataset")  # a package's export
-    for gone in ("offline_dt.train", "offline_dt.training.loop.NoSuchThing",
+    for gone in ("offline_dt.model", "offline_dt.training.loop.NoSuchThing",
                  "offline_dt.training.distributed.global_mean", "datagen.nowhere.x",
                  "offline_dt.training.loop.Method"):  # imported there, defined in methods
         with pytest.raises((LookupError, ModuleNotFoundError)):
