@@ -14,7 +14,7 @@ made), registered by name (``--method``), each of a kind that says which command
   shared env source ``offline_dt.methods.env_source``).
 
 See ``offline_dt.methods.base`` for the contract (``Method``, ``OnlineMethod``,
-``FinetuneMethod``, ``BatchSource``), and README "Adding a method".
+``FinetuneMethod``, ``BatchSource``), and docs/adding-a-method.md.
 """
 
 # Registration order is the order of `offline-dt reproduce`'s jobs (the offline methods:

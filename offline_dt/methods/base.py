@@ -10,7 +10,7 @@ bases whose optional hooks are no-ops, the way d3rlpy keeps its algorithms apart
 each algorithm's math in one file. A method declares its kind (:data:`Kind`: which command
 trains it), whether it conditions on returns, a one-line description and the attentions it
 supports; the CLI, the presets and the reports read those from :data:`METHODS`. Registering a
-subclass with :func:`register` is all it takes to add one (README "Adding a method").
+subclass with :func:`register` is all it takes to add one (docs/adding-a-method.md).
 """
 
 from __future__ import annotations
