@@ -2,17 +2,26 @@
 
     python -m benchmarks.online                 # 200,000 env steps, seeds 0 1 2, 2 workers
     python -m benchmarks.online --smoke         # a minute: tiny budgets, into a temp dir
+    python -m benchmarks.online --envs CartPole-v1 --env-steps 50000 \
+        --agents transformer-reinforce transformer-a2c sb3-a2c \
+        --out benchmarks/results/online-pg      # the policy-gradient page
 
 Runs (:data:`JOBS`): transformer PPO (``--method ppo``) and SB3's PPO (MLP policy) on
 CartPole-v1 and Pendulum-v1, transformer DQN (``--method dqn``) and SB3's DQN on CartPole-v1,
-each for ``--env-steps`` env steps and every seed of ``--seeds``, with matched
-hyperparameters (:data:`CONFIGS`): rl-zoo's PPO for CartPole (8 envs x 32 steps, one
+transformer A2C (``--method a2c``) and SB3's A2C on CartPole-v1, and transformer REINFORCE
+with a value baseline (``--method reinforce``; SB3 has none, so no peer of its own: SB3's A2C
+is the one beside it), each for ``--env-steps`` env steps and every seed of ``--seeds``, with
+matched hyperparameters (:data:`CONFIGS`): rl-zoo's PPO for CartPole (8 envs x 32 steps, one
 minibatch of 256, 20 epochs, γ 0.98, λ 0.8, no entropy bonus, lr 1e-3 and clip range 0.2
 both annealed linearly to 0, value loss unclipped as SB3's default); for Pendulum the rl-zoo
 shape of PPO (4 envs x 1024 steps, γ 0.9, 10 epochs, constant lr 1e-3, rewards x 0.1 on both
 sides; no gSDE; our value loss clipped as CleanRL's, SB3's not); rl-zoo's DQN for CartPole
 (lr 2.3e-3, batch 64, learning starts at 1000, ε to 0.04 over 16% of the budget, target
-copied every 10 env steps; SB3 takes 128 updates per 256 env steps, ours one per 2).
+copied every 10 env steps; SB3 takes 128 updates per 256 env steps, ours one per 2); SB3's
+A2C defaults for A2C (8 envs x 5 steps as rl-zoo's CartPole, γ 0.99, λ 1, no entropy bonus,
+``vf_coef`` 0.5, gradient clip 0.5, lr 7e-4 constant; SB3 steps RMSprop, ours AdamW at the same
+lr: our loop has no RMSprop); REINFORCE with its defaults (4 envs x 128 steps a rollout, one
+update per rollout, γ 0.99, lr 7e-4 constant, AdamW).
 Our transformer is :data:`NETWORK`, a small DT trunk (K 8, width 64, one block: at the
 paper's K 20 / d 128 / 3 blocks a CartPole run of 200k steps takes about an hour of one CPU
 core, 17x longer), with PPO's critic a second trunk of that shape (``critic separate``); SB3
@@ -53,9 +62,11 @@ import torch
 from offline_dt.envs.policies import CallablePolicy
 from offline_dt.evaluation.curves import make_eval_hook
 from offline_dt.evaluation.episodes import CURVE_EPISODE_OFFSET, evaluate_policy
+from offline_dt.methods.a2c import A2COptions
 from offline_dt.methods.base import parse_options
 from offline_dt.methods.dqn import DQNOptions
 from offline_dt.methods.ppo import PPOOptions
+from offline_dt.methods.reinforce import ReinforceOptions
 from offline_dt.training.checkpoint import load_checkpoint
 from offline_dt.training.device import resolve_device
 from offline_dt.training.online import OnlineConfig, train_online
@@ -102,14 +113,27 @@ CONFIGS: dict[tuple[str, str], dict[str, Any]] = {
                     batch_size=64, tau=1.0, gamma=0.99, train_freq=256, gradient_steps=128,
                     target_update_interval=10, exploration_fraction=0.16,
                     exploration_final_eps=0.04, policy_kwargs={"net_arch": [256, 256]})},
+    ("a2c", "CartPole-v1"): {
+        # SB3's A2C defaults, 8 envs (rl-zoo); SB3 steps RMSprop, ours AdamW, both lr 7e-4
+        "ours": {"n_envs": "8", "n_steps": "5", "gamma": "0.99", "gae_lambda": "1.0",
+                 "ent_coef": "0", "vf_coef": "0.5"}, "lr": 7e-4, "lr_decay": "none",
+        "sb3": dict(n_envs=8, n_steps=5, learning_rate=7e-4, gamma=0.99, gae_lambda=1.0,
+                    ent_coef=0.0, vf_coef=0.5, max_grad_norm=0.5)},
+    ("reinforce", "CartPole-v1"): {  # SB3 has no REINFORCE: no sb3 run
+        "ours": {"n_envs": "4", "n_steps": "128", "gamma": "0.99", "vf_coef": "0.5"},
+        "lr": 7e-4, "lr_decay": "none", "sb3": None},
 }
-#: (agent, algorithm, env): every run of a seed.
-JOBS = [(agent, algo, env) for algo, env in CONFIGS for agent in ("transformer", "sb3")]
+#: (agent, algorithm, env): every run of a seed (an sb3 run where SB3 has the algorithm).
+JOBS = [(agent, algo, env) for (algo, env), c in CONFIGS.items()
+        for agent in ("transformer", "sb3") if agent == "transformer" or c["sb3"] is not None]
+#: Each algorithm's options dataclass (ours).
+OPTIONS = {"ppo": PPOOptions, "dqn": DQNOptions, "a2c": A2COptions,
+           "reinforce": ReinforceOptions}
 #: Smaller settings for ``--smoke`` (tiny network, short rollouts).
 SMOKE_OURS = {"ppo": {"n_steps": "32", "epochs": "2", "minibatches": "4"},
-              "dqn": {"learning_starts": "200"}}
+              "dqn": {"learning_starts": "200"}, "a2c": {}, "reinforce": {"n_steps": "32"}}
 SMOKE_SB3 = {"ppo": {"n_steps": 32, "batch_size": 32, "n_epochs": 2},
-             "dqn": {"learning_starts": 200}}
+             "dqn": {"learning_starts": 200}, "a2c": {}}
 
 
 def _curve_seeds(seed: int, episodes: int) -> dict[str, Any]:
@@ -122,9 +146,9 @@ def run_transformer(job: dict[str, Any]) -> dict[str, Any]:
     then score the final checkpoint on the test episodes."""
     cfg = CONFIGS[(job["algo"], job["env"])]
     opts = {**cfg["ours"], **(SMOKE_OURS[job["algo"]] if job["smoke"] else {})}
-    o = parse_options({"ppo": PPOOptions, "dqn": DQNOptions}[job["algo"]], job["algo"], opts)
-    per_update = (o.n_envs * o.n_steps / o.updates_per_rollout if job["algo"] == "ppo"
-                  else o.train_frequency)  # env steps per update
+    o = parse_options(OPTIONS[job["algo"]], job["algo"], opts)
+    per_update = (o.train_frequency if job["algo"] == "dqn"  # env steps per update
+                  else o.n_envs * o.n_steps / o.updates_per_rollout)
     shape = dict(context_length=4, embed_dim=16, n_layer=1) if job["smoke"] else NETWORK
     online = OnlineConfig(
         method=job["algo"], env_id=job["env"], env_steps=job["env_steps"],
@@ -178,9 +202,9 @@ def _score_sb3(model: Any, job: dict[str, Any], curve: bool) -> float | tuple[fl
 
 
 def run_sb3(job: dict[str, Any]) -> dict[str, Any]:
-    """SB3's PPO or DQN (MLP) with :data:`CONFIGS`' settings, evaluated as ours."""
+    """SB3's PPO, DQN or A2C (MLP) with :data:`CONFIGS`' settings, evaluated as ours."""
     import gymnasium as gym
-    from stable_baselines3 import DQN, PPO
+    from stable_baselines3 import A2C, DQN, PPO
     from stable_baselines3.common.env_util import make_vec_env
 
     kw = dict(CONFIGS[(job["algo"], job["env"])]["sb3"])
@@ -192,7 +216,7 @@ def run_sb3(job: dict[str, Any]) -> dict[str, Any]:
         return gym.wrappers.TransformReward(env, lambda r: scale * r) if scale != 1.0 else env
 
     env = make_vec_env(job["env"], n_envs=n_envs, seed=job["seed"], wrapper_class=wrap)
-    algo = PPO if job["algo"] == "ppo" else DQN
+    algo = {"ppo": PPO, "dqn": DQN, "a2c": A2C}[job["algo"]]
     model = algo("MlpPolicy", env, seed=job["seed"], device="cpu", verbose=0, **kw)
     curve: list[tuple[int, float]] = []
     t0 = time.perf_counter()
@@ -313,7 +337,8 @@ def write(results: list[dict[str, Any]], args: argparse.Namespace, command: str,
         env_steps=("env_steps", "first"), seeds=("seed", "count"),
         final_return=("final_mean", "mean"), seed_std=("final_mean", "std"),
         worst_seed=("final_mean", "min"), train_seconds=("train_seconds", "mean")).reset_index()
-    lines = ["# Online RL: a transformer policy (PPO, DQN) beside Stable-Baselines3", "",
+    algos = ", ".join(dict.fromkeys(a.upper() for a in runs["algo"]))
+    lines = [f"# Online RL: a transformer policy ({algos}) beside Stable-Baselines3", "",
              f"Command: `{command}`  ",
              f"Machine: {platform.machine()}, {multiprocessing.cpu_count()} CPU cores, one "
              f"torch thread per run; python {platform.python_version()}, torch "

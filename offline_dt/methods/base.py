@@ -10,16 +10,20 @@ bases whose optional hooks are no-ops, the way d3rlpy keeps its algorithms apart
 each algorithm's math in one file. A method declares its kind (:data:`Kind`: which command
 trains it), whether it conditions on returns, a one-line description and the attentions it
 supports; the CLI, the presets and the reports read those from :data:`METHODS`. Registering a
-subclass with :func:`register` is all it takes to add one (docs/adding-a-method.md).
+subclass with :func:`register` is all it takes to add one (docs/adding-a-method.md): in a
+module of ``offline_dt.methods``, which :func:`discover` imports, or in any module imported
+before the run.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
+import importlib
 import inspect
 import json
-from collections.abc import Mapping
+import pkgutil
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
@@ -296,12 +300,15 @@ class OnlineMethod(Method):
     (:meth:`make_source`) collects in the env.
 
     Attributes:
+        learning_rate: the AdamW learning rate when ``OnlineConfig.learning_rate`` is not
+            given.
         lr_decay: the learning-rate schedule under ``OnlineConfig.lr_decay`` ``auto``.
         grad_clip: the gradient-norm clip when ``OnlineConfig.grad_clip`` is not given.
     """
 
     kind: ClassVar[Kind] = "online"
     conditions_on_return: ClassVar[bool] = False
+    learning_rate: ClassVar[float] = 2.5e-4
     lr_decay: ClassVar[str] = "none"
     grad_clip: ClassVar[float] = 0.5
 
@@ -384,8 +391,28 @@ def option_strings(opts: Any) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------- registry
-#: Every registered method by name, in registration order.
+#: Every registered method by name, in registration order (:func:`discover` puts the package's
+#: own in :data:`KNOWN_ORDER`, then by name).
 METHODS: dict[str, type[Method]] = {}
+#: The order of the methods registered before :func:`discover` existed, kept: the order of
+#: :func:`method_names` (``offline-dt reproduce``'s jobs run the offline ones in it).
+KNOWN_ORDER = ("dt", "bc", "qt", "odt", "ppo", "dqn")
+
+
+def discover(package: str, path: Iterable[str]) -> None:
+    """Import every module of ``package`` (its ``__path__`` is ``path``), so each method
+    module registers its methods (:func:`register`) with no import line for it; then order
+    :data:`METHODS`: :data:`KNOWN_ORDER` first, every other method by name.
+
+    Raises:
+        ImportError (or what the module raises): a module of the package fails to import.
+    """
+    for info in sorted(pkgutil.iter_modules(path), key=lambda m: m.name):
+        importlib.import_module(f"{package}.{info.name}")
+    order = [n for n in KNOWN_ORDER if n in METHODS] + sorted(set(METHODS) - set(KNOWN_ORDER))
+    registered = dict(METHODS)
+    METHODS.clear()
+    METHODS.update({n: registered[n] for n in order})
 
 
 def register(cls: type[Method]) -> type[Method]:

@@ -1,5 +1,5 @@
 """Online RL with a transformer policy (``offline-dt online``: methods of kind ``online``,
-e.g. ``ppo``, ``dqn``) on the one training loop.
+e.g. ``ppo``, ``dqn``, ``reinforce``, ``a2c``) on the one training loop.
 
 ``train_online(OnlineConfig)`` calls ``offline_dt.training.loop.train`` with no dataset (the
 networks are sized by the env's spaces and observations are not normalised, ``train._env_data``) and
@@ -7,9 +7,10 @@ the batch source the method makes (``OnlineMethod.make_source``, e.g.
 ``offline_dt.methods.ppo_rollout.RolloutSource``, ``offline_dt.methods.dqn.WindowReplaySource``),
 which collects its own data through the one rollout engine. The method also sets the loop's
 update cap and batch size for the env-step budget (``OnlineMethod.budget``), its default
-learning-rate schedule and gradient clip. Optimizer, schedule, gradient clipping, logs, periodic
-evaluation, checkpoints and exact resume are the loop's; this module is the command's config,
-the loop's config built from it, and the settings a resumed run must share (:data:`RESUMABLE`).
+learning rate, learning-rate schedule and gradient clip. Optimizer, schedule, gradient
+clipping, logs, periodic evaluation, checkpoints and exact resume are the loop's; this module
+is the command's config, the loop's config built from it, and the settings a resumed run must
+share (:data:`RESUMABLE`).
 
 ``init`` warm-starts from a pretrained checkpoint (e.g. ``offline-dt train --method dt``; seed
 002, section 5.1.3): its trunk (``Method.warm_start``: embeddings, blocks, final LayerNorm;
@@ -57,16 +58,16 @@ SHAPE_FIELDS = ("embed_dim", "n_layer", "n_head", "activation", "max_timestep")
 @dataclass
 class OnlineConfig(RunControls):
     """Online training of a transformer policy (module docstring). The network and optimizer
-    fields are ``TrainConfig``'s, with online defaults (CleanRL's Adam lr 2.5e-4 without
-    weight decay or warmup, no dropout, fp32)."""
+    fields are ``TrainConfig``'s, with online defaults (the method's learning rate, e.g.
+    CleanRL's 2.5e-4 for ppo and dqn, without weight decay or warmup, no dropout, fp32)."""
 
     method: str = field(default="ppo", metadata={
         "help": "online method (offline_dt.methods): " + method_help("online"),
         "choices": methods_for("online")})
     env_id: str = field(default="CartPole-v1", metadata={"help": "Gymnasium env id"})
     env_steps: int = field(default=100_000, metadata={
-        "help": "env steps to collect in total (ppo: whole rollouts, so up to one rollout "
-                "more)"})
+        "help": "env steps to collect in total (rollout methods such as ppo: whole rollouts, "
+                "so up to one rollout more)"})
     run_dir: Path | None = field(default=None, metadata={
         "help": "output run directory (default data/runs/online/<env>/<method>/seed<seed>)"})
     seed: int = field(default=0, metadata={
@@ -76,8 +77,8 @@ class OnlineConfig(RunControls):
                 "train --method dt): its trunk and observation statistics; the network shape "
                 "is its"})
     method_options: dict[str, str] = field(default_factory=dict, metadata={
-        "help": "the method's hyperparameters as KEY VALUE pairs (its module lists them, e.g. "
-                "offline_dt.methods.ppo.PPOOptions, offline_dt.methods.dqn.DQNOptions)"})
+        "help": "the method's hyperparameters as KEY VALUE pairs (its module's options "
+                "dataclass lists them, e.g. offline_dt.methods.ppo.PPOOptions)"})
     context_length: int = field(default=20, metadata={"help": "K, timesteps per window"})
     embed_dim: int = field(default=128, metadata={"help": "transformer width d"})
     n_layer: int = field(default=3, metadata={"help": "transformer blocks"})
@@ -88,7 +89,10 @@ class OnlineConfig(RunControls):
         "help": "MLP nonlinearity", "choices": ["relu", "gelu"]})
     max_timestep: int = field(default=1000, metadata={
         "help": "timestep embedding table size (grows to the env's time limit)"})
-    learning_rate: float = field(default=2.5e-4, metadata={"help": "Adam(W) learning rate"})
+    learning_rate: float | None = field(default=None, metadata={
+        "help": "AdamW learning rate (default: the method's, "
+                + ", ".join(f"{m}: {METHODS[m].learning_rate:g}" for m in methods_for("online"))
+                + ")"})
     lr_decay: str = field(default="auto", metadata={
         "help": "learning-rate schedule (TrainConfig.lr_decay): auto is the method's ("
                 + ", ".join(f"{m}: {METHODS[m].lr_decay}" for m in methods_for("online"))
@@ -100,8 +104,9 @@ class OnlineConfig(RunControls):
                 + ", ".join(f"{m}: {METHODS[m].grad_clip:g}" for m in methods_for("online"))
                 + ")"})
     batch_size: int | None = field(default=None, metadata={
-        "help": "samples per update (default: the method's; dqn 128 transitions, CleanRL's; "
-                "ppo's is fixed by n_envs * n_steps / minibatches)"})
+        "help": "samples per update (default: the method's, e.g. dqn 128 transitions, "
+                "CleanRL's; a rollout method's is fixed by its rollout, e.g. ppo's n_envs * "
+                "n_steps / minibatches)"})
     log_every: int = field(default=16, metadata={"help": "metrics.csv row every this many updates"})
 
     def validate(self) -> None:
@@ -111,6 +116,9 @@ class OnlineConfig(RunControls):
             raise ValueError(f"OnlineConfig.env_steps must be >= 1, found {self.env_steps}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"OnlineConfig.grad_clip must be > 0, found {self.grad_clip}")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ValueError(f"OnlineConfig.learning_rate must be > 0, found "
+                             f"{self.learning_rate}")
         if self.lr_decay not in ("auto", *LR_DECAYS):
             raise ValueError(f"OnlineConfig.lr_decay must be 'auto', 'none' or 'linear', "
                              f"found {self.lr_decay!r}")
@@ -140,9 +148,9 @@ def _shape_from(cfg: OnlineConfig) -> dict[str, Any]:
 def online_train_config(cfg: OnlineConfig) -> TrainConfig:
     """The loop's config: no dataset, ``cfg.env_id``, the method and its options, the update
     cap and batch size (``OnlineMethod.budget``), fp32, no warmup, the network shape
-    (``init``'s or the resumed run's when there is one: :data:`SHAPE_FIELDS`), the
-    learning-rate schedule and gradient clip (``lr_decay`` and ``grad_clip``; the method's
-    under ``auto`` and None)."""
+    (``init``'s or the resumed run's when there is one: :data:`SHAPE_FIELDS`), the learning
+    rate, its schedule and the gradient clip (``learning_rate``, ``lr_decay`` and
+    ``grad_clip``; the method's under None, ``auto`` and None)."""
     method = _online_method(cfg.method)
     budget = method.budget(cfg.method_options, cfg.env_steps, cfg.batch_size)
     shape = {k: getattr(cfg, k) for k in SHAPE_FIELDS}
@@ -152,7 +160,8 @@ def online_train_config(cfg: OnlineConfig) -> TrainConfig:
     return TrainConfig(
         dataset="", env_id=cfg.env_id, method=cfg.method, method_options=cfg.method_options,
         seed=cfg.seed, device=cfg.device, steps=budget.steps, batch_size=budget.batch_size,
-        learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, warmup_steps=0,
+        learning_rate=method.learning_rate if cfg.learning_rate is None else cfg.learning_rate,
+        weight_decay=cfg.weight_decay, warmup_steps=0,
         grad_clip=cfg.grad_clip or method.grad_clip, precision="fp32",
         lr_decay=method.lr_decay if cfg.lr_decay == "auto" else cfg.lr_decay,
         context_length=cfg.context_length, dropout=cfg.dropout, **{**shape, **chosen},
