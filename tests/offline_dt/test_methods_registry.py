@@ -34,8 +34,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def test_every_method_declares_its_kind_description_and_attentions():
     assert method_names("offline") == ["dt", "bc", "qt"]  # registration order: reproduce's jobs
+    # today's order, then the methods found later by name (base.discover)
+    assert list(METHODS)[:8] == ["dt", "bc", "qt", "odt", "ppo", "dqn", "a2c", "reinforce"]
     assert methods_for("train") == ["bc", "dt", "odt", "qt"]
-    assert methods_for("online") == ["dqn", "ppo"] and methods_for("finetune") == ["odt"]
+    assert methods_for("online") == ["a2c", "dqn", "ppo", "reinforce"]
+    assert methods_for("finetune") == ["odt"]
     bases = {"offline": Method, "online": OnlineMethod, "finetune": FinetuneMethod}
     for name, cls in METHODS.items():
         assert cls.name == name and cls.description and "\n" not in cls.description
@@ -44,6 +47,8 @@ def test_every_method_declares_its_kind_description_and_attentions():
     assert [m for m, c in METHODS.items() if "band" in c.attentions] == ["dt", "bc"]
     assert not METHODS["ppo"].conditions_on_return and METHODS["odt"].conditions_on_return
     assert (METHODS["ppo"].lr_decay, METHODS["dqn"].lr_decay) == ("linear", "none")
+    assert [METHODS[m].learning_rate for m in ("ppo", "dqn", "a2c", "reinforce")] == [
+        2.5e-4, 2.5e-4, 7e-4, 7e-4]
 
 
 @pytest.mark.parametrize(("argv", "command"), [
@@ -74,7 +79,7 @@ def test_the_python_entry_points_refuse_another_kind_too(tmp_path, discrete_hdf5
 
 
 @pytest.mark.parametrize(("command", "choices"), [("train", "{bc,dt,odt,qt}"),
-                                                  ("online", "{dqn,ppo}")])
+                                                  ("online", "{a2c,dqn,ppo,reinforce}")])
 def test_help_offers_only_the_methods_the_command_trains(command, choices, capsys):
     with pytest.raises(SystemExit):
         parse([command, "--help"])
@@ -139,3 +144,47 @@ def test_band_attention_follows_the_methods_declared_attentions():
     finally:
         for cls in (_Banded, windowed):
             METHODS.pop(cls.name)
+
+
+_TOY_MODULE = '''
+from offline_dt.methods.base import Method, register
+
+
+@register
+class Toy(Method):
+    name = "{name}"
+    description = "a method in a module no import line names"
+
+    def loss(self, net, batch):
+        raise AssertionError
+
+    def policy(self, net, normalizer, target_return, *, kv_cache=False, **settings):
+        raise AssertionError
+'''
+
+
+def test_discover_registers_every_module_of_a_package_in_the_kept_order(tmp_path,
+                                                                        monkeypatch):
+    """A method module needs no import line: ``discover`` imports every module of the
+    package (helpers too) and keeps today's order first, the others by name."""
+    from offline_dt.methods.base import KNOWN_ORDER, discover
+
+    pkg = tmp_path / "toy_methods_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "zeta.py").write_text(_TOY_MODULE.format(name="zeta-toy"))
+    (pkg / "alpha.py").write_text(_TOY_MODULE.format(name="alpha-toy"))
+    (pkg / "helper.py").write_text("VALUE = 1\n")  # no method: imported, nothing registered
+    monkeypatch.syspath_prepend(str(tmp_path))
+    saved = dict(METHODS)
+    try:
+        discover("toy_methods_pkg", [str(pkg)])
+        names = list(METHODS)
+        assert names[:len(KNOWN_ORDER)] == list(KNOWN_ORDER)
+        assert names[len(KNOWN_ORDER):] == sorted(names[len(KNOWN_ORDER):])
+        assert {"alpha-toy", "zeta-toy"} <= set(names)
+        assert methods_for("train")[:1] == ["alpha-toy"] and "zeta-toy" in methods_for("train")
+    finally:
+        METHODS.clear()
+        METHODS.update(saved)
+    assert "alpha-toy" not in METHODS
