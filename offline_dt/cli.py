@@ -4,7 +4,7 @@
     offline-dt datasets                                 list what exists
     offline-dt train      --dataset ID_OR_PATH         train a Decision Transformer
     offline-dt finetune   --checkpoint RUN_DIR --online-steps N   online DT fine-tuning (odt)
-    offline-dt online     --method ppo --env-id CartPole-v1 --env-steps N   online RL (ppo, dqn, ...)
+    offline-dt online     --method ppo --env-id CartPole-v1 --env-steps N   online RL (ppo, dqn)
     offline-dt evaluate   --checkpoint PATH            return-conditioned rollouts
     offline-dt reference  --dataset ID_OR_PATH --method iql   a d3rlpy reference row
     offline-dt report     --runs data/runs             average-reward table and plots
