@@ -63,7 +63,7 @@ from offline_dt.envs.policies import CallablePolicy
 from offline_dt.evaluation.curves import make_eval_hook
 from offline_dt.evaluation.episodes import CURVE_EPISODE_OFFSET, evaluate_policy
 from offline_dt.methods.a2c import A2COptions
-from offline_dt.methods.base import parse_options
+from offline_dt.methods.base import METHODS, parse_options
 from offline_dt.methods.dqn import DQNOptions
 from offline_dt.methods.ppo import PPOOptions
 from offline_dt.methods.reinforce import ReinforceOptions
@@ -353,11 +353,28 @@ def write(results: list[dict[str, Any]], args: argparse.Namespace, command: str,
              "for every agent).", "",
              "## Final test return (mean over seeds; seed_std: std of the seed means)", "",
              summary.to_markdown(index=False, floatfmt=".1f"), "",
+             "## Settings (`CONFIGS`; the transformer steps AdamW, the loop's one optimizer; "
+             "SB3 its algorithm's own, RMSprop for A2C)", "",
+             *settings_lines(runs), "",
              "## Every run", "",
              runs.drop(columns=["name"]).to_markdown(index=False, floatfmt=".1f"), "",
              "![learning curves](online.png)", ""]
     (out / "online.md").write_text("\n".join(lines))
     return out / "online.md"
+
+
+def settings_lines(runs: pd.DataFrame) -> list[str]:
+    """One line per algorithm/env pair of ``runs``: our method options, learning rate and its
+    decay, and SB3's keyword arguments (a schedule shown as ``schedule``)."""
+    lines = []
+    for algo, env in dict.fromkeys(zip(runs["algo"], runs["env"], strict=True)):
+        c = CONFIGS[(algo, env)]
+        sb3 = ("none (SB3 has no such algorithm)" if c["sb3"] is None else
+               {k: "schedule" if callable(v) else v for k, v in c["sb3"].items()})
+        lines.append(f"- {algo} on {env}: ours `{c['ours']}`, lr {c['lr']:g} "
+                     f"(decay {c['lr_decay']}), gradient clip {METHODS[algo].grad_clip:g}; "
+                     f"SB3 `{sb3}`")
+    return lines
 
 
 def _sb3_version() -> str:
