@@ -19,13 +19,14 @@ from offline_dt.methods.base import parse_options
 from offline_dt.methods.ppo_rollout import PPOBatch, gae
 from offline_dt.methods.reinforce import ReinforceOptions, policy_gradient_loss
 from offline_dt.training.checkpoint import read_checkpoint
-from offline_dt.training.loop import TrainingRun, _env_data
+from offline_dt.training.loop import TrainingRun
 from offline_dt.training.online import (
     OnlineConfig,
     online_train_config,
     source_spec,
     train_online,
 )
+from offline_dt.training.run_data import env_data
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -117,7 +118,7 @@ def test_a_collected_rollout_holds_discounted_returns_and_the_loss_is_the_formul
                        **TINY)
     m = get_method(method)
     tcfg = online_train_config(cfg).resolved(500)
-    normalizer, info = _env_data(tcfg, None, None)
+    normalizer, info = env_data(tcfg, None, None)
     torch.manual_seed(0)
     net = m.build(tcfg.model_config(info["obs_dim"], info["act_dim"], info["discrete"]),
                   tcfg.method_options)
