@@ -184,6 +184,27 @@ def _read_meta(group: h5py.Group) -> dict[str, Any]:
     return out
 
 
+def _file_spaces(raw: Any, src: str, observation_space: gym.Space | None,
+                 action_space: gym.Space | None) -> tuple[gym.Space, gym.Space]:
+    """The spaces given, else those the file's metadata records (popped from it), else
+    inferred from the arrays (observations: an unbounded Box; actions:
+    :func:`_infer_action_space`)."""
+    obs_json = raw.metadata.pop(_OBS_SPACE_KEY, None)
+    act_json = raw.metadata.pop(_ACT_SPACE_KEY, None)
+    if observation_space is None:
+        if obs_json is not None:
+            observation_space = space_from_json(obs_json)
+        else:
+            width = raw.arrays["observations"].shape[1]
+            observation_space = gym.spaces.Box(-np.inf, np.inf, (width,), np.float32)
+    if action_space is None:
+        if act_json is not None:
+            action_space = space_from_json(act_json)
+        else:
+            action_space = _infer_action_space(raw.arrays["actions"], src)
+    return observation_space, action_space
+
+
 def read_hdf5(
     path: str | os.PathLike,
     observation_space: gym.spaces.Box | None = None,
@@ -223,24 +244,13 @@ def read_hdf5(
     env_id = env_id or meta.get("env_id")
     if raw.timeouts_missing:
         raw.arrays["timeouts"] = _recover_timeouts(raw, src, env_id)
-    obs_json = meta.pop(_OBS_SPACE_KEY, None)
-    act_json = meta.pop(_ACT_SPACE_KEY, None)
     rewards = _flat_rewards(raw.arrays["rewards"], src)
     obs = raw.arrays["observations"]
     if obs.ndim != 2:
         raise DatasetError(
             f"{src}: key 'observations' must be (N, obs_dim), found shape {obs.shape}"
         )
-    if observation_space is None:
-        if obs_json is not None:
-            observation_space = space_from_json(obs_json)
-        else:
-            observation_space = gym.spaces.Box(-np.inf, np.inf, (obs.shape[1],), np.float32)
-    if action_space is None:
-        if act_json is not None:
-            action_space = space_from_json(act_json)
-        else:
-            action_space = _infer_action_space(raw.arrays["actions"], src)
+    observation_space, action_space = _file_spaces(raw, src, observation_space, action_space)
     ds = OfflineDataset.from_flat(
         observations=obs,
         actions=raw.arrays["actions"],
