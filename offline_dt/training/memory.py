@@ -3,12 +3,11 @@ before anything is allocated (:func:`check_sizes`)."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from offline_dt.data.validate import available_memory as host_available_memory
 from offline_dt.training.train_config import TrainConfig
 
 
@@ -73,29 +72,11 @@ def estimate_step_bytes(cfg: TrainConfig, obs_dim: int, act_dim: int) -> int:
 
 
 def available_memory(device: torch.device) -> int | None:
-    """Bytes free for a new allocation: CUDA's free memory on a CUDA device; else Linux
-    ``MemAvailable`` (or free pages by ``os.sysconf``), capped by a cgroup v2 memory limit.
-    None when it cannot be told."""
+    """Bytes free for a new allocation: CUDA's free memory on a CUDA device; else what the
+    data layer's readers check against (:func:`offline_dt.data.validate.available_memory`:
+    Linux ``MemAvailable`` or free pages, capped by a cgroup memory limit). None when it
+    cannot be told."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
-    found = []
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                found.append(int(line.split()[1]) * 1024)
-    except (OSError, ValueError, IndexError):
-        pass
-    if not found:
-        try:
-            found.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
-        except (AttributeError, ValueError, OSError):
-            pass
-    try:
-        cg = Path("/sys/fs/cgroup")
-        limit = (cg / "memory.max").read_text().strip()
-        if limit != "max":
-            found.append(int(limit) - int((cg / "memory.current").read_text()))
-    except (OSError, ValueError):
-        pass
-    return min(found) if found else None
+    return host_available_memory()
 
