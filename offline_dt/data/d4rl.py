@@ -213,9 +213,8 @@ def read_hdf5(
 ) -> OfflineDataset:
     """Read a D4RL-style HDF5 file (ours or one from D4RL itself).
 
-    Spaces come from the file's metadata when we wrote it; for other files pass them (or an
-    env) or they are inferred: float actions give an unbounded-check Box spanning the data
-    (D4RL actions lie in [-1, 1]), integer actions give ``Discrete(max + 1)``.
+    Spaces: those given, else the file's metadata, else inferred (:func:`_file_spaces`: float
+    actions give a Box spanning the data, integer actions ``Discrete(max + 1)``).
 
     ``env_id`` (the caller's env, e.g. ``TrainConfig.env_id``; else the file's
     ``metadata/env_id``, which must be a plain id, ``check_plain_env_id``) gives the time limit
