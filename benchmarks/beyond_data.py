@@ -40,31 +40,31 @@ from offline_dt.training import TrainConfig
 RESULTS = Path(__file__).resolve().parent / "results"
 
 #: name -> (method, method_options, what it is)
-VARIANTS: dict[str, tuple[str, dict[str, str], str]] = {
+VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {
     "dt": ("dt", {}, "Decision Transformer (reference)"),
     "qt": ("qt", {}, "qt as shipped: QT's Q term + advantage weights (eta 1, beta 10), MLP "
                      "IQL critic"),
-    "qt-beta3": ("qt", {"beta": "3"}, "qt with IQL's beta 3"),
-    "qt-transformer-beta3": ("qt", {"critic": "transformer", "beta": "3"},
+    "qt-beta3": ("qt", {"beta": 3}, "qt with IQL's beta 3"),
+    "qt-transformer-beta3": ("qt", {"critic": "transformer", "beta": 3},
                              "qt-beta3 with the transformer critic"),
     "qt-transformer": ("qt", {"critic": "transformer"}, "qt with the transformer critic"),
-    "qt-no-weights": ("qt", {"beta": "0"}, "QT as published: Q term only (beta 0), MLP critic"),
+    "qt-no-weights": ("qt", {"beta": 0}, "QT as published: Q term only (beta 0), MLP critic"),
     # weaker terms, for a per-dataset choice on validation episodes
-    "qt-eta0.1": ("qt", {"eta": "0.1"}, "qt with a weaker Q term (eta 0.1)"),
-    "qt-gentle": ("qt", {"eta": "0.1", "beta": "1"}, "qt with both terms weak (eta 0.1, beta 1)"),
-    "qt-off": ("qt", {"eta": "0", "beta": "0"}, "check: qt with both terms off (the actor is "
+    "qt-eta0.1": ("qt", {"eta": 0.1}, "qt with a weaker Q term (eta 0.1)"),
+    "qt-gentle": ("qt", {"eta": 0.1, "beta": 1}, "qt with both terms weak (eta 0.1, beta 1)"),
+    "qt-off": ("qt", {"eta": 0, "beta": 0}, "check: qt with both terms off (the actor is "
                                                 "a plain DT beside a critic it never uses)"),
-    "aw-dt": ("qt", {"eta": "0"}, "advantage-weighted DT at qt's beta 10: weights only (eta 0), "
+    "aw-dt": ("qt", {"eta": 0}, "advantage-weighted DT at qt's beta 10: weights only (eta 0), "
                                   "MLP critic"),
-    "aw-dt-beta3": ("qt", {"eta": "0", "beta": "3"},
+    "aw-dt-beta3": ("qt", {"eta": 0, "beta": 3},
                     "advantage-weighted DT: weights only (eta 0, beta 3), MLP critic"),
-    "qt-beta3-rate0.02": ("qt", {"beta": "3", "target_rate": "0.02"},
+    "qt-beta3-rate0.02": ("qt", {"beta": 3, "target_rate": 0.02},
                           "qt-beta3 with a faster target critic (target_rate 0.02)"),
     # tried on medium-replay (2,500 transitions): a smaller critic, weaker weights, a higher
     # expectile
-    "qt-small-critic": ("qt", {"hidden": "64"}, "qt with a 2 x 64 MLP critic"),
-    "qt-beta1": ("qt", {"beta": "1"}, "qt with beta 1 (weaker advantage weights)"),
-    "qt-expectile0.9": ("qt", {"expectile": "0.9"}, "qt with expectile 0.9"),
+    "qt-small-critic": ("qt", {"hidden": 64}, "qt with a 2 x 64 MLP critic"),
+    "qt-beta1": ("qt", {"beta": 1}, "qt with beta 1 (weaker advantage weights)"),
+    "qt-expectile0.9": ("qt", {"expectile": 0.9}, "qt with expectile 0.9"),
     # QDT (Yamagata et al. 2023): a plain DT on returns-to-go relabelled with learned values
     "qdt-iql": ("dt", {}, "QDT-style: dt on returns-to-go relabelled with the values of the "
                           "paper preset's d3rlpy IQL run of the same level and seed "

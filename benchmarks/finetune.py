@@ -16,8 +16,8 @@ Per seed ``s`` (the issue's protocol; the same seed trains, collects and evaluat
    page ran ``--updates-per-round 60``: ODT's 300 updates per 1000-step D4RL episode, per env
    step, on Pendulum's 200-step episodes (300 per episode is 5x ODT's rate and 5x the time;
    the one-seed probes in ``results/finetune-probe`` ran it and stayed flat too).
-   Agent ``odt-td3`` fine-tunes the same way with TD3 gradients (``--method-options
-   critic_weight`` ``--critic-weight``; Yan, Schwing & Wang, NeurIPS 2024; the critic starts
+   Agent ``odt-td3`` fine-tunes the same way with TD3 gradients (``--odt.critic-weight``,
+   here ``--critic-weight``; Yan, Schwing & Wang, NeurIPS 2024; the critic starts
    fresh at the fine-tune) and ``--td3-updates-per-round`` updates per episode (200: one
    update per env step, as SAC makes).
 3. **test**: ``evaluate_checkpoint`` of the pretrained and of the fine-tuned run (target
@@ -115,7 +115,7 @@ def finetune_settings(job: dict[str, Any]) -> dict[str, Any]:
     updates = 20 if job["smoke"] else job["td3_updates_per_round"]
     return {"updates_per_round": updates,
             "eval_every": max(1, job["curve_updates"] * updates // plain),
-            "method_options": {"critic_weight": str(job["critic_weight"])}}
+            "method_options": {"critic_weight": float(job["critic_weight"])}}
 
 
 def _score(model: Any, job: dict[str, Any], curve: bool) -> Any:

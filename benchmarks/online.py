@@ -63,8 +63,9 @@ from offline_dt.envs.policies import CallablePolicy
 from offline_dt.evaluation.curves import make_eval_hook
 from offline_dt.evaluation.episodes import CURVE_EPISODE_OFFSET, evaluate_policy
 from offline_dt.methods.a2c import A2COptions
-from offline_dt.methods.base import METHODS, parse_options
+from offline_dt.methods.base import METHODS
 from offline_dt.methods.dqn import DQNOptions
+from offline_dt.methods.options import make_options
 from offline_dt.methods.ppo import PPOOptions
 from offline_dt.methods.reinforce import ReinforceOptions
 from offline_dt.training.checkpoint import load_checkpoint
@@ -89,8 +90,8 @@ def linear_schedule(peak: float) -> Any:
 #: before the constructor).
 CONFIGS: dict[tuple[str, str], dict[str, Any]] = {
     ("ppo", "CartPole-v1"): {
-        "ours": {"n_envs": "8", "n_steps": "32", "minibatches": "1", "epochs": "20",
-                 "gamma": "0.98", "gae_lambda": "0.8", "ent_coef": "0",
+        "ours": {"n_envs": 8, "n_steps": 32, "minibatches": 1, "epochs": 20,
+                 "gamma": 0.98, "gae_lambda": 0.8, "ent_coef": 0,
                  "clip_decay": "linear", "clip_vloss": "false"},
         "lr": 1e-3, "lr_decay": "linear",
         "sb3": dict(n_envs=8, n_steps=32, batch_size=256, n_epochs=20,
@@ -98,16 +99,16 @@ CONFIGS: dict[tuple[str, str], dict[str, Any]] = {
                     clip_range=linear_schedule(0.2), ent_coef=0.0, vf_coef=0.5,
                     max_grad_norm=0.5)},
     ("ppo", "Pendulum-v1"): {
-        "ours": {"n_envs": "4", "n_steps": "1024", "gamma": "0.9", "epochs": "10",
-                 "minibatches": "32", "reward_scale": "0.1"}, "lr": 1e-3, "lr_decay": "none",
+        "ours": {"n_envs": 4, "n_steps": 1024, "gamma": 0.9, "epochs": 10,
+                 "minibatches": 32, "reward_scale": 0.1}, "lr": 1e-3, "lr_decay": "none",
         "sb3": dict(n_envs=4, n_steps=1024, batch_size=128, n_epochs=10, learning_rate=1e-3,
                     gamma=0.9, gae_lambda=0.95, clip_range=0.2, ent_coef=0.0, vf_coef=0.5,
                     max_grad_norm=0.5, reward_scale=0.1)},
     ("dqn", "CartPole-v1"): {
         # rl-zoo's: 128 updates per 256 env steps on SB3's side, one per 2 on ours; target
         # copy every 10 env steps (5 of our updates); SB3's Q-network 2 x 256 wide
-        "ours": {"buffer_size": "100000", "learning_starts": "1000", "train_frequency": "2",
-                 "target_every": "5", "exploration_fraction": "0.16", "end_e": "0.04"},
+        "ours": {"buffer_size": 100000, "learning_starts": 1000, "train_frequency": 2,
+                 "target_every": 5, "exploration_fraction": 0.16, "end_e": 0.04},
         "lr": 2.3e-3, "lr_decay": "none", "batch": 64,
         "sb3": dict(n_envs=1, learning_rate=2.3e-3, buffer_size=100_000, learning_starts=1000,
                     batch_size=64, tau=1.0, gamma=0.99, train_freq=256, gradient_steps=128,
@@ -115,12 +116,12 @@ CONFIGS: dict[tuple[str, str], dict[str, Any]] = {
                     exploration_final_eps=0.04, policy_kwargs={"net_arch": [256, 256]})},
     ("a2c", "CartPole-v1"): {
         # SB3's A2C defaults, 8 envs (rl-zoo); SB3 steps RMSprop, ours AdamW, both lr 7e-4
-        "ours": {"n_envs": "8", "n_steps": "5", "gamma": "0.99", "gae_lambda": "1.0",
-                 "ent_coef": "0", "vf_coef": "0.5"}, "lr": 7e-4, "lr_decay": "none",
+        "ours": {"n_envs": 8, "n_steps": 5, "gamma": 0.99, "gae_lambda": 1.0,
+                 "ent_coef": 0, "vf_coef": 0.5}, "lr": 7e-4, "lr_decay": "none",
         "sb3": dict(n_envs=8, n_steps=5, learning_rate=7e-4, gamma=0.99, gae_lambda=1.0,
                     ent_coef=0.0, vf_coef=0.5, max_grad_norm=0.5)},
     ("reinforce", "CartPole-v1"): {  # SB3 has no REINFORCE: no sb3 run
-        "ours": {"n_envs": "4", "n_steps": "128", "gamma": "0.99", "vf_coef": "0.5"},
+        "ours": {"n_envs": 4, "n_steps": 128, "gamma": 0.99, "vf_coef": 0.5},
         "lr": 7e-4, "lr_decay": "none", "sb3": None},
 }
 #: (agent, algorithm, env): every run of a seed (an sb3 run where SB3 has the algorithm).
@@ -130,8 +131,8 @@ JOBS = [(agent, algo, env) for (algo, env), c in CONFIGS.items()
 OPTIONS = {"ppo": PPOOptions, "dqn": DQNOptions, "a2c": A2COptions,
            "reinforce": ReinforceOptions}
 #: Smaller settings for ``--smoke`` (tiny network, short rollouts).
-SMOKE_OURS = {"ppo": {"n_steps": "32", "epochs": "2", "minibatches": "4"},
-              "dqn": {"learning_starts": "200"}, "a2c": {}, "reinforce": {"n_steps": "32"}}
+SMOKE_OURS = {"ppo": {"n_steps": 32, "epochs": 2, "minibatches": 4},
+              "dqn": {"learning_starts": 200}, "a2c": {}, "reinforce": {"n_steps": 32}}
 SMOKE_SB3 = {"ppo": {"n_steps": 32, "batch_size": 32, "n_epochs": 2},
              "dqn": {"learning_starts": 200}, "a2c": {}}
 
@@ -146,7 +147,7 @@ def run_transformer(job: dict[str, Any]) -> dict[str, Any]:
     then score the final checkpoint on the test episodes."""
     cfg = CONFIGS[(job["algo"], job["env"])]
     opts = {**cfg["ours"], **(SMOKE_OURS[job["algo"]] if job["smoke"] else {})}
-    o = parse_options(OPTIONS[job["algo"]], job["algo"], opts)
+    o = make_options(OPTIONS[job["algo"]], job["algo"], opts)
     per_update = (o.train_frequency if job["algo"] == "dqn"  # env steps per update
                   else o.n_envs * o.n_steps / o.updates_per_rollout)
     shape = dict(context_length=4, embed_dim=16, n_layer=1) if job["smoke"] else NETWORK

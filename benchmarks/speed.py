@@ -109,7 +109,7 @@ def interleave(contenders: dict[str, Callable[[], None]], rounds: int, block: in
 
 # ---------------------------------------------------------------------------------- train
 def ours_step(precision: str, dropout: float = PAPER["dropout"], compile: bool = False,
-              cuda_graph: str = "auto", device: str = "cpu",
+              cuda_graph: bool | None = None, device: str = "cpu",
               config: dict[str, Any] | None = None) -> Callable[[], None]:
     """One training step of ours (``train_step``: the loop's own update, with the loss the
     loop builds, ``loss_function``) at the paper config (``config``: other ``TrainConfig``
@@ -299,7 +299,7 @@ def train_contenders(dev: str, notes: list[str]) -> dict[str, Callable[[], None]
     }
     if shipped.graphed:
         contenders[f"ours (--cuda-graph false: eager, {auto})"] = ours_step(
-            "auto", cuda_graph="false", device=dev)
+            "auto", cuda_graph=False, device=dev)
     for prec in {"fp32", "bf16"} - {auto}:
         other = ours_step(prec, device=dev)
         contenders[f"ours ({other.setting}, not the default here)"] = other

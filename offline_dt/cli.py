@@ -36,6 +36,7 @@ from offline_dt.data.lock import LockedError
 from offline_dt.envs.make import EnvDependencyError
 from offline_dt.evaluation.evaluate import EvalConfig
 from offline_dt.methods import METHODS, check_command, methods_for
+from offline_dt.methods.options import changed_values, option_values, overrides_class
 from offline_dt.study.d3rlpy_io import MissingDependencyError
 from offline_dt.study.jobs import all_methods
 from offline_dt.study.presets import PRESETS
@@ -264,12 +265,71 @@ def _reference(cfg: ReferenceConfig) -> int:
 
 @dataclass(frozen=True)
 class Command:
-    """A subcommand: its name, config dataclass (the flags), one-line help and runner."""
+    """A subcommand: its name, config dataclass (the flags), one-line help and runner.
+    ``options``: the command whose methods' typed options it shows as ``--<method>.<option>``
+    flags (:func:`options_command`; ``finetune``: each optional, a change over the
+    checkpoint's), or None."""
 
     name: str
     config: type
     help: str
     run: Callable[[Any], int]
+    options: str | None = None
+
+
+def options_command(config: type, command: str) -> type:
+    """The dataclass tyro parses for ``offline-dt <command>``: ``config``'s flags as they are,
+    then one group per method the command trains that has options (``Method.options_class``),
+    its flags ``--<method>.<option>`` typed and with their defaults, built from the methods
+    registered when the parser is built (so a method registered outside the package shows
+    too). For ``finetune`` each option defaults to None: keep the checkpoint's."""
+    groups = []
+    for name in methods_for(command):
+        cls = METHODS[name].options_class
+        if cls is None:
+            continue
+        if command == "finetune":
+            cls = overrides_class(cls)
+        what = "changes over the checkpoint's" if command == "finetune" else "options"
+        groups.append((_group(name), Annotated[cls, tyro.conf.arg(
+            help=f"--method {name} {what} ({METHODS[name].description})")],
+            field(default_factory=cls)))
+    return dataclasses.make_dataclass(f"{config.__name__}Flags", [
+        ("config", Annotated[config, tyro.conf.arg(name="")], field(default_factory=config)),
+        *groups])
+
+
+def _group(method: str) -> str:
+    """The field of a method's option group: its name as an identifier (``toy-bc`` →
+    ``toy_bc``, whose flags tyro spells ``--toy-bc.<option>``)."""
+    return method.replace("-", "_").replace(".", "_")
+
+
+def with_method_options(flags: Any, command: str) -> Any:
+    """The stage config of a parsed :func:`options_command`, its ``method_options`` the
+    chosen method's group (for ``finetune``: the options that were set).
+
+    Raises:
+        ValueError: an option of another method than ``--method`` was set (names the flag).
+    """
+    cfg = flags.config
+    method = getattr(cfg, "method", None)
+    groups = {_group(m): m for m in methods_for(command) if hasattr(flags, _group(m))}
+    for field_name, name in groups.items():
+        given = getattr(flags, field_name)
+        changed = [k for k, v in option_values(given).items()
+                   if v != getattr(type(given)(), k)]
+        if changed and method is not None and name != method:
+            raise ValueError(f"--{name}.{changed[0].replace('_', '-')} is an option of "
+                             f"--method {name}, but --method is {method}")
+    if command == "finetune":
+        chosen: dict[str, Any] = {}
+        for field_name in groups:
+            chosen.update(changed_values(getattr(flags, field_name)))
+        return dataclasses.replace(cfg, method_options=chosen)
+    if method is not None and hasattr(flags, _group(method)):
+        return dataclasses.replace(cfg, method_options=getattr(flags, _group(method)))
+    return cfg
 
 
 COMMANDS: dict[str, Command] = {c.name: c for c in (
@@ -278,12 +338,14 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("datasets", DatasetsConfig,
             "list generated datasets (id, steps, episodes, returns)", _datasets),
     Command("train", TrainConfig,
-            f"train a method on a dataset ({', '.join(methods_for('train'))})", _train),
+            f"train a method on a dataset ({', '.join(methods_for('train'))})", _train,
+            "train"),
     Command("finetune", FinetuneConfig,
-            f"fine-tune a checkpoint online ({', '.join(methods_for('finetune'))})", _finetune),
+            f"fine-tune a checkpoint online ({', '.join(methods_for('finetune'))})", _finetune,
+            "finetune"),
     Command("online", OnlineConfig,
             f"train a transformer policy online, no dataset "
-            f"({', '.join(methods_for('online'))})", _online),
+            f"({', '.join(methods_for('online'))})", _online, "online"),
     Command("evaluate", EvalConfig, "roll out a trained checkpoint on the live env", _evaluate),
     Command("reference", ReferenceConfig,
             "train a d3rlpy reference row (iql, mlp-bc, pct-bc) and evaluate it", _reference),
@@ -302,9 +364,16 @@ class Invocation:
     verbose: int = 0
 
 
+def _flags_type(command: Command) -> type:
+    """What tyro parses for ``command``: its config, with its methods' options."""
+    if command.options is None:
+        return command.config
+    return options_command(command.config, command.options)
+
+
 def _root_type() -> type:
     """The dataclass tyro parses: global flags, then one subcommand of :data:`COMMANDS`."""
-    subcommands = tuple(Annotated[c.config, tyro.conf.subcommand(c.name, description=c.help)]
+    subcommands = tuple(Annotated[_flags_type(c), tyro.conf.subcommand(c.name, description=c.help)]
                         for c in COMMANDS.values())
     verbose = field(default=0, metadata={"help": "debug logging", "aliases": ("-v",)})
     return dataclasses.make_dataclass("OfflineDt", [
@@ -340,8 +409,17 @@ def parse(argv: Sequence[str] | None = None) -> Invocation:
     root = tyro.cli(_root_type(), args=argv, prog="offline-dt", registry=REGISTRY,
                     config=CLI_MARKERS,
                     description="Offline RL datasets and Decision Transformers, end to end.")
-    command = next(c for c in COMMANDS.values() if type(root.command) is c.config)
-    return Invocation(command, root.command, root.verbose)
+    name = type(root.command).__name__
+    command = next(c for c in COMMANDS.values() if name in (
+        c.config.__name__, f"{c.config.__name__}Flags"))
+    config = root.command
+    if command.options is not None:
+        try:
+            config = with_method_options(root.command, command.options)
+        except ValueError as e:
+            print(f"offline-dt {command.name}: error: {e}", file=sys.stderr)
+            raise SystemExit(2) from e
+    return Invocation(command, config, root.verbose)
 
 
 #: Exit statuses of ``offline-dt`` besides 0: bad input (as tyro for a bad command line), a

@@ -183,7 +183,7 @@ def subcommand_flags(name: str) -> frozenset[str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
         with pytest.raises(SystemExit):
             parse([name, "--help"])
-    return frozenset(re.findall(r"--[a-z0-9][a-z0-9-]*", out.getvalue()))
+    return frozenset(re.findall(r"--[a-z0-9][a-z0-9.-]*[a-z0-9]", out.getvalue()))
 
 
 def test_every_docs_command_parses(monkeypatch, tmp_path):

@@ -26,7 +26,7 @@ Network and acting: REINFORCE's (``offline_dt.methods.reinforce``): PPO's policy
 heads, the value on a second trunk (``critic separate``, as SB3's separate ``pi``/``vf``
 MLPs) or the policy's (``critic shared``).
 
-Hyperparameters: :class:`A2COptions`, set with ``--method-options KEY VALUE ...``.
+Hyperparameters: :class:`A2COptions`, each a typed flag (``--a2c.n-steps 5``).
 """
 
 from __future__ import annotations

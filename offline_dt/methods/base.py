@@ -18,7 +18,6 @@ before the run.
 from __future__ import annotations
 
 import abc
-import dataclasses
 import importlib
 import inspect
 import json
@@ -32,6 +31,7 @@ from torch import nn
 
 from offline_dt.data.dataset import OfflineDataset
 from offline_dt.data.windows import Batch, Normalizer, WindowSampler
+from offline_dt.methods.options import make_options
 from offline_dt.nn.config import DTConfig
 from offline_dt.nn.transformer import DecisionTransformer
 
@@ -51,13 +51,13 @@ COMMAND_KINDS: dict[str, tuple[Kind, ...]] = {
 # ---------------------------------------------------------------------------- what sources read
 class RunConfig(Protocol):
     """The run-config fields a batch source reads (``offline_dt.training``'s ``TrainConfig``,
-    resolved: ``method_options`` hold every option of the method, as strings)."""
+    resolved: ``method_options`` is the method's options instance, or None)."""
 
     seed: int
     batch_size: int
     context_length: int
     max_timestep: int
-    method_options: dict[str, Any]
+    method_options: Any
 
 
 class Run(Protocol):
@@ -224,6 +224,8 @@ class Method(abc.ABC):
             policy that acts from the band network's cache).
         graph_safe: the loss has fixed shapes and never reads a value back to the host, so
             the loop may capture it as CUDA graphs (``offline_dt.training.cuda_graph``).
+        options_class: the dataclass of its own hyperparameters (``TrainConfig.method_options``
+            holds an instance; the CLI shows each field as ``--<name>.<field>``), or None.
     """
 
     name: ClassVar[str] = ""
@@ -232,8 +234,10 @@ class Method(abc.ABC):
     conditions_on_return: ClassVar[bool] = True
     attentions: ClassVar[tuple[str, ...]] = ("window",)
     graph_safe: ClassVar[bool] = False
+    #: The method's options dataclass (:mod:`offline_dt.methods.options`); None: it has none.
+    options_class: ClassVar[type | None] = None
 
-    def build(self, cfg: DTConfig, options: dict[str, Any] | None = None) -> nn.Module:
+    def build(self, cfg: DTConfig, options: Any = None) -> nn.Module:
         """The networks to train, as one module (its ``state_dict`` is the checkpoint's
         ``model``); a Decision Transformer by default. ``options`` are the method's own
         hyperparameters (``TrainConfig.method_options``), for methods that have any."""
@@ -249,18 +253,22 @@ class Method(abc.ABC):
         """A batched :class:`~offline_dt.envs.policies.Policy` acting with ``net`` in env units.
         ``settings`` is one entry of :meth:`inference_candidates`."""
 
-    def resolve_options(self, options: dict[str, Any] | None) -> dict[str, str]:
-        """Every option of the method with its value, defaults filled in, as strings: what a
-        run's ``config.json`` records, so a later change of a default is seen as a different
-        config. A method without options accepts none.
+    def options(self, values: Any = None) -> Any:
+        """The method's validated options (an instance of :attr:`options_class`) from
+        ``values``: None (the defaults), an instance, or a mapping of typed values
+        (:func:`offline_dt.methods.options.make_options`); None for a method without options,
+        which accepts none.
 
         Raises:
-            ValueError: an unknown option or a bad value (names the method and the key).
+            ValueError: an unknown option, a value of the wrong type or range (names the
+                method and the key), or options given to a method that takes none.
         """
-        if options:
-            raise ValueError(f"method_options: method {self.name!r} takes no options, found "
-                             f"{sorted(options)}")
-        return {}
+        if self.options_class is None:
+            if values:
+                raise ValueError(f"method_options: method {self.name!r} takes no options, "
+                                 f"found {values!r}")
+            return None
+        return make_options(self.options_class, self.name, values)
 
     def inference_candidates(self, net: nn.Module) -> list[dict[str, Any]]:
         """The inference settings evaluation may choose among on validation episodes (each
@@ -317,7 +325,7 @@ class OnlineMethod(Method):
         default. Raises ValueError naming the env and what is expected."""
 
     @abc.abstractmethod
-    def budget(self, options: dict[str, Any], env_steps: int, batch_size: int | None
+    def budget(self, options: Any, env_steps: int, batch_size: int | None
                ) -> Budget:
         """The loop's update cap and batch size for ``env_steps`` env steps with the method's
         ``options`` and the requested ``batch_size`` (None: the method's default).
@@ -347,47 +355,6 @@ class FinetuneMethod(Method):
     def make_source(self, spec: SourceSpec) -> BatchSource:
         """The fine-tune's batch source (``spec.rounds`` set; ``spec.dataset`` the offline
         data it starts from)."""
-
-
-_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
-
-
-def parse_options(cls: type, method: str, options: dict[str, Any] | None) -> Any:
-    """An options dataclass ``cls`` from ``TrainConfig.method_options`` (strings from the CLI
-    converted to each field's type; booleans from true/false/1/0/yes/no), then its
-    ``validate()``.
-
-    Raises:
-        ValueError: an unknown key or a value of the wrong type, naming ``method``, the key,
-            the expected type and the value found.
-    """
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    values: dict[str, Any] = {}
-    for key, raw in (options or {}).items():
-        if key not in fields:
-            raise ValueError(f"method_options: {method} has no option {key!r}; its options "
-                             f"are {sorted(fields)}")
-        kind = type(fields[key].default)
-        try:
-            if kind is bool and not isinstance(raw, bool):
-                text = str(raw).lower()
-                if text not in _TRUE + _FALSE:
-                    raise ValueError(raw)
-                values[key] = text in _TRUE
-            else:
-                values[key] = kind(raw)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"method_options: {method} option {key!r} must be "
-                             f"{kind.__name__}, found {raw!r}") from e
-    opts = cls(**values)
-    opts.validate()
-    return opts
-
-
-def option_strings(opts: Any) -> dict[str, str]:
-    """Every field of an options dataclass as a string (what ``config.json`` records)."""
-    return {f.name: str(getattr(opts, f.name)).lower() if isinstance(getattr(opts, f.name), bool)
-            else str(getattr(opts, f.name)) for f in dataclasses.fields(opts)}
 
 
 # ---------------------------------------------------------------------------------- registry

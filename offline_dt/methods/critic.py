@@ -31,10 +31,10 @@ def require_box_actions(cfg: DTConfig, term: str, off: str) -> None:
     (eta=1.0)"``) for Discrete actions.
 
     Raises:
-        ValueError: ``cfg`` has Discrete actions; the message names ``off``, the method
-            options that turn the term off.
+        ValueError: ``cfg`` has Discrete actions; the message names ``off``, the flag
+            (and option) that turns the term off.
     """
     if cfg.discrete:
         raise ValueError(f"{term} differentiates Q through the action and needs Box actions; "
                          f"this dataset has Discrete({cfg.act_dim}) actions: pass "
-                         f"--method-options {off}")
+                         f"{off}")

@@ -25,7 +25,7 @@ window shifted by one step, so the replay buffer (:class:`WindowReplaySource`) s
 transition as one window of K + 1 steps: ``[:K]`` ends at ``s_t``, ``[1:]`` at ``s_{t+1}``
 (the true last observation where the episode ended). Box actions are refused.
 
-Hyperparameters: :class:`DQNOptions`, set with ``--method-options KEY VALUE ...``.
+Hyperparameters: :class:`DQNOptions`, each a typed flag (``--dqn.buffer-size 50000``).
 """
 
 from __future__ import annotations
@@ -47,8 +47,6 @@ from offline_dt.methods.base import (
     OnlineMethod,
     Run,
     SourceSpec,
-    option_strings,
-    parse_options,
     register,
 )
 from offline_dt.methods.critic import polyak_update
@@ -97,7 +95,6 @@ class DQNOptions(HistoryOptions):
     reward_scale: float = 1.0
 
     def validate(self) -> None:
-        self.validate_history("dqn")
         for name in ("buffer_size", "target_every", "train_frequency", "n_envs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"method_options: dqn {name} must be >= 1, found "
@@ -326,15 +323,13 @@ class DQN(OnlineMethod):
     ``offline-dt online --method dqn``."""
 
     name = "dqn"
+    options_class = DQNOptions
     description = "DQN on a causal-transformer Q-network, Discrete actions (Mnih et al. 2015)"
     lr_decay = "none"  # CleanRL's dqn.py keeps the learning rate
     grad_clip = 10.0  # SB3's max_grad_norm
 
-    def resolve_options(self, options: dict[str, Any] | None) -> dict[str, str]:
-        return option_strings(parse_options(DQNOptions, self.name, options))
-
-    def build(self, cfg: DTConfig, options: dict[str, Any] | None = None) -> DQNNetwork:
-        return DQNNetwork(cfg, parse_options(DQNOptions, self.name, options))
+    def build(self, cfg: DTConfig, options: Any = None) -> DQNNetwork:
+        return DQNNetwork(cfg, self.options(options))
 
     def check_env(self, env_id: str) -> None:
         """Raises ValueError: ``env_id`` has no Discrete action space (or no env)."""
@@ -352,13 +347,12 @@ class DQN(OnlineMethod):
                ) -> Budget:
         """At most one update per ``train_frequency`` env steps after ``learning_starts``;
         batches of ``batch_size`` transitions (default 128, CleanRL's)."""
-        opts = parse_options(DQNOptions, self.name, options)
+        opts = self.options(options)
         after = max(env_steps - opts.learning_starts, 0)
         return Budget(steps=-(-after // opts.train_frequency) + 1, batch_size=batch_size or 128)
 
     def make_source(self, spec: SourceSpec) -> WindowReplaySource:
-        return WindowReplaySource(spec, parse_options(DQNOptions, self.name,
-                                                      spec.config.method_options))
+        return WindowReplaySource(spec, self.options(spec.config.method_options))
 
     def loss(self, net: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if not isinstance(batch, DQNBatch):

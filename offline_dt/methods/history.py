@@ -21,7 +21,9 @@ all windows shift together.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -31,7 +33,8 @@ from offline_dt.data.windows import Batch, Normalizer
 from offline_dt.nn.transformer import DecisionTransformer
 
 #: What the trunk's timestep embedding reads (:class:`HistoryOptions`).
-TIMESTEPS = ("window", "episode")
+Timesteps = Literal["window", "episode"]
+TIMESTEPS: tuple[str, ...] = typing.get_args(Timesteps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,12 +53,7 @@ class HistoryOptions:
             the last 20k steps. A pretrained DT (``--init``) learnt episode timesteps.
     """
 
-    timesteps: str = "window"
-
-    def validate_history(self, method: str) -> None:
-        if self.timesteps not in TIMESTEPS:
-            raise ValueError(f"method_options: {method} timesteps must be one of {TIMESTEPS}, "
-                             f"found {self.timesteps!r}")
+    timesteps: Timesteps = "window"
 
 
 def trunk_timesteps(timesteps: torch.Tensor, mode: str) -> torch.Tensor:

@@ -55,7 +55,7 @@ collect step of Algorithm 1); here the network, the loss and how it acts.
   (Discrete), deterministically, as ODT evaluates; ``policy(..., sample=True, generator=g)``
   samples from the policy (the online collect step, ``offline_dt.methods.odt_replay``).
 
-Hyperparameters: :class:`ODTOptions`, set with ``--method-options KEY VALUE ...``.
+Hyperparameters: :class:`ODTOptions`, each a typed flag (``--odt.critic-weight 300``).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -75,8 +75,6 @@ from offline_dt.data.windows import Batch, Normalizer
 from offline_dt.methods.base import (
     FinetuneMethod,
     SourceSpec,
-    option_strings,
-    parse_options,
     register,
 )
 from offline_dt.methods.critic import mlp, polyak_update, require_box_actions
@@ -116,7 +114,7 @@ class ODTOptions:
     """
 
     init_temperature: float = 0.1
-    target_entropy: str = "auto"
+    target_entropy: float | Literal["auto"] = "auto"
     discrete_entropy_fraction: float = 0.5
     temperature_lr: float = 1e-4
     log_std_min: float = -5.0
@@ -129,26 +127,11 @@ class ODTOptions:
     critic_hidden: int = 256
     reward_scale: float = 1000.0
 
-    @classmethod
-    def parse(cls, options: dict[str, Any] | None) -> ODTOptions:
-        """Options from ``TrainConfig.method_options`` (strings from the CLI are converted).
-
-        Raises:
-            ValueError: an unknown key, a value of the wrong type, or one out of range.
-        """
-        return parse_options(cls, "odt", options)
-
     def validate(self) -> None:
         if not self.init_temperature > 0 or not self.temperature_lr >= 0:
             raise ValueError(f"method_options: odt init_temperature must be > 0 and "
                              f"temperature_lr >= 0, found {self.init_temperature} and "
                              f"{self.temperature_lr}")
-        if self.target_entropy != "auto":
-            try:
-                float(self.target_entropy)
-            except ValueError:
-                raise ValueError(f"method_options: odt target_entropy must be 'auto' or a "
-                                 f"number, found {self.target_entropy!r}") from None
         if not 0.0 <= self.discrete_entropy_fraction <= 1.0:
             raise ValueError(f"method_options: odt discrete_entropy_fraction must be in "
                              f"[0, 1], found {self.discrete_entropy_fraction}")
@@ -352,6 +335,7 @@ class ODT(FinetuneMethod):
     docstring); ``offline-dt finetune`` fine-tunes its checkpoints online."""
 
     name = "odt"
+    options_class = ODTOptions
     description = ("Online Decision Transformer: a stochastic DT with an entropy constraint, "
                    "fine-tuned online (Zheng et al. 2022)")
     conditions_on_return = True
@@ -364,15 +348,12 @@ class ODT(FinetuneMethod):
     def make_source(self, spec: SourceSpec) -> ReplaySource:
         return ReplaySource(spec)
 
-    def resolve_options(self, options: dict[str, Any] | None) -> dict[str, str]:
-        return option_strings(ODTOptions.parse(options))
-
-    def build(self, cfg: DTConfig, options: dict[str, Any] | None = None) -> ODTNetwork:
+    def build(self, cfg: DTConfig, options: Any = None) -> ODTNetwork:
         """Raises ValueError: a critic (``critic_weight`` > 0) for Discrete actions."""
-        opts = ODTOptions.parse(options)
+        opts = self.options(options)
         if opts.critic_weight > 0:
             require_box_actions(cfg, f"odt's TD3 term (critic_weight={opts.critic_weight})",
-                                "critic_weight 0")
+                                "--odt.critic-weight 0 (method_options critic_weight=0.0)")
         return ODTNetwork(cfg, opts)
 
     def loss(self, net: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -39,13 +39,13 @@ what the log-probability is of, and the env gets ``clip(u, -1, 1)`` scaled to it
 (the window holds the clipped action). Acting for evaluation is deterministic: the argmax,
 or ``clip(μ, -1, 1)``.
 
-Hyperparameters: :class:`PPOOptions`, set with ``--method-options KEY VALUE ...``.
+Hyperparameters: :class:`PPOOptions`, each a typed flag (``--ppo.clip 0.2``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -56,8 +56,6 @@ from offline_dt.methods.base import (
     Budget,
     OnlineMethod,
     SourceSpec,
-    option_strings,
-    parse_options,
     register,
 )
 from offline_dt.methods.history import (
@@ -102,10 +100,10 @@ class PPOOptions(HistoryOptions):
     """
 
     clip: float = 0.2
-    clip_decay: str = "none"
+    clip_decay: Literal["none", "linear"] = "none"
     gamma: float = 0.99
     gae_lambda: float = 0.95
-    ent_coef: str = "auto"
+    ent_coef: float | Literal["auto"] = "auto"
     vf_coef: float = 0.5
     clip_vloss: bool = True
     norm_adv: bool = True
@@ -115,28 +113,20 @@ class PPOOptions(HistoryOptions):
     minibatches: int = 4
     reward_scale: float = 1.0
     init_log_std: float = 0.0
-    critic: str = "separate"
+    critic: Literal["separate", "shared"] = "separate"
 
     def validate(self) -> None:
-        self.validate_history("ppo")
         if not 0.0 < self.clip < 1.0:
             raise ValueError(f"method_options: ppo clip must be in (0, 1), found {self.clip}")
         if self.critic not in ("separate", "shared"):
             raise ValueError(f"method_options: ppo critic must be 'separate' or 'shared', "
                              f"found {self.critic!r}")
-        if self.clip_decay not in ("none", "linear"):
-            raise ValueError(f"method_options: ppo clip_decay must be 'none' or 'linear', "
-                             f"found {self.clip_decay!r}")
         if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
             raise ValueError(f"method_options: ppo gamma and gae_lambda must be in [0, 1], "
                              f"found {self.gamma} and {self.gae_lambda}")
-        if self.ent_coef != "auto":
-            try:
-                if float(self.ent_coef) < 0:
-                    raise ValueError
-            except ValueError:
-                raise ValueError(f"method_options: ppo ent_coef must be 'auto' or a number "
-                                 f">= 0, found {self.ent_coef!r}") from None
+        if self.ent_coef != "auto" and self.ent_coef < 0:
+            raise ValueError(f"method_options: ppo ent_coef must be 'auto' or a number >= 0, "
+                             f"found {self.ent_coef!r}")
         for name in ("n_envs", "n_steps", "epochs", "minibatches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"method_options: ppo {name} must be >= 1, found "
@@ -302,15 +292,13 @@ class PPO(OnlineMethod):
     ``offline-dt online --method ppo``."""
 
     name = "ppo"
+    options_class = PPOOptions
     description = "PPO on a causal-transformer policy (Schulman et al. 2017)"
     lr_decay = "linear"
     grad_clip = 0.5
 
-    def resolve_options(self, options: dict[str, Any] | None) -> dict[str, str]:
-        return option_strings(parse_options(PPOOptions, self.name, options))
-
-    def build(self, cfg: DTConfig, options: dict[str, Any] | None = None) -> PPONetwork:
-        return PPONetwork(cfg, parse_options(PPOOptions, self.name, options))
+    def build(self, cfg: DTConfig, options: Any = None) -> PPONetwork:
+        return PPONetwork(cfg, self.options(options))
 
     def budget(self, options: dict[str, Any], env_steps: int, batch_size: int | None
                ) -> Budget:
@@ -320,7 +308,7 @@ class PPO(OnlineMethod):
         Raises:
             ValueError: bad options; a ``batch_size`` other than the minibatch.
         """
-        opts = parse_options(PPOOptions, self.name, options)
+        opts = self.options(options)
         if batch_size not in (None, opts.batch_size):
             raise ValueError(f"OnlineConfig.batch_size: ppo's minibatch is n_envs * n_steps / "
                              f"minibatches = {opts.batch_size}, found {batch_size}")
@@ -328,8 +316,7 @@ class PPO(OnlineMethod):
         return Budget(steps=opts.updates_per_rollout * rollouts, batch_size=opts.batch_size)
 
     def make_source(self, spec: SourceSpec) -> RolloutSource:
-        return RolloutSource(spec, parse_options(PPOOptions, self.name,
-                                                 spec.config.method_options))
+        return RolloutSource(spec, self.options(spec.config.method_options))
 
     def loss(self, net: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if not isinstance(batch, PPOBatch):

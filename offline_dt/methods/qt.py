@@ -32,8 +32,8 @@ IQL's D4RL normalisation ``r · 1000 / (R_max - R_min)``, with the return-to-go 
 largest |episode return|, in place of the range), so ``β`` means what it means in IQL.
 
 Acting is the DT's (``offline_dt.methods.dt.DTPolicy`` on the actor): condition on a target
-return chosen on validation episodes. Hyperparameters: :class:`QTOptions`, set with
-``--method-options KEY VALUE ...``.
+return chosen on validation episodes. Hyperparameters: :class:`QTOptions`, each a typed
+flag (``--qt.expectile 0.8``).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +49,7 @@ from torch import nn
 from torch.func import functional_call
 
 from offline_dt.data.windows import Batch, Normalizer
-from offline_dt.methods.base import Method, option_strings, parse_options, register
+from offline_dt.methods.base import Method, register
 from offline_dt.methods.critic import mlp, polyak_update, require_box_actions
 from offline_dt.methods.dt import DTPolicy
 from offline_dt.nn.collectives import global_mean
@@ -80,7 +80,7 @@ class QTOptions:
             clipped at ``TrainConfig.grad_clip``.
     """
 
-    critic: str = "mlp"
+    critic: Literal["mlp", "transformer"] = "mlp"
     expectile: float = 0.7
     discount: float = 0.99
     target_rate: float = 0.005
@@ -91,19 +91,7 @@ class QTOptions:
     hidden: int = 256
     critic_grad_clip: float = 0.0
 
-    @classmethod
-    def parse(cls, options: dict[str, Any] | None) -> QTOptions:
-        """Options from ``TrainConfig.method_options`` (strings from the CLI are converted).
-
-        Raises:
-            ValueError: an unknown key, a value of the wrong type, or one out of range.
-        """
-        return parse_options(cls, "qt", options)
-
     def validate(self) -> None:
-        if self.critic not in ("mlp", "transformer"):
-            raise ValueError(f"method_options: qt critic must be 'mlp' or 'transformer', "
-                             f"found {self.critic!r}")
         if not 0.0 < self.expectile < 1.0 or not 0.0 <= self.discount < 1.0:
             raise ValueError(f"method_options: qt expectile must be in (0, 1) and discount in "
                              f"[0, 1), found {self.expectile} and {self.discount}")
@@ -272,17 +260,16 @@ class QT(Method):
     """Q-value regularized Decision Transformer with an IQL critic (module docstring)."""
 
     name = "qt"
+    options_class = QTOptions
     description = "Q-value regularized Decision Transformer (Hu et al. 2024)"
     conditions_on_return = True
 
-    def resolve_options(self, options: dict[str, Any] | None) -> dict[str, str]:
-        return option_strings(QTOptions.parse(options))
-
-    def build(self, cfg: DTConfig, options: dict[str, Any] | None = None) -> QTNetwork:
-        opts = QTOptions.parse(options)
+    def build(self, cfg: DTConfig, options: Any = None) -> QTNetwork:
+        opts = self.options(options)
         if opts.eta > 0:
             require_box_actions(cfg, f"qt's Q term (eta={opts.eta})",
-                                "eta 0 (advantage weighting only)")
+                                "--qt.eta 0 (method_options eta=0.0: advantage weighting "
+                                "only)")
         return QTNetwork(cfg, opts)
 
     def loss(self, net: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

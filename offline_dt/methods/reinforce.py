@@ -40,13 +40,13 @@ head, and the value head ``V`` on a second trunk (``critic separate``, the defau
 policy's (``critic shared``). It acts by sampling while collecting, deterministically (argmax
 or ``clip(μ, -1, 1)``) when evaluated.
 
-Hyperparameters: :class:`ReinforceOptions`, set with ``--method-options KEY VALUE ...``.
+Hyperparameters: :class:`ReinforceOptions`, each a typed flag (``--reinforce.n-envs 4``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -56,8 +56,6 @@ from offline_dt.methods.base import (
     Budget,
     OnlineMethod,
     SourceSpec,
-    option_strings,
-    parse_options,
     register,
 )
 from offline_dt.methods.history import HistoryOptions, HistoryPolicy, load_trunk
@@ -95,7 +93,7 @@ class ReinforceOptions(HistoryOptions):
     n_steps: int = 128
     reward_scale: float = 1.0
     init_log_std: float = 0.0
-    critic: str = "separate"
+    critic: Literal["separate", "shared"] = "separate"
 
     #: One gradient step per rollout: one pass, one minibatch.
     epochs: ClassVar[int] = 1
@@ -107,7 +105,6 @@ class ReinforceOptions(HistoryOptions):
     def validate(self) -> None:
         """Raises ValueError naming the method, the option, what is expected and found."""
         m = self.method
-        self.validate_history(m)
         if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
             raise ValueError(f"method_options: {m} gamma and gae_lambda must be in [0, 1], "
                              f"found {self.gamma} and {self.gae_lambda}")
@@ -118,9 +115,6 @@ class ReinforceOptions(HistoryOptions):
         if self.n_envs < 1 or self.n_steps < 1:
             raise ValueError(f"method_options: {m} n_envs and n_steps must be >= 1, found "
                              f"{self.n_envs} and {self.n_steps}")
-        if self.critic not in ("separate", "shared"):
-            raise ValueError(f"method_options: {m} critic must be 'separate' or 'shared', "
-                             f"found {self.critic!r}")
 
     @property
     def batch_size(self) -> int:
@@ -193,15 +187,8 @@ class Reinforce(OnlineMethod):
     #: The options dataclass (``TrainConfig.method_options``).
     options_class: ClassVar[type[ReinforceOptions]] = ReinforceOptions
 
-    def parse(self, options: dict[str, Any] | None) -> ReinforceOptions:
-        """The method's options from ``method_options`` (ValueError: bad ones)."""
-        return parse_options(self.options_class, self.name, options)
-
-    def resolve_options(self, options: dict[str, Any] | None) -> dict[str, str]:
-        return option_strings(self.parse(options))
-
-    def build(self, cfg: DTConfig, options: dict[str, Any] | None = None) -> PPONetwork:
-        return PPONetwork(cfg, self.parse(options))
+    def build(self, cfg: DTConfig, options: Any = None) -> PPONetwork:
+        return PPONetwork(cfg, self.options(options))
 
     def budget(self, options: dict[str, Any], env_steps: int, batch_size: int | None
                ) -> Budget:
@@ -211,14 +198,14 @@ class Reinforce(OnlineMethod):
         Raises:
             ValueError: bad options; a ``batch_size`` other than ``n_envs · n_steps``.
         """
-        opts = self.parse(options)
+        opts = self.options(options)
         if batch_size not in (None, opts.batch_size):
             raise ValueError(f"OnlineConfig.batch_size: {self.name}'s batch is the rollout, "
                              f"n_envs * n_steps = {opts.batch_size}, found {batch_size}")
         return Budget(steps=-(-env_steps // opts.batch_size), batch_size=opts.batch_size)
 
     def make_source(self, spec: SourceSpec) -> RolloutSource:
-        return RolloutSource(spec, self.parse(spec.config.method_options))
+        return RolloutSource(spec, self.options(spec.config.method_options))
 
     def loss(self, net: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if not isinstance(batch, PPOBatch):

@@ -32,6 +32,7 @@ import torch
 from offline_dt.envs.policies import RandomPolicy
 from offline_dt.evaluation.curves import make_eval_hook
 from offline_dt.evaluation.evaluate import EvalConfig
+from offline_dt.methods.options import option_values
 from offline_dt.study.behaviour import BEHAVIOUR_LEVELS, behaviour_policy
 from offline_dt.study.presets import Preset, apply_overrides, get_preset
 from offline_dt.study.reference import REFERENCE_METHODS
@@ -147,7 +148,8 @@ def candidate_configs(tcfg: Any, p: Preset) -> list[Any]:
     """TrainConfigs of ``p.method_candidates[tcfg.method]``: ``tcfg`` with each alternative's
     method options, in ``<run dir>/candidates/<name>`` (deeper than the report reads)."""
     return [dataclasses.replace(tcfg, run_dir=Path(tcfg.run_dir) / "candidates" / name,
-                                method_options={**tcfg.method_options, **options})
+                                method_options={**option_values(tcfg.method_options),
+                                                **options})
             for name, options in p.method_candidates.get(tcfg.method, {}).items()]
 
 

@@ -36,12 +36,13 @@ class Preset:
             and qt alike; bc = same network, returns-to-go zeroed).
         method_train: per method, ``TrainConfig`` overrides on top of ``train`` (e.g. a
             method's ``method_options``).
-        method_candidates: per method, named alternatives to its ``method_options`` (e.g.
-            qt's η and β), each trained as a run of its own under
-            ``<run dir>/candidates/<name>``; the method's evaluation chooses among its own
-            checkpoint and these (with their targets and inference settings) on validation
-            episodes (``EvalConfig.candidate_checkpoints``), so a training hyperparameter is
-            tuned per dataset and seed the way a target return is, never on test episodes.
+        method_candidates: per method, named alternatives to its ``method_options`` (typed
+            values of its options dataclass, changed over the run's: e.g. qt's η and β),
+            each trained as a run of its own under ``<run dir>/candidates/<name>``; the
+            method's evaluation chooses among its own checkpoint and these (with their
+            targets and inference settings) on validation episodes
+            (``EvalConfig.candidate_checkpoints``), so a training hyperparameter is tuned
+            per dataset and seed the way a target return is, never on test episodes.
         evaluate: ``EvalConfig`` field overrides (test episodes, validation episodes, ...);
             the reference rows and baselines use its ``episodes``.
         reference_steps: gradient updates of each d3rlpy reference row (iql, mlp-bc,
@@ -57,7 +58,7 @@ class Preset:
     generate: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     method_train: dict[str, dict[str, Any]] = field(default_factory=dict)
-    method_candidates: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
+    method_candidates: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     evaluate: dict[str, Any] = field(default_factory=dict)
     reference_steps: dict[str, int] = field(default_factory=dict)
     seeds: tuple[int, ...] = (0,)
@@ -88,7 +89,8 @@ _REFERENCE_STEPS = {"iql": 10_000, "mlp-bc": 5_000, "pct-bc": 5_000}
 #: per dataset; on our expert data every setting with a term on fell far below dt while
 #: the terms-off run matched it (benchmarks/results/beyond_data.md), and on random data the
 #: terms are what lifts qt above the data, so no single setting serves every level.
-_QT_CANDIDATES = {"qt": {"eta0-beta0": {"eta": "0", "beta": "0"}}}
+_QT_CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
+    "qt": {"eta0-beta0": {"eta": 0.0, "beta": 0.0}}}
 
 #: dt and bc keep their checkpoints (every 500 steps in the paper preset) and their evaluation
 #: chooses one on validation episodes with the target: their validation returns swing by

@@ -6,8 +6,10 @@ the paper's settings. The command line is generated from those dataclasses by `t
 so a flag and a field can never disagree. :data:`REGISTRY` holds the project's conventions,
 read from each field's ``field(metadata=...)``:
 
-* ``"help"``: the flag's help text (shown with the default);
-* ``"choices"``: the values the flag accepts (a ``str`` field becomes a ``Literal``);
+* ``"help"``: the flag's help text (shown with the default); without it, the field's entry
+  in the class docstring's ``Attributes:`` section;
+* ``"choices"``: the values the flag accepts (a ``str`` field becomes a ``Literal``); both
+  may be functions, called when the parser is built (e.g. the methods registered by then);
 * ``"aliases"``: extra flag names; every ``env_id`` field also answers to ``--env``;
 * ``"cli": False``: the field is not a flag (it keeps its default).
 
@@ -39,17 +41,19 @@ from tyro.constructors import (
 )
 
 from offline_dt.data.atomic import atomic_path, is_json_file
+from offline_dt.methods.options import field_help
 
 T = TypeVar("T")
 
 #: Extra flag names by field name, for every config that has the field.
 FIELD_ALIASES: dict[str, tuple[str, ...]] = {"env_id": ("--env",)}
 #: tyro markers of every command line: ``--flag true/false`` booleans, subcommands named
-#: ``train`` (not ``command:train``), flags of nested configs unprefixed (``--env-id``, not
-#: ``--config.env-id``), and a field with a default never turned into a subcommand (an
-#: optional nested type such as ``dict[str, Any] | None`` stays at its default instead).
+#: ``train`` (not ``command:train``), and a field with a default never turned into a
+#: subcommand (an optional nested type such as ``dict[str, Any] | None`` stays at its default
+#: instead). A nested config's flags carry its field's name (``--qt.expectile``), unless the
+#: field is ``Annotated[..., tyro.conf.arg(name="")]`` (the stage config of a command).
 CLI_MARKERS = (tyro.conf.FlagConversionOff, tyro.conf.OmitSubcommandPrefixes,
-               tyro.conf.OmitArgPrefixes, tyro.conf.AvoidSubcommands)
+               tyro.conf.AvoidSubcommands)
 REGISTRY = ConstructorRegistry()
 
 _TRUE = ("1", "true", "yes", "on")
@@ -80,6 +84,22 @@ def _bool_rule(info: PrimitiveTypeInfo) -> PrimitiveConstructorSpec | None:
     )
 
 
+@REGISTRY.primitive_rule
+def _auto_bool_rule(info: PrimitiveTypeInfo) -> PrimitiveConstructorSpec | None:
+    """``bool | None`` (None: decide automatically) as ``--flag auto|true|false``."""
+    if info.type != (bool | None) and info.type != typing.Optional[bool]:  # noqa: UP045
+        return None
+    return PrimitiveConstructorSpec(
+        nargs=1,
+        metavar="{auto,true,false}",
+        instance_from_str=lambda args: None if args[0].lower() == "auto" else
+        parse_bool(args[0]),
+        is_instance=lambda x: x is None or isinstance(x, bool),
+        str_from_instance=lambda b: ["auto" if b is None else "true" if b else "false"],
+        choices=("auto", "true", "false"),
+    )
+
+
 def _with_choices(tp: Any, choices: Sequence[Any]) -> Any:
     """``tp`` with its ``str`` leaves (``str``, ``str | None``, ``list[str]``) turned into
     ``Literal[*choices]``."""
@@ -99,7 +119,8 @@ def _field_type(f: dataclasses.Field, tp: Any) -> Any:
     """The annotation tyro sees for field ``f``: choices, aliases and ``cli: False`` applied."""
     meta = f.metadata
     if "choices" in meta:
-        tp = _with_choices(tp, list(meta["choices"]))
+        choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
+        tp = _with_choices(tp, list(choices))
     aliases = tuple(meta.get("aliases", ())) + FIELD_ALIASES.get(f.name, ())
     if aliases:
         tp = Annotated[tp, tyro.conf.arg(aliases=aliases)]
@@ -109,14 +130,25 @@ def _field_type(f: dataclasses.Field, tp: Any) -> Any:
 
 
 def _field_default(f: dataclasses.Field, parent: Any) -> Any:
-    """The parent instance's value (tyro's ``default=``), else the field's default."""
-    if parent is not None:
+    """The parent instance's value (tyro's ``default=``), else the field's default; a field
+    that is not a flag (``cli: False``) always gets the field's default, which a config may
+    complete from its other fields (``TrainConfig.method_options`` from ``method``)."""
+    if parent is not None and f.metadata.get("cli") is not False:
         return getattr(parent, f.name)
     if f.default is not dataclasses.MISSING:
         return f.default
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
     return MISSING_NONPROP
+
+
+def _help(f: dataclasses.Field, cls: type) -> str | None:
+    """A field's help: ``metadata["help"]`` (called when it is a function, so that it can
+    list what is registered when the parser is built), else its docstring entry."""
+    text = f.metadata.get("help")
+    if callable(text):
+        text = text()
+    return text or field_help(cls, f.name)
 
 
 @REGISTRY.struct_rule
@@ -129,10 +161,44 @@ def _dataclass_rule(info: StructTypeInfo) -> StructConstructorSpec | None:
     hints = typing.get_type_hints(cls, include_extras=True)
     specs = tuple(
         StructFieldSpec(name=f.name, type=_field_type(f, hints[f.name]),
-                        default=_field_default(f, parent), helptext=f.metadata.get("help"))
+                        default=_field_default(f, parent),
+                        helptext=_help(f, cls))
         for f in dataclasses.fields(cls) if f.init
     )
     return StructConstructorSpec(instantiate=cls, fields=specs)
+
+
+def same_as(cls: type, name: str, **changes: Any) -> Any:
+    """A ``dataclasses.field`` declared as ``cls``'s field ``name`` (its default and
+    metadata), with ``changes``: ``default`` and ``help``. How one config takes another's
+    field instead of declaring it again (``OnlineConfig``'s network fields are
+    ``TrainConfig``'s)."""
+    f = cls.__dataclass_fields__[name]
+    meta = {**f.metadata, **({"help": changes["help"]} if "help" in changes else {})}
+    if "default" in changes:
+        return field(default=changes["default"], metadata=meta)
+    if f.default_factory is not dataclasses.MISSING:
+        return field(default_factory=f.default_factory, metadata=meta)
+    return field(default=f.default, metadata=meta)
+
+
+def check_choices(config: Any, skip: Sequence[str] = ()) -> None:
+    """Refuse a field of dataclass instance ``config`` whose value is not among its
+    ``metadata["choices"]`` (every value of a list field), except the fields in ``skip``.
+
+    Raises:
+        ValueError: names the class, the field, the choices and the value found.
+    """
+    for f in dataclasses.fields(config):
+        if "choices" not in f.metadata or f.name in skip:
+            continue
+        choices = f.metadata["choices"]
+        choices = list(choices() if callable(choices) else choices)
+        value = getattr(config, f.name)
+        for v in value if isinstance(value, list | tuple) else [value]:
+            if v is not None and v not in choices:
+                raise ValueError(f"{type(config).__name__}.{f.name} must be one of {choices}, "
+                                 f"found {v!r}")
 
 
 def parse_config(cls: type[T], args: Sequence[str] | None = None, *, prog: str | None = None,
@@ -182,7 +248,11 @@ def _is_path(tp: Any) -> bool:
 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Rebuild a (flat) config dataclass from its JSON dict; unknown keys raise ValueError."""
+    """Rebuild a (flat) config dataclass from its JSON dict; unknown keys raise ValueError.
+    A class with an ``upgrade_json`` classmethod first brings an older file's values to
+    today's types with it (``TrainConfig.upgrade_json``)."""
+    if hasattr(cls, "upgrade_json"):
+        data = cls.upgrade_json(data)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:

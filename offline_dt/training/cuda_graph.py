@@ -25,8 +25,8 @@ from torch import nn
 from offline_dt.data.windows import Batch
 from offline_dt.methods.base import Method
 
-#: ``TrainConfig.cuda_graph`` values.
-SETTINGS = ("auto", "true", "false")
+#: ``TrainConfig.cuda_graph`` values: None is auto.
+SETTINGS = (None, True, False)
 #: Whether a loss under bf16 autocast is captured. Its backward pass invalidated the capture
 #: on torch 2.11 with an H200 (cudaErrorStreamCaptureInvalidated, with dropout and without,
 #: also with attention limited to the memory-efficient and math kernels), so bf16 runs eagerly
@@ -53,22 +53,23 @@ def graph_blockers(device: torch.device, method: Method, *, distributed: bool,
     return reasons
 
 
-def wants_graph(setting: str, device: torch.device, method: Method, *, distributed: bool,
-                compile: bool, precision: str = "fp32") -> bool:
-    """Whether the loop captures the loss: ``auto`` and ``true`` where :func:`graph_blockers`
-    finds nothing (``true`` raises where it finds something), ``false`` never.
+def wants_graph(setting: bool | None, device: torch.device, method: Method, *,
+                distributed: bool, compile: bool, precision: str = "fp32") -> bool:
+    """Whether the loop captures the loss: None (auto) and True where :func:`graph_blockers`
+    finds nothing (True raises where it finds something), False never.
 
     Raises:
-        ValueError: ``setting`` is not one of :data:`SETTINGS`, or ``true`` where a blocker
-            applies (named in the message).
+        ValueError: ``setting`` is not None, True or False, or True where a blocker applies
+            (named in the message).
     """
-    if setting not in SETTINGS:
-        raise ValueError(f"TrainConfig.cuda_graph must be one of {SETTINGS}, found {setting!r}")
-    if setting == "false":
+    if not (setting is None or isinstance(setting, bool)):
+        raise ValueError(f"TrainConfig.cuda_graph must be None (auto), True or False, found "
+                         f"{setting!r}")
+    if setting is False:
         return False
     reasons = graph_blockers(device, method, distributed=distributed, compile=compile,
                              precision=precision)
-    if setting == "true" and reasons:
+    if setting is True and reasons:
         raise ValueError("--cuda-graph true cannot be honoured: " + "; ".join(reasons))
     return not reasons
 
@@ -161,7 +162,7 @@ class GraphedLoss:
         return self.module is not None
 
 
-def graphed_loss(setting: str, device: torch.device, method: Method, net: nn.Module,
+def graphed_loss(setting: bool | None, device: torch.device, method: Method, net: nn.Module,
                  precision: str, **flags: Any) -> GraphedLoss | None:
     """The loop's :class:`GraphedLoss` where :func:`wants_graph` says so, else None
     (``flags``: ``distributed``, ``compile``); ``precision`` resolved (``bf16``/``fp32``)."""

@@ -38,6 +38,7 @@ from offline_dt.data.dataset import OfflineDataset, registered_env_id
 from offline_dt.data.windows import Normalizer
 from offline_dt.methods import BatchSource, FinetuneMethod, get_method, methods_for
 from offline_dt.methods.base import METHODS, ResumeSettings, Rounds, SourceSpec
+from offline_dt.methods.options import option_values
 from offline_dt.training.checkpoint import checkpoint_path, read_checkpoint
 from offline_dt.training.configs import RunControls, from_dict, save_json, to_jsonable
 from offline_dt.training.loop import EvalHook, TrainResult, train
@@ -74,10 +75,12 @@ class FinetuneConfig(RunControls):
         "help": "g_online, the exploration target return (default: the method's; odt: r + |r| "
                 "for r the larger of the dataset's best return and its expert score: ODT's 2x "
                 "for positive returns, 0 for Pendulum's negative ones)"})
-    method_options: dict[str, str] = field(default_factory=dict, metadata={
-        "help": "method options to change for the fine-tune, as KEY VALUE pairs over the "
-                "pretrained run's (e.g. odt's critic_weight 1: TD3 gradients, Yan et al. "
-                "2024; offline_dt.methods.odt lists the keys)"})
+    method_options: dict[str, Any] = field(default_factory=dict, metadata={
+        "cli": False,
+        "help": "the method options to change for the fine-tune over the pretrained run's, "
+                "as a mapping of typed values (e.g. odt's {'critic_weight': 1.0}: TD3 "
+                "gradients, Yan et al. 2024; offline_dt.methods.odt.ODTOptions lists them). "
+                "The CLI gives each as --<method>.<option> (--odt.critic-weight 1)"})
     seed: int = field(default=0, metadata={
         "help": "seed (torch, numpy, window sampler, collect noise, collect env resets)"})
     log_every: int = field(default=100, metadata={
@@ -139,7 +142,8 @@ def finetune_train_config(cfg: FinetuneConfig, base: TrainConfig) -> TrainConfig
     rounds = -(-cfg.online_steps // cfg.episodes_per_round)
     return dataclasses.replace(
         base, run_dir=cfg.resolved_run_dir(), seed=cfg.seed, device=cfg.device,
-        method_options={**base.method_options, **cfg.method_options},
+        method_options=METHODS[base.method]().options(
+            {**option_values(base.method_options), **cfg.method_options}),
         steps=cfg.updates_per_round * rounds, log_every=cfg.log_every,
         checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every,
         eval_episodes=cfg.eval_episodes, resume=cfg.resume, overwrite=cfg.overwrite,

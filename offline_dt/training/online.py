@@ -41,7 +41,7 @@ from offline_dt.methods import (
 )
 from offline_dt.methods.base import ResumeSettings, SourceSpec, method_help
 from offline_dt.training.checkpoint import checkpoint_path, read_checkpoint
-from offline_dt.training.configs import RunControls, from_dict, save_json
+from offline_dt.training.configs import RunControls, from_dict, same_as, save_json
 from offline_dt.training.loop import EvalHook, TrainResult, train
 from offline_dt.training.train_config import LR_DECAYS, TrainConfig
 
@@ -53,6 +53,11 @@ RESUMABLE = frozenset({"env_steps", "resume", "overwrite", "progress", "log_ever
                        "init"})
 #: The network-shape fields an ``init`` checkpoint fixes.
 SHAPE_FIELDS = ("embed_dim", "n_layer", "n_head", "activation", "max_timestep")
+#: The OnlineConfig fields the loop's ``TrainConfig`` takes as they are (the others are
+#: resolved by :func:`online_train_config`).
+AS_GIVEN = ("env_id", "method", "method_options", "seed", "device", "weight_decay",
+            "context_length", "dropout", "checkpoint_every", "log_every", "eval_every",
+            "eval_episodes", "resume", "overwrite", "progress")
 
 
 @dataclass
@@ -62,8 +67,8 @@ class OnlineConfig(RunControls):
     CleanRL's 2.5e-4 for ppo and dqn, without weight decay or warmup, no dropout, fp32)."""
 
     method: str = field(default="ppo", metadata={
-        "help": "online method (offline_dt.methods): " + method_help("online"),
-        "choices": methods_for("online")})
+        "help": lambda: "online method (offline_dt.methods): " + method_help("online"),
+        "choices": lambda: methods_for("online")})
     env_id: str = field(default="CartPole-v1", metadata={"help": "Gymnasium env id"})
     env_steps: int = field(default=100_000, metadata={
         "help": "env steps to collect in total (rollout methods such as ppo: whole rollouts, "
@@ -76,38 +81,44 @@ class OnlineConfig(RunControls):
         "help": "warm start from a pretrained run directory or checkpoint (e.g. offline-dt "
                 "train --method dt): its trunk and observation statistics; the network shape "
                 "is its"})
-    method_options: dict[str, str] = field(default_factory=dict, metadata={
-        "help": "the method's hyperparameters as KEY VALUE pairs (its module's options "
-                "dataclass lists them, e.g. offline_dt.methods.ppo.PPOOptions)"})
-    context_length: int = field(default=20, metadata={"help": "K, timesteps per window"})
-    embed_dim: int = field(default=128, metadata={"help": "transformer width d"})
-    n_layer: int = field(default=3, metadata={"help": "transformer blocks"})
-    n_head: int = field(default=1, metadata={"help": "attention heads"})
-    dropout: float = field(default=0.0, metadata={
-        "help": "dropout probability (0: the collect's and the update's policies agree)"})
-    activation: str = field(default="relu", metadata={
-        "help": "MLP nonlinearity", "choices": ["relu", "gelu"]})
-    max_timestep: int = field(default=1000, metadata={
-        "help": "timestep embedding table size (grows to the env's time limit)"})
+    method_options: Any = field(default=None, metadata={
+        "cli": False,
+        "help": "the method's hyperparameters: an instance of its options dataclass (e.g. "
+                "offline_dt.methods.ppo.PPOOptions) or a mapping of its fields to typed "
+                "values; None: the defaults. The CLI gives each as --<method>.<option> "
+                "(--ppo.n-envs 4)"})
+    context_length: int = same_as(TrainConfig, "context_length")
+    embed_dim: int = same_as(TrainConfig, "embed_dim")
+    n_layer: int = same_as(TrainConfig, "n_layer")
+    n_head: int = same_as(TrainConfig, "n_head")
+    dropout: float = same_as(TrainConfig, "dropout", default=0.0, help=(
+        "dropout probability (0: the collect's and the update's policies agree)"))
+    activation: str = same_as(TrainConfig, "activation")
+    max_timestep: int = same_as(TrainConfig, "max_timestep", help=(
+        "timestep embedding table size (grows to the env's time limit)"))
     learning_rate: float | None = field(default=None, metadata={
-        "help": "AdamW learning rate (default: the method's, "
-                + ", ".join(f"{m}: {METHODS[m].learning_rate:g}" for m in methods_for("online"))
-                + ")"})
+        "help": lambda: "AdamW learning rate (default: the method's, " + ", ".join(
+            f"{m}: {METHODS[m].learning_rate:g}" for m in methods_for("online")) + ")"})
     lr_decay: str = field(default="auto", metadata={
-        "help": "learning-rate schedule (TrainConfig.lr_decay): auto is the method's ("
+        "help": lambda: "learning-rate schedule (TrainConfig.lr_decay): auto is the method's ("
                 + ", ".join(f"{m}: {METHODS[m].lr_decay}" for m in methods_for("online"))
                 + ")",
         "choices": ["auto", *LR_DECAYS]})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    weight_decay: float = same_as(TrainConfig, "weight_decay", default=0.0)
     grad_clip: float | None = field(default=None, metadata={
-        "help": "gradient-norm clip (default: the method's, "
-                + ", ".join(f"{m}: {METHODS[m].grad_clip:g}" for m in methods_for("online"))
-                + ")"})
+        "help": lambda: "gradient-norm clip (default: the method's, " + ", ".join(
+            f"{m}: {METHODS[m].grad_clip:g}" for m in methods_for("online")) + ")"})
     batch_size: int | None = field(default=None, metadata={
         "help": "samples per update (default: the method's, e.g. dqn 128 transitions, "
                 "CleanRL's; a rollout method's is fixed by its rollout, e.g. ppo's n_envs * "
                 "n_steps / minibatches)"})
     log_every: int = field(default=16, metadata={"help": "metrics.csv row every this many updates"})
+
+    def __post_init__(self) -> None:
+        """``method_options`` as the method's checked options instance (as
+        ``TrainConfig``'s), when the method is registered."""
+        if self.method in METHODS:
+            self.method_options = get_method(self.method).options(self.method_options)
 
     def validate(self) -> None:
         """Raises ValueError naming the argument, what is expected and the value found."""
@@ -157,17 +168,15 @@ def online_train_config(cfg: OnlineConfig) -> TrainConfig:
     chosen = _shape_from(cfg)
     if chosen and chosen != shape:
         log.info("network shape from the checkpoint: %s", chosen)
+    as_given = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+                if f.name in AS_GIVEN}
     return TrainConfig(
-        dataset="", env_id=cfg.env_id, method=cfg.method, method_options=cfg.method_options,
-        seed=cfg.seed, device=cfg.device, steps=budget.steps, batch_size=budget.batch_size,
+        dataset="", **as_given, **{**shape, **chosen}, steps=budget.steps,
+        batch_size=budget.batch_size,
         learning_rate=method.learning_rate if cfg.learning_rate is None else cfg.learning_rate,
-        weight_decay=cfg.weight_decay, warmup_steps=0,
-        grad_clip=cfg.grad_clip or method.grad_clip, precision="fp32",
+        warmup_steps=0, grad_clip=cfg.grad_clip or method.grad_clip, precision="fp32",
         lr_decay=method.lr_decay if cfg.lr_decay == "auto" else cfg.lr_decay,
-        context_length=cfg.context_length, dropout=cfg.dropout, **{**shape, **chosen},
-        run_dir=cfg.resolved_run_dir(), checkpoint_every=cfg.checkpoint_every,
-        log_every=cfg.log_every, eval_every=cfg.eval_every, eval_episodes=cfg.eval_episodes,
-        resume=cfg.resume, overwrite=cfg.overwrite, progress=cfg.progress)
+        run_dir=cfg.resolved_run_dir())
 
 
 def _online_method(name: str) -> OnlineMethod:

@@ -19,9 +19,9 @@ import torch
 
 from offline_dt.methods import METHODS, get_method
 from offline_dt.methods.base import method_help, methods_for
+from offline_dt.methods.options import upgrade_strings
 from offline_dt.nn.config import DTConfig
-from offline_dt.training.configs import to_jsonable
-from offline_dt.training.cuda_graph import SETTINGS as CUDA_GRAPH_SETTINGS
+from offline_dt.training.configs import check_choices, to_jsonable
 from offline_dt.training.device import resolve_precision, step_flops
 
 # Fields that may change between a run and its resumption: they do not affect the parameters.
@@ -51,12 +51,15 @@ class TrainConfig:
     env_id: str | None = field(default=None, metadata={
         "help": "Gymnasium env id; when given, the dataset's spaces must match the env's"})
     method: str = field(default="dt", metadata={
-        "help": "training method (offline_dt.methods): " + method_help("train"),
-        "choices": methods_for("train")})
-    method_options: dict[str, str] = field(default_factory=dict, metadata={
-        "help": "the method's own hyperparameters as KEY VALUE pairs (e.g. for qt: "
-                "critic transformer expectile 0.8); each method's module lists its keys and "
-                "defaults"})
+        "help": lambda: "training method (offline_dt.methods): " + method_help("train"),
+        "choices": lambda: methods_for("train")})
+    method_options: Any = field(default=None, metadata={
+        "cli": False,
+        "help": "the method's own hyperparameters: an instance of its options dataclass "
+                "(Method.options_class, e.g. QTOptions(expectile=0.8)) or a mapping of its "
+                "fields to typed values, checked and completed with the defaults when the "
+                "config is made; None: the defaults. The CLI gives each as a typed flag, "
+                "--<method>.<option> (offline-dt train --method qt --qt.expectile 0.8)"})
     seed: int = field(default=0, metadata={"help": "seed (torch, numpy, window sampler)"})
     device: str = field(default="auto", metadata={
         "help": "torch device; auto picks CUDA when available", "choices": ["auto", "cpu", "cuda"]})
@@ -83,12 +86,11 @@ class TrainConfig:
     compile: bool = field(default=False, metadata={
         "help": "torch.compile the loss (the method's forward passes); opt-in: compiling "
                 "takes a while, and on small models may not pay back (README 'GPU')"})
-    cuda_graph: str = field(default="auto", metadata={
+    cuda_graph: bool | None = field(default=None, metadata={
         "help": "capture the loss's forward and backward passes as CUDA graphs and replay "
-                "them (offline_dt.training.cuda_graph): auto where it is safe (one process on "
-                "CUDA, no --compile, methods dt and bc), true (an error where it is not safe), "
-                "false",
-        "choices": list(CUDA_GRAPH_SETTINGS)})
+                "them (offline_dt.training.cuda_graph): auto (None in Python) where it is "
+                "safe (one process on CUDA, no --compile, methods whose loss is graph-safe "
+                "such as dt and bc), true (an error where it is not safe), false"})
     dist_timeout: float = field(default=600.0, metadata={
         "help": "seconds a rank of a torchrun job waits for the others in a collective before "
                 "it fails (a rank that died or hangs); must exceed one eval-hook call, which "
@@ -139,6 +141,35 @@ class TrainConfig:
         "help": "start afresh even if run_dir already holds a checkpoint"})
     progress: bool = field(default=True, metadata={"help": "tqdm progress bar (TTY only)"})
 
+    def __post_init__(self) -> None:
+        """``method_options`` as the method's checked options instance (defaults filled in;
+        None for a method without options), when the method is registered (``validate``
+        refuses another).
+
+        Raises:
+            ValueError: options the method does not take, or of the wrong type or range.
+        """
+        if self.method in METHODS:
+            self.method_options = get_method(self.method).options(self.method_options)
+
+    @classmethod
+    def upgrade_json(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """A saved ``config.json`` dict in today's types: a config written before options
+        were typed recorded ``method_options`` as strings and ``cuda_graph`` as
+        ``"auto"``/``"true"``/``"false"`` (:func:`offline_dt.training.configs.from_dict`
+        calls this)."""
+        data = dict(data)
+        graph = data.get("cuda_graph")
+        if isinstance(graph, str):
+            data["cuda_graph"] = {"auto": None, "true": True, "false": False}.get(graph, graph)
+        options, method = data.get("method_options"), METHODS.get(data.get("method", "dt"))
+        if isinstance(options, dict) and method is not None:
+            if method.options_class is None:
+                data["method_options"] = options or None
+            else:
+                data["method_options"] = upgrade_strings(method.options_class, options)
+        return data
+
     def resolved(self, longest_episode: int, device: str | torch.device = "cpu"
                  ) -> TrainConfig:
         """This config with the defaults of ``AUTO_FIELDS`` filled in (chosen values kept):
@@ -159,10 +190,6 @@ class TrainConfig:
         if self.attention == "band" and self.segment_length is None:
             changes["segment_length"] = max(min(int(longest_episode), 10 * self.context_length),
                                             self.context_length)
-        # every method option with its value, so a change of a method's defaults is a
-        # different config (resume and reuse refuse it) rather than a silent one
-        changes["method_options"] = get_method(self.method).resolve_options(
-            self.method_options)
         return dataclasses.replace(self, **changes)
 
     def model_config(self, obs_dim: int, act_dim: int, discrete: bool) -> DTConfig:
@@ -179,15 +206,10 @@ class TrainConfig:
         if self.method not in METHODS:
             raise ValueError(
                 f"TrainConfig.method must be one of {sorted(METHODS)}, found {self.method!r}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"TrainConfig.precision must be 'auto', 'fp32' or 'bf16', found "
-                             f"{self.precision!r}")
-        if self.cuda_graph not in CUDA_GRAPH_SETTINGS:
-            raise ValueError(f"TrainConfig.cuda_graph must be 'auto', 'true' or 'false', found "
-                             f"{self.cuda_graph!r}")
-        if self.lr_decay not in LR_DECAYS:
-            raise ValueError(f"TrainConfig.lr_decay must be 'none' or 'linear', found "
-                             f"{self.lr_decay!r}")
+        check_choices(self, skip=("device", "method"))
+        if self.cuda_graph not in (None, True, False):
+            raise ValueError(f"TrainConfig.cuda_graph must be None (auto), True or False, "
+                             f"found {self.cuda_graph!r}")
         if self.device not in ("auto", "cpu") and not str(self.device).startswith("cuda"):
             raise ValueError(
                 f"TrainConfig.device must be auto, cpu or cuda, found {self.device!r}")
@@ -216,11 +238,8 @@ class TrainConfig:
         self._validate_band()
 
     def _validate_band(self) -> None:
-        """The band-attention fields: known ``attention``, ``band_tokens >= 1``,
-        ``segment_length >= context_length``, both unset in window mode, dt or bc only."""
-        if self.attention not in ("window", "band"):
-            raise ValueError(f"TrainConfig.attention must be 'window' or 'band', found "
-                             f"{self.attention!r}")
+        """The band-attention fields: ``band_tokens >= 1``, ``segment_length >=
+        context_length``, both unset in window mode, methods that support band only."""
         if self.attention == "window":
             for name in ("band_tokens", "segment_length"):
                 if getattr(self, name) is not None:
@@ -244,20 +263,10 @@ def default_warmup(steps: int) -> int:
     return min(10_000, steps // 10)
 
 
-def _options(cfg: TrainConfig) -> dict[str, Any]:
-    """``cfg.method_options`` with the method's defaults filled in (as given when the method
-    or an option is unknown: the comparison then reports the difference)."""
-    try:
-        return get_method(cfg.method).resolve_options(cfg.method_options)
-    except ValueError:
-        return dict(cfg.method_options)
-
-
 def config_differences(saved: TrainConfig, current: TrainConfig) -> dict[str, tuple[Any, Any]]:
     """Fields (other than ``RESUMABLE_FIELDS``) whose values differ: name → (saved, current).
     An ``AUTO_FIELDS`` field left at its default in ``current`` matches any saved value."""
     a, b = to_jsonable(saved), to_jsonable(current)
-    a["method_options"], b["method_options"] = _options(saved), _options(current)
     auto = {k for k, default in AUTO_FIELDS.items() if b.get(k) == default}
     return {k: (a[k], b.get(k)) for k in a
             if k not in RESUMABLE_FIELDS and k not in auto and a[k] != b.get(k)}

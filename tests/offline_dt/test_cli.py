@@ -21,6 +21,9 @@ from offline_dt.cli import (
 )
 from offline_dt.data.d4rl import LEVELS
 from offline_dt.evaluation.evaluate import EvalConfig
+from offline_dt.methods import METHODS, methods_for
+from offline_dt.methods.options import field_help
+from offline_dt.methods.qt import QTOptions
 from offline_dt.study.presets import PRESETS
 from offline_dt.training import TrainConfig
 from offline_dt.training.configs import parse_bool, parse_config
@@ -28,8 +31,9 @@ from offline_dt.training.configs import parse_bool, parse_config
 
 @pytest.fixture(autouse=True)
 def _wide_terminal(monkeypatch):
-    """Help and errors unwrapped, so a help text is one run of words."""
-    monkeypatch.setenv("COLUMNS", "1000")
+    """Help in one column (tyro sets groups side by side on a wide terminal), so a help
+    text is one run of words once whitespace is collapsed."""
+    monkeypatch.setenv("COLUMNS", "100")
 
 
 def _plain(text: str) -> str:
@@ -172,12 +176,69 @@ def test_help_lists_every_field_with_its_help_and_default(command, cls, capsys):
         if f.metadata.get("cli") is False:
             continue
         assert _flag(f.name) in text, f.name
-        assert " ".join(f.metadata["help"].split()) in text, f.name
-        if "choices" in f.metadata:
-            assert "{" + ",".join(map(str, f.metadata["choices"])) + "}" in text, f.name
+        help_text, choices = f.metadata["help"], f.metadata.get("choices")
+        help_text = help_text() if callable(help_text) else help_text
+        assert " ".join(help_text.split()) in text, f.name
+        if choices is not None:
+            choices = choices() if callable(choices) else choices
+            assert "{" + ",".join(map(str, choices)) + "}" in text, f.name
     if cls is TrainConfig:
         assert "windows per update (default: 64)" in text
         assert "--resume {true,false}" in text
+        assert "--cuda-graph {auto,true,false}" in text
+
+
+@pytest.mark.parametrize("command", ["train", "online", "finetune"])
+def test_help_lists_every_method_option_typed_with_its_help_and_default(command, capsys):
+    """Every option of every method the command trains is a flag ``--<method>.<option>``,
+    with its docstring help and its default (finetune: none, the checkpoint's is kept)."""
+    with pytest.raises(SystemExit):
+        parse([command, "--help"])
+    text = _plain(capsys.readouterr().out)
+    shown = 0
+    for name in methods_for(command):
+        cls = METHODS[name].options_class
+        for f in dataclasses.fields(cls or object) if cls else ():
+            flag = f"--{name}.{f.name.replace('_', '-')}"
+            assert flag in text, flag
+            entry = text[text.index(flag):].split(" --", 1)[0]
+            assert field_help(cls, f.name), f"{flag} has no help in {cls.__name__}'s docstring"
+            default = "None" if command == "finetune" else str(getattr(cls(), f.name)).lower() \
+                if isinstance(getattr(cls(), f.name), bool) else str(getattr(cls(), f.name))
+            assert f"(default: {default})" in entry, (flag, entry)
+            shown += 1
+    assert shown >= {"train": 20, "online": 40, "finetune": 10}[command]
+    assert "--method-options" not in text
+
+
+def test_method_options_are_typed_flags_and_land_in_the_config():
+    cfg = parse(["train", "--dataset", "d", "--method", "qt", "--qt.expectile", "0.8",
+                 "--qt.critic", "transformer"]).config
+    assert cfg.method_options == QTOptions(expectile=0.8, critic="transformer")
+    assert parse(["train", "--dataset", "d", "--method", "qt"]).config.method_options == \
+        QTOptions()
+    assert parse(["train", "--dataset", "d"]).config.method_options is None  # dt has none
+    cfg = parse(["online", "--method", "ppo", "--ppo.ent-coef", "0.01", "--ppo.clip-vloss",
+                 "false"]).config
+    assert (cfg.method_options.ent_coef, cfg.method_options.clip_vloss) == (0.01, False)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["train", "--dataset", "d", "--qt.expectile", "0.8"],
+     "--qt.expectile is an option of --method qt, but --method is dt"),
+    (["online", "--method", "dqn", "--ppo.n-envs", "2"],
+     "--ppo.n-envs is an option of --method ppo, but --method is dqn"),
+])
+def test_an_option_of_another_method_is_refused(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_bad_option_value_is_refused_by_type(capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse(["train", "--dataset", "d", "--method", "qt", "--qt.critic", "cnn"])
+    assert exc.value.code == 2 and "--qt.critic" in _plain(capsys.readouterr().err)
 
 
 # ---------------------------------------------------------------------------------- conventions

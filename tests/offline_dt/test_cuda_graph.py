@@ -21,26 +21,27 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 def test_auto_captures_dt_and_bc_on_cuda_in_one_process_only():
     dt, bc, qt = get_method("dt"), get_method("bc"), get_method("qt")
     flags = dict(distributed=False, compile=False)
-    assert wants_graph("auto", CUDA, dt, **flags)
-    assert wants_graph("auto", CUDA, bc, **flags)
-    assert not wants_graph("auto", CPU, dt, **flags)
-    assert not wants_graph("auto", CUDA, qt, **flags)  # reads values back to the host
-    assert not wants_graph("auto", CUDA, dt, distributed=True, compile=False)
-    assert not wants_graph("auto", CUDA, dt, distributed=False, compile=True)
-    assert not wants_graph("false", CUDA, dt, **flags)
+    assert wants_graph(None, CUDA, dt, **flags)
+    assert wants_graph(None, CUDA, bc, **flags)
+    assert not wants_graph(None, CPU, dt, **flags)
+    assert not wants_graph(None, CUDA, qt, **flags)  # reads values back to the host
+    assert not wants_graph(None, CUDA, dt, distributed=True, compile=False)
+    assert not wants_graph(None, CUDA, dt, distributed=False, compile=True)
+    assert not wants_graph(False, CUDA, dt, **flags)
 
 
 def test_true_where_unsafe_names_every_reason_and_bad_values_are_refused():
     with pytest.raises(ValueError, match=r"device is cpu.*reads values back"):
-        wants_graph("true", CPU, get_method("qt"), distributed=False, compile=False)
-    with pytest.raises(ValueError, match=r"cuda_graph must be one of .* found 'yes'"):
-        wants_graph("yes", CUDA, get_method("dt"), distributed=False, compile=False)
+        wants_graph(True, CPU, get_method("qt"), distributed=False, compile=False)
+    with pytest.raises(ValueError, match=r"cuda_graph must be None \(auto\), True or False, "
+                                         r"found 'true'"):
+        wants_graph("true", CUDA, get_method("dt"), distributed=False, compile=False)
 
 
 def test_the_loop_refuses_cuda_graph_true_on_the_cpu(box_hdf5, tiny_config):
     with pytest.raises(ValueError, match="cannot be honoured: .*the device is cpu, not CUDA"):
-        train(tiny_config(box_hdf5, cuda_graph="true"))
-    with pytest.raises(ValueError, match="cuda_graph must be 'auto', 'true' or 'false'"):
+        train(tiny_config(box_hdf5, cuda_graph=True))
+    with pytest.raises(ValueError, match=r"cuda_graph must be None \(auto\), True or False"):
         train(tiny_config(box_hdf5, cuda_graph="on"))
 
 
@@ -75,11 +76,11 @@ def test_bf16_is_a_blocker_only_where_it_does_not_capture(monkeypatch):
     import offline_dt.training.cuda_graph as cg
 
     flags = dict(distributed=False, compile=False, precision="bf16")
-    assert cg.wants_graph("auto", CUDA, get_method("dt"), **flags) == cg.BF16_CAPTURES
+    assert cg.wants_graph(None, CUDA, get_method("dt"), **flags) == cg.BF16_CAPTURES
     monkeypatch.setattr(cg, "BF16_CAPTURES", False)
-    assert not cg.wants_graph("auto", CUDA, get_method("dt"), **flags)
+    assert not cg.wants_graph(None, CUDA, get_method("dt"), **flags)
     with pytest.raises(ValueError, match="bf16 autocast is on"):
-        cg.wants_graph("true", CUDA, get_method("dt"), **flags)
+        cg.wants_graph(True, CUDA, get_method("dt"), **flags)
 
 
 @needs_cuda
@@ -124,5 +125,5 @@ def test_auto_precision_keeps_fp32_for_launch_bound_steps_on_cuda():
     assert step_flops(128, 3, 3 * 64 * 20) == pytest.approx(6 * 12 * 3 * 128**2 * 3840)
     assert resolve_precision("auto", CUDA, LAUNCH_BOUND_FLOPS / 2) == "fp32"
     assert resolve_precision("bf16", CUDA, LAUNCH_BOUND_FLOPS / 2) == "bf16"
-    assert wants_graph("auto", CUDA, get_method("dt"), distributed=False, compile=False,
+    assert wants_graph(None, CUDA, get_method("dt"), distributed=False, compile=False,
                        precision=paper.precision)

@@ -40,7 +40,7 @@ DDP_TRAIN = dict(steps=6, batch_size=8, context_length=8, embed_dim=16, n_layer=
                  checkpoint_every=3, log_every=1, progress=False, device="cpu", precision="fp32")
 #: qt with the options under which it is exact under DDP: the MLP critic (its TD mean runs over
 #: the real steps) and eta 0 (the Q term's normaliser E|Q| is a per-shard statistic).
-QT_EXACT = {"critic": "mlp", "eta": "0"}
+QT_EXACT = {"critic": "mlp", "eta": 0}
 
 
 def _free_port() -> int:

@@ -22,8 +22,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY_CFG = dict(method="dqn", env_id="CartPole-v1", context_length=4, embed_dim=16,
                 n_layer=1, progress=False, log_every=5, device="cpu", batch_size=16,
-                method_options={"learning_starts": "40", "train_frequency": "4",
-                                "buffer_size": "100", "target_every": "5", "n_envs": "2"})
+                method_options={"learning_starts": 40, "train_frequency": 4,
+                                "buffer_size": 100, "target_every": 5, "n_envs": 2})
 
 
 def _rows(run_dir: Path) -> list[dict[str, str]]:
@@ -54,7 +54,7 @@ def test_epsilon_schedule_is_linear_then_flat():
 def test_target_network_copies_every_target_every_updates():
     cfg = DTConfig(obs_dim=4, act_dim=2, discrete=True, context_length=4, embed_dim=16,
                    n_layer=1, max_timestep=16, dropout=0.0)
-    net = get_method("dqn").build(cfg, {"target_every": "2"})
+    net = get_method("dqn").build(cfg, {"target_every": 2})
     with torch.no_grad():
         net.trunk.predict_action.bias.add_(1.0)
     update_target(net)  # update 1: no copy
@@ -62,7 +62,7 @@ def test_target_network_copies_every_target_every_updates():
     update_target(net)  # update 2: copy (tau 1)
     torch.testing.assert_close(net.target.state_dict(), net.trunk.state_dict())
     assert int(net.updates) == 2 and "updates" in net.state_dict()
-    half = get_method("dqn").build(cfg, {"target_every": "1", "tau": "0.5"})
+    half = get_method("dqn").build(cfg, {"target_every": 1, "tau": 0.5})
     before = half.target.predict_action.bias.clone()
     with torch.no_grad():
         half.trunk.predict_action.bias.add_(2.0)
@@ -75,8 +75,8 @@ def test_cli_run_on_cartpole_and_evaluate(tmp_path):
     assert main(["online", "--method", "dqn", "--env-id", "CartPole-v1", "--env-steps", "80",
                  "--run-dir", str(run), "--context-length", "4", "--embed-dim", "16",
                  "--n-layer", "1", "--progress", "false", "--log-every", "5", "--batch-size",
-                 "16", "--device", "cpu", "--method-options", "learning_starts", "40",
-                 "train_frequency", "4", "n_envs", "2", "double", "true"]) == 0
+                 "16", "--device", "cpu", "--dqn.learning-starts", "40",
+                 "--dqn.train-frequency", "4", "--dqn.n-envs", "2", "--dqn.double", "true"]) == 0
     rows = _rows(run)
     for col in ("loss", "q_mean", "td_target_mean", "env_steps", "episodes",
                 "episode_return_mean", "epsilon", "buffer_size"):

@@ -34,19 +34,40 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------------------------- offline toy
+@dataclasses.dataclass
+class ToyOptions:
+    """The toy's options.
+
+    Attributes:
+        scale: the loss is the mean squared error times this.
+    """
+
+    scale: float = 1.0
+
+    def validate(self) -> None:
+        if not self.scale > 0:
+            raise ValueError(f"method_options: toy-offline scale must be > 0, found {self.scale}")
+
+
 class ToyOffline(Method):
     """Behaviour cloning of the Box action by the DT network, a loss of its own."""
 
     name = "toy-offline"
     description = "a toy behaviour cloner defined in a test"
     conditions_on_return = False
+    options_class = ToyOptions
+
+    def build(self, cfg: Any, options: Any = None) -> nn.Module:
+        net = super().build(cfg)
+        net.register_buffer("toy_scale", torch.tensor(self.options(options).scale))
+        return net
 
     def loss(self, net: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         pred = net(torch.zeros_like(batch.returns_to_go), batch.observations, batch.actions,
                    batch.timesteps, batch.mask).float()
         m = batch.mask[..., None].float()
-        loss = ((pred - batch.actions).square() * m).sum() / (m.sum() * pred.shape[-1])
-        return loss, {"toy_mse": loss.detach()}
+        mse = ((pred - batch.actions).square() * m).sum() / (m.sum() * pred.shape[-1])
+        return mse * net.toy_scale, {"toy_mse": mse.detach()}
 
     def policy(self, net: nn.Module, normalizer: Normalizer, target_return: float | None,
                *, kv_cache: bool = False, **settings: Any) -> DTPolicy:
@@ -168,6 +189,31 @@ def test_toy_methods_train_evaluate_and_report_by_name(toy_methods, box_hdf5, tm
         json.loads((on.run_dir / "eval.json").read_text())["mean_return"])
     md = (tmp_path / "report" / "results.md").read_text()
     assert "`toy-offline`: a toy behaviour cloner defined in a test" in md
+
+
+def test_a_method_registered_outside_the_package_gets_typed_flags(toy_methods, box_hdf5,
+                                                                  tmp_path, capsys):
+    """Its options are ``--toy-offline.<option>`` flags of ``train`` with their help and
+    default, land in the run's config typed, and a bad value is refused naming it."""
+    from offline_dt.cli import main, parse
+
+    with pytest.raises(SystemExit):
+        parse(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--toy-offline.scale FLOAT" in help_text and "times this." in help_text
+    run = tmp_path / "toy"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY_TRAIN.items()]
+    assert main(["train", "--dataset", str(box_hdf5), "--method", "toy-offline",
+                 "--toy-offline.scale", "2", "--run-dir", str(run), *flags]) == 0
+    saved = json.loads((run / "config.json").read_text())["train_config"]
+    assert saved["method_options"] == {"scale": 2.0}
+    assert load_checkpoint(run).train_config.method_options == ToyOptions(scale=2.0)
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--dataset", str(box_hdf5), "--method", "toy-offline",
+              "--toy-offline.scale", "-1", "--run-dir", str(tmp_path / "bad")])
+    assert exc.value.code == 2
+    assert "toy-offline scale must be > 0, found -1.0" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_registry_is_clean_after_the_toys():

@@ -41,7 +41,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 PRETRAIN = {**TINY_TRAIN, "max_timestep": 200}
 
 
-def _net(discrete: bool = False, **options: str):
+def _net(discrete: bool = False, **options: float):
     cfg = DTConfig(obs_dim=3, act_dim=2 if discrete else 1, discrete=discrete,
                    context_length=4, embed_dim=16, n_layer=1, max_timestep=16, dropout=0.0)
     torch.manual_seed(0)
@@ -125,7 +125,7 @@ def test_categorical_nll_and_entropy_match_torch_distributions():
 def test_td3_target_and_loss_by_hand():
     """TD target ``r·c + γ(1 - terminal) min Q_target(s_{t+1}, tanh μ_{t+1})`` (no smoothing
     noise), on the steps whose next step is in the window or that are terminal."""
-    net = _net(critic_weight="2", policy_noise="0", reward_scale="10", discount="0.9")
+    net = _net(critic_weight=2.0, policy_noise=0.0, reward_scale=10.0, discount=0.9)
     batch = _critic_batch()
     with torch.no_grad():  # a target unlike the critic, so the test sees which one is used
         for p in net.critic_target.parameters():
@@ -158,7 +158,7 @@ def test_td3_target_and_loss_by_hand():
 def test_td3_gradients_reach_the_right_networks():
     """The Q term moves the actor, not the critic; the TD loss moves the critic, not the
     actor; the target only moves by the Polyak step."""
-    net, batch = _net(critic_weight="1"), _critic_batch()
+    net, batch = _net(critic_weight=1.0), _critic_batch()
     mean, _ = net.heads(batch.returns_to_go, batch.observations, batch.actions,
                         batch.timesteps, batch.mask)
     q_loss, q_term, _ = td3_terms(net, batch, mean)
@@ -182,18 +182,18 @@ def test_td3_gradients_reach_the_right_networks():
 
 def test_td3_options_are_checked():
     assert _net().critic is None  # the published ODT: no critic
-    with pytest.raises(ValueError, match="Discrete.*--method-options critic_weight 0"):
-        _net(discrete=True, critic_weight="1")
+    with pytest.raises(ValueError, match="Discrete.*--odt.critic-weight 0"):
+        _net(discrete=True, critic_weight=1.0)
     with pytest.raises(ValueError, match="odt discount"):
-        _net(critic_weight="1", discount="1")
+        _net(critic_weight=1.0, discount=1.0)
     with pytest.raises(ValueError, match="odt critic_weight must be >= 0"):
-        _net(critic_weight="-1")
+        _net(critic_weight=-1.0)
 
 
-@pytest.mark.parametrize(("target", "grows"), [("100", True), ("-100", False)])
+@pytest.mark.parametrize(("target", "grows"), [(100.0, True), (-100.0, False)])
 def test_temperature_moves_toward_the_entropy_target(target, grows):
     """Entropy below the target: λ grows; above: λ shrinks (a few Adam steps of lr 0.01)."""
-    net, batch = _net(target_entropy=target, temperature_lr="0.01"), _batch()
+    net, batch = _net(target_entropy=target, temperature_lr=0.01), _batch()
     before = float(net.log_temperature.exp())
     for _ in range(3):
         odt_loss(net, batch)
@@ -207,13 +207,14 @@ def test_temperature_moves_toward_the_entropy_target(target, grows):
 
 def test_options_are_recorded_and_checked():
     odt = get_method("odt")
-    opts = odt.resolve_options({"init_temperature": "0.2"})
-    assert opts["init_temperature"] == "0.2" and opts["target_entropy"] == "auto"
-    assert opts["temperature_lr"] == "0.0001"
+    opts = odt.options({"init_temperature": 0.2})
+    assert opts.init_temperature == 0.2 and opts.target_entropy == "auto"
+    assert opts.temperature_lr == 0.0001
+    assert odt.options({"target_entropy": -2}).target_entropy == -2.0
     with pytest.raises(ValueError, match="odt has no option 'temp'"):
-        odt.resolve_options({"temp": "1"})
-    with pytest.raises(ValueError, match="target_entropy"):
-        odt.resolve_options({"target_entropy": "high"})
+        odt.options({"temp": 1.0})
+    with pytest.raises(ValueError, match="target_entropy' must be float or 'auto', found 'high'"):
+        odt.options({"target_entropy": "high"})
 
 
 # ---------------------------------------------------------------------------------- buffer
@@ -274,16 +275,16 @@ def test_finetune_through_the_cli_then_evaluate(pretrained, tmp_path, capsys):
 
 
 def test_finetune_with_td3_gradients_from_a_plain_odt(pretrained, tmp_path):
-    """``--method-options critic_weight 1`` over an odt checkpoint without a critic: the actor
+    """``--odt.critic-weight 1`` over an odt checkpoint without a critic: the actor
     starts from the checkpoint, the critic fresh, the optimizer and schedule anew."""
     out = tmp_path / "td3"
     assert main(["finetune", "--checkpoint", str(pretrained["odt"]), "--online-steps", "200",
                  "--updates-per-round", "4", "--run-dir", str(out), "--log-every", "2",
-                 "--method-options", "critic_weight", "1", "--progress", "false",
+                 "--odt.critic-weight", "1", "--progress", "false",
                  "--device", "cpu"]) == 0
     ckpt = load_checkpoint(out)
-    assert ckpt.train_config.method_options["critic_weight"] == "1.0"
-    assert ckpt.train_config.method_options["init_temperature"] == "0.1"  # the rest kept
+    assert ckpt.train_config.method_options.critic_weight == 1.0
+    assert ckpt.train_config.method_options.init_temperature == 0.1  # the rest kept
     _, payload = read_checkpoint(out, "cpu")
     assert payload["scheduler"]["last_epoch"] == 4  # a fresh schedule
     assert any(k.startswith("critic_target.") for k in payload["model"])
@@ -291,7 +292,7 @@ def test_finetune_with_td3_gradients_from_a_plain_odt(pretrained, tmp_path):
     assert {"q_loss", "q_mean", "nll"} <= set(rows[0])
     assert all(math.isfinite(float(r["q_loss"])) for r in rows)
     _, base = read_checkpoint(pretrained["odt"], "cpu")
-    net = get_method("odt").build(ckpt.model_config, {"critic_weight": "1"})
+    net = get_method("odt").build(ckpt.model_config, {"critic_weight": 1})
     assert not get_method("odt").warm_start(net, base)
     for name, value in base["model"].items():
         assert torch.equal(net.state_dict()[name], value), name
@@ -303,7 +304,7 @@ def _finetune_cfg(pretrained, run_dir: Path, **kw) -> FinetuneConfig:
                           log_every=2, progress=False, device="cpu", **kw)
 
 
-@pytest.mark.parametrize("options", [{}, {"critic_weight": "1"}], ids=["odt", "td3"])
+@pytest.mark.parametrize("options", [{}, {"critic_weight": 1}], ids=["odt", "td3"])
 def test_resume_after_an_interruption_equals_an_uninterrupted_run(pretrained, tmp_path,
                                                                   monkeypatch, options):
     full = finetune(_finetune_cfg(pretrained, tmp_path / "full", method_options=options))
@@ -358,8 +359,8 @@ def test_cli_flags_mirror_the_config():
     assert inv.config == FinetuneConfig(checkpoint="runs/odt", online_steps=500,
                                         target_return=-100.0, buffer_size=7)
     assert parse(["finetune", "--checkpoint", "c"]).config == FinetuneConfig(checkpoint="c")
-    inv = parse(["finetune", "--checkpoint", "c", "--method-options", "critic_weight", "300"])
-    assert inv.config.method_options == {"critic_weight": "300"}
+    inv = parse(["finetune", "--checkpoint", "c", "--odt.critic-weight", "300"])
+    assert inv.config.method_options == {"critic_weight": 300.0}  # only what was set
     assert FinetuneConfig(checkpoint="runs/odt/checkpoint.pt").resolved_run_dir() == Path(
         "runs/odt-online")
 

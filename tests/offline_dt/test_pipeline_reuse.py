@@ -173,7 +173,8 @@ def test_method_candidates_are_trained_beside_the_run_and_compete_in_its_evaluat
     tcfg = tiny_config(box_hdf5, method="qt", run_dir=tmp_path / "qt" / "seed0")
     cands = candidate_configs(tcfg, PRESETS["paper"])
     assert [Path(c.run_dir) for c in cands] == [tmp_path / "qt/seed0/candidates/eta0-beta0"]
-    assert cands[0].method_options == {"eta": "0", "beta": "0"}
+    assert (cands[0].method_options.eta, cands[0].method_options.beta) == (0.0, 0.0)
+    assert cands[0].method_options.expectile == tcfg.method_options.expectile  # the rest kept
     assert candidate_configs(tiny_config(box_hdf5, method="dt"), PRESETS["paper"]) == []
 
     asked: list[EvalConfig] = []
@@ -191,7 +192,7 @@ def test_method_candidates_are_trained_beside_the_run_and_compete_in_its_evaluat
     assert secs["train"] > 0 and len(asked) == 1
     assert asked[0].candidate_checkpoints == [Path(cands[0].run_dir)]
     saved = json.loads((Path(cands[0].run_dir) / "config.json").read_text())
-    assert saved["train_config"]["method_options"]["eta"] in ("0", "0.0")
+    assert saved["train_config"]["method_options"]["eta"] == 0.0
     _, secs = train_and_evaluate(tcfg, ecfg, None, cands)
     assert secs == {"train": 0.0, "evaluate": 0.0} and len(asked) == 1
     (Path(cands[0].run_dir) / "config.json").unlink()  # the candidate must train again

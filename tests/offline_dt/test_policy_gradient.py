@@ -15,7 +15,7 @@ import torch
 from offline_dt.cli import main, parse
 from offline_dt.methods import get_method
 from offline_dt.methods.a2c import A2COptions
-from offline_dt.methods.base import parse_options
+from offline_dt.methods.options import make_options
 from offline_dt.methods.ppo_rollout import PPOBatch, gae
 from offline_dt.methods.reinforce import ReinforceOptions, policy_gradient_loss
 from offline_dt.training.checkpoint import read_checkpoint
@@ -34,7 +34,7 @@ TINY = dict(context_length=4, embed_dim=16, n_layer=1, progress=False, log_every
             device="cpu")
 #: a few hundred CartPole steps: reinforce 2 envs x 32 steps (6 updates of 64 samples),
 #: a2c 2 envs x 5 steps (30 updates of 10)
-OPTIONS = {"reinforce": {"n_envs": "2", "n_steps": "32"}, "a2c": {"n_envs": "2"}}
+OPTIONS = {"reinforce": {"n_envs": 2, "n_steps": 32}, "a2c": {"n_envs": 2}}
 
 # A 3-step episode, γ = 0.9: rewards, values V(s_t) and log π(a_t | h_t) at collect time.
 REWARDS = np.array([[1.0], [2.0], [3.0]])
@@ -91,17 +91,17 @@ def test_the_reinforce_and_a2c_losses_by_hand():
 
 
 def test_options_and_their_defaults():
-    r = parse_options(ReinforceOptions, "reinforce", {})
-    a = parse_options(A2COptions, "a2c", {})
+    r = make_options(ReinforceOptions, "reinforce", {})
+    a = make_options(A2COptions, "a2c", {})
     assert (r.gamma, r.vf_coef, r.ent_coef, r.gae_lambda, r.norm_adv) == (0.99, 0.5, 0, 1, False)
     assert (a.n_steps, a.n_envs, a.gamma, a.gae_lambda, a.ent_coef, a.vf_coef) == (
         5, 8, 0.99, 1.0, 0.0, 0.5)
     assert a.batch_size == 40 and a.updates_per_rollout == 1 and r.batch_size == 512
     assert (get_method("a2c").learning_rate, get_method("a2c").grad_clip) == (7e-4, 0.5)
     with pytest.raises(ValueError, match="reinforce has no option 'gae_lambda'"):
-        parse_options(ReinforceOptions, "reinforce", {"gae_lambda": "0.9"})
+        make_options(ReinforceOptions, "reinforce", {"gae_lambda": 0.9})
     with pytest.raises(ValueError, match="a2c gamma and gae_lambda must be in"):
-        parse_options(A2COptions, "a2c", {"gae_lambda": "1.5"})
+        make_options(A2COptions, "a2c", {"gae_lambda": 1.5})
     with pytest.raises(ValueError, match=r"a2c's batch is the rollout.*= 40, found 64"):
         get_method("a2c").budget({}, 1000, 64)
     assert get_method("a2c").budget({}, 1000, None).steps == 25
@@ -113,7 +113,7 @@ def test_a_collected_rollout_holds_discounted_returns_and_the_loss_is_the_formul
     """CartPole (reward 1 a step), one env: within an episode ``G_t = 1 + γ G_{t+1}``, a
     terminal step's ``G`` is 1, ``A = G - V``; the method's loss on the rollout is
     ``-mean(log π · A) + c_v mean((V - G)²)`` from the network's own heads."""
-    opts = {"n_envs": "1", "n_steps": "64"}
+    opts = {"n_envs": 1, "n_steps": 64}
     cfg = OnlineConfig(method=method, env_steps=64, run_dir=tmp_path, method_options=opts,
                        **TINY)
     m = get_method(method)

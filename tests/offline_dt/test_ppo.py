@@ -34,11 +34,12 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 #: A tiny network and a short rollout: 2 envs x 16 steps, 2 epochs x 2 minibatches.
 TINY = ["--context-length", "4", "--embed-dim", "16", "--n-layer", "1", "--progress", "false",
         "--log-every", "2", "--device", "cpu"]
-OPTIONS = ["--method-options", "n_envs", "2", "n_steps", "16", "epochs", "2", "minibatches", "2"]
+OPTIONS = ["--ppo.n-envs", "2", "--ppo.n-steps", "16", "--ppo.epochs", "2", "--ppo.minibatches",
+           "2"]
 TINY_CFG = dict(context_length=4, embed_dim=16, n_layer=1, progress=False, log_every=2,
                 device="cpu",
-                method_options={"n_envs": "2", "n_steps": "16", "epochs": "2",
-                                "minibatches": "2"})
+                method_options={"n_envs": 2, "n_steps": 16, "epochs": 2,
+                                "minibatches": 2})
 
 
 def _rows(run_dir: Path) -> list[dict[str, str]]:
@@ -133,7 +134,7 @@ def test_window_timesteps_hide_the_episode_timestep():
         logits, values = net.heads(window)
         assert torch.allclose(logits[0], logits[1]) is same
         assert torch.allclose(values[0], values[1]) is same
-    with pytest.raises(ValueError, match="ppo timesteps must be one of"):
+    with pytest.raises(ValueError, match="must be .window. or .episode., found .absolute."):
         get_method("ppo").build(cfg, {"timesteps": "absolute"})
 
 
@@ -141,7 +142,7 @@ def test_window_timesteps_hide_the_episode_timestep():
 def test_collect_log_probs_equal_the_loss_forward(tmp_path, env_id):
     """The windows stored at collect give the loss the log-probs and values the policy acted
     with (ratio 1 before the first update: causal masking and padding agree)."""
-    options = {**TINY_CFG["method_options"], "n_steps": "48"}  # CartPole episodes end
+    options = {**TINY_CFG["method_options"], "n_steps": 48}  # CartPole episodes end
     cfg = OnlineConfig(method="ppo", env_id=env_id, env_steps=96, run_dir=tmp_path,
                        **{**TINY_CFG, "method_options": options})
     tcfg = online_train_config(cfg)
@@ -173,8 +174,8 @@ def test_truncation_starts_a_fresh_window_and_bootstraps(tmp_path, monkeypatch):
     (one real slot, timestep 0, no previous reward), and GAE gets step 199's next value from
     the window of the true last observation (not step 200's value), with no termination."""
     cfg = OnlineConfig(method="ppo", env_id="Pendulum-v1", env_steps=210, run_dir=tmp_path,
-                       **{**TINY_CFG, "method_options": {"n_envs": "1", "n_steps": "210",
-                                                         "minibatches": "2"}})
+                       **{**TINY_CFG, "method_options": {"n_envs": 1, "n_steps": 210,
+                                                         "minibatches": 2}})
     from offline_dt.training.run_data import env_data
 
     tcfg = online_train_config(cfg).resolved(200)
@@ -282,10 +283,10 @@ def test_init_from_a_dt_checkpoint_loads_the_trunk(tmp_path):
 def test_bad_options_and_a_dataset_run_are_refused(tmp_path, discrete_hdf5):
     with pytest.raises(ValueError, match="n_envs \\* n_steps = 30 must be divisible"):
         train_online(OnlineConfig(env_steps=8, run_dir=tmp_path / "a",
-                                  method_options={"n_envs": "3", "n_steps": "10"}))
-    with pytest.raises(ValueError, match="ppo option 'clip_vloss' must be bool"):
+                                  method_options={"n_envs": 3, "n_steps": 10}))
+    with pytest.raises(ValueError, match="ppo option 'clip_vloss' must be bool, found 'true'"):
         train_online(OnlineConfig(env_steps=8, run_dir=tmp_path / "b",
-                                  method_options={"clip_vloss": "maybe"}))
+                                  method_options={"clip_vloss": "true"}))  # never parsed
     with pytest.raises(ValueError, match="'ppo' is a method of kind 'online': run "
                                          "`offline-dt online --method ppo`"):
         train(TrainConfig(dataset=str(discrete_hdf5), method="ppo", run_dir=tmp_path / "c",

@@ -55,7 +55,7 @@ def test_critic_targets_by_hand():
     """TD targets y = r + γ(1 - terminal) V(s'), the expectile loss on min Q_target - V."""
     method = get_method("qt")
     net = method.build(DTConfig(obs_dim=1, act_dim=1, context_length=3, embed_dim=8,
-                                n_layer=1), {"discount": "0.5", "expectile": "0.8"})
+                                n_layer=1), {"discount": 0.5, "expectile": 0.8})
     net.critic, net.target = _TableCritic(), _TableCritic()
     loss, adv, extras = critic_loss(net, _episode_batch())
     # rewards back in critic units: (1, 2, 3); V(s') = (5, 10, 15); the last is terminal
@@ -85,15 +85,22 @@ def test_transformer_critic_reads_next_value_inside_the_window():
     assert net.critic.next_values(batch, v)[1].tolist() == [[False, True, True]]
 
 
-def test_options_are_parsed_and_checked():
-    assert QTOptions.parse({"critic": "transformer", "beta": "1.5"}) == QTOptions(
+def test_options_are_typed_and_checked():
+    qt = get_method("qt")
+    assert qt.options({"critic": "transformer", "beta": 1.5}) == QTOptions(
         critic="transformer", beta=1.5)
+    assert qt.options({"beta": 3}).beta == 3.0 and isinstance(qt.options({"beta": 3}).beta,
+                                                                 float)
     with pytest.raises(ValueError, match="no option 'betta'"):
-        QTOptions.parse({"betta": "1"})
-    with pytest.raises(ValueError, match="'beta' must be float, found 'x'"):
-        QTOptions.parse({"beta": "x"})
-    with pytest.raises(ValueError, match="critic must be 'mlp' or 'transformer'"):
-        QTOptions.parse({"critic": "cnn"})
+        qt.options({"betta": 1.0})
+    with pytest.raises(ValueError, match="'beta' must be float, found '1.5'"):
+        qt.options({"beta": "1.5"})  # a string is not parsed
+    with pytest.raises(ValueError, match="'critic' must be 'mlp' or 'transformer', found 'cnn'"):
+        qt.options({"critic": "cnn"})
+    with pytest.raises(ValueError, match="'hidden' must be int, found 2.5"):
+        qt.options(QTOptions(hidden=2.5))  # an instance is checked as well
+    with pytest.raises(ValueError, match="qt expectile must be in"):
+        qt.options({"expectile": 1.0})
 
 
 PENDULUM_OBS = gym.spaces.Box(np.array([-1, -1, -8], np.float32),
@@ -138,7 +145,7 @@ def _mean_action(method: str, options: dict[str, str], steps: int = 300) -> floa
 
 def test_value_guided_method_beats_bc_where_the_best_action_is_known(one_torch_thread):
     bc = _mean_action("bc", {})
-    qt = _mean_action("qt", {"reward_scale": "1000"})
+    qt = _mean_action("qt", {"reward_scale": 1000})
     assert abs(bc - 0.0) < 0.5, bc  # imitation: the data's average action
     assert abs(qt - 1.2) < 0.35, qt  # value-guided: the best action
     assert abs(qt - 1.2) < abs(bc - 1.2) - 0.5
@@ -178,7 +185,7 @@ def test_trains_on_minari_and_reports_critic_columns(box_minari, tiny_config, tm
 def test_discrete_actions(discrete_hdf5, tiny_config, tmp_path, one_torch_thread):
     with pytest.raises(ValueError, match=r"Discrete\(2\).*eta 0"):
         train(tiny_config(discrete_hdf5, method="qt", run_dir=tmp_path / "d1"))
-    train(tiny_config(discrete_hdf5, method="qt", method_options={"eta": "0"}, steps=4,
+    train(tiny_config(discrete_hdf5, method="qt", method_options={"eta": 0}, steps=4,
                       run_dir=tmp_path / "d2"))
     assert load_checkpoint(tmp_path / "d2").step == 4
 
@@ -236,15 +243,15 @@ def test_options_are_recorded_in_full_and_compared_resolved(box_hdf5, tiny_confi
                                                             one_torch_thread):
     import json
 
-    default_beta = str(QTOptions().beta)
+    default_beta = QTOptions().beta
     cfg = tiny_config(box_hdf5, method="qt", method_options={"beta": default_beta}, steps=4,
                       run_dir=tmp_path / "opts")
     train(cfg)
     saved = json.loads((tmp_path / "opts" / "config.json").read_text())
-    assert saved["train_config"]["method_options"] == get_method("qt").resolve_options({})
+    assert saved["train_config"]["method_options"] == dataclasses.asdict(QTOptions())
     # the defaults spelled out or left out are the same config: resume works
-    train(dataclasses.replace(cfg, method_options={}, steps=6, resume=True))
+    train(dataclasses.replace(cfg, method_options=None, steps=6, resume=True))
     with pytest.raises(ValueError, match="method_options"):
-        train(dataclasses.replace(cfg, method_options={"beta": "1.5"}, steps=8, resume=True))
+        train(dataclasses.replace(cfg, method_options={"beta": 1.5}, steps=8, resume=True))
     with pytest.raises(ValueError, match="'dt' takes no options"):
-        train(tiny_config(box_hdf5, method_options={"beta": "1"}, run_dir=tmp_path / "dt"))
+        train(tiny_config(box_hdf5, method_options={"beta": 1}, run_dir=tmp_path / "dt"))
