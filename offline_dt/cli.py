@@ -36,13 +36,12 @@ from offline_dt.data.lock import LockedError
 from offline_dt.envs.make import EnvDependencyError
 from offline_dt.evaluation.evaluate import EvalConfig
 from offline_dt.methods import METHODS, check_command, methods_for
-from offline_dt.methods.options import changed_values, option_values, overrides_class
 from offline_dt.study.d3rlpy_io import MissingDependencyError
 from offline_dt.study.jobs import all_methods
 from offline_dt.study.presets import PRESETS
 from offline_dt.study.reference import ReferenceConfig
 from offline_dt.training.checkpoint import checkpoint_path
-from offline_dt.training.configs import CLI_MARKERS, REGISTRY
+from offline_dt.training.configs import CLI_MARKERS, REGISTRY, options_command, with_method_options
 from offline_dt.training.distributed import DistributedError
 from offline_dt.training.divergence import DivergenceError
 from offline_dt.training.finetune import FinetuneConfig
@@ -267,69 +266,14 @@ def _reference(cfg: ReferenceConfig) -> int:
 class Command:
     """A subcommand: its name, config dataclass (the flags), one-line help and runner.
     ``options``: the command whose methods' typed options it shows as ``--<method>.<option>``
-    flags (:func:`options_command`; ``finetune``: each optional, a change over the
-    checkpoint's), or None."""
+    flags (:func:`offline_dt.training.configs.options_command`; ``finetune``: each optional,
+    a change over the checkpoint's), or None."""
 
     name: str
     config: type
     help: str
     run: Callable[[Any], int]
     options: str | None = None
-
-
-def options_command(config: type, command: str) -> type:
-    """The dataclass tyro parses for ``offline-dt <command>``: ``config``'s flags as they are,
-    then one group per method the command trains that has options (``Method.options_class``),
-    its flags ``--<method>.<option>`` typed and with their defaults, built from the methods
-    registered when the parser is built (so a method registered outside the package shows
-    too). For ``finetune`` each option defaults to None: keep the checkpoint's."""
-    groups = []
-    for name in methods_for(command):
-        cls = METHODS[name].options_class
-        if cls is None:
-            continue
-        if command == "finetune":
-            cls = overrides_class(cls)
-        what = "changes over the checkpoint's" if command == "finetune" else "options"
-        groups.append((_group(name), Annotated[cls, tyro.conf.arg(
-            help=f"--method {name} {what} ({METHODS[name].description})")],
-            field(default_factory=cls)))
-    return dataclasses.make_dataclass(f"{config.__name__}Flags", [
-        ("config", Annotated[config, tyro.conf.arg(name="")], field(default_factory=config)),
-        *groups])
-
-
-def _group(method: str) -> str:
-    """The field of a method's option group: its name as an identifier (``toy-bc`` →
-    ``toy_bc``, whose flags tyro spells ``--toy-bc.<option>``)."""
-    return method.replace("-", "_").replace(".", "_")
-
-
-def with_method_options(flags: Any, command: str) -> Any:
-    """The stage config of a parsed :func:`options_command`, its ``method_options`` the
-    chosen method's group (for ``finetune``: the options that were set).
-
-    Raises:
-        ValueError: an option of another method than ``--method`` was set (names the flag).
-    """
-    cfg = flags.config
-    method = getattr(cfg, "method", None)
-    groups = {_group(m): m for m in methods_for(command) if hasattr(flags, _group(m))}
-    for field_name, name in groups.items():
-        given = getattr(flags, field_name)
-        changed = [k for k, v in option_values(given).items()
-                   if v != getattr(type(given)(), k)]
-        if changed and method is not None and name != method:
-            raise ValueError(f"--{name}.{changed[0].replace('_', '-')} is an option of "
-                             f"--method {name}, but --method is {method}")
-    if command == "finetune":
-        chosen: dict[str, Any] = {}
-        for field_name in groups:
-            chosen.update(changed_values(getattr(flags, field_name)))
-        return dataclasses.replace(cfg, method_options=chosen)
-    if method is not None and hasattr(flags, _group(method)):
-        return dataclasses.replace(cfg, method_options=getattr(flags, _group(method)))
-    return cfg
 
 
 COMMANDS: dict[str, Command] = {c.name: c for c in (

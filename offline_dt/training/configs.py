@@ -41,7 +41,8 @@ from tyro.constructors import (
 )
 
 from offline_dt.data.atomic import atomic_path, is_json_file
-from offline_dt.methods.options import field_help
+from offline_dt.methods.base import METHODS, methods_for
+from offline_dt.methods.options import changed_values, field_help, option_values, overrides_class
 
 T = TypeVar("T")
 
@@ -260,6 +261,62 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     hints = typing.get_type_hints(cls)
     kwargs = {k: Path(v) if v is not None and _is_path(hints[k]) else v for k, v in data.items()}
     return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------------- method options
+def options_command(config: type, command: str) -> type:
+    """The dataclass tyro parses for ``offline-dt <command>``: ``config``'s flags as they are,
+    then one group per method the command trains that has options (``Method.options_class``),
+    its flags ``--<method>.<option>`` typed and with their defaults, built from the methods
+    registered when the parser is built (so a method registered outside the package shows
+    too). For ``finetune`` each option defaults to None: keep the checkpoint's."""
+    groups = []
+    for name in methods_for(command):
+        cls = METHODS[name].options_class
+        if cls is None:
+            continue
+        if command == "finetune":
+            cls = overrides_class(cls)
+        what = "changes over the checkpoint's" if command == "finetune" else "options"
+        groups.append((_group(name), Annotated[cls, tyro.conf.arg(
+            help=f"--method {name} {what} ({METHODS[name].description})")],
+            field(default_factory=cls)))
+    return dataclasses.make_dataclass(f"{config.__name__}Flags", [
+        ("config", Annotated[config, tyro.conf.arg(name="")], field(default_factory=config)),
+        *groups])
+
+
+def _group(method: str) -> str:
+    """The field of a method's option group: its name as an identifier (``toy-bc`` →
+    ``toy_bc``, whose flags tyro spells ``--toy-bc.<option>``)."""
+    return method.replace("-", "_").replace(".", "_")
+
+
+def with_method_options(flags: Any, command: str) -> Any:
+    """The stage config of a parsed :func:`options_command`, its ``method_options`` the
+    chosen method's group (for ``finetune``: the options that were set).
+
+    Raises:
+        ValueError: an option of another method than ``--method`` was set (names the flag).
+    """
+    cfg = flags.config
+    method = getattr(cfg, "method", None)
+    groups = {_group(m): m for m in methods_for(command) if hasattr(flags, _group(m))}
+    for field_name, name in groups.items():
+        given = getattr(flags, field_name)
+        changed = [k for k, v in option_values(given).items()
+                   if v != getattr(type(given)(), k)]
+        if changed and method is not None and name != method:
+            raise ValueError(f"--{name}.{changed[0].replace('_', '-')} is an option of "
+                             f"--method {name}, but --method is {method}")
+    if command == "finetune":
+        chosen: dict[str, Any] = {}
+        for field_name in groups:
+            chosen.update(changed_values(getattr(flags, field_name)))
+        return dataclasses.replace(cfg, method_options=chosen)
+    if method is not None and hasattr(flags, _group(method)):
+        return dataclasses.replace(cfg, method_options=getattr(flags, _group(method)))
+    return cfg
 
 
 @dataclass
