@@ -6,6 +6,7 @@
     offline-dt finetune   --checkpoint RUN_DIR --online-steps N   online DT fine-tuning (odt)
     offline-dt online     --method ppo --env-id CartPole-v1 --env-steps N   online RL (ppo, dqn)
     offline-dt evaluate   --checkpoint PATH            return-conditioned rollouts
+    offline-dt search     --dataset ID_OR_PATH --method qt   tune hyperparameters (Optuna)
     offline-dt reference  --dataset ID_OR_PATH --method iql   a d3rlpy reference row
     offline-dt report     --runs data/runs             average-reward table and plots
     offline-dt reproduce  --env Pendulum-v1 --preset quick   the whole study
@@ -40,6 +41,7 @@ from offline_dt.study.d3rlpy_io import MissingDependencyError
 from offline_dt.study.jobs import all_methods
 from offline_dt.study.presets import PRESETS
 from offline_dt.study.reference import ReferenceConfig
+from offline_dt.study.search import SearchConfig
 from offline_dt.training.checkpoint import checkpoint_path
 from offline_dt.training.configs import CLI_MARKERS, REGISTRY, options_command, with_method_options
 from offline_dt.training.distributed import DistributedError
@@ -232,6 +234,25 @@ def eval_summary(payload: dict[str, Any], out: Path) -> str:
     return "\n".join(lines)
 
 
+def _search(cfg: SearchConfig) -> int:
+    from offline_dt.study.search import search, search_space
+
+    if cfg.list_params:
+        for name, p in search_space(cfg.train.method).items():
+            print(f"{name}: {p}")
+        return 0
+    res = search(cfg)
+    best = ", ".join(f"{k}={v}" for k, v in res.best_params.items())
+    print("\n".join([
+        f"searched {cfg.train.method} on {cfg.train.dataset}: {res.complete} complete, "
+        f"{res.pruned} pruned, {res.failed} failed trials",
+        f"  best value   {res.best_value} (validation mean return)" if res.best_value is not None
+        else "  best value   none (no trial completed)",
+        f"  best params  {best}", f"  best run     {res.best_run_dir}",
+        f"  study        {res.study_dir} (trials.csv, best.json, history.png)"]))
+    return 0
+
+
 def _report(cfg: ReportConfig) -> int:
     from offline_dt.study.report import report
 
@@ -291,6 +312,9 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             f"train a transformer policy online, no dataset "
             f"({', '.join(methods_for('online'))})", _online, "online"),
     Command("evaluate", EvalConfig, "roll out a trained checkpoint on the live env", _evaluate),
+    Command("search", SearchConfig,
+            "tune a method's hyperparameters on a dataset's validation episodes (Optuna)",
+            _search, "train"),
     Command("reference", ReferenceConfig,
             "train a d3rlpy reference row (iql, mlp-bc, pct-bc) and evaluate it", _reference),
     Command("report", ReportConfig, "average-reward table (CSV, Markdown) and plots", _report),

@@ -238,3 +238,38 @@ def write_baseline_eval(
                                  headline_rule=headline_rule, extra=extra)
     save_json(payload, out)
     return payload
+
+
+def validation_score(checkpoint: str | Path, episodes: int, seed: int, device: str = "auto",
+                     env_id: str | None = None, max_envs: int = DEFAULT_MAX_ENVS
+                     ) -> tuple[float, dict[str, Any]]:
+    """The best mean return over a checkpoint's candidates (its default targets crossed with
+    its inference settings, :func:`checkpoint_candidates`) on ``episodes`` validation episodes
+    of evaluation seed ``seed``, and that candidate: what a hyperparameter search maximises.
+    Every rollout is on validation episodes (``split="validation"``); there is no argument
+    that could make it a test episode, so a search can never select on what the tables
+    report.
+
+    The env is ``env_id`` or the dataset's, checked against the checkpoint's spaces first.
+
+    Raises:
+        ValueError: ``episodes < 1``; what ``checkpoint_candidates`` raises;
+            ``offline_dt.envs.spaces.SpaceMismatchError``: the env does not fit.
+    """
+    if episodes < 1:
+        raise ValueError(f"validation_score: episodes must be >= 1, found {episodes}")
+    candidates, loaded, facts = checkpoint_candidates(Path(checkpoint), [], device, None)
+    ckpt = loaded[str(Path(checkpoint))]
+    env_id = _checked_env_id(env_id, Path(checkpoint), loaded, facts)
+    best: tuple[float, dict[str, Any]] | None = None
+    for cand in candidates:
+        kv_cache = use_kv_cache(ckpt.model)
+        policy = ckpt.method.policy(ckpt.model, ckpt.normalizer, cand["target_return"],
+                                    kv_cache=kv_cache, **cand["settings"])
+        res = evaluate_policy(env_id, policy, episodes, seed, split="validation",
+                              max_envs=max_envs, ref_min_score=facts["ref_min_score"],
+                              ref_max_score=facts["ref_max_score"])
+        if best is None or res.mean > best[0]:
+            best = (res.mean, {**to_jsonable(cand), **res.to_dict()})
+    assert best is not None  # checkpoint_candidates gives at least one
+    return best

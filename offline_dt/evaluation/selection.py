@@ -235,3 +235,4 @@ def selection_record(candidates: list[dict[str, Any]], chosen: int,
             "validation_episodes": validation_episodes if validation else 0,
             "validation_episode_seeds": SEED_RULES["validation"],
             "validation": validation}
+

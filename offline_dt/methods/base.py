@@ -31,7 +31,7 @@ from torch import nn
 
 from offline_dt.data.dataset import OfflineDataset
 from offline_dt.data.windows import Batch, Normalizer, WindowSampler
-from offline_dt.methods.options import make_options
+from offline_dt.methods.options import TRANSFORMER_SPACE, SearchSpace, make_options
 from offline_dt.nn.config import DTConfig
 from offline_dt.nn.transformer import DecisionTransformer
 
@@ -226,6 +226,8 @@ class Method(abc.ABC):
             the loop may capture it as CUDA graphs (``offline_dt.training.cuda_graph``).
         options_class: the dataclass of its own hyperparameters (``TrainConfig.method_options``
             holds an instance; the CLI shows each field as ``--<name>.<field>``), or None.
+        search_space: the hyperparameters ``offline-dt search`` may tune, with their ranges
+            (``offline_dt.methods.options.SearchSpace``; a transformer's by default).
     """
 
     name: ClassVar[str] = ""
@@ -236,6 +238,9 @@ class Method(abc.ABC):
     graph_safe: ClassVar[bool] = False
     #: The method's options dataclass (:mod:`offline_dt.methods.options`); None: it has none.
     options_class: ClassVar[type | None] = None
+    #: What ``offline-dt search`` may tune (:data:`offline_dt.methods.options.SearchSpace`):
+    #: ``TrainConfig`` fields, and options as ``"options.<name>"``.
+    search_space: ClassVar[SearchSpace] = TRANSFORMER_SPACE
 
     def build(self, cfg: DTConfig, options: Any = None) -> nn.Module:
         """The networks to train, as one module (its ``state_dict`` is the checkpoint's

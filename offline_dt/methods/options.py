@@ -203,3 +203,51 @@ def _attribute_docs(cls: type) -> dict[str, str]:
 def field_help(cls: type, name: str) -> str | None:
     """The help of field ``name`` of an options dataclass: its ``Attributes:`` entry."""
     return _attribute_docs(cls).get(name)
+
+
+# ---------------------------------------------------------------------------------- search space
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A number drawn from ``[low, high]`` by a hyperparameter search: an ``int`` when both
+    bounds are ints, else a float; ``log`` draws uniformly in log space (learning rates).
+
+    Raises:
+        ValueError: ``low > high``, or ``log`` with ``low <= 0``.
+    """
+
+    low: float
+    high: float
+    log: bool = False
+
+    def __post_init__(self) -> None:
+        if self.low > self.high or (self.log and self.low <= 0):
+            raise ValueError(f"Range({self.low}, {self.high}, log={self.log}): needs low <= "
+                             f"high, and low > 0 with log")
+
+    @property
+    def integer(self) -> bool:
+        return isinstance(self.low, int) and isinstance(self.high, int)
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """One of ``values``, drawn by a hyperparameter search (each a number, a string or a
+    bool, as the field it sets takes)."""
+
+    values: tuple[Any, ...]
+
+
+#: What a search may set: a ``TrainConfig`` field by its name (``"learning_rate"``), or an
+#: option of the method's options dataclass as ``"options.<name>"`` (``"options.expectile"``).
+SearchSpace = Mapping[str, Range | Choice]
+#: A transformer method's search space (``Method.search_space``): the reference study's
+#: (seed 003, Table I, "Best Parameters": embedding 32 to 128 and learning rates 1e-4 to 1e-2
+#: across its datasets), with the DT paper's depth and context (Chen et al. 2021, Table 8:
+#: 3 layers, K = 20 for the gym tasks) at the top of their ranges, and its dropout 0.1 or none.
+TRANSFORMER_SPACE: dict[str, Range | Choice] = {
+    "learning_rate": Range(1e-4, 1e-2, log=True),
+    "embed_dim": Choice((32, 64, 128)),
+    "n_layer": Choice((1, 2, 3)),
+    "context_length": Choice((5, 10, 20)),
+    "dropout": Choice((0.0, 0.1)),
+}

@@ -52,6 +52,7 @@ from offline_dt.data.windows import Batch, Normalizer
 from offline_dt.methods.base import Method, register
 from offline_dt.methods.critic import mlp, polyak_update, require_box_actions
 from offline_dt.methods.dt import DTPolicy
+from offline_dt.methods.options import TRANSFORMER_SPACE, Choice, Range
 from offline_dt.nn.collectives import global_mean
 from offline_dt.nn.config import DTConfig
 from offline_dt.nn.transformer import DecisionTransformer
@@ -263,6 +264,11 @@ class QT(Method):
     options_class = QTOptions
     description = "Q-value regularized Decision Transformer (Hu et al. 2024)"
     conditions_on_return = True
+    #: A transformer's space and the critic's terms: η (QT's own sweeps span 0 to a few),
+    #: β (AWR/IQL's temperature: IQL's 3, ours 10, or no weighting) and τ (IQL: 0.7 and 0.9).
+    search_space = {**TRANSFORMER_SPACE, "options.eta": Range(0.0, 2.0),
+                    "options.beta": Choice((0.0, 1.0, 3.0, 10.0)),
+                    "options.expectile": Range(0.5, 0.95)}
 
     def build(self, cfg: DTConfig, options: Any = None) -> QTNetwork:
         opts = self.options(options)

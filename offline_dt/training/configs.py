@@ -294,11 +294,15 @@ def _group(method: str) -> str:
 
 def with_method_options(flags: Any, command: str) -> Any:
     """The stage config of a parsed :func:`options_command`, its ``method_options`` the
-    chosen method's group (for ``finetune``: the options that were set).
+    chosen method's group (for ``finetune``: the options that were set). A stage config
+    holding its training run as ``train`` (``offline-dt search``) gets them there.
 
     Raises:
         ValueError: an option of another method than ``--method`` was set (names the flag).
     """
+    if hasattr(flags.config, "train"):
+        inner = type("Flags", (), {**vars(flags), "config": flags.config.train})
+        return dataclasses.replace(flags.config, train=with_method_options(inner, command))
     cfg = flags.config
     method = getattr(cfg, "method", None)
     groups = {_group(m): m for m in methods_for(command) if hasattr(flags, _group(m))}

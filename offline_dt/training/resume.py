@@ -54,6 +54,7 @@ def claim_run_dir(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]
                 f"{sorted(RESUMABLE_FIELDS)} may change. Use a new run_dir or overwrite=True.")
         adopt = {k: getattr(saved_cfg, k) for k, default in AUTO_FIELDS.items()
                  if getattr(cfg, k) == default}
+        log.info("resuming %s from update %d", ckpt_path, resumed["step"])
         return dataclasses.replace(cfg, **adopt), resumed
     if ckpt_path.exists() and not cfg.overwrite:
         raise FileExistsError(
