@@ -12,6 +12,12 @@ Layout (Fu et al. 2020, D4RL; readable by the conventions of ``d4rl``'s ``get_da
     infos/*            (N, ...)               (optional)
     metadata/*         scalars: env_id, level, agent, seed, ref_min_score, ref_max_score, ...
 
+Observations of a Dict space (``offline_dt.data.layout``) are one dataset per leaf, at the
+leaf's ``/``-joined path under the groups ``observations/`` and ``next_observations/``
+(``observations/image (N, 7, 7, 3) uint8``, ``observations/direction (N,) int64``,
+``observations/achieved_goal (N, 2) float32``); an image Box's are one ``(N, H, W, C) uint8``
+dataset ``observations``. A flat Box's file is as it always was.
+
 Episodes end after every step with ``terminals | timeouts``. A file without ``timeouts``
 (old D4RL releases) gets them recovered by ``read_hdf5``: from breaks in
 ``next_observations`` when the file holds them, and at the env's time limit as D4RL's
@@ -25,6 +31,7 @@ a truncated or damaged file are translated into :class:`DatasetError` naming the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -38,6 +45,7 @@ import numpy as np
 
 from offline_dt.data.atomic import atomic_path, check_free_space, check_writable
 from offline_dt.data.dataset import OfflineDataset, check_plain_env_id
+from offline_dt.data.layout import is_flat_box, nest_keys, observation_nbytes
 from offline_dt.data.validate import (
     DatasetError,
     check_fits_in_memory,
@@ -77,22 +85,34 @@ def d4rl_filename(env_name: str, level: str, version: int = 0) -> str:
 
 
 def space_to_json(space: gym.Space) -> str:
-    """Serialise a Box or Discrete space to JSON."""
+    """Serialise a Box, Discrete or Dict (of those, nested) space to JSON."""
+    return json.dumps(_space_object(space))
+
+
+def _space_object(space: gym.Space) -> dict[str, Any]:
     if isinstance(space, gym.spaces.Discrete):
-        return json.dumps({"type": "Discrete", "n": int(space.n), "start": int(space.start)})
+        return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
     if isinstance(space, gym.spaces.Box):
-        return json.dumps({
+        return {
             "type": "Box",
             "low": space.low.tolist(),
             "high": space.high.tolist(),
             "shape": list(space.shape),
             "dtype": str(space.dtype),
-        })
-    raise DatasetError(f"unsupported space {space!r}: expected Box or Discrete")
+        }
+    if isinstance(space, gym.spaces.Dict):
+        return {"type": "Dict",
+                "spaces": {k: _space_object(s) for k, s in space.spaces.items()}}
+    raise DatasetError(f"unsupported space {space!r}: expected Box, Discrete or Dict")
 
 
 def space_from_json(text: str) -> gym.Space:
-    d = json.loads(text)
+    return _space_from_object(json.loads(text))
+
+
+def _space_from_object(d: dict[str, Any]) -> gym.Space:
+    if d["type"] == "Dict":
+        return gym.spaces.Dict({k: _space_from_object(v) for k, v in d["spaces"].items()})
     if d["type"] == "Discrete":
         return gym.spaces.Discrete(d["n"], start=d.get("start", 0))
     dtype = np.dtype(d["dtype"])
@@ -137,7 +157,12 @@ def hdf5_image(dataset: OfflineDataset) -> bytes:
     with h5py.File("in-memory.hdf5", "w", driver="core", backing_store=False) as f:
         for key in ("observations", "next_observations", "actions", "rewards",
                     "terminals", "timeouts"):
-            f.create_dataset(key, data=getattr(dataset, key))
+            value = getattr(dataset, key)
+            if isinstance(value, dict):  # a Dict space: one dataset per leaf
+                for leaf in sorted(value):
+                    f.create_dataset(f"{key}/{leaf}", data=value[leaf])
+            else:
+                f.create_dataset(key, data=value)
         for key, arr in dataset.infos.items():
             f.create_dataset(f"infos/{key}", data=arr)
         meta = f.create_group("metadata")
@@ -160,7 +185,7 @@ def is_hdf5_file(path: Path) -> bool:
 def _data_bytes(dataset: OfflineDataset) -> int:
     """Bytes of the arrays a dataset's files hold (a lower bound of their size)."""
     keys = ("observations", "next_observations", "actions", "rewards", "terminals", "timeouts")
-    return (sum(getattr(dataset, k).nbytes for k in keys)
+    return (sum(observation_nbytes(getattr(dataset, k)) for k in keys)
             + sum(a.nbytes for a in dataset.infos.values()))
 
 
@@ -195,8 +220,7 @@ def _file_spaces(raw: Any, src: str, observation_space: gym.Space | None,
         if obs_json is not None:
             observation_space = space_from_json(obs_json)
         else:
-            width = raw.arrays["observations"].shape[1]
-            observation_space = gym.spaces.Box(-np.inf, np.inf, (width,), np.float32)
+            observation_space = _infer_observation_space(raw.arrays["observations"])
     if action_space is None:
         if act_json is not None:
             action_space = space_from_json(act_json)
@@ -245,11 +269,12 @@ def read_hdf5(
         raw.arrays["timeouts"] = _recover_timeouts(raw, src, env_id)
     rewards = _flat_rewards(raw.arrays["rewards"], src)
     obs = raw.arrays["observations"]
-    if obs.ndim != 2:
-        raise DatasetError(
-            f"{src}: key 'observations' must be (N, obs_dim), found shape {obs.shape}"
-        )
     observation_space, action_space = _file_spaces(raw, src, observation_space, action_space)
+    if is_flat_box(observation_space) and (isinstance(obs, dict) or obs.ndim != 2):
+        found = f"groups {sorted(obs)}" if isinstance(obs, dict) else f"shape {obs.shape}"
+        raise DatasetError(
+            f"{src}: key 'observations' must be (N, obs_dim) for the flat Box observation "
+            f"space, found {found}")
     ds = OfflineDataset.from_flat(
         observations=obs,
         actions=raw.arrays["actions"],
@@ -300,15 +325,19 @@ def _read_raw(path: Path) -> _RawHDF5:
                     f"{src}: missing key(s) {missing}; a D4RL file needs {list(REQUIRED_KEYS)} "
                     f"(found {sorted(f.keys())})"
                 )
-            declared = {k: declared_array(f, k, src) for k in
-                        (*REQUIRED_KEYS, "timeouts", "next_observations") if k in f}
+            declared = {}
+            for k in (*REQUIRED_KEYS, "timeouts", "next_observations"):
+                if k in f:
+                    declared.update(_declared_leaves(f, k, src))
             n = declared["rewards"].shape[0]
             check_row_counts(src, n, **{k: d for k, d in declared.items() if k != "rewards"})
             infos = _declared_infos(f, n, src)
+            # float leaves of observation groups are cast to float32 too
+            cast = (*_FLOAT32_KEYS, *(k for k, d in declared.items()
+                                      if "/" in k and d.dtype.kind == "f"))
             check_fits_in_memory(
-                src, {k: (d.shape, d.dtype) for k, d in {**declared, **infos}.items()},
-                _FLOAT32_KEYS)
-            arrays = {k: read_array(d, src, k) for k, d in declared.items()}
+                src, {k: (d.shape, d.dtype) for k, d in {**declared, **infos}.items()}, cast)
+            arrays = _grouped({k: read_array(d, src, k) for k, d in declared.items()})
             return _RawHDF5(
                 arrays={**{k: arrays[k] for k in REQUIRED_KEYS},
                         "timeouts": arrays.get("timeouts", np.zeros(n, bool))},
@@ -320,6 +349,69 @@ def _read_raw(path: Path) -> _RawHDF5:
         except (OSError, RuntimeError, KeyError) as e:  # h5py on a damaged file
             raise DatasetError(f"{src}: cannot be read; the file may be truncated or damaged "
                                f"({type(e).__name__}: {e})") from e
+
+
+def _declared_leaves(f: h5py.File, key: str, src: str) -> dict[str, h5py.Dataset]:
+    """``{key: dataset}``, or for the groups ``observations`` and ``next_observations`` (a
+    Dict space's leaves, module docstring) ``{"<key>/<path>": dataset}`` for every dataset
+    in them (nested groups give ``/``-joined paths)."""
+    obj = None
+    if key in ("observations", "next_observations"):
+        with contextlib.suppress(KeyError, OSError, RuntimeError):  # declared_array names it
+            obj = f[key]
+    if not isinstance(obj, h5py.Group):
+        return {key: declared_array(f, key, src)}
+    found: dict[str, h5py.Dataset] = {}
+    obj.visititems(lambda name, o: found.update(
+        {f"{key}/{name}": declared_array(obj, name, src, f"{key}/")})
+        if isinstance(o, h5py.Dataset) else None)
+    if not found:
+        raise DatasetError(f"{src}: group '{key}' holds no arrays (a Dict space's "
+                           f"observations are one dataset per key under '{key}/')")
+    return found
+
+
+def _grouped(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """``{"observations/image": a, ...}`` → ``{"observations": {"image": a, ...}}``; other keys
+    as they are."""
+    out: dict[str, Any] = {}
+    for key, arr in arrays.items():
+        head, _, leaf = key.partition("/")
+        if leaf:
+            out.setdefault(head, {})[leaf] = arr
+        else:
+            out[key] = arr
+    return out
+
+
+def _infer_observation_space(obs: Any) -> gym.Space:
+    """The observation space of a file that records none: for groups a Dict of the leaves
+    (:func:`_infer_leaf`), for an ``(N, H, W, C) uint8`` array an image Box, else an
+    unbounded flat Box of the array's width."""
+    if isinstance(obs, dict):
+        return _nested_dict_space({k: _infer_leaf(v) for k, v in obs.items()})
+    if obs.ndim == 4 and obs.dtype == np.uint8:
+        return _infer_leaf(obs)
+    width = obs.shape[1] if obs.ndim >= 2 else 1
+    return gym.spaces.Box(-np.inf, np.inf, (width,), np.float32)
+
+
+def _infer_leaf(arr: np.ndarray) -> gym.Space:
+    """uint8 ``(N, H, W, C)``: an image Box; integer ``(N,)``: ``Discrete(max + 1)``; else an
+    unbounded float32 Box of the row shape."""
+    if arr.ndim == 4 and arr.dtype == np.uint8:
+        return gym.spaces.Box(0, 255, arr.shape[1:], np.uint8)
+    if arr.ndim == 1 and arr.dtype.kind in "iu":
+        return gym.spaces.Discrete(int(arr.max()) + 1 if len(arr) else 1)
+    return gym.spaces.Box(-np.inf, np.inf, arr.shape[1:], np.float32)
+
+
+def _nested_dict_space(leaves: dict[str, gym.Space]) -> gym.spaces.Dict:
+    """A (nested) Dict space of spaces keyed by ``/``-joined paths."""
+    def build(node: dict[str, Any]) -> gym.spaces.Dict:
+        return gym.spaces.Dict({k: build(v) if isinstance(v, dict) else v
+                                for k, v in node.items()})
+    return build(nest_keys(leaves))
 
 
 def _declared_infos(f: h5py.File, n: int, src: str) -> dict[str, h5py.Dataset]:
@@ -358,12 +450,8 @@ def _recover_timeouts(raw: _RawHDF5, src: str, env_id: str | None) -> np.ndarray
     """
     terminals = np.asarray(raw.arrays["terminals"]).astype(bool).reshape(-1)
     n = len(terminals)
-    obs = raw.arrays["observations"]
-    nxt = raw.next_observations
-    breaks = None
-    if nxt is not None and nxt.shape == obs.shape and obs.ndim == 2 and len(obs) == n:
-        breaks = np.zeros(n, bool)
-        breaks[:-1] = (nxt[:-1] != obs[1:]).any(axis=1)
+    breaks = _observation_breaks(raw.arrays["observations"], raw.next_observations, n)
+    if breaks is not None:
         breaks &= ~terminals
     limit = time_limit(env_id)
     if limit is None:
@@ -384,6 +472,22 @@ def _recover_timeouts(raw: _RawHDF5, src: str, env_id: str | None) -> np.ndarray
     warn_long_episodes(np.diff(bounds), env_id, f"{src} (no 'timeouts'; split at the limit "
                        "as D4RL's sequence_dataset does, since next_observations run on)")
     return breaks | at_limit
+
+
+def _observation_breaks(obs: Any, nxt: Any, n: int) -> np.ndarray | None:
+    """``(N,) bool``: ``next_observations[t] != observations[t + 1]`` (in any leaf of a
+    Dict), or None when the file's next observations cannot be compared."""
+    if nxt is None or isinstance(obs, dict) != isinstance(nxt, dict):
+        return None
+    pairs = ([(obs[k], nxt.get(k)) for k in obs] if isinstance(obs, dict)
+             else [(obs, nxt)])
+    if any(x is None or o.shape != x.shape or len(o) != n or o.ndim < 2 and
+           not isinstance(obs, dict) for o, x in pairs):
+        return None
+    breaks = np.zeros(n, bool)
+    for o, x in pairs:
+        breaks[:-1] |= (x[:-1] != o[1:]).reshape(n - 1, -1).any(axis=1)
+    return breaks
 
 
 def _steps_since_end(ends: np.ndarray) -> np.ndarray:

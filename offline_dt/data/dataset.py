@@ -16,7 +16,19 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from offline_dt.data.layout import (
+    Layout,
+    flatten_keys,
+    layout_width,
+    leaf_value,
+    map_leaves,
+    observation_layout,
+)
 from offline_dt.data.validate import DatasetError, check_dataset, check_row_counts
+
+#: Observations: ``(N, obs_dim) float32`` for a flat Box; a dict of ``(N, ...)`` leaf arrays
+#: (keys the leaves' ``/``-joined paths) for a Dict; ``(N, H, W, C) uint8`` for an image Box.
+Observations = np.ndarray | dict[str, np.ndarray]
 
 #: A plain Gymnasium id: optional ``namespace/``, a name, optional ``-v<version>``; no ``:``.
 _PLAIN_ENV_ID = re.compile(r"(?:[A-Za-z0-9_.-]+/)?[A-Za-z0-9_.-]+")
@@ -75,29 +87,33 @@ class OfflineDataset:
     """Transitions of one or more episodes, stored flat.
 
     Attributes:
-        observations: ``(N, obs_dim) float32``, the observation ``s_t`` the action was taken in.
+        observations: the observation ``s_t`` the action was taken in: ``(N, obs_dim)
+            float32`` for a flat Box; for any other space (``offline_dt.data.layout``) one
+            array per leaf of its stored dtype, a dict keyed by the leaf's path for a Dict
+            (``{"image": (N, 7, 7, 3) uint8, "direction": (N,) int64}``), an ``(N, H, W, C)
+            uint8`` array for an image Box.
         actions: ``(N, act_dim) float32`` for Box action spaces, ``(N,) int64`` for Discrete.
         rewards: ``(N,) float32``, reward ``r_t`` received after ``a_t``.
-        next_observations: ``(N, obs_dim) float32``, observation ``s_{t+1}``.
+        next_observations: observation ``s_{t+1}``, as ``observations``.
         terminals: ``(N,) bool``, Gymnasium ``terminated`` (MDP end, no bootstrap).
         timeouts: ``(N,) bool``, Gymnasium ``truncated`` (time limit or cut-off episode).
         episode_starts: ``(E + 1,) int64`` CSR offsets: episode ``i`` is rows
             ``episode_starts[i]:episode_starts[i + 1]``; ``episode_starts[-1] == N``.
-        observation_space: the Box observation space.
+        observation_space: a flat Box, an image Box or a Dict of Box and Discrete leaves.
         action_space: the Box or Discrete action space.
         metadata: free-form JSON-able metadata (``env_id``, ``level``, ``agent``, ``seed``,
             ``ref_min_score``, ``ref_max_score``, package versions, ...).
         infos: optional per-step arrays with leading dimension ``N`` (D4RL ``infos/*``).
     """
 
-    observations: np.ndarray
+    observations: Observations
     actions: np.ndarray
     rewards: np.ndarray
-    next_observations: np.ndarray
+    next_observations: Observations
     terminals: np.ndarray
     timeouts: np.ndarray
     episode_starts: np.ndarray
-    observation_space: gym.spaces.Box
+    observation_space: gym.Space
     action_space: gym.spaces.Box | gym.spaces.Discrete
     metadata: dict[str, Any] = field(default_factory=dict)
     infos: dict[str, np.ndarray] = field(default_factory=dict)
@@ -116,7 +132,21 @@ class OfflineDataset:
         return int(self.episode_starts.shape[0] - 1)
 
     @property
+    def layout(self) -> Layout | None:
+        """The observation space's leaves (``offline_dt.data.layout``), None for a flat Box.
+
+        Raises:
+            DatasetError: the space is not supported, naming the key of the leaf.
+        """
+        return observation_layout(self.observation_space, self.source)
+
+    @property
     def obs_dim(self) -> int:
+        """Width of the observation a network reads: ``obs_dim`` of a flat Box, the flat
+        view's width (``offline_dt.data.layout.layout_width``) otherwise."""
+        layout = self.layout
+        if layout is not None:
+            return layout_width(layout)
         return int(self.observations.shape[1])
 
     @property
@@ -145,20 +175,28 @@ class OfflineDataset:
         """Arrays of episode ``i`` (views, not copies)."""
         s, e = int(self.episode_starts[i]), int(self.episode_starts[i + 1])
         return {
-            "observations": self.observations[s:e],
+            "observations": map_leaves(lambda a: a[s:e], self.observations),
             "actions": self.actions[s:e],
             "rewards": self.rewards[s:e],
-            "next_observations": self.next_observations[s:e],
+            "next_observations": map_leaves(lambda a: a[s:e], self.next_observations),
             "terminals": self.terminals[s:e],
             "timeouts": self.timeouts[s:e],
         }
 
     def checksum(self) -> str:
-        """SHA-256 over the arrays' bytes (data only, not metadata): equal data, equal digest."""
+        """SHA-256 over the arrays' bytes (data only, not metadata): equal data, equal digest.
+        A Dict's leaves are hashed one by one, named ``observations/<key>`` in key order."""
         h = hashlib.sha256()
+        arrays: list[tuple[str, np.ndarray]] = []
         for name in ("observations", "actions", "rewards", "next_observations", "terminals",
                      "timeouts", "episode_starts"):
-            arr = np.ascontiguousarray(getattr(self, name))
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                arrays += [(f"{name}/{k}", value[k]) for k in sorted(value)]
+            else:
+                arrays.append((name, value))
+        for name, value in arrays:
+            arr = np.ascontiguousarray(value)
             h.update(name.encode())
             h.update(str(arr.dtype).encode())
             h.update(str(arr.shape).encode())
@@ -193,14 +231,14 @@ class OfflineDataset:
     def from_flat(
         cls,
         *,
-        observations: np.ndarray,
+        observations: Any,
         actions: np.ndarray,
         rewards: np.ndarray,
         terminals: np.ndarray,
         timeouts: np.ndarray,
-        observation_space: gym.spaces.Box,
+        observation_space: gym.Space,
         action_space: gym.spaces.Box | gym.spaces.Discrete,
-        next_observations: np.ndarray | None = None,
+        next_observations: Any = None,
         episode_starts: np.ndarray | None = None,
         metadata: dict[str, Any] | None = None,
         infos: dict[str, np.ndarray] | None = None,
@@ -213,11 +251,15 @@ class OfflineDataset:
         neither flag form a last, cut-off episode. Without ``next_observations`` (old D4RL
         files) the next row's observation is used within an episode and the step's own
         observation at an episode's end.
+
+        Observations of a Dict space are a dict (nested, or keyed by the leaves' ``/``-joined
+        paths) of ``(N, ...)`` arrays, cast to each leaf's dtype
+        (``offline_dt.data.layout``); those of an image Box an ``(N, H, W, C)`` array.
         """
         n = len(rewards)
-        check_row_counts(source, n, observations=observations, actions=actions,
-                          terminals=terminals, timeouts=timeouts)
-        obs = np.asarray(observations, dtype=np.float32).reshape(n, -1)
+        check_row_counts(source, n, actions=actions, terminals=terminals, timeouts=timeouts)
+        layout = observation_layout(observation_space, source)
+        obs = _canonical_observations(observations, layout, n, source, "observations")
         term = np.asarray(terminals).astype(bool).reshape(n)
         tout = np.asarray(timeouts).astype(bool).reshape(n)
         if episode_starts is None:
@@ -226,8 +268,8 @@ class OfflineDataset:
         if next_observations is None:
             next_obs = _shifted_next_observations(obs, episode_starts)
         else:
-            check_row_counts(source, n, next_observations=next_observations)
-            next_obs = np.asarray(next_observations, dtype=np.float32).reshape(n, -1)
+            next_obs = _canonical_observations(next_observations, layout, n, source,
+                                               "next_observations")
         return cls(
             observations=obs,
             actions=_canonical_actions(actions, action_space, n, source),
@@ -246,8 +288,8 @@ class OfflineDataset:
     @classmethod
     def from_episodes(
         cls,
-        episodes: Sequence[dict[str, np.ndarray]],
-        observation_space: gym.spaces.Box,
+        episodes: Sequence[dict[str, Any]],
+        observation_space: gym.Space,
         action_space: gym.spaces.Box | gym.spaces.Discrete,
         metadata: dict[str, Any] | None = None,
         source: str = "<memory>",
@@ -255,7 +297,8 @@ class OfflineDataset:
         """Build from per-episode arrays in the Minari layout.
 
         Each episode dict holds ``observations (T+1, obs_dim)``, ``actions (T, ...)``,
-        ``rewards (T,)``, ``terminations (T,)`` and ``truncations (T,)``. An episode that
+        ``rewards (T,)``, ``terminations (T,)`` and ``truncations (T,)`` (a Dict space's
+        observations: a dict, nested or keyed by paths, of ``(T+1, ...)`` arrays). An episode that
         ends with neither flag (cut off, e.g. a replay buffer's last episode) gets
         ``timeouts=True`` on its last step unless it is the dataset's last episode, so the
         D4RL split rule ``terminals | timeouts`` recovers the same boundaries.
@@ -263,12 +306,14 @@ class OfflineDataset:
         if not episodes:
             raise DatasetError(f"{source}: no episodes")
         lengths = []
+        episodes = [{**ep, "observations": flatten_keys(ep["observations"])} for ep in episodes]
         for i, ep in enumerate(episodes):
             t = len(ep["actions"])
-            if len(ep["observations"]) != t + 1 or t == 0:
+            rows = {len(a) for a in _leaf_list(ep["observations"])}
+            if rows != {t + 1} or t == 0:
                 raise DatasetError(
                     f"{source}: episode {i} must hold T+1 observations for T>0 actions, found "
-                    f"{len(ep['observations'])} observations and {t} actions"
+                    f"{', '.join(map(str, sorted(rows)))} observations and {t} actions"
                 )
             lengths.append(t)
         starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
@@ -277,8 +322,10 @@ class OfflineDataset:
         ends = starts[1:-1] - 1  # last step of every episode but the final one
         timeouts[ends] |= ~terminals[ends]
         return cls.from_flat(
-            observations=np.concatenate([e["observations"][:-1] for e in episodes]),
-            next_observations=np.concatenate([e["observations"][1:] for e in episodes]),
+            observations=map_leaves(lambda *a: np.concatenate([x[:-1] for x in a]),
+                                    *(e["observations"] for e in episodes)),
+            next_observations=map_leaves(lambda *a: np.concatenate([x[1:] for x in a]),
+                                         *(e["observations"] for e in episodes)),
             actions=np.concatenate([e["actions"] for e in episodes]),
             rewards=np.concatenate([e["rewards"] for e in episodes]),
             terminals=terminals,
@@ -316,10 +363,12 @@ def concatenate(datasets: Sequence[OfflineDataset], metadata: dict[str, Any]) ->
     timeouts[ends] |= ~terminals[ends]
     common_infos = set.intersection(*(set(d.infos) for d in datasets))
     return OfflineDataset(
-        observations=np.concatenate([d.observations for d in datasets]),
+        observations=map_leaves(lambda *a: np.concatenate(a),
+                                *(d.observations for d in datasets)),
         actions=np.concatenate([d.actions for d in datasets]),
         rewards=np.concatenate([d.rewards for d in datasets]),
-        next_observations=np.concatenate([d.next_observations for d in datasets]),
+        next_observations=map_leaves(lambda *a: np.concatenate(a),
+                                     *(d.next_observations for d in datasets)),
         terminals=terminals,
         timeouts=timeouts,
         episode_starts=starts,
@@ -341,13 +390,55 @@ def _d4rl_episode_starts(terminals: np.ndarray, timeouts: np.ndarray) -> np.ndar
     return np.concatenate([[0], ends]).astype(np.int64)
 
 
-def _shifted_next_observations(obs: np.ndarray, episode_starts: np.ndarray) -> np.ndarray:
-    """The next row's observation inside an episode, the row's own at an episode's last step."""
-    next_obs = np.empty_like(obs)
-    next_obs[:-1] = obs[1:]
+def _shifted_next_observations(obs: Observations, episode_starts: np.ndarray
+                               ) -> Observations:
+    """The next row's observation inside an episode, the row's own at an episode's last step
+    (leaf by leaf for a Dict)."""
     last = episode_starts[1:] - 1
-    next_obs[last] = obs[last]
-    return next_obs
+
+    def shifted(leaf: np.ndarray) -> np.ndarray:
+        next_obs = np.empty_like(leaf)
+        next_obs[:-1] = leaf[1:]
+        next_obs[last] = leaf[last]
+        return next_obs
+
+    return map_leaves(shifted, obs)
+
+
+def _leaf_list(obs: Any) -> list[Any]:
+    return list(obs.values()) if isinstance(obs, dict) else [obs]
+
+
+def _canonical_observations(obs: Any, layout: Layout | None, n: int, source: str, key: str
+                            ) -> Observations:
+    """``obs`` in the stored form of ``layout`` (``offline_dt.data.layout``): ``(N, obs_dim)
+    float32`` without one; else each leaf cast to its dtype, a dict keyed by path (an array for
+    a top-level image). Leaves missing or of a wrong shape are left for ``check_dataset`` to
+    name; keys the layout lacks are kept, so it names them too.
+
+    Raises:
+        DatasetError: ``obs`` has other rows than ``n``, naming ``source`` and ``key``.
+    """
+    if layout is None:
+        check_row_counts(source, n, **{key: obs})
+        return np.asarray(obs, dtype=np.float32).reshape(n, -1)
+    if len(layout) == 1 and layout[0].key == "":
+        check_row_counts(source, n, **{key: obs})
+        return np.asarray(obs).astype(layout[0].dtype, copy=False)
+    if not isinstance(obs, dict):
+        raise DatasetError(f"{source}: key '{key}' must be a dict of arrays for the Dict "
+                           f"observation space, found {type(obs).__name__}")
+    flat = flatten_keys(obs)
+    out = {}
+    for leaf in layout:
+        try:
+            value = np.asarray(leaf_value(flat, leaf.key))
+        except KeyError:
+            continue
+        check_row_counts(source, n, **{f"{key}/{leaf.key}": value})
+        out[leaf.key] = value.astype(leaf.dtype, copy=False)
+    out.update({k: np.asarray(v) for k, v in flat.items() if k not in out})
+    return out
 
 
 def _canonical_actions(actions: Any, action_space: gym.Space, n: int, source: str

@@ -5,6 +5,12 @@ Minari layout (minari 0.5): an episode holds ``observations (T+1, obs_dim)``,
 live under a root directory (default ``data/minari``; the ``MINARI_DATASETS_PATH``
 environment variable overrides it) at ``<root>/<namespace>/<name>-v<version>/data``.
 
+Dict observations (PointMaze's ``observation``/``achieved_goal``/``desired_goal``,
+MiniGrid's ``image``/``direction``/``mission``) are Minari's own layout: per episode a group
+``observations/`` with one ``(T+1, ...)`` dataset per key (nested Dicts nest groups), as
+``minari.DataCollector`` writes them. Text leaves (MiniGrid's ``mission``) are dropped on
+reading, with a logged note: no encoder reads strings (``offline_dt.data.layout``).
+
 Reading checks ``data/metadata.json`` and, for the ``hdf5`` data format, every episode's
 arrays in ``main_data.hdf5`` (dtype real numeric or bool, row counts, memory needed) before
 Minari reads anything; errors of h5py and Minari on a truncated or damaged dataset are
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import warnings
@@ -35,6 +42,14 @@ from offline_dt.data.atomic import (
     remove_stale_temporaries,
 )
 from offline_dt.data.dataset import OfflineDataset, check_plain_env_id
+from offline_dt.data.layout import (
+    flatten_keys,
+    map_leaves,
+    nest_keys,
+    observation_layout,
+    observation_nbytes,
+    pruned_space,
+)
 from offline_dt.data.validate import (
     DatasetError,
     check_fits_in_memory,
@@ -42,6 +57,8 @@ from offline_dt.data.validate import (
     open_hdf5,
     warn_long_episodes,
 )
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MINARI_ROOT = Path("data") / "minari"
 #: The ``author`` of every Minari dataset :func:`write_minari` writes.
@@ -161,9 +178,10 @@ _EPISODE_OVERHEAD = 16 * 1024
 
 def _minari_bytes(dataset: OfflineDataset) -> int:
     """An upper estimate of the bytes a Minari dataset of ``dataset`` takes on disk."""
-    arrays = sum(getattr(dataset, k).nbytes for k in
+    arrays = sum(observation_nbytes(getattr(dataset, k)) for k in
                  ("observations", "actions", "rewards", "terminals", "timeouts"))
-    last_obs = dataset.num_episodes * dataset.observations[:1].nbytes
+    last_obs = dataset.num_episodes * observation_nbytes(
+        map_leaves(lambda a: a[:1], dataset.observations))
     return int(1.1 * (arrays + last_obs)) + _EPISODE_OVERHEAD * dataset.num_episodes + 2**16
 
 
@@ -174,10 +192,11 @@ def _episode_buffers(dataset: OfflineDataset) -> list[Any]:
     buffers = []
     for i in range(dataset.num_episodes):
         ep = dataset.episode(i)
-        obs = np.concatenate([ep["observations"], ep["next_observations"][-1:]])
+        obs = map_leaves(lambda o, x: np.concatenate([o, x[-1:]]), ep["observations"],
+                         ep["next_observations"])
         buffers.append(EpisodeBuffer(
             id=i,
-            observations=obs,
+            observations=nest_keys(obs) if isinstance(obs, dict) else obs,
             actions=ep["actions"],
             rewards=ep["rewards"],
             terminations=ep["terminals"],
@@ -253,6 +272,7 @@ def read_minari(id_or_path: str | os.PathLike, root: str | os.PathLike | None = 
     if meta_json.get("data_format", "hdf5") == "hdf5":
         _check_minari_arrays(data_path / "main_data.hdf5", src, meta_json)
     episodes, ds = _minari_episodes(data_path, src)
+    obs_space = pruned_space(ds.observation_space)  # text leaves dropped (logged) above
     md = dict(ds.storage.metadata)
     meta = {
         "dataset_id": md.get("dataset_id", str(id_or_path)),
@@ -264,29 +284,35 @@ def read_minari(id_or_path: str | os.PathLike, root: str | os.PathLike | None = 
         if md.get(key) is not None:
             meta[key] = float(md[key])
     out = OfflineDataset.from_episodes(
-        episodes, ds.observation_space, ds.action_space, metadata=meta, source=src
+        episodes, obs_space, ds.action_space, metadata=meta, source=src
     )
     warn_long_episodes(out.episode_lengths, env_id or meta["env_id"], src)
     return out
 
 
-def _minari_episodes(data_path: Path, src: str) -> tuple[list[dict[str, np.ndarray]], Any]:
-    """Every episode's arrays in the Minari layout, and the ``minari.MinariDataset``.
+def _minari_episodes(data_path: Path, src: str) -> tuple[list[dict[str, Any]], Any]:
+    """Every episode's arrays in the Minari layout (a Dict's observations a dict keyed by
+    the leaves' ``/``-joined paths, text leaves left out), and the ``minari.MinariDataset``.
 
     Raises:
-        DatasetError: nested observations, a package the data format needs is missing, or
+        DatasetError: Tuple observations, a package the data format needs is missing, or
             Minari or h5py failed to read (translated).
     """
     import minari
 
     try:
         ds = minari.MinariDataset(data_path)
+        keep = observation_layout(ds.observation_space, src)  # logs the text leaves dropped
+        keys = None if keep is None or keep[0].key == "" else {leaf.key for leaf in keep}
         episodes = []
         for ep in ds.iterate_episodes():
-            if not isinstance(ep.observations, np.ndarray):
-                raise DatasetError(f"{src}: nested (Dict/Tuple) observations are unsupported")
+            obs = ep.observations
+            if keys is not None and isinstance(obs, dict):
+                obs = {k: v for k, v in flatten_keys(obs).items() if k in keys}
+            elif not isinstance(obs, np.ndarray):
+                raise DatasetError(f"{src}: Tuple observations are unsupported")
             episodes.append({
-                "observations": ep.observations,
+                "observations": obs,
                 "actions": ep.actions,
                 "rewards": ep.rewards,
                 "terminations": ep.terminations,
@@ -318,6 +344,7 @@ def _check_minari_arrays(main: Path, src: str, meta: dict[str, Any]) -> None:
         DatasetError: naming ``src``, the file and the key (``episode_<i>/<array>``).
     """
     where = f"{src} ({main})"
+    text = _text_keys(meta.get("observation_space"))
     if not main.is_file():
         raise DatasetError(f"{where}: the file is missing (metadata.json's data_format is hdf5)")
     declared: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
@@ -329,9 +356,11 @@ def _check_minari_arrays(main: Path, src: str, meta: dict[str, Any]) -> None:
                     raise DatasetError(f"{where}: group '{name}' is missing (metadata.json's "
                                        f"total_episodes is {meta.get('total_episodes')})")
                 arrays = {k: declared_array(f[name], k, where, f"{name}/")
-                          for k in _EPISODE_KEYS}
+                          for k in _EPISODE_KEYS if k != "observations"}
+                arrays.update(_observation_leaves(f[name], name, where, text))
                 t = arrays["actions"].shape[0]
-                for k, extra in _EPISODE_KEYS.items():
+                for k in arrays:
+                    extra = 1 if k.startswith("observations") else 0
                     if arrays[k].shape[0] != t + extra:
                         raise DatasetError(
                             f"{where}: key '{name}/{k}' has {arrays[k].shape[0]} rows, "
@@ -342,7 +371,49 @@ def _check_minari_arrays(main: Path, src: str, meta: dict[str, Any]) -> None:
             raise DatasetError(f"{where}: cannot be read; the file may be truncated or "
                                f"damaged ({type(e).__name__}: {e})") from e
     if declared:
-        check_fits_in_memory(where, declared, ("observations", "actions", "rewards"))
+        cast = ("observations", "actions", "rewards",
+                *(k for k, (_, d) in declared.items() if "/observations/" in k and d.kind == "f"))
+        check_fits_in_memory(where, declared, cast)
+
+
+def _observation_leaves(episode: h5py.Group, name: str, where: str, text: set[str]
+                        ) -> dict[str, h5py.Dataset]:
+    """An episode's ``observations``: ``{"observations": dataset}``, or for a Dict's group
+    ``{"observations/<path>": dataset}`` of its leaves, less the text leaves ``text``.
+
+    Raises:
+        DatasetError: a missing key or a leaf that is not a real array, naming it.
+    """
+    obj = episode.get("observations")
+    if not isinstance(obj, h5py.Group):
+        return {"observations": declared_array(episode, "observations", where, f"{name}/")}
+    found: dict[str, h5py.Dataset] = {}
+
+    def visit(path: str, o: Any) -> None:
+        if isinstance(o, h5py.Dataset) and path not in text:
+            found[f"observations/{path}"] = declared_array(obj, path, where,
+                                                           f"{name}/observations/")
+    obj.visititems(visit)
+    return found
+
+
+def _text_keys(space_json: Any) -> set[str]:
+    """The ``/``-joined keys of the Text leaves of a Minari-serialised Dict space."""
+    try:
+        node = json.loads(space_json) if isinstance(space_json, str) else space_json
+    except ValueError:
+        return set()
+    out: set[str] = set()
+
+    def walk(d: Any, prefix: str) -> None:
+        if not isinstance(d, dict):
+            return
+        if d.get("type") == "Text":
+            out.add(prefix.rstrip("/"))
+        for k, v in (d.get("subspaces") or {}).items() if d.get("type") == "Dict" else ():
+            walk(v, f"{prefix}{k}/")
+    walk(node, "")
+    return out
 
 
 def _check_minari_metadata(data_path: Path, src: str) -> dict[str, Any]:

@@ -43,11 +43,16 @@ def check_dataset(ds: Any) -> None:
         DatasetError: naming ``ds.source`` and the offending key.
     """
     src = ds.source
-    check_spaces(ds.observation_space, ds.action_space, src)
+    layout = getattr(ds, "layout", None)
+    check_spaces(ds.observation_space, ds.action_space, src, layout is not None)
     if ds.rewards.ndim != 1:
         raise DatasetError(f"{src}: key 'rewards' must be (N,), found shape {ds.rewards.shape}")
     n = ds.rewards.shape[0]
-    for key, (shape, dtype) in expected_layout(n, ds.observation_space, ds.action_space).items():
+    if layout is not None:
+        for key in ("observations", "next_observations"):
+            check_leaves(getattr(ds, key), layout, n, src, key)
+    expected = expected_layout(n, ds.observation_space, ds.action_space, layout is not None)
+    for key, (shape, dtype) in expected.items():
         arr = getattr(ds, key)
         if not isinstance(arr, np.ndarray):
             raise DatasetError(f"{src}: key '{key}' must be a numpy array, found {type(arr)}")
@@ -67,11 +72,53 @@ def check_dataset(ds: Any) -> None:
 
 
 def _check_finite(ds: Any, n: int) -> None:
+    arrays: dict[str, np.ndarray] = {}
     for key in ("observations", "next_observations", "rewards", "actions"):
         arr = getattr(ds, key)
+        if isinstance(arr, dict):
+            arrays.update({f"{key}/{k}": v for k, v in arr.items()})
+        else:
+            arrays[key] = arr
+    for key, arr in arrays.items():
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             bad = int(np.argwhere(~np.isfinite(arr.reshape(n, -1)).all(axis=1))[0, 0])
             raise DatasetError(f"{ds.source}: key '{key}' holds NaN or inf (first at row {bad})")
+
+
+def check_leaves(observations: Any, layout: Any, n: int, src: str, key: str) -> None:
+    """The observations of an ``n``-transition dataset with a layout
+    (``offline_dt.data.layout``): a dict holding exactly the layout's keys (an ``(N, H, W, C)``
+    array for a top-level image Box), each ``(n, *leaf.shape)`` of the leaf's dtype.
+
+    Raises:
+        DatasetError: naming ``src``, the key (``observations/<leaf>``), expected and found.
+    """
+    if len(layout) == 1 and layout[0].key == "":
+        arrays = {"": observations}
+    elif not isinstance(observations, dict):
+        raise DatasetError(f"{src}: key '{key}' must be a dict of arrays for the Dict "
+                           f"observation space, found {type(observations).__name__}")
+    else:
+        arrays = observations
+        wanted = [leaf.key for leaf in layout]
+        missing = [k for k in wanted if k not in arrays]
+        extra = sorted(k for k in arrays if k not in wanted)
+        if missing or extra:
+            what = (f"key(s) {[f'{key}/{k}' for k in missing]} missing" if missing
+                    else f"key(s) {[f'{key}/{k}' for k in extra]} not in the observation space")
+            raise DatasetError(f"{src}: {what}; the observation space has keys {wanted}, the "
+                               f"data {sorted(arrays)}")
+    for leaf in layout:
+        arr, name = arrays[leaf.key], f"{key}/{leaf.key}" if leaf.key else key
+        if not isinstance(arr, np.ndarray):
+            raise DatasetError(f"{src}: key '{name}' must be a numpy array, found {type(arr)}")
+        if arr.shape != (n, *leaf.shape):
+            raise DatasetError(f"{src}: key '{name}' has shape {arr.shape}, expected "
+                               f"{(n, *leaf.shape)} for the {leaf.kind} leaf '{leaf.key}' of "
+                               "the observation space")
+        if arr.dtype != leaf.dtype:
+            raise DatasetError(f"{src}: key '{name}' has dtype {arr.dtype}, expected "
+                               f"{leaf.dtype} for a {leaf.kind} leaf")
 
 
 def _check_discrete_action_range(ds: Any, n: int) -> None:
@@ -93,37 +140,44 @@ def _check_episode_starts(starts: np.ndarray, n: int, src: str) -> None:
         )
 
 
-def check_spaces(observation_space: Any, action_space: Any, src: str) -> None:
-    """A flat Box observation space and a Box or Discrete action space.
+def check_spaces(observation_space: Any, action_space: Any, src: str,
+                 has_layout: bool = False) -> None:
+    """A flat Box observation space (any other when ``has_layout``: its layout,
+    ``offline_dt.data.layout.observation_layout``, checked it) and a Box or Discrete action
+    space.
 
     Raises:
         DatasetError: naming ``src``, the space expected and the one found.
     """
-    if not isinstance(observation_space, gym.spaces.Box):
-        raise DatasetError(f"{src}: observation space must be a gymnasium Box, "
+    if not has_layout and not isinstance(observation_space, gym.spaces.Box):
+        raise DatasetError(f"{src}: observation space must be a gymnasium Box or Dict, "
                            f"found {type(observation_space).__name__}")
-    if len(observation_space.shape) != 1:
+    if not has_layout and len(observation_space.shape) != 1:
         raise DatasetError(
-            f"{src}: observation space must be flat (obs_dim,), found shape "
-            f"{observation_space.shape} (image or nested observations are unsupported)")
+            f"{src}: observation space must be flat (obs_dim,), an image (H, W, C) uint8 or a "
+            f"Dict, found shape {observation_space.shape}")
     if not isinstance(action_space, gym.spaces.Box | gym.spaces.Discrete):
         raise DatasetError(f"{src}: action space must be a Box or Discrete, "
                            f"found {type(action_space).__name__}")
 
 
 def expected_layout(
-    n: int, observation_space: gym.spaces.Box, action_space: gym.spaces.Box | gym.spaces.Discrete
+    n: int, observation_space: gym.Space, action_space: gym.spaces.Box | gym.spaces.Discrete,
+    has_layout: bool = False,
 ) -> dict[str, tuple[tuple[int, ...], type]]:
     """Key → (shape, dtype) every array of an ``n``-transition dataset must have, in the order
-    they are checked."""
-    obs_dim = observation_space.shape[0]
-    expect: dict[str, tuple[tuple[int, ...], type]] = {
-        "observations": ((n, obs_dim), np.float32),
-        "next_observations": ((n, obs_dim), np.float32),
+    they are checked; the observations only for a flat Box (``has_layout`` False: the leaves
+    of any other are :func:`check_leaves`')."""
+    expect: dict[str, tuple[tuple[int, ...], type]] = {}
+    if not has_layout:
+        obs_dim = observation_space.shape[0]
+        expect["observations"] = ((n, obs_dim), np.float32)
+        expect["next_observations"] = ((n, obs_dim), np.float32)
+    expect.update({
         "rewards": ((n,), np.float32),
         "terminals": ((n,), np.bool_),
         "timeouts": ((n,), np.bool_),
-    }
+    })
     if isinstance(action_space, gym.spaces.Discrete):
         expect["actions"] = ((n,), np.int64)
     else:

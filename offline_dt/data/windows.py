@@ -14,12 +14,14 @@ loss.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 
 from offline_dt.data.dataset import DatasetError, OfflineDataset
+from offline_dt.data.layout import IMAGE_SCALE, Layout
 
 
 def returns_to_go(rewards: np.ndarray, episode_starts: np.ndarray) -> np.ndarray:
@@ -52,8 +54,12 @@ class Normalizer:
     """What maps raw data to model inputs; saved with every checkpoint.
 
     Attributes:
-        state_mean: ``(obs_dim,) float32`` observation mean over the dataset.
-        state_std: ``(obs_dim,) float32`` observation std over the dataset, plus 1e-6.
+        state_mean: ``(obs_dim,) float32`` observation mean over the dataset (per column of
+            the flat view for a space with a layout, ``offline_dt.data.layout``: a Box leaf's
+            mean, 0 for image and Discrete columns).
+        state_std: ``(obs_dim,) float32`` observation std over the dataset, plus 1e-6 (an
+            image column's is 255, so images are scaled to [0, 1], not normalised; a
+            Discrete column's 1, so it holds the value).
         rtg_scale: returns-to-go are divided by this (reward units).
         action_low: ``(act_dim,) float32`` Box lower bound (empty for Discrete).
         action_high: ``(act_dim,) float32`` Box upper bound (empty for Discrete).
@@ -69,7 +75,6 @@ class Normalizer:
     def fit(cls, dataset: OfflineDataset, rtg_scale: float | None = None) -> Normalizer:
         """Statistics of ``dataset``. ``rtg_scale=None`` picks the largest absolute episode
         return, so scaled returns-to-go lie in [-1, 1]."""
-        obs = dataset.observations.astype(np.float64)
         if rtg_scale is None:
             rtg_scale = float(np.abs(dataset.episode_returns).max()) or 1.0
         if rtg_scale <= 0:
@@ -84,9 +89,10 @@ class Normalizer:
                 )
         else:
             low = high = np.zeros(0, np.float32)
+        mean, std = observation_statistics(dataset.observations, dataset.layout)
         return cls(
-            state_mean=obs.mean(0).astype(np.float32),
-            state_std=(obs.std(0) + 1e-6).astype(np.float32),
+            state_mean=mean,
+            state_std=std,
             rtg_scale=float(rtg_scale),
             action_low=low,
             action_high=high,
@@ -130,13 +136,43 @@ class Normalizer:
         )
 
 
+def observation_statistics(observations: Any, layout: Layout | None
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """``(obs_dim,) float32`` mean and std (+ 1e-6) of each column of the flat view: of the
+    array for a flat Box; per leaf otherwise (:class:`Normalizer`), leaf by leaf so no
+    float copy of an image is made."""
+    if layout is None:
+        obs = observations.astype(np.float64)
+        return obs.mean(0).astype(np.float32), (obs.std(0) + 1e-6).astype(np.float32)
+    means, stds = [], []
+    for leaf, arr in zip(layout, leaf_arrays(observations, layout), strict=True):
+        if leaf.kind == "vector":
+            x = arr.reshape(len(arr), -1).astype(np.float64)
+            means.append(x.mean(0))
+            stds.append(x.std(0) + 1e-6)
+        else:
+            scale = IMAGE_SCALE if leaf.kind == "image" else 1.0
+            means.append(np.zeros(leaf.width))
+            stds.append(np.full(leaf.width, scale))
+    return (np.concatenate(means).astype(np.float32), np.concatenate(stds).astype(np.float32))
+
+
+def leaf_arrays(observations: Any, layout: Layout) -> list[np.ndarray]:
+    """A dataset's observations of ``layout``, one array per leaf in layout order."""
+    if isinstance(observations, dict):
+        return [observations[leaf.key] for leaf in layout]
+    return [observations]
+
+
 @dataclass
 class Batch:
     """A batch of training windows (all tensors on one device).
 
     Attributes:
         returns_to_go: ``(B, K, 1) float32`` scaled R̂.
-        observations: ``(B, K, obs_dim) float32`` normalised.
+        observations: ``(B, K, obs_dim) float32`` normalised (the flat view of a Dict or
+            image space, ``offline_dt.data.layout``: each leaf gathered from its own array
+            and normalised per batch).
         actions: ``(B, K, act_dim) float32`` in [-1, 1], or ``(B, K) int64`` for Discrete.
         timesteps: ``(B, K) int64``.
         mask: ``(B, K) bool``, False on padding (left padding for :class:`WindowSampler`'s
@@ -195,16 +231,25 @@ class WindowSampler:
         self.device = dev = torch.device(device)
         rtg = returns_to_go(dataset.rewards, dataset.episode_starts) / normalizer.rtg_scale
         rewards = dataset.rewards.astype(np.float64) / normalizer.rtg_scale
+        self.layout = layout = dataset.layout
         arrays = {
-            "obs": normalizer.observations(dataset.observations),
             "actions": np.ascontiguousarray(normalizer.actions_to_model(dataset.actions)),
             "rtg": rtg.astype(np.float32),
             "rewards": rewards.astype(np.float32),
-            "next_obs": normalizer.observations(dataset.next_observations),
             "terminals": dataset.terminals.astype(bool),
             "timesteps": timesteps_in_episode(dataset.episode_starts),
             "ep_start": dataset.episode_starts[:-1].copy(),
         }
+        if layout is None:
+            arrays["obs"] = normalizer.observations(dataset.observations)
+            arrays["next_obs"] = normalizer.observations(dataset.next_observations)
+        else:  # each leaf at rest in its own dtype (images uint8), normalised per batch
+            self.obs_leaves = [torch.from_numpy(np.ascontiguousarray(a)).to(dev)
+                               for a in leaf_arrays(dataset.observations, layout)]
+            self.next_obs_leaves = [torch.from_numpy(np.ascontiguousarray(a)).to(dev)
+                                    for a in leaf_arrays(dataset.next_observations, layout)]
+            self.state_mean = torch.from_numpy(normalizer.state_mean).to(dev)
+            self.state_std = torch.from_numpy(normalizer.state_std).to(dev)
         for name, array in arrays.items():  # once: sample() moves only indices
             setattr(self, name, torch.from_numpy(array).to(dev))
         # The draw stays on the CPU generator, so every device samples the same windows.
@@ -212,6 +257,16 @@ class WindowSampler:
         self.ep_prob = self.ep_len.double() / self.ep_len.sum()
         self.generator = torch.Generator().manual_seed(seed)
         self._offsets = torch.arange(context_length, device=dev)
+
+    def _observations(self, idx: torch.Tensor, next_obs: bool = False) -> torch.Tensor:
+        """``(b, K, obs_dim) float32`` normalised observations of rows ``idx`` ``(b, K)``: a
+        gather of the flat array, or of every leaf, normalised and concatenated (the flat
+        view, ``offline_dt.data.layout``)."""
+        if self.layout is None:
+            return (self.next_obs if next_obs else self.obs)[idx]
+        leaves = self.next_obs_leaves if next_obs else self.obs_leaves
+        x = torch.cat([leaf[idx].reshape(*idx.shape, -1).float() for leaf in leaves], -1)
+        return (x - self.state_mean) / self.state_std
 
     def sample(self, batch_size: int) -> Batch:
         """Draw ``batch_size`` windows (episodes ∝ length, start uniform, left-padded)."""
@@ -243,7 +298,7 @@ class WindowSampler:
         rel = self._offsets[None, :] - pad[:, None]
         mask = rel >= 0
         idx = self.ep_start[ep, None] + start[:, None] + rel.clamp(min=0)
-        obs = self.obs[idx] * mask[..., None]
+        obs = self._observations(idx) * mask[..., None]
         if self.discrete:
             actions = self.actions[idx] * mask
         else:
@@ -255,7 +310,7 @@ class WindowSampler:
             timesteps=self.timesteps[idx] * mask,
             mask=mask,
             rewards=self.rewards[idx] * mask,
-            next_observations=self.next_obs[idx] * mask[..., None],
+            next_observations=self._observations(idx, True) * mask[..., None],
             terminals=self.terminals[idx] & mask,
         ), share
 
@@ -319,11 +374,11 @@ class SegmentSampler(WindowSampler):
         m = mask[..., None]
         return Batch(
             returns_to_go=(self.rtg[idx] * mask)[..., None],
-            observations=self.obs[idx] * m,
+            observations=self._observations(idx) * m,
             actions=self.actions[idx] * (mask if self.discrete else m),
             timesteps=self.timesteps[idx] * mask,
             mask=mask,
             rewards=self.rewards[idx] * mask,
-            next_observations=self.next_obs[idx] * m,
+            next_observations=self._observations(idx, True) * m,
             terminals=self.terminals[idx] & mask,
         )

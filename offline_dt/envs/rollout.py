@@ -31,6 +31,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from offline_dt.data.layout import Layout, flat_view, is_image, observation_layout
 from offline_dt.envs.make import make_vec_env
 from offline_dt.envs.policies import Policy
 
@@ -70,8 +71,38 @@ class Transition:
     infos: dict[str, Any]
 
 
-def true_next_observations(next_obs: np.ndarray, infos: dict[str, Any]) -> np.ndarray:
-    """``next_obs`` with the rows of ended episodes replaced by ``infos["final_obs"]``."""
+def env_layout(space: gym.Space, env: str = "the env") -> Layout | None:
+    """The layout whose flat view policies act on (``offline_dt.data.layout``): None for a
+    Box that is not an image (its observations go as they are, as always).
+
+    Raises:
+        DatasetError: a Dict space with a leaf no encoder reads, naming its key.
+    """
+    if isinstance(space, gym.spaces.Box) and not is_image(space):
+        return None
+    return observation_layout(space, env)
+
+
+def policy_observations(obs: Any, layout: Layout | None) -> np.ndarray:
+    """``(N, obs_dim) float32``, what a policy acts on: a flat Box's observations as they are;
+    a Dict's or an image's flat view (``offline_dt.data.layout.flat_view``; text leaves such
+    as MiniGrid's ``mission`` left out), ``layout`` being the env's
+    (``observation_layout(envs.single_observation_space)``)."""
+    if layout is None:
+        return np.asarray(obs, np.float32)
+    return flat_view(obs, layout)
+
+
+def true_next_observations(next_obs: Any, infos: dict[str, Any],
+                           layout: Layout | None = None) -> np.ndarray:
+    """``next_obs`` with the rows of ended episodes replaced by ``infos["final_obs"]``; for a
+    space with a ``layout``, both as the flat view (:func:`policy_observations`)."""
+    if layout is not None:
+        fixed = flat_view(next_obs, layout)
+        if "_final_obs" in infos:
+            for j in np.flatnonzero(infos["_final_obs"]):
+                fixed[j] = flat_view(infos["final_obs"][j], layout)[0]
+        return fixed
     if "_final_obs" not in infos:
         return next_obs
     ended = infos["_final_obs"]
@@ -101,12 +132,13 @@ def step_policy(envs: gym.vector.VectorEnv, policy: Policy, seeds: Sequence[int]
     if steps is not None and steps < 0:
         raise ValueError(f"steps: must be >= 0 or None, found {steps}")
     seeds = [int(s) for s in seeds]
+    layout = env_layout(envs.single_observation_space)
     obs, _ = envs.reset(seed=seeds)
     policy.reset(n, seeds=seeds)
     done = np.zeros(n, bool)
     t = 0
     while (not done.all()) if steps is None else t < steps:
-        observations = np.asarray(obs, np.float32)
+        observations = policy_observations(obs, layout)
         actions = policy.act(observations)
         obs, rewards, terminated, truncated, infos = envs.step(actions)
         terminated = np.asarray(terminated, bool)
@@ -116,7 +148,7 @@ def step_policy(envs: gym.vector.VectorEnv, policy: Policy, seeds: Sequence[int]
         done |= terminated | truncated
         policy.observe(counted)
         yield Transition(t, observations, actions, rewards, terminated, truncated,
-                         true_next_observations(obs, infos), active, counted, infos)
+                         true_next_observations(obs, infos, layout), active, counted, infos)
         t += 1
 
 

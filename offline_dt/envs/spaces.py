@@ -13,6 +13,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from offline_dt.data.layout import is_image, layout_mismatch
 from offline_dt.envs.make import env_spaces
 
 #: Slack on Box bounds (float32 rounding of bounds written to JSON).
@@ -31,13 +32,18 @@ def space_mismatch(env_space: gym.Space, trained: gym.Space, kind: str) -> str |
     the same shape, and for ``kind == "action"`` the trained bounds must lie inside the env's
     (a policy emits actions in its trained bounds; a dataset's bounds inferred from its
     actions are narrower than the env's). Observation bounds are not compared (a dataset's
-    may be inferred from its data).
+    may be inferred from its data). Observations of a Dict or image space are compared leaf
+    by leaf (``offline_dt.data.layout.layout_mismatch``: the same keys, kinds and shapes; text
+    leaves are ignored).
 
     Args:
         env_space: the env's space.
         trained: the space the network was trained with.
         kind: ``"observation"`` or ``"action"``, for the message.
     """
+    if kind == "observation" and any(isinstance(x, gym.spaces.Dict) or is_image(x)
+                                     for x in (env_space, trained)):
+        return layout_mismatch(env_space, trained)  # Dict or image: leaf by leaf
     if type(env_space) is not type(trained):
         return (f"its {kind} space is a {type(env_space).__name__}, the trained one a "
                 f"{type(trained).__name__}")

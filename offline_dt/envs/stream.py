@@ -16,7 +16,12 @@ import torch
 
 from offline_dt.envs.make import make_vec_env
 from offline_dt.envs.policies import Policy
-from offline_dt.envs.rollout import Transition, true_next_observations
+from offline_dt.envs.rollout import (
+    Transition,
+    env_layout,
+    policy_observations,
+    true_next_observations,
+)
 
 
 class EpisodeStream:
@@ -48,6 +53,8 @@ class EpisodeStream:
         if int(num_envs) < 1:
             raise ValueError(f"num_envs: must be >= 1, found {num_envs}")
         self.envs = make_vec_env(env_id, int(num_envs), env_kwargs=env_kwargs)
+        #: the flat view of a Dict or image space (``offline_dt.data.layout``), or None
+        self.layout = env_layout(self.envs.single_observation_space, env_id)
         self.num_envs, self.reset_seed = int(num_envs), reset_seed
         self.started = 0
         self.env_steps = 0
@@ -72,7 +79,7 @@ class EpisodeStream:
         self.seeds[:] = seeds
         self.actions = [[] for _ in range(self.num_envs)]
         self.returns[:] = 0.0
-        self.observations = np.asarray(obs, np.float32)
+        self.observations = policy_observations(obs, self.layout)
         policy.reset(self.num_envs, seeds=seeds)
 
     def steps(self, policy: Policy, steps: int) -> Iterator[Transition]:
@@ -100,9 +107,9 @@ class EpisodeStream:
             self.env_steps += self.num_envs
             t = self.env_steps // self.num_envs - 1
             yield Transition(t, observations, actions, rewards, terminated, truncated,
-                             true_next_observations(obs, infos), np.ones(self.num_envs, bool),
-                             counted, infos)
-            self.observations = np.asarray(obs, np.float32)
+                             true_next_observations(obs, infos, self.layout),
+                             np.ones(self.num_envs, bool), counted, infos)
+            self.observations = policy_observations(obs, self.layout)
             self._begin(terminated | truncated, policy)
 
     def _begin(self, ended: np.ndarray, policy: Policy | None) -> None:
@@ -119,7 +126,7 @@ class EpisodeStream:
             self.returns[j] = 0.0
         obs, _ = self.envs.reset(seed=full, options={"reset_mask": ended.copy()})
         self.seeds[:] = full
-        self.observations = np.asarray(obs, np.float32)
+        self.observations = policy_observations(obs, self.layout)
         begin = getattr(policy, "begin_episodes", None)
         if begin is not None:
             begin(ended.copy(), [full[j] for j in np.flatnonzero(ended)])
@@ -192,4 +199,4 @@ class EpisodeStream:
             acts = np.stack([per_env[j][s - (m - lengths[j])] if s >= m - lengths[j]
                              else filler for j in range(self.num_envs)])
             obs, *_ = self.envs.step(acts)
-        self.observations = np.asarray(obs, np.float32)
+        self.observations = policy_observations(obs, self.layout)

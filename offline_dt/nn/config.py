@@ -4,6 +4,7 @@ the attention kinds (:data:`ATTENTION_KINDS`, see ``offline_dt.nn.transformer``)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
@@ -27,6 +28,10 @@ class DTConfig:
             for sequences of any length; the key/value cache is then exact).
         band_tokens: W, tokens each token sees in ``band`` mode (itself and the W - 1 before
             it); None: ``3 * context_length``. Must be None in ``window`` mode.
+        obs_layout: the leaves of a Dict or image observation space
+            (``offline_dt.data.layout.Leaf.to_json`` dicts), whose flat view of ``obs_dim``
+            columns the state encoder splits (``offline_dt.nn.encoders``); None for a flat
+            Box (a Linear state embedding).
     """
 
     obs_dim: int
@@ -42,6 +47,7 @@ class DTConfig:
     action_tanh: bool = True
     attention: str = "window"
     band_tokens: int | None = None
+    obs_layout: list[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_KINDS:

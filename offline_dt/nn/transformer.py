@@ -2,7 +2,9 @@
 Sequence Modeling", Section 3 and Figure 1).
 
 A trajectory of the last K timesteps is fed as 3K interleaved tokens
-``(R̂_1, s_1, a_1, R̂_2, s_2, a_2, ...)``. Each modality has its own linear embedding; a learned
+``(R̂_1, s_1, a_1, R̂_2, s_2, a_2, ...)``. Each modality has its own linear embedding (the
+state's is chosen from the observation space, ``offline_dt.nn.encoders``: linear for a flat
+Box, a CNN for images, an embedding for Discrete leaves, their sum for a Dict); a learned
 embedding of the episode timestep is added to all three tokens of that step (not a per-token
 position embedding); a LayerNorm follows; a GPT-style stack of causal self-attention blocks
 (``F.scaled_dot_product_attention``) processes the tokens; the action ``a_t`` is predicted from
@@ -40,6 +42,7 @@ from offline_dt.nn.attention import CausalSelfAttention, band_mask
 from offline_dt.nn.cache import KVCache
 from offline_dt.nn.config import DTConfig
 from offline_dt.nn.dropout import Dropout
+from offline_dt.nn.encoders import state_encoder
 
 
 class Block(nn.Module):
@@ -78,7 +81,7 @@ class DecisionTransformer(nn.Module):
         d = cfg.embed_dim
         self.embed_timestep = nn.Embedding(cfg.max_timestep, d)
         self.embed_return = nn.Linear(1, d)
-        self.embed_state = nn.Linear(cfg.obs_dim, d)
+        self.embed_state = state_encoder(cfg.obs_dim, d, cfg.obs_layout)
         if cfg.discrete:
             self.embed_action: nn.Module = nn.Embedding(cfg.act_dim, d)
         else:

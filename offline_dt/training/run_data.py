@@ -16,7 +16,16 @@ import numpy as np
 from offline_dt.data import load_dataset
 from offline_dt.data.d4rl import space_to_json
 from offline_dt.data.dataset import DatasetError, OfflineDataset
+from offline_dt.data.layout import (
+    IMAGE_SCALE,
+    Layout,
+    layout_mismatch,
+    layout_to_json,
+    layout_width,
+    pruned_space,
+)
 from offline_dt.data.windows import Normalizer
+from offline_dt.envs.rollout import env_layout
 from offline_dt.training.checkpoint import CHECKPOINT_NAME, normalizer_from_tensors
 from offline_dt.training.train_config import TrainConfig
 
@@ -42,7 +51,13 @@ def check_env_spaces(dataset: OfflineDataset, env_id: str) -> OfflineDataset:
     finally:
         env.close()
     src = dataset.source
-    if getattr(obs_space, "shape", None) != dataset.observation_space.shape:
+    if dataset.layout is not None or not isinstance(obs_space, gym.spaces.Box):
+        why = layout_mismatch(obs_space, dataset.observation_space)
+        if why:
+            raise DatasetError(f"{src}: does not fit env {env_id}: {why} (the env's "
+                               f"observation space {obs_space}, the dataset's "
+                               f"{dataset.observation_space})")
+    elif getattr(obs_space, "shape", None) != dataset.observation_space.shape:
         raise DatasetError(
             f"{src}: observation space {dataset.observation_space} does not match env "
             f"{env_id}'s {obs_space} (expected shape {getattr(obs_space, 'shape', None)}, "
@@ -87,6 +102,7 @@ def dataset_info(dataset: OfflineDataset, cfg: TrainConfig, rtg_scale: float) ->
         "action_space": json.loads(space_to_json(dataset.action_space)),
         "longest_episode": int(dataset.episode_lengths.max()),
         "rtg_scale": rtg_scale,
+        **_layout_entry(dataset.layout),
     }
 
 
@@ -115,13 +131,16 @@ def load_data(cfg: TrainConfig, resumed: dict[str, Any] | None, origin: Path | N
 
 def data_shape(dataset: OfflineDataset | None, info: dict[str, Any]) -> dict[str, Any]:
     """What sizes the networks and checks the budget: ``obs_dim``, ``act_dim``, ``discrete``,
-    ``longest_episode`` and ``source``, the dataset's (when there is one) else ``info``'s."""
+    ``longest_episode``, ``source`` and ``obs_layout`` (a Dict or image space's leaves,
+    ``offline_dt.data.layout``; None for a flat Box), the dataset's (when there is one) else
+    ``info``'s."""
     if dataset is None:
-        return {k: info[k] for k in ("obs_dim", "act_dim", "discrete", "longest_episode",
-                                     "source")}
+        return {**{k: info[k] for k in ("obs_dim", "act_dim", "discrete", "longest_episode",
+                                        "source")}, "obs_layout": info.get("obs_layout")}
     return {"obs_dim": dataset.obs_dim, "act_dim": dataset.act_dim,
             "discrete": dataset.discrete, "source": dataset.source,
-            "longest_episode": int(dataset.episode_lengths.max())}
+            "longest_episode": int(dataset.episode_lengths.max()),
+            "obs_layout": layout_to_json(dataset.layout)}
 
 
 def env_data(cfg: TrainConfig, resumed: dict[str, Any] | None, origin: Path | None
@@ -154,8 +173,9 @@ def env_data(cfg: TrainConfig, resumed: dict[str, Any] | None, origin: Path | No
     if not (np.isfinite(low).all() and np.isfinite(high).all()):
         raise ValueError(f"TrainConfig.env_id {cfg.env_id!r}: Box action space must be "
                          f"bounded, found {act_space}")
-    obs_dim = int(np.prod(obs_space.shape))
-    normalizer = Normalizer(np.zeros(obs_dim, np.float32), np.ones(obs_dim, np.float32),
+    layout = env_layout(obs_space, cfg.env_id)
+    obs_dim = layout_width(layout) if layout else int(np.prod(obs_space.shape))
+    normalizer = Normalizer(np.zeros(obs_dim, np.float32), layout_scale(layout, obs_dim),
                             float(cfg.rtg_scale or 1.0), low, high)
     if resumed is not None:
         saved = normalizer_from_tensors(resumed["normalizer"])
@@ -170,9 +190,25 @@ def env_data(cfg: TrainConfig, resumed: dict[str, Any] | None, origin: Path | No
             "ref_min_score": None, "ref_max_score": None, "obs_dim": obs_dim,
             "act_dim": int(act_space.n) if discrete else int(np.prod(act_space.shape)),
             "discrete": discrete,
-            "observation_space": json.loads(space_to_json(obs_space)),
+            "observation_space": json.loads(space_to_json(pruned_space(obs_space))),
+            **_layout_entry(layout),
             "action_space": json.loads(space_to_json(act_space)),
             "longest_episode": int(longest), "rtg_scale": normalizer.rtg_scale,
             "init_checkpoint": None if origin is None else str(origin)}
     return normalizer, info
 
+
+
+def layout_scale(layout: Layout | None, obs_dim: int) -> np.ndarray:
+    """``(obs_dim,) float32`` std of a normaliser without data: 1, but 255 for image columns
+    (scaled to [0, 1], as ``Normalizer.fit`` scales them)."""
+    if layout is None:
+        return np.ones(obs_dim, np.float32)
+    return np.concatenate([np.full(leaf.width, IMAGE_SCALE if leaf.kind == "image" else 1.0)
+                           for leaf in layout]).astype(np.float32)
+
+
+def _layout_entry(layout: Layout | None) -> dict[str, Any]:
+    """``{"obs_layout": [...]}`` for a Dict or image space, nothing for a flat Box (whose
+    runs' facts stay as they were)."""
+    return {} if layout is None else {"obs_layout": layout_to_json(layout)}

@@ -4,6 +4,7 @@ warm-started from another run's (:func:`build_state`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,8 +75,11 @@ def build_state(cfg: TrainConfig, method: Method, make_sampler: Callable[[], Bat
     device = ranks.device
     seed_everything(cfg.seed, device)
     sampler = make_sampler()
-    net = method.build(cfg.model_config(int(shape["obs_dim"]), int(shape["act_dim"]),
-                                        bool(shape["discrete"])), cfg.method_options)
+    model_cfg = cfg.model_config(int(shape["obs_dim"]), int(shape["act_dim"]),
+                                 bool(shape["discrete"]))
+    if shape.get("obs_layout") is not None:  # a Dict or image space's leaves
+        model_cfg = dataclasses.replace(model_cfg, obs_layout=shape["obs_layout"])
+    net = method.build(model_cfg, cfg.method_options)
     net = net.to(device)
     optimizer, scheduler = make_optimizer(net, cfg)
     state = TrainState(net, optimizer, scheduler, sampler, normalizer, ranks)

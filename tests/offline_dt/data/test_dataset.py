@@ -123,11 +123,12 @@ def test_concatenate_joins_episodes_end_to_end():
 
 # ------------------------------------------------------------------------- validation
 def test_spaces_are_checked():
-    with pytest.raises(DatasetError, match="hand.hdf5: observation space must be a gymnasium "
-                                           "Box, found Discrete"):
+    with pytest.raises(DatasetError, match=r"hand.hdf5: observation space must be a flat Box "
+                                           r"\(obs_dim,\), an image Box \(H, W, C\) uint8 or "
+                                           r"a Dict of Box and Discrete leaves, found Discrete"):
         _flat(observation_space=gym.spaces.Discrete(3))
-    with pytest.raises(DatasetError, match=r"hand.hdf5: observation space must be flat "
-                                           r"\(obs_dim,\), found shape \(2, 1\)"):
+    with pytest.raises(DatasetError, match=r"hand.hdf5: observation space must be a flat Box "
+                                           r"\(obs_dim,\).*found Box\(0.0, 1.0, \(2, 1\)"):
         _flat(observation_space=gym.spaces.Box(0, 1, (2, 1), np.float32))
     with pytest.raises(DatasetError, match="action space must be a Box or Discrete, found "
                                            "MultiDiscrete"):
