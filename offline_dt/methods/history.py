@@ -86,7 +86,7 @@ def load_trunk(trunk: DecisionTransformer, model: dict[str, torch.Tensor],
     """
     own = trunk.state_dict()
     for prefix in ("", "trunk.", "actor."):
-        if f"{prefix}embed_state.weight" in model:
+        if any(k.startswith(f"{prefix}embed_state.") for k in model):  # any state encoder
             break
     else:
         raise ValueError("init checkpoint: no Decision Transformer trunk in its model "

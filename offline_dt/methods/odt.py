@@ -82,6 +82,7 @@ from offline_dt.methods.dt import DTPolicy
 from offline_dt.methods.odt_replay import ReplaySource, default_online_target
 from offline_dt.nn.collectives import global_mean
 from offline_dt.nn.config import DTConfig
+from offline_dt.nn.encoders import state_encoder
 from offline_dt.nn.transformer import DecisionTransformer
 
 #: Data actions at the bounds are clamped to ``±(1 - ACTION_EPS)`` before ``atanh``.
@@ -165,13 +166,19 @@ class ODTOptions:
 class TwinQ(nn.Module):
     """TD3's clipped double Q: two ``Q(s, a)`` MLPs (2 x ``hidden`` ReLU) as one, on
     normalised observations and ``[-1, 1]`` actions; ``(..., obs_dim)``, ``(..., act_dim)``
-    → ``(..., 2)`` float32."""
+    → ``(..., 2)`` float32. A Dict or image observation (``obs_layout``) is first encoded to
+    ``hidden`` features by the encoder its space chooses (``offline_dt.nn.encoders``)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int) -> None:
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int,
+                 obs_layout: Any = None) -> None:
         super().__init__()
-        self.q = mlp(obs_dim + act_dim, hidden, 2)
+        self.encode = (None if obs_layout is None
+                       else state_encoder(obs_dim, hidden, obs_layout))
+        self.q = mlp((obs_dim if self.encode is None else hidden) + act_dim, hidden, 2)
 
     def forward(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        if self.encode is not None:
+            observations = self.encode(observations)
         return self.q(torch.cat((observations, actions), -1))
 
 
@@ -192,7 +199,7 @@ class ODTNetwork(nn.Module):
         self.critic: TwinQ | None = None
         self.critic_target: TwinQ | None = None
         if options.critic_weight > 0:
-            self.critic = TwinQ(cfg.obs_dim, cfg.act_dim, options.critic_hidden)
+            self.critic = TwinQ(cfg.obs_dim, cfg.act_dim, options.critic_hidden, cfg.obs_layout)
             self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_temperature = nn.Parameter(
             torch.tensor(math.log(options.init_temperature)), requires_grad=False)

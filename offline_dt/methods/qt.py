@@ -55,6 +55,7 @@ from offline_dt.methods.dt import DTPolicy
 from offline_dt.methods.options import TRANSFORMER_SPACE, Choice, Range
 from offline_dt.nn.collectives import global_mean
 from offline_dt.nn.config import DTConfig
+from offline_dt.nn.encoders import state_encoder
 from offline_dt.nn.transformer import DecisionTransformer
 
 
@@ -110,13 +111,21 @@ class QTOptions:
 
 # ---------------------------------------------------------------------------------- critics
 class MLPCritic(nn.Module):
-    """IQL's critic on single transitions: twin ``Q(s, a)`` and ``V(s)``, 2 x ``hidden`` ReLU."""
+    """IQL's critic on single transitions: twin ``Q(s, a)`` and ``V(s)``, 2 x ``hidden`` ReLU.
+    A Dict or image observation (``cfg.obs_layout``) is first encoded to ``hidden`` features by
+    the encoder the space chooses (``offline_dt.nn.encoders``); a flat Box's is read as is."""
 
     def __init__(self, cfg: DTConfig, hidden: int) -> None:
         super().__init__()
         self.cfg = cfg
-        self.q = mlp(cfg.obs_dim + cfg.act_dim, hidden, 2)
-        self.v = mlp(cfg.obs_dim, hidden, 1)
+        self.encode = (None if cfg.obs_layout is None
+                       else state_encoder(cfg.obs_dim, hidden, cfg.obs_layout))
+        width = cfg.obs_dim if self.encode is None else hidden
+        self.q = mlp(width + cfg.act_dim, hidden, 2)
+        self.v = mlp(width, hidden, 1)
+
+    def _states(self, observations: torch.Tensor) -> torch.Tensor:
+        return observations if self.encode is None else self.encode(observations)
 
     def _actions(self, actions: torch.Tensor) -> torch.Tensor:
         if self.cfg.discrete:
@@ -126,19 +135,20 @@ class MLPCritic(nn.Module):
     def forward(self, batch: Batch, actions: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """``Q`` of ``actions`` ``(B, K, 2)`` (twin) and ``V`` ``(B, K)`` at every step."""
-        q = self.q(torch.cat((batch.observations, self._actions(actions)), -1))
-        return q, self.v(batch.observations).squeeze(-1)
+        s = self._states(batch.observations)
+        q = self.q(torch.cat((s, self._actions(actions)), -1))
+        return q, self.v(s).squeeze(-1)
 
     def next_values(self, batch: Batch, v: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``V(s_{t+1})`` ``(B, K)`` from the batch's next observations, and where it is
         valid (every real step)."""
-        return self.v(batch.next_observations).squeeze(-1), batch.mask
+        return self.v(self._states(batch.next_observations)).squeeze(-1), batch.mask
 
     def q_last(self, observations: torch.Tensor, actions: torch.Tensor,
                timesteps: torch.Tensor) -> torch.Tensor:
         """``min`` twin ``Q`` ``(B,)`` of the last step of ``(B, n, ...)`` contexts."""
-        x = torch.cat((observations[:, -1], self._actions(actions[:, -1])), -1)
+        x = torch.cat((self._states(observations[:, -1]), self._actions(actions[:, -1])), -1)
         return self.q(x).min(-1).values
 
 

@@ -172,8 +172,18 @@ def make_algo(method: str, ds: OfflineDataset, device: str = "cpu") -> Any:
 
 # ---------------------------------------------------------------------------------- training
 def _dataset(cfg: ReferenceConfig) -> tuple[OfflineDataset, str]:
-    """The dataset and the (registered) env id to evaluate on."""
+    """The dataset and the (registered) env id to evaluate on.
+
+    Raises:
+        ValueError: the dataset's observations are a Dict or images (d3rlpy's rows here read
+            flat vectors only), naming the method and the dataset.
+    """
     ds = load_dataset(cfg.dataset, cfg.minari_root, env_id=cfg.env_id)
+    if ds.layout is not None:
+        raise ValueError(
+            f"reference method {cfg.method!r}: dataset {cfg.dataset} has {ds.observation_space} "
+            "observations; the d3rlpy reference rows support flat Box observations only (Dict "
+            "and image observations are not supported yet)")
     env_id = cfg.env_id or registered_env_id(ds.metadata.get("env_id"), cfg.dataset)
     return ds, env_id
 
