@@ -167,7 +167,7 @@ def test_methods_build_and_take_a_loss_on_dict_observations(method):
     cfg = DTConfig(obs_dim=150, act_dim=2, context_length=4, max_timestep=50,
                    embed_dim=16, n_layer=1, obs_layout=LAYOUT)
     m = get_method(method)
-    net = m.build(cfg, {})
+    net = m.build(cfg)
     b, k = 2, 4
     batch = Batch(returns_to_go=torch.rand(b, k, 1), observations=torch.rand(b, k, 150),
                   actions=torch.rand(b, k, 2) * 2 - 1, timesteps=torch.arange(k).expand(b, k),
