@@ -258,6 +258,20 @@ class Method(abc.ABC):
         """A batched :class:`~offline_dt.envs.policies.Policy` acting with ``net`` in env units.
         ``settings`` is one entry of :meth:`inference_candidates`."""
 
+    def offline_source(self, dataset: OfflineDataset, normalizer: Normalizer,
+                       config: RunConfig, device: torch.device) -> BatchSource | None:
+        """The batch source an offline run of this method draws from (e.g. ``tt``'s windows
+        of whole transitions with discounted values, ``offline_dt.methods.tt``); None (the
+        default): the dataset's windows (:class:`WindowSource`)."""
+        return None
+
+    def fit(self, net: nn.Module, dataset: OfflineDataset,  # noqa: B027 (a no-op hook)
+            normalizer: Normalizer) -> None:
+        """Fit what the networks take from the dataset before a new run trains (``tt``'s
+        discretiser), into buffers of ``net`` so that its checkpoint carries them and
+        evaluation never refits. Called once per new run, after :meth:`build` and before
+        :meth:`warm_start`; never on resume (the checkpoint holds it). Nothing by default."""
+
     def options(self, values: Any = None) -> Any:
         """The method's validated options (an instance of :attr:`options_class`) from
         ``values``: None (the defaults), an instance, or a mapping of typed values

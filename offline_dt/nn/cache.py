@@ -72,6 +72,22 @@ class KVCache:
         lo = max(self.start, self.end + n - self.keep)
         return self.k[layer, :, :, lo:self.end + n], self.v[layer, :, :, lo:self.end + n]
 
+    def select(self, rows: torch.Tensor, room: int | None = None) -> KVCache:
+        """A new cache holding the episodes ``rows`` ``(B',) int64`` of this one (repeated or
+        reordered, as beam search expands and prunes its beams); this cache is unchanged.
+        Only the held tokens are copied, into a buffer with ``room`` free slots after them
+        (None: this cache's buffer length)."""
+        held = self.end - self.start
+        size = self.k.shape[3] if room is None else max(held + room, self.keep + 1)
+        out = KVCache.__new__(KVCache)
+        out.k = self.k.new_empty(self.k.shape[0], len(rows), *self.k.shape[2:3], size,
+                                 self.k.shape[4])
+        out.v = torch.empty_like(out.k)
+        out.k[:, :, :, :held] = self.k[:, :, :, self.start:self.end].index_select(1, rows)
+        out.v[:, :, :, :held] = self.v[:, :, :, self.start:self.end].index_select(1, rows)
+        out.keep, out.start, out.end = self.keep, 0, held
+        return out
+
     def commit(self, n: int) -> None:
         """The ``n`` tokens written by :meth:`append` (every layer) are now held."""
         self.end += n

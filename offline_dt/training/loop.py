@@ -218,15 +218,17 @@ def _prepare(cfg: TrainConfig, method: Method, ranks: Ranks, held: ExitStack,
     shape = data_shape(dataset, info)
     cfg = check_sizes(cfg, shape, ranks.device, new_run=resumed is None)
     state = build_state(cfg, method,
-                        lambda: _sampler(cfg, dataset, normalizer, ranks, batch_source),
-                        normalizer, shape, ranks, resumed, start)
+                        lambda: _sampler(cfg, method, dataset, normalizer, ranks, batch_source),
+                        normalizer, shape, ranks, resumed, start, dataset=dataset)
     return cfg, state, info
 
 
-def _sampler(cfg: TrainConfig, dataset: OfflineDataset | None, normalizer: Normalizer,
-             ranks: Ranks, batch_source: SourceFactory | None) -> BatchSource:
-    """The batch source: ``batch_source``'s, else windows (segments with band attention) of
-    ``dataset`` with its arrays on the device.
+def _sampler(cfg: TrainConfig, method: Method, dataset: OfflineDataset | None,
+             normalizer: Normalizer, ranks: Ranks, batch_source: SourceFactory | None
+             ) -> BatchSource:
+    """The batch source: ``batch_source``'s, else the method's own over ``dataset``
+    (``Method.offline_source``), else windows (segments with band attention) of ``dataset``
+    with its arrays on the device.
 
     Raises:
         ValueError: no dataset and no ``batch_source``; a collecting source under torchrun.
@@ -237,6 +239,10 @@ def _sampler(cfg: TrainConfig, dataset: OfflineDataset | None, normalizer: Norma
             raise ValueError("a batch source that collects online data (collect) trains in "
                              "one process only; run it without torchrun (WORLD_SIZE=1)")
         return sampler
+    own = None if dataset is None else method.offline_source(dataset, normalizer, cfg,
+                                                              ranks.device)
+    if own is not None:  # the method's own windows of the dataset (tt)
+        return own
     if dataset is None:
         raise ValueError("TrainConfig.dataset is empty: a run without a dataset needs a "
                          "batch source that collects its own data (train(batch_source=...), "

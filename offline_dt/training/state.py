@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from offline_dt.data.dataset import OfflineDataset
 from offline_dt.data.windows import Batch, Normalizer
 from offline_dt.methods import BatchSource, Method
 from offline_dt.training.checkpoint import CHECKPOINT_NAME
@@ -59,14 +60,15 @@ def seed_everything(seed: int, device: torch.device) -> None:
 
 def build_state(cfg: TrainConfig, method: Method, make_sampler: Callable[[], BatchSource],
                 normalizer: Normalizer, shape: dict[str, Any], ranks: Ranks,
-                resumed: dict[str, Any] | None, start: dict[str, Any] | None = None
-                ) -> TrainState:
-    """Seed (:func:`seed_everything`), then the sampler (``make_sampler()``), networks,
-    optimizer and schedule (seeded identically on resume, then overwritten by the
-    checkpoint's states ``resumed``; a new run from the checkpoint payload ``start`` takes its
-    networks, optimizer and schedule as ``Method.warm_start`` says), then the loss as the loop
-    computes it (:func:`offline_dt.training.step.loss_function`). The networks' sizes are
-    ``shape``'s (``obs_dim``, ``act_dim``, ``discrete``).
+                resumed: dict[str, Any] | None, start: dict[str, Any] | None = None,
+                dataset: OfflineDataset | None = None) -> TrainState:
+    """Seed (:func:`seed_everything`), then the sampler (``make_sampler()``), networks (a
+    new run's fitted on ``dataset``: ``Method.fit``), optimizer and schedule (seeded
+    identically on resume, then overwritten by the checkpoint's states ``resumed``; a new run
+    from the checkpoint payload ``start`` takes its networks, optimizer and schedule as
+    ``Method.warm_start`` says), then the loss as the loop computes it
+    (:func:`offline_dt.training.step.loss_function`). The networks' sizes are ``shape``'s
+    (``obs_dim``, ``act_dim``, ``discrete``).
 
     Raises:
         ValueError: what ``make_sampler`` raises; ``start``'s networks do not fit
@@ -81,6 +83,8 @@ def build_state(cfg: TrainConfig, method: Method, make_sampler: Callable[[], Bat
         model_cfg = dataclasses.replace(model_cfg, obs_layout=shape["obs_layout"])
     net = method.build(model_cfg, cfg.method_options)
     net = net.to(device)
+    if resumed is None and dataset is not None:
+        method.fit(net, dataset, normalizer)  # what the networks take from the data (tt)
     optimizer, scheduler = make_optimizer(net, cfg)
     state = TrainState(net, optimizer, scheduler, sampler, normalizer, ranks)
     if ranks.rank > 0:  # same parameters as rank 0 (built above), its own dropout masks

@@ -1,0 +1,260 @@
+"""The Trajectory Transformer's beam-search planner (Janner, Li and Levine 2021, Section 3.3
+and Algorithm 1; reference ``trajectory/search/core.py`` ``beam_plan``), for every env of a
+batched vector env at once, from an exact key/value cache.
+
+Per env step, every env's beams (``beam_width`` of them, all envs in one batch of rows)
+start from the episode so far. For each of ``horizon`` transitions: every beam is copied
+``expansions`` times; the action tokens are sampled one by one from the smallest set of
+tokens holding ``action_top_p`` of the probability (TT's ``cdf_act`` 0.6); the reward and the
+value are read as expectations over their predicted bins (TT's ``value_fn``, "mean") and their
+most likely tokens are fed on; each candidate is scored ``sum_{h'<=h} gamma^h' r_h' +
+gamma^(h+1) V_h``, the best ``beam_width`` per env are kept; then the next observation's
+tokens are the most likely ones (TT's ``k_obs`` 1). The first action of the best beam is taken
+(with ``plan_every`` > 1 the plan's next actions are taken until the next plan). Stop tokens
+are never planned.
+
+The network (``offline_dt.methods.tt.TTNetwork``) attends within a band, so pushing a token
+through a :class:`CachedStepper` (one token's attention over the held keys and values,
+``offline_dt.nn.cache.KVCache``; a value token is a query only, never held, as no token
+attends to it) equals recomputing the whole sequence (:class:`RecomputeStepper`): the two
+choose the same actions from the same random draws (``tests/offline_dt/test_tt.py``). The
+random draws come from a generator seeded by the episodes' reset seeds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from offline_dt.data.discretise import decode, encode
+from offline_dt.nn.cache import KVCache
+
+#: The planner settings evaluation may choose among (``TT.inference_candidates``).
+PLANNER_SETTINGS = ("horizon", "beam_width", "plan_every")
+
+
+def parse_candidates(text: str) -> list[dict[str, int]]:
+    """``"horizon=5;beam_width=32,plan_every=2"`` → ``[{"horizon": 5}, {"beam_width": 32,
+    "plan_every": 2}]`` (``;`` between candidates, ``,`` between settings).
+
+    Raises:
+        ValueError: an unknown setting, or a value that is not an integer >= 1.
+    """
+    out = []
+    for entry in filter(None, (e.strip() for e in text.split(";"))):
+        cand = {}
+        for item in entry.split(","):
+            key, _, value = item.partition("=")
+            key = key.strip()
+            if key not in PLANNER_SETTINGS or not value.strip().isdigit() or int(value) < 1:
+                raise ValueError(f"method_options: tt candidates entry {item!r} must be "
+                                 f"SETTING=INT with SETTING one of {list(PLANNER_SETTINGS)} "
+                                 f"and INT >= 1 (in {text!r})")
+            cand[key] = int(value)
+        out.append(cand)
+    return out
+
+
+class CachedStepper:
+    """``R`` token sequences extended a few tokens at a time from a key/value cache of the
+    network's band (``keep`` = band - 1 + the longest push, D - 1 tokens)."""
+
+    def __init__(self, net: Any, cache: KVCache | None = None) -> None:
+        self.net, self.cache = net, cache
+
+    def push(self, tokens: torch.Tensor, dims: torch.Tensor, timesteps: torch.Tensor,
+             commit: bool = True) -> torch.Tensor:
+        """Feed ``(R, n)`` tokens at dimensions ``dims`` ``(n,)`` and ``timesteps`` ``(R, n)``;
+        the ``(R, V + 1)`` logits of the token after the last. ``commit`` False: a query only
+        (a value token), forgotten by the next push."""
+        net = self.net
+        x = net.embed(tokens, dims, timesteps)
+        if self.cache is None:
+            c = net.cfg
+            self.cache = KVCache(c.n_layer, x.shape[0], c.n_head, c.embed_dim // c.n_head,
+                                 c.band + net.dim - 2, x)
+        n = x.shape[1]
+        self.cache.reserve(n)
+        for block in net.blocks:
+            x = block(x, cache=self.cache)
+        if commit:
+            self.cache.commit(n)
+        return net.logits(x[:, -1:], dims[-1:])[:, 0]
+
+    def select(self, rows: torch.Tensor) -> CachedStepper:
+        """A stepper of the sequences ``rows`` (this one unchanged)."""
+        return CachedStepper(self.net, self.cache.select(rows, room=self.net.dim))
+
+
+class RecomputeStepper:
+    """The reference of :class:`CachedStepper`: every push recomputes the whole sequence (its
+    last ``n_layer * (band - 1) + 1`` non-value tokens, all the newest output depends on)."""
+
+    def __init__(self, net: Any, tokens: torch.Tensor | None = None,
+                 dims: torch.Tensor | None = None, timesteps: torch.Tensor | None = None
+                 ) -> None:
+        self.net, self.tokens, self.dims, self.timesteps = net, tokens, dims, timesteps
+
+    def push(self, tokens: torch.Tensor, dims: torch.Tensor, timesteps: torch.Tensor,
+             commit: bool = True) -> torch.Tensor:
+        """As :meth:`CachedStepper.push` (a value token stays in the sequence, unseen)."""
+        if self.tokens is not None:
+            tokens = torch.cat((self.tokens, tokens), 1)
+            dims = torch.cat((self.dims, dims))
+            timesteps = torch.cat((self.timesteps, timesteps), 1)
+        net = self.net
+        keys = (dims != net.dim - 1).nonzero()[:, 0]
+        need = net.cfg.n_layer * (net.cfg.band - 1) + 1
+        if len(keys) > need:
+            cut = int(keys[-need])
+            tokens, dims, timesteps = tokens[:, cut:], dims[cut:], timesteps[:, cut:]
+        self.tokens, self.dims, self.timesteps = tokens, dims, timesteps
+        return net.logits(net.hidden(tokens, dims, timesteps)[:, -1:], dims[-1:])[:, 0]
+
+    def select(self, rows: torch.Tensor) -> RecomputeStepper:
+        return RecomputeStepper(self.net, self.tokens[rows], self.dims, self.timesteps[rows])
+
+
+def top_p_sample(logits: torch.Tensor, top_p: float, u: torch.Tensor) -> torch.Tensor:
+    """``(R,)`` tokens drawn from ``(R, V)`` logits restricted to the smallest set of tokens
+    whose probability reaches ``top_p`` (most likely first), by inverting its renormalised CDF
+    at the uniforms ``u`` ``(R,)``."""
+    probs = torch.softmax(logits.float(), -1)
+    p, order = probs.sort(-1, descending=True)
+    keep = (p.cumsum(-1) - p) < top_p  # the mass before a token is still short of top_p
+    p = p * keep
+    cdf = p.cumsum(-1)
+    pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp(max=p.shape[1] - 1)
+    return order.gather(1, pick)[:, 0]
+
+
+class BeamSearch:
+    """One plan for ``N`` envs (module docstring). ``net`` is a ``TTNetwork``."""
+
+    def __init__(self, net: Any, horizon: int, beam_width: int, expansions: int,
+                 top_p: float, discount: float, generator: torch.Generator) -> None:
+        self.net, self.h, self.b, self.e = net, horizon, beam_width, expansions
+        self.top_p, self.gen = top_p, generator
+        self.disc = discount ** torch.arange(horizon + 1, device=net.edges.device)
+        s = net.slots
+        self.act = range(s["act"].start, s["act"].stop)
+        self.r_dim, self.v_dim = s["reward"].start, s["value"].start
+
+    def _dims(self, dim: int) -> torch.Tensor:
+        return torch.tensor([dim], device=self.net.edges.device)
+
+    def _expect(self, logits: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(expected decoded value ``(R,)``, most likely token ``(R, 1)``) over the bins."""
+        n = self.net.options.n_bins
+        probs = torch.softmax(logits[:, :n].float(), -1)
+        return probs @ self.net.centres[dim], logits[:, :n].argmax(-1, keepdim=True)
+
+    def plan(self, stepper: Any, logits: torch.Tensor, t: int) -> torch.Tensor:
+        """``(N, horizon, act_tokens) int64`` the best plan of every env, from the stepper of
+        the episodes so far (``N`` rows, the current observation fed; ``logits`` ``(N, V + 1)``
+        its last output) at episode timestep ``t``."""
+        net, n, dev = self.net, logits.shape[0], logits.device
+        max_t = net.cfg.max_timestep - 1
+        rows = torch.arange(n, device=dev).repeat_interleave(self.b)
+        st, logits = stepper.select(rows), logits[rows]
+        width = self.b
+        rewards = torch.zeros(n * width, self.h + 1, device=dev)
+        plan = torch.zeros(n * width, self.h, len(self.act), dtype=torch.long, device=dev)
+        for h in range(self.h):
+            ts = torch.full((1, 1), min(t + h, max_t), device=dev).expand(n * width * self.e, 1)
+            rows = (torch.arange(n, device=dev)[:, None, None] * width + torch.arange(
+                width, device=dev)).expand(n, self.e, width).reshape(-1)  # tile per env
+            st, logits, rewards, plan = st.select(rows), logits[rows], rewards[rows], plan[rows]
+            for j, dim in enumerate(self.act):
+                u = torch.rand(len(rows), generator=self.gen, device=dev)
+                tok = top_p_sample(logits[:, :net.stop], self.top_p, u)
+                plan[:, h, j] = tok
+                logits = st.push(tok[:, None], self._dims(dim), ts)
+            r, r_tok = self._expect(logits, self.r_dim)
+            logits = st.push(r_tok, self._dims(self.r_dim), ts)
+            v, v_tok = self._expect(logits, self.v_dim)
+            rewards[:, h], rewards[:, h + 1] = r, v
+            cands = width * self.e
+            score = (rewards * self.disc).sum(-1).view(n, cands)
+            best = score.topk(self.b, dim=1).indices
+            rows = (torch.arange(n, device=dev)[:, None] * cands + best).reshape(-1)
+            st, rewards, plan, v_tok = st.select(rows), rewards[rows], plan[rows], v_tok[rows]
+            width = self.b
+            if h == self.h - 1:
+                break
+            logits = st.push(v_tok, self._dims(self.v_dim), ts[: len(rows)], commit=False)
+            ts_next = torch.full_like(ts[: len(rows)], min(t + h + 1, max_t))
+            for dim in range(net.obs_dim):
+                tok = logits[:, :net.stop].argmax(-1, keepdim=True)
+                logits = st.push(tok, self._dims(dim), ts_next)
+        score = (rewards * self.disc).sum(-1).view(n, width)
+        return plan.view(n, width, self.h, -1)[torch.arange(n, device=dev), score.argmax(1)]
+
+
+class TTPolicy:
+    """The planner acting in ``N`` envs (:class:`offline_dt.envs.policies.Policy`): the
+    episode so far of every env is held in one stepper (cached or recomputed), a plan is made
+    every ``plan_every`` steps (:class:`BeamSearch`) and its actions decoded to env units."""
+
+    def __init__(self, net: Any, *, cached: bool, horizon: int, beam_width: int,
+                 plan_every: int, expansions: int, action_top_p: float, discount: float
+                 ) -> None:
+        self.net, self.cached = net, bool(cached)
+        self.horizon, self.plan_every = int(horizon), int(plan_every)
+        self.device = net.edges.device
+        self.gen = torch.Generator(device=self.device)
+        self.search = BeamSearch(net, self.horizon, int(beam_width), int(expansions),
+                                 float(action_top_p), float(discount), self.gen)
+
+    def reset(self, num_envs: int, seeds: Sequence[int] | None = None) -> None:
+        self.net.eval()
+        self.num_envs, self.t = int(num_envs), 0
+        seq = np.random.SeedSequence([int(s) for s in (seeds if seeds is not None else [0])])
+        self.gen.manual_seed(int(seq.generate_state(1, np.uint64)[0] >> np.uint64(1)))
+        self.stepper: Any = CachedStepper(self.net) if self.cached else RecomputeStepper(
+            self.net)
+        self.plan: torch.Tensor | None = None
+        self.since = 0
+        self.prev: torch.Tensor | None = None  # (N, act_tokens + 1) last action and reward
+
+    def _history(self, observations: np.ndarray) -> torch.Tensor:
+        """Feed the last action and reward and the new observation; the logits after it."""
+        net, n = self.net, self.num_envs
+        obs = torch.as_tensor(np.asarray(observations, np.float32).reshape(n, -1),
+                              device=self.device)
+        tok = encode(obs, net.edges[: net.obs_dim])
+        dims = torch.arange(net.obs_dim, device=self.device)
+        ts = torch.full_like(tok, min(self.t, net.cfg.max_timestep - 1))
+        if self.prev is not None:
+            s = net.slots
+            tok = torch.cat((self.prev, tok), 1)
+            dims = torch.cat((torch.arange(s["act"].start, s["reward"].stop,
+                                           device=self.device), dims))
+            ts = torch.cat((torch.full_like(self.prev, min(self.t - 1, net.cfg.max_timestep - 1)),
+                            ts), 1)
+        return self.stepper.push(tok, dims, ts)
+
+    @torch.inference_mode()
+    def act(self, observations: np.ndarray) -> np.ndarray:
+        """``(N, obs_dim)`` observations → ``(N, act_dim) float32`` (Box, env units: the bins'
+        decoded values) or ``(N,) int64`` (Discrete) actions."""
+        logits = self._history(observations)
+        if self.plan is None or self.since >= min(self.plan_every, self.horizon):
+            self.plan, self.since = self.search.plan(self.stepper, logits, self.t), 0
+        tok = self.plan[:, self.since]
+        self.since += 1
+        self.prev = tok
+        net = self.net
+        if net.cfg.discrete:
+            return tok[:, 0].cpu().numpy().astype(np.int64)
+        return decode(tok, net.centres[net.slots["act"]]).cpu().numpy().astype(np.float32)
+
+    def observe(self, rewards: np.ndarray) -> None:
+        """Encode the ``(N,)`` rewards of the step just taken into the held episode."""
+        net = self.net
+        r = torch.as_tensor(np.asarray(rewards, np.float32).reshape(-1, 1), device=self.device)
+        self.prev = torch.cat((self.prev, encode(r, net.edges[net.slots["reward"]])), 1)
+        self.t += 1
