@@ -189,6 +189,7 @@ class TTWindows(BatchSource):
         for name, array in arrays.items():
             setattr(self, name, torch.from_numpy(np.ascontiguousarray(array)).to(dev))
         self.ep_len = torch.from_numpy(dataset.episode_lengths.copy())
+        self.ep_len_on_device = self.ep_len.to(dev)
         self.ep_prob = self.ep_len.double() / self.ep_len.sum()
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -201,7 +202,12 @@ class TTWindows(BatchSource):
         valid = torch.clamp(length - start, max=self.k)
         lo, hi = batch_size * rank // world_size, batch_size * (rank + 1) // world_size
         share = 1.0 if world_size == 1 else float(valid[lo:hi].sum()) / float(valid.sum())
-        ep, start, length = (t[lo:hi].to(self.device) for t in (ep, start, length))
+        return self.windows(ep[lo:hi].to(self.device), start[lo:hi].to(self.device)), share
+
+    def windows(self, ep: torch.Tensor, start: torch.Tensor) -> TTBatch:
+        """The :class:`TTBatch` of the ``k`` transitions from step ``start`` ``(b,) int64`` of
+        episodes ``ep`` ``(b,) int64`` (on the source's device)."""
+        length = self.ep_len_on_device[ep]
         step = start[:, None] + torch.arange(self.k, device=self.device)  # (b, K)
         real = step < length[:, None]
         idx = self.ep_start[ep, None] + torch.minimum(step, length[:, None] - 1)
@@ -211,7 +217,7 @@ class TTWindows(BatchSource):
             actions=self.actions[idx] * (real if self.discrete else m[..., None]),
             rewards=self.rewards[idx] * m, values=self.values[idx] * m,
             timesteps=step.clamp(max=self.max_timestep - 1), mask=real,
-            stopped=~real & self.ep_terminal[ep, None]), share
+            stopped=~real & self.ep_terminal[ep, None])
 
 
 # ---------------------------------------------------------------------------------- network
@@ -311,6 +317,20 @@ class TTNetwork(nn.Module):
         return self.logits(self.hidden(tokens, dims, timesteps), dims)
 
 
+def sequence(net: TTNetwork, batch: TTBatch
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The token sequence of ``(B, K)`` windows: ``(tokens (B, K D) int64, dims (K D,) int64,
+    timesteps (B, K D) int64, in_loss (B, K D) bool)``; every token of a step past the end is
+    the stop value ``V``; ``in_loss`` holds at real and stopped steps."""
+    b, k = batch.mask.shape
+    d = net.dim
+    tok = net.tokens(batch.observations, batch.actions, batch.rewards, batch.values)
+    tok = tok.masked_fill(~batch.mask[..., None], net.stop).reshape(b, k * d)
+    dims = torch.arange(d, device=tok.device).repeat(k)
+    in_loss = (batch.mask | batch.stopped).repeat_interleave(d, 1)
+    return tok, dims, batch.timesteps.repeat_interleave(d, 1), in_loss
+
+
 def tt_loss(net: TTNetwork, batch: TTBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted next-token cross-entropy over the real and stopped steps (module docstring):
     ``sum(w * ce * m) / sum(m)`` over the ``K * D - 1`` predicted tokens of every window.
@@ -321,15 +341,10 @@ def tt_loss(net: TTNetwork, batch: TTBatch) -> tuple[torch.Tensor, dict[str, tor
     if not bool(net.fitted):
         raise ValueError("tt: the network's discretiser is not fitted (TT.fit runs before a "
                          "new run trains; a checkpoint holds it)")
-    b, k = batch.mask.shape
-    d = net.dim
-    tok = net.tokens(batch.observations, batch.actions, batch.rewards, batch.values)
-    tok = tok.masked_fill(~batch.mask[..., None], net.stop).reshape(b, k * d)
-    dims = torch.arange(d, device=tok.device).repeat(k)
-    ts = batch.timesteps.repeat_interleave(d, 1)
+    tok, dims, ts, m = sequence(net, batch)
     logits = net(tok[:, :-1], dims[:-1], ts[:, :-1]).float()
     ce = F.cross_entropy(logits.transpose(1, 2), tok[:, 1:], reduction="none")  # (B, KD-1)
-    m = (batch.mask | batch.stopped).repeat_interleave(d, 1)[:, 1:].float()
+    d, m = net.dim, m[:, 1:].float()
     o, s = net.options, net.slots
     weights = torch.ones(d, device=tok.device)
     weights[s["act"]], weights[s["reward"]] = o.action_weight, o.reward_weight
