@@ -23,7 +23,7 @@ from offline_dt.methods.tt_planner import BeamSearch, parse_candidates
 from offline_dt.nn.config import DTConfig
 from offline_dt.training import load_checkpoint, train
 
-TINY = {"n_bins": "8", "context": "2", "horizon": "2", "beam_width": "3", "expansions": "2"}
+TINY = {"n_bins": 8, "context": 2, "horizon": 2, "beam_width": 3, "expansions": 2}
 
 
 # ---------------------------------------------------------------------------- discretiser
@@ -85,7 +85,7 @@ def _episode(terminal: bool) -> OfflineDataset:
 def test_token_layout_of_a_tiny_episode_by_hand(terminal):
     ds = _episode(terminal)
     method = get_method("tt")
-    opts = {"n_bins": "4", "bins": "uniform", "discount": "0.5"}
+    opts = {"n_bins": 4, "bins": "uniform", "discount": 0.5}
     net = method.build(DTConfig(obs_dim=1, act_dim=1, context_length=3, embed_dim=8,
                                 n_layer=1, max_timestep=16), opts)
     method.fit(net, ds, Normalizer.fit(ds))
@@ -110,7 +110,7 @@ def test_token_layout_of_a_tiny_episode_by_hand(terminal):
 
 def test_discrete_action_is_one_token_and_observations_must_be_flat_box():
     net = get_method("tt").build(DTConfig(obs_dim=2, act_dim=3, discrete=True, embed_dim=8,
-                                          n_layer=1), {"n_bins": "5"})
+                                          n_layer=1), {"n_bins": 5})
     assert net.dim == 2 + 1 + 2 and net.slots["act"] == slice(2, 3)
     # the action head (used at the token before it) can only say 0, 1, 2 or stop
     assert net.valid_logits[2].tolist() == [True, True, True, False, False, True]
@@ -126,10 +126,12 @@ def test_discrete_action_is_one_token_and_observations_must_be_flat_box():
 def test_options_and_candidates_are_checked():
     assert parse_candidates("horizon=5;beam_width=32,plan_every=2") == [
         {"horizon": 5}, {"beam_width": 32, "plan_every": 2}]
+    tt = get_method("tt")
+    assert isinstance(tt.options(None), TTOptions)
     with pytest.raises(ValueError, match="SETTING=INT"):
-        TTOptions.parse({"candidates": "depth=3"})
-    with pytest.raises(ValueError, match="bins must be"):
-        TTOptions.parse({"bins": "log"})
+        tt.options({"candidates": "depth=3"})
+    with pytest.raises(ValueError, match="bins"):
+        tt.options({"bins": "log"})
     net = get_method("tt").build(DTConfig(obs_dim=1, act_dim=1, embed_dim=8, n_layer=1),
                                  {"candidates": "horizon=5"})
     cands = get_method("tt").inference_candidates(net)
@@ -190,7 +192,7 @@ def test_beam_search_picks_the_known_best_plan(horizon, best):
     assert plan[:, :, 0].tolist() == [best, best]
 
 
-def _tiny_tt(ds: OfflineDataset, **opts: str):
+def _tiny_tt(ds: OfflineDataset, **opts: int):
     torch.manual_seed(0)
     method = get_method("tt")
     net = method.build(DTConfig(obs_dim=ds.obs_dim, act_dim=ds.act_dim, discrete=ds.discrete,
@@ -203,7 +205,7 @@ def _tiny_tt(ds: OfflineDataset, **opts: str):
 def test_cached_planner_chooses_the_recomputed_planners_actions(box_dataset, one_torch_thread):
     """12 steps of 3 envs: the episode outgrows the band (2 transitions), so the rolling
     cache and the recomputation's crop are both exercised; same seeds, same actions."""
-    method, net = _tiny_tt(box_dataset, beam_width="4", horizon="3")
+    method, net = _tiny_tt(box_dataset, beam_width=4, horizon=3)
     obs = np.random.default_rng(1).uniform(-1, 1, (12, 3, 3)).astype(np.float32)
     acts = []
     for cached in (True, False):
@@ -219,7 +221,7 @@ def test_cached_planner_chooses_the_recomputed_planners_actions(box_dataset, one
 
 
 def test_plan_every_takes_the_plans_next_actions(box_dataset, one_torch_thread):
-    method, net = _tiny_tt(box_dataset, horizon="3")
+    method, net = _tiny_tt(box_dataset, horizon=3)
     policy = method.policy(net, None, None, plan_every=3)
     policy.reset(2, [0, 1])
     plans = []
@@ -234,7 +236,7 @@ def test_plan_every_takes_the_plans_next_actions(box_dataset, one_torch_thread):
 def test_train_and_evaluate_through_the_loop_and_evaluator(box_hdf5, tiny_config, tmp_path,
                                                            one_torch_thread):
     cfg = tiny_config(box_hdf5, method="tt", method_options={**TINY,
-                      "candidates": "beam_width=2", "plan_every": "4"},
+                      "candidates": "beam_width=2", "plan_every": 4},
                       steps=6, log_every=3, max_timestep=256)
     res = train(cfg)
     assert np.isfinite(res.final_loss)
@@ -251,7 +253,7 @@ def test_train_and_evaluate_through_the_loop_and_evaluator(box_hdf5, tiny_config
     assert -2000 < out["mean_return"] <= 0  # Pendulum returns
     assert torch.equal(load_checkpoint(cfg.run_dir).model.edges, ds_edges)
     saved = json.loads((cfg.run_dir / "config.json").read_text())
-    assert saved["train_config"]["method_options"]["plan_every"] == "4"
+    assert saved["train_config"]["method_options"]["plan_every"] == 4
 
 
 def test_resume_is_exact(box_hdf5, tiny_config, tmp_path, one_torch_thread):
