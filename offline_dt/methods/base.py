@@ -226,6 +226,7 @@ class Method(abc.ABC):
             the loop may capture it as CUDA graphs (``offline_dt.training.cuda_graph``).
         options_class: the dataclass of its own hyperparameters (``TrainConfig.method_options``
             holds an instance; the CLI shows each field as ``--<name>.<field>``), or None.
+        in_reproduce: ``offline-dt reproduce`` runs it by default (else only when named).
         search_space: the hyperparameters ``offline-dt search`` may tune, with their ranges
             (``offline_dt.methods.options.SearchSpace``; a transformer's by default).
     """
@@ -238,6 +239,9 @@ class Method(abc.ABC):
     graph_safe: ClassVar[bool] = False
     #: The method's options dataclass (:mod:`offline_dt.methods.options`); None: it has none.
     options_class: ClassVar[type | None] = None
+    #: Whether ``offline-dt reproduce`` runs it when no ``--methods`` are named (a method
+    #: too slow for a preset's budget on a CPU, such as ``tt``'s planner, says False).
+    in_reproduce: ClassVar[bool] = True
     #: What ``offline-dt search`` may tune (:data:`offline_dt.methods.options.SearchSpace`):
     #: ``TrainConfig`` fields, and options as ``"options.<name>"``.
     search_space: ClassVar[SearchSpace] = TRANSFORMER_SPACE

@@ -365,7 +365,9 @@ class TT(Method):
     description = "Trajectory Transformer: beam search over a discretised sequence model " \
                   "(Janner et al. 2021)"
     conditions_on_return = False
-
+    #: Its planner costs seconds per env step on a CPU (benchmarks/results/tt/cost.md): a
+    #: reproduce preset runs it only when named (``--methods tt``).
+    in_reproduce = False
     options_class = TTOptions
 
     def build(self, cfg: DTConfig, options: Any = None) -> TTNetwork:

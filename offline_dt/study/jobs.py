@@ -63,8 +63,12 @@ def reproduce_jobs(levels: Sequence[str], seeds: Sequence[int],
     """(level, seed, method) of every run of :func:`~offline_dt.study.pipeline.reproduce`: the
     trained methods and the reference rows everywhere (longest jobs first), then the
     baselines: random everywhere, behaviour only on :data:`BEHAVIOUR_LEVELS`. ``methods``
-    (default :func:`all_methods`) picks which; their order is :func:`all_methods`'."""
-    chosen = set(all_methods() if methods is None else methods)
+    (default :func:`all_methods` less the methods that are not ``in_reproduce``) picks which;
+    their order is :func:`all_methods`'."""
+    from offline_dt.methods import METHODS
+
+    chosen = set(methods) if methods is not None else {
+        m for m in all_methods() if m not in METHODS or METHODS[m].in_reproduce}
     learned = [m for m in all_methods() if m in chosen and m not in BASELINES]
     jobs = [(lv, s, m) for lv in levels for s in seeds for m in learned]
     jobs += [(lv, s, m) for lv in levels for s in seeds for m in BASELINES
@@ -75,8 +79,9 @@ def reproduce_jobs(levels: Sequence[str], seeds: Sequence[int],
 def reproduce_methods(methods: Sequence[str] | None, env_id: str) -> list[str]:
     """The methods a reproduce run includes, checked before any work.
 
-    ``None``: :func:`all_methods`, less the reference rows when d3rlpy is not installed and
-    less ``iql`` when ``env_id`` has no Box action space (each with a warning). Named
+    ``None``: :func:`all_methods`, less the methods that are not ``in_reproduce`` (``tt``), the
+    reference rows when d3rlpy is not installed and ``iql`` when ``env_id`` has no Box action
+    space (each with a warning). Named
     methods are all run, or refused here.
 
     Raises:
@@ -84,6 +89,7 @@ def reproduce_methods(methods: Sequence[str] | None, env_id: str) -> list[str]:
         offline_dt.study.d3rlpy_io.MissingDependencyError: a reference row named without d3rlpy;
             the message gives the install command.
     """
+    from offline_dt.methods import METHODS
     from offline_dt.study.d3rlpy_io import MissingDependencyError, import_d3rlpy
 
     known = all_methods()
@@ -91,7 +97,8 @@ def reproduce_methods(methods: Sequence[str] | None, env_id: str) -> list[str]:
         unknown = [m for m in methods if m not in known]
         if unknown:
             raise ValueError(f"methods: unknown {unknown}; choose from {list(known)}")
-    chosen = list(known if methods is None else dict.fromkeys(methods))
+    chosen = list(dict.fromkeys(methods)) if methods is not None else [
+        m for m in known if m not in METHODS or METHODS[m].in_reproduce]
     if any(m in REFERENCE_METHODS for m in chosen):
         try:
             import_d3rlpy()

@@ -41,6 +41,7 @@ import tyro
 
 from offline_dt.methods import get_method
 from offline_dt.methods.options import Choice, Range, option_values
+from offline_dt.study.search_report import SearchResult, write_outputs
 from offline_dt.training.configs import save_json, to_jsonable
 from offline_dt.training.train_config import TrainConfig
 
@@ -137,19 +138,6 @@ class SearchConfig:
 
     def resolved_study_name(self) -> str:
         return self.study_name or f"{self.train.dataset}/{self.train.method}"
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """A finished (or stopped) search: the best trial and what the study holds."""
-
-    best_value: float | None
-    best_params: dict[str, Any]
-    best_run_dir: Path | None
-    complete: int
-    pruned: int
-    failed: int
-    study_dir: Path
 
 
 # ---------------------------------------------------------------------------------- space
@@ -358,6 +346,4 @@ def search(cfg: SearchConfig) -> SearchResult:
             raise RuntimeError(f"search: a worker failed (exit codes "
                                f"{[p.exitcode for p in procs]}); run the same command to "
                                f"continue the study")
-    from offline_dt.study.search_report import write_outputs
-
     return write_outputs(cfg, load_study(cfg))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,19 @@ from offline_dt.data.atomic import atomic_path
 from offline_dt.training.configs import save_json
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """A finished (or stopped) search: the best trial and what the study holds."""
+
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_run_dir: Path | None
+    complete: int
+    pruned: int
+    failed: int
+    study_dir: Path
 
 
 def trials_table(study: Any) -> Any:
@@ -61,9 +75,7 @@ def _plots(study: Any, out: Path) -> list[Path]:
 
 def write_outputs(cfg: Any, study: Any) -> Any:
     """Write ``trials.csv``, ``trials.md``, ``best.json`` and the plots into
-    ``cfg.resolved_study_dir()``; the :class:`~offline_dt.study.search.SearchResult`."""
-    from offline_dt.study.search import SearchResult
-
+    ``cfg.resolved_study_dir()``; the :class:`SearchResult`."""
     out = cfg.resolved_study_dir()
     df = trials_table(study)
     with atomic_path(out / "trials.csv", overwrite=True) as tmp:
