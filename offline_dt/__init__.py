@@ -21,7 +21,8 @@ offline_dt`` is cheap and imports neither torch nor a layer you do not use:
   entry points :class:`OnlineConfig` / :func:`train_online`, :class:`FinetuneConfig` /
   :func:`finetune` (``offline_dt.training``);
 - evaluation: :class:`EvalConfig`, :func:`evaluate_checkpoint` (``offline_dt.evaluation``);
-- study: :func:`reproduce`, :func:`report` (``offline_dt.study``).
+- study: :func:`reproduce`, :func:`report`, :class:`SearchConfig` / :func:`search`
+  (``offline_dt.study``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ _OWNERS = {
     "EvalConfig": "offline_dt.evaluation",
     "evaluate_checkpoint": "offline_dt.evaluation",
     "reproduce": "offline_dt.study.pipeline",
+    "SearchConfig": "offline_dt.study.search",
+    "search": "offline_dt.study.search",
     "report": "offline_dt.study.report",
 }
 __all__ = sorted(_OWNERS)

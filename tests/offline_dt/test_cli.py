@@ -203,8 +203,9 @@ def test_help_lists_every_method_option_typed_with_its_help_and_default(command,
             assert flag in text, flag
             entry = text[text.index(flag):].split(" --", 1)[0]
             assert field_help(cls, f.name), f"{flag} has no help in {cls.__name__}'s docstring"
-            default = "None" if command == "finetune" else str(getattr(cls(), f.name)).lower() \
-                if isinstance(getattr(cls(), f.name), bool) else str(getattr(cls(), f.name))
+            value = getattr(cls(), f.name)
+            default = "None" if command == "finetune" else str(value).lower() \
+                if isinstance(value, bool) else "''" if value == "" else str(value)
             assert f"(default: {default})" in entry, (flag, entry)
             shown += 1
     assert shown >= {"train": 20, "online": 40, "finetune": 10}[command]
