@@ -36,8 +36,12 @@ def _hints(cls: type) -> dict[str, Any]:
 
 def _fits(value: Any, tp: Any) -> bool:
     """``value`` is of type ``tp`` (``float``, ``int``, ``bool``, ``str``, ``Literal``, a
-    union of them, ``None``); an ``int`` fits a ``float``, a ``bool`` fits only ``bool``."""
+    union of them, ``None``, or ``tuple[T, ...]`` of them, given as a tuple or a list); an
+    ``int`` fits a ``float``, a ``bool`` fits only ``bool``."""
     origin = typing.get_origin(tp)
+    if origin is tuple:
+        (item, _) = typing.get_args(tp)
+        return isinstance(value, tuple | list) and all(_fits(v, item) for v in value)
     if origin is Literal:
         return any(value == a and type(value) is type(a) for a in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
@@ -53,7 +57,11 @@ def _fits(value: Any, tp: Any) -> bool:
 
 def _as_float(value: Any, tp: Any) -> Any:
     """An ``int`` given for a field that takes a ``float`` (and no ``int``) as that float,
-    so a run records ``3.0`` for ``beta`` whether it was given as 3 or 3.0."""
+    so a run records ``3.0`` for ``beta`` whether it was given as 3 or 3.0; a list for a
+    ``tuple[T, ...]`` field as a tuple (JSON has no tuples)."""
+    if typing.get_origin(tp) is tuple:
+        (item, _) = typing.get_args(tp)
+        return tuple(_as_float(v, item) for v in value)
     args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) \
         else (tp,)
     if type(value) is int and float in args and int not in args:
@@ -69,6 +77,8 @@ def type_name(tp: Any) -> str:
         return " or ".join(repr(a) for a in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
         return " or ".join(type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a tuple of {type_name(typing.get_args(tp)[0])}"
     return getattr(tp, "__name__", str(tp))
 
 

@@ -49,7 +49,7 @@ from offline_dt.data.dataset import OfflineDataset
 from offline_dt.data.discretise import encode, fit_bins
 from offline_dt.data.windows import Normalizer, timesteps_in_episode
 from offline_dt.methods.base import BatchSource, Method, RunConfig, register
-from offline_dt.methods.tt_planner import PLANNER_SETTINGS, TTPolicy, parse_candidates
+from offline_dt.methods.tt_planner import PLANNER_SETTINGS, TTPolicy
 from offline_dt.nn.config import DTConfig
 from offline_dt.nn.dropout import Dropout
 from offline_dt.nn.transformer import Block
@@ -76,8 +76,10 @@ class TTOptions:
         action_top_p: action tokens are sampled from the smallest set of this probability
             mass.
         plan_every: env steps between plans (the plan's next actions are taken in between).
-        candidates: more planner settings evaluation may choose on validation episodes, e.g.
-            ``horizon=5;beam_width=32,plan_every=2`` (``;`` between candidates).
+        other_horizons, other_beam_widths, other_plan_every: more values of ``horizon``,
+            ``beam_width`` and ``plan_every`` that evaluation may choose on validation
+            episodes, each a candidate with that one setting changed (e.g.
+            ``--tt.other-horizons 5 10``).
     """
 
     n_bins: int = 100
@@ -93,7 +95,9 @@ class TTOptions:
     expansions: int = 2
     action_top_p: float = 0.6
     plan_every: int = 1
-    candidates: str = ""
+    other_horizons: tuple[int, ...] = ()
+    other_beam_widths: tuple[int, ...] = ()
+    other_plan_every: tuple[int, ...] = ()
 
     def validate(self) -> None:
         ints = {k: getattr(self, k) for k in ("n_bins", "context", *PLANNER_SETTINGS,
@@ -103,7 +107,10 @@ class TTOptions:
             raise ValueError(f"method_options: tt needs {sorted(ints)} >= 1, discount in "
                              f"[0, 1] and action_top_p in (0, 1], found {ints}, "
                              f"{self.discount}, {self.action_top_p}")
-        parse_candidates(self.candidates)
+        others = (*self.other_horizons, *self.other_beam_widths, *self.other_plan_every)
+        if others and min(others) < 1:
+            raise ValueError(f"method_options: tt other_horizons, other_beam_widths and "
+                             f"other_plan_every must hold integers >= 1, found {others}")
 
 
 # ---------------------------------------------------------------------------------- tokens
@@ -397,10 +404,15 @@ class TT(Method):
         return tt_loss(net, batch)
 
     def inference_candidates(self, net: nn.Module) -> list[dict[str, Any]]:
-        """The options' planner settings, then each of ``candidates`` over them."""
+        """The options' planner settings, then one candidate per value of
+        ``other_horizons``, ``other_beam_widths`` and ``other_plan_every`` (that setting
+        changed, the others the options')."""
         o = net.options
         base = {k: getattr(o, k) for k in PLANNER_SETTINGS}
-        return [base] + [{**base, **c} for c in parse_candidates(o.candidates)]
+        others = {"horizon": o.other_horizons, "beam_width": o.other_beam_widths,
+                  "plan_every": o.other_plan_every}
+        extra = [{**base, k: v} for k, values in others.items() for v in values]
+        return [base] + [c for c in extra if c != base]
 
     def policy(self, net: nn.Module, normalizer: Normalizer, target_return: float | None,
                *, kv_cache: bool = True, **settings: Any) -> TTPolicy:

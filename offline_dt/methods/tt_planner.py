@@ -36,28 +36,6 @@ from offline_dt.nn.cache import KVCache
 PLANNER_SETTINGS = ("horizon", "beam_width", "plan_every")
 
 
-def parse_candidates(text: str) -> list[dict[str, int]]:
-    """``"horizon=5;beam_width=32,plan_every=2"`` → ``[{"horizon": 5}, {"beam_width": 32,
-    "plan_every": 2}]`` (``;`` between candidates, ``,`` between settings).
-
-    Raises:
-        ValueError: an unknown setting, or a value that is not an integer >= 1.
-    """
-    out = []
-    for entry in filter(None, (e.strip() for e in text.split(";"))):
-        cand = {}
-        for item in entry.split(","):
-            key, _, value = item.partition("=")
-            key = key.strip()
-            if key not in PLANNER_SETTINGS or not value.strip().isdigit() or int(value) < 1:
-                raise ValueError(f"method_options: tt candidates entry {item!r} must be "
-                                 f"SETTING=INT with SETTING one of {list(PLANNER_SETTINGS)} "
-                                 f"and INT >= 1 (in {text!r})")
-            cand[key] = int(value)
-        out.append(cand)
-    return out
-
-
 class CachedStepper:
     """``R`` token sequences extended a few tokens at a time from a key/value cache of the
     network's band (``keep`` = band - 1 + the longest push, D - 1 tokens)."""

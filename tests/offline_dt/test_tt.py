@@ -19,7 +19,7 @@ from offline_dt.data.windows import Normalizer
 from offline_dt.evaluation.evaluate import EvalConfig, evaluate_checkpoint
 from offline_dt.methods import get_method
 from offline_dt.methods.tt import TTOptions, TTWindows, discounted_values, layout, sequence
-from offline_dt.methods.tt_planner import BeamSearch, parse_candidates
+from offline_dt.methods.tt_planner import BeamSearch
 from offline_dt.nn.config import DTConfig
 from offline_dt.training import load_checkpoint, train
 
@@ -124,16 +124,17 @@ def test_discrete_action_is_one_token_and_observations_must_be_flat_box():
 
 
 def test_options_and_candidates_are_checked():
-    assert parse_candidates("horizon=5;beam_width=32,plan_every=2") == [
-        {"horizon": 5}, {"beam_width": 32, "plan_every": 2}]
     tt = get_method("tt")
     assert isinstance(tt.options(None), TTOptions)
-    with pytest.raises(ValueError, match="SETTING=INT"):
-        tt.options({"candidates": "depth=3"})
+    assert tt.options({"other_horizons": [5, 10]}).other_horizons == (5, 10)  # JSON's list
+    with pytest.raises(ValueError, match="other_horizons' must be a tuple of int"):
+        tt.options({"other_horizons": "5"})
+    with pytest.raises(ValueError, match="integers >= 1"):
+        tt.options({"other_beam_widths": (0,)})
     with pytest.raises(ValueError, match="bins"):
         tt.options({"bins": "log"})
     net = get_method("tt").build(DTConfig(obs_dim=1, act_dim=1, embed_dim=8, n_layer=1),
-                                 {"candidates": "horizon=5"})
+                                 {"other_horizons": (5,)})
     cands = get_method("tt").inference_candidates(net)
     assert cands == [{"horizon": 15, "beam_width": 128, "plan_every": 1},
                      {"horizon": 5, "beam_width": 128, "plan_every": 1}]
@@ -236,7 +237,7 @@ def test_plan_every_takes_the_plans_next_actions(box_dataset, one_torch_thread):
 def test_train_and_evaluate_through_the_loop_and_evaluator(box_hdf5, tiny_config, tmp_path,
                                                            one_torch_thread):
     cfg = tiny_config(box_hdf5, method="tt", method_options={**TINY,
-                      "candidates": "beam_width=2", "plan_every": 4},
+                      "other_beam_widths": (2,), "plan_every": 4},
                       steps=6, log_every=3, max_timestep=256)
     res = train(cfg)
     assert np.isfinite(res.final_loss)
