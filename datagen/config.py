@@ -4,7 +4,7 @@ every dataset records about how it was made (:func:`package_versions`, :func:`co
 from __future__ import annotations
 
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import torch
 from offline_dt.data.d4rl import LEVELS
 
 __all__ = ["GenerateConfig", "config_dict", "level_steps", "overwritten_levels",
-           "package_versions", "validate_config"]
+           "package_versions", "resolve_levels", "validate_config"]
 
 
 @dataclass
@@ -22,10 +22,14 @@ class GenerateConfig:
     """Settings of ``offline-dt generate`` (defaults: Pendulum-v1, D4RL-sized levels)."""
 
     env_id: str = field(default="Pendulum-v1", metadata={
-        "help": "Gymnasium env id (flat Box observations; Box or Discrete actions)"})
+        "help": "Gymnasium env id: flat Box observations with an SB3 behaviour agent, or an "
+                "env of a scripted recipe (PointMaze_*-v3: waypoint planner; "
+                "MiniGrid-FourRooms-v0: BFS expert; Dict/image observations)"})
     seed: int = field(default=0, metadata={"help": "seed of training, rollouts and evals"})
-    levels: list[str] = field(default_factory=lambda: list(LEVELS), metadata={
-        "help": "dataset levels to write", "choices": list(LEVELS)})
+    levels: list[str] | None = field(default=None, metadata={
+        "help": "dataset levels to write (default: every level of the env's recipe: all six "
+                "for an SB3 behaviour agent, random expert for PointMaze, random medium "
+                "expert for MiniGrid)", "choices": list(LEVELS)})
     random_steps: int = field(default=1_000_000, metadata={
         "help": "transitions in the random dataset"})
     expert_steps: int = field(default=200_000, metadata={
@@ -90,6 +94,8 @@ def validate_config(cfg: GenerateConfig) -> None:
             negative ``processes``, non-positive step/episode counts, ``medium_target_score``
             outside (0, 100].
     """
+    if cfg.levels is None:
+        raise ValueError("levels: resolve the default (None) first (resolve_levels)")
     unknown = [lv for lv in cfg.levels if lv not in LEVELS]
     if unknown:
         raise ValueError(f"levels: unknown level(s) {unknown}; choose from {list(LEVELS)}")
@@ -116,6 +122,24 @@ def validate_config(cfg: GenerateConfig) -> None:
     if not 0 < cfg.medium_target_score <= 100:
         raise ValueError(f"medium_target_score: must be in (0, 100], found "
                          f"{cfg.medium_target_score}")
+
+
+def resolve_levels(cfg: GenerateConfig, available: tuple[str, ...], recipe: str
+                   ) -> GenerateConfig:
+    """``cfg`` with ``levels`` None replaced by ``available`` (the levels the env's recipe
+    builds); explicit levels are kept.
+
+    Raises:
+        ValueError: a requested level the recipe does not build, naming the recipe and its
+            levels.
+    """
+    if cfg.levels is None:
+        return replace(cfg, levels=list(available))
+    stray = [lv for lv in cfg.levels if lv in LEVELS and lv not in available]
+    if stray:
+        raise ValueError(f"levels: {cfg.env_id}'s recipe ({recipe}) builds {list(available)}, "
+                         f"not {stray}")
+    return cfg
 
 
 def overwritten_levels(cfg: GenerateConfig) -> set[str]:

@@ -8,7 +8,13 @@ import re
 import gymnasium as gym
 import numpy as np
 
+from offline_dt.data.layout import observation_layout
+from offline_dt.data.validate import DatasetError
 from offline_dt.envs.make import env_spaces
+
+#: Appended to the refusal of a Dict or image observation space for the SB3 agent.
+RECIPE_HINT = ("; datagen generates Dict / image observation envs through a scripted recipe "
+               "only (PointMaze_*-v3, MiniGrid-FourRooms-v0: datagen.recipes)")
 
 
 def env_namespace(env_id: str) -> str:
@@ -55,13 +61,23 @@ def check_spaces(
         raise ValueError(
             f"env_id {env_id}: observation space must be a flat gymnasium Box, found "
             f"{type(observation_space).__name__} ({observation_space}); Dict/Tuple "
-            "observations are unsupported"
+            "observations are unsupported for an SB3 behaviour agent" + RECIPE_HINT
         )
     if len(observation_space.shape) != 1:
         raise ValueError(
             f"env_id {env_id}: observation space must be flat (obs_dim,), found shape "
-            f"{observation_space.shape}; image observations (ndim > 1) are unsupported"
+            f"{observation_space.shape}; image observations (ndim > 1) are unsupported for "
+            "an SB3 behaviour agent" + RECIPE_HINT
         )
+    check_action_space(action_space, env_id)
+
+
+def check_action_space(action_space: gym.Space, env_id: str = "env") -> None:
+    """Accept a bounded ``(act_dim,)`` Box or a Discrete action space.
+
+    Raises:
+        ValueError: naming the env and the space found.
+    """
     if isinstance(action_space, gym.spaces.Box):
         if len(action_space.shape) != 1:
             raise ValueError(
@@ -89,4 +105,24 @@ def check_env(env_id: str) -> tuple[gym.spaces.Box, gym.spaces.Box | gym.spaces.
     check_env_id(env_id)
     obs_space, act_space = env_spaces(env_id)  # a missing extra: EnvDependencyError
     check_spaces(obs_space, act_space, env_id)
+    return obs_space, act_space
+
+
+def check_recipe_env(env_id: str) -> tuple[gym.Space, gym.Space]:
+    """Validate the env of a scripted recipe: any observation space the data layer reads (a
+    flat Box, an image Box, a Dict of Box and Discrete leaves, text leaves dropped:
+    ``offline_dt.data.layout.observation_layout``) and a Box or Discrete action space;
+    return (observation, action) spaces.
+
+    Raises:
+        ValueError: unknown id, or a space the data layer cannot hold (naming the key).
+        offline_dt.envs.make.EnvDependencyError: the env needs a package not installed.
+    """
+    check_env_id(env_id)
+    obs_space, act_space = env_spaces(env_id)
+    try:
+        observation_layout(obs_space, f"env_id {env_id}")
+    except DatasetError as e:
+        raise ValueError(str(e)) from e
+    check_action_space(act_space, env_id)
     return obs_space, act_space

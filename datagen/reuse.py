@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from datagen.config import GenerateConfig, level_steps, overwritten_levels
+from datagen.recipes import Recipe
 from offline_dt.data.d4rl import check_hdf5_target, d4rl_filename, read_hdf5
 from offline_dt.data.dataset import DatasetError
 from offline_dt.data.minari_io import check_minari_target, minari_dataset_id, minari_root
@@ -20,8 +21,16 @@ from offline_dt.data.minari_io import check_minari_target, minari_dataset_id, mi
 __all__ = ["existing_state", "fingerprint", "preflight"]
 
 
-def fingerprint(cfg: GenerateConfig, level: str, agent_steps: int) -> str:
-    """Hash of every setting that shapes the level's data and metadata."""
+def fingerprint(cfg: GenerateConfig, level: str, agent_steps: int,
+                recipe: Recipe | None = None) -> str:
+    """Hash of every setting that shapes the level's data and metadata: for a scripted
+    ``recipe`` its name, version and settings instead of the behaviour agent's."""
+    if recipe is not None:
+        key: dict = {"env_id": cfg.env_id, "level": level, "seed": cfg.seed,
+                     "steps": level_steps(cfg, level), "ref_episodes": cfg.ref_episodes,
+                     "num_envs": cfg.num_envs, "recipe": recipe.name,
+                     "recipe_version": recipe.version, "settings": recipe.settings()}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     key = {"env_id": cfg.env_id, "level": level, "seed": cfg.seed,
            "steps": level_steps(cfg, level), "agent_steps": agent_steps,
            "checkpoint_every": cfg.checkpoint_every, "eval_episodes": cfg.eval_episodes,
@@ -58,7 +67,8 @@ def existing_state(hdf5: Path, mdir: Path, fp: str) -> tuple[str, str]:
 
 
 def preflight(cfg: GenerateConfig, levels: list[str], ns: str, agent_steps: int,
-              paths: dict[str, dict[str, Path]]) -> dict[str, tuple[bool, bool]]:
+              paths: dict[str, dict[str, Path]], recipe: Recipe | None = None
+              ) -> dict[str, tuple[bool, bool]]:
     """level → (write hdf5, write minari); fills ``paths`` (level → {"hdf5", "minari"}).
 
     Raises:
@@ -70,7 +80,7 @@ def preflight(cfg: GenerateConfig, levels: list[str], ns: str, agent_steps: int,
     todo: dict[str, tuple[bool, bool]] = {}
     rewrite = overwritten_levels(cfg)
     for level in levels:
-        fp = fingerprint(cfg, level, agent_steps)
+        fp = fingerprint(cfg, level, agent_steps, recipe)
         hdf5 = Path(cfg.out_dir) / d4rl_filename(ns, level)
         mdir = mroot / minari_dataset_id(ns, level)
         paths[level] = {"hdf5": hdf5, "minari": mdir}
