@@ -7,8 +7,8 @@ at each level and which policies give D4RL's reference scores. The engine that s
 writes the levels is ``datagen.scripted``; one module per family holds its recipe:
 ``datagen.maze`` (PointMaze: a waypoint planner driving a PD controller, D4RL maze2d) and
 ``datagen.minigrid`` (MiniGrid FourRooms: a breadth-first-search expert with epsilon-random
-actions). :func:`recipe_for` picks the recipe from the env id; an env no recipe matches is
-generated with the SB3 behaviour agent (``datagen.agents``).
+actions). ``datagen.scripted.recipe_for`` picks the recipe from the env id; an env no recipe
+matches is generated with the SB3 behaviour agent (``datagen.agents``).
 
 A :class:`ScriptedPolicy` acts on one env: it sees the env's raw observation (a Dict for
 PointMaze and MiniGrid, text leaves included) and the env itself (``env.unwrapped``'s maze
@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import gymnasium as gym
 import numpy as np
 
-__all__ = ["Recipe", "ScriptedPolicy", "UniformRandom", "env_name", "recipe_for"]
+__all__ = ["Recipe", "ScriptedPolicy", "UniformRandom", "env_name"]
 
 
 class ScriptedPolicy(Protocol):
@@ -112,21 +112,3 @@ def env_name(env_id: str) -> str:
     """``env_id`` without a ``module:`` part (``gymnasium_robotics:PointMaze_UMaze-v3`` →
     ``PointMaze_UMaze-v3``)."""
     return env_id.split(":")[-1]
-
-
-def recipes() -> tuple[Recipe, ...]:
-    """Every scripted recipe (imported here, so a family's module loads only when asked)."""
-    from datagen.maze import PointMazeRecipe
-    from datagen.minigrid import FourRoomsRecipe
-
-    return (PointMazeRecipe(), FourRoomsRecipe())
-
-
-def recipe_for(env_id: str) -> Recipe | None:
-    """The recipe whose family ``env_id`` belongs to, registered with Gymnasium; None for an
-    env the SB3 behaviour agent generates (Pendulum, Hopper, CartPole, ...)."""
-    for recipe in recipes():
-        if recipe.matches(env_name(env_id)):
-            recipe.register()
-            return recipe
-    return None

@@ -29,16 +29,33 @@ import gymnasium as gym
 import numpy as np
 
 from datagen.config import GenerateConfig, level_steps
-from datagen.recipes import Recipe, ScriptedPolicy, UniformRandom
+from datagen.maze import PointMazeRecipe
+from datagen.minigrid import FourRoomsRecipe
+from datagen.recipes import Recipe, ScriptedPolicy, UniformRandom, env_name
 from datagen.reuse import fingerprint
 from offline_dt.data.dataset import OfflineDataset
 from offline_dt.data.layout import flatten_keys, observation_layout, pruned_space
 from offline_dt.data.minari_io import minari_dataset_id
 from offline_dt.envs.seeds import episode_seed
 
-__all__ = ["collect", "level_seed", "recipe_levels", "reference_returns"]
+__all__ = ["RECIPES", "collect", "level_seed", "recipe_for", "recipe_levels",
+           "reference_returns"]
 
 log = logging.getLogger(__name__)
+
+#: Every scripted recipe, one per env family (``datagen.recipes``).
+RECIPES: tuple[Recipe, ...] = (PointMazeRecipe(), FourRoomsRecipe())
+
+
+def recipe_for(env_id: str) -> Recipe | None:
+    """The recipe whose family ``env_id`` (without a ``module:`` part) belongs to, its envs
+    registered with Gymnasium; None for an env the SB3 behaviour agent generates (Pendulum,
+    Hopper, CartPole, ...)."""
+    for recipe in RECIPES:
+        if recipe.matches(env_name(env_id)):
+            recipe.register()
+            return recipe
+    return None
 
 
 def _keep(obs: Any, keys: list[str] | None) -> Any:

@@ -16,8 +16,7 @@ from datagen.config import GenerateConfig
 from datagen.generate import generate
 from datagen.maze import PointMazeRecipe, cell_distances
 from datagen.minigrid import BFSExpert, FourRoomsRecipe, goal_distances
-from datagen.recipes import recipe_for
-from datagen.scripted import reference_returns
+from datagen.scripted import recipe_for, reference_returns
 from offline_dt.cli import main
 from offline_dt.data import load_dataset
 
@@ -144,10 +143,12 @@ def test_fourrooms_levels_images_and_expert_far_above_random(grid):
     assert means["random"] < means["medium"] < means["expert"]
 
 
-def test_regenerate_reuses_and_unknown_level_is_refused(grid, tmp_path):
-    root, _ = grid
-    again = generate(_config(root, FOURROOMS))
+def test_regenerate_reuses_and_unknown_level_is_refused(grid, maze, tmp_path):
+    again = generate(_config(grid[0], FOURROOMS))
     assert all(s["reused"] for s in again.summaries.values())
+    # a module-qualified id is the same env: stored plain, so the datasets are reused
+    again = generate(_config(maze[0], f"gymnasium_robotics:{POINTMAZE}"))
+    assert again.env_id == POINTMAZE and all(s["reused"] for s in again.summaries.values())
     with pytest.raises(ValueError, match=r"recipe \(pointmaze-waypoint\) builds "
                                          r"\['random', 'expert'\], not \['medium'\]"):
         generate(_config(tmp_path, POINTMAZE, levels=["medium"]))
