@@ -15,9 +15,12 @@ env cannot be made into one clear error:
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import gymnasium as gym
+
+from offline_dt.data.dataset import registered_env_id
 
 #: Install command of each optional Gymnasium dependency (Gymnasium's extras, the robotics
 #: package), by the name :func:`missing_extra` gives it.
@@ -30,6 +33,41 @@ INSTALL = {
 #: Env names registered by ``gymnasium_robotics`` (when it is imported), by prefix.
 ROBOTICS_PREFIXES = ("Fetch", "HandManipulate", "HandReach", "AdroitHand", "PointMaze",
                      "AntMaze", "FrankaKitchen")
+
+
+#: Packages that register their envs with Gymnasium when imported, by the envs' name prefixes:
+#: a bare id such as ``PointMaze_UMaze-v3`` imports its package first (as
+#: ``gymnasium_robotics:PointMaze_UMaze-v3`` would), so every command takes the plain id.
+PLUGINS = {"gymnasium_robotics": ROBOTICS_PREFIXES, "minigrid": ("MiniGrid", "BabyAI")}
+
+
+def ensure_registered(env_id: str) -> None:
+    """Import the package of :data:`PLUGINS` that registers ``env_id`` when Gymnasium does not
+    know it yet; nothing when it is registered, names its module (``module:Name``) or no
+    package is known (a missing package is reported by :func:`make_env`'s error)."""
+    if ":" in env_id or env_id in gym.registry:
+        return
+    name = env_id.split("/")[-1]
+    for module, prefixes in PLUGINS.items():
+        if name.startswith(prefixes):
+            try:
+                gym.register_envs(importlib.import_module(module))
+            except ImportError:
+                pass
+            return
+
+
+def registered_id(env_id: Any, source: str, key: str = "metadata/env_id") -> str:
+    """``env_id`` read from a file, plain and registered
+    (``offline_dt.data.dataset.registered_env_id``), after :func:`ensure_registered` imported
+    its package of :data:`PLUGINS` (a fixed list of packages, never a module a file names).
+
+    Raises:
+        offline_dt.data.dataset.DatasetError: as ``registered_env_id``.
+    """
+    if isinstance(env_id, str) and ":" not in env_id:
+        ensure_registered(env_id)
+    return registered_env_id(env_id, source, key)
 
 
 class EnvDependencyError(ImportError):
@@ -97,6 +135,7 @@ def make_env(env_id: str, **kwargs: Any) -> gym.Env:
             names the env id and the install command.
         EnvNotFoundError: no env is registered under ``env_id``.
     """
+    ensure_registered(env_id)
     try:
         return gym.make(env_id, **kwargs)
     except (gym.error.Error, ImportError) as e:
@@ -119,6 +158,7 @@ def make_vec_env(env_id: str, num_envs: int, record_stats: bool = False,
     Raises:
         EnvDependencyError, EnvNotFoundError: as :func:`make_env`.
     """
+    ensure_registered(env_id)
     try:
         envs = gym.make_vec(
             env_id,

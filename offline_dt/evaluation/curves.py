@@ -8,7 +8,7 @@ test episode nor the validation episodes on which a checkpoint's target is chose
 
 from __future__ import annotations
 
-from offline_dt.data.dataset import registered_env_id
+from offline_dt.envs.make import registered_id
 from offline_dt.envs.rollout import DEFAULT_MAX_ENVS
 from offline_dt.evaluation.episodes import CURVE_EPISODE_OFFSET, evaluate_policy
 from offline_dt.evaluation.results import EvalResult
@@ -45,7 +45,7 @@ def make_eval_hook(target_return: float | None = None, seed: int | None = None,
 
     def hook(run: TrainingRun, step: int) -> dict[str, float]:
         info = run.dataset_info
-        env_id = run.config.env_id or registered_env_id(
+        env_id = run.config.env_id or registered_id(
             info.get("env_id"), run.config.dataset, "metadata/env_id")
         key = (env_id, str(info.get("observation_space")), str(info.get("action_space")))
         if key not in checked:  # before the first step in this env of a run with these spaces

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from offline_dt.data.atomic import check_writable, is_json_file
-from offline_dt.data.dataset import registered_env_id
+from offline_dt.envs.make import registered_id
 from offline_dt.envs.policies import Policy
 from offline_dt.envs.rollout import DEFAULT_MAX_ENVS
 from offline_dt.evaluation.episodes import CURVE_EPISODE_OFFSET, evaluate_policy
@@ -173,7 +173,7 @@ def _checked_env_id(env_id: str | None, checkpoint: Path, loaded: dict[str, Any]
     must be registered), checked to fit every loaded checkpoint's spaces before anything is
     stepped (``check_env_fits``)."""
     if not env_id:
-        env_id = registered_env_id(facts["env_id"], str(checkpoint), "dataset_info/env_id")
+        env_id = registered_id(facts["env_id"], str(checkpoint), "dataset_info/env_id")
     for path, ckpt in loaded.items():
         check_env_fits(env_id, ckpt.dataset_info, f"checkpoint {path}")
     return env_id

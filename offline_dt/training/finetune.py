@@ -34,8 +34,9 @@ from typing import Any
 
 import torch
 
-from offline_dt.data.dataset import OfflineDataset, registered_env_id
+from offline_dt.data.dataset import OfflineDataset
 from offline_dt.data.windows import Normalizer
+from offline_dt.envs.make import registered_id
 from offline_dt.methods import BatchSource, FinetuneMethod, get_method, methods_for
 from offline_dt.methods.base import METHODS, ResumeSettings, Rounds, SourceSpec
 from offline_dt.methods.options import option_values
@@ -194,7 +195,7 @@ def finetune(cfg: FinetuneConfig, eval_hook: EvalHook | None = None) -> TrainRes
     base, info = _base_checkpoint(own if cfg.resume and own.is_file() else cfg.checkpoint)
     method = get_method(base.method)
     assert isinstance(method, FinetuneMethod), base.method  # kind checked above
-    env_id = registered_env_id(info.get("env_id"), str(cfg.checkpoint), "dataset_info/env_id")
+    env_id = registered_id(info.get("env_id"), str(cfg.checkpoint), "dataset_info/env_id")
     target = cfg.target_return if cfg.target_return is not None else \
         method.exploration_target(info)
     train_cfg = finetune_train_config(cfg, base)

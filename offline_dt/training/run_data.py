@@ -25,6 +25,7 @@ from offline_dt.data.layout import (
     pruned_space,
 )
 from offline_dt.data.windows import Normalizer
+from offline_dt.envs.make import EnvDependencyError, make_env
 from offline_dt.envs.rollout import env_layout
 from offline_dt.training.checkpoint import CHECKPOINT_NAME, normalizer_from_tensors
 from offline_dt.training.train_config import TrainConfig
@@ -43,7 +44,9 @@ def check_env_spaces(dataset: OfflineDataset, env_id: str) -> OfflineDataset:
         DatasetError: naming the dataset, the env and expected vs found.
     """
     try:
-        env = gym.make(env_id)
+        env = make_env(env_id)
+    except EnvDependencyError:
+        raise
     except Exception as e:  # gymnasium raises several types for unknown ids
         raise ValueError(f"env_id {env_id!r}: gym.make failed ({e})") from e
     try:
@@ -162,7 +165,9 @@ def env_data(cfg: TrainConfig, resumed: dict[str, Any] | None, origin: Path | No
         return normalizer_from_tensors(resumed["normalizer"]), json.loads(
             resumed["dataset_info"])
     try:
-        env = gym.make(cfg.env_id)
+        env = make_env(cfg.env_id)
+    except EnvDependencyError:
+        raise
     except Exception as e:  # gymnasium raises several types for unknown ids
         raise ValueError(f"TrainConfig.env_id {cfg.env_id!r}: gym.make failed ({e})") from e
     obs_space, act_space, spec = env.observation_space, env.action_space, env.spec

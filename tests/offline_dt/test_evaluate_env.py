@@ -119,10 +119,34 @@ def test_lunar_lander_without_box2d():
 
 
 @pytest.mark.skipif("FetchReach-v4" in gym.registry, reason="gymnasium_robotics is imported")
-def test_a_robotics_env_without_its_package_says_how_to_get_it():
+def test_a_robotics_env_without_its_package_says_how_to_get_it(monkeypatch):
+    import offline_dt.envs.make as make
+
+    real = make.importlib.import_module
+
+    def absent(name, *a, **kw):
+        if name == "gymnasium_robotics":
+            raise ImportError("No module named 'gymnasium_robotics'")
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(make.importlib, "import_module", absent)  # as if not installed
     with pytest.raises(EnvDependencyError, match="pip install gymnasium-robotics") as err:
         make_env("FetchReach-v4")
     assert "--env-id gymnasium_robotics:FetchReach-v4" in str(err.value)
+
+
+def test_a_plugin_env_is_made_by_its_plain_id_in_a_fresh_process():
+    """PointMaze and MiniGrid ids need no ``module:`` part: their package is imported first
+    (offline_dt.envs.make.PLUGINS), in every command."""
+    import subprocess
+    import sys
+
+    code = ("from offline_dt.envs.make import make_env, registered_id; "
+            "print(make_env('PointMaze_UMaze-v3').spec.id, "
+            "registered_id('MiniGrid-FourRooms-v0', 'test'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert out.stdout.split() == ["PointMaze_UMaze-v3", "MiniGrid-FourRooms-v0"]
 
 
 def test_an_unknown_id_is_a_value_error_naming_it():
