@@ -205,7 +205,8 @@ def test_help_lists_every_method_option_typed_with_its_help_and_default(command,
             assert field_help(cls, f.name), f"{flag} has no help in {cls.__name__}'s docstring"
             value = getattr(cls(), f.name)
             default = "None" if command == "finetune" else str(value).lower() \
-                if isinstance(value, bool) else "''" if value == "" else str(value)
+                if isinstance(value, bool) else "''" if value == "" else \
+                " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
             assert f"(default: {default})" in entry, (flag, entry)
             shown += 1
     assert shown >= {"train": 20, "online": 40, "finetune": 10}[command]
