@@ -6,6 +6,7 @@
     offline-dt finetune   --checkpoint RUN_DIR --online-steps N   online DT fine-tuning (odt)
     offline-dt online     --method ppo --env-id CartPole-v1 --env-steps N   online RL (ppo, dqn)
     offline-dt evaluate   --checkpoint PATH            return-conditioned rollouts
+    offline-dt convert    --from-hf DIR --to RUN_DIR   Hugging Face DT checkpoints in and out
     offline-dt search     --dataset ID_OR_PATH --method qt   tune hyperparameters (Optuna)
     offline-dt reference  --dataset ID_OR_PATH --method iql   a d3rlpy reference row
     offline-dt report     --runs data/runs             average-reward table and plots
@@ -47,6 +48,7 @@ from offline_dt.training.configs import CLI_MARKERS, REGISTRY, options_command, 
 from offline_dt.training.distributed import DistributedError
 from offline_dt.training.divergence import DivergenceError
 from offline_dt.training.finetune import FinetuneConfig
+from offline_dt.training.hf_interop import ConvertConfig, HFDependencyError
 from offline_dt.training.loop import TrainingInterrupted
 from offline_dt.training.online import OnlineConfig
 from offline_dt.training.train_config import TrainConfig
@@ -234,6 +236,16 @@ def eval_summary(payload: dict[str, Any], out: Path) -> str:
     return "\n".join(lines)
 
 
+def _convert(cfg: ConvertConfig) -> int:
+    from offline_dt.training.hf_interop import convert
+
+    out = convert(cfg)
+    what = f"run directory {out} (offline-dt evaluate --checkpoint {out})" if cfg.from_hf \
+        else f"HF model directory {out} (DecisionTransformerModel.from_pretrained)"
+    print(f"converted {cfg.from_hf or cfg.checkpoint} into {what}")
+    return 0
+
+
 def _search(cfg: SearchConfig) -> int:
     from offline_dt.study.search import search, search_space
 
@@ -312,6 +324,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             f"train a transformer policy online, no dataset "
             f"({', '.join(methods_for('online'))})", _online, "online"),
     Command("evaluate", EvalConfig, "roll out a trained checkpoint on the live env", _evaluate),
+    Command("convert", ConvertConfig, "Hugging Face DecisionTransformerModel checkpoints in "
+            "(--from-hf) and out (--to-hf)", _convert),
     Command("search", SearchConfig,
             "tune a method's hyperparameters on a dataset's validation episodes (Optuna)",
             _search, "train"),
@@ -415,7 +429,8 @@ def interrupted_message(command: str, e: KeyboardInterrupt) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``offline-dt``; a FileExistsError, FileNotFoundError, ValueError (among them an env
     whose spaces do not fit the checkpoint, or an unknown env id), LockedError (another
-    process writes the same output), MissingDependencyError (d3rlpy) or EnvDependencyError
+    process writes the same output), MissingDependencyError (d3rlpy), HFDependencyError
+    (transformers) or EnvDependencyError
     (an env's optional package, e.g. Box2D) of the stage is printed as
     ``offline-dt <cmd>: error: <message>`` with exit status 2; a DistributedError (a torchrun
     job lost a rank) or DiskFullError (no space left while writing an output) likewise with
@@ -435,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"offline-dt {inv.command.name}: error: {e}", file=sys.stderr)
         return EXIT_DIVERGED
     except (FileExistsError, FileNotFoundError, ValueError, LockedError,
-            MissingDependencyError, EnvDependencyError) as e:
+            MissingDependencyError, EnvDependencyError, HFDependencyError) as e:
         print(f"offline-dt {inv.command.name}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (DistributedError, DiskFullError) as e:
