@@ -1,7 +1,7 @@
 """``offline-dt`` command line: one subcommand per stage, flags generated from the stage configs.
 
     offline-dt generate   --env Pendulum-v1            datasets (D4RL HDF5 + Minari)
-    offline-dt datasets                                 list what exists
+    offline-dt datasets                                 list what exists (with TQ, SACo)
     offline-dt train      --dataset ID_OR_PATH         train a Decision Transformer
     offline-dt finetune   --checkpoint RUN_DIR --online-steps N   online DT fine-tuning (odt)
     offline-dt online     --method ppo --env-id CartPole-v1 --env-steps N   online RL (ppo, dqn)
@@ -74,6 +74,8 @@ class DatasetsConfig:
         "help": "directory of the D4RL-style HDF5 files"})
     minari_root: Path | None = field(default=None, metadata={
         "help": "Minari datasets root (default data/minari or $MINARI_DATASETS_PATH)"})
+    coverage: bool = field(default=True, metadata={
+        "help": "compute unique_sa and SACo (reads every dataset a second time)"})
 
 
 @dataclass
@@ -126,7 +128,7 @@ def _generate(cmd: GenerateCommand) -> int:
 def _datasets(cfg: DatasetsConfig) -> int:
     from offline_dt.data.catalog import list_datasets
 
-    table = list_datasets(cfg.out_dir, cfg.minari_root)
+    table = list_datasets(cfg.out_dir, cfg.minari_root, cfg.coverage)
     if table.empty:
         print(f"no datasets under {cfg.out_dir} or the Minari root")
     else:
@@ -313,7 +315,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("generate", GenerateCommand,
             "roll out agents and write D4RL HDF5 + Minari datasets", _generate),
     Command("datasets", DatasetsConfig,
-            "list generated datasets (id, steps, episodes, returns)", _datasets),
+            "list generated datasets (id, steps, episodes, returns, TQ, SACo)", _datasets),
     Command("train", TrainConfig,
             f"train a method on a dataset ({', '.join(methods_for('train'))})", _train,
             "train"),
