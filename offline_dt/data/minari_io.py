@@ -81,7 +81,9 @@ def minari_dataset_id(env_name: str, level: str, version: int = 0) -> str:
 
 
 @contextlib.contextmanager
-def _datasets_path(root: Path) -> Iterator[None]:
+def minari_datasets_path(root: Path) -> Iterator[None]:
+    """``$MINARI_DATASETS_PATH`` set to ``root`` (resolved) inside the block, restored after:
+    where Minari's own functions read and write."""
     old = os.environ.get("MINARI_DATASETS_PATH")
     os.environ["MINARI_DATASETS_PATH"] = str(root.resolve())
     try:
@@ -131,7 +133,7 @@ def write_minari(
         tmp_root = tmp_dir.with_name(tmp_dir.name + "-root")
         shutil.rmtree(tmp_root, ignore_errors=True)
         try:
-            with _datasets_path(tmp_root), warnings.catch_warnings():
+            with minari_datasets_path(tmp_root), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 minari.create_dataset_from_buffers(buffer=buffers, **arguments)
             os.replace(tmp_root / dataset_id, tmp_dir)
@@ -283,6 +285,10 @@ def read_minari(id_or_path: str | os.PathLike, root: str | os.PathLike | None = 
     for key in ("ref_min_score", "ref_max_score"):
         if md.get(key) is not None:
             meta[key] = float(md[key])
+    eval_spec = md.get("eval_env_spec")  # Minari's published datasets: a JSON EnvSpec
+    if isinstance(eval_spec, str) and eval_spec.startswith("{"):
+        meta["eval_env_id"] = check_plain_env_id(json.loads(eval_spec).get("id", ""), src,
+                                                 "eval_env_spec.id")
     out = OfflineDataset.from_episodes(
         episodes, obs_space, ds.action_space, metadata=meta, source=src
     )

@@ -89,6 +89,9 @@ class ReferenceConfig:
         "choices": list(REFERENCE_METHODS)})
     minari_root: Path | None = field(default=None, metadata={
         "help": "Minari datasets root for a Minari id"})
+    download: bool = field(default=False, metadata={
+        "help": "fetch a Minari id found nowhere on disk from the Minari remote "
+                "($MINARI_REMOTE) into minari_root first"})
     env_id: str | None = field(default=None, metadata={
         "help": "Gymnasium env id; unset: the dataset's"})
     seed: int = field(default=0, metadata={
@@ -178,7 +181,7 @@ def _dataset(cfg: ReferenceConfig) -> tuple[OfflineDataset, str]:
         ValueError: the dataset's observations are a Dict or images (d3rlpy's rows here read
             flat vectors only), naming the method and the dataset.
     """
-    ds = load_dataset(cfg.dataset, cfg.minari_root, env_id=cfg.env_id)
+    ds = load_dataset(cfg.dataset, cfg.minari_root, env_id=cfg.env_id, download=cfg.download)
     if ds.layout is not None:
         raise ValueError(
             f"reference method {cfg.method!r}: dataset {cfg.dataset} has {ds.observation_space} "

@@ -117,7 +117,8 @@ def load_data(cfg: TrainConfig, resumed: dict[str, Any] | None, origin: Path | N
     env's facts (:func:`env_data`)."""
     if not cfg.dataset:
         return None, *env_data(cfg, resumed, origin)
-    dataset = load_dataset(cfg.dataset, cfg.minari_root, env_id=cfg.env_id)
+    dataset = load_dataset(cfg.dataset, cfg.minari_root, env_id=cfg.env_id,
+                           download=cfg.download)
     if cfg.env_id:
         dataset = check_env_spaces(dataset, cfg.env_id)
     if resumed is None:

@@ -27,7 +27,7 @@ from offline_dt.training.device import resolve_precision, step_flops
 # Fields that may change between a run and its resumption: they do not affect the parameters.
 RESUMABLE_FIELDS = frozenset({
     "steps", "progress", "log_every", "checkpoint_every", "eval_every", "eval_episodes",
-    "resume", "overwrite", "run_dir", "compile", "cuda_graph", "dist_timeout",
+    "resume", "overwrite", "run_dir", "compile", "cuda_graph", "dist_timeout", "download",
 })
 #: Fields whose default is resolved once when a run starts (``TrainConfig.resolved``) and
 #: their defaults: a run's saved config holds the resolved values, which the default ("not
@@ -48,6 +48,9 @@ class TrainConfig:
         "help": "dataset: D4RL-style .hdf5 path, Minari dataset directory, or Minari id"})
     minari_root: str | None = field(default=None, metadata={
         "help": "Minari datasets root (default data/minari or $MINARI_DATASETS_PATH)"})
+    download: bool = field(default=False, metadata={
+        "help": "fetch a Minari id found nowhere on disk from the Minari remote "
+                "($MINARI_REMOTE, default hf://farama-minari) into minari_root first"})
     env_id: str | None = field(default=None, metadata={
         "help": "Gymnasium env id; when given, the dataset's spaces must match the env's"})
     method: str = field(default="dt", metadata={
