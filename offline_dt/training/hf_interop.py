@@ -7,11 +7,11 @@
   evaluate`` runs. HF checkpoints hold neither the observation statistics nor the
   returns-to-go scale (HF's example script ``run_decision_transformer.py`` normalises states
   by the dataset's mean and std and divides returns by 1000), nor the context length K (20
-  there): the caller gives them, unless the directory holds an ``offline_dt.json`` (what
+  there): the caller gives them, unless the directory holds an ``offline-dt.json`` (what
   :func:`export_hf` writes).
 - :func:`export_hf`: an offline-dt ``dt``/``bc`` checkpoint → a directory that
   ``DecisionTransformerModel.from_pretrained(DIR)`` loads (``save_pretrained``), with
-  ``offline_dt.json`` (normaliser, returns scale, K, env, action bounds) and a model card.
+  ``offline-dt.json`` (normaliser, returns scale, K, env, action bounds) and a model card.
 
 The weights map one to one (``offline_dt.training.hf_weights``); what cannot be carried exactly
 is refused with the reason. ``transformers`` is the optional ``hf`` extra and is imported here
@@ -20,16 +20,19 @@ only, when a conversion runs.
 Actions: HF's example trains on the dataset's raw actions (MuJoCo's bounds are [-1, 1]), so an
 imported model's outputs are env actions (``action_units="env"``: the normaliser's bounds are
 [-1, 1], the identity); ours scales Box actions to [-1, 1] from the env's bounds
-(``"scaled"``), which is what an exported ``offline_dt.json`` records.
+(``"scaled"``), which is what an exported ``offline-dt.json`` records.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -61,7 +64,7 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = 'pip install -e ".[hf]" (transformers>=4.40)'
 #: What :func:`export_hf` writes beside HF's files, and :func:`import_hf` reads when present.
-FACTS_NAME = "offline_dt.json"
+FACTS_NAME = "offline-dt.json"
 
 
 class HFDependencyError(ImportError):
@@ -159,6 +162,13 @@ def _hf_files(src: str) -> Path:
     import_transformers()
     from huggingface_hub import snapshot_download
 
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or ""
+    try:  # the hub client retries for about 30 s without network; one 5 s try instead
+        socket.create_connection((host, 443), timeout=5.0).close()
+    except OSError as e:
+        raise FileNotFoundError(f"--from-hf {src}: not a local directory, and the Hugging Face "
+                                f"hub ({host}:443) is unreachable ({e}); pass a directory "
+                                f"save_pretrained wrote") from None
     try:
         return Path(snapshot_download(src, allow_patterns=[
             "config.json", "model.safetensors", "pytorch_model.bin", FACTS_NAME]))
@@ -375,7 +385,7 @@ def model_card(facts: dict[str, Any]) -> str:
         f"{facts['step']} steps on `{facts['dataset']}`.", "",
         "Load it with `transformers.DecisionTransformerModel.from_pretrained(DIR)`. Feed it, as "
         "offline-dt does:", "",
-        "- states: `(s - state_mean) / state_std` (`offline_dt.json`);",
+        "- states: `(s - state_mean) / state_std` (`offline-dt.json`);",
         "- returns-to-go: " + ("zeros (a `bc` network is trained without them);" if bc else
                                f"in reward units divided by `returns_scale` = "
                                f"{facts['returns_scale']:g};"),

@@ -109,7 +109,7 @@ def test_exported_checkpoint_loads_in_hf_and_predicts_ours(tmp_path, tiny_config
     model = transformers.DecisionTransformerModel.from_pretrained(str(out)).eval()
     assert model.config.activation_function == "gelu_new"
     assert model.encoder.wpe.weight.abs().max() == 0
-    facts = json.loads((out / "offline_dt.json").read_text())
+    facts = json.loads((out / "offline-dt.json").read_text())
     assert facts["context_length"] == 6 and facts["action_units"] == "scaled"
     assert facts["action_low"] == [-2.0] and (out / "README.md").is_file()
     net = load_checkpoint(tmp_path / "run").model
@@ -118,7 +118,7 @@ def test_exported_checkpoint_loads_in_hf_and_predicts_ours(tmp_path, tiny_config
     hf, ours = _hf_actions(model, *w), _ours_actions(net, *w)
     assert ours[mask].abs().max() > 0.1
     torch.testing.assert_close(hf[mask], ours[mask], atol=1e-5, rtol=0)
-    # and back: the directory's offline_dt.json supplies what HF's files lack
+    # and back: the directory's offline-dt.json supplies what HF's files lack
     back = load_checkpoint(convert(ConvertConfig(from_hf=str(out), to=tmp_path / "back")))
     assert back.normalizer.action_high.tolist() == [2.0] and back.normalizer.rtg_scale == \
         load_checkpoint(tmp_path / "run").normalizer.rtg_scale
@@ -194,3 +194,15 @@ def test_unknown_hf_weights_are_named():
     sd["encoder.h.0.crossattention.c_attn.weight"] = torch.zeros(1)
     with pytest.raises(ValueError, match="unknown key.*crossattention"):
         hf_to_ours(sd, 1)
+
+
+def test_a_hub_id_without_network_fails_fast_with_one_message(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")
+    t = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match=r"not a local directory, and the Hugging "
+                                                r"Face hub \(hub.invalid:443\) is unreachable"):
+        convert(ConvertConfig(from_hf="edbeeching/decision-transformer-gym-hopper-medium",
+                              to=tmp_path / "run", env_id="Hopper-v5", returns_scale=1000.0))
+    assert time.perf_counter() - t < 10
