@@ -6,6 +6,9 @@ What it writes into ``out_dir``, and which module owns each:
 * ``results.csv``: one row per env × dataset × method (:func:`offline_dt.study.tables.
   results_table`, columns :data:`offline_dt.study.tables.COLUMNS`);
 * ``run_scores.csv``: one row per run (:func:`offline_dt.study.runs.run_scores`);
+* ``characteristics.csv``: per env and dataset, TQ, unique state-action bins and SACo, with
+  the best method (:func:`offline_dt.study.characteristics.characteristics_table`), also a
+  section of ``results.md`` and the plot ``characteristics_<env>.png``;
 * ``aggregates.csv``: per env and method over the env's datasets, IQM and probability of
   improvement over ``dt`` with stratified bootstrap intervals
   (:func:`offline_dt.study.statistics.aggregate_table`);
@@ -28,6 +31,11 @@ from pathlib import Path
 import pandas as pd
 
 from offline_dt.data.atomic import atomic_path
+from offline_dt.study.characteristics import (
+    characteristics_markdown,
+    characteristics_table,
+    plot_characteristics,
+)
 from offline_dt.study.plots import (
     plot_dataset_returns,
     plot_learning_curves,
@@ -73,7 +81,11 @@ def report(runs_root: str | os.PathLike, out_dir: str | os.PathLike,
     _write_csv(table, out / "results.csv")
     _write_csv(scores, out / "run_scores.csv")
     _write_csv(aggregates, out / "aggregates.csv")
+    chars = characteristics_table(datasets, table)
+    _write_csv(chars, out / "characteristics.csv")
     md = markdown_report(table, aggregates, runs)
+    md += "".join("\n" + characteristics_markdown(chars, env) for env in dict.fromkeys(
+        chars["env"]))
     _write_text(out / "results.md", md)
     if not quiet:
         print(md, end="")
@@ -81,4 +93,5 @@ def report(runs_root: str | os.PathLike, out_dir: str | os.PathLike,
         plot_learning_curves(runs, out)
         plot_dataset_returns(datasets, table, out)
         plot_performance_profiles(scores, out)
+        plot_characteristics(chars, out)
     return table

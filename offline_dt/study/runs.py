@@ -161,12 +161,25 @@ def _dataset_source(config: dict[str, Any]) -> tuple[str | None, str | None]:
     return None, None
 
 
+def _limits(ds: Any) -> Any:
+    """``state_action_limits([ds])``, or None for a dataset SACo cannot bin."""
+    from offline_dt.data.characteristics import CharacteristicsError, state_action_limits
+
+    try:
+        return state_action_limits([ds])
+    except CharacteristicsError:
+        return None
+
+
 def dataset_returns(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
-    """(env, dataset) → ``{"returns": episode returns, "ref_min_score", "ref_max_score"}``,
-    read from the dataset file named in the runs' config.json (the first readable one). The
-    reference scores are those of the runs' eval.json (what the method rows use), else the
-    file's metadata. Datasets that cannot be read are left out, with a warning."""
+    """(env, dataset) → ``{"returns": episode returns, "ref_min_score", "ref_max_score",
+    "tq", "level", "source", "limits"}`` (TQ and the state-action limits of
+    ``offline_dt.data.characteristics``, None where not defined), read from the dataset file
+    named in the runs' config.json (the first readable one). The reference scores are those
+    of the runs' eval.json (what the method rows use), else the file's metadata. Datasets
+    that cannot be read are left out, with a warning."""
     from offline_dt.data import load_dataset
+    from offline_dt.data.characteristics import trajectory_quality
 
     out: dict[tuple[str, str], dict[str, Any]] = {}
     failed: set[tuple[str, str | None]] = set()
@@ -184,6 +197,8 @@ def dataset_returns(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[st
         refs = [r2["eval"] for r2 in runs if (r2["env"], r2["dataset"]) == key]
         ref = next((e for e in refs if e.get("ref_min_score") is not None
                     and e.get("ref_max_score") is not None), ds.metadata)
-        out[key] = {"returns": ds.episode_returns, "ref_min_score": ref.get("ref_min_score"),
-                    "ref_max_score": ref.get("ref_max_score")}
+        lo, hi = ref.get("ref_min_score"), ref.get("ref_max_score")
+        out[key] = {"returns": ds.episode_returns, "ref_min_score": lo, "ref_max_score": hi,
+                    "tq": trajectory_quality(ds, lo, hi), "level": ds.metadata.get("level"),
+                    "source": source, "limits": _limits(ds)}
     return out

@@ -66,6 +66,42 @@ def make_discrete_dataset(lengths: tuple[int, ...] = (15, 9, 22, 30, 11), seed: 
         source="tiny-discrete")
 
 
+# SACo by hand (tests/offline_dt/data/test_characteristics.py, test_report_characteristics.py)
+# (obs0, obs1, action) rows; every dimension spans [0, 1] over the two datasets, so a bin is
+# floor(100 x) (float32 values: 0.004 -> 0.4, 0.999 -> 99.9, 0.995 -> 99.5), 1.0 -> bin 99.
+SACO_REPLAY = [(0.0, 0.0, 0.0),        # (0, 0, 0)
+               (0.004, 0.0, 0.0),      # (0, 0, 0) again
+               (0.5, 0.25, 1.0),       # (50, 25, 99)
+               (1.0, 1.0, 0.011),      # (99, 99, 1)
+               (0.999, 0.995, 0.019),  # (99, 99, 1) again
+               (0.375, 0.625, 0.5)]    # (37, 62, 50): 4 unique bins
+SACO_MEDIUM = [(0.0, 0.0, 0.0),        # (0, 0, 0)
+               (0.009, 0.0099, 0.0),   # (0, 0, 0) again
+               (0.5, 0.25, 1.0)]       # (50, 25, 99): 2 unique bins -> SACo 2 / 4 = 0.5
+
+
+def saco_dataset(rows, rewards, ends, level, **meta) -> OfflineDataset:
+    a = np.asarray(rows, np.float32)
+    timeouts = np.zeros(len(a), bool)
+    timeouts[list(ends)] = True
+    return OfflineDataset.from_flat(
+        observations=a[:, :2], actions=a[:, 2:], rewards=np.asarray(rewards, np.float32),
+        terminals=np.zeros(len(a), bool), timeouts=timeouts,
+        observation_space=gym.spaces.Box(-1.0, 2.0, (2,), np.float32),
+        action_space=gym.spaces.Box(0.0, 1.0, (1,), np.float32),
+        metadata={"env_id": "Toy-v0", "level": level, "ref_min_score": 0.0,
+                  "ref_max_score": 40.0, **meta}, source=level)
+
+
+def saco_replay() -> OfflineDataset:
+    return saco_dataset(SACO_REPLAY, [1, 2, 3, 4, 5, 6], [2, 5], "full-replay")
+
+
+def saco_medium() -> OfflineDataset:
+    # episodes [10] and [10, 20]: returns 10 and 30, mean 20
+    return saco_dataset(SACO_MEDIUM, [10, 10, 20], [0, 2], "medium")
+
+
 @pytest.fixture
 def one_torch_thread():
     """Tiny models gain nothing from intra-op threads; one thread is fastest and immune to

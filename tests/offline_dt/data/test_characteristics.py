@@ -7,6 +7,10 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
+from conftest import SACO_MEDIUM as MEDIUM
+from conftest import saco_dataset as _dataset
+from conftest import saco_medium as medium
+from conftest import saco_replay as replay
 
 from offline_dt.data.catalog import list_datasets
 from offline_dt.data.characteristics import (
@@ -19,40 +23,6 @@ from offline_dt.data.characteristics import (
 )
 from offline_dt.data.d4rl import write_hdf5
 from offline_dt.data.dataset import OfflineDataset
-
-# (obs0, obs1, action) rows; every dimension spans [0, 1] over the two datasets, so a bin is
-# floor(100 x) (float32 values: 0.004 -> 0.4, 0.999 -> 99.9, 0.995 -> 99.5), 1.0 -> bin 99.
-REPLAY = [(0.0, 0.0, 0.0),        # (0, 0, 0)
-          (0.004, 0.0, 0.0),      # (0, 0, 0) again
-          (0.5, 0.25, 1.0),       # (50, 25, 99)
-          (1.0, 1.0, 0.011),      # (99, 99, 1)
-          (0.999, 0.995, 0.019),  # (99, 99, 1) again
-          (0.375, 0.625, 0.5)]    # (37, 62, 50): 4 unique bins
-MEDIUM = [(0.0, 0.0, 0.0),        # (0, 0, 0)
-          (0.009, 0.0099, 0.0),   # (0, 0, 0) again
-          (0.5, 0.25, 1.0)]       # (50, 25, 99): 2 unique bins -> SACo 2 / 4 = 0.5
-
-
-def _dataset(rows, rewards, ends, level, **meta) -> OfflineDataset:
-    a = np.asarray(rows, np.float32)
-    timeouts = np.zeros(len(a), bool)
-    timeouts[list(ends)] = True
-    return OfflineDataset.from_flat(
-        observations=a[:, :2], actions=a[:, 2:], rewards=np.asarray(rewards, np.float32),
-        terminals=np.zeros(len(a), bool), timeouts=timeouts,
-        observation_space=gym.spaces.Box(-1.0, 2.0, (2,), np.float32),
-        action_space=gym.spaces.Box(0.0, 1.0, (1,), np.float32),
-        metadata={"env_id": "Toy-v0", "level": level, "ref_min_score": 0.0,
-                  "ref_max_score": 40.0, **meta}, source=level)
-
-
-def replay() -> OfflineDataset:
-    return _dataset(REPLAY, [1, 2, 3, 4, 5, 6], [2, 5], "full-replay")
-
-
-def medium() -> OfflineDataset:
-    # episodes [10] and [10, 20]: returns 10 and 30, mean 20
-    return _dataset(MEDIUM, [10, 10, 20], [0, 2], "medium")
 
 
 def test_trajectory_quality_by_hand():
