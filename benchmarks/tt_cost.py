@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 def write_page(args: argparse.Namespace, rows: list, train: dict[str, float]) -> None:
     lines = [
         "# tt: planning and training cost", "",
-        "Measured by `python -m benchmarks.tt_cost --threads "
+        "Command: `python -m benchmarks.tt_cost --threads "
         f"{args.threads} --steps {args.steps} --steps-50 {args.steps_50} "
         f"--uncached-steps-50 {args.uncached_steps_50} "
         f"--updates {args.updates} --out {args.out}` (`benchmarks/tt_cost.py`).", "",

@@ -45,7 +45,13 @@ import numpy as np
 
 from offline_dt.data.atomic import atomic_path, check_free_space, check_writable
 from offline_dt.data.dataset import OfflineDataset, check_plain_env_id
-from offline_dt.data.layout import is_flat_box, nest_keys, observation_nbytes
+from offline_dt.data.layout import is_flat_box, observation_nbytes
+from offline_dt.data.space_codec import (
+    infer_action_space,
+    infer_observation_space,
+    space_from_json,
+    space_to_json,
+)
 from offline_dt.data.validate import (
     DatasetError,
     check_fits_in_memory,
@@ -82,43 +88,6 @@ def normalized_score(value: float, ref_min: float | None, ref_max: float | None
 def d4rl_filename(env_name: str, level: str, version: int = 0) -> str:
     """D4RL file name, e.g. ``pendulum-medium-replay-v0.hdf5``."""
     return f"{env_name}-{level}-v{version}.hdf5"
-
-
-def space_to_json(space: gym.Space) -> str:
-    """Serialise a Box, Discrete or Dict (of those, nested) space to JSON."""
-    return json.dumps(_space_object(space))
-
-
-def _space_object(space: gym.Space) -> dict[str, Any]:
-    if isinstance(space, gym.spaces.Discrete):
-        return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
-    if isinstance(space, gym.spaces.Box):
-        return {
-            "type": "Box",
-            "low": space.low.tolist(),
-            "high": space.high.tolist(),
-            "shape": list(space.shape),
-            "dtype": str(space.dtype),
-        }
-    if isinstance(space, gym.spaces.Dict):
-        return {"type": "Dict",
-                "spaces": {k: _space_object(s) for k, s in space.spaces.items()}}
-    raise DatasetError(f"unsupported space {space!r}: expected Box, Discrete or Dict")
-
-
-def space_from_json(text: str) -> gym.Space:
-    return _space_from_object(json.loads(text))
-
-
-def _space_from_object(d: dict[str, Any]) -> gym.Space:
-    if d["type"] == "Dict":
-        return gym.spaces.Dict({k: _space_from_object(v) for k, v in d["spaces"].items()})
-    if d["type"] == "Discrete":
-        return gym.spaces.Discrete(d["n"], start=d.get("start", 0))
-    dtype = np.dtype(d["dtype"])
-    low = np.array(d["low"], dtype=dtype)
-    high = np.array(d["high"], dtype=dtype)
-    return gym.spaces.Box(low=low, high=high, shape=tuple(d["shape"]), dtype=dtype)
 
 
 def write_hdf5(dataset: OfflineDataset, path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -213,19 +182,19 @@ def _file_spaces(raw: Any, src: str, observation_space: gym.Space | None,
                  action_space: gym.Space | None) -> tuple[gym.Space, gym.Space]:
     """The spaces given, else those the file's metadata records (popped from it), else
     inferred from the arrays (observations: an unbounded Box; actions:
-    :func:`_infer_action_space`)."""
+    :func:`infer_action_space`)."""
     obs_json = raw.metadata.pop(_OBS_SPACE_KEY, None)
     act_json = raw.metadata.pop(_ACT_SPACE_KEY, None)
     if observation_space is None:
         if obs_json is not None:
             observation_space = space_from_json(obs_json)
         else:
-            observation_space = _infer_observation_space(raw.arrays["observations"])
+            observation_space = infer_observation_space(raw.arrays["observations"])
     if action_space is None:
         if act_json is not None:
             action_space = space_from_json(act_json)
         else:
-            action_space = _infer_action_space(raw.arrays["actions"], src)
+            action_space = infer_action_space(raw.arrays["actions"], src)
     return observation_space, action_space
 
 
@@ -276,18 +245,10 @@ def read_hdf5(
             f"{src}: key 'observations' must be (N, obs_dim) for the flat Box observation "
             f"space, found {found}")
     ds = OfflineDataset.from_flat(
-        observations=obs,
-        actions=raw.arrays["actions"],
-        rewards=rewards,
-        terminals=raw.arrays["terminals"],
-        timeouts=raw.arrays["timeouts"],
-        next_observations=raw.next_observations,
-        observation_space=observation_space,
-        action_space=action_space,
-        metadata=meta,
-        infos=raw.infos,
-        source=src,
-    )
+        observations=obs, actions=raw.arrays["actions"], rewards=rewards,
+        terminals=raw.arrays["terminals"], timeouts=raw.arrays["timeouts"],
+        next_observations=raw.next_observations, observation_space=observation_space,
+        action_space=action_space, metadata=meta, infos=raw.infos, source=src)
     warn_long_episodes(ds.episode_lengths, env_id, src)
     return ds
 
@@ -384,36 +345,6 @@ def _grouped(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     return out
 
 
-def _infer_observation_space(obs: Any) -> gym.Space:
-    """The observation space of a file that records none: for groups a Dict of the leaves
-    (:func:`_infer_leaf`), for an ``(N, H, W, C) uint8`` array an image Box, else an
-    unbounded flat Box of the array's width."""
-    if isinstance(obs, dict):
-        return _nested_dict_space({k: _infer_leaf(v) for k, v in obs.items()})
-    if obs.ndim == 4 and obs.dtype == np.uint8:
-        return _infer_leaf(obs)
-    width = obs.shape[1] if obs.ndim >= 2 else 1
-    return gym.spaces.Box(-np.inf, np.inf, (width,), np.float32)
-
-
-def _infer_leaf(arr: np.ndarray) -> gym.Space:
-    """uint8 ``(N, H, W, C)``: an image Box; integer ``(N,)``: ``Discrete(max + 1)``; else an
-    unbounded float32 Box of the row shape."""
-    if arr.ndim == 4 and arr.dtype == np.uint8:
-        return gym.spaces.Box(0, 255, arr.shape[1:], np.uint8)
-    if arr.ndim == 1 and arr.dtype.kind in "iu":
-        return gym.spaces.Discrete(int(arr.max()) + 1 if len(arr) else 1)
-    return gym.spaces.Box(-np.inf, np.inf, arr.shape[1:], np.float32)
-
-
-def _nested_dict_space(leaves: dict[str, gym.Space]) -> gym.spaces.Dict:
-    """A (nested) Dict space of spaces keyed by ``/``-joined paths."""
-    def build(node: dict[str, Any]) -> gym.spaces.Dict:
-        return gym.spaces.Dict({k: build(v) if isinstance(v, dict) else v
-                                for k, v in node.items()})
-    return build(nest_keys(leaves))
-
-
 def _declared_infos(f: h5py.File, n: int, src: str) -> dict[str, h5py.Dataset]:
     """``infos/<key>`` arrays with ``n`` rows of a real dtype, keyed ``infos/<key>``; others are
     skipped (a non-real dtype with a warning: offline-dt carries infos but never uses them)."""
@@ -507,14 +438,3 @@ def _flat_rewards(rewards: np.ndarray, src: str) -> np.ndarray:
     if column.shape[1] != 1:
         raise DatasetError(f"{src}: key 'rewards' must be (N,), found {rewards.shape}")
     return column.reshape(-1)
-
-
-def _infer_action_space(actions: np.ndarray, src: str) -> gym.Space:
-    if actions.dtype.kind in "iu":
-        if actions.ndim != 1:
-            raise DatasetError(f"{src}: integer key 'actions' must be (N,), found {actions.shape}")
-        return gym.spaces.Discrete(int(actions.max()) + 1 if len(actions) else 1)
-    if actions.ndim != 2:
-        raise DatasetError(f"{src}: key 'actions' must be (N, act_dim), found {actions.shape}")
-    bound = max(1.0, float(np.abs(actions).max()) if len(actions) else 1.0)
-    return gym.spaces.Box(-bound, bound, (actions.shape[1],), np.float32)

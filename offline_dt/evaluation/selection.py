@@ -21,7 +21,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from offline_dt.data.d4rl import space_from_json
+from offline_dt.data.space_codec import space_from_json
 from offline_dt.envs.policies import Policy
 from offline_dt.envs.seeds import SEED_RULES
 from offline_dt.envs.spaces import require_spaces
@@ -143,7 +143,7 @@ def checkpoint_candidates(checkpoint: Path, candidate_checkpoints: Sequence[Path
 
 def trained_spaces(info: Any, source: str) -> tuple[gym.Space, gym.Space] | None:
     """(observation space, action space) a network was trained with, from its
-    ``dataset_info`` (the JSON objects of ``offline_dt.data.d4rl.space_to_json`` under
+    ``dataset_info`` (the JSON objects of ``offline_dt.data.space_codec.space_to_json`` under
     ``observation_space`` and ``action_space``); None when it records none.
 
     Raises:

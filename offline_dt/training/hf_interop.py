@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from offline_dt.data.atomic import check_writable
-from offline_dt.data.d4rl import space_to_json
+from offline_dt.data.space_codec import space_to_json
 from offline_dt.data.windows import Normalizer
 from offline_dt.envs.make import env_spaces
 from offline_dt.methods import get_method

@@ -14,7 +14,6 @@ import gymnasium as gym
 import numpy as np
 
 from offline_dt.data import load_dataset
-from offline_dt.data.d4rl import space_to_json
 from offline_dt.data.dataset import DatasetError, OfflineDataset
 from offline_dt.data.layout import (
     IMAGE_SCALE,
@@ -24,6 +23,7 @@ from offline_dt.data.layout import (
     layout_width,
     pruned_space,
 )
+from offline_dt.data.space_codec import space_to_json
 from offline_dt.data.windows import Normalizer
 from offline_dt.envs.make import EnvDependencyError, make_env
 from offline_dt.envs.rollout import env_layout

@@ -16,7 +16,7 @@ from conftest import PENDULUM_ACT, PENDULUM_OBS
 import offline_dt.envs.rollout as rollout_engine
 import offline_dt.evaluation.curves as curves
 from offline_dt.cli import main
-from offline_dt.data.d4rl import space_to_json
+from offline_dt.data.space_codec import space_to_json
 from offline_dt.envs.make import (
     EnvDependencyError,
     EnvNotFoundError,
