@@ -60,7 +60,8 @@ class EvalConfig:
     checkpoint: Path | None = field(default=None, metadata={
         "help": "checkpoint file or run directory (required)"})
     env_id: str | None = field(default=None, metadata={
-        "help": "Gymnasium env id; unset: the checkpoint dataset's env"})
+        "help": "Gymnasium env id; unset: the checkpoint dataset's env (a multi-task "
+                "checkpoint: one env of its suite, which picks its adapter and normaliser)"})
     target_returns: list[float] | None = field(default=None, metadata={
         "help": "returns to condition on, env reward units; unset: the dataset's best "
                 "episode return and its expert reference score ref_max_score"})
@@ -145,7 +146,7 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
     out = Path(cfg.out) if cfg.out is not None else _run_dir(checkpoint) / "eval.json"
     check_writable(out, True, "JSON file", ours=is_json_file)  # refused before any rollout
     candidates, loaded, facts = checkpoint_candidates(
-        checkpoint, cfg.candidate_checkpoints, cfg.device, cfg.target_returns)
+        checkpoint, cfg.candidate_checkpoints, cfg.device, cfg.target_returns, cfg.env_id)
     env_id = _checked_env_id(cfg.env_id, checkpoint, loaded, facts)
 
     def make_policy(cand: dict[str, Any]) -> Policy:
@@ -258,7 +259,7 @@ def validation_score(checkpoint: str | Path, episodes: int, seed: int, device: s
     """
     if episodes < 1:
         raise ValueError(f"validation_score: episodes must be >= 1, found {episodes}")
-    candidates, loaded, facts = checkpoint_candidates(Path(checkpoint), [], device, None)
+    candidates, loaded, facts = checkpoint_candidates(Path(checkpoint), [], device, None, env_id)
     ckpt = loaded[str(Path(checkpoint))]
     env_id = _checked_env_id(env_id, Path(checkpoint), loaded, facts)
     best: tuple[float, dict[str, Any]] | None = None

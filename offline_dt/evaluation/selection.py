@@ -100,21 +100,33 @@ def default_target_returns(best_return: float | None, ref_max_score: float | Non
 def inference_candidates(method: Any, net: Any, targets: list[float | None]
                          ) -> list[dict[str, Any]]:
     """Every ``{"target_return": t, "settings": s}`` of ``targets`` crossed with
-    ``method.inference_candidates(net)``, targets outermost (the order of ``eval.json``)."""
+    ``method.inference_candidates(net)``, targets outermost (the order of ``eval.json``); a
+    setting that acts without a target (``Method.uses_target`` False, e.g. ``mgdt``'s
+    expert-return inference) comes once, with the first target's, as ``target_return``
+    None."""
     settings = [dict(s) for s in method.inference_candidates(net)] or [{}]
-    return [{"target_return": t, "settings": st} for t in targets for st in settings]
+    out: list[dict[str, Any]] = []
+    for t in targets:
+        for st in settings:
+            if method.uses_target(st):
+                out.append({"target_return": t, "settings": st})
+            elif t is targets[0]:  # a setting that ignores the target: once, with none
+                out.append({"target_return": None, "settings": st})
+    return out
 
 
 
 def checkpoint_candidates(checkpoint: Path, candidate_checkpoints: Sequence[Path], device: str,
-                          target_returns: Sequence[float] | None
+                          target_returns: Sequence[float] | None, env_id: str | None = None
                           ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """(candidates, loaded checkpoints by path, facts of ``checkpoint``) of an evaluation:
     :func:`inference_candidates` of ``checkpoint`` and then of each of
     ``candidate_checkpoints``, all loaded on ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``);
     with candidate checkpoints every candidate carries its ``checkpoint`` path. A
     return-conditioned method's targets are ``target_returns``, else
-    :func:`default_target_returns` of its dataset.
+    :func:`default_target_returns` of its dataset. A multi-task checkpoint is loaded for
+    ``env_id`` (``offline_dt.training.checkpoint.select_env``: that env's facts, normaliser
+    and network).
 
     Raises:
         ValueError: a return-conditioned method with no target known; a candidate checkpoint
@@ -122,7 +134,7 @@ def checkpoint_candidates(checkpoint: Path, candidate_checkpoints: Sequence[Path
     """
     resolved = resolve_device(device)
     paths = [Path(checkpoint), *map(Path, candidate_checkpoints)]
-    loaded = {str(p): load_checkpoint(p, resolved) for p in paths}
+    loaded = {str(p): load_checkpoint(p, resolved, env_id) for p in paths}
     facts = checkpoint_facts(loaded[str(paths[0])])
     candidates: list[dict[str, Any]] = []
     for path, ckpt in loaded.items():

@@ -229,6 +229,10 @@ class Method(abc.ABC):
         in_reproduce: ``offline-dt reproduce`` runs it by default (else only when named).
         search_space: the hyperparameters ``offline-dt search`` may tune, with their ranges
             (``offline_dt.methods.options.SearchSpace``; a transformer's by default).
+        multi_task: it trains on a suite of datasets of several envs
+            (``offline_dt.data.suite``): its offline source and ``fit`` get a ``Suite``, its
+            network's ``DTConfig.tasks`` lists the envs, and evaluation acts through
+            :meth:`for_env`. Other methods refuse a suite.
     """
 
     name: ClassVar[str] = ""
@@ -245,6 +249,8 @@ class Method(abc.ABC):
     #: What ``offline-dt search`` may tune (:data:`offline_dt.methods.options.SearchSpace`):
     #: ``TrainConfig`` fields, and options as ``"options.<name>"``.
     search_space: ClassVar[SearchSpace] = TRANSFORMER_SPACE
+    #: Trains on a suite of envs (``offline_dt.data.suite``), e.g. ``mgdt``.
+    multi_task: ClassVar[bool] = False
 
     def build(self, cfg: DTConfig, options: Any = None) -> nn.Module:
         """The networks to train, as one module (its ``state_dict`` is the checkpoint's
@@ -293,11 +299,24 @@ class Method(abc.ABC):
             return None
         return make_options(self.options_class, self.name, values)
 
+    def for_env(self, net: nn.Module, index: int) -> nn.Module:
+        """The network acting in env ``index`` of a multi-task method's suite (what
+        :meth:`policy` and :meth:`inference_candidates` are then given); ``net`` itself for a
+        method of one env."""
+        return net
+
     def inference_candidates(self, net: nn.Module) -> list[dict[str, Any]]:
         """The inference settings evaluation may choose among on validation episodes (each
         passed to :meth:`policy` as keyword arguments, crossed with the target returns); one
         empty setting by default."""
         return [{}]
+
+    def uses_target(self, settings: Mapping[str, Any]) -> bool:
+        """Whether the policy of the inference setting ``settings`` (an entry of
+        :meth:`inference_candidates`) acts toward a target return; True by default. Evaluation
+        tries a setting that does not once, with ``target_return`` None, instead of once per
+        target."""
+        return True
 
     def warm_start(self, net: nn.Module, payload: dict[str, Any]) -> bool:
         """Load a checkpoint's networks (``payload["model"]``, a state dict) into ``net`` for

@@ -32,6 +32,10 @@ class DTConfig:
             (``offline_dt.data.layout.Leaf.to_json`` dicts), whose flat view of ``obs_dim``
             columns the state encoder splits (``offline_dt.nn.encoders``); None for a flat
             Box (a Linear state embedding).
+        tasks: the envs of a multi-task network (``offline_dt.methods.mgdt``), in suite
+            order: one ``{"env_id", "obs_dim", "act_dim", "discrete"}`` dict each
+            (``act_dim`` the number of actions for Discrete); ``obs_dim`` and ``act_dim``
+            above are then the widest observation and Box action. None for one env.
     """
 
     obs_dim: int
@@ -48,6 +52,7 @@ class DTConfig:
     attention: str = "window"
     band_tokens: int | None = None
     obs_layout: list[dict[str, Any]] | None = None
+    tasks: list[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_KINDS:

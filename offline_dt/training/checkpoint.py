@@ -32,6 +32,7 @@ method's networks built and loaded, the configs, the normaliser, the dataset fac
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -48,6 +49,7 @@ import torch
 from torch import nn
 
 from offline_dt.data.atomic import atomic_path
+from offline_dt.data.suite import normalizer_from_json
 from offline_dt.data.windows import Normalizer, WindowSampler
 from offline_dt.methods import Method, get_method
 from offline_dt.nn.config import DTConfig
@@ -339,14 +341,19 @@ class LoadedCheckpoint:
     method: Method
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
+                    env_id: str | None = None) -> LoadedCheckpoint:
     """Load a checkpoint file (or ``run_dir/checkpoint.pt``) for evaluation.
 
-    Only tensors and primitive containers are unpickled (``weights_only=True``).
+    Only tensors and primitive containers are unpickled (``weights_only=True``). A
+    multi-task checkpoint (trained on a suite, ``offline_dt.data.suite``) is loaded for the
+    env ``env_id`` of its suite (:func:`select_env`; None: its only env).
 
     Raises:
         FileNotFoundError: no checkpoint at ``path``.
-        ValueError: the file is not an offline-dt checkpoint or its contents do not fit.
+        ValueError: the file is not an offline-dt checkpoint or its contents do not fit; a
+            multi-task checkpoint and an ``env_id`` it was not trained on (or none, for a
+            suite of several), naming the envs it knows.
     """
     p, payload = read_checkpoint(path, device)
     try:
@@ -363,6 +370,34 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     except RuntimeError as e:
         raise ValueError(f"{p}: key 'model' does not fit its model_config ({e})") from e
     net.to(device).eval()
-    return LoadedCheckpoint(model=net, model_config=model_cfg, train_config=train_cfg,
-                            normalizer=normalizer, dataset_info=info,
-                            step=int(payload["step"]), method=method)
+    return select_env(LoadedCheckpoint(model=net, model_config=model_cfg, train_config=train_cfg,
+                                       normalizer=normalizer, dataset_info=info,
+                                       step=int(payload["step"]), method=method), env_id, p)
+
+
+def select_env(ckpt: LoadedCheckpoint, env_id: str | None, source: Path) -> LoadedCheckpoint:
+    """``ckpt`` as a checkpoint of one env: unchanged unless it records a suite
+    (``dataset_info["suite"]``); then the suite's entry for ``env_id`` (None: the only env of
+    a suite of one), its normaliser, and the network the method acts with in that env
+    (``Method.for_env``). The entry's facts gain ``suite_env_ids``, every env of the suite.
+
+    Raises:
+        ValueError: ``env_id`` is not an env of the suite, or None for a suite of several
+            (names ``source`` and the envs it knows).
+    """
+    suite = ckpt.dataset_info.get("suite")
+    if suite is None:
+        return ckpt
+    known = [m["env_id"] for m in suite]
+    if env_id is None and len(known) == 1:
+        env_id = known[0]
+    if env_id not in known:
+        what = "pass --env-id" if env_id is None else f"env {env_id!r} is not one of them:"
+        raise ValueError(f"{source}: a multi-task checkpoint trained on the envs {known}; "
+                         f"{what} choose one of {known}")
+    i = known.index(env_id)
+    member = suite[i]
+    return dataclasses.replace(
+        ckpt, model=ckpt.method.for_env(ckpt.model, i),
+        normalizer=normalizer_from_json(member["normalizer"]),
+        dataset_info={**member, "suite_env_ids": known})

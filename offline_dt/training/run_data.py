@@ -1,10 +1,12 @@
 """What a run trains on: the dataset checked against the env, its normaliser and the dataset
-facts saved with the run (:func:`load_data`), or, for a run without a dataset, the env's
-spaces (:func:`env_data`); :func:`data_shape` is what sizes the networks."""
+facts saved with the run (:func:`load_data`), or a suite of datasets of several envs for a
+multi-task method (:func:`load_suite`, ``offline_dt.data.suite``), or, for a run without a
+dataset, the env's spaces (:func:`env_data`); :func:`data_shape` is what sizes the networks."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -24,9 +26,17 @@ from offline_dt.data.layout import (
     pruned_space,
 )
 from offline_dt.data.space_codec import space_to_json
+from offline_dt.data.suite import (
+    Suite,
+    normalizer_from_json,
+    normalizer_to_json,
+    suite_members,
+    widths,
+)
 from offline_dt.data.windows import Normalizer
 from offline_dt.envs.make import EnvDependencyError, make_env
 from offline_dt.envs.rollout import env_layout
+from offline_dt.methods import METHODS
 from offline_dt.training.checkpoint import CHECKPOINT_NAME, normalizer_from_tensors
 from offline_dt.training.train_config import TrainConfig
 
@@ -110,13 +120,17 @@ def dataset_info(dataset: OfflineDataset, cfg: TrainConfig, rtg_scale: float) ->
 
 
 def load_data(cfg: TrainConfig, resumed: dict[str, Any] | None, origin: Path | None = None
-              ) -> tuple[OfflineDataset | None, Normalizer, dict[str, Any]]:
+              ) -> tuple[OfflineDataset | Suite | None, Normalizer, dict[str, Any]]:
     """The dataset (checked against ``env_id``), its normaliser and facts: refitted for a
     new run, the checkpoint's own on resume or a warm start from the checkpoint ``origin``
     (after checking the data did not change). Without ``cfg.dataset``, no dataset and the
-    env's facts (:func:`env_data`)."""
+    env's facts (:func:`env_data`). A multi-task method (``Method.multi_task``) always gets a
+    :class:`~offline_dt.data.suite.Suite` (:func:`load_suite`; of one dataset when
+    ``cfg.dataset`` names one)."""
     if not cfg.dataset:
         return None, *env_data(cfg, resumed, origin)
+    if METHODS[cfg.method].multi_task:
+        return load_suite(cfg, suite_members(cfg.dataset) or [cfg.dataset], resumed, origin)
     dataset = load_dataset(cfg.dataset, cfg.minari_root, env_id=cfg.env_id,
                            download=cfg.download)
     if cfg.env_id:
@@ -133,11 +147,18 @@ def load_data(cfg: TrainConfig, resumed: dict[str, Any] | None, origin: Path | N
     return dataset, normalizer_from_tensors(resumed["normalizer"]), info
 
 
-def data_shape(dataset: OfflineDataset | None, info: dict[str, Any]) -> dict[str, Any]:
+def data_shape(dataset: OfflineDataset | Suite | None, info: dict[str, Any]
+               ) -> dict[str, Any]:
     """What sizes the networks and checks the budget: ``obs_dim``, ``act_dim``, ``discrete``,
     ``longest_episode``, ``source`` and ``obs_layout`` (a Dict or image space's leaves,
     ``offline_dt.data.layout``; None for a flat Box), the dataset's (when there is one) else
-    ``info``'s."""
+    ``info``'s. A suite's: its widest observation and Box action (``discrete`` False), its
+    longest episode, and ``tasks`` (``DTConfig.tasks``)."""
+    if isinstance(dataset, Suite):
+        obs_w, box_w, _ = widths(dataset.tasks())
+        return {"obs_dim": obs_w, "act_dim": box_w, "discrete": False,
+                "source": dataset.source, "obs_layout": None, "tasks": dataset.tasks(),
+                "longest_episode": max(int(d.episode_lengths.max()) for d in dataset.datasets)}
     if dataset is None:
         return {**{k: info[k] for k in ("obs_dim", "act_dim", "discrete", "longest_episode",
                                         "source")}, "obs_layout": info.get("obs_layout")}
@@ -145,6 +166,75 @@ def data_shape(dataset: OfflineDataset | None, info: dict[str, Any]) -> dict[str
             "discrete": dataset.discrete, "source": dataset.source,
             "longest_episode": int(dataset.episode_lengths.max()),
             "obs_layout": layout_to_json(dataset.layout)}
+
+
+def load_suite(cfg: TrainConfig, names: list[str], resumed: dict[str, Any] | None,
+               origin: Path | None = None) -> tuple[Suite, Normalizer, dict[str, Any]]:
+    """The :class:`~offline_dt.data.suite.Suite` of the datasets ``names``, each checked
+    against its env (``cfg.env_id``'s comma-separated ids in order, else its own
+    ``metadata/env_id``), with its own normaliser: fitted for a new run, the checkpoint's on
+    resume or a warm start (after checking each dataset's checksum). The facts
+    (:func:`suite_info`) record every env; the returned normaliser is the first env's (what
+    the checkpoint's ``normalizer`` holds; each env's own is in ``dataset_info["suite"]``).
+
+    Raises:
+        ValueError: a dataset without an env id; a dataset whose checksum differs from the
+            checkpoint's; another number of datasets than the checkpoint's.
+        DatasetError: a dataset that does not fit its env (``check_env_spaces``).
+    """
+    env_ids = suite_members(cfg.env_id) or ([cfg.env_id] if cfg.env_id else [None] * len(names))
+    datasets = []
+    for name, env in zip(names, env_ids, strict=True):
+        ds = load_dataset(name, cfg.minari_root, env_id=env, download=cfg.download)
+        env = env or ds.metadata.get("env_id")
+        if not env:
+            raise ValueError(f"{ds.source}: a dataset of a suite needs its env id: its "
+                             f"metadata/env_id is empty; pass --env-id with one id per dataset")
+        if env in [e for _, e, _ in datasets]:
+            raise ValueError(f"TrainConfig.dataset: env {env} has two datasets in the suite "
+                             f"({name} and another); a suite holds one dataset per env")
+        datasets.append((name, env, check_env_spaces(ds, env)))
+    if resumed is None:
+        norms = [Normalizer.fit(ds, cfg.rtg_scale) for _, _, ds in datasets]
+        suite = Suite(tuple(d for *_, d in datasets), tuple(e for _, e, _ in datasets),
+                      tuple(norms))
+        return suite, norms[0], suite_info(cfg, suite, names)
+    info = json.loads(resumed["dataset_info"])
+    saved = info.get("suite") or []
+    where = origin or Path(cfg.run_dir) / CHECKPOINT_NAME
+    if len(saved) != len(datasets):
+        raise ValueError(f"{where}: trained on a suite of {len(saved)} datasets, "
+                         f"TrainConfig.dataset names {len(datasets)}")
+    for (name, _, ds), member in zip(datasets, saved, strict=True):
+        if member.get("checksum") != ds.checksum():
+            raise ValueError(f"{where}: dataset {name} has checksum {ds.checksum()[:12]}…, "
+                             f"the checkpoint was trained on {str(member.get('checksum'))[:12]}…")
+    norms = [normalizer_from_json(m["normalizer"]) for m in saved]
+    suite = Suite(tuple(d for *_, d in datasets), tuple(m["env_id"] for m in saved),
+                  tuple(norms))
+    return suite, norms[0], info
+
+
+def suite_info(cfg: TrainConfig, suite: Suite, names: list[str]) -> dict[str, Any]:
+    """A suite's facts: ``suite``, one :func:`dataset_info` per env (its ``env_id``, spaces,
+    reference scores, best return, checksum) with its ``normalizer``
+    (``offline_dt.data.suite.normalizer_to_json``) and ``index``; ``env_ids``; and the
+    suite-wide ``obs_dim``/``act_dim`` (widest), ``longest_episode``, ``source`` and
+    ``checksum`` (of the members' checksums). The single-env keys that evaluation reads
+    (``env_id``, spaces, reference scores) are left out: evaluation picks an env's entry
+    (``offline_dt.training.checkpoint.load_checkpoint``)."""
+    members = []
+    for i, (name, env, ds, norm) in enumerate(zip(names, suite.env_ids, suite.datasets,
+                                                  suite.normalizers, strict=True)):
+        own = dataclasses.replace(cfg, dataset=name, env_id=env)
+        members.append({**dataset_info(ds, own, norm.rtg_scale), "index": i,
+                        "normalizer": normalizer_to_json(norm)})
+    obs_w, box_w, _ = widths(suite.tasks())
+    joined = "".join(m["checksum"] for m in members).encode()
+    return {"suite": members, "env_ids": list(suite.env_ids), "dataset": cfg.dataset,
+            "dataset_id": "", "source": suite.source, "obs_dim": obs_w, "act_dim": box_w,
+            "checksum": hashlib.sha256(joined).hexdigest(),
+            "longest_episode": max(m["longest_episode"] for m in members)}
 
 
 def env_data(cfg: TrainConfig, resumed: dict[str, Any] | None, origin: Path | None

@@ -81,6 +81,8 @@ def build_state(cfg: TrainConfig, method: Method, make_sampler: Callable[[], Bat
                                  bool(shape["discrete"]))
     if shape.get("obs_layout") is not None:  # a Dict or image space's leaves
         model_cfg = dataclasses.replace(model_cfg, obs_layout=shape["obs_layout"])
+    if shape.get("tasks") is not None:  # a suite's envs (a multi-task method)
+        model_cfg = dataclasses.replace(model_cfg, tasks=shape["tasks"])
     net = method.build(model_cfg, cfg.method_options)
     net = net.to(device)
     if resumed is None and dataset is not None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from offline_dt.data.suite import suite_members
 from offline_dt.methods import METHODS, get_method
 from offline_dt.methods.base import method_help, methods_for
 from offline_dt.methods.options import upgrade_strings
@@ -45,14 +46,17 @@ class TrainConfig:
     """Training hyperparameters; defaults are the paper's OpenAI-gym settings."""
 
     dataset: str = field(default="", metadata={
-        "help": "dataset: D4RL-style .hdf5 path, Minari dataset directory, or Minari id"})
+        "help": "dataset: D4RL-style .hdf5 path, Minari dataset directory, or Minari id; or a "
+                "suite, several of them comma-separated (a multi-task method such as mgdt; "
+                "each env normalised on its own, offline_dt.data.suite)"})
     minari_root: str | None = field(default=None, metadata={
         "help": "Minari datasets root (default data/minari or $MINARI_DATASETS_PATH)"})
     download: bool = field(default=False, metadata={
         "help": "fetch a Minari id found nowhere on disk from the Minari remote "
                 "($MINARI_REMOTE, default hf://farama-minari) into minari_root first"})
     env_id: str | None = field(default=None, metadata={
-        "help": "Gymnasium env id; when given, the dataset's spaces must match the env's"})
+        "help": "Gymnasium env id; when given, the dataset's spaces must match the env's "
+                "(a suite: one id per dataset, comma-separated, or unset: each dataset's own)"})
     method: str = field(default="dt", metadata={
         "help": lambda: "training method (offline_dt.methods): " + method_help("train"),
         "choices": lambda: methods_for("train")})
@@ -239,6 +243,29 @@ class TrainConfig:
                 f"TrainConfig.embed_dim={self.embed_dim} must be divisible by "
                 f"n_head={self.n_head}")
         self._validate_band()
+        self._validate_suite()
+
+    def _validate_suite(self) -> None:
+        """A suite (comma-separated ``dataset``) only for a multi-task method, and as many
+        ``env_id``s as datasets when ids are given."""
+        if METHODS[self.method].multi_task and self.eval_every:
+            raise ValueError(f"TrainConfig.eval_every={self.eval_every}: the periodic "
+                             f"evaluation acts in one env; evaluate a multi-task run "
+                             f"({self.method}) after training, env by env: offline-dt evaluate "
+                             f"--checkpoint RUN --env-id ENV")
+        members = suite_members(self.dataset)
+        if members is None:
+            return
+        if not METHODS[self.method].multi_task:
+            multi = [m for m, cls in METHODS.items() if cls.multi_task]
+            raise ValueError(f"TrainConfig.dataset names a suite of {len(members)} datasets; "
+                             f"method {self.method!r} trains on one dataset (multi-task "
+                             f"methods: {multi})")
+        env_ids = suite_members(self.env_id) or ([self.env_id] if self.env_id else None)
+        if env_ids is not None and len(env_ids) != len(members):
+            raise ValueError(f"TrainConfig.env_id: a suite of {len(members)} datasets needs "
+                             f"{len(members)} comma-separated env ids (or none), found "
+                             f"{self.env_id!r}")
 
     def _validate_band(self) -> None:
         """The band-attention fields: ``band_tokens >= 1``, ``segment_length >=
