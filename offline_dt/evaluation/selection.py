@@ -105,10 +105,11 @@ def inference_candidates(method: Any, net: Any, targets: list[float | None]
     expert-return inference) comes once, with the first target's, as ``target_return``
     None."""
     settings = [dict(s) for s in method.inference_candidates(net)] or [{}]
+    uses_target = getattr(method, "uses_target", lambda st: True)  # a duck-typed method too
     out: list[dict[str, Any]] = []
     for t in targets:
         for st in settings:
-            if method.uses_target(st):
+            if uses_target(st):
                 out.append({"target_return": t, "settings": st})
             elif t is targets[0]:  # a setting that ignores the target: once, with none
                 out.append({"target_return": None, "settings": st})

@@ -142,7 +142,7 @@ def fake_checkpoint(monkeypatch, method):
                       "ref_min_score": -10.0},
         train_config=SimpleNamespace(method="fake", dataset="fake.hdf5"),
         method=method, model=None, normalizer=None, step=7)
-    monkeypatch.setattr(selection, "load_checkpoint", lambda path, device: ckpt)
+    monkeypatch.setattr(selection, "load_checkpoint", lambda path, device, env_id=None: ckpt)
     return ckpt
 
 
@@ -212,7 +212,7 @@ def two_checkpoints(monkeypatch, tmp_path, other_dataset="fake.hdf5"):
     methods = {str(main): ScaledMethod(0.0), str(alt): ScaledMethod(10.0)}
     datasets = {str(main): "fake.hdf5", str(alt): other_dataset}
 
-    def load(path, device):
+    def load(path, device, env_id=None):
         return SimpleNamespace(
             dataset_info={"env_id": ECHO, "best_return": -1.0, "ref_max_score": -2.0,
                           "ref_min_score": -10.0},

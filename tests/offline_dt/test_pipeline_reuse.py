@@ -100,7 +100,7 @@ def test_reproduce_methods_checks_names_d3rlpy_and_the_action_space(monkeypatch)
     with pytest.raises(MissingDependencyError, match="pip install --no-deps d3rlpy"):
         reproduce_methods(["dt", "mlp-bc"], "Pendulum-v1")
     assert reproduce_methods(None, "Pendulum-v1") == [
-        m for m in all_methods() if m not in (*REFERENCE_METHODS, "tt")]
+        m for m in all_methods() if m not in (*REFERENCE_METHODS, "tt", "mgdt")]
     assert reproduce_methods(["dt", "random"], "Pendulum-v1") == ["dt", "random"]
 
 
