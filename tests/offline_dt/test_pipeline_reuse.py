@@ -77,7 +77,8 @@ def test_methods_choose_the_jobs_and_order_them_longest_first():
                     ("expert", 0, "iql"), ("random", 0, "random"), ("random", 0, "behaviour"),
                     ("expert", 0, "random"), ("expert", 0, "behaviour")]
     everything = {m for _, _, m in reproduce_jobs(["expert"], [0])}
-    assert everything == set(all_methods()) - {"tt"}  # tt runs only when named (in_reproduce)
+    # tt and mgdt run only when named (Method.in_reproduce False)
+    assert everything == set(all_methods()) - {"tt", "mgdt"}
     assert {"dt", "bc", "iql", "mlp-bc", "pct-bc", "random", "behaviour"} <= everything
     assert {m for _, _, m in reproduce_jobs(["expert"], [0], ["tt"])} == {"tt"}
     assert "tt" not in reproduce_methods(None, "Pendulum-v1")
