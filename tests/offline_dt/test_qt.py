@@ -9,6 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import interrupted_and_full
 
 from offline_dt.data import OfflineDataset, write_hdf5
 from offline_dt.data.windows import Batch, Normalizer, WindowSampler
@@ -157,12 +158,7 @@ def test_resume_with_the_critic_is_exact(critic, box_hdf5, tiny_config, tmp_path
     opts = {"critic": critic}
     full = tiny_config(box_hdf5, method="qt", method_options=opts, steps=10,
                        run_dir=tmp_path / "full", checkpoint_every=5)
-    train(full)
-    part = dataclasses.replace(full, steps=5, run_dir=tmp_path / "part")
-    train(part)
-    train(dataclasses.replace(part, steps=10, resume=True))
-    a = load_checkpoint(full.run_dir).model.state_dict()
-    b = load_checkpoint(part.run_dir).model.state_dict()
+    a, b = interrupted_and_full(full, tmp_path)
     assert any(k.startswith("target.") for k in a) and any(k.startswith("critic.") for k in a)
     for name in a:
         assert torch.equal(a[name], b[name]), name

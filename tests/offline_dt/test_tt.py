@@ -4,7 +4,6 @@ training, evaluation and exact resume through the real loop and evaluator."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -12,6 +11,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import interrupted_and_full
 
 from offline_dt.data import OfflineDataset, write_hdf5
 from offline_dt.data.discretise import decode, encode, fit_bins
@@ -260,12 +260,7 @@ def test_train_and_evaluate_through_the_loop_and_evaluator(box_hdf5, tiny_config
 def test_resume_is_exact(box_hdf5, tiny_config, tmp_path, one_torch_thread):
     full = tiny_config(box_hdf5, method="tt", method_options=TINY, steps=10,
                        run_dir=tmp_path / "full", checkpoint_every=5)
-    train(full)
-    part = dataclasses.replace(full, steps=5, run_dir=tmp_path / "part")
-    train(part)
-    train(dataclasses.replace(part, steps=10, resume=True))
-    a = load_checkpoint(full.run_dir).model.state_dict()
-    b = load_checkpoint(part.run_dir).model.state_dict()
+    a, b = interrupted_and_full(full, tmp_path)
     assert "edges" in a and "centres" in a
     for name in a:
         assert torch.equal(a[name], b[name]), name
