@@ -15,10 +15,11 @@ are never planned.
 
 The network (``offline_dt.methods.tt.TTNetwork``) attends within a band, so pushing a token
 through a :class:`CachedStepper` (one token's attention over the held keys and values,
-``offline_dt.nn.cache.KVCache``; a value token is a query only, never held, as no token
-attends to it) equals recomputing the whole sequence (:class:`RecomputeStepper`): the two
-choose the same actions from the same random draws (``tests/offline_dt/test_tt.py``). The
-random draws come from a generator seeded by the episodes' reset seeds.
+``offline_dt.nn.cache.KVCache``, through ``offline_dt.nn.decoding.cached_forward``; a value
+token is a query only, never held, as no token attends to it) equals recomputing the whole
+sequence (:class:`RecomputeStepper`): the two choose the same actions from the same random
+draws (``tests/offline_dt/test_tt.py``). The random draws come from a generator seeded by the
+episodes' reset seeds; tokens are drawn by ``offline_dt.nn.decoding.top_p_sample``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch
 
 from offline_dt.data.discretise import decode, encode
 from offline_dt.nn.cache import KVCache
+from offline_dt.nn.decoding import cached_forward, top_p_sample
 
 #: The planner settings evaluation may choose among (``TT.inference_candidates``).
 PLANNER_SETTINGS = ("horizon", "beam_width", "plan_every")
@@ -54,12 +56,7 @@ class CachedStepper:
             c = net.cfg
             self.cache = KVCache(c.n_layer, x.shape[0], c.n_head, c.embed_dim // c.n_head,
                                  c.band + net.dim - 2, x)
-        n = x.shape[1]
-        self.cache.reserve(n)
-        for block in net.blocks:
-            x = block(x, cache=self.cache)
-        if commit:
-            self.cache.commit(n)
+        x = cached_forward(net.blocks, x, self.cache, commit)
         return net.logits(x[:, -1:], dims[-1:])[:, 0]
 
     def select(self, rows: torch.Tensor) -> CachedStepper:
@@ -94,19 +91,6 @@ class RecomputeStepper:
 
     def select(self, rows: torch.Tensor) -> RecomputeStepper:
         return RecomputeStepper(self.net, self.tokens[rows], self.dims, self.timesteps[rows])
-
-
-def top_p_sample(logits: torch.Tensor, top_p: float, u: torch.Tensor) -> torch.Tensor:
-    """``(R,)`` tokens drawn from ``(R, V)`` logits restricted to the smallest set of tokens
-    whose probability reaches ``top_p`` (most likely first), by inverting its renormalised CDF
-    at the uniforms ``u`` ``(R,)``."""
-    probs = torch.softmax(logits.float(), -1)
-    p, order = probs.sort(-1, descending=True)
-    keep = (p.cumsum(-1) - p) < top_p  # the mass before a token is still short of top_p
-    p = p * keep
-    cdf = p.cumsum(-1)
-    pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp(max=p.shape[1] - 1)
-    return order.gather(1, pick)[:, 0]
 
 
 class BeamSearch:

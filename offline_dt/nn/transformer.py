@@ -41,6 +41,7 @@ from torch import nn
 from offline_dt.nn.attention import CausalSelfAttention, band_mask
 from offline_dt.nn.cache import KVCache
 from offline_dt.nn.config import DTConfig
+from offline_dt.nn.decoding import cached_forward
 from offline_dt.nn.dropout import Dropout
 from offline_dt.nn.encoders import state_encoder
 
@@ -279,13 +280,9 @@ class DecisionTransformer(nn.Module):
         """
         x = self._step_tokens(returns_to_go, observations, timesteps, prev_actions,
                               prev_timesteps)  # (B, n, d)
-        n = x.shape[1]
         if cache is None:
             cache = KVCache.for_config(self.cfg, x)
-        cache.reserve(n)
-        for block in self.blocks:
-            x = block(x, cache=cache)
-        cache.commit(n)
+        x = cached_forward(self.blocks, x, cache)
         out = self.predict_action(self.ln_f(x[:, -1]))
         if not self.cfg.discrete and self.cfg.action_tanh:
             out = torch.tanh(out)
