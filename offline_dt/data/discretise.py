@@ -11,6 +11,10 @@ edges go to the first or last bin) and decodes to that bin's ``midpoint`` (TT's
 ``reconstruct``) or the ``mean`` of the fitted values that fell in it (the midpoint for an
 empty bin). :func:`fit_bins` returns plain tensors, so a network can hold them as buffers and
 its checkpoint carries them (``offline_dt.methods.tt``): evaluation never refits.
+
+GATO's tokens need no fitting (:func:`mu_law_encode`, :func:`mu_law_decode`; Reed et al.
+2022, "A Generalist Agent", Section 2.1): every continuous value is mu-law companded into
+``[-1, 1]`` and cut into uniform bins (``offline_dt.methods.gato``).
 """
 
 from __future__ import annotations
@@ -89,3 +93,32 @@ def decode(bins: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     d = centres.shape[0]
     flat = bins.reshape(-1, d).clamp(0, centres.shape[1] - 1)
     return torch.gather(centres.T, 0, flat).reshape(bins.shape)
+
+
+# ------------------------------------------------------------------ mu-law (GATO's tokens)
+def mu_law(values: torch.Tensor, mu: float = 100.0, m: float = 256.0) -> torch.Tensor:
+    """Mu-law companding of GATO (Reed et al. 2022, "A Generalist Agent", Section 2.1):
+    ``F(x) = sgn(x) log(|x| mu + 1) / log(M mu + 1)``, float32 of the shape of ``values``;
+    ``|x| <= M`` maps into ``[-1, 1]`` (larger values beyond, clipped by
+    :func:`mu_law_encode`)."""
+    x = values.float()
+    return torch.sign(x) * torch.log1p(x.abs() * mu) / float(np.log1p(m * mu))
+
+
+def mu_law_encode(values: torch.Tensor, n_bins: int = 1024, mu: float = 100.0,
+                  m: float = 256.0) -> torch.Tensor:
+    """GATO's continuous tokens: :func:`mu_law` of ``values`` clipped to ``[-1, 1]``, then
+    ``n_bins`` uniform bins over ``[-1, 1]``: bin ``floor((F + 1) / 2 · n_bins)``, the top
+    edge in the last bin. ``(...) int64`` in ``[0, n_bins)``."""
+    f = mu_law(values, mu, m).clamp(-1.0, 1.0)
+    return ((f + 1.0) * (0.5 * n_bins)).floor().long().clamp(0, n_bins - 1)
+
+
+def mu_law_decode(bins: torch.Tensor, n_bins: int = 1024, mu: float = 100.0,
+                  m: float = 256.0) -> torch.Tensor:
+    """Inverse of :func:`mu_law_encode`: the bin's centre in companded units,
+    ``F = (b + 1/2) · 2 / n_bins - 1``, expanded by the inverse of :func:`mu_law`,
+    ``x = sgn(F) ((M mu + 1)^|F| - 1) / mu``. ``(...) float32``; encoding the result gives
+    ``bins`` back."""
+    f = (bins.float() + 0.5) * (2.0 / n_bins) - 1.0
+    return torch.sign(f) * torch.expm1(f.abs() * float(np.log1p(m * mu))) / mu
