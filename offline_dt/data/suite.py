@@ -1,6 +1,6 @@
 """A suite: several offline datasets of different environments trained on as one set (the
 multi-task runs of ``offline_dt.methods.mgdt``, Lee et al. 2022, "Multi-Game Decision
-Transformers").
+Transformers", and of ``offline_dt.methods.gato``, Reed et al. 2022, "A Generalist Agent").
 
 A suite is named where one dataset is (``TrainConfig.dataset``, ``offline-dt train
 --dataset``) by a comma-separated list of datasets, each one as today (a D4RL-style ``.hdf5``

@@ -233,15 +233,16 @@ def suite_loss(net: MGDTNetwork, batch: SuiteBatch, return_weight: float
                                              "return_ce": ret_ce.detach()}
 
 
-def require_flat(suite: Suite) -> None:
+def require_flat(suite: Suite, method: str = "mgdt") -> None:
     """Raises ValueError: a dataset of ``suite`` has observations other than a flat Box or
-    actions neither Box nor Discrete (names the dataset and the spaces)."""
+    actions neither Box nor Discrete (names the dataset, the spaces and ``method``)."""
     for ds in suite.datasets:
         obs, act = ds.observation_space, ds.action_space
         if ds.layout is not None or not isinstance(obs, gym.spaces.Box) or len(
                 obs.shape) != 1 or not isinstance(act, gym.spaces.Box | gym.spaces.Discrete):
-            raise ValueError(f"{ds.source}: mgdt embeds flat Box observations and Box or "
-                             f"Discrete actions; found {obs} and {act}")
+            raise ValueError(f"{ds.source}: {method} takes flat Box observations and Box or "
+                             f"Discrete actions (Dict and image observations are refused); "
+                             f"found {obs} and {act}")
 
 
 @register

@@ -32,10 +32,11 @@ class DTConfig:
             (``offline_dt.data.layout.Leaf.to_json`` dicts), whose flat view of ``obs_dim``
             columns the state encoder splits (``offline_dt.nn.encoders``); None for a flat
             Box (a Linear state embedding).
-        tasks: the envs of a multi-task network (``offline_dt.methods.mgdt``), in suite
-            order: one ``{"env_id", "obs_dim", "act_dim", "discrete"}`` dict each
-            (``act_dim`` the number of actions for Discrete); ``obs_dim`` and ``act_dim``
-            above are then the widest observation and Box action. None for one env.
+        tasks: the envs of a multi-task network (``offline_dt.methods.mgdt``,
+            ``offline_dt.methods.gato``), in suite order: one ``{"env_id", "obs_dim",
+            "act_dim", "discrete"}`` dict each (``act_dim`` the number of actions for
+            Discrete); ``obs_dim`` and ``act_dim`` above are then the widest observation and
+            Box action. None for one env.
     """
 
     obs_dim: int

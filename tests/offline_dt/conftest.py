@@ -171,15 +171,17 @@ def replace(cfg, **changes):
     return dataclasses.replace(cfg, **changes)
 
 
-def interrupted_and_full(full, tmp_path: Path) -> tuple[dict, dict]:
+def interrupted_and_full(full, tmp_path: Path, env_id: str | None = None
+                         ) -> tuple[dict, dict]:
     """Train ``full`` (a TrainConfig of 10 steps, checkpoints every 5) in one go, and again
     as 5 steps then a resume to 10 in ``tmp_path/part``; the two final networks' state dicts
-    (``full``'s, the resumed run's), for an exact-resume test to compare."""
+    (``full``'s, the resumed run's; a multi-task run's loaded for ``env_id``), for an
+    exact-resume test to compare."""
     from offline_dt.training import load_checkpoint, train
 
     train(full)
     part = dataclasses.replace(full, steps=5, run_dir=tmp_path / "part")
     train(part)
     train(dataclasses.replace(part, steps=10, resume=True))
-    return (load_checkpoint(full.run_dir).model.state_dict(),
-            load_checkpoint(part.run_dir).model.state_dict())
+    return (load_checkpoint(full.run_dir, env_id=env_id).model.state_dict(),
+            load_checkpoint(part.run_dir, env_id=env_id).model.state_dict())

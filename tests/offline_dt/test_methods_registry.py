@@ -34,11 +34,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def test_every_method_declares_its_kind_description_and_attentions():
     # registration order: reproduce's jobs
-    assert method_names("offline") == ["dt", "bc", "qt", "mgdt", "tt"]
+    assert method_names("offline") == ["dt", "bc", "qt", "gato", "mgdt", "tt"]
     # today's order, then the methods found later by name (base.discover)
-    assert list(METHODS)[:10] == ["dt", "bc", "qt", "odt", "ppo", "dqn", "a2c", "mgdt",
-                                  "reinforce", "tt"]
-    assert methods_for("train") == ["bc", "dt", "mgdt", "odt", "qt", "tt"]
+    assert list(METHODS)[:11] == ["dt", "bc", "qt", "odt", "ppo", "dqn", "a2c", "gato",
+                                  "mgdt", "reinforce", "tt"]
+    assert methods_for("train") == ["bc", "dt", "gato", "mgdt", "odt", "qt", "tt"]
     assert methods_for("online") == ["a2c", "dqn", "ppo", "reinforce"]
     assert methods_for("finetune") == ["odt"]
     bases = {"offline": Method, "online": OnlineMethod, "finetune": FinetuneMethod}
@@ -80,7 +80,7 @@ def test_the_python_entry_points_refuse_another_kind_too(tmp_path, discrete_hdf5
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-@pytest.mark.parametrize(("command", "choices"), [("train", "{bc,dt,mgdt,odt,qt,tt}"),
+@pytest.mark.parametrize(("command", "choices"), [("train", "{bc,dt,gato,mgdt,odt,qt,tt}"),
                                                   ("online", "{a2c,dqn,ppo,reinforce}")])
 def test_help_offers_only_the_methods_the_command_trains(command, choices, capsys):
     with pytest.raises(SystemExit):

@@ -77,8 +77,8 @@ def test_methods_choose_the_jobs_and_order_them_longest_first():
                     ("expert", 0, "iql"), ("random", 0, "random"), ("random", 0, "behaviour"),
                     ("expert", 0, "random"), ("expert", 0, "behaviour")]
     everything = {m for _, _, m in reproduce_jobs(["expert"], [0])}
-    # tt and mgdt run only when named (Method.in_reproduce False)
-    assert everything == set(all_methods()) - {"tt", "mgdt"}
+    # tt, mgdt and gato run only when named (Method.in_reproduce False)
+    assert everything == set(all_methods()) - {"tt", "mgdt", "gato"}
     assert {"dt", "bc", "iql", "mlp-bc", "pct-bc", "random", "behaviour"} <= everything
     assert {m for _, _, m in reproduce_jobs(["expert"], [0], ["tt"])} == {"tt"}
     assert "tt" not in reproduce_methods(None, "Pendulum-v1")
@@ -101,7 +101,7 @@ def test_reproduce_methods_checks_names_d3rlpy_and_the_action_space(monkeypatch)
     with pytest.raises(MissingDependencyError, match="pip install --no-deps d3rlpy"):
         reproduce_methods(["dt", "mlp-bc"], "Pendulum-v1")
     assert reproduce_methods(None, "Pendulum-v1") == [
-        m for m in all_methods() if m not in (*REFERENCE_METHODS, "tt", "mgdt")]
+        m for m in all_methods() if m not in (*REFERENCE_METHODS, "tt", "mgdt", "gato")]
     assert reproduce_methods(["dt", "random"], "Pendulum-v1") == ["dt", "random"]
 
 
