@@ -111,8 +111,9 @@ class ReproduceConfig:
                 "--overwrite random",
         "choices": list(LEVELS)})
     methods: list[str] | None = field(default=None, metadata={
-        "help": "rows to run (None: all; the d3rlpy reference rows iql, mlp-bc, pct-bc only "
-                "when d3rlpy is installed, iql only with Box actions)",
+        "help": "rows to run (None: the preset's rows, e.g. quick: dt bc random behaviour; "
+                "paper: all; the d3rlpy reference rows iql, mlp-bc, pct-bc only when d3rlpy "
+                "is installed, iql only with Box actions)",
         "choices": list(all_methods())})
 
 

@@ -76,16 +76,19 @@ def reproduce_jobs(levels: Sequence[str], seeds: Sequence[int],
     return jobs
 
 
-def reproduce_methods(methods: Sequence[str] | None, env_id: str) -> list[str]:
+def reproduce_methods(methods: Sequence[str] | None, env_id: str,
+                      default: Sequence[str] | None = None) -> list[str]:
     """The methods a reproduce run includes, checked before any work.
 
-    ``None``: :func:`all_methods`, less the methods that are not ``in_reproduce`` (``tt``), the
-    reference rows when d3rlpy is not installed and ``iql`` when ``env_id`` has no Box action
-    space (each with a warning). Named
-    methods are all run, or refused here.
+    ``methods`` None: ``default`` (a preset's ``methods``), or when that is None too
+    :func:`all_methods` less the methods that are not ``in_reproduce`` (``tt``, ``mgdt``); from
+    either the reference rows are left out when d3rlpy is not installed and ``iql`` when
+    ``env_id`` has no Box action space (each with a warning). Named methods are all run, or
+    refused here.
 
     Raises:
-        ValueError: an unknown method, or ``iql`` named for an env without Box actions.
+        ValueError: an unknown method (named or in ``default``), or ``iql`` named for an env
+            without Box actions.
         offline_dt.study.d3rlpy_io.MissingDependencyError: a reference row named without d3rlpy;
             the message gives the install command.
     """
@@ -93,12 +96,16 @@ def reproduce_methods(methods: Sequence[str] | None, env_id: str) -> list[str]:
     from offline_dt.study.d3rlpy_io import MissingDependencyError, import_d3rlpy
 
     known = all_methods()
-    if methods is not None:
-        unknown = [m for m in methods if m not in known]
+    for what, names in (("methods", methods), ("preset methods", default)):
+        unknown = [m for m in names or () if m not in known]
         if unknown:
-            raise ValueError(f"methods: unknown {unknown}; choose from {list(known)}")
-    chosen = list(dict.fromkeys(methods)) if methods is not None else [
-        m for m in known if m not in METHODS or METHODS[m].in_reproduce]
+            raise ValueError(f"{what}: unknown {unknown}; choose from {list(known)}")
+    if methods is not None:
+        chosen = list(dict.fromkeys(methods))
+    elif default is not None:
+        chosen = list(dict.fromkeys(default))
+    else:
+        chosen = [m for m in known if m not in METHODS or METHODS[m].in_reproduce]
     if any(m in REFERENCE_METHODS for m in chosen):
         try:
             import_d3rlpy()

@@ -124,7 +124,7 @@ def plan(env_id: str, preset: str, root: str | Path, device: str, levels: Sequen
     stray = [lv for lv in overwrite if lv not in levels]
     if stray:
         raise ValueError(f"overwrite: {stray} are not among the levels run ({levels})")
-    chosen = reproduce_methods(methods, env_id)
+    chosen = reproduce_methods(methods, env_id, p.methods)
     root = writable_directory(root, "reproduce root")
     return Plan(preset=p, env_id=env_id, root=root,
                 device=str(resolve_device(device)) if device == "auto" else device,
@@ -235,8 +235,9 @@ def reproduce(
         progress: a tqdm bar over the runs (TTY only) and INFO log lines per run.
         workers: runs trained and evaluated at once, each in its own process (see the module
             docstring; 1: all in this process).
-        methods: which rows to run (default all, see :func:`offline_dt.study.jobs.
-            reproduce_methods`). Runs of other methods already under ``root`` are reported too.
+        methods: which rows to run (default: the preset's ``methods``, else all; see
+            :func:`offline_dt.study.jobs.reproduce_methods`). Runs of other methods already
+            under ``root`` are reported too.
         overwrite: levels (of ``levels``) whose datasets are regenerated, with the behaviour
             agent reused (``GenerateConfig.overwrite``), and whose trained and reference runs
             are trained and evaluated again; baselines are kept (they do not read the data).

@@ -8,9 +8,11 @@ the dataclass does not have.
 * ``smoke``: seconds-sized everything (tiny datasets and SAC run, tiny model, a few hundred
   training steps, 40 reference updates, 1 seed, 10 test episodes). Exercises every stage; used
   by the tests.
-* ``quick``: the D4RL-sized default datasets (shared with ``offline-dt generate`` and with
-  ``paper``), a small DT, 1 seed, 50 test episodes.
-* ``paper``: the D4RL-sized datasets, 3 training seeds, 200 test episodes, a model and
+* ``quick``: the Quickstart, under 10 minutes on 2 cores: datasets of its own from a 5k-step
+  SAC agent (``data/quick``), the rows dt, bc, random and behaviour (``Preset.methods``), the
+  small DT for 1000 steps, 1 seed, 50 test episodes.
+* ``paper``: the D4RL-sized default datasets (shared with ``offline-dt generate``), every
+  row, 3 training seeds, 200 test episodes, a model and
   step budget shrunk from the paper's (Chen et al. 2021 gym config: embed 128, 3 layers,
   100k steps) to fit this 2-core CPU; see ``PRESETS["paper"].description``.
 * ``hopper``, ``paper-band``, ``paper-long``, ``paper-gpu``: variants of ``paper`` (their
@@ -51,6 +53,10 @@ class Preset:
         hook_episodes: episodes per learning-curve evaluation (TrainConfig.eval_every).
         data_dir: sub-directory of ``root`` for datasets and agents (None: ``root`` itself,
             i.e. the standard ``data/d4rl``, ``data/minari``, ``data/agents``).
+        methods: the rows ``reproduce`` runs when its caller names none (``--methods``
+            overrides them); None: every method the registry puts in reproduce
+            (``offline_dt.study.jobs.reproduce_methods``). A reference row listed here is left
+            out with a warning without d3rlpy, as in the default set.
     """
 
     name: str
@@ -64,6 +70,7 @@ class Preset:
     seeds: tuple[int, ...] = (0,)
     hook_episodes: int = 10
     data_dir: str | None = None
+    methods: tuple[str, ...] | None = None
 
 
 #: The small DT of the quick and paper presets (embed 64, 2 layers, K=20, no dropout, lr 3e-4,
@@ -98,6 +105,16 @@ _QT_CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
 #: benchmarks/results/pendulum.md), so the last one is often not the best.
 _CHOOSE_CHECKPOINT = {"dt": {"keep_checkpoints": True}, "bc": {"keep_checkpoints": True}}
 
+#: The quick preset's datasets (its own, under ``data/quick``). The SAC agent's first 5k env
+#: steps are those of the paper preset's 20k-step run with the same seed (SB3 does not look at
+#: the budget), which by then has passed its medium checkpoint (the first at a normalized score
+#: of 50, at 2.5k steps: the medium and medium-replay levels are the paper preset's policies)
+#: and come close to its final return; the expert is the 5k-step agent, or its best checkpoint
+#: where that is clearly better (``datagen.selection.select_expert``). A run's training cost is
+#: its steps, not the dataset's size; smaller datasets only generate and load sooner.
+_QUICK_DATA: dict[str, Any] = {"agent_steps": 5_000, "random_steps": 100_000,
+                               "medium_steps": 50_000, "expert_steps": 50_000}
+
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         name="smoke",
@@ -120,18 +137,22 @@ PRESETS: dict[str, Preset] = {
     ),
     "quick": Preset(
         name="quick",
-        description="D4RL-sized default datasets (shared with `offline-dt generate` and the "
-                    "paper preset; SAC 20k steps), DT embed 64, 2 layers, K=20, no dropout, "
-                    "2000 steps (lr 3e-4, warmup 500), d3rlpy IQL 5k updates and MLP BC / %BC "
-                    "2k updates, 1 seed, targets chosen on 50 validation episodes, 50 test "
-                    "episodes.",
-        generate={},
-        train=dict(_SMALL_DT, steps=2000, eval_every=500, checkpoint_every=500),
+        description="the Quickstart, sized for at most 10 minutes on 2 CPU cores (measured: "
+                    "benchmarks/results/quickstart.md): datasets of its own (data/quick: a "
+                    "SAC behaviour agent trained 5k env steps instead of 20k, random 100k, "
+                    "medium and expert 50k steps each), the rows dt, bc, random and behaviour "
+                    "(--methods names others: qt, the reference rows), DT embed 64, 2 "
+                    "layers, K=20, no dropout, 1000 steps (lr 3e-4, warmup 500), 1 seed, "
+                    "targets chosen on 50 validation episodes, 50 test episodes.",
+        generate=dict(_QUICK_DATA),
+        train=dict(_SMALL_DT, steps=1000, eval_every=500, checkpoint_every=500),
         evaluate={"episodes": 50},
         reference_steps={"iql": 5_000, "mlp-bc": 2_000, "pct-bc": 2_000},
         seeds=(0,),
         hook_episodes=10,
         method_candidates=_QT_CANDIDATES,
+        data_dir="quick",
+        methods=("dt", "bc", "random", "behaviour"),
     ),
     "paper": Preset(
         name="paper",
