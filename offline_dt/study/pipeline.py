@@ -6,7 +6,8 @@ the baselines (:mod:`offline_dt.study.jobs`); the budget is a preset
 
 Layout under ``root`` (default ``data``)::
 
-    d4rl/, minari/, agents/          datasets and behaviour agent (smoke: smoke/d4rl, ...)
+    d4rl/, minari/, agents/          datasets and behaviour agent (the preset's data_dir first:
+                                     smoke/d4rl, quick/d4rl, ...)
     runs/<preset>/<env>/<dataset>/<method>/seed<k>/   config.json, eval.json (+ training files)
     reports/<env>/<preset>/           results.csv/.md, plots, timings.json, preset.json
 

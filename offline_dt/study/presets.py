@@ -8,7 +8,7 @@ the dataclass does not have.
 * ``smoke``: seconds-sized everything (tiny datasets and SAC run, tiny model, a few hundred
   training steps, 40 reference updates, 1 seed, 10 test episodes). Exercises every stage; used
   by the tests.
-* ``quick``: the Quickstart, under 10 minutes on 2 cores: datasets of its own from a 5k-step
+* ``quick``: the Quickstart, sized for 10 minutes on 2 cores: its own datasets from a 5k-step
   SAC agent (``data/quick``), the rows dt, bc, random and behaviour (``Preset.methods``), the
   small DT for 1000 steps, 1 seed, 50 test episodes.
 * ``paper``: the D4RL-sized default datasets (shared with ``offline-dt generate``), every
