@@ -39,8 +39,12 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     """``F.scaled_dot_product_attention(q, k, v, mask, dropout, causal)`` (Vaswani et al. 2017,
     Eq. 1). On a CPU (eager) it is computed with plain matrix products when attention-weight
     dropout is on (its mask drawn by :func:`keep_scale`; SDPA's CPU path draws it with
-    ``bernoulli_``) or when there are at most :data:`FEW_QUERIES` queries (acting from a
-    key/value cache: SDPA's CPU kernel has a fixed cost per batch row that dwarfs 1-3 queries).
+    ``bernoulli_``), when there are at most :data:`FEW_QUERIES` queries (acting from a
+    key/value cache: SDPA's CPU kernel has a fixed cost per batch row that dwarfs 1-3 queries)
+    or when ``q`` is bfloat16 (under bf16 autocast: SDPA's CPU kernel in bf16, forward and
+    backward, took about 2.4x as long as the plain products at the paper's window, 64 windows
+    of 60 tokens, head size 128, on an AVX512-BF16 EPYC; ``benchmarks/speed.py`` times
+    dropout 0 beside 0.1).
 
     Args:
         q: ``(B, h, Q, d_head)``; k, v: ``(B, h, T, d_head)``.
@@ -51,7 +55,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     Returns:
         ``(B, h, Q, d_head)``.
     """
-    plain = dropout > 0.0 or q.shape[-2] <= FEW_QUERIES
+    plain = dropout > 0.0 or q.shape[-2] <= FEW_QUERIES or q.dtype == torch.bfloat16
     if not (plain and cpu_eager(q)):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
                                               is_causal=causal)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -202,6 +204,53 @@ def test_dropout_keeps_1_minus_p_and_scales_to_keep_the_mean():
     assert torch.equal(Dropout(1.0).train()(x), torch.zeros(50))
     with pytest.raises(ValueError, match="dropout probability"):
         Dropout(1.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("p", [0.1, 0.5, 1 / 65536, 65535 / 65536, 1e-6])
+def test_keep_scale_is_the_thresholded_draw_in_the_tensors_dtype(dtype, p):
+    """The multiplier is ``1 / (1 - p')`` where the 16-bit draw is at least ``drop - 2^15``
+    (``p'`` = p rounded to 2^-16), else 0, rounded to ``like``'s dtype: bit for bit what the
+    ``torch.where`` of the same draw gives, from the same generator draws."""
+    from offline_dt.nn.dropout import keep_scale
+
+    shape = (3, 41, 7)
+    n = math.prod(shape)
+    drop = round(p * 65536)
+    torch.manual_seed(11)
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2 ** 63), 2 ** 63 - 1)
+    after = torch.random.get_rng_state()
+    bits = bits.view(torch.int16)[:n].view(shape)
+    want = torch.where(bits >= drop - 32768, 65536 / (65536 - drop), 0.0).to(dtype)
+    torch.manual_seed(11)
+    got = keep_scale(shape, p, torch.zeros(1, dtype=dtype))
+    assert got.dtype == dtype and got.shape == shape
+    assert torch.equal(got, want)
+    assert torch.equal(torch.random.get_rng_state(), after)
+    if 0 < drop < 65536:
+        assert set(got.unique().tolist()) <= {0.0, float(want.max())}
+
+
+def test_bf16_attention_takes_the_plain_products_and_stays_near_fp32():
+    """In bfloat16 on a CPU :func:`attend` computes softmax(q k^T / sqrt(d)) v with plain
+    products even without dropout (SDPA's bf16 CPU kernel is slower at window sizes), with
+    and without a mask, within bf16 rounding of fp32 SDPA."""
+    from offline_dt.nn.attention import attend
+
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(3, 2, 9, 8, generator=g) for _ in range(3))
+    mask = torch.rand(3, 1, 9, 9, generator=g) > 0.3
+    mask |= torch.eye(9, dtype=torch.bool)
+    qb, kb, vb = (t.bfloat16() for t in (q, k, v))
+    for m, causal in ((None, True), (mask, False)):
+        got = attend(qb, kb, vb, m, causal, 0.0)
+        att = (qb @ kb.transpose(-2, -1)) * (1.0 / math.sqrt(8))
+        allowed = torch.ones(9, 9, dtype=torch.bool).tril() if causal else m
+        plain = torch.softmax(att.masked_fill(~allowed, float("-inf")), dim=-1) @ vb
+        assert got.dtype == torch.bfloat16 and torch.equal(got, plain)
+        ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m,
+                                                               is_causal=causal)
+        torch.testing.assert_close(got.float(), ref, rtol=0.05, atol=0.05)
 
 
 def test_attention_dropout_drops_attention_weights_as_sdpa_would():
