@@ -42,9 +42,16 @@ reports whole-block medians):
 * ``pipeline``: stage wall times of the last ``benchmarks/pendulum.py`` run of a preset
   (``--pipeline-timings``: its ``timings.json``; default the paper preset's).
 
-Writes ``benchmarks/results/speed.md`` and ``speed.csv`` (columns ``benchmark, ours, peer,
-ours_seconds, peer_seconds, ratio``; ratio = ours / peer, below 1 means ours is faster). A
-section whose peer is not installed is skipped and says so.
+Writes ``benchmarks/results/speed.md`` and ``speed.csv`` (columns ``machine, benchmark,
+ours, peer, ours_seconds, peer_seconds, ratio``; ratio = ours / peer, below 1 means ours is
+faster). The page keeps one section per machine kind (``benchmarks.machine.cpu_features``:
+the CPU's vendor, torch's CPU capability and its native bf16 flags, e.g.
+``AuthenticAMD/AVX512/avx512_bf16``; on CUDA the GPU): a run replaces its own kind's section
+and CSV rows and keeps the others. Each section names the CPU's features (AVX2, AVX512F,
+AVX512-BF16, AMX, from ``/proc/cpuinfo``; torch's CPU capability) and what ``--precision
+auto`` resolves to beside its ratios. The train section also reports the time the
+``--compile true`` step took to build and compile, apart from its per-step time. A section
+whose peer is not installed is skipped and says so.
 """
 
 from __future__ import annotations
@@ -73,7 +80,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.exact_cache import exactness
-from benchmarks.machine import cpu_model, gpu_model, versions
+from benchmarks.machine import (
+    cpu_features,
+    cpu_model,
+    features_line,
+    gpu_model,
+    machine_kind,
+    versions,
+    write_page,
+)
 from benchmarks.workload import PAPER, pendulum_like
 from offline_dt.data.windows import Normalizer, WindowSampler
 from offline_dt.methods import get_method
@@ -292,10 +307,20 @@ def train_contenders(dev: str, notes: list[str]) -> dict[str, Callable[[], None]
     shipped = ours_step("auto", device=dev)
     dropout0 = ours_step("auto", dropout=0.0, device=dev)
     auto = shipped.precision
+    t = time.perf_counter()
+    compiled = ours_step("auto", compile=True, device=dev)
+    compile_s = time.perf_counter() - t
+    t = time.perf_counter()
+    ours_step("auto", device=dev)
+    eager_s = time.perf_counter() - t
+    notes.append(f"Compile time: building the `--compile true` step and its first call (where "
+                 f"torch.compile compiles the loss, forward and backward) took {compile_s:.1f} s "
+                 f"against {eager_s:.1f} s for the eager step's; the compiled row below times "
+                 "only the calls after it.")
     contenders: dict[str, Callable[[], None]] = {
         f"ours (as shipped: precision auto = {shipped.setting} here, dropout 0.1)": shipped,
         f"ours (dropout 0, precision auto = {dropout0.setting})": dropout0,
-        f"ours (--compile true, {auto})": ours_step("auto", compile=True, device=dev),
+        f"ours (--compile true, {auto})": compiled,
     }
     if shipped.graphed:
         contenders[f"ours (--cuda-graph false: eager, {auto})"] = ours_step(
@@ -595,6 +620,21 @@ def section_memory(args: argparse.Namespace, rows: list[dict], notes: list[str])
                  f"dataset load): **{peak_mb:.0f} MiB** ({secs:.0f} s).")
 
 
+#: The head of a speed page, above its sections (one per machine kind).
+PAGE_HEAD = """# Speed: ours vs peers, measured side by side
+
+One section per machine kind the page was measured on (the CPU's vendor, torch's CPU kernels
+and its native bf16 flags, or the GPU): a run of `benchmarks/speed.py` replaces only its own
+machine kind's section and keeps the others as they were."""
+
+
+def auto_precision(device: str) -> str:
+    """What ``--precision auto`` resolves to for the paper config on ``device``."""
+    dev = torch.device(device)
+    cfg = TrainConfig(dataset="pendulum-like", **PAPER).resolved(200, dev)
+    return cfg.precision
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sections = ["train", "floor", "eval", "generate", "memory", "pipeline"]
@@ -637,18 +677,20 @@ def main(argv: list[str] | None = None) -> int:
     cols = ["benchmark", "ours", "peer", "ours_seconds", "peer_seconds", "ratio"]
     table = pd.DataFrame(rows, columns=cols)
     args.out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out / f"{args.out_name}.csv", index=False, float_format="%.6g")
+    features = cpu_features()
+    kind = machine_kind(args.device, features)
     command = "python " + " ".join(shlex.quote(a) for a in
                                    ["-m", "benchmarks.speed", *(argv or sys.argv[1:])])
     md_rows = "\n".join(
         f"| {r.benchmark} | {r.ours} | {r.peer} | {r.ours_seconds:.4g} | {r.peer_seconds:.4g} "
         f"| {r.ratio:.3f} |" for r in table.itertuples())
-    md = f"""# Speed: ours vs peers, measured side by side
+    section = f"""## Machine kind `{kind}`
 
 Command: `{command}` ({wall / 60:.1f} min)
 
 Machine: {cpu_model()}, {os.cpu_count()} cores, torch threads {args.threads},{gpu_model()}
 {platform.platform()}; 1-min load average at the end {os.getloadavg()[0]:.2f}.
+{features_line(features)} `--precision auto` resolves to {auto_precision(args.device)} here.
 Versions: {json.dumps(versions())}.
 
 Ratio = ours / peer (below 1: ours is faster). Medians of interleaved rounds; see
@@ -659,8 +701,8 @@ Ratio = ours / peer (below 1: ours is faster). Medians of interleaved rounds; se
 {md_rows}
 
 {chr(10).join(n + chr(10) for n in notes)}"""
-    (args.out / f"{args.out_name}.md").write_text(md)
-    print(md)
+    write_page(args.out / args.out_name, PAGE_HEAD, kind, section, table)
+    print(section)
     return 0
 
 
