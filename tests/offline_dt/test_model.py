@@ -288,9 +288,11 @@ def test_masked_action_loss_equals_the_loss_over_real_steps():
     assert torch.allclose(masked_action_loss(logits, labels, mask, True), want, atol=1e-6)
 
 
+@pytest.mark.parametrize("bf16", [False, True])
 @pytest.mark.parametrize("attention", ["window", "band"])
-def test_the_dt_loss_traces_as_one_graph(attention):
-    """torch.compile sees the whole loss (no data-dependent branch, no boolean indexing)."""
+def test_the_dt_loss_traces_as_one_graph(attention, bf16):
+    """torch.compile sees the whole loss (no data-dependent branch, no boolean indexing),
+    in fp32 and under bf16 autocast (``--precision bf16``)."""
     from offline_dt.data.windows import Batch
     from offline_dt.methods.dt import action_loss
 
@@ -302,5 +304,6 @@ def test_the_dt_loss_traces_as_one_graph(attention):
     mask[0, :2] = False
     batch = Batch(returns_to_go=rtg, observations=obs, actions=act, timesteps=ts, mask=mask)
     torch._dynamo.reset()
-    explained = torch._dynamo.explain(lambda b: action_loss(net, b, b.returns_to_go))(batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        explained = torch._dynamo.explain(lambda b: action_loss(net, b, b.returns_to_go))(batch)
     assert explained.graph_break_count == 0, explained.break_reasons

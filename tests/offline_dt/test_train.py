@@ -370,6 +370,42 @@ def test_auto_precision_trains_in_bf16_on_a_bf16_cpu(box_hdf5, tiny_config, tmp_
     assert auto.final_loss == pytest.approx(fp32.final_loss, rel=0.25, abs=0.02)
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_a_bf16_step_keeps_fp32_master_weights_and_lands_near_fp32(box_dataset, dropout):
+    """Under bf16 autocast (``precision="bf16"``) the forward pass runs in bf16 but the
+    weights, their gradients and AdamW's moments stay fp32 (the master copy; fused AdamW on
+    the CPU), and the loss and the updated weights of one step are within bf16 rounding of
+    the fp32 step's from the same weights and batch (same dropout draws: same generator)."""
+    from offline_dt.nn.transformer import DecisionTransformer
+    from offline_dt.training.step import make_optimizer, train_step
+
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        cfg = TrainConfig(dataset="x", precision=precision, embed_dim=32, n_layer=2,
+                          n_head=2, context_length=6, batch_size=8, dropout=dropout,
+                          learning_rate=1e-3, warmup_steps=1).resolved(64, torch.device("cpu"))
+        torch.manual_seed(0)
+        net = DecisionTransformer(cfg.model_config(box_dataset.obs_dim, box_dataset.act_dim,
+                                                    False)).train()
+        opt, sched = make_optimizer(net, cfg)
+        batch = WindowSampler(box_dataset, Normalizer.fit(box_dataset), 6, 64, seed=1).sample(8)
+        torch.manual_seed(7)
+        loss, _ = train_step(net, opt, sched, batch, cfg, get_method("dt"))
+        runs[precision] = (net, opt, loss)
+    net, opt, loss = runs["bf16"]
+    assert opt.defaults["fused"] is True
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in net.parameters())
+    moments = [v for st in opt.state.values() for k, v in st.items() if k != "step"]
+    assert moments and all(v.dtype == torch.float32 for v in moments)
+    ref_net, _, ref_loss = runs["fp32"]
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=2e-2)
+    assert loss.item() != ref_loss.item()  # bf16 arithmetic did run
+    for (name, p), q in zip(net.named_parameters(), ref_net.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=2e-3, msg=name)  # lr 1e-3: one step
+
+
 @pytest.mark.parametrize("method", ["dt", "qt"])
 def test_compiled_loss_trains_like_eager(method, box_hdf5, tiny_config, tmp_path, monkeypatch):
     """``compile=True`` goes through torch.compile (here its aot_eager backend: the same
