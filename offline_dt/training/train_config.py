@@ -91,8 +91,9 @@ class TrainConfig:
                 "paper config, see benchmarks/results/speed.md; can be slower on small models)",
         "choices": ["auto", "fp32", "bf16"]})
     compile: bool = field(default=False, metadata={
-        "help": "torch.compile the loss (the method's forward passes); opt-in: compiling "
-                "takes a while, and on small models may not pay back (README 'GPU')"})
+        "help": "torch.compile the loss (the method's forward passes); opt-in, never chosen "
+                "automatically: compiling takes a while, and on a CPU the compiled step was "
+                "slower than eager (docs/scaling.md, benchmarks/results/speed.md)"})
     cuda_graph: bool | None = field(default=None, metadata={
         "help": "capture the loss's forward and backward passes as CUDA graphs and replay "
                 "them (offline_dt.training.cuda_graph): auto (None in Python) where it is "
