@@ -247,6 +247,7 @@ class TTNetwork(nn.Module):
         vocab = [n] * d_tr
         if cfg.discrete:
             vocab[self.slots["act"].start] = cfg.act_dim
+        self.vocab = tuple(vocab)  # values of each dimension (its stop value not counted)
         self.stop = max(vocab)  # V: every dimension's stop value, and its logit's index
         self.cfg = dataclasses.replace(cfg, attention="band",
                                        band_tokens=options.context * (d_tr - 1))
@@ -297,6 +298,14 @@ class TTNetwork(nn.Module):
         nxt = (dims + 1) % self.dim
         out = torch.einsum("rnd,nvd->rnv", self.ln_f(h), self.head_w[nxt]) + self.head_b[nxt]
         return out.masked_fill(~self.valid_logits[nxt], float("-inf"))
+
+    def next_logits(self, h: torch.Tensor, dim: int) -> torch.Tensor:
+        """``(R, vocab[dim + 1])`` logits of the values the token after ``(R, d)`` final
+        hidden states at dimension ``dim`` can take: :meth:`logits` for one dimension,
+        sliced to that dimension's head rows (no stop value, which a plan never holds)."""
+        nxt = (dim + 1) % self.dim
+        n = self.vocab[nxt]
+        return F.linear(self.ln_f(h), self.head_w[nxt, :n], self.head_b[nxt, :n])
 
     def attention_mask(self, is_value: torch.Tensor) -> torch.Tensor:
         """``(T, T) bool`` (True = may attend): query ``q`` sees itself and the last

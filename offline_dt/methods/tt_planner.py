@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from offline_dt.data.discretise import decode, encode
+from offline_dt.nn.beam_cache import BeamKVCache
 from offline_dt.nn.cache import KVCache
 from offline_dt.nn.decoding import cached_forward, top_p_sample
 
@@ -40,16 +41,19 @@ PLANNER_SETTINGS = ("horizon", "beam_width", "plan_every")
 
 class CachedStepper:
     """``R`` token sequences extended a few tokens at a time from a key/value cache of the
-    network's band (``keep`` = band - 1 + the longest push, D - 1 tokens)."""
+    network's band: the episodes' own (a :class:`KVCache`, ``keep`` = band - 1 + the longest
+    push, D - 1 tokens) or, once forked into beams by :meth:`select`, a plan's
+    (:class:`BeamKVCache`, which :meth:`expand` and later selects update in place)."""
 
-    def __init__(self, net: Any, cache: KVCache | None = None) -> None:
+    def __init__(self, net: Any, cache: KVCache | BeamKVCache | None = None) -> None:
         self.net, self.cache = net, cache
 
     def push(self, tokens: torch.Tensor, dims: torch.Tensor, timesteps: torch.Tensor,
              commit: bool = True) -> torch.Tensor:
         """Feed ``(R, n)`` tokens at dimensions ``dims`` ``(n,)`` and ``timesteps`` ``(R, n)``;
-        the ``(R, V + 1)`` logits of the token after the last. ``commit`` False: a query only
-        (a value token), forgotten by the next push."""
+        the ``(R, vocab)`` logits of the values of the token after the last
+        (``TTNetwork.next_logits``). ``commit`` False: a query only (a value token),
+        forgotten by the next push."""
         net = self.net
         x = net.embed(tokens, dims, timesteps)
         if self.cache is None:
@@ -57,11 +61,25 @@ class CachedStepper:
             self.cache = KVCache(c.n_layer, x.shape[0], c.n_head, c.embed_dim // c.n_head,
                                  c.band + net.dim - 2, x)
         x = cached_forward(net.blocks, x, self.cache, commit)
-        return net.logits(x[:, -1:], dims[-1:])[:, 0]
+        return net.next_logits(x[:, -1], int(dims[-1]))
 
     def select(self, rows: torch.Tensor) -> CachedStepper:
-        """A stepper of the sequences ``rows`` (this one unchanged)."""
-        return CachedStepper(self.net, self.cache.select(rows, room=self.net.dim))
+        """A stepper of the sequences ``rows``: from the episodes' stepper a new one (which is
+        unchanged); from a plan's, this one, updated in place."""
+        if isinstance(self.cache, BeamKVCache):
+            self.cache.select(rows)
+            return self
+        fork = BeamKVCache.fork(self.cache, rows, keep=self.net.cfg.band - 1, room=self.net.dim)
+        return CachedStepper(self.net, fork)
+
+    def expand(self, e: int) -> CachedStepper:
+        """Every sequence copied ``e`` times (row ``r e + i`` a copy of row ``r``): a plan's
+        stepper, in place, its copies sharing their keys and values
+        (:meth:`BeamKVCache.expand`)."""
+        if not isinstance(self.cache, BeamKVCache):
+            return self.select(torch.arange(self.cache.k.shape[1]).repeat_interleave(e))
+        self.cache.expand(e)
+        return self
 
 
 class RecomputeStepper:
@@ -87,73 +105,79 @@ class RecomputeStepper:
             cut = int(keys[-need])
             tokens, dims, timesteps = tokens[:, cut:], dims[cut:], timesteps[:, cut:]
         self.tokens, self.dims, self.timesteps = tokens, dims, timesteps
-        return net.logits(net.hidden(tokens, dims, timesteps)[:, -1:], dims[-1:])[:, 0]
+        return net.next_logits(net.hidden(tokens, dims, timesteps)[:, -1], int(dims[-1]))
 
     def select(self, rows: torch.Tensor) -> RecomputeStepper:
         return RecomputeStepper(self.net, self.tokens[rows], self.dims, self.timesteps[rows])
 
+    def expand(self, e: int) -> RecomputeStepper:
+        return self.select(torch.arange(len(self.tokens), device=self.tokens.device)
+                           .repeat_interleave(e))
+
 
 class BeamSearch:
-    """One plan for ``N`` envs (module docstring). ``net`` is a ``TTNetwork``."""
+    """One plan for ``N`` envs (module docstring). ``net`` is a ``TTNetwork``; scores are
+    computed in its dtype (float32, or float64 for a float64 network)."""
 
     def __init__(self, net: Any, horizon: int, beam_width: int, expansions: int,
                  top_p: float, discount: float, generator: torch.Generator) -> None:
         self.net, self.h, self.b, self.e = net, horizon, beam_width, expansions
         self.top_p, self.gen = top_p, generator
-        self.disc = discount ** torch.arange(horizon + 1, device=net.edges.device)
+        dev = net.edges.device
+        self.dtype = torch.promote_types(net.centres.dtype, torch.float32)
+        self.disc = discount ** torch.arange(horizon + 1, device=dev, dtype=torch.float64)
+        self.disc = self.disc.to(self.dtype)
         s = net.slots
         self.act = range(s["act"].start, s["act"].stop)
         self.r_dim, self.v_dim = s["reward"].start, s["value"].start
-
-    def _dims(self, dim: int) -> torch.Tensor:
-        return torch.tensor([dim], device=self.net.edges.device)
+        self.dims = torch.arange(s["value"].stop, device=dev)[:, None]  # dims[d]: (1,) d
 
     def _expect(self, logits: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(expected decoded value ``(R,)``, most likely token ``(R, 1)``) over the bins."""
-        n = self.net.options.n_bins
-        probs = torch.softmax(logits[:, :n].float(), -1)
-        return probs @ self.net.centres[dim], logits[:, :n].argmax(-1, keepdim=True)
+        logits = logits[:, :self.net.options.n_bins].to(self.dtype)
+        centres = self.net.centres[dim].to(self.dtype)
+        return torch.softmax(logits, -1) @ centres, logits.argmax(-1, keepdim=True)
 
     def plan(self, stepper: Any, logits: torch.Tensor, t: int) -> torch.Tensor:
         """``(N, horizon, act_tokens) int64`` the best plan of every env, from the stepper of
-        the episodes so far (``N`` rows, the current observation fed; ``logits`` ``(N, V + 1)``
-        its last output) at episode timestep ``t``."""
+        the episodes so far (``N`` rows, the current observation fed; ``logits`` ``(N, V)``
+        its last output) at episode timestep ``t``. Candidates are ordered (env, beam,
+        copy); at the first transition every env's ``beam_width * expansions`` candidates
+        are copies of its one history."""
         net, n, dev = self.net, logits.shape[0], logits.device
+        b, e, dims = self.b, self.e, self.dims
         max_t = net.cfg.max_timestep - 1
-        rows = torch.arange(n, device=dev).repeat_interleave(self.b)
-        st, logits = stepper.select(rows), logits[rows]
-        width = self.b
-        rewards = torch.zeros(n * width, self.h + 1, device=dev)
-        plan = torch.zeros(n * width, self.h, len(self.act), dtype=torch.long, device=dev)
+        st, width = stepper.select(torch.arange(n, device=dev)), 1
+        first = torch.arange(n, device=dev)[:, None] * (b * e)  # each env's first candidate
+        rewards = torch.zeros(n, self.h + 1, dtype=self.dtype, device=dev)
+        plan = torch.zeros(n, self.h, len(self.act), dtype=torch.long, device=dev)
         for h in range(self.h):
-            ts = torch.full((1, 1), min(t + h, max_t), device=dev).expand(n * width * self.e, 1)
-            rows = (torch.arange(n, device=dev)[:, None, None] * width + torch.arange(
-                width, device=dev)).expand(n, self.e, width).reshape(-1)  # tile per env
-            st, logits, rewards, plan = st.select(rows), logits[rows], rewards[rows], plan[rows]
+            copies = b * e // width
+            rep = torch.arange(n * width, device=dev).repeat_interleave(copies)
+            st, logits, rewards, plan = st.expand(copies), logits[rep], rewards[rep], plan[rep]
+            ts = torch.full((len(rep), 1), min(t + h, max_t), device=dev)
             for j, dim in enumerate(self.act):
-                u = torch.rand(len(rows), generator=self.gen, device=dev)
+                u = torch.rand(len(rep), generator=self.gen, device=dev)
                 tok = top_p_sample(logits[:, :net.stop], self.top_p, u)
                 plan[:, h, j] = tok
-                logits = st.push(tok[:, None], self._dims(dim), ts)
+                logits = st.push(tok[:, None], dims[dim], ts)
             r, r_tok = self._expect(logits, self.r_dim)
-            logits = st.push(r_tok, self._dims(self.r_dim), ts)
+            logits = st.push(r_tok, dims[self.r_dim], ts)
             v, v_tok = self._expect(logits, self.v_dim)
             rewards[:, h], rewards[:, h + 1] = r, v
-            cands = width * self.e
-            score = (rewards * self.disc).sum(-1).view(n, cands)
-            best = score.topk(self.b, dim=1).indices
-            rows = (torch.arange(n, device=dev)[:, None] * cands + best).reshape(-1)
+            score = (rewards * self.disc).sum(-1).view(n, b * e)
+            rows = (first + score.topk(b, dim=1).indices).reshape(-1)
             st, rewards, plan, v_tok = st.select(rows), rewards[rows], plan[rows], v_tok[rows]
-            width = self.b
+            width = b
             if h == self.h - 1:
                 break
-            logits = st.push(v_tok, self._dims(self.v_dim), ts[: len(rows)], commit=False)
-            ts_next = torch.full_like(ts[: len(rows)], min(t + h + 1, max_t))
+            logits = st.push(v_tok, dims[self.v_dim], ts[: n * b], commit=False)
+            ts_next = torch.full_like(ts[: n * b], min(t + h + 1, max_t))
             for dim in range(net.obs_dim):
                 tok = logits[:, :net.stop].argmax(-1, keepdim=True)
-                logits = st.push(tok, self._dims(dim), ts_next)
-        score = (rewards * self.disc).sum(-1).view(n, width)
-        return plan.view(n, width, self.h, -1)[torch.arange(n, device=dev), score.argmax(1)]
+                logits = st.push(tok, dims[dim], ts_next)
+        score = (rewards * self.disc).sum(-1).view(n, b)
+        return plan.view(n, b, self.h, -1)[torch.arange(n, device=dev), score.argmax(1)]
 
 
 class TTPolicy:
@@ -202,7 +226,12 @@ class TTPolicy:
     @torch.inference_mode()
     def act(self, observations: np.ndarray) -> np.ndarray:
         """``(N, obs_dim)`` observations → ``(N, act_dim) float32`` (Box, env units: the bins'
-        decoded values) or ``(N,) int64`` (Discrete) actions."""
+        decoded values) or ``(N,) int64`` (Discrete) actions. Planning runs in the network's
+        dtype (float32), never under a caller's autocast (bf16 would change the plans)."""
+        with torch.autocast(self.device.type, enabled=False):
+            return self._act(observations)
+
+    def _act(self, observations: np.ndarray) -> np.ndarray:
         logits = self._history(observations)
         if self.plan is None or self.since >= min(self.plan_every, self.horizon):
             self.plan, self.since = self.search.plan(self.stepper, logits, self.t), 0

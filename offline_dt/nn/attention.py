@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from offline_dt.nn.beam_cache import BeamKVCache
 from offline_dt.nn.cache import KVCache
 from offline_dt.nn.config import DTConfig
 from offline_dt.nn.dropout import Dropout, cpu_eager, keep_scale
@@ -72,6 +73,32 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     return att @ v
 
 
+def attend_branches(q: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, ks: torch.Tensor,
+                    vs: torch.Tensor) -> torch.Tensor:
+    """:func:`attend` (no mask, no dropout) of ``P e`` one-token queries over two key sets:
+    query ``p e + i`` sees the keys of prefix row ``p``, shared by its ``e`` copies, then its
+    own: one softmax over both, each prefix read once for its ``e`` queries (the shared-prefix
+    attention of Hydragen, Juravsky et al. 2024, arXiv:2402.05099; used with
+    ``offline_dt.nn.beam_cache``).
+
+    Args:
+        q: ``(P e, h, 1, d_head)``.
+        kp, vp: ``(P, h, Tp, d_head)`` prefix keys/values.
+        ks, vs: ``(P e, h, Ts, d_head)`` each query's own keys/values.
+
+    Returns:
+        ``(P e, h, 1, d_head)``.
+    """
+    pe, h, _, dh = q.shape
+    p, tp = kp.shape[0], kp.shape[2]
+    e = pe // p
+    scores = torch.cat((q.reshape(p, e, h, dh).transpose(1, 2) @ kp.transpose(-2, -1),
+                        (q @ ks.transpose(-2, -1)).reshape(p, e, h, -1).transpose(1, 2)), -1)
+    att = torch.softmax(scores * (1.0 / math.sqrt(dh)), dim=-1)  # (P, h, e, Tp + Ts)
+    own = att[..., tp:].transpose(1, 2).reshape(pe, h, 1, -1) @ vs
+    return (att[..., :tp] @ vp).transpose(1, 2).reshape(pe, h, 1, dh) + own
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention: the one attention module (through :func:`attend`),
     for training windows, state-token-only queries and key/value-cache acting alike."""
@@ -91,7 +118,8 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                queries: slice | None = None, cache: KVCache | None = None) -> torch.Tensor:
+                queries: slice | None = None, cache: KVCache | BeamKVCache | None = None
+                ) -> torch.Tensor:
         """Attend over ``x`` (and, with ``cache``, over the tokens held before it).
 
         Args:
@@ -127,6 +155,8 @@ class CausalSelfAttention(nn.Module):
         if blocked:
             y = self._band_blocks(q, k, v, dropout)
             y = y if queries is None else y[:, :, queries]
+        elif isinstance(cache, BeamKVCache) and cache.branches > 1:
+            y = attend_branches(q, *cache.append_branch(self.layer, k, v))
         else:
             if cache is not None:
                 k, v = cache.append(self.layer, k, v)  # (B, h, held + T, d_head)
@@ -169,14 +199,17 @@ class CausalSelfAttention(nn.Module):
         return y.reshape(b, h, nb * w, dh)[:, :, :t]
 
     @staticmethod
-    def _mask(attn_mask: torch.Tensor | None, queries: slice | None, cache: KVCache | None,
+    def _mask(attn_mask: torch.Tensor | None, queries: slice | None,
+              cache: KVCache | BeamKVCache | None,
               n: int, total: int, device: torch.device, band: int | None = None
               ) -> tuple[torch.Tensor | None, bool]:
         """(SDPA ``attn_mask``, ``is_causal``) for ``n`` queries over ``total`` keys; without
         ``attn_mask`` causal attention, within the last ``band`` tokens when given."""
         if cache is not None:
             # New token j (key position total - n + j) sees the held tokens (within the band
-            # in band mode) and the new ones <= j.
+            # in band mode) and the new ones <= j; one new token within the band sees all.
+            if n == 1 and (band is None or total <= band):
+                return None, False
             return band_mask(n, total, band, device), False
         if attn_mask is None and (band is None or total <= band):
             band = None  # the band spans the whole sequence: plain causal attention

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from offline_dt.nn.attention import CausalSelfAttention, band_mask
+from offline_dt.nn.beam_cache import BeamKVCache
 from offline_dt.nn.cache import KVCache
 from offline_dt.nn.config import DTConfig
 from offline_dt.nn.decoding import cached_forward
@@ -65,7 +66,8 @@ class Block(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                queries: slice | None = None, cache: KVCache | None = None) -> torch.Tensor:
+                queries: slice | None = None, cache: KVCache | BeamKVCache | None = None
+                ) -> torch.Tensor:
         """``(B, T, d)`` → ``(B, Q, d)``, the rows of ``queries`` (all T when None); arguments
         as :meth:`CausalSelfAttention.forward`."""
         h = self.attn(self.ln_1(x), attn_mask, queries, cache)

@@ -168,6 +168,9 @@ class _HandModel:
     def select(self, rows):
         return _HandModel(self.last[rows])
 
+    def expand(self, e):
+        return self.select(torch.arange(len(self.last)).repeat_interleave(e))
+
 
 def _hand_net() -> SimpleNamespace:
     centres = torch.zeros(4, 4)
