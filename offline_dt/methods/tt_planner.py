@@ -4,22 +4,29 @@ batched vector env at once, from an exact key/value cache.
 
 Per env step, every env's beams (``beam_width`` of them, all envs in one batch of rows)
 start from the episode so far. For each of ``horizon`` transitions: every beam is copied
-``expansions`` times; the action tokens are sampled one by one from the smallest set of
-tokens holding ``action_top_p`` of the probability (TT's ``cdf_act`` 0.6); the reward and the
-value are read as expectations over their predicted bins (TT's ``value_fn``, "mean") and their
-most likely tokens are fed on; each candidate is scored ``sum_{h'<=h} gamma^h' r_h' +
-gamma^(h+1) V_h``, the best ``beam_width`` per env are kept; then the next observation's
-tokens are the most likely ones (TT's ``k_obs`` 1). The first action of the best beam is taken
+``expansions`` times (at the first, the episode itself ``beam_width * expansions`` times);
+the action tokens are sampled one by one from the smallest set of tokens holding
+``action_top_p`` of the probability (TT's ``cdf_act`` 0.6); the reward and the value are read
+as expectations over their predicted bins (TT's ``value_fn``, "mean") and their most likely
+tokens are fed on; each candidate is scored ``sum_{h'<=h} gamma^h' r_h' + gamma^(h+1) V_h``,
+the best ``beam_width`` per env are kept; then the next observation's tokens are the most
+likely ones (TT's ``k_obs`` 1). The first action of the best beam is taken
 (with ``plan_every`` > 1 the plan's next actions are taken until the next plan). Stop tokens
 are never planned.
 
 The network (``offline_dt.methods.tt.TTNetwork``) attends within a band, so pushing a token
 through a :class:`CachedStepper` (one token's attention over the held keys and values,
-``offline_dt.nn.cache.KVCache``, through ``offline_dt.nn.decoding.cached_forward``; a value
-token is a query only, never held, as no token attends to it) equals recomputing the whole
-sequence (:class:`RecomputeStepper`): the two choose the same actions from the same random
-draws (``tests/offline_dt/test_tt.py``). The random draws come from a generator seeded by the
-episodes' reset seeds; tokens are drawn by ``offline_dt.nn.decoding.top_p_sample``.
+through ``offline_dt.nn.decoding.cached_forward``: the episode's in
+``offline_dt.nn.cache.KVCache``, a plan's in ``offline_dt.nn.beam_cache``, where a beam's
+copies share its keys and values and a prune moves the kept rows into a preallocated buffer;
+a value token is a query only, never held, as no token attends to it) equals recomputing the
+whole sequence (:class:`RecomputeStepper`) up to float rounding. Both take the same random
+draws in the same order (a generator seeded by the episodes' reset seeds; tokens drawn by
+``offline_dt.nn.decoding.top_p_sample``); in float64 they take the same actions
+(``tests/offline_dt/test_tt_planner.py``). In float32 their logits differ by rounding, which
+can flip a near tie of a network whose logits are nearly uniform (an untrained one) and then
+the plans part (``benchmarks/results/tt/cost.md``). Planning runs in the network's dtype,
+never under autocast.
 """
 
 from __future__ import annotations

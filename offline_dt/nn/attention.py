@@ -2,9 +2,11 @@
 (sliding window), over training windows, state-token-only queries and key/value caches alike.
 
 :func:`band_mask` says which keys a query may see; :func:`attend` is scaled dot-product
-attention (Vaswani et al. 2017, Eq. 1) with CPU paths of its own; :class:`CausalSelfAttention`
-computes queries, keys and values and attends, in band mode over blocks of W queries
-(Longformer's sliding window, Beltagy et al. 2020, Section 3.1).
+attention (Vaswani et al. 2017, Eq. 1) with CPU paths of its own, and :func:`attend_branches`
+the same for copies of a sequence that share its keys (a beam search's,
+``offline_dt.nn.beam_cache``); :class:`CausalSelfAttention` computes queries, keys and values
+and attends, in band mode over blocks of W queries (Longformer's sliding window, Beltagy et
+al. 2020, Section 3.1).
 """
 
 from __future__ import annotations
