@@ -33,6 +33,7 @@ import logging
 import multiprocessing
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -180,19 +181,24 @@ def trial_key(params: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def trial_config(cfg: SearchConfig, params: dict[str, Any], run_dir: Path) -> TrainConfig:
-    """``cfg.train`` with ``params`` set (options through the method's options), in
-    ``run_dir``, its learning curve at ``cfg.curve_points`` points, resumed where a checkpoint
-    is already there (a retried trial)."""
-    base = cfg.train
+def with_params(base: TrainConfig, params: dict[str, Any], **changes: Any) -> TrainConfig:
+    """``base`` with the search-space values ``params`` set: ``TrainConfig`` fields by name,
+    ``"options.<name>"`` through the method's options (the others kept), and ``changes``."""
     fields = {k: v for k, v in params.items() if not k.startswith("options.")}
     options = {k.removeprefix("options."): v for k, v in params.items() if k.startswith("options.")}
     if options:
         fields["method_options"] = {**option_values(base.method_options), **options}
-    eval_every = max(1, base.steps // cfg.curve_points) if cfg.curve_points else 0
-    return dataclasses.replace(
-        base, **fields, run_dir=run_dir, eval_every=eval_every, progress=False,
-        resume=(run_dir / "checkpoint.pt").is_file(), overwrite=False)
+    return dataclasses.replace(base, **fields, **changes)
+
+
+def trial_config(cfg: SearchConfig, params: dict[str, Any], run_dir: Path) -> TrainConfig:
+    """``cfg.train`` with ``params`` set (:func:`with_params`), in ``run_dir``, its learning
+    curve at ``cfg.curve_points`` points, resumed where a checkpoint is already there (a
+    retried trial)."""
+    eval_every = max(1, cfg.train.steps // cfg.curve_points) if cfg.curve_points else 0
+    return with_params(cfg.train, params, run_dir=run_dir, eval_every=eval_every,
+                       progress=False, resume=(run_dir / "checkpoint.pt").is_file(),
+                       overwrite=False)
 
 
 # ---------------------------------------------------------------------------------- trials
@@ -295,9 +301,12 @@ def _progress(cfg: SearchConfig) -> Any:
     return report
 
 
-def optimize(cfg: SearchConfig, worker: int = 0) -> None:
+def optimize(cfg: Any, worker: int = 0, make_objective: Callable[[Any], Any] | None = None
+             ) -> None:
     """Work on the study until it holds ``cfg.trials`` complete or pruned trials (this
-    process's share of a multi-process or multi-machine study)."""
+    process's share of a multi-process or multi-machine study). ``make_objective(cfg)`` gives
+    the trial function (default :func:`objective`; the reference rows' is
+    ``offline_dt.study.reference_search.objective``)."""
     optuna = _optuna()
     study = load_study(cfg, worker)
     remaining = cfg.trials - _finished(study)
@@ -305,16 +314,42 @@ def optimize(cfg: SearchConfig, worker: int = 0) -> None:
         return
     stop = optuna.study.MaxTrialsCallback(cfg.trials, states=(
         optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
-    study.optimize(objective(cfg), n_trials=remaining + 3, callbacks=[stop, _progress(cfg)],
-                   catch=())
+    study.optimize((make_objective or objective)(cfg), n_trials=remaining + 3,
+                   callbacks=[stop, _progress(cfg)], catch=())
 
 
-def _worker(cfg: SearchConfig, worker: int, threads: int) -> None:
+def _worker(cfg: Any, worker: int, threads: int, make_objective: Any) -> None:
     import torch
 
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    optimize(cfg, worker)
+    optimize(cfg, worker, make_objective)
+
+
+def run_study(cfg: Any, make_objective: Callable[[Any], Any] | None = None) -> None:
+    """:func:`optimize` in this process (``cfg.workers == 1``) or in ``cfg.workers`` spawned
+    processes, each with ``cpu_count // workers`` torch threads (``make_objective`` must then
+    be a module-level function, picklable).
+
+    Raises:
+        RuntimeError: a worker process failed (the study is left to be continued).
+    """
+    if cfg.workers == 1:
+        optimize(cfg, 0, make_objective)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // cfg.workers)
+    load_study(cfg)  # created once, before the workers load it
+    procs = [ctx.Process(target=_worker, args=(cfg, k, threads, make_objective))
+             for k in range(cfg.workers)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    if any(p.exitcode for p in procs):
+        raise RuntimeError(f"search: a worker failed (exit codes "
+                           f"{[p.exitcode for p in procs]}); run the same command to "
+                           f"continue the study")
 
 
 def search(cfg: SearchConfig) -> SearchResult:
@@ -330,20 +365,6 @@ def search(cfg: SearchConfig) -> SearchResult:
     out.mkdir(parents=True, exist_ok=True)
     save_json({"search_config": cfg, "space": search_space(cfg.train.method)},
               out / "search.json")
-    if cfg.workers == 1:
-        optimize(cfg)
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        threads = max(1, (os.cpu_count() or 1) // cfg.workers)
-        load_study(cfg)  # created once, before the workers load it
-        procs = [ctx.Process(target=_worker, args=(cfg, k, threads))
-                 for k in range(cfg.workers)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
-        if any(p.exitcode for p in procs):
-            raise RuntimeError(f"search: a worker failed (exit codes "
-                               f"{[p.exitcode for p in procs]}); run the same command to "
-                               f"continue the study")
-    return write_outputs(cfg, load_study(cfg))
+    run_study(cfg)
+    return write_outputs(cfg, load_study(cfg),
+                         f"{cfg.train.method} on {cfg.train.dataset}")

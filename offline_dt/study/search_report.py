@@ -73,15 +73,15 @@ def _plots(study: Any, out: Path) -> list[Path]:
     return written
 
 
-def write_outputs(cfg: Any, study: Any) -> Any:
-    """Write ``trials.csv``, ``trials.md``, ``best.json`` and the plots into
-    ``cfg.resolved_study_dir()``; the :class:`SearchResult`."""
+def write_outputs(cfg: Any, study: Any, title: str) -> Any:
+    """Write ``trials.csv``, ``trials.md`` (headed ``Search: <title>``), ``best.json`` and
+    the plots into ``cfg.resolved_study_dir()``; the :class:`SearchResult`."""
     out = cfg.resolved_study_dir()
     df = trials_table(study)
     with atomic_path(out / "trials.csv", overwrite=True) as tmp:
         df.to_csv(tmp, index=False)
     with atomic_path(out / "trials.md", overwrite=True) as tmp:
-        tmp.write_text(f"# Search: {cfg.train.method} on {cfg.train.dataset}\n\n"
+        tmp.write_text(f"# Search: {title}\n\n"
                        f"Value: the best mean return over the checkpoint's candidates on "
                        f"{cfg.validation_episodes} validation episodes (never a test "
                        f"episode).\n\n" + (df.to_markdown(index=False) if not df.empty
