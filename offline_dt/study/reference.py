@@ -20,7 +20,10 @@ seed ``k``, evaluation seed ``k`` (test episode ``i`` resets with ``10**12 + k *
 
 One setting is added to d3rlpy's defaults, for every row: a ``MinMaxActionScaler`` with the
 action space's bounds (the data's where a bound is infinite), because d3rlpy's policies act in
-``[-1, 1]`` (tanh) and Pendulum's torque is in ``[-2, 2]``.
+``[-1, 1]`` (tanh) and Pendulum's torque is in ``[-2, 2]``. ``ReferenceConfig.learning_rate``,
+``expectile`` and ``weight_temp`` (IQL's τ and inverse temperature β) replace d3rlpy's
+defaults where set; :data:`REFERENCE_SPACES` is what a hyperparameter search may set
+(``offline_dt.study.reference_search``).
 
 Data and weights cross into d3rlpy through :mod:`offline_dt.study.d3rlpy_io` (the replay
 buffer of episodes, the safetensors weights, the import and its install hint).
@@ -41,6 +44,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +59,7 @@ from offline_dt.envs.policies import CallablePolicy
 from offline_dt.envs.rollout import DEFAULT_MAX_ENVS
 from offline_dt.envs.seeds import SEED_RULES
 from offline_dt.evaluation.evaluate import write_baseline_eval
+from offline_dt.methods.options import Choice, Range
 from offline_dt.study.d3rlpy_io import (
     D3RLPY_VERSION,
     action_bounds,
@@ -73,8 +78,24 @@ WEIGHTS_NAME = "weights.safetensors"
 #: The d3rlpy losses summed into metrics.csv's ``loss`` column (IQL's critic and actor are
 #: separate optimisers; ``critic_loss`` is d3rlpy's ``q_loss + v_loss``).
 LOSS_TERMS = {"iql": ("critic_loss", "actor_loss"), "mlp-bc": ("loss",), "pct-bc": ("loss",)}
-#: ReferenceConfig fields that decide what is trained (a run with the same ones is reused).
-TRAIN_FIELDS = ("dataset", "minari_root", "env_id", "method", "seed", "steps", "top_fraction")
+#: ReferenceConfig fields that decide what is trained (a run with the same ones is reused; a
+#: config.json written before the hyperparameter fields existed reads them as None, d3rlpy's
+#: defaults, which they were).
+TRAIN_FIELDS = ("dataset", "minari_root", "env_id", "method", "seed", "steps", "top_fraction",
+                "learning_rate", "expectile", "weight_temp")
+#: The hyperparameters a search may set per reference row (ReferenceConfig fields), the way
+#: ``Method.search_space`` declares a method's: IQL's expectile τ over qt's range (IQL used 0.7
+#: and 0.9), its inverse temperature β over qt's choices (0: plain BC on the data), and one
+#: learning rate for its actor and critics a decade either side of d3rlpy's 3e-4; the BC rows'
+#: learning rate a decade either side of d3rlpy's 1e-3, and %BC's kept fraction over the DT
+#: paper's 5%, 10% and 25% (Chen et al. 2021, Table 3) and a half.
+REFERENCE_SPACES: dict[str, dict[str, Range | Choice]] = {
+    "iql": {"learning_rate": Range(3e-5, 3e-3, log=True), "expectile": Range(0.5, 0.95),
+            "weight_temp": Choice((0.0, 1.0, 3.0, 10.0))},
+    "mlp-bc": {"learning_rate": Range(1e-4, 1e-2, log=True)},
+    "pct-bc": {"learning_rate": Range(1e-4, 1e-2, log=True),
+               "top_fraction": Choice((0.05, 0.1, 0.25, 0.5))},
+}
 
 
 @dataclass
@@ -100,6 +121,14 @@ class ReferenceConfig:
     steps: int = field(default=10_000, metadata={"help": "gradient updates"})
     top_fraction: float = field(default=0.1, metadata={
         "help": "pct-bc: fraction of episodes kept, best returns first (at least one)"})
+    learning_rate: float | None = field(default=None, metadata={
+        "help": "Adam learning rate (iql: actor and critics alike); unset: d3rlpy's default "
+                "(iql 3e-4, mlp-bc and pct-bc 1e-3)"})
+    expectile: float | None = field(default=None, metadata={
+        "help": "iql: the value function's expectile tau in (0, 1); unset: d3rlpy's 0.7"})
+    weight_temp: float | None = field(default=None, metadata={
+        "help": "iql: the actor's inverse temperature beta >= 0 (advantage weight "
+                "exp(beta A), at most 100); unset: d3rlpy's 3"})
     log_every: int = field(default=0, metadata={
         "help": "updates per metrics.csv row; 0: steps // 10"})
     episodes: int = field(default=200, metadata={"help": "test episodes"})
@@ -123,6 +152,32 @@ class ReferenceConfig:
         if not 0.0 < self.top_fraction <= 1.0:
             raise ValueError(f"ReferenceConfig.top_fraction must be in (0, 1], found "
                              f"{self.top_fraction}")
+        self._validate_hyperparameters()
+
+    def _validate_hyperparameters(self) -> None:
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ValueError(f"ReferenceConfig.learning_rate must be > 0, found "
+                             f"{self.learning_rate}")
+        for name, ok in (("expectile", lambda v: 0.0 < v < 1.0),
+                         ("weight_temp", lambda v: v >= 0.0)):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if self.method != "iql":
+                raise ValueError(f"ReferenceConfig.{name} is an iql hyperparameter; method "
+                                 f"{self.method!r} has none")
+            if not ok(value):
+                raise ValueError(f"ReferenceConfig.{name}: {value} is out of range "
+                                 f"(expectile in (0, 1), weight_temp >= 0)")
+
+    def hyperparameters(self) -> dict[str, float]:
+        """The d3rlpy config fields this config sets over d3rlpy's defaults."""
+        lr = {} if self.learning_rate is None else (
+            {"actor_learning_rate": self.learning_rate,
+             "critic_learning_rate": self.learning_rate} if self.method == "iql"
+            else {"learning_rate": self.learning_rate})
+        return {**lr, **{k: getattr(self, k) for k in ("expectile", "weight_temp")
+                         if getattr(self, k) is not None}}
 
     def resolved_run_dir(self) -> Path:
         """``run_dir``, or ``data/runs/reference/<dataset name>/<method>/seed<k>``."""
@@ -149,9 +204,11 @@ def top_episodes(returns: np.ndarray, fraction: float) -> np.ndarray:
     return np.argsort(-r, kind="stable")[:keep].astype(np.int64)
 
 
-def make_algo(method: str, ds: OfflineDataset, device: str = "cpu") -> Any:
+def make_algo(method: str, ds: OfflineDataset, device: str = "cpu",
+              hyperparameters: dict[str, float] | None = None) -> Any:
     """A d3rlpy algorithm for ``method`` (defaults plus the action scaler, see the module
-    docstring), not yet built.
+    docstring, and ``hyperparameters``: d3rlpy config fields,
+    :meth:`ReferenceConfig.hyperparameters`), not yet built.
 
     Raises:
         ValueError: unknown method, or ``iql`` on Discrete actions.
@@ -165,16 +222,16 @@ def make_algo(method: str, ds: OfflineDataset, device: str = "cpu") -> Any:
         if method == "iql":
             raise ValueError(f"method 'iql' needs a Box action space (d3rlpy's IQL is for "
                              f"continuous actions); {ds.source} has {ds.action_space}")
-        return d3rlpy.algos.DiscreteBCConfig().create(device=d3_device)
+        return d3rlpy.algos.DiscreteBCConfig(**(hyperparameters or {})).create(
+            device=d3_device)
     low, high = action_bounds(ds)
     scaler = d3rlpy.preprocessing.MinMaxActionScaler(minimum=low, maximum=high)
-    if method == "iql":
-        return d3rlpy.algos.IQLConfig(action_scaler=scaler).create(device=d3_device)
-    return d3rlpy.algos.BCConfig(action_scaler=scaler).create(device=d3_device)
+    config = d3rlpy.algos.IQLConfig if method == "iql" else d3rlpy.algos.BCConfig
+    return config(action_scaler=scaler, **(hyperparameters or {})).create(device=d3_device)
 
 
 # ---------------------------------------------------------------------------------- training
-def _dataset(cfg: ReferenceConfig) -> tuple[OfflineDataset, str]:
+def reference_dataset(cfg: ReferenceConfig) -> tuple[OfflineDataset, str]:
     """The dataset and the (registered) env id to evaluate on.
 
     Raises:
@@ -198,16 +255,21 @@ def training_episodes(cfg: ReferenceConfig, ds: OfflineDataset) -> np.ndarray:
     return np.arange(ds.num_episodes, dtype=np.int64)
 
 
-def fit(algo: Any, buffer: Any, method: str, steps: int, log_every: int) -> pd.DataFrame:
+def fit(algo: Any, buffer: Any, method: str, steps: int, log_every: int,
+        callback: Callable[[Any, int], None] | None = None) -> pd.DataFrame:
     """``steps`` d3rlpy updates on batches sampled from ``buffer`` (NumPy's global RNG, which
     ``d3rlpy.seed`` seeds); one row per ``log_every`` updates: ``step``, ``loss``
-    (:data:`LOSS_TERMS`), d3rlpy's mean losses over the interval, ``seconds`` since the start."""
+    (:data:`LOSS_TERMS`), d3rlpy's mean losses over the interval, ``seconds`` since the start.
+    ``callback(algo, step)`` runs after every update (a search's learning curve; what it
+    raises ends the training)."""
     algo.build_with_dataset(buffer)
     rows, acc, start = [], {}, time.perf_counter()
     for step in range(1, steps + 1):
         batch = buffer.sample_transition_batch(algo.config.batch_size)
         for k, v in algo.update(batch).items():
             acc.setdefault(k, []).append(float(v))
+        if callback is not None:
+            callback(algo, step)
         if step % log_every == 0 or step == steps:
             means = {k: float(np.mean(v)) for k, v in acc.items()}
             rows.append({"step": step, "loss": sum(means[k] for k in LOSS_TERMS[method]),
@@ -216,9 +278,11 @@ def fit(algo: Any, buffer: Any, method: str, steps: int, log_every: int) -> pd.D
     return pd.DataFrame(rows)
 
 
-def train_reference(cfg: ReferenceConfig) -> Any:
+def train_reference(cfg: ReferenceConfig, callback: Callable[[Any, int], None] | None = None
+                    ) -> Any:
     """Train ``cfg.method`` on ``cfg.dataset`` and write ``metrics.csv``,
-    ``weights.safetensors`` and, last, ``config.json`` into the run directory.
+    ``weights.safetensors`` and, last, ``config.json`` into the run directory
+    (``callback``: :func:`fit`'s).
 
     Seeding: ``d3rlpy.seed(cfg.seed)`` (Python ``random``, NumPy's global RNG, torch) before
     the networks are built, so a run is repeated exactly on the same machine and threads.
@@ -231,16 +295,17 @@ def train_reference(cfg: ReferenceConfig) -> Any:
     """
     d3rlpy = import_d3rlpy()
     run_dir = cfg.resolved_run_dir()
-    ds, env_id = _dataset(cfg)
+    ds, env_id = reference_dataset(cfg)
     keep = training_episodes(cfg, ds)
     d3rlpy.seed(cfg.seed)
-    algo = make_algo(cfg.method, ds, cfg.device)
+    algo = make_algo(cfg.method, ds, cfg.device, cfg.hyperparameters())
     buffer = to_replay_buffer(ds, keep)
     log.info("%s: training %s on %s (%d of %d episodes, %d transitions), %d updates",
              run_dir, cfg.method, cfg.dataset, len(keep), ds.num_episodes,
              buffer.transition_count, cfg.steps)
     t = time.perf_counter()
-    metrics = fit(algo, buffer, cfg.method, cfg.steps, cfg.log_every or max(1, cfg.steps // 10))
+    metrics = fit(algo, buffer, cfg.method, cfg.steps, cfg.log_every or max(1, cfg.steps // 10),
+                  callback)
     seconds = time.perf_counter() - t
     with atomic_path(run_dir / "metrics.csv", overwrite=True) as tmp:
         metrics.to_csv(tmp, index=False)
@@ -271,8 +336,8 @@ def load_reference(run_dir: str | Path, device: str = "cpu") -> Any:
             raise FileNotFoundError(f"{run_dir / name}: not found (no finished reference run)")
     saved = json.loads((run_dir / "config.json").read_text())["reference_config"]
     cfg = ReferenceConfig(**{k: v for k, v in saved.items() if k in TRAIN_FIELDS})
-    ds, _ = _dataset(cfg)
-    algo = make_algo(cfg.method, ds, device)
+    ds, _ = reference_dataset(cfg)
+    algo = make_algo(cfg.method, ds, device, cfg.hyperparameters())
     algo.create_impl((ds.obs_dim,), ds.act_dim)
     try:
         load_weights(algo, run_dir / WEIGHTS_NAME)
@@ -316,6 +381,13 @@ def eval_request(cfg: ReferenceConfig, env_id: str) -> dict[str, Any]:
             "episode_seeds": SEED_RULES["test"]}
 
 
+def _set_here(cfg: ReferenceConfig) -> str:
+    """``", learning_rate 0.001, ..."``: the hyperparameters ``cfg`` sets (empty: none)."""
+    return "".join(f", {k} {getattr(cfg, k)}" for k in ("learning_rate", "expectile",
+                                                         "weight_temp")
+                   if getattr(cfg, k) is not None)
+
+
 def evaluate_reference(cfg: ReferenceConfig, algo: Any, env_id: str, ds: OfflineDataset
                        ) -> dict[str, Any]:
     """Roll ``algo.predict`` out on the ``cfg.episodes`` test episodes of evaluation seed
@@ -326,8 +398,8 @@ def evaluate_reference(cfg: ReferenceConfig, algo: Any, env_id: str, ds: Offline
         cfg.resolved_run_dir() / "eval.json", cfg.method, env_id, policy, cfg.episodes,
         cfg.seed, ref_min_score=ds.metadata.get("ref_min_score"),
         ref_max_score=ds.metadata.get("ref_max_score"), max_envs=cfg.max_envs,
-        headline_rule=f"single evaluation ({cfg.method}: d3rlpy defaults, no target return "
-                      "or setting chosen)",
+        headline_rule=f"single evaluation ({cfg.method}: d3rlpy defaults{_set_here(cfg)}, "
+                      "no target return or setting chosen)",
         extra={"config": eval_request(cfg, env_id), "dataset": cfg.dataset,
                "reference": "d3rlpy " + D3RLPY_VERSION})
 
@@ -339,7 +411,9 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _same_training(saved: dict[str, Any] | None, cfg: ReferenceConfig) -> bool:
+def same_training(saved: dict[str, Any] | None, cfg: ReferenceConfig) -> bool:
+    """``saved`` (a run's ``config.json``) trained what ``cfg`` asks for
+    (:data:`TRAIN_FIELDS`; a field it lacks reads as None)."""
     if not saved or not isinstance(saved.get("reference_config"), dict):
         return False
     now = to_jsonable(cfg)
@@ -359,10 +433,10 @@ def run_reference(cfg: ReferenceConfig) -> tuple[dict[str, Any], dict[str, float
         MissingDependencyError, ValueError: see :func:`train_reference`.
     """
     run_dir = cfg.resolved_run_dir()
-    ds, env_id = _dataset(cfg)
+    ds, env_id = reference_dataset(cfg)
     saved = _read_json(run_dir / "config.json")
     seconds = {"train": 0.0, "evaluate": 0.0}
-    if _same_training(saved, cfg) and (run_dir / WEIGHTS_NAME).is_file():
+    if same_training(saved, cfg) and (run_dir / WEIGHTS_NAME).is_file():
         ev = _read_json(run_dir / "eval.json")
         if ev is not None and ev.get("config") == eval_request(cfg, env_id):
             return ev, seconds

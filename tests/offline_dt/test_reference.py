@@ -147,6 +147,33 @@ def test_reference_runs_are_seeded_reused_and_reloaded(box_hdf5, tmp_path):
         run_reference(ReferenceConfig(**{**vars(cfg), "steps": 10}))
 
 
+def test_hyperparameters_reach_d3rlpy_and_runs_from_before_them_are_reused(box_hdf5,
+                                                                           tmp_path):
+    cfg = tiny(box_hdf5, tmp_path, "iql")
+    run_reference(cfg)
+    path = cfg.run_dir / "config.json"
+    saved = json.loads(path.read_text())
+    assert (saved["algorithm"]["expectile"], saved["algorithm"]["weight_temp"]) == (0.7, 3.0)
+    for name in ("learning_rate", "expectile", "weight_temp"):  # as written before them
+        del saved["reference_config"][name]
+    path.write_text(json.dumps(saved))
+    _, secs = run_reference(cfg)
+    assert secs == {"train": 0.0, "evaluate": 0.0}  # d3rlpy's defaults: the same training
+    tuned = ReferenceConfig(**{**vars(cfg), "run_dir": tmp_path / "tuned", "expectile": 0.9,
+                               "weight_temp": 10.0, "learning_rate": 1e-4})
+    ev, _ = run_reference(tuned)
+    algo = json.loads((tmp_path / "tuned" / "config.json").read_text())["algorithm"]
+    assert (algo["expectile"], algo["weight_temp"], algo["actor_learning_rate"],
+            algo["critic_learning_rate"]) == (0.9, 10.0, 1e-4, 1e-4)
+    assert "expectile 0.9" in ev["headline_rule"]
+    assert load_reference(tmp_path / "tuned").config.expectile == 0.9
+    bc = ReferenceConfig(**{**vars(tiny(box_hdf5, tmp_path / "bc", "mlp-bc")),
+                            "learning_rate": 3e-3})
+    run_reference(bc)
+    saved = json.loads((bc.run_dir / "config.json").read_text())
+    assert saved["algorithm"]["learning_rate"] == 3e-3
+
+
 def test_discrete_actions(discrete_hdf5, tmp_path):
     with pytest.raises(ValueError, match="'iql' needs a Box action space.*Discrete\\(2\\)"):
         run_reference(tiny(discrete_hdf5, tmp_path, "iql"))
@@ -165,6 +192,12 @@ def test_reference_config_checks_its_fields():
         ReferenceConfig(dataset="x", method="cql")
     with pytest.raises(ValueError, match="top_fraction"):
         ReferenceConfig(dataset="x", method="pct-bc", top_fraction=0.0)
+    with pytest.raises(ValueError, match="expectile is an iql hyperparameter"):
+        ReferenceConfig(dataset="x", method="mlp-bc", expectile=0.8)
+    with pytest.raises(ValueError, match="expectile: 1.0 is out of range"):
+        ReferenceConfig(dataset="x", method="iql", expectile=1.0)
+    with pytest.raises(ValueError, match="learning_rate must be > 0"):
+        ReferenceConfig(dataset="x", method="pct-bc", learning_rate=0.0)
     assert str(ReferenceConfig(dataset="data/d4rl/pendulum-random-v0.hdf5", method="iql",
                                seed=2).resolved_run_dir()) == (
         "data/runs/reference/pendulum-random-v0/iql/seed2")
