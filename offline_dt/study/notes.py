@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from offline_dt.methods import METHODS as REGISTERED
-from offline_dt.study.runs import dataset_level, method_key
+from offline_dt.study.runs import TUNED_LABEL, base_method, dataset_level, method_key
 from offline_dt.training.checkpoint import KEPT_DIR
 
 #: What each row that is no registered method is, for the notes under the wide table (methods
@@ -42,6 +42,13 @@ REPLAY_NOTE = """\
 `behaviour` is n/a on {levels}: those datasets were written by the sequence of policies of a \
 SAC training run (its replay buffer), not by one behaviour agent; compare with the `data` \
 column instead."""
+
+BUDGET_NOTE = """\
+Training budget per run: gradient updates / transitions seen, from each run's `config.json` \
+(`offline_dt.study.budget`): a DT-style update sees batch × K transitions (band attention: \
+batch × segment), a d3rlpy update its batch (IQL 256, BC 100); `n/a`: nothing is trained on \
+the data. Not counted here: a row's candidate runs (qt's terms-off alternative, each as large \
+as the row's run) and a tuned row's search trials (see the chosen parameters)."""
 
 AGGREGATE_NOTES = """\
 Aggregates over the datasets of the environment (rliable's definitions, computed with \
@@ -139,6 +146,10 @@ def methods_note(methods: Sequence[str]) -> str:
     """The note naming what each row of the wide table is (:data:`METHOD_NOTES`, and the
     registered methods' descriptions)."""
     notes = {**METHOD_NOTES, **{m: cls.description for m, cls in REGISTERED.items()}}
+    notes |= {m: f"`{base_method(m)}` trained at the parameters its search chose on that "
+                 f"dataset's validation episodes (chosen parameters below; the search's own "
+                 f"training seed, none of the rows')"
+              for m in methods if m.endswith(TUNED_LABEL) and base_method(m) in notes}
     known = [m for m in methods if m in notes]
     return "Rows: " + "; ".join(f"`{m}`: {notes[m]}" for m in known) + "." if known \
         else ""

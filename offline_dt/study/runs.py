@@ -16,9 +16,14 @@ written by the sequence of policies of a SAC training run, so a behaviour run fo
 skipped. The ``data`` rows' episode returns are read from the dataset file named in the runs'
 ``config.json`` (:func:`dataset_returns`; no rollouts).
 
+A tuned row (``offline_dt.study.tuning``: the method trained at the parameters its search
+chose on the dataset's validation episodes) lives in ``<method>-tuned/seed<k>`` beside its
+study (``<method>-tuned/search/``) and is named ``<method> (tuned)`` in every table
+(:func:`row_name`).
+
 Order (:func:`method_key`, :func:`sort_key`): env, then dataset level in
-:data:`~offline_dt.data.d4rl.LEVELS` order, then method in :data:`TABLE_METHODS` order, other
-methods after them by name.
+:data:`~offline_dt.data.d4rl.LEVELS` order, then method in :data:`TABLE_METHODS` order (a
+tuned row right after its method), other methods after them by name.
 """
 
 from __future__ import annotations
@@ -47,6 +52,22 @@ TABLE_METHODS = ("data", *METHODS)
 #: Levels written by a sequence of policies (a SAC run's replay buffer): no behaviour agent.
 REPLAY_LEVELS = ("medium-replay", "full-replay")
 NAN = float("nan")
+#: A tuned row's method directory is ``<method>-tuned``; its tables name ``<method> (tuned)``.
+TUNED_SUFFIX = "-tuned"
+TUNED_LABEL = " (tuned)"
+
+
+def row_name(method_dir: str) -> str:
+    """The tables' name of a method directory: ``qt-tuned`` → ``qt (tuned)``, others as they
+    are."""
+    if method_dir.endswith(TUNED_SUFFIX):
+        return method_dir.removesuffix(TUNED_SUFFIX) + TUNED_LABEL
+    return method_dir
+
+
+def base_method(row: str) -> str:
+    """The method a table row is of: ``qt (tuned)`` → ``qt``, others as they are."""
+    return row.removesuffix(TUNED_LABEL)
 
 
 def dataset_level(name: str) -> str | None:
@@ -58,8 +79,10 @@ def dataset_level(name: str) -> str | None:
 
 
 def method_key(method: str) -> tuple[int, str]:
-    """Sort key of a method: its :data:`TABLE_METHODS` position, others after by name."""
-    mi = TABLE_METHODS.index(method) if method in TABLE_METHODS else len(TABLE_METHODS)
+    """Sort key of a method: its :data:`TABLE_METHODS` position (a tuned row its method's,
+    after it), others after by name."""
+    base = base_method(method)
+    mi = TABLE_METHODS.index(base) if base in TABLE_METHODS else len(TABLE_METHODS)
     return (mi, method)
 
 
@@ -89,7 +112,8 @@ def find_runs(runs_root: str | os.PathLike) -> list[dict[str, Any]]:
     runs = []
     for eval_path in sorted(root.glob("*/*/*/seed*/eval.json")):
         run_dir = eval_path.parent
-        env, dataset, method, seed_dir = run_dir.relative_to(root).parts
+        env, dataset, method_dir, seed_dir = run_dir.relative_to(root).parts
+        method = row_name(method_dir)
         m = re.fullmatch(r"seed(\d+)", seed_dir)
         if m is None:
             continue

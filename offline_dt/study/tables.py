@@ -14,6 +14,11 @@
 * ``iqm_return``, ``run_ci95_low``/``run_ci95_high`` and their normalized twins
   (:data:`~offline_dt.study.statistics.RUN_STAT_COLUMNS`): the run-level statistics of
   :func:`offline_dt.study.statistics.run_statistics`; NaN with fewer than two runs.
+* ``updates``, ``transitions_per_update``, ``transitions``
+  (:data:`~offline_dt.study.budget.BUDGET_COLUMNS`): each run's training budget from its
+  ``config.json`` (:func:`offline_dt.study.budget.run_budget`: a DT update sees batch × K
+  transitions, a d3rlpy update its batch), the mean over the row's runs (they share a
+  config); NaN for the baselines and ``data``.
 
 Methods: ``data`` is the episode returns stored in the dataset file itself
 (:func:`offline_dt.study.runs.dataset_returns`); ``random``, ``behaviour``, the d3rlpy
@@ -24,7 +29,8 @@ order, others follow by name).
 ``results.md`` (:func:`markdown_report`): per env, the wide table (rows datasets, columns
 ``data`` and the methods; each cell ``mean [low, high] (normalized score)``, bold where
 :func:`best_method` finds a method whose run-level interval lies entirely above every other
-method's), the notes of :mod:`offline_dt.study.notes`, and the aggregates.
+method's), the notes of :mod:`offline_dt.study.notes`, the training budget of every cell (the
+same layout, ``updates / transitions``, :func:`budget_table`), and the aggregates.
 """
 
 from __future__ import annotations
@@ -35,8 +41,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from offline_dt.study.budget import BUDGET_COLUMNS, format_budget, run_budget
 from offline_dt.study.notes import (
     AGGREGATE_NOTES,
+    BUDGET_NOTE,
     REPLAY_NOTE,
     TABLE_NOTES,
     methods_note,
@@ -54,7 +62,7 @@ from offline_dt.study.runs import (
 from offline_dt.study.statistics import REFERENCE_METHOD, RUN_STAT_COLUMNS, pool, run_statistics
 
 COLUMNS = ["env", "dataset", "method", "seeds", "episodes", "mean_return", "std_return", "ci95",
-           "normalized_score", "max_return", "runs", *RUN_STAT_COLUMNS]
+           "normalized_score", "max_return", "runs", *RUN_STAT_COLUMNS, *BUDGET_COLUMNS]
 
 
 def _method_row(key: tuple[str, str, str], group: list[dict[str, Any]],
@@ -62,11 +70,13 @@ def _method_row(key: tuple[str, str, str], group: list[dict[str, Any]],
     env, dataset, method = key
     stats = pool([r["eval"] for r in group])
     ev = group[0]["eval"]
+    budgets = pd.DataFrame([run_budget(r["config"]) for r in group], columns=BUDGET_COLUMNS)
     return {"env": env, "dataset": dataset, "method": method, "seeds": len(group), **stats,
             "normalized_score": score(stats["mean_return"], ev.get("ref_min_score"),
                                        ev.get("ref_max_score")),
             **run_statistics(scores["mean_return"].to_numpy(np.float64),
-                             scores["normalized_score"].to_numpy(np.float64))}
+                             scores["normalized_score"].to_numpy(np.float64)),
+            **budgets.mean().to_dict()}
 
 
 def data_row(env: str, dataset: str, returns: Sequence[float] | np.ndarray,
@@ -80,7 +90,7 @@ def data_row(env: str, dataset: str, returns: Sequence[float] | np.ndarray,
             "std_return": float(r.std()) if r.size else NAN, "ci95": NAN,
             "normalized_score": score(mean, ref_min, ref_max),
             "max_return": float(r.max()) if r.size else NAN, "runs": 0,
-            **dict.fromkeys(RUN_STAT_COLUMNS, NAN)}
+            **dict.fromkeys(RUN_STAT_COLUMNS, NAN), **dict.fromkeys(BUDGET_COLUMNS, NAN)}
 
 
 def results_table(runs: list[dict[str, Any]],
@@ -182,6 +192,22 @@ def wide_table(table: pd.DataFrame, env: str, digits: int = 1) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["dataset", *methods])
 
 
+def budget_table(table: pd.DataFrame, env: str) -> pd.DataFrame:
+    """The wide table's layout (rows = datasets of ``env``, columns = ``dataset`` and
+    :func:`table_methods` less ``data``), each cell a run's training budget ``updates /
+    transitions`` (:func:`offline_dt.study.budget.format_budget`), ``n/a`` where a method has
+    no row or trains nothing on the data."""
+    t = table[table["env"] == env]
+    methods = [m for m in table_methods(t) if m != "data"]
+    rows = []
+    for ds in dict.fromkeys(t["dataset"]):
+        sub = t[t["dataset"] == ds]
+        cells = {r.method: format_budget(r.updates, r.transitions)
+                 for r in sub.itertuples(index=False)}
+        rows.append({"dataset": ds, **{m: cells.get(m, "n/a") for m in methods}})
+    return pd.DataFrame(rows, columns=["dataset", *methods])
+
+
 def aggregates_markdown(aggregates: pd.DataFrame, env: str, digits: int = 1) -> str:
     """The aggregates of ``env`` as a Markdown table (IQM and P(method > dt), each with its
     stratified bootstrap interval)."""
@@ -211,6 +237,7 @@ def env_markdown(table: pd.DataFrame, aggregates: pd.DataFrame, env: str,
     replay = [ds for ds in dict.fromkeys(t["dataset"]) if dataset_level(ds) in REPLAY_LEVELS]
     if replay and "behaviour" in set(t["method"]):
         parts.append(REPLAY_NOTE.format(levels=", ".join(f"`{ds}`" for ds in replay)))
+    parts += [to_markdown(budget_table(table, env)), BUDGET_NOTE]
     parts += [aggregates_markdown(aggregates, env),
               AGGREGATE_NOTES.format(ref=REFERENCE_METHOD)]
     if profile:
