@@ -115,6 +115,16 @@ class ReproduceConfig:
                 "paper: all; the d3rlpy reference rows iql, mlp-bc, pct-bc only when d3rlpy "
                 "is installed, iql only with Box actions)",
         "choices": list(all_methods())})
+    search: int = field(default=0, metadata={
+        "help": "TRIALS: before the runs, an Optuna study of TRIALS trials per level and "
+                "searched method at the preset's budget on validation episodes (resumable: "
+                "its SQLite file lives under runs/<preset>/); then the preset's seeds at each "
+                "study's best parameters as rows of their own ('qt (tuned)'), with the "
+                "chosen parameters in the report (docs/search.md); 0: no search"})
+    search_methods: list[str] | None = field(default=None, metadata={
+        "help": "the methods searched with --search (None: dt, qt and the d3rlpy reference "
+                "rows iql, mlp-bc, pct-bc, those among --methods)",
+        "choices": [m for m in all_methods() if m not in ("random", "behaviour")]})
 
 
 def _generate(cmd: GenerateCommand) -> int:
@@ -280,7 +290,8 @@ def _reproduce(cfg: ReproduceConfig) -> int:
 
     reproduce(env_id=cfg.env_id, preset=cfg.preset, root=cfg.root, device=cfg.device,
               workers=cfg.workers, levels=cfg.levels, methods=cfg.methods,
-              overwrite=cfg.overwrite or ())
+              overwrite=cfg.overwrite or (), search=cfg.search,
+              search_methods=cfg.search_methods)
     return 0
 
 

@@ -7,7 +7,9 @@ methods, ``dt``, ``bc``, ``qt``), the field's reference rows trained by d3rlpy (
 work and :func:`reproduce_jobs` lists the runs.
 
 A run (:class:`JobSpec`, picklable for worker processes) lives in
-``<root>/runs/<preset>/<env>/<dataset>/<method>/seed<k>/`` and is trained and evaluated, or
+``<root>/runs/<preset>/<env>/<dataset>/<method>/seed<k>/`` (a tuned row's in
+``<method>-tuned/seed<k>``, trained at its search's parameters over the preset's config, with
+no ``method_candidates``: :mod:`offline_dt.study.tuning`) and is trained and evaluated, or
 reused, by :func:`run_job` (the reuse rules of :mod:`offline_dt.study.reuse` and
 :func:`offline_dt.study.reference.run_reference`); :func:`map_jobs` runs many, in this process
 or in a spawn-context process pool. Every method is evaluated on the same test episodes: for
@@ -37,6 +39,7 @@ from offline_dt.study.behaviour import BEHAVIOUR_LEVELS, behaviour_policy
 from offline_dt.study.presets import Preset, apply_overrides, get_preset
 from offline_dt.study.reference import REFERENCE_METHODS
 from offline_dt.study.reuse import EPISODE_SEEDS, evaluate_baseline, train_and_evaluate
+from offline_dt.study.runs import TUNED_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -140,21 +143,65 @@ class JobSpec:
     label: str
     #: the level's dataset was regenerated (``reproduce(overwrite=...)``): train afresh
     fresh: bool = False
+    #: a tuned row (``method`` is ``<base>-tuned``): the search space's values its study
+    #: chose (``offline_dt.study.tuning``), set over the preset's config of ``base_method``
+    params: dict[str, Any] | None = None
+
+    @property
+    def base_method(self) -> str:
+        """The method trained: ``method`` less a tuned row's suffix."""
+        return self.method.removesuffix(TUNED_SUFFIX) if self.params is not None \
+            else self.method
+
+
+def preset_train_config(p: Preset, dataset: str, env_id: str, method: str, seed: int,
+                        device: str, run_dir: Path) -> Any:
+    """The preset's ``TrainConfig`` of ``method`` (``p.train`` then ``p.method_train``) for
+    one run; the learning-curve hook rolls out ``p.hook_episodes`` episodes."""
+    from offline_dt.training import TrainConfig
+
+    return apply_overrides(TrainConfig(
+        dataset=dataset, env_id=env_id, method=method, seed=seed, device=device,
+        run_dir=run_dir, progress=False, eval_episodes=p.hook_episodes),
+        {**p.train, **p.method_train.get(method, {})}, "preset train")
+
+
+def preset_reference_config(p: Preset, dataset: str, env_id: str, method: str, seed: int,
+                            device: str, run_dir: Path, **params: Any) -> Any:
+    """The preset's ``ReferenceConfig`` of reference row ``method`` (``p.reference_steps``
+    updates, the preset's test episodes), with ``params`` (its hyperparameters) set.
+
+    Raises:
+        ValueError: the preset has no budget for ``method``.
+    """
+    from offline_dt.study.reference import ReferenceConfig
+
+    if method not in p.reference_steps:
+        raise ValueError(f"preset {p.name}: reference_steps has no budget for "
+                         f"{method!r} (has {sorted(p.reference_steps)})")
+    return ReferenceConfig(
+        dataset=dataset, method=method, env_id=env_id, seed=seed,
+        steps=p.reference_steps[method], device=device, run_dir=run_dir,
+        episodes=int(p.evaluate.get("episodes", EvalConfig.episodes)), overwrite=True,
+        **params)
 
 
 def _train_job(spec: JobSpec, p: Preset, run_dir: Path) -> dict[str, float]:
-    """Train (or reuse) a method of the one training loop and evaluate it: seconds per stage."""
-    from offline_dt.training import TrainConfig
+    """Train (or reuse) a method of the one training loop and evaluate it: seconds per stage.
+    A tuned row trains at its parameters, without the preset's candidates (its search chose
+    what they would)."""
+    from offline_dt.study.search import with_params
 
-    tcfg = apply_overrides(TrainConfig(
-        dataset=spec.dataset, env_id=spec.env_id, method=spec.method, seed=spec.seed,
-        device=spec.device, run_dir=run_dir, progress=False, eval_episodes=p.hook_episodes),
-        {**p.train, **p.method_train.get(spec.method, {})}, "preset train")
+    tcfg = preset_train_config(p, spec.dataset, spec.env_id, spec.base_method, spec.seed,
+                               spec.device, run_dir)
+    candidates = candidate_configs(tcfg, p)
+    if spec.params is not None:
+        tcfg, candidates = with_params(tcfg, spec.params), []
     ecfg = apply_overrides(EvalConfig(checkpoint=run_dir, env_id=spec.env_id, seed=spec.seed,
                                device=spec.device), p.evaluate, "preset evaluate")
     # The hook's episodes are validation episodes of its own: never a test episode.
     hook = make_eval_hook() if tcfg.eval_every > 0 else None
-    ev, secs = train_and_evaluate(tcfg, ecfg, hook, candidate_configs(tcfg, p))
+    ev, secs = train_and_evaluate(tcfg, ecfg, hook, candidates)
     return {"eval": ev, **secs}
 
 
@@ -168,16 +215,12 @@ def candidate_configs(tcfg: Any, p: Preset) -> list[Any]:
 
 
 def _reference_job(spec: JobSpec, p: Preset, run_dir: Path) -> dict[str, float]:
-    """Train (or reuse) a d3rlpy reference row and evaluate it: seconds per stage."""
-    from offline_dt.study.reference import ReferenceConfig, run_reference
+    """Train (or reuse) a d3rlpy reference row (a tuned one at its parameters) and evaluate
+    it: seconds per stage."""
+    from offline_dt.study.reference import run_reference
 
-    if spec.method not in p.reference_steps:
-        raise ValueError(f"preset {p.name}: reference_steps has no budget for "
-                         f"{spec.method!r} (has {sorted(p.reference_steps)})")
-    cfg = ReferenceConfig(
-        dataset=spec.dataset, method=spec.method, env_id=spec.env_id, seed=spec.seed,
-        steps=p.reference_steps[spec.method], device=spec.device, run_dir=run_dir,
-        episodes=int(p.evaluate.get("episodes", EvalConfig.episodes)), overwrite=True)
+    cfg = preset_reference_config(p, spec.dataset, spec.env_id, spec.base_method, spec.seed,
+                                  spec.device, run_dir, **(spec.params or {}))
     ev, secs = run_reference(cfg)
     return {"eval": ev, **secs}
 
@@ -222,7 +265,7 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
         ev, took, reused = _baseline_job(spec, p, run_dir)
         timings = [("baselines", took, run, reused)]
     else:
-        reference = spec.method in REFERENCE_METHODS
+        reference = spec.base_method in REFERENCE_METHODS
         out = (_reference_job if reference else _train_job)(spec, p, run_dir)
         ev = out.pop("eval")
         prefix = "reference_" if reference else ""

@@ -9,7 +9,16 @@ Layout under ``root`` (default ``data``)::
     d4rl/, minari/, agents/          datasets and behaviour agent (the preset's data_dir first:
                                      smoke/d4rl, quick/d4rl, ...)
     runs/<preset>/<env>/<dataset>/<method>/seed<k>/   config.json, eval.json (+ training files)
+    runs/<preset>/<env>/<dataset>/<method>-tuned/     with --search: search/ (the study) and
+                                                      seed<k>/ (the tuned row)
     reports/<env>/<preset>/           results.csv/.md, plots, timings.json, preset.json
+
+Search (``reproduce(search=TRIALS)``, :mod:`offline_dt.study.tuning`): before the runs, a
+study of ``TRIALS`` trials per level and searched method (``search_methods``; default the
+transformer methods dt and qt and the d3rlpy reference rows, among the rows run) at the
+preset's budget on validation episodes, then the preset's seeds of each searched method at
+its study's best parameters as rows of their own (``qt (tuned)``), beside the untuned ones,
+and the chosen parameters per dataset in the report.
 
 Every run directory holds its resolved config (``config.json``); a run whose ``eval.json``
 exists, whose config matches and whose test episodes are today's
@@ -53,6 +62,8 @@ from offline_dt.data.d4rl import LEVELS
 from offline_dt.study.jobs import JobSpec, map_jobs, reproduce_jobs, reproduce_methods
 from offline_dt.study.presets import Preset, apply_overrides, get_preset
 from offline_dt.study.report import report
+from offline_dt.study.runs import TUNED_SUFFIX
+from offline_dt.study.tuning import search_stage, searched_methods
 from offline_dt.training.configs import save_json
 from offline_dt.training.device import resolve_device
 
@@ -92,6 +103,8 @@ class Plan:
     methods: list[str]
     workers: int
     overwrite: tuple[str, ...]
+    search: int = 0
+    searched: tuple[str, ...] = ()
 
     @property
     def report_dir(self) -> Path:
@@ -108,13 +121,16 @@ def _checked_levels(levels: Sequence[str] | None) -> list[str]:
 
 def plan(env_id: str, preset: str, root: str | Path, device: str, levels: Sequence[str] | None,
          seeds: Sequence[int] | None, workers: int, methods: Sequence[str] | None,
-         overwrite: Sequence[str]) -> Plan:
+         overwrite: Sequence[str], search: int = 0,
+         search_methods: Sequence[str] | None = None) -> Plan:
     """Check :func:`reproduce`'s arguments, then that ``root`` can be written, before any slow
     work; resolve the defaults (levels, the preset's seeds, the methods, the device).
 
     Raises:
-        ValueError: unknown preset, level or method, ``workers < 1``, an ``overwrite`` level
-            not in ``levels``, or a ``root`` that cannot be written (the path and why).
+        ValueError: unknown preset, level or method, ``workers < 1``, ``search < 0``, a
+            searched method that cannot be searched or is not run
+            (:func:`offline_dt.study.tuning.searched_methods`), an ``overwrite`` level not in
+            ``levels``, or a ``root`` that cannot be written (the path and why).
         offline_dt.study.d3rlpy_io.MissingDependencyError: a reference row named without
             d3rlpy.
     """
@@ -125,12 +141,17 @@ def plan(env_id: str, preset: str, root: str | Path, device: str, levels: Sequen
     stray = [lv for lv in overwrite if lv not in levels]
     if stray:
         raise ValueError(f"overwrite: {stray} are not among the levels run ({levels})")
+    if search < 0:
+        raise ValueError(f"search must be >= 0 (trials per study; 0: no search), found "
+                         f"{search}")
     chosen = reproduce_methods(methods, env_id, p.methods)
+    searched = searched_methods(search_methods, chosen) if search else []
     root = writable_directory(root, "reproduce root")
     return Plan(preset=p, env_id=env_id, root=root,
                 device=str(resolve_device(device)) if device == "auto" else device,
                 levels=levels, seeds=list(seeds if seeds is not None else p.seeds),
-                methods=chosen, workers=workers, overwrite=tuple(overwrite))
+                methods=chosen, workers=workers, overwrite=tuple(overwrite),
+                search=search, searched=tuple(searched))
 
 
 def _generate_stage(plan: Plan, timer: Timer) -> tuple[Any, Any, dict[str, Path], dict[str, dict]]:
@@ -161,15 +182,37 @@ def _generate_stage(plan: Plan, timer: Timer) -> tuple[Any, Any, dict[str, Path]
     return gcfg, gen, paths, metas
 
 
-def job_specs(plan: Plan, paths: dict[str, Path], metas: dict[str, dict]) -> list[JobSpec]:
+def job_specs(plan: Plan, paths: dict[str, Path], metas: dict[str, dict],
+              tuned: dict[tuple[str, str], dict[str, Any]] | None = None) -> list[JobSpec]:
     """One :class:`~offline_dt.study.jobs.JobSpec` per run of
-    :func:`~offline_dt.study.jobs.reproduce_jobs`, those on an ``overwrite`` level fresh."""
-    jobs = reproduce_jobs(plan.levels, plan.seeds, plan.methods)
+    :func:`~offline_dt.study.jobs.reproduce_jobs`, then one per seed of each tuned row
+    (``tuned``: (level, method) → its study's best parameters; method ``<method>-tuned``),
+    those on an ``overwrite`` level fresh."""
+    jobs: list[tuple[str, int, str, dict | None]] = [
+        (lv, s, m, None) for lv, s, m in reproduce_jobs(plan.levels, plan.seeds, plan.methods)]
+    jobs += [(lv, s, m + TUNED_SUFFIX, params) for (lv, m), params in (tuned or {}).items()
+             for s in plan.seeds]
     return [JobSpec(env_id=plan.env_id, preset=plan.preset.name, root=str(plan.root),
                     device=plan.device, level=lv, seed=s, method=m, dataset=str(paths[lv]),
                     metas=metas, label=f"[{n}/{len(jobs)}] {m} {paths[lv].stem} seed{s}",
-                    fresh=lv in plan.overwrite)
-            for n, (lv, s, m) in enumerate(jobs, 1)]
+                    fresh=lv in plan.overwrite, params=params)
+            for n, (lv, s, m, params) in enumerate(jobs, 1)]
+
+
+def _search_stage(plan: Plan, paths: dict[str, Path], timer: Timer
+                  ) -> dict[tuple[str, str], dict[str, Any]]:
+    """The studies of ``plan.search`` trials (:func:`offline_dt.study.tuning.search_stage`;
+    none without a search): (level, method) → best parameters."""
+    if not plan.search or not plan.searched:
+        return {}
+    log.info("reproduce %s %s: stage search (%d trials per study; %s on %s)", plan.env_id,
+             plan.preset.name, plan.search, ", ".join(plan.searched), ", ".join(plan.levels))
+    t = time.perf_counter()
+    best = search_stage(plan.preset, plan.env_id, plan.root, plan.device,
+                        {lv: paths[lv] for lv in plan.levels}, plan.searched, plan.search,
+                        plan.workers, plan.overwrite)
+    timer.add("search", time.perf_counter() - t)
+    return best
 
 
 def _run_jobs(specs: Sequence[JobSpec], workers: int, timer: Timer, progress: bool,
@@ -201,7 +244,8 @@ def _write_records(plan: Plan, timer: Timer, gcfg: Any, gen: Any) -> dict[str, A
     and the resolved GenerateConfig) beside the report; returns the timings."""
     timings = {"env_id": plan.env_id, "preset": plan.preset.name, "seeds": plan.seeds,
                "levels": plan.levels, "methods": plan.methods, "device": plan.device,
-               "workers": plan.workers, **timer.to_dict(),
+               "workers": plan.workers, "search": plan.search,
+               "searched": list(plan.searched), **timer.to_dict(),
                "generate_stages": {k: round(v, 3) for k, v in gen.stage_seconds.items()}}
     save_json(timings, plan.report_dir / "timings.json")
     save_json({"preset": plan.preset, "generate_config": gcfg}, plan.report_dir / "preset.json")
@@ -220,6 +264,8 @@ def reproduce(
     workers: int = 1,
     methods: Sequence[str] | None = None,
     overwrite: Sequence[str] = (),
+    search: int = 0,
+    search_methods: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """The whole study: generate → train dt, bc (and qt) and the d3rlpy reference rows (iql,
     mlp-bc, pct-bc) per level and seed → evaluate them, random and (on the levels one policy
@@ -242,6 +288,12 @@ def reproduce(
         overwrite: levels (of ``levels``) whose datasets are regenerated, with the behaviour
             agent reused (``GenerateConfig.overwrite``), and whose trained and reference runs
             are trained and evaluated again; baselines are kept (they do not read the data).
+            Their studies (with ``search``) are searched again from scratch.
+        search: trials per study of a search before the runs (0: none; see the module
+            docstring and :mod:`offline_dt.study.tuning`): one study per level and searched
+            method, whose best parameters train the preset's seeds as a tuned row.
+        search_methods: the methods searched (default dt, qt and the reference rows, those
+            among ``methods``); each must be a trained method or a reference row that is run.
 
     Returns:
         The results table (also in ``<root>/reports/<env>/<preset>/results.csv``), with
@@ -250,10 +302,12 @@ def reproduce(
     Raises:
         ValueError, offline_dt.study.d3rlpy_io.MissingDependencyError: see :func:`plan`.
     """
-    pl = plan(env_id, preset, root, device, levels, seeds, workers, methods, overwrite)
+    pl = plan(env_id, preset, root, device, levels, seeds, workers, methods, overwrite, search,
+              search_methods)
     timer = Timer()
     gcfg, gen, paths, metas = _generate_stage(pl, timer)
-    _run_jobs(job_specs(pl, paths, metas), pl.workers, timer, progress,
+    tuned = _search_stage(pl, paths, timer)
+    _run_jobs(job_specs(pl, paths, metas, tuned), pl.workers, timer, progress,
               f"reproduce {pl.preset.name}")
     table = _report_stage(pl, timer, progress)
     timings = _write_records(pl, timer, gcfg, gen)

@@ -13,8 +13,11 @@ What it writes into ``out_dir``, and which module owns each:
   improvement over ``dt`` with stratified bootstrap intervals
   (:func:`offline_dt.study.statistics.aggregate_table`);
 * ``results.md`` (also printed): per env the wide table, the notes under it
-  (:mod:`offline_dt.study.notes`) and the aggregates (:func:`offline_dt.study.tables.
-  markdown_report`);
+  (:mod:`offline_dt.study.notes`), the training budget of every cell and the aggregates
+  (:func:`offline_dt.study.tables.markdown_report`);
+* ``parameters.csv`` and a ``results.md`` section, where tuned rows have studies beside them
+  (``reproduce --search``): the parameters each search chose per dataset, what it searched
+  and its trials (:mod:`offline_dt.study.parameters`);
 * the plots of :mod:`offline_dt.study.plots`: ``learning_curves_<env>.png``,
   ``dataset_returns_<env>.png`` and ``performance_profile_<env>.png``.
 
@@ -36,6 +39,7 @@ from offline_dt.study.characteristics import (
     characteristics_table,
     plot_characteristics,
 )
+from offline_dt.study.parameters import find_studies, parameters_markdown, parameters_table
 from offline_dt.study.plots import (
     plot_dataset_returns,
     plot_learning_curves,
@@ -84,6 +88,12 @@ def report(runs_root: str | os.PathLike, out_dir: str | os.PathLike,
     chars = characteristics_table(datasets, table)
     _write_csv(chars, out / "characteristics.csv")
     md = markdown_report(table, aggregates, runs)
+    studies = find_studies(runs_root)
+    if studies:
+        params = parameters_table(studies)
+        _write_csv(params, out / "parameters.csv")
+        md += "".join("\n" + parameters_markdown(params, studies, env)
+                      for env in dict.fromkeys(params["env"]))
     md += "".join("\n" + characteristics_markdown(chars, env) for env in dict.fromkeys(
         chars["env"]))
     _write_text(out / "results.md", md)
