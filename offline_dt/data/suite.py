@@ -97,24 +97,52 @@ class Suite:
     Attributes:
         datasets: flat Box observations each (checked by the method that trains them).
         env_ids: one per dataset.
-        normalizers: one per dataset, fitted on it.
+        normalizers: one per dataset, fitted on it (a transfer run: the checkpoint's for an
+            env it knows).
+        network_tasks: the envs of the network this suite trains (``DTConfig.tasks``) when
+            the network knows more envs than the suite has datasets: a transfer run
+            (``offline_dt.training.transfer``), whose network holds a checkpoint's envs and
+            the new ones. None: the suite's own envs (:meth:`own_tasks`).
+        indices: with ``network_tasks``, each dataset's env index in it (what a batch's
+            ``env`` holds and the network's per-env rows are read with).
     """
 
     datasets: tuple[OfflineDataset, ...]
     env_ids: tuple[str, ...]
     normalizers: tuple[Normalizer, ...]
+    network_tasks: tuple[dict[str, Any], ...] | None = None
+    indices: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.network_tasks is None) != (self.indices is None) or (
+                self.indices is not None and len(self.indices) != len(self.datasets)):
+            raise ValueError("Suite: network_tasks and indices go together, one index per "
+                             f"dataset; found {self.indices!r} for {len(self.datasets)} "
+                             "datasets")
 
     @property
     def source(self) -> str:
         """The suite in messages: ``suite[a, b]`` of the datasets' sources."""
         return "suite[" + ", ".join(d.source for d in self.datasets) + "]"
 
-    def tasks(self) -> list[dict[str, Any]]:
-        """The envs as ``DTConfig.tasks`` holds them: ``env_id``, ``obs_dim``, ``act_dim``
-        (the number of actions for Discrete) and ``discrete`` of each."""
+    def own_tasks(self) -> list[dict[str, Any]]:
+        """The datasets' envs as ``DTConfig.tasks`` holds them: ``env_id``, ``obs_dim``,
+        ``act_dim`` (the number of actions for Discrete) and ``discrete`` of each."""
         return [{"env_id": e, "obs_dim": int(d.obs_dim), "act_dim": int(d.act_dim),
                  "discrete": bool(d.discrete)} for d, e in zip(self.datasets, self.env_ids,
                                                                 strict=True)]
+
+    def tasks(self) -> list[dict[str, Any]]:
+        """The network's envs (``DTConfig.tasks``): ``network_tasks``, else
+        :meth:`own_tasks`."""
+        if self.network_tasks is not None:
+            return [dict(t) for t in self.network_tasks]
+        return self.own_tasks()
+
+    def index(self, i: int) -> int:
+        """Dataset ``i``'s env index in the network (:meth:`tasks`): ``indices[i]``, else
+        ``i``."""
+        return int(self.indices[i]) if self.indices is not None else int(i)
 
 
 def widths(tasks: Sequence[dict[str, Any]]) -> tuple[int, int, int]:
@@ -139,7 +167,8 @@ class SuiteBatch:
         returns_to_go: ``(B, K) float32`` R̂ divided by each env's ``rtg_scale``.
         timesteps: ``(B, K) int64``.
         mask: ``(B, K) bool``, False on (left) padding.
-        env: ``(B,) int64`` each row's env, its index in the suite.
+        env: ``(B,) int64`` each row's env, its index in the network's envs
+            (``Suite.index``: its place in the suite unless it is a transfer run's).
     """
 
     observations: torch.Tensor
@@ -177,6 +206,7 @@ class SuiteSampler:
             self.samplers.append(s)
         self.obs_w, self.box_w, _ = widths(suite.tasks())
         self.k = int(k)
+        self.indices = [suite.index(i) for i in range(len(suite.datasets))]
 
     def sample(self, batch_size: int) -> SuiteBatch:
         """Draw ``batch_size`` windows (see the class docstring)."""
@@ -215,4 +245,4 @@ class SuiteSampler:
         else:
             box[..., :b.actions.shape[-1]] = b.actions
         return SuiteBatch(obs, box, disc, b.returns_to_go[..., 0], b.timesteps, b.mask,
-                          torch.full((count,), i, dtype=torch.long, device=dev))
+                          torch.full((count,), self.indices[i], dtype=torch.long, device=dev))

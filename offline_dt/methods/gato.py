@@ -232,6 +232,7 @@ class GatoWindows(BatchSource):
         self.weights = torch.as_tensor(np.asarray(weights, np.float64))
         self.samplers = [WindowSampler(ds, norm, k, max_timestep, seed=seed, device=self.device)
                          for ds, norm in zip(suite.datasets, suite.normalizers, strict=True)]
+        self.indices = [suite.index(i) for i in range(len(suite.datasets))]
 
     def sample_shard(self, batch_size: int, rank: int, world_size: int
                      ) -> tuple[GatoBatch, float]:
@@ -264,10 +265,12 @@ class GatoWindows(BatchSource):
 
     def windows(self, i: int, ep: torch.Tensor, start: torch.Tensor, p_len: torch.Tensor,
                 p_start: torch.Tensor) -> GatoBatch:
-        """The rows of env ``i``: window steps from ``start`` of episodes ``ep`` (``(c,)
-        int64``), led by ``p_len`` prompt steps from ``p_start`` of the same episodes
-        (right-aligned in the prompt's slots; 0: no prompt)."""
+        """The rows of dataset ``i`` (its env's index in the network: ``Suite.index``):
+        window steps from ``start`` of episodes ``ep`` (``(c,) int64``), led by ``p_len``
+        prompt steps from ``p_start`` of the same episodes (right-aligned in the prompt's
+        slots; 0: no prompt)."""
         s, lay, k, p, dev = self.samplers[i], self.layout, self.k, self.p, self.device
+        e = self.indices[i]
         length = s.ep_len.to(dev)[ep]
         pad = k - torch.clamp(length - start, max=k)
         rel = torch.arange(k, device=dev)[None] - pad[:, None]  # window slot -> step offset
@@ -275,18 +278,18 @@ class GatoWindows(BatchSource):
         step = torch.cat((p_start[:, None] + prel, start[:, None] + rel), 1)  # (c, P + K)
         real = torch.cat((prel >= 0, rel >= 0), 1)
         idx = s.ep_start[ep, None] + step.clamp(min=0)
-        tok = timestep_tokens(lay, self.options, i, s.obs[idx], s.actions[idx], s.rtg[idx],
+        tok = timestep_tokens(lay, self.options, e, s.obs[idx], s.actions[idx], s.rtg[idx],
                               s.discrete)
         tok = F.pad(tok, (0, lay.step - tok.shape[-1]))  # (c, P + K, step)
-        valid = real[..., None] & lay.is_real[i].to(dev)
+        valid = real[..., None] & lay.is_real[e].to(dev)
         in_window = (torch.arange(p + k, device=dev) >= p)[None, :, None]
-        in_loss = valid & lay.is_action[i].to(dev) & in_window
+        in_loss = valid & lay.is_action[e].to(dev) & in_window
         ts = (s.timesteps[idx] * real)[..., None].expand_as(tok)
-        pos = lay.positions[i].to(dev).expand_as(tok)
+        pos = lay.positions[e].to(dev).expand_as(tok)
         c = len(ep)
         return GatoBatch(*(x.reshape(c, -1) for x in (tok * valid, pos * valid, ts * valid,
                                                       valid, in_loss)),
-                         torch.full((c,), i, dtype=torch.long, device=dev))
+                         torch.full((c,), e, dtype=torch.long, device=dev))
 
 
 class GatoNetwork(nn.Module):
@@ -406,10 +409,12 @@ class Gato(Method):
     @torch.no_grad()
     def fit(self, net: nn.Module, dataset: Any, normalizer: Normalizer) -> None:
         """Each env's acting prompt: the last ``prompt_steps`` timesteps of its
-        highest-return episode (the first of equals), as tokens."""
+        highest-return episode (the first of equals), as tokens (in the row of its env in
+        the network, ``Suite.index``)."""
         p = net.options.prompt_steps
-        for i, (ds, norm) in enumerate(zip(dataset.datasets, dataset.normalizers,
+        for j, (ds, norm) in enumerate(zip(dataset.datasets, dataset.normalizers,
                                            strict=True)):
+            i = dataset.index(j)
             best = int(np.argmax(ds.episode_returns))
             end = int(ds.episode_starts[best + 1])
             n = min(p, end - int(ds.episode_starts[best]))

@@ -275,9 +275,11 @@ class MGDT(Method):
             device=device))
 
     def fit(self, net: nn.Module, dataset: Any, normalizer: Normalizer) -> None:
-        """Each env's return range: min and max of its scaled returns-to-go."""
-        for i, (ds, norm) in enumerate(zip(dataset.datasets, dataset.normalizers,
+        """Each env's return range: min and max of its scaled returns-to-go (in the row of
+        its env in the network, ``Suite.index``)."""
+        for j, (ds, norm) in enumerate(zip(dataset.datasets, dataset.normalizers,
                                            strict=True)):
+            i = dataset.index(j)
             rtg = returns_to_go(ds.rewards, ds.episode_starts) / norm.rtg_scale
             net.return_low[i] = float(rtg.min())
             net.return_high[i] = float(max(rtg.max(), rtg.min() + 1e-6))

@@ -64,6 +64,7 @@ from offline_dt.training.run_log import QuietLog, RunLog
 from offline_dt.training.state import TrainState, build_state
 from offline_dt.training.step import train_step
 from offline_dt.training.train_config import TrainConfig
+from offline_dt.training.transfer import source_config, transfer_data
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +145,12 @@ def train(cfg: TrainConfig, eval_hook: EvalHook | None = None, *,
 
     ``init`` (a checkpoint file or run directory) warm-starts a new run (``Method.warm_start``;
     its normaliser and dataset facts too; its dataset must be ``cfg.dataset``, by checksum);
-    the new run counts its own ``cfg.steps`` from 0. ``batch_source(dataset, normalizer, cfg,
-    device)`` replaces the dataset's windows (an ``offline_dt.methods.base.BatchSource``, e.g.
-    the replay buffer an ``odt`` fine-tune collects into). Without a dataset
+    the new run counts its own ``cfg.steps`` from 0. ``cfg.init_from`` instead transfers a
+    multi-task checkpoint to the new task of ``cfg.dataset`` (``offline_dt.training.transfer``:
+    its weights, shape and options, its envs and the new ones; a fresh optimizer).
+    ``batch_source(dataset, normalizer, cfg, device)`` replaces the dataset's windows (an
+    ``offline_dt.methods.base.BatchSource``, e.g. the replay buffer an ``odt`` fine-tune
+    collects into). Without a dataset
     (``cfg.dataset`` empty) a ``batch_source`` that collects is required, and the networks are
     sized by the spaces of ``cfg.env_id`` (``offline_dt.training.run_data.env_data``).
 
@@ -163,7 +167,9 @@ def train(cfg: TrainConfig, eval_hook: EvalHook | None = None, *,
         DatasetError: the dataset is malformed, does not match ``env_id``, or has an episode
             longer than ``max_timestep``.
         ValueError: bad arguments, sizes beyond the data or the available memory, or
-            ``resume`` with a config that differs from the checkpoint's (names the fields).
+            ``resume`` with a config that differs from the checkpoint's (names the fields);
+            an ``init_from`` checkpoint that is not multi-task, of another method, or whose
+            tables the new envs do not fit (``offline_dt.training.transfer``).
         DivergenceError: (a ValueError) a non-finite loss or weight; the checkpoint on disk
             is the last finite one.
         offline_dt.data.atomic.DiskFullError: no room to write; the checkpoint is intact.
@@ -174,6 +180,11 @@ def train(cfg: TrainConfig, eval_hook: EvalHook | None = None, *,
     cfg.validate()
     if batch_source is None:  # the dataset's windows: no online method
         check_command(cfg.method, "train")
+    if cfg.init_from:
+        if init is not None or batch_source is not None:
+            raise ValueError("TrainConfig.init_from (a transfer run) takes neither init nor "
+                             "batch_source")
+        cfg = source_config(cfg)
     method = get_method(cfg.method)
     with process_group(resolve_device(cfg.device), cfg.dist_timeout) as ranks, \
             ExitStack() as held:
@@ -211,15 +222,22 @@ def _prepare(cfg: TrainConfig, method: Method, ranks: Ranks, held: ExitStack,
 
     cfg, resumed = ranks.from_main(claim)
     start = None
-    if resumed is None and init is not None:
-        init, start = read_checkpoint(init, "cpu")
-    dataset, normalizer, info = load_data(cfg, resumed or start,
-                                          init if start is not None else None)
+    if cfg.init_from:  # a transfer run (training.transfer)
+        where = Path(cfg.run_dir) / CHECKPOINT_NAME
+        if resumed is None:
+            where, start = read_checkpoint(cfg.init_from, "cpu")
+        dataset, normalizer, info = transfer_data(cfg, resumed or start, resumed is None, where)
+    else:
+        if resumed is None and init is not None:
+            init, start = read_checkpoint(init, "cpu")
+        dataset, normalizer, info = load_data(cfg, resumed or start,
+                                              init if start is not None else None)
     shape = data_shape(dataset, info)
     cfg = check_sizes(cfg, shape, ranks.device, new_run=resumed is None)
     state = build_state(cfg, method,
                         lambda: _sampler(cfg, method, dataset, normalizer, ranks, batch_source),
-                        normalizer, shape, ranks, resumed, start, dataset=dataset)
+                        normalizer, shape, ranks, resumed, start, dataset=dataset,
+                        transfer=bool(cfg.init_from))
     return cfg, state, info
 
 

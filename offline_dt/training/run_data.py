@@ -168,6 +168,31 @@ def data_shape(dataset: OfflineDataset | Suite | None, info: dict[str, Any]
             "obs_layout": layout_to_json(dataset.layout)}
 
 
+def suite_datasets(cfg: TrainConfig, names: list[str]
+                   ) -> list[tuple[str, str, OfflineDataset]]:
+    """(name, env id, dataset) of each of the datasets ``names`` of a suite, each checked
+    against its env: ``cfg.env_id``'s comma-separated ids in order, else its own
+    ``metadata/env_id``.
+
+    Raises:
+        ValueError: a dataset without an env id; two datasets of one env.
+        DatasetError: a dataset that does not fit its env (``check_env_spaces``).
+    """
+    env_ids = suite_members(cfg.env_id) or ([cfg.env_id] if cfg.env_id else [None] * len(names))
+    datasets: list[tuple[str, str, OfflineDataset]] = []
+    for name, env in zip(names, env_ids, strict=True):
+        ds = load_dataset(name, cfg.minari_root, env_id=env, download=cfg.download)
+        env = env or ds.metadata.get("env_id")
+        if not env:
+            raise ValueError(f"{ds.source}: a dataset of a suite needs its env id: its "
+                             f"metadata/env_id is empty; pass --env-id with one id per dataset")
+        if env in [e for _, e, _ in datasets]:
+            raise ValueError(f"TrainConfig.dataset: env {env} has two datasets in the suite "
+                             f"({name} and another); a suite holds one dataset per env")
+        datasets.append((name, env, check_env_spaces(ds, env)))
+    return datasets
+
+
 def load_suite(cfg: TrainConfig, names: list[str], resumed: dict[str, Any] | None,
                origin: Path | None = None) -> tuple[Suite, Normalizer, dict[str, Any]]:
     """The :class:`~offline_dt.data.suite.Suite` of the datasets ``names``, each checked
@@ -182,18 +207,7 @@ def load_suite(cfg: TrainConfig, names: list[str], resumed: dict[str, Any] | Non
             checkpoint's; another number of datasets than the checkpoint's.
         DatasetError: a dataset that does not fit its env (``check_env_spaces``).
     """
-    env_ids = suite_members(cfg.env_id) or ([cfg.env_id] if cfg.env_id else [None] * len(names))
-    datasets = []
-    for name, env in zip(names, env_ids, strict=True):
-        ds = load_dataset(name, cfg.minari_root, env_id=env, download=cfg.download)
-        env = env or ds.metadata.get("env_id")
-        if not env:
-            raise ValueError(f"{ds.source}: a dataset of a suite needs its env id: its "
-                             f"metadata/env_id is empty; pass --env-id with one id per dataset")
-        if env in [e for _, e, _ in datasets]:
-            raise ValueError(f"TrainConfig.dataset: env {env} has two datasets in the suite "
-                             f"({name} and another); a suite holds one dataset per env")
-        datasets.append((name, env, check_env_spaces(ds, env)))
+    datasets = suite_datasets(cfg, names)
     if resumed is None:
         norms = [Normalizer.fit(ds, cfg.rtg_scale) for _, _, ds in datasets]
         suite = Suite(tuple(d for *_, d in datasets), tuple(e for _, e, _ in datasets),
@@ -223,18 +237,25 @@ def suite_info(cfg: TrainConfig, suite: Suite, names: list[str]) -> dict[str, An
     ``checksum`` (of the members' checksums). The single-env keys that evaluation reads
     (``env_id``, spaces, reference scores) are left out: evaluation picks an env's entry
     (``offline_dt.training.checkpoint.load_checkpoint``)."""
-    members = []
-    for i, (name, env, ds, norm) in enumerate(zip(names, suite.env_ids, suite.datasets,
-                                                  suite.normalizers, strict=True)):
-        own = dataclasses.replace(cfg, dataset=name, env_id=env)
-        members.append({**dataset_info(ds, own, norm.rtg_scale), "index": i,
-                        "normalizer": normalizer_to_json(norm)})
+    members = [suite_member(cfg, name, env, ds, norm, i) for i, (name, env, ds, norm) in
+               enumerate(zip(names, suite.env_ids, suite.datasets, suite.normalizers,
+                             strict=True))]
     obs_w, box_w, _ = widths(suite.tasks())
     joined = "".join(m["checksum"] for m in members).encode()
     return {"suite": members, "env_ids": list(suite.env_ids), "dataset": cfg.dataset,
             "dataset_id": "", "source": suite.source, "obs_dim": obs_w, "act_dim": box_w,
             "checksum": hashlib.sha256(joined).hexdigest(),
             "longest_episode": max(m["longest_episode"] for m in members)}
+
+
+def suite_member(cfg: TrainConfig, name: str, env: str, ds: OfflineDataset, norm: Normalizer,
+                 index: int) -> dict[str, Any]:
+    """One env's entry of a suite's facts (``dataset_info["suite"]``): :func:`dataset_info`
+    of its dataset ``name`` in ``env``, its ``index`` in the network's envs and its
+    ``normalizer`` (``offline_dt.data.suite.normalizer_to_json``)."""
+    own = dataclasses.replace(cfg, dataset=name, env_id=env)
+    return {**dataset_info(ds, own, norm.rtg_scale), "index": int(index),
+            "normalizer": normalizer_to_json(norm)}
 
 
 def env_data(cfg: TrainConfig, resumed: dict[str, Any] | None, origin: Path | None

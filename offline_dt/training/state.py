@@ -23,6 +23,7 @@ from offline_dt.training.distributed import Ranks, rank_seed
 from offline_dt.training.resume import restore_rng
 from offline_dt.training.step import loss_function, make_optimizer
 from offline_dt.training.train_config import TrainConfig
+from offline_dt.training.transfer import load_source
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +62,14 @@ def seed_everything(seed: int, device: torch.device) -> None:
 def build_state(cfg: TrainConfig, method: Method, make_sampler: Callable[[], BatchSource],
                 normalizer: Normalizer, shape: dict[str, Any], ranks: Ranks,
                 resumed: dict[str, Any] | None, start: dict[str, Any] | None = None,
-                dataset: OfflineDataset | None = None) -> TrainState:
+                dataset: OfflineDataset | None = None, transfer: bool = False) -> TrainState:
     """Seed (:func:`seed_everything`), then the sampler (``make_sampler()``), networks (a
     new run's fitted on ``dataset``: ``Method.fit``), optimizer and schedule (seeded
     identically on resume, then overwritten by the checkpoint's states ``resumed``; a new run
     from the checkpoint payload ``start`` takes its networks, optimizer and schedule as
-    ``Method.warm_start`` says), then the loss as the loop computes it
+    ``Method.warm_start`` says; with ``transfer``, a transfer run's start: the networks of
+    the multi-task checkpoint ``start`` under a fresh optimizer and schedule,
+    ``offline_dt.training.transfer.load_source``), then the loss as the loop computes it
     (:func:`offline_dt.training.step.loss_function`). The networks' sizes are ``shape``'s
     (``obs_dim``, ``act_dim``, ``discrete``).
 
@@ -102,6 +105,8 @@ def build_state(cfg: TrainConfig, method: Method, make_sampler: Callable[[], Bat
             sampler.load_state_dict(resumed["source"])
         state.step = state.saved_step = int(resumed["step"])
         log.info("resuming %s at step %d", Path(cfg.run_dir) / CHECKPOINT_NAME, state.step)
+    elif start is not None and transfer:
+        load_source(net, start)
     elif start is not None and method.warm_start(net, start):
         optimizer.load_state_dict(start["optimizer"])
         scheduler.load_state_dict(start["scheduler"])

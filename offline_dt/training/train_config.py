@@ -67,6 +67,12 @@ class TrainConfig:
                 "fields to typed values, checked and completed with the defaults when the "
                 "config is made; None: the defaults. The CLI gives each as a typed flag, "
                 "--<method>.<option> (offline-dt train --method qt --qt.expectile 0.8)"})
+    init_from: str | None = field(default=None, metadata={
+        "help": "transfer (offline_dt.training.transfer): start from this multi-task "
+                "checkpoint (run directory or file of a multi-task method, e.g. mgdt): its "
+                "weights, network shape and method options, and the envs it knows, with the "
+                "envs of --dataset it does not know added; --dataset is the new task's data "
+                "(e.g. 10 episodes); optimizer and schedule start fresh"})
     seed: int = field(default=0, metadata={"help": "seed (torch, numpy, window sampler)"})
     device: str = field(default="auto", metadata={
         "help": "torch device; auto picks CUDA when available", "choices": ["auto", "cpu", "cuda"]})
@@ -247,13 +253,18 @@ class TrainConfig:
         self._validate_suite()
 
     def _validate_suite(self) -> None:
-        """A suite (comma-separated ``dataset``) only for a multi-task method, and as many
-        ``env_id``s as datasets when ids are given."""
+        """A suite (comma-separated ``dataset``) and ``init_from`` only for a multi-task
+        method, and as many ``env_id``s as datasets when ids are given."""
         if METHODS[self.method].multi_task and self.eval_every:
             raise ValueError(f"TrainConfig.eval_every={self.eval_every}: the periodic "
                              f"evaluation acts in one env; evaluate a multi-task run "
                              f"({self.method}) after training, env by env: offline-dt evaluate "
                              f"--checkpoint RUN --env-id ENV")
+        if self.init_from and not METHODS[self.method].multi_task:
+            multi = [m for m, cls in METHODS.items() if cls.multi_task]
+            raise ValueError(f"TrainConfig.init_from: transfer starts from a multi-task "
+                             f"checkpoint and trains its method; method {self.method!r} trains "
+                             f"one env from scratch (multi-task methods: {multi})")
         members = suite_members(self.dataset)
         if members is None:
             return
