@@ -26,9 +26,10 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.page_characteristics import PAGES, update_page
 from benchmarks.pendulum import machine, restrict, reused_note, stages_section, versions
 from offline_dt.data.d4rl import read_hdf5
-from offline_dt.study.pipeline import reproduce
+from offline_dt.study.pipeline import preset_datasets, reproduce
 from offline_dt.study.presets import PRESETS
 from offline_dt.study.tables import env_markdown
 
@@ -102,7 +103,10 @@ for medium-replay).
 {env_markdown(table, aggregates, ENV, profile=str(profile), runs=runs)}
 {stages_section(timings, report_dir, note=False)}"""
     (args.out / "hopper.md").write_text(md + plots(report_dir, args.out))
-    print(md)
+    t = time.perf_counter()
+    paths = preset_datasets(ENV, args.preset, args.root, args.device, LEVELS)
+    update_page(PAGES["hopper"], paths, table, args.out, command, time.perf_counter() - t)
+    print((args.out / "hopper.md").read_text())
     return 0
 
 

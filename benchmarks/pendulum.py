@@ -190,6 +190,20 @@ expert row:
 {stages_section(timings, report_dir)}"""
 
 
+def characteristics_section(args: argparse.Namespace, stem: str, table: pd.DataFrame,
+                            command: str) -> None:
+    """The page's TQ/SACo section (``benchmarks.page_characteristics``) from the datasets
+    the run used under ``args.root``."""
+    from benchmarks.page_characteristics import Page, update_page
+    from offline_dt.study.pipeline import preset_datasets
+
+    t = time.perf_counter()
+    levels = tuple(args.levels) if args.levels else None
+    paths = preset_datasets(ENV, args.preset, args.root, args.device, levels)
+    update_page(Page(ENV, args.preset, stem, stem, levels), paths, table, args.out, command,
+                time.perf_counter() - t)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="paper", choices=sorted(PRESETS))
@@ -229,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
                                    ["-m", "benchmarks.pendulum", *(argv or sys.argv[1:])])
     md = markdown(args, command, wall, table, aggregates, timings, report_dir, runs)
     (args.out / f"{stem}.md").write_text(md)
-    print(md)
+    characteristics_section(args, stem, out, command)
+    print((args.out / f"{stem}.md").read_text())
     return 0
 
 

@@ -252,6 +252,22 @@ def _write_records(plan: Plan, timer: Timer, gcfg: Any, gen: Any) -> dict[str, A
     return timings
 
 
+def preset_datasets(env_id: str, preset: str, root: str | Path, device: str = "auto",
+                    levels: Sequence[str] | None = None) -> dict[str, Path]:
+    """The generate stage of :func:`reproduce` alone: the preset's datasets of ``levels``
+    (default all six) under ``root``, generated as ``reproduce`` generates them (same
+    ``GenerateConfig``, seeds and paths) or reused when already there.
+
+    Returns:
+        level → HDF5 path (the Minari copy beside it, under ``<root>/.../minari``).
+
+    Raises:
+        ValueError: see :func:`plan`.
+    """
+    pl = plan(env_id, preset, root, device, levels, None, 1, ["random"], ())  # no d3rlpy check
+    return _generate_stage(pl, Timer())[2]
+
+
 def reproduce(
     env_id: str = "Pendulum-v1",
     preset: str = "quick",
