@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import logging
 import math
 import re
 import shlex
@@ -158,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=RESULTS, help="where the page is")
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
+                        datefmt="%H:%M:%S")
     page = PAGES[args.page]
     md, csv = args.out / f"{page.stem}.md", args.out / f"{page.stem}.csv"
     for f in (md, csv):

@@ -66,7 +66,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     if causal:
         mask = band_mask(q.shape[2], k.shape[2], None, q.device)
     if mask is not None and mask.dtype == torch.bool:
-        att = att.masked_fill(~mask, float("-inf"))
+        att = att.masked_fill_(~mask, float("-inf"))  # att is this call's own tensor
     elif mask is not None:
         att = att + mask
     att = torch.softmax(att, dim=-1)
