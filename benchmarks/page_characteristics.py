@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+import os
 import re
 import shlex
 import sys
@@ -30,6 +31,8 @@ import time
 from pathlib import Path
 
 import pandas as pd
+
+from benchmarks.machine import cpu_model, versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BEGIN, END = "<!-- characteristics -->", "<!-- end characteristics -->"
@@ -97,8 +100,6 @@ def same_data(entry: dict, table: pd.DataFrame, env: str, dataset: str) -> str:
 def section(page: Page, chars: pd.DataFrame, entries: dict, table: pd.DataFrame,
             command: str, seconds: float) -> str:
     """The page's characteristics section (between the markers)."""
-    from benchmarks.pendulum import machine, versions
-
     rows = chars[chars["env"] == page.env].drop(columns="env").copy()
     rows["data as the page's"] = [same_data(entries[(page.env, d)], table, page.env, d)
                                   for d in rows["dataset"]]
@@ -120,7 +121,7 @@ runs above were trained on). `unique_sa` cannot exceed a dataset's steps, so SAC
 size where the levels differ in size (see dataset-characteristics.md for equal sizes).
 
 Command: `{command}` ({seconds:.0f} s for this section, generating the datasets where
-they were missing). Machine: {machine()}. Versions:
+they were missing). Machine: {cpu_model()}, {os.cpu_count()} cores. Versions:
 {', '.join(f'{k} {v}' for k, v in versions().items())}. SHA-256 (first 16 hex digits): {shas}.
 
 {rows.to_markdown(index=False, floatfmt='.3f')}
