@@ -11,6 +11,12 @@ arrays) with terminals and timeouts kept apart: an episode that ends in ``termin
 terminated (no bootstrap from its last step); one that ends in a timeout, or is cut off, is not,
 and its true last next-observation (``next_observations``) is appended so that its last
 transition is kept with the right ``s'`` (d3rlpy's flat-array constructor would drop it).
+A Dict or image observation is flattened to the flat view every policy acts on
+(:func:`offline_dt.data.layout.flat_view`): the leaves in sorted key order (PointMaze:
+``achieved_goal`` (2), ``desired_goal`` (2), ``observation`` (4)), each flattened row-major
+and concatenated, ``float32``, images as their raw 0-255 values and a Discrete leaf as one
+column holding its value; so a reference row trains on the vectors the rollout engine later
+gives it (``offline_dt.envs.rollout.policy_observations``).
 
 Weights (:func:`save_weights`, :func:`load_weights`): every network's ``state_dict`` in one
 safetensors file, no optimiser state; never a pickle, so d3rlpy's own ``save_model`` is not
@@ -33,10 +39,10 @@ import torch
 
 from offline_dt.data import OfflineDataset
 from offline_dt.data.atomic import atomic_path
+from offline_dt.data.layout import flat_view
 
 log = logging.getLogger(__name__)
 
-#: The d3rlpy release these rows were written and measured with.
 #: The d3rlpy release these rows were written and measured with.
 D3RLPY_VERSION = "2.8.1"
 #: d3rlpy 2.8 pins gymnasium==1.0.0 but runs on the newer Gymnasium this project needs, so it
@@ -71,12 +77,13 @@ def _episode(ds: OfflineDataset, i: int, d3rlpy: ModuleType) -> Any:
     """Episode ``i`` of ``ds`` as a ``d3rlpy.dataset.Episode`` (see :func:`to_replay_buffer`)."""
     e = ds.episode(i)
     terminated = bool(e["terminals"][-1])
-    obs, actions = e["observations"], e["actions"]
+    obs, actions = flat_view(e["observations"], ds.layout), e["actions"]
     rewards = e["rewards"].astype(np.float32)
     if ds.discrete:
         actions = actions.reshape(-1, 1)
     if not terminated:  # bootstrap from the true last next-observation: keep it
-        obs = np.concatenate([obs, e["next_observations"][-1:]])
+        last = flat_view(e["next_observations"], ds.layout)[-1:]
+        obs = np.concatenate([obs, last])
         actions = np.concatenate([actions, actions[-1:]])
         rewards = np.concatenate([rewards, np.zeros(1, np.float32)])
     return d3rlpy.dataset.Episode(observations=obs, actions=actions,
@@ -91,7 +98,8 @@ def to_replay_buffer(ds: OfflineDataset, episodes: Sequence[int] | None = None) 
     observation and no bootstrap); any other (timeout, cut off) as ``T + 1`` observations, the
     last being its true final ``next_observations`` row, with a placeholder action and a zero
     reward that d3rlpy never samples as a transition (a non-terminated episode of ``T + 1``
-    steps has ``T`` transitions there). Observations ``float32``, rewards ``(T, 1) float32``,
+    steps has ``T`` transitions there). Observations ``(T or T + 1, obs_dim) float32``, a
+    Dict's or image's flat view (module docstring); rewards ``(T, 1) float32``,
     Box actions ``(T, act_dim) float32``, Discrete ``(T, 1) int64``.
 
     Raises:

@@ -25,6 +25,11 @@ action space's bounds (the data's where a bound is infinite), because d3rlpy's p
 defaults where set; :data:`REFERENCE_SPACES` is what a hyperparameter search may set
 (``offline_dt.study.reference_search``).
 
+Dict and image observations (PointMaze, MiniGrid) are trained on and acted from their flat
+view: the leaves in sorted key order, each flattened and concatenated
+(``offline_dt.data.layout.flat_view``; see ``offline_dt.study.d3rlpy_io``), the vectors the
+rollout engine gives every policy.
+
 Data and weights cross into d3rlpy through :mod:`offline_dt.study.d3rlpy_io` (the replay
 buffer of episodes, the safetensors weights, the import and its install hint).
 
@@ -53,11 +58,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from offline_dt.data import OfflineDataset, load_dataset, registered_env_id
+from offline_dt.data import OfflineDataset, load_dataset
 from offline_dt.data.atomic import atomic_path
+from offline_dt.envs.make import registered_id
 from offline_dt.envs.policies import CallablePolicy
 from offline_dt.envs.rollout import DEFAULT_MAX_ENVS
 from offline_dt.envs.seeds import SEED_RULES
+from offline_dt.envs.spaces import require_spaces
 from offline_dt.evaluation.evaluate import write_baseline_eval
 from offline_dt.methods.options import Choice, Range
 from offline_dt.study.d3rlpy_io import (
@@ -232,19 +239,17 @@ def make_algo(method: str, ds: OfflineDataset, device: str = "cpu",
 
 # ---------------------------------------------------------------------------------- training
 def reference_dataset(cfg: ReferenceConfig) -> tuple[OfflineDataset, str]:
-    """The dataset and the (registered) env id to evaluate on.
+    """The dataset and the (registered) env id to evaluate on. A Dict or image dataset is
+    trained on its flat view (``offline_dt.study.d3rlpy_io``: the leaves in sorted key order,
+    concatenated), the observations the rollout engine gives the trained policy.
 
     Raises:
-        ValueError: the dataset's observations are a Dict or images (d3rlpy's rows here read
-            flat vectors only), naming the method and the dataset.
+        offline_dt.envs.spaces.SpaceMismatchError: the env's spaces do not fit the dataset's
+            (a Dict's leaves compared key by key, naming the key), before any training.
     """
     ds = load_dataset(cfg.dataset, cfg.minari_root, env_id=cfg.env_id, download=cfg.download)
-    if ds.layout is not None:
-        raise ValueError(
-            f"reference method {cfg.method!r}: dataset {cfg.dataset} has {ds.observation_space} "
-            "observations; the d3rlpy reference rows support flat Box observations only (Dict "
-            "and image observations are not supported yet)")
-    env_id = cfg.env_id or registered_env_id(ds.metadata.get("env_id"), cfg.dataset)
+    env_id = cfg.env_id or registered_id(ds.metadata.get("env_id"), cfg.dataset)
+    require_spaces(env_id, ds.observation_space, ds.action_space, f"dataset {cfg.dataset}")
     return ds, env_id
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 
+import gymnasium as gym
 import numpy as np
 import pandas as pd
 import pytest
@@ -233,3 +234,68 @@ def test_policy_values_average_q_over_sampled_actions(box_hdf5, tmp_path):
     by_hand = np.mean([algo.predict_value(obs, algo.sample_action(obs)) for _ in range(3)], 0)
     np.testing.assert_allclose(values, by_hand, rtol=1e-6)
     assert not np.allclose(values, policy_values(algo, obs, samples=3, seed=8))
+
+
+def pointmaze_dataset(n: int = 40) -> OfflineDataset:
+    """Two timed-out PointMaze-shaped episodes (Dict observations, keys given unsorted)."""
+    rng = np.random.default_rng(0)
+    space = gym.spaces.Dict({"observation": gym.spaces.Box(-np.inf, np.inf, (4,)),
+                             "desired_goal": gym.spaces.Box(-np.inf, np.inf, (2,)),
+                             "achieved_goal": gym.spaces.Box(-np.inf, np.inf, (2,))})
+    obs = {k: rng.normal(size=(n, *s.shape)).astype(np.float32) for k, s in space.items()}
+    nxt = {k: v + 100.0 for k, v in obs.items()}
+    timeouts = np.zeros(n, bool)
+    timeouts[[n // 2 - 1, n - 1]] = True
+    return OfflineDataset.from_flat(
+        observations=obs, next_observations=nxt, actions=rng.uniform(-1, 1, (n, 2)),
+        rewards=rng.random(n).astype(np.float32), terminals=np.zeros(n, bool),
+        timeouts=timeouts, observation_space=space,
+        action_space=gym.spaces.Box(-1.0, 1.0, (2,), np.float32),
+        metadata={"env_id": "PointMaze_UMaze-v3"}, source="pointmaze-like")
+
+
+def test_dict_observations_reach_d3rlpy_as_the_flat_view_in_sorted_key_order():
+    ds = pointmaze_dataset()
+    buf = to_replay_buffer(ds)
+    order = ("achieved_goal", "desired_goal", "observation")  # sorted, not the space's order
+    flat = np.concatenate([ds.observations[k] for k in order], axis=1)
+    last = np.concatenate([ds.next_observations[k] for k in order], axis=1)
+    assert [e.observations.shape for e in buf.episodes] == [(21, 8), (21, 8)]
+    np.testing.assert_array_equal(buf.episodes[0].observations[:20], flat[:20])
+    np.testing.assert_array_equal(buf.episodes[1].observations[:20], flat[20:])
+    # a timed-out episode bootstraps from its true last next observation, flattened alike
+    np.testing.assert_array_equal(buf.episodes[0].observations[20], last[19])
+    np.testing.assert_array_equal(buf.episodes[1].observations[20], last[39])
+
+
+@pytest.mark.parametrize("method", ["iql", "pct-bc"])
+def test_a_reference_row_trains_and_evaluates_on_a_dict_dataset(tmp_path, method):
+    from offline_dt.data import write_hdf5
+
+    path = write_hdf5(pointmaze_dataset(), tmp_path / "pointmaze-umaze-expert-v0.hdf5")
+    cfg = tiny(path, tmp_path, method, max_envs=2)
+    ev, _ = run_reference(cfg)
+    assert ev["env_id"] == "PointMaze_UMaze-v3" and ev["episodes"] == 2
+    assert ev["targets"][0]["episode_seeds"] == [evaluation_seed(3, i) for i in range(2)]
+    algo = load_reference(cfg.run_dir)  # rebuilt at the flat view's width
+    assert algo.predict(np.zeros((3, 8), np.float32)).shape == (3, 2)
+
+
+def test_a_reference_row_refuses_an_env_whose_dict_keys_differ(tmp_path):
+    from offline_dt.data import write_hdf5
+    from offline_dt.envs.spaces import SpaceMismatchError
+
+    ds = pointmaze_dataset()
+    keys = {"observation": gym.spaces.Box(-np.inf, np.inf, (4,)),
+            "goal": gym.spaces.Box(-np.inf, np.inf, (2,))}
+    renamed = OfflineDataset.from_flat(
+        observations={"observation": ds.observations["observation"],
+                      "goal": ds.observations["desired_goal"]},
+        actions=ds.actions, rewards=ds.rewards, terminals=ds.terminals,
+        timeouts=ds.timeouts, observation_space=gym.spaces.Dict(keys),
+        action_space=ds.action_space, metadata=ds.metadata, source="renamed")
+    path = write_hdf5(renamed, tmp_path / "renamed.hdf5")
+    cfg = tiny(path, tmp_path, "mlp-bc")
+    with pytest.raises(SpaceMismatchError, match="'achieved_goal'"):
+        run_reference(cfg)
+    assert not cfg.run_dir.exists()  # refused before any training
