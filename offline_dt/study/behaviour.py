@@ -1,7 +1,9 @@
 """The behaviour baseline: the policy that wrote a level's data, acting as it did then.
 
 Per level: ``random`` → uniform random; ``medium``/``expert`` → the checkpoint named in the
-dataset metadata (SAC acts stochastically, as when collecting); ``medium-expert`` → its fixed
+dataset metadata (SAC acts stochastically, as when collecting), or for a scripted recipe's
+level (metadata ``recipe``: PointMaze, MiniGrid) the recipe's noisy policy
+(:func:`scripted_policy`); ``medium-expert`` → its fixed
 mixture (:class:`MixturePolicy`), half the episodes medium, half expert. The replay levels
 (:data:`offline_dt.study.runs.REPLAY_LEVELS`) have none: a sequence of policies during SAC
 training wrote them, not one agent, so the report compares them with the dataset's own episode
@@ -54,6 +56,28 @@ class MixturePolicy:
         pass
 
 
+def scripted_policy(level: str, meta: dict[str, Any], env_id: str, seed: int
+                    ) -> tuple[Any, dict[str, Any]]:
+    """The scripted recipe's policy that wrote ``level`` (PointMaze's noisy planner-controller,
+    MiniGrid's epsilon-BFS expert; ``datagen.recipes``), acting on mirror envs of the engine's
+    episodes (``datagen.scripted_policy.MirroredScripted``), noise as when collecting.
+
+    Raises:
+        ValueError: ``env_id`` has no recipe, or not the one the dataset's metadata names.
+    """
+    from datagen.scripted import recipe_for
+    from datagen.scripted_policy import MirroredScripted
+
+    recipe = recipe_for(env_id)
+    if recipe is None or recipe.name != meta["recipe"]:
+        raise ValueError(f"{meta.get('dataset_id', level)}: metadata names recipe "
+                         f"{meta['recipe']!r}, env {env_id} has "
+                         f"{recipe.name if recipe else 'none'}")
+    return MirroredScripted(recipe, env_id, level, seed), {
+        "behaviour": recipe.agent_name(level), "recipe": recipe.name,
+        "recipe_settings": meta.get("recipe_settings")}
+
+
 def behaviour_policy(level: str, metas: dict[str, dict[str, Any]], env_id: str, device: str,
                      seed: int) -> tuple[Any, dict[str, Any]]:
     """The policy that produced a level's data, and a JSON description of it.
@@ -73,6 +97,8 @@ def behaviour_policy(level: str, metas: dict[str, dict[str, Any]], env_id: str, 
     if level == "random":
         space = gym.make(env_id).action_space
         return RandomPolicy(space, seed), {"behaviour": "uniform random"}
+    if metas[level].get("recipe"):
+        return scripted_policy(level, metas[level], env_id, seed)
     torch.manual_seed(seed)
 
     def policy_path(md: dict[str, Any]) -> tuple[Path, bool]:

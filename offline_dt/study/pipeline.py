@@ -111,11 +111,18 @@ class Plan:
         return self.root / "reports" / self.env_id / self.preset.name
 
 
-def _checked_levels(levels: Sequence[str] | None) -> list[str]:
-    levels = list(levels or LEVELS)
-    unknown = [lv for lv in levels if lv not in LEVELS]
+def _checked_levels(levels: Sequence[str] | None, env_id: str) -> list[str]:
+    """``levels``, or by default the six of the SB3 behaviour agent or, for an env of a
+    scripted recipe (PointMaze, MiniGrid: ``datagen.scripted.recipe_for``), the recipe's."""
+    from datagen.scripted import recipe_for
+
+    recipe = recipe_for(env_id)
+    known = recipe.levels if recipe is not None else LEVELS
+    levels = list(levels or known)
+    unknown = [lv for lv in levels if lv not in known]
     if unknown:
-        raise ValueError(f"levels: unknown {unknown}; choose from {list(LEVELS)}")
+        what = f"recipe {recipe.name} of {env_id} builds" if recipe else "choose from"
+        raise ValueError(f"levels: unknown {unknown}; {what} {list(known)}")
     return levels
 
 
@@ -135,7 +142,7 @@ def plan(env_id: str, preset: str, root: str | Path, device: str, levels: Sequen
             d3rlpy.
     """
     p = get_preset(preset)
-    levels = _checked_levels(levels)
+    levels = _checked_levels(levels, env_id)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, found {workers}")
     stray = [lv for lv in overwrite if lv not in levels]
@@ -293,7 +300,8 @@ def reproduce(
         root: output root (datasets, runs, reports; see the module docstring); checked to be
             writable before any work.
         device: torch device for training, evaluation and the behaviour agent.
-        levels: dataset levels (default: all six).
+        levels: dataset levels (default: all six; for an env of a scripted recipe, its
+            levels: PointMaze random and expert, MiniGrid random, medium and expert).
         seeds: training seeds (default: the preset's).
         progress: a tqdm bar over the runs (TTY only) and INFO log lines per run.
         workers: runs trained and evaluated at once, each in its own process (see the module
