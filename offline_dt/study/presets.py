@@ -17,6 +17,10 @@ the dataclass does not have.
   100k steps) to fit this 2-core CPU; see ``PRESETS["paper"].description``.
 * ``hopper``, ``paper-band``, ``paper-long``, ``paper-gpu``: variants of ``paper`` (their
   ``description``).
+* ``pointmaze``, ``minigrid``: the result pages of the scripted recipes' datasets (PointMaze
+  umaze / medium / large, MiniGrid FourRooms; ``benchmarks/goal_pages.py``), ``paper``'s small
+  DT and seeds with their own rows; ``pointmaze-tiny``, ``minigrid-tiny``: the same pages at
+  toy size, seconds per run (a test runs them end to end).
 """
 
 from __future__ import annotations
@@ -250,3 +254,94 @@ def apply_overrides(obj: Any, overrides: dict[str, Any], what: str) -> Any:
     if unknown:
         raise ValueError(f"{what}: unknown field(s) {unknown} for {type(obj).__name__}")
     return dataclasses.replace(obj, **overrides)
+
+
+# ------------------------------------------------------------- the scripted recipes' pages
+#: The rows of the PointMaze page (benchmarks/goal_pages.py): every method, the reference
+#: rows on the flat view of the Dict observation; ``behaviour`` is the noisy controller.
+_POINTMAZE_ROWS = ("dt", "bc", "qt", "iql", "mlp-bc", "pct-bc", "random", "behaviour")
+#: The MiniGrid page's rows: Discrete actions, so no iql (Box actions only); qt with
+#: ``eta 0`` (its Q term differentiates Q through the action); ``behaviour`` is the BFS expert.
+_MINIGRID_ROWS = ("dt", "bc", "qt", "random", "behaviour")
+#: qt on Discrete actions: the Q term off (eta 0), advantage weighting (beta) kept.
+_QT_DISCRETE = {"qt": {"method_options": {"eta": 0.0}}}
+#: The tiny pages' training: a few updates of smoke's tiny DT, no learning-curve hook.
+_TINY_TRAIN = {"steps": 20, "warmup_steps": 5, "learning_rate": 1e-3, "batch_size": 16,
+               "context_length": 5, "embed_dim": 16, "n_layer": 1, "n_head": 1,
+               "dropout": 0.0, "eval_every": 0, "log_every": 10, "checkpoint_every": 20}
+_TINY = {"evaluate": {"episodes": 2, "validation_episodes": 1},
+         "reference_steps": {"iql": 10, "mlp-bc": 10, "pct-bc": 10}, "seeds": (0, 1),
+         "hook_episodes": 1, "train": _TINY_TRAIN, "method_candidates": {}}
+
+PRESETS["pointmaze"] = Preset(
+    name="pointmaze",
+    description="PointMaze umaze, medium and large (pip install -e '.[robotics,reference]'; "
+                "benchmarks/goal_pages.py --page pointmaze): the maze2d recipe's expert level "
+                "(the noisy planner-controller, 200k steps per maze; random 200k when asked), "
+                "rows dt, bc, qt, iql, mlp-bc, pct-bc, random and behaviour (the noisy "
+                "controller), the paper preset's small DT (embed 64, 2 layers, K=20, 2500 "
+                "steps; last checkpoint, none kept), qt with its terms-off candidate, IQL 10k "
+                "and BC 5k updates, 3 training seeds, targets chosen on 30 validation "
+                "episodes, 100 test episodes (300 / 600 / 800 steps each). Estimate, from "
+                "short runs on this 2-core EPYC under load (one thread, CPU seconds): dt and "
+                "bc 0.10 s per update, qt 0.20 (100 updates each on UMaze), evaluation 0.30 s "
+                "(dt) and 0.52 s (qt) per 300-step episode, d3rlpy IQL 27 s and BC 3.4 s per "
+                "1k updates (the paper preset's figures); scaled: about 1.8k CPU s of "
+                "training and 0.3k / 0.7k / 0.9k of evaluation per maze and seed, 22k CPU s "
+                "in all (about 6 CPU hours: about 3 hours with 2 workers on 2 idle cores), "
+                "plus a few minutes of generation (1.3k steps per second measured).",
+    generate={"random_steps": 200_000, "expert_steps": 200_000},
+    train=dict(_SMALL_DT, steps=2500, eval_every=500, checkpoint_every=500),
+    evaluate={"episodes": 100, "validation_episodes": 30},
+    reference_steps=dict(_REFERENCE_STEPS),
+    seeds=(0, 1, 2),
+    hook_episodes=5,
+    method_candidates=_QT_CANDIDATES,
+    data_dir="pointmaze",
+    methods=_POINTMAZE_ROWS,
+)
+PRESETS["minigrid"] = Preset(
+    name="minigrid",
+    description="MiniGrid FourRooms (pip install -e '.[robotics]'; benchmarks/goal_pages.py "
+                "--page minigrid): the BFS recipe's random, medium (epsilon 0.7) and expert "
+                "(epsilon 0.1) levels, 100k steps each, rows dt, bc, qt (eta 0: Discrete "
+                "actions; with its terms-off candidate), random and behaviour (the epsilon-BFS "
+                "expert), the small DT with K=10 (embed 64, 2 layers, batch 64) for 1000 "
+                "steps (last checkpoint), 3 training seeds, targets chosen on 30 validation "
+                "episodes, 100 test episodes. The image encoder makes an update dear: measured "
+                "on this 2-core EPYC under load (one thread, CPU seconds, 60 updates each) dt "
+                "0.33 s per update at K=10 (0.62 at K=20, hence K=10 and 1000 steps), qt 0.85, "
+                "evaluation 0.18 s (dt) and 0.47 s (qt) per episode; scaled: about 2.4k CPU s "
+                "of training and 0.2k of evaluation per level and seed, 23k CPU s in all "
+                "(about 6.5 CPU hours: about 3.3 hours with 2 workers on 2 idle cores).",
+    generate={"random_steps": 100_000, "medium_steps": 100_000, "expert_steps": 100_000},
+    train=dict(_SMALL_DT, steps=1000, context_length=10, eval_every=500,
+               checkpoint_every=500),
+    method_train=_QT_DISCRETE,
+    evaluate={"episodes": 100, "validation_episodes": 30},
+    reference_steps=dict(_REFERENCE_STEPS),
+    seeds=(0, 1, 2),
+    hook_episodes=5,
+    method_candidates=_QT_CANDIDATES,
+    data_dir="minigrid",
+    methods=_MINIGRID_ROWS,
+)
+PRESETS["pointmaze-tiny"] = dataclasses.replace(
+    PRESETS["pointmaze"], name="pointmaze-tiny",
+    description="the pointmaze page at toy size (a test runs it end to end): 2k steps per "
+                "level from 4 streams, 2 reference episodes, a 1-layer 16-wide DT trained 20 "
+                "steps, the reference rows 10 updates, 2 seeds, qt without its candidate run, 1 "
+                "validation and 2 test episodes. Numbers are meaningless; it checks the "
+                "plumbing.",
+    generate={"random_steps": 2_000, "expert_steps": 2_000, "ref_episodes": 2,
+              "num_envs": 4},
+    data_dir="pointmaze-tiny", **_TINY)
+PRESETS["minigrid-tiny"] = dataclasses.replace(
+    PRESETS["minigrid"], name="minigrid-tiny",
+    description="the minigrid page at toy size (a test runs it end to end): 1k steps per "
+                "level from 4 streams, 2 reference episodes, a 1-layer 16-wide DT trained 20 "
+                "steps, 2 seeds, qt without its candidate run, 1 validation and 2 test "
+                "episodes. Numbers are meaningless; it checks the plumbing.",
+    generate={"random_steps": 1_000, "medium_steps": 1_000, "expert_steps": 1_000,
+              "ref_episodes": 2, "num_envs": 4},
+    data_dir="minigrid-tiny", **_TINY)

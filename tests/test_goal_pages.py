@@ -1,0 +1,59 @@
+"""benchmarks/goal_pages.py: the PointMaze and MiniGrid result pages' presets, and each page's
+``--tiny`` run end to end (slow): every row of the page, scored on the same test episodes,
+run-level intervals over the two seeds, the behaviour row above the random agent."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmarks.goal_pages import PAGES, main
+from offline_dt.study.presets import PRESETS
+
+pytest.importorskip("d3rlpy")
+pytest.importorskip("gymnasium_robotics")
+
+
+@pytest.mark.parametrize("page", sorted(PAGES))
+def test_the_pages_presets_run_their_rows_with_three_seeds(page):
+    real, tiny = PRESETS[PAGES[page].preset], PRESETS[f"{PAGES[page].preset}-tiny"]
+    assert real.seeds == (0, 1, 2) and tiny.methods == real.methods
+    assert real.evaluate["validation_episodes"] >= 30 and real.evaluate["episodes"] >= 100
+    assert "CPU" in real.description  # the measured-based estimate is stated
+    if page == "minigrid":  # Discrete actions: no iql, qt without its Q term
+        assert "iql" not in real.methods
+        assert real.method_train["qt"]["method_options"]["eta"] == 0.0
+    else:
+        assert {"iql", "mlp-bc", "pct-bc"} <= set(real.methods)
+
+
+def _evals(root: Path) -> dict[tuple[str, str], dict]:
+    return {(p.parent.parent.name, p.parent.name): json.loads(p.read_text())
+            for p in root.glob("runs/*/*/*/*/seed*/eval.json")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", ["minigrid", "pointmaze"])
+def test_a_tiny_page_end_to_end(page, tmp_path):
+    out = tmp_path / "out"
+    assert main(["--page", page, "--tiny", "--levels", "expert", "--root", str(tmp_path),
+                 "--out", str(out), "--workers", "1"]) == 0
+    table = pd.read_csv(out / f"{page}-tiny.csv")
+    rows = set(PRESETS[f"{page}-tiny"].methods)
+    assert set(table["method"]) == rows | {"data"} and table["dataset"].nunique() == 1
+    trained = table[table["method"].isin(rows - {"random", "behaviour"})]
+    assert trained["run_ci95_low"].notna().all()  # two seeds: a run-level interval
+    evals = _evals(tmp_path)
+    assert {m for m, _ in evals} == rows and len(evals) == 2 * len(rows)
+    for seed in ("seed0", "seed1"):  # every row on the same test episodes of its seed
+        seeds = {json.dumps(ev["targets"][0]["episode_seeds"])
+                 for (m, s), ev in evals.items() if s == seed and "targets" in ev}
+        assert len(seeds) == 1
+    by = table.set_index("method")["mean_return"]
+    assert by["behaviour"] > by["random"]  # the scripted expert, through the mirror envs
+    md = (out / f"{page}-tiny.md").read_text()
+    assert f"preset `{page}-tiny`" in md and all(f"| {m}" in md or f" {m} " in md
+                                                 for m in rows)
