@@ -12,13 +12,15 @@ with ``--tiny``): per env the wide table (datasets x methods, the mean over runs
 bootstrap interval over runs and the D4RL normalized score against the recipe's reference
 scores: the uniform random agent and the noise-free scripted expert), how targets were
 chosen, the aggregates, the reference scores, seconds per stage; machine, versions and the
-command. Rows: PointMaze ``dt bc qt iql mlp-bc pct-bc random behaviour`` (the reference rows
-on the flat view of the Dict observation: ``achieved_goal``, ``desired_goal``,
-``observation``), MiniGrid ``dt bc qt random behaviour`` (``qt`` with ``eta 0``: its Q term
-needs Box actions; no ``iql``, which needs Box actions too). ``behaviour`` is the scripted
-policy that wrote the level, noise included (PointMaze: the planner-controller with action
-noise 0.5; MiniGrid: the BFS expert with epsilon 0.1 at ``expert``, 0.7 at ``medium``),
-played on the same test episodes through mirror envs (``datagen.scripted_policy``).
+command; the plots (learning curves, dataset returns, performance profile) go into
+``benchmarks/results/<page>/``. Rows: PointMaze ``dt bc qt iql mlp-bc pct-bc random
+behaviour`` (the reference rows on the flat view of the Dict observation: ``achieved_goal``,
+``desired_goal``, ``observation``), MiniGrid ``dt bc qt random behaviour`` (``qt`` with
+``eta 0``: its Q term needs Box actions; no ``iql``, which needs Box actions too).
+``behaviour`` is the scripted policy that wrote the level, noise included (PointMaze: the
+planner-controller with action noise 0.5; MiniGrid: the BFS expert with epsilon 0.1 at
+``expert``, 0.7 at ``medium``), played on the same test episodes through mirror envs
+(``datagen.scripted_policy``).
 ``--tiny`` runs the ``<page>-tiny`` preset on the page's first env only.
 """
 
@@ -28,6 +30,7 @@ import argparse
 import json
 import logging
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -86,9 +89,23 @@ def references(paths: dict[str, Path]) -> str:
     return "\n".join(lines)
 
 
+def plots(report_dir: Path, env: str, out: Path, folder: str) -> str:
+    """Copy the report's plots of ``env`` into ``out/folder/`` (as benchmarks/hopper.py does)
+    and return the lines linking them."""
+    (out / folder).mkdir(parents=True, exist_ok=True)
+    lines = []
+    for stem in ("learning_curves", "dataset_returns", "performance_profile"):
+        src = report_dir / f"{stem}_{env}.png"
+        if src.is_file():
+            shutil.copyfile(src, out / folder / src.name)
+            lines.append(f"![{stem.replace('_', ' ')}]({folder}/{src.name})")
+    return "\n".join(lines)
+
+
 def env_section(env: str, preset: str, root: Path, levels: list[str], device: str,
-                workers: int) -> tuple[pd.DataFrame, str]:
-    """Reproduce one env of the page: its rows of the CSV and its Markdown section."""
+                workers: int, out: Path, folder: str) -> tuple[pd.DataFrame, str]:
+    """Reproduce one env of the page: its rows of the CSV and its Markdown section (its plots
+    copied into ``out/folder``)."""
     t = time.perf_counter()
     table = reproduce(env_id=env, preset=preset, root=root, device=device, workers=workers,
                       levels=levels)
@@ -104,7 +121,9 @@ Wall time {wall / 60:.1f} min ({reused_note(timings)}). Reference scores and rec
 {references(preset_datasets(env, preset, root, device, levels))}
 
 {env_markdown(table, aggregates, env, profile=str(profile), runs=runs)}
-{stages_section(timings, report_dir)}"""
+{stages_section(timings, report_dir)}
+{plots(report_dir, env, out, folder)}
+"""
     return table, md
 
 
@@ -127,11 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     preset = f"{page.preset}-tiny" if args.tiny else page.preset
     envs = page.envs[:1] if args.tiny else page.envs
     levels = list(args.levels or page.levels)
-    t = time.perf_counter()
-    parts = [env_section(env, preset, args.root, levels, args.device, args.workers)
-             for env in envs]
-    wall = time.perf_counter() - t
     stem = f"{args.page}-tiny" if args.tiny else args.page
+    t = time.perf_counter()
+    parts = [env_section(env, preset, args.root, levels, args.device, args.workers,
+                         args.out, stem) for env in envs]
+    wall = time.perf_counter() - t
     args.out.mkdir(parents=True, exist_ok=True)
     pd.concat([tb for tb, _ in parts], ignore_index=True).to_csv(args.out / f"{stem}.csv",
                                                                  index=False)

@@ -55,5 +55,20 @@ def test_a_tiny_page_end_to_end(page, tmp_path):
     by = table.set_index("method")["mean_return"]
     assert by["behaviour"] > by["random"]  # the scripted expert, through the mirror envs
     md = (out / f"{page}-tiny.md").read_text()
+    assert (out / f"{page}-tiny" / f"performance_profile_{PAGES[page].envs[0]}.png").is_file()
     assert f"preset `{page}-tiny`" in md and all(f"| {m}" in md or f" {m} " in md
                                                  for m in rows)
+
+
+def test_reproduce_defaults_to_a_recipes_levels_and_refuses_others(tmp_path):
+    from offline_dt.study.pipeline import plan
+
+    def levels(env: str, chosen=None) -> list[str]:
+        return plan(env, "smoke", tmp_path, "cpu", chosen, None, 1, ["random"], ()).levels
+
+    assert levels("PointMaze_UMaze-v3") == ["random", "expert"]
+    assert levels("MiniGrid-FourRooms-v0") == ["random", "medium", "expert"]
+    assert len(levels("Pendulum-v1")) == 6  # the SB3 agent's six
+    with pytest.raises(ValueError, match=r"levels: unknown \['medium'\]; recipe "
+                                         r"pointmaze-waypoint of PointMaze_UMaze-v3 builds"):
+        levels("PointMaze_UMaze-v3", ["medium"])
