@@ -95,7 +95,8 @@ class ReproduceConfig:
     preset: str = field(default="quick", metadata={
         "help": "budget preset (offline_dt.study.presets.PRESETS)", "choices": list(PRESETS)})
     levels: list[str] | None = field(default=None, metadata={
-        "help": "dataset levels (None: all six)", "choices": list(LEVELS)})
+        "help": "dataset levels (None: all six; for PointMaze and MiniGrid, the scripted "
+                "recipe's)", "choices": list(LEVELS)})
     root: Path = field(default=Path("data"), metadata={
         "help": "output root (datasets, runs, reports)"})
     device: str = field(default="auto", metadata={

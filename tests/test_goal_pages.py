@@ -72,3 +72,16 @@ def test_reproduce_defaults_to_a_recipes_levels_and_refuses_others(tmp_path):
     with pytest.raises(ValueError, match=r"levels: unknown \['medium'\]; recipe "
                                          r"pointmaze-waypoint of PointMaze_UMaze-v3 builds"):
         levels("PointMaze_UMaze-v3", ["medium"])
+
+
+def test_the_behaviour_row_of_a_recipe_level_is_its_scripted_policy():
+    from datagen.scripted_policy import MirroredScripted
+    from offline_dt.study.behaviour import behaviour_policy
+
+    meta = {"expert": {"recipe": "minigrid-bfs", "dataset_id": "minigrid-fourrooms/expert-v0"}}
+    policy, desc = behaviour_policy("expert", meta, "MiniGrid-FourRooms-v0", "cpu", 3)
+    assert isinstance(policy, MirroredScripted) and (policy.level, policy.seed) == ("expert", 3)
+    assert desc["behaviour"] == "bfs(eps=0.1)" and not policy.expert  # noisy, as it wrote
+    with pytest.raises(ValueError, match="metadata names recipe 'minigrid-bfs', env "
+                                         "PointMaze_UMaze-v3 has pointmaze-waypoint"):
+        behaviour_policy("expert", meta, "PointMaze_UMaze-v3", "cpu", 0)

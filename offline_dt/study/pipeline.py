@@ -262,8 +262,8 @@ def _write_records(plan: Plan, timer: Timer, gcfg: Any, gen: Any) -> dict[str, A
 def preset_datasets(env_id: str, preset: str, root: str | Path, device: str = "auto",
                     levels: Sequence[str] | None = None) -> dict[str, Path]:
     """The generate stage of :func:`reproduce` alone: the preset's datasets of ``levels``
-    (default all six) under ``root``, generated as ``reproduce`` generates them (same
-    ``GenerateConfig``, seeds and paths) or reused when already there.
+    (default all six, or a scripted recipe's) under ``root``, generated as ``reproduce``
+    generates them (same ``GenerateConfig``, seeds and paths) or reused when already there.
 
     Returns:
         level → HDF5 path (the Minari copy beside it, under ``<root>/.../minari``).
