@@ -85,3 +85,26 @@ def test_the_behaviour_row_of_a_recipe_level_is_its_scripted_policy():
     with pytest.raises(ValueError, match="metadata names recipe 'minigrid-bfs', env "
                                          "PointMaze_UMaze-v3 has pointmaze-waypoint"):
         behaviour_policy("expert", meta, "PointMaze_UMaze-v3", "cpu", 0)
+
+
+@pytest.mark.parametrize("page", sorted(PAGES))
+def test_every_run_of_the_real_pages_builds_its_config(page, tmp_path):
+    """The presets' overrides name real fields (a typo would surface hours into a page)."""
+    from datagen.config import GenerateConfig
+    from offline_dt.study.jobs import preset_reference_config, preset_train_config
+    from offline_dt.study.pipeline import job_specs, plan
+    from offline_dt.study.presets import apply_overrides
+    from offline_dt.study.reference import REFERENCE_METHODS
+
+    spec, env = PAGES[page], PAGES[page].envs[-1]
+    pl = plan(env, spec.preset, tmp_path, "cpu", list(spec.levels), None, 2, None, ())
+    assert pl.methods == list(PRESETS[spec.preset].methods) and pl.seeds == [0, 1, 2]
+    jobs = job_specs(pl, {lv: tmp_path / f"{lv}.hdf5" for lv in spec.levels}, {})
+    assert len(jobs) == len(spec.levels) * 3 * len(pl.methods)  # behaviour on every level
+    apply_overrides(GenerateConfig(env_id=env), pl.preset.generate, "preset generate")
+    for m in pl.methods:
+        if m in REFERENCE_METHODS:
+            preset_reference_config(pl.preset, "d.hdf5", env, m, 0, "cpu", tmp_path)
+        elif m not in ("random", "behaviour"):
+            cfg = preset_train_config(pl.preset, "d.hdf5", env, m, 0, "cpu", tmp_path)
+            assert cfg.steps == (1000 if page == "minigrid" else 2500)
