@@ -285,10 +285,11 @@ PRESETS["pointmaze"] = Preset(
                 "episodes, 100 test episodes (300 / 600 / 800 steps each). Estimate, from "
                 "short runs on this 2-core EPYC under load (one thread, CPU seconds): dt and "
                 "bc 0.10 s per update, qt 0.20 (100 updates each on UMaze), evaluation 0.30 s "
-                "(dt) and 0.52 s (qt) per 300-step episode, d3rlpy IQL 27 s and BC 3.4 s per "
-                "1k updates (the paper preset's figures); scaled: about 1.8k CPU s of "
-                "training and 0.3k / 0.7k / 0.9k of evaluation per maze and seed, 22k CPU s "
-                "in all (about 6 CPU hours: about 3 hours with 2 workers on 2 idle cores), "
+                "(dt) and 0.52 s (qt) per 300-step episode, d3rlpy IQL 45 s and BC 7.5 s per "
+                "1k updates (500 and 1000 updates on UMaze); scaled: about 2.1k CPU s of "
+                "training and 0.3k / 0.7k / 0.9k of evaluation per maze and seed, 24k CPU s "
+                "in all (about 6.6 CPU hours: about 3.3 hours with 2 workers on 2 idle "
+                "cores), "
                 "plus a few minutes of generation (1.3k steps per second measured).",
     generate={"random_steps": 200_000, "expert_steps": 200_000},
     train=dict(_SMALL_DT, steps=2500, eval_every=500, checkpoint_every=500),
