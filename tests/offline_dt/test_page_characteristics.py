@@ -43,4 +43,5 @@ def test_section_from_the_pages_table_and_files(tmp_path):
     assert (tmp_path / "characteristics_Toy-v0.png").is_file()
     update_page(page, paths, _table(), tmp_path, "python -m x", 2.0)
     again = (tmp_path / "toy.md").read_text()
-    assert again.count(BEGIN) == 1 and again.count("| a |") == 1 and "(2 s for this section" in again
+    assert again.count(BEGIN) == 1 and again.count("| a |") == 1
+    assert "(2 s for this section" in again
