@@ -297,39 +297,35 @@ def reproduce(
     Args:
         env_id: Gymnasium id (the datagen levels need a trainable behaviour agent).
         preset: a name in :data:`offline_dt.study.presets.PRESETS`.
-        root: output root (datasets, runs, reports; see the module docstring); checked to be
-            writable before any work.
+        root: output root (datasets, runs, reports; see the module docstring), writable.
         device: torch device for training, evaluation and the behaviour agent.
         levels: dataset levels (default: all six; for an env of a scripted recipe, its
             levels: PointMaze random and expert, MiniGrid random, medium and expert).
         seeds: training seeds (default: the preset's).
         progress: a tqdm bar over the runs (TTY only) and INFO log lines per run.
-        workers: runs trained and evaluated at once, each in its own process (see the module
-            docstring; 1: all in this process).
+        workers: runs at once, one process each (module docstring; 1: this process).
         methods: which rows to run (default: the preset's ``methods``, else all; see
             :func:`offline_dt.study.jobs.reproduce_methods`). Runs of other methods already
             under ``root`` are reported too.
-        overwrite: levels (of ``levels``) whose datasets are regenerated, with the behaviour
-            agent reused (``GenerateConfig.overwrite``), and whose trained and reference runs
-            are trained and evaluated again; baselines are kept (they do not read the data).
-            Their studies (with ``search``) are searched again from scratch.
+        overwrite: levels (of ``levels``) whose datasets are regenerated (behaviour agent
+            reused) and whose trained, reference and searched runs are redone (baselines,
+            which do not read the data, are kept).
         search: trials per study of a search before the runs (0: none; see the module
-            docstring and :mod:`offline_dt.study.tuning`): one study per level and searched
-            method, whose best parameters train the preset's seeds as a tuned row.
+            docstring): one study per level and searched method, whose best parameters train
+            the preset's seeds as a tuned row.
         search_methods: the methods searched (default dt, qt and the reference rows, those
             among ``methods``); each must be a trained method or a reference row that is run.
 
     Returns:
-        The results table (also in ``<root>/reports/<env>/<preset>/results.csv``), with
-        ``timings.json`` (wall seconds per stage and per run) beside it.
+        The results table (also ``<root>/reports/<env>/<preset>/results.csv``; ``timings.json``
+        beside it: wall seconds per stage and per run).
 
     Raises:
         ValueError, offline_dt.study.d3rlpy_io.MissingDependencyError: see :func:`plan`.
     """
     pl = plan(env_id, preset, root, device, levels, seeds, workers, methods, overwrite, search,
               search_methods)
-    timer = Timer()
-    gcfg, gen, paths, metas = _generate_stage(pl, timer)
+    gcfg, gen, paths, metas = _generate_stage(pl, timer := Timer())
     tuned = _search_stage(pl, paths, timer)
     _run_jobs(job_specs(pl, paths, metas, tuned), pl.workers, timer, progress,
               f"reproduce {pl.preset.name}")

@@ -17,6 +17,15 @@ write that finds the disk full (:class:`~offline_dt.data.atomic.DiskFullError`) 
 previous checkpoint; Ctrl-C raises :class:`TrainingInterrupted` naming the checkpoint to
 resume from; after any failure ``metrics.csv`` is cut back to the checkpoint on disk.
 
+:func:`train` holds an exclusive lock on ``run_dir`` for the whole call. Everything is checked
+(config, dataset, env, sizes, memory) before the run directory is touched; with ``overwrite``
+the existing run is set aside and deleted at the new run's first checkpoint, or put back if
+the new run fails (or is killed) before it. Under torchrun (``WORLD_SIZE > 1``), or inside a
+process group the caller opened, every rank calls :func:`train` and they train one model with
+DistributedDataParallel (``offline_dt.training.distributed``): ``batch_size`` is the global
+batch, split across ranks; rank 0 alone holds the lock, writes the run directory and calls
+``eval_hook``.
+
 What a method is (its networks, loss and acting) lives in ``offline_dt.methods``; the loop
 knows nothing else about it. The periodic evaluation is a hook (``offline_dt.evaluation.
 curves.make_eval_hook``) called with the trainer's own :class:`TrainingRun`. Outputs in
@@ -138,11 +147,6 @@ def train(cfg: TrainConfig, eval_hook: EvalHook | None = None, *,
     ``eval_every > 0``) with the trainer's own :class:`TrainingRun`; its values become
     ``metrics.csv`` columns. It runs under ``torch.random.fork_rng`` (resume stays exact).
 
-    Under torchrun (``WORLD_SIZE > 1``), or inside a process group the caller opened, every
-    rank calls this and they train one model with DistributedDataParallel
-    (``offline_dt.training.distributed``): ``batch_size`` is the global batch, split across
-    ranks; rank 0 alone holds the lock, writes the run directory and calls ``eval_hook``.
-
     ``init`` (a checkpoint file or run directory) warm-starts a new run (``Method.warm_start``;
     its normaliser and dataset facts too; its dataset must be ``cfg.dataset``, by checksum);
     the new run counts its own ``cfg.steps`` from 0. ``cfg.init_from`` instead transfers a
@@ -154,10 +158,7 @@ def train(cfg: TrainConfig, eval_hook: EvalHook | None = None, *,
     (``cfg.dataset`` empty) a ``batch_source`` that collects is required, and the networks are
     sized by the spaces of ``cfg.env_id`` (``offline_dt.training.run_data.env_data``).
 
-    The whole call holds an exclusive lock on ``run_dir``. Everything is checked (config,
-    dataset, env, sizes, memory) before the run directory is touched; with ``overwrite`` the
-    existing run is set aside and deleted at the new run's first checkpoint, or put back if
-    the new run fails (or is killed) before it.
+    Locking, checks before any write, ``overwrite`` and torchrun: see the module docstring.
 
     Raises:
         LockedError: another process is writing ``run_dir``.
