@@ -106,9 +106,14 @@ def plot_characteristics(chars: pd.DataFrame, out_dir: Path) -> list[Path]:
                 f": {r['best_method']} {r['best_score']:.0f}"
             ax.annotate(f"{r['dataset']}{best}", (r["saco"], r["tq"]), fontsize=7,
                         textcoords="offset points", xytext=(4, 4))
+        saco = rows["saco"][rows["saco"] > 0]
+        if len(saco) and saco.max() / saco.min() > 20:  # decades apart: a log axis
+            ax.set_xscale("log")
+        ax.margins(x=0.35, y=0.1)  # room for the labels right of the points
         ax.set_xlabel("SACo")
         ax.set_ylabel("TQ")
-        ax.set_title(f"{env}: datasets, best method and its normalized score")
+        ax.set_title(f"{env}: datasets, best method and its normalized score",
+                     fontsize=9)
         fig.tight_layout()
         path = Path(out_dir) / f"characteristics_{env}.png"
         with atomic_path(path, overwrite=True) as tmp:
