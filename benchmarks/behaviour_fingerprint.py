@@ -27,8 +27,11 @@ from typing import Any
 import pandas as pd
 
 
-def fingerprint(root: Path, preset: str, env_id: str = "Pendulum-v1") -> dict[str, Any]:
-    """Fingerprint of ``reproduce(preset=preset, root=root)``'s datasets and runs."""
+def fingerprint(root: Path, preset: str, env_id: str = "Pendulum-v1",
+                finished_only: bool = False) -> dict[str, Any]:
+    """Fingerprint of ``reproduce(preset=preset, root=root)``'s datasets and runs
+    (``finished_only``: only the runs with an ``eval.json``, for a study still running or
+    stopped part way)."""
     from offline_dt.data import read_hdf5, read_minari
 
     data_root = root / "smoke" if preset == "smoke" else root
@@ -45,6 +48,8 @@ def fingerprint(root: Path, preset: str, env_id: str = "Pendulum-v1") -> dict[st
     runs = root / "runs" / preset / env_id
     for metrics in sorted(runs.glob("*/*/seed*/metrics.csv")):
         run = metrics.parent
+        if finished_only and not (run / "eval.json").is_file():
+            continue
         key = str(run.relative_to(runs))
         df = pd.read_csv(metrics)
         ev = run / "eval.json"
@@ -141,6 +146,8 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--run", action="store_true", help="run reproduce first")
     ap.add_argument("--out", type=Path, help="write the fingerprint JSON here")
+    ap.add_argument("--finished-only", action="store_true",
+                    help="only the runs with an eval.json (a study stopped part way)")
     ap.add_argument("--compare", nargs=2, type=Path, metavar=("A", "B"))
     ap.add_argument("--md", type=Path, help="with --compare: write the comparison here")
     ap.add_argument("--names", nargs=2, default=["A", "B"], help="labels of A and B")
@@ -161,7 +168,7 @@ def main() -> int:
         from offline_dt.study.pipeline import reproduce
 
         reproduce(preset=args.preset, root=args.root, workers=args.workers, progress=False)
-    fp = fingerprint(args.root, args.preset)
+    fp = fingerprint(args.root, args.preset, finished_only=args.finished_only)
     text = json.dumps(fp, indent=1, sort_keys=True) + "\n"
     if args.fixture:
         print(f"recorded as {add_to_fixture(args.fixture, fp)} in {args.fixture}")
