@@ -86,6 +86,7 @@ from benchmarks.machine import (
     features_line,
     gpu_model,
     machine_kind,
+    page_sections,
     versions,
     write_page,
 )
@@ -635,6 +636,21 @@ def auto_precision(device: str) -> str:
     return cfg.precision
 
 
+#: The heading each section's notes start with on the page (:func:`dropped_sections`).
+SECTION_HEADINGS = {"train": "### Train step", "floor": "### Floor of",
+                    "eval": "### Evaluation (", "generate": "### Generation (",
+                    "memory": "### Memory", "pipeline": "### Pipeline:"}
+
+
+def dropped_sections(page: Path, kind: str, sections: list[str]) -> list[str]:
+    """The sections that ``page``'s ``kind`` section holds and a run of ``sections`` alone
+    would drop (a run rewrites its machine kind's whole section)."""
+    if not page.is_file():
+        return []
+    old = page_sections(page.read_text())[1].get(kind, "")
+    return [s for s, head in SECTION_HEADINGS.items() if s not in sections and head in old]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sections = ["train", "floor", "eval", "generate", "memory", "pipeline"]
@@ -661,7 +677,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--out-name", default="speed",
                    help="the page's name: OUT/NAME.md and OUT/NAME.csv")
+    p.add_argument("--drop-sections", action="store_true",
+                   help="let a run of some --sections drop the others from its machine "
+                        "kind's section of the page (refused otherwise)")
     args = p.parse_args(argv)
+    kind = machine_kind(args.device, cpu_features())
+    page = args.out / f"{args.out_name}.md"
+    dropped = dropped_sections(page, kind, args.sections)
+    if dropped and not args.drop_sections:
+        p.error(f"{page}: its `{kind}` section holds {dropped}, which this run of "
+                f"--sections {' '.join(args.sections)} would drop (a run rewrites its machine "
+                f"kind's whole section); add them to --sections, write elsewhere with --out, "
+                f"or pass --drop-sections")
     torch.set_num_threads(args.threads)
     rows: list[dict] = []
     notes: list[str] = []
@@ -678,7 +705,6 @@ def main(argv: list[str] | None = None) -> int:
     table = pd.DataFrame(rows, columns=cols)
     args.out.mkdir(parents=True, exist_ok=True)
     features = cpu_features()
-    kind = machine_kind(args.device, features)
     command = "python " + " ".join(shlex.quote(a) for a in
                                    ["-m", "benchmarks.speed", *(argv or sys.argv[1:])])
     md_rows = "\n".join(

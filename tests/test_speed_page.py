@@ -80,3 +80,18 @@ def test_the_committed_page_keeps_the_avx2_section_first():
     assert next(iter(sections)) == "AuthenticAMD/AVX2/no-bf16"
     csv = pd.read_csv(speed.RESULTS / "speed.csv")
     assert set(csv["machine"]) >= {"AuthenticAMD/AVX2/no-bf16"}
+
+
+def test_a_run_of_some_sections_is_refused_where_it_would_drop_others(tmp_path, capsys):
+    page = tmp_path / "speed.md"
+    page.write_text(machine.merge_page("", "# Speed\n", "K", "## Machine kind `K`\n\n"
+                                       "### Train step (x)\n\n### Memory\n\nPeak RSS\n"))
+    assert speed.dropped_sections(page, "K", ["train"]) == ["memory"]
+    assert speed.dropped_sections(page, "K", ["train", "memory"]) == []
+    assert speed.dropped_sections(page, "other kind", ["train"]) == []
+    assert speed.dropped_sections(tmp_path / "none.md", "K", ["train"]) == []
+    kind = machine.machine_kind("cpu", machine.cpu_features())
+    page.write_text(machine.merge_page("", "# Speed\n", kind, "### Memory\n\nPeak\n"))
+    with pytest.raises(SystemExit):
+        speed.main(["--sections", "train", "--out", str(tmp_path)])
+    assert "would drop" in capsys.readouterr().err and page.read_text().count("Peak") == 1
