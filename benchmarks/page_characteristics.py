@@ -98,13 +98,19 @@ def same_data(entry: dict, table: pd.DataFrame, env: str, dataset: str) -> str:
 
 
 def section(page: Page, chars: pd.DataFrame, entries: dict, table: pd.DataFrame,
-            command: str, seconds: float) -> str:
-    """The page's characteristics section (between the markers)."""
+            command: str, seconds: float, plotted: bool = True) -> str:
+    """The page's characteristics section (between the markers); the TQ-SACo plot's link when
+    ``plotted``, else why there is none (no full-replay level: no SACo to plot)."""
     rows = chars[chars["env"] == page.env].drop(columns="env").copy()
     rows["data as the page's"] = [same_data(entries[(page.env, d)], table, page.env, d)
                                   for d in rows["dataset"]]
     shas = "; ".join(f"`{d}` {entries[(page.env, d)]['sha256'][:16]}" for d in rows["dataset"])
     plot = f"{page.plot_dir}/" if page.plot_dir else ""
+    figure = (f"![TQ against SACo]({plot}characteristics_{page.env}.png)" if plotted else
+              "No TQ-SACo plot: SACo needs the env's full-replay level (the whole buffer of "
+              "the behaviour agent's training, Schweighofer et al.'s reference dataset), which "
+              "this page does not generate; `unique_sa` is each dataset's coverage count on "
+              "the page's one grid.")
     return f"""{BEGIN}
 ## Dataset characteristics (TQ, SACo)
 
@@ -126,7 +132,7 @@ they were missing). Machine: {cpu_model()}, {os.cpu_count()} cores. Versions:
 
 {rows.to_markdown(index=False, floatfmt='.3f')}
 
-![TQ against SACo]({plot}characteristics_{page.env}.png)
+{figure}
 {END}
 """
 
@@ -147,9 +153,10 @@ def update_page(page: Page, paths: dict[str, Path], table: pd.DataFrame, out: Pa
     entries = dataset_entries(page.env, paths)
     chars = characteristics_table(entries, table)
     (out / page.plot_dir).mkdir(parents=True, exist_ok=True)
-    plot_characteristics(chars, out / page.plot_dir)
+    plotted = any(f.name == f"characteristics_{page.env}.png"
+                  for f in plot_characteristics(chars, out / page.plot_dir))
     write_section(out / f"{page.stem}.md", section(page, chars, entries, table, command,
-                                                   seconds))
+                                                   seconds, plotted))
     return chars
 
 

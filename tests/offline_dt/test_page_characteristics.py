@@ -45,3 +45,16 @@ def test_section_from_the_pages_table_and_files(tmp_path):
     again = (tmp_path / "toy.md").read_text()
     assert again.count(BEGIN) == 1 and again.count("| a |") == 1
     assert "(2 s for this section" in again
+    assert "![TQ against SACo](characteristics_Toy-v0.png)" in again
+
+
+def test_without_a_full_replay_level_no_plot_and_no_broken_link(tmp_path):
+    # the Hopper page's case: no full-replay level, so no SACo and nothing to plot
+    paths = {"medium": write_hdf5(medium(), tmp_path / "toy-medium-v0.hdf5")}
+    (tmp_path / "toy.md").write_text("# toy\n")
+    chars = update_page(Page("Toy-v0", "none", "toy"), paths, _table(), tmp_path, "x", 1.0)
+    # unique_sa on the grid of medium alone (its own min and max): 3 cells, not the 2 above
+    assert chars["saco"].isna().all() and chars["unique_sa"].tolist() == [3]
+    md = (tmp_path / "toy.md").read_text()
+    assert not (tmp_path / "characteristics_Toy-v0.png").exists()
+    assert "![TQ against SACo]" not in md and "No TQ-SACo plot" in md
