@@ -26,10 +26,10 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.page_characteristics import PAGES, update_page
+from benchmarks.page_characteristics import PAGES, page_datasets, update_page
 from benchmarks.pendulum import machine, restrict, reused_note, stages_section, versions
 from offline_dt.data.d4rl import read_hdf5
-from offline_dt.study.pipeline import preset_datasets, reproduce
+from offline_dt.study.pipeline import reproduce
 from offline_dt.study.presets import PRESETS
 from offline_dt.study.tables import env_markdown
 
@@ -104,7 +104,7 @@ for medium-replay).
 {stages_section(timings, report_dir, note=False)}"""
     (args.out / "hopper.md").write_text(md + plots(report_dir, args.out))
     t = time.perf_counter()
-    paths = preset_datasets(ENV, args.preset, args.root, args.device, LEVELS)
+    paths = page_datasets(PAGES["hopper"], args.root, args.device)
     update_page(PAGES["hopper"], paths, table, args.out, command, time.perf_counter() - t)
     print((args.out / "hopper.md").read_text())
     return 0

@@ -47,14 +47,26 @@ class Page:
     stem: str
     plot_dir: str = ""
     levels: tuple[str, ...] | None = None  # None: all six
+    #: Levels generated for SACo's denominator alone (full-replay, on a page without it): in
+    #: the grid and the table, with no row of the page ("no data row on the page").
+    saco_levels: tuple[str, ...] = ()
 
 
 PAGES = {
     "pendulum": Page("Pendulum-v1", "paper", "pendulum", "pendulum"),
     "pendulum-quick": Page("Pendulum-v1", "quick", "pendulum-quick", "pendulum-quick"),
     "hopper": Page("Hopper-v5", "hopper", "hopper", "hopper",
-                   ("random", "medium", "medium-replay", "expert")),
+                   ("random", "medium", "medium-replay", "expert"), ("full-replay",)),
 }
+
+
+def page_datasets(page: Page, root: Path, device: str = "auto") -> dict[str, Path]:
+    """The page's datasets and its ``saco_levels`` under ``root`` (level → HDF5), generated
+    as ``reproduce`` generates them or reused (``preset_datasets``)."""
+    from offline_dt.study.pipeline import preset_datasets
+
+    levels = None if page.levels is None else (*page.levels, *page.saco_levels)
+    return preset_datasets(page.env, page.preset, root, device, levels)
 
 
 def dataset_entries(env: str, paths: dict[str, Path]) -> dict[tuple[str, str], dict]:
@@ -119,7 +131,8 @@ Perspective on Offline Reinforcement Learning"; `offline_dt.data.characteristics
 `offline-dt datasets` and the report compute them): TQ = (mean episode return - ref_min_score) /
 (ref_max_score - ref_min_score); `unique_sa` = distinct (state, action) cells with every
 dimension cut into 100 equal-width bins between its min and max over this page's datasets (one
-grid); SACo = `unique_sa` / full-replay's (NaN without a full-replay level). `best_method` and
+grid); SACo = `unique_sa` / full-replay's (NaN without a full-replay level; a page without
+one generates it for this alone: its row has no data row on the page). `best_method` and
 `best_score`: the row of the table above with the highest mean normalized score on that dataset
 (trained and reference rows; not `data`, `random`, `behaviour`). `data as the page's`: the
 file's episode count and mean return against the page's `data` row ("same": the datasets the
@@ -174,10 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     for f in (md, csv):
         if not f.is_file():
             raise SystemExit(f"--page {args.page}: {f} not found (the page must exist first)")
-    from offline_dt.study.pipeline import preset_datasets
-
     t = time.perf_counter()
-    paths = preset_datasets(page.env, page.preset, args.root, args.device, page.levels)
+    paths = page_datasets(page, args.root, args.device)
     command = "python " + shlex.join(["-m", "benchmarks.page_characteristics",
                                       *(argv if argv is not None else sys.argv[1:])])
     chars = update_page(page, paths, pd.read_csv(csv), args.out, command,
