@@ -35,7 +35,7 @@ from offline_dt.study.tables import env_markdown
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ENV = "Hopper-v5"
-LEVELS = ["random", "medium", "medium-replay", "expert"]
+LEVELS = list(PAGES["hopper"].levels)  # one list: the page's rows and its TQ/SACo section
 METHODS = ["dt", "bc", "random", "behaviour"]
 
 

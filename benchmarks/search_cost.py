@@ -64,7 +64,8 @@ def run_studies(preset: str, env_id: str, root: Path, device: str, paths: dict[s
                 cost["runs"] = cost.get("runs", 0) + 1
                 cost["machine"] = (f"{cpu_model()}, {os.cpu_count()} cores, "
                                    f"{workers} workers")
-            save_json(cost, out / "cost.json")
+                save_json(cost, out / "cost.json")  # a study complete before (say made by
+                # reproduce --search) gets none: the page lists only studies it has timed
 
 
 def _cost(out: Path) -> dict:
